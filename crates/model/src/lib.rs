@@ -1,0 +1,20 @@
+//! The vws data model: workspace descriptions (paper §2.1) in XML, TOML and
+//! JSON, their validation, image references, identities and the lifecycle
+//! state machine. No I/O happens here.
+
+pub mod description;
+pub mod form;
+pub mod identity;
+pub mod image_ref;
+pub mod size;
+pub mod state;
+pub mod validate;
+pub mod xml;
+
+pub use description::*;
+pub use form::{parse, write};
+pub use identity::{resource_key, Identity};
+pub use image_ref::{is_digest, ImageRef};
+pub use size::ByteSize;
+pub use state::{transition, Action, IllegalTransition, Outcome, Placement, State};
+pub use validate::{FieldError, Form, InvalidDescription};
