@@ -1,0 +1,208 @@
+//! Content-addressed files: image and disk bytes named by their sha256.
+//!
+//! Writes go to a temporary file that is hashed as it is written, checked
+//! against the expected digest, synced and only then renamed into place, so a
+//! crash never leaves a blob under a name its bytes do not match.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+use tokio::fs;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// A content digest, `sha256:<64 hex>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+impl Digest {
+    /// The digest of some bytes.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+    }
+
+    /// The 64 hex digits.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    /// The full `sha256:…` form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Digest {
+    type Err = BlobError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if vws_model::is_digest(s) {
+            Ok(Digest(s.to_string()))
+        } else {
+            Err(BlobError::BadDigest(s.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What can go wrong with blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Not a `sha256:<64 hex>` string.
+    #[error("{0:?} is not a digest: expected sha256:<64 lowercase hex digits>")]
+    BadDigest(String),
+    /// The bytes did not hash to what was announced.
+    #[error("content does not match its digest: expected {expected}, got {actual}")]
+    Mismatch {
+        /// Announced digest.
+        expected: Digest,
+        /// Digest of what arrived.
+        actual: Digest,
+    },
+    /// More bytes than allowed.
+    #[error("blob is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Filesystem trouble.
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The blob store's folder.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating) a blob store under `root`, removing temporary files a
+    /// crash may have left.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
+        let root = root.into();
+        fs::create_dir_all(root.join("sha256")).await?;
+        let tmp = root.join("tmp");
+        if fs::try_exists(&tmp).await? {
+            fs::remove_dir_all(&tmp).await?;
+        }
+        fs::create_dir_all(&tmp).await?;
+        Ok(BlobStore { root })
+    }
+
+    /// Where a blob lives.
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.root.join("sha256").join(d.hex())
+    }
+
+    /// Whether a blob is present.
+    pub async fn contains(&self, d: &Digest) -> bool {
+        fs::try_exists(self.path(d)).await.unwrap_or(false)
+    }
+
+    /// Size of a present blob.
+    pub async fn size(&self, d: &Digest) -> Result<u64, BlobError> {
+        Ok(fs::metadata(self.path(d)).await?.len())
+    }
+
+    /// Streams bytes in, verifying them against `expected` if given; returns
+    /// the digest and size. Nothing is left behind on failure.
+    pub async fn put(
+        &self,
+        expected: Option<&Digest>,
+        mut input: impl AsyncRead + Unpin,
+        limit: u64,
+    ) -> Result<(Digest, u64), BlobError> {
+        let tmp = self.root.join("tmp").join(format!("upload-{}", rand::random::<u64>()));
+        let result = async {
+            let mut file = fs::File::create(&tmp).await?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = input.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                if total > limit {
+                    return Err(BlobError::TooLarge { limit });
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await?;
+            }
+            file.sync_all().await?;
+            let actual = Digest(format!("sha256:{}", hex::encode(hasher.finalize())));
+            if let Some(expected) = expected {
+                if *expected != actual {
+                    return Err(BlobError::Mismatch { expected: expected.clone(), actual });
+                }
+            }
+            fs::rename(&tmp, self.path(&actual)).await?;
+            Ok((actual, total))
+        }
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Copies a local file in.
+    pub async fn put_file(&self, src: &Path) -> Result<(Digest, u64), BlobError> {
+        let f = fs::File::open(src).await?;
+        self.put(None, f, u64::MAX).await
+    }
+
+    /// Removes a blob; absent is fine.
+    pub async fn remove(&self, d: &Digest) -> Result<(), BlobError> {
+        match fs::remove_file(self.path(d)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob present.
+    pub async fn list(&self) -> Result<Vec<Digest>, BlobError> {
+        let mut out = Vec::new();
+        let mut dir = fs::read_dir(self.root.join("sha256")).await?;
+        while let Some(e) = dir.next_entry().await? {
+            if let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn verified_put_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).await.unwrap();
+        let d = Digest::of(b"hello");
+        let (got, n) = store.put(Some(&d), &b"hello"[..], 100).await.unwrap();
+        assert_eq!((got.clone(), n), (d.clone(), 5));
+        assert!(store.contains(&d).await);
+        assert_eq!(std::fs::read(store.path(&d)).unwrap(), b"hello");
+
+        let wrong = Digest::of(b"other");
+        let err = store.put(Some(&wrong), &b"hello!"[..], 100).await.unwrap_err();
+        assert!(matches!(err, BlobError::Mismatch { .. }), "{err}");
+        assert!(!store.contains(&wrong).await);
+        let err = store.put(None, &[0u8; 64][..], 10).await.unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { .. }));
+        // Nothing half-written remains.
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(store.list().await.unwrap(), vec![d]);
+        assert!("sha256:xyz".parse::<Digest>().is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The image pool's records: images by content id, and `name:tag` tags.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use time::OffsetDateTime;
+use vws_model::ImageRef;
+
+use crate::db::{from_millis, millis, Store, StoreError};
+
+/// What an image holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A bootable disk image (raw or qcow2).
+    Disk,
+    /// A kernel and an initrd, booted directly.
+    Kernel,
+}
+
+impl ImageKind {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Disk => "disk",
+            ImageKind::Kernel => "kernel",
+        }
+    }
+}
+
+/// One file of an image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFile {
+    /// `disk`, `kernel` or `initrd`.
+    pub role: String,
+    /// Its blob.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// An image in the pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Content id (`sha256:…`): the disk's digest, or the digest of the
+    /// kernel/initrd manifest.
+    pub id: String,
+    /// What it holds.
+    pub kind: ImageKind,
+    /// Disk format (`raw`, `qcow2`), for disk images.
+    pub format: Option<String>,
+    /// Size the guest sees (disk images), or 0.
+    pub virtual_size: u64,
+    /// Bytes stored.
+    pub stored_size: u64,
+    /// Its files.
+    pub files: Vec<ImageFile>,
+    /// Kernel command line, for kernel images.
+    pub cmdline: Option<String>,
+    /// Who imported it.
+    pub owner: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Its `name:tag` names.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl ImageRecord {
+    /// The file with a role.
+    pub fn file(&self, role: &str) -> Option<&ImageFile> {
+        self.files.iter().find(|f| f.role == role)
+    }
+}
+
+const COLUMNS: &str = "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at";
+
+fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let kind = match row.try_get::<String, _>("kind")?.as_str() {
+        "disk" => ImageKind::Disk,
+        "kernel" => ImageKind::Kernel,
+        other => return Err(StoreError::corrupt(&id, format!("unknown image kind {other:?}"))),
+    };
+    let files: String = row.try_get("files")?;
+    Ok(ImageRecord {
+        kind,
+        format: row.try_get("format")?,
+        virtual_size: row.try_get::<i64, _>("virtual_size")? as u64,
+        stored_size: row.try_get::<i64, _>("stored_size")? as u64,
+        files: serde_json::from_str(&files).map_err(|e| StoreError::corrupt(&id, e))?,
+        cmdline: row.try_get("cmdline")?,
+        owner: row.try_get("owner")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        tags: Vec::new(),
+        id,
+    })
+}
+
+impl Store {
+    /// Records an image (no-op if that content is already recorded) and points
+    /// `name:tag` at it, moving the tag if it named another image.
+    pub async fn put_image(&self, r: &ImageRecord, name: &str, tag: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM images WHERE id = $1")
+            .bind(&r.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            sqlx::query(&format!("INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+                .bind(&r.id)
+                .bind(r.kind.as_str())
+                .bind(r.format.clone())
+                .bind(r.virtual_size as i64)
+                .bind(r.stored_size as i64)
+                .bind(serde_json::to_string(&r.files).expect("files serialize"))
+                .bind(r.cmdline.clone())
+                .bind(&r.owner)
+                .bind(millis(r.created_at))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO image_tags (name, tag, image_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name, tag) DO UPDATE SET image_id = excluded.image_id, created_at = excluded.created_at",
+        )
+        .bind(name)
+        .bind(tag)
+        .bind(&r.id)
+        .bind(millis(r.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn tags_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name, tag FROM image_tags WHERE image_id = $1 ORDER BY name, tag")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(format!("{}:{}", r.try_get::<String, _>("name")?, r.try_get::<String, _>("tag")?)))
+            .collect()
+    }
+
+    /// Finds an image by `name:tag` or digest.
+    pub async fn image(&self, r: &ImageRef) -> Result<Option<ImageRecord>, StoreError> {
+        let id = match r {
+            ImageRef::Digest(d) => d.clone(),
+            ImageRef::Tag { name, tag } => {
+                let id: Option<String> = sqlx::query_scalar("SELECT image_id FROM image_tags WHERE name = $1 AND tag = $2")
+                    .bind(name)
+                    .bind(tag)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match id {
+                    Some(id) => id,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM images WHERE id = $1"))
+            .bind(&id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut rec = decode(&row)?;
+        rec.tags = self.tags_of(&rec.id).await?;
+        Ok(Some(rec))
+    }
+
+    /// Every image, newest first, with its tags.
+    pub async fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM images ORDER BY created_at DESC, id"))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut rec = decode(row)?;
+            rec.tags = self.tags_of(&rec.id).await?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// Removes a tag; returns whether it existed.
+    pub async fn untag_image(&self, name: &str, tag: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM image_tags WHERE name = $1 AND tag = $2")
+            .bind(name)
+            .bind(tag)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes an image record and its tags.
+    pub async fn delete_image(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM image_tags WHERE image_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM images WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Digests of every blob an image record refers to.
+    pub async fn referenced_blobs(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT files FROM images").fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for files in rows {
+            let files: Vec<ImageFile> = serde_json::from_str(&files).map_err(|e| StoreError::corrupt("images", e))?;
+            out.extend(files.into_iter().map(|f| f.digest));
+        }
+        Ok(out)
+    }
+}

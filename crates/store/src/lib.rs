@@ -1,0 +1,19 @@
+//! The VW Repository's persistence (paper §3.1): workspace records with their
+//! history of transitions, the image pool's records, and the content-addressed
+//! blob store that holds image and disk bytes.
+//!
+//! One [`Store`] speaks SQLite (the embedded default) or PostgreSQL through
+//! sqlx's `Any` driver, with one set of portable migrations.
+
+mod blobs;
+mod db;
+mod images;
+mod workspaces;
+
+pub use blobs::{BlobError, BlobStore, Digest};
+pub use db::{millis, from_millis, Backend, Store, StoreError};
+pub use images::{ImageFile, ImageKind, ImageRecord};
+pub use workspaces::{Binding, Change, Filter, Page, TransitionRecord, WorkspaceRecord};
+
+#[cfg(feature = "testing")]
+pub mod testing;

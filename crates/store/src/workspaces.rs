@@ -1,0 +1,432 @@
+//! Workspace records and their history of transitions.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use time::OffsetDateTime;
+use vws_model::{Category, Description, Placement, State};
+
+use crate::db::{from_millis, millis, Store, StoreError};
+
+/// Values the factory or a node chose within the description's ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Bound vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Bound RAM in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<u64>,
+    /// Virtual size of the workspace disk in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
+}
+
+/// A workspace as the repository keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    /// Workspace id (`ws-…`).
+    pub id: String,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Owner's distinguished name.
+    pub owner: String,
+    /// The accepted description, without server-owned fields.
+    pub description: Description,
+    /// Values bound within the description's ranges.
+    pub binding: Binding,
+    /// Current state.
+    pub state: State,
+    /// In the repository or on a host.
+    pub placement: Placement,
+    /// The host it is deployed on.
+    pub node: Option<String>,
+    /// Who holds the check-out lock.
+    pub lock_holder: Option<String>,
+    /// Since when.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub lock_since: Option<OffsetDateTime>,
+    /// The pool image it was cloned from (`sha256:…`).
+    pub image_id: String,
+    /// Its disk overlay in the repository, if it has one.
+    pub disk_path: Option<String>,
+    /// Why it is corrupted, when it is.
+    pub reason: Option<String>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the reaper destroys it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub terminates_at: Option<OffsetDateTime>,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub modified_at: OffsetDateTime,
+    /// Optimistic-concurrency counter, bumped by every update.
+    pub version: i64,
+}
+
+impl WorkspaceRecord {
+    /// RAM counted against the owner's quota: the top of the requested range.
+    pub fn ram_quota(&self) -> u64 {
+        self.description.hardware.ram.max.0
+    }
+}
+
+/// One entry of a workspace's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// Order within the workspace's history, from 1.
+    pub seq: i64,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What was done (`create`, `deploy`, `destroy`, …).
+    pub action: String,
+    /// State before, if any.
+    pub from_state: Option<String>,
+    /// State after, if the workspace still exists.
+    pub to_state: Option<String>,
+    /// Placement after.
+    pub placement: Option<String>,
+    /// Who asked (a DN, or `reaper`).
+    pub actor: String,
+    /// Anything worth keeping (reason, node, …).
+    pub detail: Option<String>,
+}
+
+/// List filters.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this owner.
+    pub owner: Option<String>,
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only this category.
+    pub category: Option<Category>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// Continue after this cursor (from a previous page).
+    pub after: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Clone, Debug, Serialize)]
+pub struct Page<T> {
+    /// The records.
+    pub items: Vec<T>,
+    /// Cursor for the next page, if there is one.
+    pub next: Option<String>,
+}
+
+const COLUMNS: &str = "id, name, owner, category, description, binding, state, placement, node, lock_holder, \
+     lock_since, image_id, disk_path, reason, ram_bytes, created_at, terminates_at, modified_at, version";
+
+fn state_of(id: &str, s: &str) -> Result<State, StoreError> {
+    State::parse(s).ok_or_else(|| StoreError::corrupt(id, format!("unknown state {s:?}")))
+}
+
+fn decode(row: &AnyRow) -> Result<WorkspaceRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let description: String = row.try_get("description")?;
+    let description = serde_json::from_str(&description).map_err(|e| StoreError::corrupt(&id, e))?;
+    let binding: Option<String> = row.try_get("binding")?;
+    let binding = match binding {
+        Some(b) => serde_json::from_str(&b).map_err(|e| StoreError::corrupt(&id, e))?,
+        None => Binding::default(),
+    };
+    let state = state_of(&id, &row.try_get::<String, _>("state")?)?;
+    let placement = match row.try_get::<String, _>("placement")?.as_str() {
+        "repository" => Placement::Repository,
+        "host" => Placement::Host,
+        other => return Err(StoreError::corrupt(&id, format!("unknown placement {other:?}"))),
+    };
+    Ok(WorkspaceRecord {
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        description,
+        binding,
+        state,
+        placement,
+        node: row.try_get("node")?,
+        lock_holder: row.try_get("lock_holder")?,
+        lock_since: row.try_get::<Option<i64>, _>("lock_since")?.map(from_millis),
+        image_id: row.try_get("image_id")?,
+        disk_path: row.try_get("disk_path")?,
+        reason: row.try_get("reason")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        terminates_at: row.try_get::<Option<i64>, _>("terminates_at")?.map(from_millis),
+        modified_at: from_millis(row.try_get("modified_at")?),
+        version: row.try_get("version")?,
+        id,
+    })
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialize to JSON")
+}
+
+/// The change an action makes to a record, written with its history entry.
+#[derive(Clone, Debug)]
+pub struct Change<'a> {
+    /// What happened.
+    pub action: &'a str,
+    /// Who asked.
+    pub actor: &'a str,
+    /// Anything worth keeping.
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Inserts a new record and its `create` history entry, atomically.
+    pub async fn insert_workspace(&self, r: &WorkspaceRecord, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        ))
+        .bind(&r.id)
+        .bind(&r.name)
+        .bind(&r.owner)
+        .bind(r.description.category.as_str())
+        .bind(json(&r.description))
+        .bind(json(&r.binding))
+        .bind(r.state.as_str())
+        .bind(r.placement.as_str())
+        .bind(r.node.clone())
+        .bind(r.lock_holder.clone())
+        .bind(r.lock_since.map(millis))
+        .bind(&r.image_id)
+        .bind(r.disk_path.clone())
+        .bind(r.reason.clone())
+        .bind(r.ram_quota() as i64)
+        .bind(millis(r.created_at))
+        .bind(r.terminates_at.map(millis))
+        .bind(millis(r.modified_at))
+        .bind(r.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::from_insert(e, || format!("a workspace named {:?} already exists", r.name)))?;
+        insert_transition(&mut tx, &r.id, 1, r.created_at, "create", None, Some(r), actor, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Reads one record.
+    pub async fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Lists records in creation order, one page at a time.
+    pub async fn list_workspaces(&self, f: &Filter) -> Result<Page<WorkspaceRecord>, StoreError> {
+        let limit = f.limit.unwrap_or(100).clamp(1, 1000) as i64;
+        enum Arg {
+            Text(String),
+            Int(i64),
+        }
+        let mut sql = format!("SELECT {COLUMNS} FROM workspaces WHERE 1 = 1");
+        let mut args: Vec<Arg> = Vec::new();
+        if let Some(o) = &f.owner {
+            args.push(Arg::Text(o.clone()));
+            sql.push_str(&format!(" AND owner = ${}", args.len()));
+        }
+        if let Some(s) = f.state {
+            args.push(Arg::Text(s.as_str().into()));
+            sql.push_str(&format!(" AND state = ${}", args.len()));
+        }
+        if let Some(c) = f.category {
+            args.push(Arg::Text(c.as_str().into()));
+            sql.push_str(&format!(" AND category = ${}", args.len()));
+        }
+        if let Some(cursor) = &f.after {
+            let (ms, id) = cursor
+                .split_once('.')
+                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id)))
+                .ok_or_else(|| StoreError::BadCursor(cursor.clone()))?;
+            args.push(Arg::Int(ms));
+            args.push(Arg::Text(id.to_string()));
+            let (m, i) = (args.len() - 1, args.len());
+            sql.push_str(&format!(" AND (created_at > ${m} OR (created_at = ${m} AND id > ${i}))"));
+        }
+        sql.push_str(&format!(" ORDER BY created_at, id LIMIT {}", limit + 1));
+        let mut q = sqlx::query(&sql);
+        for a in args {
+            q = match a {
+                Arg::Text(t) => q.bind(t),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|r| format!("{}.{}", millis(r.created_at), r.id))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    /// How many workspaces an owner has and how much RAM they may use.
+    pub async fn owner_usage(&self, owner: &str) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(ram_bytes), 0) AS BIGINT) AS ram FROM workspaces WHERE owner = $1",
+        )
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get::<i64, _>("n")? as u64, row.try_get::<i64, _>("ram")? as u64))
+    }
+
+    /// Writes `next` over the stored record if nobody changed it since
+    /// `next.version` was read, bumping the version and appending history.
+    pub async fn update_workspace(&self, next: &mut WorkspaceRecord, change: Change<'_>) -> Result<(), StoreError> {
+        let before = next.version;
+        let mut tx = self.pool.begin().await?;
+        let from: Option<String> = sqlx::query_scalar("SELECT state FROM workspaces WHERE id = $1")
+            .bind(&next.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "UPDATE workspaces SET name = $1, binding = $2, state = $3, placement = $4, node = $5, lock_holder = $6, \
+             lock_since = $7, disk_path = $8, reason = $9, terminates_at = $10, modified_at = $11, version = version + 1 \
+             WHERE id = $12 AND version = $13",
+        )
+        .bind(&next.name)
+        .bind(json(&next.binding))
+        .bind(next.state.as_str())
+        .bind(next.placement.as_str())
+        .bind(next.node.clone())
+        .bind(next.lock_holder.clone())
+        .bind(next.lock_since.map(millis))
+        .bind(next.disk_path.clone())
+        .bind(next.reason.clone())
+        .bind(next.terminates_at.map(millis))
+        .bind(millis(next.modified_at))
+        .bind(&next.id)
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(next.id.clone()));
+        }
+        let seq = next_seq(&mut tx, &next.id).await?;
+        insert_transition(&mut tx, &next.id, seq, next.modified_at, change.action, from, Some(next), change.actor, change.detail)
+            .await?;
+        tx.commit().await?;
+        next.version = before + 1;
+        Ok(())
+    }
+
+    /// Removes a record (if `version` still matches), keeping its history with a
+    /// final `destroy` entry.
+    pub async fn delete_workspace(&self, r: &WorkspaceRecord, at: OffsetDateTime, change: Change<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM workspaces WHERE id = $1 AND version = $2")
+            .bind(&r.id)
+            .bind(r.version)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(r.id.clone()));
+        }
+        let seq = next_seq(&mut tx, &r.id).await?;
+        insert_transition(&mut tx, &r.id, seq, at, change.action, Some(r.state.as_str().into()), None, change.actor, change.detail)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A workspace's history, oldest first (also after it was destroyed).
+    pub async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, action, from_state, to_state, placement, actor, detail FROM transitions \
+             WHERE workspace_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TransitionRecord {
+                    seq: row.try_get("seq")?,
+                    at: from_millis(row.try_get("at")?),
+                    action: row.try_get("action")?,
+                    from_state: row.try_get("from_state")?,
+                    to_state: row.try_get("to_state")?,
+                    placement: row.try_get("placement")?,
+                    actor: row.try_get("actor")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records whose termination time has passed.
+    pub async fn expired(&self, now: OffsetDateTime) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM workspaces WHERE terminates_at IS NOT NULL AND terminates_at <= $1 ORDER BY terminates_at"
+        ))
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Every disk path the records refer to, for garbage collection of files
+    /// left behind by a crash.
+    pub async fn disk_paths(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT disk_path FROM workspaces WHERE disk_path IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// How many workspaces use an image (as their disk or a device).
+    pub async fn workspaces_using_image(&self, image_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE image_id = $1")
+            .bind(image_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+async fn next_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<i64, StoreError> {
+    let seq: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(MAX(seq), 0) + 1 AS BIGINT) FROM transitions WHERE workspace_id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_transition(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    seq: i64,
+    at: OffsetDateTime,
+    action: &str,
+    from: Option<String>,
+    to: Option<&WorkspaceRecord>,
+    actor: &str,
+    detail: Option<String>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO transitions (workspace_id, seq, at, action, from_state, to_state, placement, actor, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(millis(at))
+    .bind(action)
+    .bind(from)
+    .bind(to.map(|r| r.state.as_str().to_string()))
+    .bind(to.map(|r| r.placement.as_str().to_string()))
+    .bind(actor)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
