@@ -26,6 +26,15 @@ CREATE UNIQUE INDEX workspaces_owner_name ON workspaces (owner, name);
 CREATE INDEX workspaces_created ON workspaces (created_at, id);
 CREATE INDEX workspaces_terminates ON workspaces (terminates_at);
 
+-- Every pool image a workspace depends on (its disk's backing image and its
+-- devices' images), so an image in use cannot be removed.
+CREATE TABLE workspace_images (
+    workspace_id TEXT NOT NULL,
+    image_id     TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, image_id)
+);
+CREATE INDEX workspace_images_image ON workspace_images (image_id);
+
 -- Kept after a workspace is destroyed: the audit trail outlives the record.
 CREATE TABLE transitions (
     workspace_id TEXT NOT NULL,

@@ -11,7 +11,8 @@ mod images;
 mod workspaces;
 
 pub use blobs::{BlobError, BlobStore, Digest};
-pub use db::{millis, from_millis, Backend, Store, StoreError};
+pub use db::{from_millis, millis, Backend, Store, StoreError};
+pub use sqlx::Error as SqlxError;
 pub use images::{ImageFile, ImageKind, ImageRecord};
 pub use workspaces::{Binding, Change, Filter, Page, TransitionRecord, WorkspaceRecord};
 

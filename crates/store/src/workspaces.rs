@@ -63,6 +63,9 @@ pub struct WorkspaceRecord {
     pub modified_at: OffsetDateTime,
     /// Optimistic-concurrency counter, bumped by every update.
     pub version: i64,
+    /// Pool images this workspace depends on besides `image_id` (devices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_images: Vec<String>,
 }
 
 impl WorkspaceRecord {
@@ -157,6 +160,7 @@ fn decode(row: &AnyRow) -> Result<WorkspaceRecord, StoreError> {
         terminates_at: row.try_get::<Option<i64>, _>("terminates_at")?.map(from_millis),
         modified_at: from_millis(row.try_get("modified_at")?),
         version: row.try_get("version")?,
+        device_images: Vec::new(),
         id,
     })
 }
@@ -178,7 +182,7 @@ pub struct Change<'a> {
 
 impl Store {
     /// Inserts a new record and its `create` history entry, atomically.
-    pub async fn insert_workspace(&self, r: &WorkspaceRecord, actor: &str) -> Result<(), StoreError> {
+    pub async fn insert_workspace(&self, r: &WorkspaceRecord, change: Change<'_>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
@@ -205,7 +209,17 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || format!("a workspace named {:?} already exists", r.name)))?;
-        insert_transition(&mut tx, &r.id, 1, r.created_at, "create", None, Some(r), actor, None).await?;
+        let mut images: Vec<&String> = std::iter::once(&r.image_id).chain(&r.device_images).collect();
+        images.sort();
+        images.dedup();
+        for image in images {
+            sqlx::query("INSERT INTO workspace_images (workspace_id, image_id) VALUES ($1, $2)")
+                .bind(&r.id)
+                .bind(image)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_transition(&mut tx, &r.id, 1, r.created_at, change.action, None, Some(r), change.actor, change.detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -216,7 +230,13 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(decode).transpose()
+        let Some(mut r) = row.as_ref().map(decode).transpose()? else { return Ok(None) };
+        r.device_images = sqlx::query_scalar("SELECT image_id FROM workspace_images WHERE workspace_id = $1 AND image_id <> $2 ORDER BY image_id")
+            .bind(id)
+            .bind(&r.image_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Some(r))
     }
 
     /// Lists records in creation order, one page at a time.
@@ -332,6 +352,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Err(StoreError::Conflict(r.id.clone()));
         }
+        sqlx::query("DELETE FROM workspace_images WHERE workspace_id = $1").bind(&r.id).execute(&mut *tx).await?;
         let seq = next_seq(&mut tx, &r.id).await?;
         insert_transition(&mut tx, &r.id, seq, at, change.action, Some(r.state.as_str().into()), None, change.actor, change.detail)
             .await?;
@@ -385,7 +406,7 @@ impl Store {
 
     /// How many workspaces use an image (as their disk or a device).
     pub async fn workspaces_using_image(&self, image_id: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE image_id = $1")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspace_images WHERE image_id = $1")
             .bind(image_id)
             .fetch_one(&self.pool)
             .await?;

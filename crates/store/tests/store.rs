@@ -31,6 +31,7 @@ fn record(id: &str, owner: &str, name: &str, created: OffsetDateTime) -> Workspa
         terminates_at: Some(created + Duration::hours(1)),
         modified_at: created,
         version: 1,
+        device_images: vec![],
     }
 }
 
@@ -41,16 +42,16 @@ fn change(action: &str) -> Change<'_> {
 async fn records_round_trip_and_filter(store: Store) {
     let t = now();
     let a = record("ws-a", "/CN=alice", "one", t);
-    store.insert_workspace(&a, "/CN=alice").await.unwrap();
+    store.insert_workspace(&a, Change { action: "create", actor: "/CN=alice", detail: None }).await.unwrap();
     assert_eq!(store.workspace("ws-a").await.unwrap(), Some(a.clone()));
     assert_eq!(store.workspace("ws-missing").await.unwrap(), None);
 
     let mut b = record("ws-b", "/CN=bob", "one", t + Duration::milliseconds(1));
     b.description.category = Category::DynamicAccount;
-    store.insert_workspace(&b, "/CN=bob").await.unwrap();
+    store.insert_workspace(&b, Change { action: "create", actor: "/CN=bob", detail: None }).await.unwrap();
     // Names are unique per owner.
     let dup = record("ws-c", "/CN=alice", "one", t);
-    assert!(matches!(store.insert_workspace(&dup, "/CN=alice").await, Err(StoreError::Duplicate(_))));
+    assert!(matches!(store.insert_workspace(&dup, Change { action: "create", actor: "/CN=alice", detail: None }).await, Err(StoreError::Duplicate(_))));
 
     let all = store.list_workspaces(&Filter::default()).await.unwrap();
     assert_eq!(all.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["ws-a", "ws-b"]);
@@ -70,7 +71,7 @@ async fn pages_cover_everything_once(store: Store) {
     for i in 0..25 {
         // Several records share a creation time: the cursor must still be exact.
         let r = record(&format!("ws-{i:03}"), "/CN=p", &format!("n{i}"), t + Duration::milliseconds(i / 3));
-        store.insert_workspace(&r, "/CN=p").await.unwrap();
+        store.insert_workspace(&r, Change { action: "create", actor: "/CN=p", detail: None }).await.unwrap();
     }
     let mut seen = Vec::new();
     let mut after = None;
@@ -93,8 +94,10 @@ async fn pages_cover_everything_once(store: Store) {
 
 async fn updates_are_versioned_and_history_is_kept(store: Store) {
     let t = now();
-    let a = record("ws-h", "/CN=alice", "h", t);
-    store.insert_workspace(&a, "/CN=alice").await.unwrap();
+    let mut a = record("ws-h", "/CN=alice", "h", t);
+    let cdrom = format!("sha256:{}", "c".repeat(64));
+    a.device_images = vec![cdrom.clone()];
+    store.insert_workspace(&a, Change { action: "create", actor: "/CN=alice", detail: None }).await.unwrap();
     let mut next = a.clone();
     next.state = State::Shutdown;
     next.placement = Placement::Host;
@@ -112,7 +115,9 @@ async fn updates_are_versioned_and_history_is_kept(store: Store) {
     assert!(matches!(store.update_workspace(&mut stale, change("corrupt")).await, Err(StoreError::Conflict(_))));
     assert!(matches!(store.delete_workspace(&a, t, change("destroy")).await, Err(StoreError::Conflict(_))));
 
+    assert_eq!(store.workspaces_using_image(&cdrom).await.unwrap(), 1);
     store.delete_workspace(&next, t + Duration::seconds(2), change("destroy")).await.unwrap();
+    assert_eq!(store.workspaces_using_image(&cdrom).await.unwrap(), 0);
     assert_eq!(store.workspace("ws-h").await.unwrap(), None);
     let h = store.history("ws-h").await.unwrap();
     let actions: Vec<_> = h.iter().map(|e| (e.seq, e.action.as_str(), e.to_state.as_deref(), e.placement.as_deref())).collect();
@@ -130,12 +135,13 @@ async fn expiry_is_found_by_time(store: Store) {
     short.terminates_at = Some(t + Duration::seconds(10));
     let mut forever = record("ws-forever", "/CN=a", "forever", t);
     forever.terminates_at = None;
-    store.insert_workspace(&short, "/CN=a").await.unwrap();
-    store.insert_workspace(&forever, "/CN=a").await.unwrap();
+    store.insert_workspace(&short, Change { action: "create", actor: "/CN=a", detail: None }).await.unwrap();
+    store.insert_workspace(&forever, Change { action: "create", actor: "/CN=a", detail: None }).await.unwrap();
     assert!(store.expired(t + Duration::seconds(9)).await.unwrap().is_empty());
     let gone = store.expired(t + Duration::seconds(10)).await.unwrap();
     assert_eq!(gone.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["ws-short"]);
     assert_eq!(store.disk_paths().await.unwrap().len(), 2);
+    assert_eq!(store.workspaces_using_image(&short.image_id).await.unwrap(), 2);
 }
 
 async fn images_tags_and_blobs(store: Store) {
@@ -183,7 +189,7 @@ async fn concurrent_inserts_lose_nothing(store: Store) {
             let store = store.clone();
             tokio::spawn(async move {
                 let r = record(&format!("ws-c{i:02}"), "/CN=c", &format!("c{i}"), t + Duration::milliseconds(i));
-                store.insert_workspace(&r, "/CN=c").await
+                store.insert_workspace(&r, Change { action: "create", actor: "/CN=c", detail: None }).await
             })
         })
         .collect();

@@ -1,0 +1,330 @@
+//! The REST API under /v1 (ARCHITECTURE.md §5): thin handlers over
+//! [`Service`], one error shape, strict bodies, request ids in every log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use vws_model::{Category, Form, Identity, State as WsState};
+use vws_store::Filter;
+
+use crate::core::Service;
+use crate::error::{error_response, ServiceError};
+use crate::pool::ImportRequest;
+
+/// Largest request body outside blob uploads (descriptions, JSON requests).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// How a request's identity is established.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// Loopback-only service: every request acts as this local identity.
+    Local(Identity),
+}
+
+/// What handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The core.
+    pub service: Arc<Service>,
+    /// How callers are identified.
+    pub auth: Auth,
+}
+
+/// The caller of a request.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match &state.auth {
+            Auth::Local(id) => Ok(Caller(id.clone())),
+        }
+    }
+}
+
+/// Every (method, path) the API serves; the checked-in OpenAPI document must
+/// list exactly these (a test holds them together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/health"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/v1/workspaces"),
+    ("post", "/v1/workspaces"),
+    ("get", "/v1/workspaces/{id}"),
+    ("delete", "/v1/workspaces/{id}"),
+    ("post", "/v1/workspaces/{id}/clone"),
+    ("post", "/v1/workspaces/{id}/renew"),
+    ("get", "/v1/workspaces/{id}/history"),
+    ("get", "/v1/images"),
+    ("post", "/v1/images"),
+    ("get", "/v1/images/{reference}"),
+    ("delete", "/v1/images/{reference}"),
+    ("head", "/v1/blobs/{digest}"),
+    ("put", "/v1/blobs/{digest}"),
+];
+
+/// The OpenAPI document, checked in beside the code.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/workspaces", post(create).get(list))
+        .route("/v1/workspaces/{id}", get(show).delete(destroy))
+        .route("/v1/workspaces/{id}/clone", post(clone))
+        .route("/v1/workspaces/{id}/renew", post(renew))
+        .route("/v1/workspaces/{id}/history", get(history))
+        .route("/v1/images", post(import).get(images))
+        .route("/v1/images/{reference}", get(image).delete(remove_image))
+        .route("/v1/blobs/{digest}", put(upload).head(has_blob).layer(DefaultBodyLimit::disable()))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(CatchPanicLayer::custom(|_| {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), vec![])
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains
+/// in-flight requests for at most `grace`.
+pub async fn serve(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    let drained = async move {
+        let _ = rx.await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r,
+        _ = drained => {
+            tracing::warn!("requests still running after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+async fn no_route() -> ServiceError {
+    ServiceError::NotFound("no such API route (see /v1/openapi.json)".into())
+}
+
+async fn no_method() -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".into(), vec![])
+}
+
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ServiceError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServiceError::TooLarge(format!("request body is larger than {} bytes", MAX_BODY))
+        } else {
+            ServiceError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+/// Reads a JSON body strictly; an empty body is `None`.
+fn json_body<T: DeserializeOwned>(headers: &HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<Option<T>, ServiceError> {
+    let b = body(b)?;
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if Form::from_content_type(ct) != Some(Form::Json) {
+        return Err(ServiceError::UnsupportedMediaType(format!("expected Content-Type application/json, got {ct:?}")));
+    }
+    serde_json::from_slice(&b).map(Some).map_err(|e| ServiceError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn openapi() -> Response {
+    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQuery {
+    name: Option<String>,
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<CreateQuery>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let b = body(b)?;
+    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let form = Form::from_content_type(ct).ok_or_else(|| {
+        ServiceError::UnsupportedMediaType(format!(
+            "a description is application/xml, application/toml or application/json, not {ct:?}"
+        ))
+    })?;
+    let text = std::str::from_utf8(&b).map_err(|_| ServiceError::BadRequest("the description is not UTF-8".into()))?;
+    let d = vws_model::parse(text, form)?;
+    let ws = s.service.create(&who, d, form, q.name).await?;
+    let location = format!("/v1/workspaces/{}", ws.record.id);
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(ws)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    owner: Option<String>,
+    category: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn list(State(s): State<AppState>, Caller(who): Caller, Query(q): Query<ListQuery>) -> Result<Response, ServiceError> {
+    let state = q
+        .state
+        .map(|v| WsState::parse(&v).ok_or_else(|| ServiceError::BadRequest(format!("{v:?} is not a state"))))
+        .transpose()?;
+    let category = q
+        .category
+        .map(|v| Category::parse(&v).ok_or_else(|| ServiceError::BadRequest(format!("{v:?} is not a category"))))
+        .transpose()?;
+    if q.limit == Some(0) || q.limit.is_some_and(|l| l > 1000) {
+        return Err(ServiceError::BadRequest("limit must be between 1 and 1000".into()));
+    }
+    let page = s.service.list(&who, Filter { owner: q.owner, state, category, limit: q.limit, after: q.after }).await?;
+    Ok(Json(page).into_response())
+}
+
+async fn show(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ServiceError> {
+    let ws = s.service.workspace(&who, &id).await?;
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // The description alone, in the form asked for; JSON gets the whole record.
+    match Form::from_content_type(accept) {
+        Some(form @ (Form::Xml | Form::Toml)) => {
+            let text = vws_model::write(&ws.full_description(), form);
+            Ok(([(CONTENT_TYPE, form.content_type())], text).into_response())
+        }
+        _ => Ok(Json(ws).into_response()),
+    }
+}
+
+async fn destroy(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> Result<StatusCode, ServiceError> {
+    s.service.destroy(&who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct CloneRequest {
+    name: Option<String>,
+}
+
+async fn clone(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: Option<CloneRequest> = json_body(&headers, b)?;
+    let ws = s.service.clone_workspace(&who, &id, req.and_then(|r| r.name)).await?;
+    Ok((StatusCode::CREATED, Json(ws)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    /// Seconds from now.
+    lifetime: u64,
+}
+
+async fn renew(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: RenewRequest = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected a body {\"lifetime\": SECONDS}".into()))?;
+    Ok(Json(s.service.renew(&who, &id, req.lifetime).await?).into_response())
+}
+
+async fn history(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.history(&who, &id).await?).into_response())
+}
+
+async fn import(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: ImportRequest = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected a JSON body naming the image and its blobs".into()))?;
+    Ok((StatusCode::CREATED, Json(s.service.import_image(&who, req).await?)).into_response())
+}
+
+async fn images(State(s): State<AppState>, Caller(_who): Caller) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.images().await?).into_response())
+}
+
+async fn image(State(s): State<AppState>, Caller(_who): Caller, Path(reference): Path<String>) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.image(&reference).await?).into_response())
+}
+
+async fn remove_image(State(s): State<AppState>, Caller(who): Caller, Path(reference): Path<String>) -> Result<StatusCode, ServiceError> {
+    s.service.remove_image(&who, &reference).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn has_blob(State(s): State<AppState>, Caller(_who): Caller, Path(digest): Path<String>) -> Result<Response, ServiceError> {
+    match s.service.has_blob(&digest).await? {
+        Some(size) => Ok((StatusCode::OK, [(axum::http::header::CONTENT_LENGTH, size.to_string())]).into_response()),
+        None => Err(ServiceError::NotFound(format!("blob {digest} not found"))),
+    }
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(digest): Path<String>,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    let stream = request.into_body().into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let (d, size) = s.service.put_blob(&who, &digest, reader).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "digest": d.to_string(), "size": size }))).into_response())
+}

@@ -1,0 +1,135 @@
+//! The service core: one value that the HTTP API, the CLI's embedded mode and
+//! tests all call. Every call takes the caller's [`Identity`], so the
+//! transport (loopback today, mutual TLS later) never reaches in here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+use vws_model::{Description, Epr, Identity};
+use vws_store::{BlobStore, Store, WorkspaceRecord};
+
+use crate::clock::Clock;
+use crate::error::ServiceError;
+use crate::policy::Policy;
+
+/// Where the service keeps things and how it is reached.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// State folder (`VWS_HOME`).
+    pub home: PathBuf,
+    /// Base URL clients use; EPRs are built from it.
+    pub public_url: String,
+    /// The factory's policy.
+    pub policy: Policy,
+}
+
+/// The VW Factory and VW Repository behind one handle.
+pub struct Service {
+    pub(crate) store: Store,
+    pub(crate) blobs: BlobStore,
+    pub(crate) disks: PathBuf,
+    pub(crate) policy: Policy,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) public_url: String,
+    /// Admission (quota check, then insert) is serialized so concurrent
+    /// creates cannot both slip under a limit.
+    pub(crate) admission: Mutex<()>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("public_url", &self.public_url).finish_non_exhaustive()
+    }
+}
+
+/// A workspace as clients see it: its record and its endpoint reference.
+#[derive(Clone, Debug, Serialize)]
+pub struct Workspace {
+    /// The record.
+    #[serde(flatten)]
+    pub record: WorkspaceRecord,
+    /// Endpoint reference.
+    pub epr: Epr,
+}
+
+impl Workspace {
+    /// The description with every server-owned field filled in, as the XML
+    /// form shows it.
+    pub fn full_description(&self) -> Description {
+        let mut d = self.record.description.clone();
+        d.state = Some(self.record.state);
+        d.epr = Some(self.epr.clone());
+        d.creation_time = Some(self.record.created_at);
+        d.last_modified = Some(self.record.modified_at);
+        d
+    }
+}
+
+impl Service {
+    /// Opens the service's state under `settings.home` on an open store.
+    pub async fn open(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
+        let blobs = BlobStore::open(settings.home.join("images")).await?;
+        let disks = settings.home.join("disks");
+        tokio::fs::create_dir_all(&disks).await?;
+        let service = Service {
+            store,
+            blobs,
+            disks,
+            policy: settings.policy,
+            clock,
+            public_url: settings.public_url.trim_end_matches('/').to_string(),
+            admission: Mutex::new(()),
+        };
+        service.collect_garbage().await?;
+        Ok(service)
+    }
+
+    /// The repository database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The clock the service reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub(crate) fn view(&self, record: WorkspaceRecord) -> Workspace {
+        let epr = Epr {
+            address: format!("{}/v1/workspaces/{}", self.public_url, record.id),
+            resource_key: vws_model::resource_key(&record.owner, &record.id),
+        };
+        Workspace { record, epr }
+    }
+
+    /// Loads a workspace the caller may see; others' workspaces are "not
+    /// found", never "forbidden", so their existence does not leak.
+    pub(crate) async fn visible(&self, who: &Identity, id: &str) -> Result<WorkspaceRecord, ServiceError> {
+        match self.store.workspace(id).await? {
+            Some(r) if r.owner == who.dn || who.is_admin() => Ok(r),
+            _ => Err(ServiceError::NotFound(format!("workspace {id} not found"))),
+        }
+    }
+
+    /// Removes files a crash left without a record: disk overlays no record
+    /// names, and temporary uploads (the blob store clears those on open).
+    async fn collect_garbage(&self) -> anyhow::Result<()> {
+        let known: std::collections::HashSet<String> = self.store.disk_paths().await?.into_iter().collect();
+        let mut dir = tokio::fs::read_dir(&self.disks).await?;
+        while let Some(entry) = dir.next_entry().await? {
+            let path = entry.path().to_string_lossy().into_owned();
+            if !known.contains(&path) {
+                tracing::info!(%path, "removing a disk overlay no record refers to");
+                tokio::fs::remove_file(&path).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The service's errors and the one place they become HTTP statuses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use vws_model::{FieldError, IllegalTransition, InvalidDescription};
+use vws_store::{BlobError, StoreError};
+
+/// Everything a service call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The description was refused; each problem names its element.
+    #[error(transparent)]
+    Invalid(#[from] InvalidDescription),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing by that name that the caller may see.
+    #[error("{0}")]
+    NotFound(String),
+    /// The workspace's state forbids the action.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// Something else is in the way (a name taken, an image in use, a concurrent change).
+    #[error("{0}")]
+    Conflict(String),
+    /// Policy refused the request; the reason is for the client.
+    #[error("refused by policy: {0}")]
+    Policy(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body's content type is not one this endpoint reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Content did not match its digest.
+    #[error("{0}")]
+    Integrity(String),
+    /// A dependency is not available right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an environment failure.
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) | StoreError::Duplicate(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::BadCursor(_) => ServiceError::BadRequest(e.to_string()),
+            StoreError::Db(sqlx_err) if matches!(sqlx_err, vws_store::SqlxError::PoolTimedOut) => {
+                ServiceError::Unavailable("the database is busy; try again".into())
+            }
+            other => ServiceError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<BlobError> for ServiceError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::BadDigest(_) => ServiceError::BadRequest(e.to_string()),
+            BlobError::Mismatch { .. } => ServiceError::Integrity(e.to_string()),
+            BlobError::TooLarge { .. } => ServiceError::TooLarge(e.to_string()),
+            BlobError::Io(_) => ServiceError::Internal(e.into()),
+        }
+    }
+}
+
+/// The one error shape: `{"error": {"code": …, "message": …, "details": [...]}}`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorInfo,
+}
+
+/// Inside [`ErrorBody`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ErrorInfo {
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// For description errors: each problem with its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Detail>,
+}
+
+/// One problem in a refused description.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Detail {
+    /// Path of the element at fault.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<&FieldError> for Detail {
+    fn from(e: &FieldError) -> Self {
+        Detail { path: e.path.clone(), message: e.message.clone() }
+    }
+}
+
+impl ServiceError {
+    /// HTTP status and stable code of each error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_description"),
+            ServiceError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Illegal(_) => (StatusCode::CONFLICT, "illegal_transition"),
+            ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ServiceError::Policy(_) => (StatusCode::FORBIDDEN, "policy_refused"),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ServiceError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ServiceError::Integrity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch"),
+            ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// Builds an error response in the one shape.
+pub fn error_response(status: StatusCode, code: &str, message: String, details: Vec<Detail>) -> Response {
+    let body = ErrorBody { error: ErrorInfo { code: code.into(), message, details } };
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::info!(error = %self, code, "request refused");
+        }
+        let details = match &self {
+            ServiceError::Invalid(inv) => inv.0.iter().map(Detail::from).collect(),
+            _ => Vec::new(),
+        };
+        error_response(status, code, self.to_string(), details)
+    }
+}

@@ -1,0 +1,236 @@
+//! The VW Factory (paper §3.1, §3.2): validates a description against the pool
+//! and the policy, clones the pool image copy-on-write, and registers the new
+//! workspace with the repository.
+
+use std::path::Path;
+
+use time::Duration;
+use vws_model::{
+    Category, Description, Form, Identity, ImageRef, InvalidDescription, Placement, State,
+};
+use vws_model::validate::{Path as DescPath, Seg};
+use vws_store::{Binding, Change, ImageKind, ImageRecord, WorkspaceRecord};
+
+use crate::core::{Service, Workspace};
+use crate::error::ServiceError;
+use crate::policy::glob;
+
+/// Why a name was refused.
+fn check_name(name: &str) -> Result<(), ServiceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::BadRequest(format!(
+            "{name:?} is not a workspace name: 1 to 63 letters, digits, '.', '_', '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn new_id() -> String {
+    format!("ws-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+fn at(form: Form, segs: &[Seg]) -> String {
+    DescPath(segs.to_vec()).render(form)
+}
+
+impl Service {
+    async fn resolve_image(&self, reference: &str, form: Form, segs: &[Seg]) -> Result<ImageRecord, ServiceError> {
+        let parsed: ImageRef = reference
+            .parse()
+            .map_err(|e: vws_model::image_ref::ImageRefError| InvalidDescription::one(at(form, segs), e.to_string()))?;
+        self.store.image(&parsed).await?.ok_or_else(|| {
+            InvalidDescription::one(
+                at(form, segs),
+                format!("image {reference} is not in the pool (see `vws image list`; add it with `vws image import`)"),
+            )
+            .into()
+        })
+    }
+
+    /// Creates a workspace from a description (paper §3.1): the accepted
+    /// record, or the reason it was refused.
+    pub async fn create(
+        &self,
+        who: &Identity,
+        description: Description,
+        form: Form,
+        name: Option<String>,
+    ) -> Result<Workspace, ServiceError> {
+        self.create_with(who, description, form, name, None).await
+    }
+
+    pub(crate) async fn create_with(
+        &self,
+        who: &Identity,
+        description: Description,
+        form: Form,
+        name: Option<String>,
+        origin: Option<&str>,
+    ) -> Result<Workspace, ServiceError> {
+        if description.state.is_some() || description.epr.is_some() || description.creation_time.is_some() {
+            tracing::debug!("ignoring server-owned fields in a submitted description");
+        }
+        let d = description.without_server_fields();
+        vws_model::validate::validate(&d, form)?;
+        if let Some(n) = &name {
+            check_name(n)?;
+        }
+        let image = self.resolve_image(&d.software.image, form, &[Seg::Key("software"), Seg::Key("image")]).await?;
+        let mut device_images = Vec::new();
+        for (i, dev) in d.hardware.devices.iter().enumerate() {
+            let segs = [Seg::Key("hardware"), Seg::Key("devices"), Seg::Index(i), Seg::Key("image")];
+            device_images.push(self.resolve_image(&dev.image, form, &segs).await?.id);
+        }
+
+        // Policy: what this owner may ask for.
+        let limits = self.policy.limits_for(&who.dn);
+        if !limits.allowed_categories.iter().any(|c| c == d.category.as_str()) {
+            return Err(ServiceError::Policy(format!(
+                "category {:?} is not allowed for {} (allowed: {})",
+                d.category.as_str(),
+                who.dn,
+                limits.allowed_categories.join(", ")
+            )));
+        }
+        let names: Vec<&str> = std::iter::once(image.id.as_str()).chain(image.tags.iter().map(String::as_str)).collect();
+        if !limits.allowed_images.iter().any(|p| names.iter().any(|n| glob(p, n))) {
+            return Err(ServiceError::Policy(format!("image {} is not allowed for {}", d.software.image, who.dn)));
+        }
+        let lifetime = d.life_cycle.unwrap_or(limits.default_lifetime.min(limits.max_lifetime));
+        if lifetime > limits.max_lifetime {
+            return Err(ServiceError::Policy(format!(
+                "lifeCycle {lifetime}s is longer than the {}s allowed for {}",
+                limits.max_lifetime, who.dn
+            )));
+        }
+        if d.category == Category::Vm || d.hardware.disk.is_some() {
+            self.check_disk_fits(&d, &image, form)?;
+        }
+
+        let _admitted = self.admission.lock().await;
+        // The image may have been removed since it was resolved; removal takes
+        // the same lock, so this check holds until the record is in.
+        if self.store.image(&ImageRef::Digest(image.id.clone())).await?.is_none() {
+            return Err(ServiceError::Conflict(format!("image {} was removed meanwhile", d.software.image)));
+        }
+        let (count, ram) = self.store.owner_usage(&who.dn).await?;
+        if count + 1 > limits.max_workspaces {
+            return Err(ServiceError::Policy(format!(
+                "{} already has {count} workspaces; the limit is {}",
+                who.dn, limits.max_workspaces
+            )));
+        }
+        let wanted = d.hardware.ram.max.0;
+        if ram + wanted > limits.max_total_ram.0 {
+            return Err(ServiceError::Policy(format!(
+                "{} would use {} of RAM with this workspace; the limit is {}",
+                who.dn,
+                vws_model::ByteSize(ram + wanted).human(),
+                limits.max_total_ram.human()
+            )));
+        }
+
+        let id = new_id();
+        let disk = self.make_disk(&id, &d, &image).await?;
+        let now = self.clock.now();
+        let record = WorkspaceRecord {
+            name: name.unwrap_or_else(|| id.clone()),
+            owner: who.dn.clone(),
+            binding: Binding { cpus: None, ram: None, disk: disk.as_ref().map(|(_, size)| *size) },
+            state: State::Shutdown,
+            placement: Placement::Repository,
+            node: None,
+            lock_holder: None,
+            lock_since: None,
+            image_id: image.id.clone(),
+            disk_path: disk.as_ref().map(|(p, _)| p.clone()),
+            reason: None,
+            created_at: now,
+            terminates_at: Some(now + Duration::seconds(lifetime as i64)),
+            modified_at: now,
+            version: 1,
+            device_images,
+            description: d,
+            id,
+        };
+        let change = Change { action: "create", actor: &who.dn, detail: origin.map(|o| format!("clone of {o}")) };
+        if let Err(e) = self.store.insert_workspace(&record, change).await {
+            // The record is the source of truth: without it the disk must go.
+            if let Some(p) = &record.disk_path {
+                let _ = tokio::fs::remove_file(p).await;
+            }
+            return Err(e.into());
+        }
+        tracing::info!(id = %record.id, owner = %who.dn, image = %record.image_id, "workspace created");
+        Ok(self.view(record))
+    }
+
+    fn check_disk_fits(&self, d: &Description, image: &ImageRecord, form: Form) -> Result<(), ServiceError> {
+        let disk_at = |attr| at(form, &[Seg::Key("hardware"), Seg::Key("disk"), Seg::Key(attr)]);
+        match (&d.hardware.disk, image.kind) {
+            (Some(disk), ImageKind::Disk) if disk.kind != vws_model::DiskType::Qcow2 => Err(InvalidDescription::one(
+                disk_at("type"),
+                "a workspace cloned from a disk image has a qcow2 overlay; use type qcow2",
+            )
+            .into()),
+            (Some(disk), ImageKind::Disk) if disk.size.0 < image.virtual_size => Err(InvalidDescription::one(
+                disk_at("size"),
+                format!(
+                    "disk size {} is smaller than image {} ({})",
+                    disk.size,
+                    d.software.image,
+                    vws_model::ByteSize(image.virtual_size)
+                ),
+            )
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The workspace's own disk: a copy-on-write overlay of a disk image (O(1)
+    /// in the image's size), or a blank disk for kernel images that ask for one.
+    async fn make_disk(
+        &self,
+        id: &str,
+        d: &Description,
+        image: &ImageRecord,
+    ) -> Result<Option<(String, u64)>, ServiceError> {
+        let path = self.disks.join(format!("{id}.qcow2"));
+        let result = match image.kind {
+            ImageKind::Disk => {
+                let file = image.file("disk").ok_or_else(|| anyhow::anyhow!("image {} has no disk file", image.id))?;
+                let backing = self.blobs.path(&file.digest.parse()?);
+                let format = image.format.as_deref().unwrap_or("raw");
+                let size = d.hardware.disk.as_ref().map_or(image.virtual_size, |x| x.size.0).max(image.virtual_size);
+                vws_qemu::img::create_overlay(&backing, format, &path, Some(size)).await.map(|()| size)
+            }
+            ImageKind::Kernel => match &d.hardware.disk {
+                Some(disk) => vws_qemu::img::create(&path, disk.kind.as_str(), disk.size.0).await.map(|()| disk.size.0),
+                None => return Ok(None),
+            },
+        };
+        match result {
+            Ok(size) => Ok(Some((path_string(&path), size))),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(anyhow::Error::from(e).context("making the workspace disk").into())
+            }
+        }
+    }
+
+    /// Clones a workspace (paper §2.1): a new name, a new resource with its own
+    /// disk cloned from the same pool image, and a copy of the description.
+    pub async fn clone_workspace(&self, who: &Identity, id: &str, name: Option<String>) -> Result<Workspace, ServiceError> {
+        let source = self.visible(who, id).await?;
+        self.create_with(who, source.description, Form::Json, name, Some(&source.id)).await
+    }
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}

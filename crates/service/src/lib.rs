@@ -1,0 +1,17 @@
+//! The vws service (`vws serve`, and the service half of `vws up`): the VW
+//! Factory and VW Repository of the paper (§3.1), their policy, the lifetime
+//! reaper, and the REST API.
+
+pub mod api;
+pub mod clock;
+mod core;
+pub mod error;
+mod factory;
+pub mod policy;
+pub mod pool;
+pub mod repository;
+
+pub use crate::core::{Service, Settings, Workspace};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::ServiceError;
+pub use policy::Policy;

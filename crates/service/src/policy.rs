@@ -1,0 +1,217 @@
+//! Factory policy (paper §3.2: a request is accepted or rejected based on
+//! existing policies), read from a TOML file.
+//!
+//! ```toml
+//! [defaults]
+//! max_workspaces = 100
+//! max_total_ram = "64GiB"
+//! max_lifetime = 604800        # seconds
+//! default_lifetime = 86400     # when a description has no lifeCycle
+//! allowed_images = ["*"]
+//! allowed_categories = ["vm", "dynamic account"]
+//!
+//! [[owner]]                    # first matching rule wins; fields it omits come from [defaults]
+//! dn = "/O=Grid/OU=guests/*"
+//! max_workspaces = 2
+//! allowed_images = ["minimal:*"]
+//! ```
+
+use serde::Deserialize;
+use vws_model::{ByteSize, Category};
+
+/// Limits for one owner.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most workspaces at once.
+    pub max_workspaces: u64,
+    /// Most RAM over all workspaces (counting the top of each RAM range).
+    pub max_total_ram: ByteSize,
+    /// Longest lifetime, in seconds, at creation and on renewal.
+    pub max_lifetime: u64,
+    /// Lifetime of a workspace whose description has no lifeCycle.
+    pub default_lifetime: u64,
+    /// Image patterns (`*` matches any run of characters) over `name:tag` or digests.
+    pub allowed_images: Vec<String>,
+    /// Categories that may be created.
+    pub allowed_categories: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_workspaces: 100,
+            max_total_ram: ByteSize(64 << 30),
+            max_lifetime: 7 * 24 * 3600,
+            default_lifetime: 24 * 3600,
+            allowed_images: vec!["*".into()],
+            allowed_categories: vec!["vm".into(), "dynamic account".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialLimits {
+    max_workspaces: Option<u64>,
+    max_total_ram: Option<ByteSize>,
+    max_lifetime: Option<u64>,
+    default_lifetime: Option<u64>,
+    allowed_images: Option<Vec<String>>,
+    allowed_categories: Option<Vec<String>>,
+}
+
+// Spelled out rather than flattened: serde cannot deny unknown fields through
+// a flatten, and a misspelt limit must be an error, not silently ignored.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerRule {
+    dn: String,
+    max_workspaces: Option<u64>,
+    max_total_ram: Option<ByteSize>,
+    max_lifetime: Option<u64>,
+    default_lifetime: Option<u64>,
+    allowed_images: Option<Vec<String>>,
+    allowed_categories: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    defaults: PartialLimits,
+    #[serde(default)]
+    owner: Vec<OwnerRule>,
+}
+
+/// The factory's policy.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    defaults: Limits,
+    rules: Vec<(String, Limits)>,
+}
+
+/// A policy file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("policy: {0}")]
+pub struct PolicyError(String);
+
+fn merge(base: &Limits, p: &PartialLimits) -> Limits {
+    Limits {
+        max_workspaces: p.max_workspaces.unwrap_or(base.max_workspaces),
+        max_total_ram: p.max_total_ram.unwrap_or(base.max_total_ram),
+        max_lifetime: p.max_lifetime.unwrap_or(base.max_lifetime),
+        default_lifetime: p.default_lifetime.unwrap_or(base.default_lifetime),
+        allowed_images: p.allowed_images.clone().unwrap_or_else(|| base.allowed_images.clone()),
+        allowed_categories: p.allowed_categories.clone().unwrap_or_else(|| base.allowed_categories.clone()),
+    }
+}
+
+fn check_categories(limits: &Limits, place: &str) -> Result<(), PolicyError> {
+    match limits.allowed_categories.iter().find(|c| Category::parse(c).is_none()) {
+        Some(bad) => Err(PolicyError(format!("unknown category {bad:?} in {place} (expected \"vm\" or \"dynamic account\")"))),
+        None => Ok(()),
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Policy {
+    /// Reads a policy from TOML text.
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
+        let defaults = merge(&Limits::default(), &file.defaults);
+        check_categories(&defaults, "[defaults]")?;
+        let mut rules = Vec::new();
+        for rule in file.owner {
+            let partial = PartialLimits {
+                max_workspaces: rule.max_workspaces,
+                max_total_ram: rule.max_total_ram,
+                max_lifetime: rule.max_lifetime,
+                default_lifetime: rule.default_lifetime,
+                allowed_images: rule.allowed_images,
+                allowed_categories: rule.allowed_categories,
+            };
+            let limits = merge(&defaults, &partial);
+            check_categories(&limits, &format!("the rule for {:?}", rule.dn))?;
+            rules.push((rule.dn, limits));
+        }
+        Ok(Policy { defaults, rules })
+    }
+
+    /// Reads a policy file.
+    pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError(format!("{}: {e}", path.display())))?;
+        Policy::from_toml(&text)
+    }
+
+    /// The limits that apply to an owner.
+    pub fn limits_for(&self, dn: &str) -> &Limits {
+        self.rules.iter().find(|(pattern, _)| glob(pattern, dn)).map(|(_, l)| l).unwrap_or(&self.defaults)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything"));
+        assert!(glob("minimal:*", "minimal:1"));
+        assert!(!glob("minimal:*", "debian:12"));
+        assert!(glob("/O=Grid/*/CN=Alice", "/O=Grid/OU=bio/CN=Alice"));
+        assert!(!glob("/O=Grid/*/CN=Alice", "/O=Grid/OU=bio/CN=Bob"));
+        assert!(glob("a*b*c", "abc"));
+        assert!(!glob("a*a", "a"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins_over_defaults() {
+        let p = Policy::from_toml(
+            r#"
+            [defaults]
+            max_workspaces = 10
+            [[owner]]
+            dn = "/O=Grid/OU=guests/*"
+            max_workspaces = 1
+            allowed_images = ["minimal:*"]
+            [[owner]]
+            dn = "/O=Grid/*"
+            max_total_ram = "1GiB"
+            "#,
+        )
+        .unwrap();
+        let guest = p.limits_for("/O=Grid/OU=guests/CN=Eve");
+        assert_eq!(guest.max_workspaces, 1);
+        assert_eq!(guest.allowed_images, ["minimal:*"]);
+        let grid = p.limits_for("/O=Grid/OU=bio/CN=Alice");
+        assert_eq!((grid.max_workspaces, grid.max_total_ram), (10, ByteSize(1 << 30)));
+        assert_eq!(p.limits_for("/O=Other/CN=x").max_workspaces, 10);
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        assert!(Policy::from_toml("[defaults]\nmax_workspaces = \"many\"").is_err());
+        assert!(Policy::from_toml("[defaults]\nmax_wrkspaces = 1").is_err());
+        assert!(Policy::from_toml("[[owner]]\ndn = \"*\"\nallowed_categories = [\"container\"]").is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! The repository's image pool: content-addressed blobs, named `name:tag`.
+//!
+//! Import is two steps, like an OCI registry: the client uploads each file as
+//! a blob under its digest (verified on arrival), then registers an image that
+//! names those blobs. Disk images are inspected with `qemu-img info`.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncRead;
+use vws_model::{Identity, ImageRef};
+use vws_store::{Digest, ImageFile, ImageKind, ImageRecord};
+
+use crate::core::Service;
+use crate::error::ServiceError;
+
+/// Largest blob accepted (64 GiB).
+pub const MAX_BLOB: u64 = 64 << 30;
+
+/// A request to register an image from uploaded blobs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// Image name.
+    pub name: String,
+    /// Tag (default `latest`).
+    #[serde(default = "latest")]
+    pub tag: String,
+    /// Digest of a disk image (raw or qcow2).
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Digest of a kernel.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Digest of an initrd.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+impl Service {
+    /// Stores an uploaded blob after checking it hashes to `digest`.
+    pub async fn put_blob(
+        &self,
+        _who: &Identity,
+        digest: &str,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<(Digest, u64), ServiceError> {
+        let digest: Digest = digest.parse()?;
+        if self.blobs.contains(&digest).await {
+            return Ok((digest.clone(), self.blobs.size(&digest).await?));
+        }
+        Ok(self.blobs.put(Some(&digest), body, MAX_BLOB).await?)
+    }
+
+    /// Whether a blob is present (so a client can skip uploading it).
+    pub async fn has_blob(&self, digest: &str) -> Result<Option<u64>, ServiceError> {
+        let digest: Digest = digest.parse()?;
+        if self.blobs.contains(&digest).await {
+            Ok(Some(self.blobs.size(&digest).await?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn blob_file(&self, role: &str, digest: &str) -> Result<ImageFile, ServiceError> {
+        let d: Digest = digest.parse()?;
+        match self.has_blob(digest).await? {
+            Some(size) => Ok(ImageFile { role: role.into(), digest: d.to_string(), size }),
+            None => Err(ServiceError::BadRequest(format!("{role} blob {digest} has not been uploaded"))),
+        }
+    }
+
+    /// Registers an image from uploaded blobs and names it `name:tag`.
+    pub async fn import_image(&self, who: &Identity, req: ImportRequest) -> Result<ImageRecord, ServiceError> {
+        let reference = ImageRef::tagged(&req.name, &req.tag).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let ImageRef::Tag { name, tag } = &reference else { unreachable!("tagged() builds a tag") };
+        if let Some(c) = &req.cmdline {
+            if c.len() > 4096 || c.contains(['\0', '\n']) {
+                return Err(ServiceError::BadRequest("cmdline must be one line of at most 4096 characters".into()));
+            }
+        }
+        let now = self.clock.now();
+        let record = match (&req.disk, &req.kernel, &req.initrd) {
+            (Some(disk), None, None) => {
+                let file = self.blob_file("disk", disk).await?;
+                let path = self.blobs.path(&file.digest.parse()?);
+                let info = vws_qemu::img::info(&path)
+                    .await
+                    .map_err(|e| ServiceError::BadRequest(format!("not a disk image qemu-img can read: {e}")))?;
+                if info.format != "raw" && info.format != "qcow2" {
+                    return Err(ServiceError::BadRequest(format!("disk format {} is not supported (raw or qcow2)", info.format)));
+                }
+                if let Some(b) = info.backing_filename {
+                    return Err(ServiceError::BadRequest(format!(
+                        "the qcow2 image has a backing file ({b}); import a self-contained image (qemu-img convert)"
+                    )));
+                }
+                ImageRecord {
+                    id: file.digest.clone(),
+                    kind: ImageKind::Disk,
+                    format: Some(info.format),
+                    virtual_size: info.virtual_size,
+                    stored_size: file.size,
+                    files: vec![file],
+                    cmdline: req.cmdline.clone(),
+                    owner: who.dn.clone(),
+                    created_at: now,
+                    tags: vec![],
+                }
+            }
+            (None, Some(kernel), Some(initrd)) => {
+                let files = vec![self.blob_file("kernel", kernel).await?, self.blob_file("initrd", initrd).await?];
+                // The image's id names its whole content: both files and the command line.
+                let manifest = serde_json::json!({ "kernel": files[0].digest, "initrd": files[1].digest, "cmdline": req.cmdline });
+                ImageRecord {
+                    id: Digest::of(manifest.to_string().as_bytes()).to_string(),
+                    kind: ImageKind::Kernel,
+                    format: None,
+                    virtual_size: 0,
+                    stored_size: files.iter().map(|f| f.size).sum(),
+                    files,
+                    cmdline: req.cmdline.clone(),
+                    owner: who.dn.clone(),
+                    created_at: now,
+                    tags: vec![],
+                }
+            }
+            _ => {
+                return Err(ServiceError::BadRequest(
+                    "give either a disk, or a kernel and an initrd".into(),
+                ))
+            }
+        };
+        self.store.put_image(&record, name, tag).await?;
+        tracing::info!(image = %record.id, %name, %tag, "image imported");
+        self.image(&reference.to_string()).await
+    }
+
+    /// One image by `name:tag` or digest.
+    pub async fn image(&self, reference: &str) -> Result<ImageRecord, ServiceError> {
+        let r: ImageRef = reference.parse().map_err(|e: vws_model::image_ref::ImageRefError| ServiceError::BadRequest(e.to_string()))?;
+        self.store.image(&r).await?.ok_or_else(|| ServiceError::NotFound(format!("image {reference} not found")))
+    }
+
+    /// Every image in the pool.
+    pub async fn images(&self) -> Result<Vec<ImageRecord>, ServiceError> {
+        Ok(self.store.list_images().await?)
+    }
+
+    /// Removes `name:tag`; the image itself (record and files) goes with its
+    /// last tag, or at once when named by digest, unless a workspace uses it.
+    pub async fn remove_image(&self, who: &Identity, reference: &str) -> Result<(), ServiceError> {
+        let image = self.image(reference).await?;
+        if image.owner != who.dn && !who.is_admin() {
+            return Err(ServiceError::Forbidden(format!("image {reference} belongs to {}", image.owner)));
+        }
+        let parsed: ImageRef = reference.parse().map_err(|e: vws_model::image_ref::ImageRefError| ServiceError::BadRequest(e.to_string()))?;
+        let last_tag = match &parsed {
+            ImageRef::Tag { .. } => image.tags.len() <= 1,
+            ImageRef::Digest(_) => true,
+        };
+        let _admitted = self.admission.lock().await;
+        if last_tag {
+            let users = self.store.workspaces_using_image(&image.id).await?;
+            if users > 0 {
+                return Err(ServiceError::Conflict(format!("image {reference} is used by {users} workspace(s); destroy them first")));
+            }
+        }
+        if let ImageRef::Tag { name, tag } = &parsed {
+            self.store.untag_image(name, tag).await?;
+        }
+        if last_tag {
+            self.store.delete_image(&image.id).await?;
+            let still: std::collections::HashSet<String> = self.store.referenced_blobs().await?.into_iter().collect();
+            for f in &image.files {
+                if !still.contains(&f.digest) {
+                    self.blobs.remove(&f.digest.parse()?).await?;
+                }
+            }
+            tracing::info!(image = %image.id, "image removed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! The VW Repository (paper §3.1): inspect, list, renew and destroy
+//! workspaces, apply lifecycle transitions, and reap expired ones.
+
+use time::Duration;
+use vws_model::{transition, Action, Identity, Outcome, State};
+use vws_store::{Change, Filter, Page, TransitionRecord};
+
+use crate::core::{Service, Workspace};
+use crate::error::ServiceError;
+
+/// The actor name recorded when the reaper destroys a workspace.
+pub const REAPER: &str = "reaper";
+
+impl Service {
+    /// One workspace the caller may see.
+    pub async fn workspace(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        Ok(self.view(self.visible(who, id).await?))
+    }
+
+    /// Workspaces the caller may see: their own, or everyone's for an admin.
+    pub async fn list(&self, who: &Identity, mut filter: Filter) -> Result<Page<Workspace>, ServiceError> {
+        if !who.is_admin() {
+            match &filter.owner {
+                Some(o) if *o != who.dn => return Ok(Page { items: Vec::new(), next: None }),
+                _ => filter.owner = Some(who.dn.clone()),
+            }
+        }
+        let page = self.store.list_workspaces(&filter).await?;
+        Ok(Page { items: page.items.into_iter().map(|r| self.view(r)).collect(), next: page.next })
+    }
+
+    /// The workspace's history of transitions.
+    pub async fn history(&self, who: &Identity, id: &str) -> Result<Vec<TransitionRecord>, ServiceError> {
+        self.visible(who, id).await?;
+        Ok(self.store.history(id).await?)
+    }
+
+    /// Sets a new termination time, `seconds` from now, within the owner's
+    /// maximum lifetime.
+    pub async fn renew(&self, who: &Identity, id: &str, seconds: u64) -> Result<Workspace, ServiceError> {
+        let mut r = self.visible(who, id).await?;
+        let max = self.policy.limits_for(&r.owner).max_lifetime;
+        if seconds == 0 {
+            return Err(ServiceError::BadRequest("a renewal must be for at least one second".into()));
+        }
+        if seconds > max {
+            return Err(ServiceError::Policy(format!("a lifetime of {seconds}s is longer than the {max}s allowed for {}", r.owner)));
+        }
+        let now = self.clock.now();
+        let until = now + Duration::seconds(seconds as i64);
+        r.terminates_at = Some(until);
+        r.modified_at = now;
+        let detail = Some(format!("until {}", until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()));
+        self.store.update_workspace(&mut r, Change { action: "renew", actor: &who.dn, detail }).await?;
+        Ok(self.view(r))
+    }
+
+    /// Applies a lifecycle action to the record: checked against the
+    /// transition table first, written only as the action's result. Drivers
+    /// call this after the action really happened. `None` means destroyed.
+    pub async fn record_transition(
+        &self,
+        who: &Identity,
+        id: &str,
+        action: Action,
+        detail: Option<String>,
+    ) -> Result<Option<Workspace>, ServiceError> {
+        let mut r = self.visible(who, id).await?;
+        match transition(r.state, r.placement, action)? {
+            Outcome::Gone => {
+                self.remove(&r, &who.dn).await?;
+                Ok(None)
+            }
+            Outcome::To(state, placement) => {
+                r.state = state;
+                r.placement = placement;
+                r.reason = if state == State::Corrupted { detail.clone() } else { None };
+                r.modified_at = self.clock.now();
+                self.store.update_workspace(&mut r, Change { action: action.as_str(), actor: &who.dn, detail }).await?;
+                Ok(Some(self.view(r)))
+            }
+        }
+    }
+
+    /// Destroys a workspace: the record goes first (so no record ever points
+    /// at a missing disk), then its disk.
+    pub async fn destroy(&self, who: &Identity, id: &str) -> Result<(), ServiceError> {
+        let r = self.visible(who, id).await?;
+        self.remove(&r, &who.dn).await
+    }
+
+    async fn remove(&self, r: &vws_store::WorkspaceRecord, actor: &str) -> Result<(), ServiceError> {
+        transition(r.state, r.placement, Action::Destroy)?;
+        let now = self.clock.now();
+        self.store.delete_workspace(r, now, Change { action: "destroy", actor, detail: None }).await?;
+        if let Some(p) = &r.disk_path {
+            if let Err(e) = tokio::fs::remove_file(p).await {
+                // The record is gone; the next start's garbage collection retries.
+                tracing::warn!(path = %p, error = %e, "could not remove a destroyed workspace's disk");
+            }
+        }
+        tracing::info!(id = %r.id, %actor, "workspace destroyed");
+        Ok(())
+    }
+
+    /// Destroys every workspace whose termination time has passed; returns
+    /// the ids destroyed.
+    pub async fn reap(&self) -> Result<Vec<String>, ServiceError> {
+        let now = self.clock.now();
+        let mut gone = Vec::new();
+        for r in self.store.expired(now).await? {
+            match self.remove(&r, REAPER).await {
+                Ok(()) => gone.push(r.id),
+                // Renewed or changed meanwhile: look again next round.
+                Err(ServiceError::Conflict(_)) => {}
+                Err(e) => tracing::warn!(id = %r.id, error = %e, "reaper could not destroy a workspace"),
+            }
+        }
+        Ok(gone)
+    }
+}
+
+/// Runs the reaper every `every` until `shutdown` resolves.
+pub async fn run_reaper(
+    service: std::sync::Arc<Service>,
+    every: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                match service.reap().await {
+                    Ok(gone) if !gone.is_empty() => tracing::info!(count = gone.len(), "reaper destroyed expired workspaces"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reaper round failed"),
+                }
+            }
+        }
+    }
+}

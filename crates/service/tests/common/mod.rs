@@ -1,0 +1,88 @@
+//! A service on a fresh database and state folder, with images in its pool.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use vws_model::Identity;
+use vws_service::pool::ImportRequest;
+use vws_service::{Clock, ManualClock, Policy, Service, Settings};
+use vws_store::testing::{fresh, TestDb};
+use vws_store::Backend;
+
+pub struct Harness {
+    pub service: Arc<Service>,
+    pub clock: Arc<ManualClock>,
+    pub home: tempfile::TempDir,
+    pub db: TestDb,
+}
+
+pub fn alice() -> Identity {
+    Identity::new("/O=Grid/OU=bio/CN=Alice")
+}
+
+pub fn bob() -> Identity {
+    Identity::new("/O=Grid/OU=bio/CN=Bob")
+}
+
+pub fn admin() -> Identity {
+    Identity { dn: "/O=Grid/CN=Admin".into(), attributes: vec![("role".into(), "admin".into())] }
+}
+
+pub async fn harness(backend: Backend, policy: &str) -> Harness {
+    let db = fresh(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    harness_on(db, home, policy).await
+}
+
+pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Harness {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let settings = Settings {
+        home: home.path().to_path_buf(),
+        public_url: "http://127.0.0.1:7480".into(),
+        policy: Policy::from_toml(policy).unwrap(),
+    };
+    let service = Service::open(db.store().await, settings, clock.clone() as Arc<dyn Clock>).await.unwrap();
+    Harness { service: Arc::new(service), clock, home, db }
+}
+
+impl Harness {
+    /// Imports a raw disk image of `size` bytes as `name:tag`.
+    pub async fn disk_image(&self, name: &str, tag: &str, size: u64) -> vws_store::ImageRecord {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        vws_qemu::img::create(&path, "raw", size).await.unwrap();
+        let bytes = tokio::fs::File::open(&path).await.unwrap();
+        let digest = {
+            let data = std::fs::read(&path).unwrap();
+            vws_store::Digest::of(&data).to_string()
+        };
+        self.service.put_blob(&admin(), &digest, bytes).await.unwrap();
+        let req = ImportRequest { name: name.into(), tag: tag.into(), disk: Some(digest), kernel: None, initrd: None, cmdline: None };
+        self.service.import_image(&admin(), req).await.unwrap()
+    }
+
+    /// Imports a (fake-content) kernel and initrd pair as `name:tag`.
+    pub async fn kernel_image(&self, name: &str, tag: &str) -> vws_store::ImageRecord {
+        let mut digests = Vec::new();
+        for content in [format!("kernel {name}"), format!("initrd {name}")] {
+            let d = vws_store::Digest::of(content.as_bytes()).to_string();
+            self.service.put_blob(&admin(), &d, content.as_bytes()).await.unwrap();
+            digests.push(d);
+        }
+        let req = ImportRequest {
+            name: name.into(),
+            tag: tag.into(),
+            disk: None,
+            kernel: Some(digests[0].clone()),
+            initrd: Some(digests[1].clone()),
+            cmdline: Some("console=ttyS0".into()),
+        };
+        self.service.import_image(&admin(), req).await.unwrap()
+    }
+}
+
+/// A TOML description using `image`, with extra TOML appended under [hardware].
+pub fn description(image: &str, hardware: &str) -> vws_model::Description {
+    let text = format!("category = \"vm\"\nlifeCycle = 3600\n[hardware]\n{hardware}\n[software]\nimage = \"{image}\"\n");
+    vws_model::parse(&text, vws_model::Form::Toml).unwrap()
+}
