@@ -113,7 +113,7 @@ pub struct Filter {
 }
 
 /// One page of a list.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Page<T> {
     /// The records.
     pub items: Vec<T>,

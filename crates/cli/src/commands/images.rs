@@ -1,0 +1,170 @@
+//! `vws image`: the repository's image pool.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest as _, Sha256};
+use vws_model::ByteSize;
+
+use crate::output::{self, table};
+use crate::Globals;
+
+/// Image verbs.
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import a disk image (raw or qcow2) or a kernel+initrd pair as NAME:TAG
+    Import {
+        /// Name and tag, e.g. minimal:1
+        reference: String,
+        /// A bootable disk image
+        #[arg(long, conflicts_with_all = ["kernel", "initrd"], required_unless_present = "kernel")]
+        disk: Option<PathBuf>,
+        /// A kernel (with --initrd)
+        #[arg(long, requires = "initrd")]
+        kernel: Option<PathBuf>,
+        /// An initrd (with --kernel)
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// Kernel command line for kernel images
+        #[arg(long)]
+        cmdline: Option<String>,
+    },
+    /// List the pool
+    #[command(alias = "ls")]
+    List,
+    /// Show one image (NAME:TAG or sha256:DIGEST)
+    Show {
+        /// Image reference
+        reference: String,
+    },
+    /// Remove a tag; the image goes with its last tag (or at once by digest)
+    #[command(alias = "remove")]
+    Rm {
+        /// Image reference
+        reference: String,
+    },
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// sha256 of a file, with a progress bar.
+fn hash_file(path: &Path, pb: ProgressBar) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Hashes and, unless the service has it already, uploads one file.
+async fn send(client: &vws_client::Client, path: &Path, role: &str, quiet: bool) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    let hidden = |pb: ProgressBar| if quiet { ProgressBar::hidden() } else { pb };
+    let pb = hidden(bar(len, &format!("hash {role}")));
+    let owned = path.to_path_buf();
+    let digest = tokio::task::spawn_blocking(move || hash_file(&owned, pb)).await??;
+    if client.has_blob(&digest).await? {
+        if !quiet {
+            eprintln!("{role}: {digest} already in the pool, not sent again");
+        }
+        return Ok(digest);
+    }
+    let pb = hidden(bar(len, &format!("send {role}")));
+    let inner = pb.clone();
+    client.upload_blob(path, &digest, move |n| inner.inc(n)).await?;
+    pb.finish_and_clear();
+    Ok(digest)
+}
+
+/// Runs an image verb.
+pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
+    let client = g.client()?;
+    match c {
+        ImageCommand::Import { reference, disk, kernel, initrd, cmdline } => {
+            let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
+            vws_model::ImageRef::tagged(name, tag)?;
+            let quiet = g.json;
+            let mut req = serde_json::json!({ "name": name, "tag": tag, "cmdline": cmdline });
+            if let Some(d) = disk {
+                req["disk"] = send(&client, &d, "disk", quiet).await?.into();
+            } else if let (Some(k), Some(i)) = (kernel, initrd) {
+                req["kernel"] = send(&client, &k, "kernel", quiet).await?.into();
+                req["initrd"] = send(&client, &i, "initrd", quiet).await?.into();
+            }
+            let image = client.import_image(req).await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&image)?);
+            } else {
+                println!("{}:{}  {}", name, tag, image.id);
+            }
+        }
+        ImageCommand::List => {
+            let images = client.images().await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+            } else if images.is_empty() {
+                eprintln!("the pool is empty; add an image with `vws image import`");
+            } else {
+                let mut t = table(&["TAGS", "ID", "KIND", "FORMAT", "VIRTUAL", "STORED", "IMPORTED"]);
+                for i in images {
+                    t.add_row(vec![
+                        if i.tags.is_empty() { "<none>".into() } else { i.tags.join(", ") },
+                        i.id[..19].to_string(),
+                        i.kind.as_str().into(),
+                        i.format.unwrap_or_else(|| "-".into()),
+                        if i.virtual_size > 0 { ByteSize(i.virtual_size).human() } else { "-".into() },
+                        ByteSize(i.stored_size).human(),
+                        output::relative(i.created_at),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        ImageCommand::Show { reference } => {
+            let i = client.image(&reference).await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!("       id  {}", i.id);
+                println!("     tags  {}", i.tags.join(", "));
+                println!("     kind  {}{}", i.kind.as_str(), i.format.map(|f| format!(" ({f})")).unwrap_or_default());
+                if i.virtual_size > 0 {
+                    println!("  virtual  {}", ByteSize(i.virtual_size).human());
+                }
+                for f in &i.files {
+                    println!("{:>9}  {}  {}", f.role, f.digest, ByteSize(f.size).human());
+                }
+                if let Some(c) = &i.cmdline {
+                    println!("  cmdline  {c}");
+                }
+                println!("    owner  {}", i.owner);
+                println!(" imported  {}", output::timestamp(i.created_at));
+            }
+        }
+        ImageCommand::Rm { reference } => {
+            client.remove_image(&reference).await?;
+            eprintln!("removed {reference}");
+        }
+    }
+    Ok(())
+}

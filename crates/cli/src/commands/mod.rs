@@ -1,0 +1,23 @@
+//! One module per group of verbs.
+
+pub mod bench;
+pub mod images;
+pub mod up;
+pub mod workspaces;
+
+/// Prints an error for people: the service's message, each description
+/// problem on its own line, and the chain of causes.
+pub fn report(e: &anyhow::Error) {
+    if let Some(vws_client::ClientError::Api { details, message, code, .. }) = e.downcast_ref() {
+        if details.is_empty() {
+            eprintln!("error: {message} [{code}]");
+        } else {
+            eprintln!("error: the description was refused:");
+            for d in details {
+                eprintln!("  {}: {}", d.path, d.message);
+            }
+        }
+        return;
+    }
+    eprintln!("error: {e:#}");
+}

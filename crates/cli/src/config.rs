@@ -1,0 +1,89 @@
+//! Where vws keeps its state and how settings are layered: flags, then
+//! environment variables (both through clap), then `VWS_HOME/config.toml`,
+//! then built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The default service port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+/// `VWS_HOME/config.toml`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Settings of `vws up` / `vws serve`.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// The `[service]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Database URL.
+    pub database: Option<String>,
+    /// Policy file.
+    pub policy: Option<PathBuf>,
+    /// URL clients use, if not `http://LISTEN`.
+    pub public_url: Option<String>,
+    /// Seconds between reaper rounds.
+    pub reap_interval: Option<u64>,
+}
+
+/// The state folder: `--home`, `VWS_HOME`, or `~/.local/share/vws`.
+pub fn home(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(h) = flag {
+        return Ok(h);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("neither VWS_HOME nor HOME is set; pass --home")?;
+    Ok(base.join("vws"))
+}
+
+/// Reads `config.toml` in the home folder, if there is one.
+pub fn load(home: &Path) -> anyhow::Result<ConfigFile> {
+    let path = home.join("config.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// What `vws up` writes so clients in the same environment find it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerFile {
+    /// Base URL of the API.
+    pub url: String,
+    /// Process id of the service.
+    pub pid: u32,
+}
+
+/// Path of the server file.
+pub fn server_file(home: &Path) -> PathBuf {
+    home.join("server.json")
+}
+
+/// The service a client talks to: `--server`/`VWS_SERVER`, else the one
+/// `vws up` recorded in the home folder.
+pub fn server_url(flag: Option<String>, home: &Path) -> anyhow::Result<String> {
+    if let Some(url) = flag {
+        return Ok(url);
+    }
+    let path = server_file(home);
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        anyhow::anyhow!(
+            "no vws service found: {} does not exist. Start one with `vws up`, or point at one with --server URL (or VWS_SERVER)",
+            path.display()
+        )
+    })?;
+    let file: ServerFile = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    Ok(file.url)
+}

@@ -1,0 +1,121 @@
+//! `vws`: virtual workspaces from the command line. A thin layer: the service
+//! runs from `vws_service`, every other command is a call to its API.
+
+mod commands;
+mod config;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Virtual workspaces: describe an execution environment, have it created,
+/// deployed, started, and run jobs in it.
+#[derive(Parser, Debug)]
+#[command(name = "vws", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Quick start:\n  vws up &                          # service on 127.0.0.1:7480, state in VWS_HOME\n  vws image import minimal:1 --kernel vmlinuz --initrd initrd.img\n  vws create examples/minimal.xml   # prints the new workspace's id and EPR\n  vws list\n\nExit status: 0 success, 1 refused or failed request, 2 usage error.")]
+pub struct Cli {
+    /// State folder [default: ~/.local/share/vws]
+    #[arg(long, global = true, env = "VWS_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Service to talk to [default: the one `vws up` recorded in VWS_HOME]
+    #[arg(long, global = true, env = "VWS_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run vws on this machine: the service with its embedded database
+    Up(commands::up::UpArgs),
+    /// Run the service alone (same settings as `up`)
+    Serve(commands::up::UpArgs),
+    /// Create a workspace from a description (XML, TOML or JSON; `-` reads stdin)
+    Create(commands::workspaces::CreateArgs),
+    /// List workspaces
+    #[command(alias = "ls")]
+    List(commands::workspaces::ListArgs),
+    /// Show a workspace: its record, or its description with --xml/--toml
+    Show(commands::workspaces::ShowArgs),
+    /// Clone a workspace: a new name and resource with the same description
+    Clone(commands::workspaces::CloneArgs),
+    /// Destroy workspaces and free their disks
+    #[command(alias = "rm")]
+    Destroy(commands::workspaces::DestroyArgs),
+    /// Set a workspace's termination time to a new lifetime from now
+    Renew(commands::workspaces::RenewArgs),
+    /// Manage the image pool
+    #[command(subcommand)]
+    Image(commands::images::ImageCommand),
+    /// Measure vws (see docs/benchmarks.md)
+    Bench(commands::bench::BenchArgs),
+}
+
+/// Settings every command may need.
+#[derive(Args, Debug, Clone)]
+pub struct Globals {
+    home: PathBuf,
+    server: Option<String>,
+    json: bool,
+}
+
+impl Globals {
+    /// A client of the service this environment points at.
+    pub fn client(&self) -> anyhow::Result<vws_client::Client> {
+        Ok(vws_client::Client::new(&config::server_url(self.server.clone(), &self.home)?))
+    }
+}
+
+fn init_logs(verbose: u8, serving: bool) {
+    let default = match (verbose, serving) {
+        (0, true) | (1, _) => "info",
+        (0, false) => "warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Up(_) | Command::Serve(_));
+    init_logs(cli.verbose, serving);
+    let home = match config::home(cli.home) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let g = Globals { home, server: cli.server, json: cli.json };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(a) | Command::Serve(a) => commands::up::run(&g, a).await,
+            Command::Create(a) => commands::workspaces::create(&g, a).await,
+            Command::List(a) => commands::workspaces::list(&g, a).await,
+            Command::Show(a) => commands::workspaces::show(&g, a).await,
+            Command::Clone(a) => commands::workspaces::clone(&g, a).await,
+            Command::Destroy(a) => commands::workspaces::destroy(&g, a).await,
+            Command::Renew(a) => commands::workspaces::renew(&g, a).await,
+            Command::Image(c) => commands::images::run(&g, c).await,
+            Command::Bench(a) => commands::bench::run(&g, a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            commands::report(&e);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! A typed client of the vws REST API (`/v1`).
+
+use std::path::Path;
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use vws_model::{Epr, Form};
+use vws_store::{ImageRecord, Page, TransitionRecord, WorkspaceRecord};
+
+/// A workspace as the API returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Workspace {
+    /// The record.
+    #[serde(flatten)]
+    pub record: WorkspaceRecord,
+    /// Its endpoint reference.
+    pub epr: Epr,
+}
+
+/// One problem in a refused description.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Detail {
+    /// Path of the element at fault.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The service refused, in its one error shape.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable code (`invalid_description`, `illegal_transition`, …).
+        code: String,
+        /// Message for people.
+        message: String,
+        /// Per-element problems of a refused description.
+        details: Vec<Detail>,
+    },
+    /// The service could not be reached or answered nonsense.
+    #[error("cannot reach the vws service at {url}: {source}")]
+    Transport {
+        /// Where.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A local file could not be read.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInfo,
+}
+
+#[derive(Deserialize)]
+struct ErrorInfo {
+    code: String,
+    message: String,
+    #[serde(default)]
+    details: Vec<Detail>,
+}
+
+/// Filters for [`Client::list`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ListQuery {
+    /// Only this state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only this owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Only this category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Page size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Cursor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// A connection to one vws service.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the service at `base` (e.g. `http://127.0.0.1:7480`).
+    pub fn new(base: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client with default TLS settings builds");
+        Client { base: base.trim_end_matches('/').to_string(), http }
+    }
+
+    /// The service's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.into(), source })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message, details: b.error.details },
+            Err(_) => ClientError::Api { status, code: "http".into(), message: format!("{status}: {text}"), details: vec![] },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        self.send(req, url).await?.json().await.map_err(|source| ClientError::Transport { url: url.into(), source })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.json(req, &url).await
+    }
+
+    /// Is the service up?
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, "/v1/health", None).await
+    }
+
+    /// Creates a workspace from a description's text in the given form.
+    pub async fn create(&self, text: String, form: Form, name: Option<&str>) -> Result<Workspace, ClientError> {
+        let url = self.url("/v1/workspaces");
+        let mut req = self.http.post(&url).header("content-type", form.content_type()).body(text);
+        if let Some(n) = name {
+            req = req.query(&[("name", n)]);
+        }
+        self.json(req, &url).await
+    }
+
+    /// One page of workspaces.
+    pub async fn list(&self, q: &ListQuery) -> Result<Page<Workspace>, ClientError> {
+        let url = self.url("/v1/workspaces");
+        self.json(self.http.get(&url).query(q), &url).await
+    }
+
+    /// Every workspace matching `q`, following the pages.
+    pub async fn list_all(&self, q: &ListQuery) -> Result<Vec<Workspace>, ClientError> {
+        let mut q = q.clone();
+        q.limit = Some(1000);
+        let mut all = Vec::new();
+        loop {
+            let page = self.list(&q).await?;
+            all.extend(page.items);
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One workspace.
+    pub async fn show(&self, id: &str) -> Result<Workspace, ClientError> {
+        self.call(Method::GET, &format!("/v1/workspaces/{id}"), None).await
+    }
+
+    /// A workspace's full description in the XML or TOML form.
+    pub async fn description(&self, id: &str, form: Form) -> Result<String, ClientError> {
+        let url = self.url(&format!("/v1/workspaces/{id}"));
+        let resp = self.send(self.http.get(&url).header("accept", form.content_type()), &url).await?;
+        resp.text().await.map_err(|source| ClientError::Transport { url, source })
+    }
+
+    /// A workspace's history.
+    pub async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>, ClientError> {
+        self.call(Method::GET, &format!("/v1/workspaces/{id}/history"), None).await
+    }
+
+    /// Clones a workspace.
+    pub async fn clone_workspace(&self, id: &str, name: Option<&str>) -> Result<Workspace, ClientError> {
+        self.call(Method::POST, &format!("/v1/workspaces/{id}/clone"), Some(serde_json::json!({ "name": name }))).await
+    }
+
+    /// Sets the termination time to `seconds` from now.
+    pub async fn renew(&self, id: &str, seconds: u64) -> Result<Workspace, ClientError> {
+        self.call(Method::POST, &format!("/v1/workspaces/{id}/renew"), Some(serde_json::json!({ "lifetime": seconds }))).await
+    }
+
+    /// Destroys a workspace.
+    pub async fn destroy(&self, id: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/workspaces/{id}"));
+        self.send(self.http.delete(&url), &url).await.map(drop)
+    }
+
+    /// Every image in the pool.
+    pub async fn images(&self) -> Result<Vec<ImageRecord>, ClientError> {
+        self.call(Method::GET, "/v1/images", None).await
+    }
+
+    /// One image.
+    pub async fn image(&self, reference: &str) -> Result<ImageRecord, ClientError> {
+        self.call(Method::GET, &format!("/v1/images/{reference}"), None).await
+    }
+
+    /// Removes an image tag (and the image with its last tag).
+    pub async fn remove_image(&self, reference: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/images/{reference}"));
+        self.send(self.http.delete(&url), &url).await.map(drop)
+    }
+
+    /// Whether the service already holds a blob.
+    pub async fn has_blob(&self, digest: &str) -> Result<bool, ClientError> {
+        let url = self.url(&format!("/v1/blobs/{digest}"));
+        match self.send(self.http.head(&url), &url).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads a file as a blob under its digest; `progress` is called with
+    /// each chunk's length as it leaves.
+    pub async fn upload_blob(
+        &self,
+        path: &Path,
+        digest: &str,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<(), ClientError> {
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                progress(c.len() as u64);
+            }
+        });
+        let url = self.url(&format!("/v1/blobs/{digest}"));
+        let req = self.http.put(&url).header("content-length", len).body(reqwest::Body::wrap_stream(stream));
+        self.send(req, &url).await.map(drop)
+    }
+
+    /// Registers an image from uploaded blobs.
+    pub async fn import_image(&self, request: serde_json::Value) -> Result<ImageRecord, ClientError> {
+        self.call(Method::POST, "/v1/images", Some(request)).await
+    }
+}
