@@ -84,6 +84,7 @@ pub fn server_url(flag: Option<String>, home: &Path) -> anyhow::Result<String> {
             path.display()
         )
     })?;
-    let file: ServerFile = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let file: ServerFile =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     Ok(file.url)
 }

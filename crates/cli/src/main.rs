@@ -14,7 +14,9 @@ use clap::{Args, Parser, Subcommand};
 /// deployed, started, and run jobs in it.
 #[derive(Parser, Debug)]
 #[command(name = "vws", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Quick start:\n  vws up &                          # service on 127.0.0.1:7480, state in VWS_HOME\n  vws image import minimal:1 --kernel vmlinuz --initrd initrd.img\n  vws create examples/minimal.xml   # prints the new workspace's id and EPR\n  vws list\n\nExit status: 0 success, 1 refused or failed request, 2 usage error.")]
+#[command(
+    after_help = "Quick start:\n  vws up &                          # service on 127.0.0.1:7480, state in VWS_HOME\n  vws image import minimal:1 --kernel vmlinuz --initrd initrd.img\n  vws create examples/minimal.xml   # prints the new workspace's id and EPR\n  vws list\n\nExit status: 0 success, 1 refused or failed request, 2 usage error."
+)]
 pub struct Cli {
     /// State folder [default: ~/.local/share/vws]
     #[arg(long, global = true, env = "VWS_HOME", value_name = "DIR")]
@@ -70,7 +72,10 @@ pub struct Globals {
 impl Globals {
     /// A client of the service this environment points at.
     pub fn client(&self) -> anyhow::Result<vws_client::Client> {
-        Ok(vws_client::Client::new(&config::server_url(self.server.clone(), &self.home)?))
+        Ok(vws_client::Client::new(&config::server_url(
+            self.server.clone(),
+            &self.home,
+        )?))
     }
 }
 
@@ -82,7 +87,11 @@ fn init_logs(verbose: u8, serving: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -96,7 +105,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let g = Globals { home, server: cli.server, json: cli.json };
+    let g = Globals {
+        home,
+        server: cli.server,
+        json: cli.json,
+    };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {

@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 /// A table with the given header, sized to the terminal.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
     t
 }
 
@@ -37,14 +39,17 @@ pub fn relative(t: OffsetDateTime) -> String {
 
 /// A time as RFC 3339.
 pub fn timestamp(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Parses `90`, `90s`, `15m`, `2h`, `7d` into seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: expected e.g. 90s, 15m, 2h, 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 90s, 15m, 2h, 7d"))?;
     let factor = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -52,7 +57,8 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         "d" => 86400,
         _ => return Err(format!("{s:?} is not a duration: units are s, m, h, d")),
     };
-    n.checked_mul(factor).ok_or_else(|| format!("{s:?} is too long"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[cfg(test)]

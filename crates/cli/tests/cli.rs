@@ -31,7 +31,11 @@ impl Up {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !server.exists() {
-            assert!(Instant::now() < deadline, "vws up did not write {}", server.display());
+            assert!(
+                Instant::now() < deadline,
+                "vws up did not write {}",
+                server.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Up { child }
@@ -52,12 +56,21 @@ impl Drop for Up {
 }
 
 fn vws(home: &Path, args: &[&str]) -> Output {
-    Command::new(VWS).args(args).env("VWS_HOME", home).env_remove("VWS_SERVER").output().unwrap()
+    Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .env_remove("VWS_SERVER")
+        .output()
+        .unwrap()
 }
 
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = vws(home, args);
-    assert!(out.status.success(), "vws {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "vws {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -72,7 +85,18 @@ fn import_kernel(home: &Path) {
     let (k, i) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
     std::fs::write(&k, vec![7u8; 300_000]).unwrap();
     std::fs::write(&i, vec![9u8; 100_000]).unwrap();
-    let image = json(home, &["image", "import", "minimal:1", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap()]);
+    let image = json(
+        home,
+        &[
+            "image",
+            "import",
+            "minimal:1",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+        ],
+    );
     assert_eq!(image["tags"][0], "minimal:1");
 }
 
@@ -82,7 +106,10 @@ fn the_main_path_through_the_cli() {
     let _up = Up::start(home.path());
     import_kernel(home.path());
     let minimal = examples().join("minimal.xml");
-    let ws = json(home.path(), &["create", minimal.to_str().unwrap(), "--name", "demo"]);
+    let ws = json(
+        home.path(),
+        &["create", minimal.to_str().unwrap(), "--name", "demo"],
+    );
     let id = ws["id"].as_str().unwrap().to_string();
     assert_eq!(ws["state"], "shutdown");
     let listed = json(home.path(), &["list"]);
@@ -93,7 +120,10 @@ fn the_main_path_through_the_cli() {
     let xml = ok(home.path(), &["show", &id, "--xml"]);
     assert!(xml.contains("<ResourceKey>"), "{xml}");
     let human = ok(home.path(), &["show", &id]);
-    assert!(human.contains("EPR") && human.contains("qcow2 overlay"), "{human}");
+    assert!(
+        human.contains("EPR") && human.contains("qcow2 overlay"),
+        "{human}"
+    );
     let copy = json(home.path(), &["clone", &id, "--name", "demo-copy"]);
     assert_ne!(copy["id"], ws["id"]);
     ok(home.path(), &["renew", &id, "--for", "2h"]);
@@ -101,15 +131,29 @@ fn the_main_path_through_the_cli() {
     assert_eq!(json(home.path(), &["list"]).as_array().unwrap().len(), 1);
 
     // A refused description: exit 1, and the message names the element.
-    let out = vws(home.path(), &["create", examples().join("paper.xml").to_str().unwrap()]);
+    let out = vws(
+        home.path(),
+        &["create", examples().join("paper.xml").to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/virtualWorkspace/hw:hardware/hw:device[1]/@image"), "{err}");
+    assert!(
+        err.contains("/virtualWorkspace/hw:hardware/hw:device[1]/@image"),
+        "{err}"
+    );
     // Someone else's or a missing workspace: exit 1.
-    assert_eq!(vws(home.path(), &["show", "ws-000000000000"]).status.code(), Some(1));
+    assert_eq!(
+        vws(home.path(), &["show", "ws-000000000000"]).status.code(),
+        Some(1)
+    );
     // A usage error: exit 2.
     assert_eq!(vws(home.path(), &["create"]).status.code(), Some(2));
-    assert_eq!(vws(home.path(), &["renew", &id, "--for", "soon"]).status.code(), Some(2));
+    assert_eq!(
+        vws(home.path(), &["renew", &id, "--for", "soon"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -129,22 +173,44 @@ fn kill_9_of_the_service_loses_nothing() {
     std::fs::write(&toml, "category = \"vm\"\n[hardware]\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"minimal:1\"\n").unwrap();
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(json(home.path(), &["create", toml.to_str().unwrap()])["id"].as_str().unwrap().to_string());
+        ids.push(
+            json(home.path(), &["create", toml.to_str().unwrap()])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     ok(home.path(), &["destroy", &ids[0]]);
     up.kill9();
     let _up = Up::start(home.path());
     let listed = json(home.path(), &["list"]);
-    let mut after: Vec<String> = listed.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap().to_string()).collect();
+    let mut after: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_string())
+        .collect();
     after.sort();
     let mut want = ids[1..].to_vec();
     want.sort();
     assert_eq!(after, want);
     for w in listed.as_array().unwrap() {
-        assert!(Path::new(w["disk_path"].as_str().unwrap()).exists(), "disk of {} survived", w["id"]);
+        assert!(
+            Path::new(w["disk_path"].as_str().unwrap()).exists(),
+            "disk of {} survived",
+            w["id"]
+        );
     }
-    let disks = std::fs::read_dir(home.path().join("disks")).unwrap().count();
+    let disks = std::fs::read_dir(home.path().join("disks"))
+        .unwrap()
+        .count();
     assert_eq!(disks, 4, "no disk without a record");
-    assert_eq!(json(home.path(), &["image", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(home.path(), &["image", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     json(home.path(), &["create", toml.to_str().unwrap()]);
 }

@@ -104,7 +104,10 @@ impl Client {
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .expect("an HTTP client with default TLS settings builds");
-        Client { base: base.trim_end_matches('/').to_string(), http }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
     /// The service's base URL.
@@ -116,24 +119,57 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.into(), source })?;
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.into(),
+            source,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message, details: b.error.details },
-            Err(_) => ClientError::Api { status, code: "http".into(), message: format!("{status}: {text}"), details: vec![] },
+            Ok(b) => ClientError::Api {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+                details: b.error.details,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                code: "http".into(),
+                message: format!("{status}: {text}"),
+                details: vec![],
+            },
         })
     }
 
-    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
-        self.send(req, url).await?.json().await.map_err(|source| ClientError::Transport { url: url.into(), source })
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        self.send(req, url)
+            .await?
+            .json()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.into(),
+                source,
+            })
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
         let url = self.url(path);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
@@ -148,9 +184,18 @@ impl Client {
     }
 
     /// Creates a workspace from a description's text in the given form.
-    pub async fn create(&self, text: String, form: Form, name: Option<&str>) -> Result<Workspace, ClientError> {
+    pub async fn create(
+        &self,
+        text: String,
+        form: Form,
+        name: Option<&str>,
+    ) -> Result<Workspace, ClientError> {
         let url = self.url("/v1/workspaces");
-        let mut req = self.http.post(&url).header("content-type", form.content_type()).body(text);
+        let mut req = self
+            .http
+            .post(&url)
+            .header("content-type", form.content_type())
+            .body(text);
         if let Some(n) = name {
             req = req.query(&[("name", n)]);
         }
@@ -180,29 +225,52 @@ impl Client {
 
     /// One workspace.
     pub async fn show(&self, id: &str) -> Result<Workspace, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}"), None).await
+        self.call(Method::GET, &format!("/v1/workspaces/{id}"), None)
+            .await
     }
 
     /// A workspace's full description in the XML or TOML form.
     pub async fn description(&self, id: &str, form: Form) -> Result<String, ClientError> {
         let url = self.url(&format!("/v1/workspaces/{id}"));
-        let resp = self.send(self.http.get(&url).header("accept", form.content_type()), &url).await?;
-        resp.text().await.map_err(|source| ClientError::Transport { url, source })
+        let resp = self
+            .send(
+                self.http.get(&url).header("accept", form.content_type()),
+                &url,
+            )
+            .await?;
+        resp.text()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })
     }
 
     /// A workspace's history.
     pub async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}/history"), None).await
+        self.call(Method::GET, &format!("/v1/workspaces/{id}/history"), None)
+            .await
     }
 
     /// Clones a workspace.
-    pub async fn clone_workspace(&self, id: &str, name: Option<&str>) -> Result<Workspace, ClientError> {
-        self.call(Method::POST, &format!("/v1/workspaces/{id}/clone"), Some(serde_json::json!({ "name": name }))).await
+    pub async fn clone_workspace(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Workspace, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/clone"),
+            Some(serde_json::json!({ "name": name })),
+        )
+        .await
     }
 
     /// Sets the termination time to `seconds` from now.
     pub async fn renew(&self, id: &str, seconds: u64) -> Result<Workspace, ClientError> {
-        self.call(Method::POST, &format!("/v1/workspaces/{id}/renew"), Some(serde_json::json!({ "lifetime": seconds }))).await
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/renew"),
+            Some(serde_json::json!({ "lifetime": seconds })),
+        )
+        .await
     }
 
     /// Destroys a workspace.
@@ -218,7 +286,8 @@ impl Client {
 
     /// One image.
     pub async fn image(&self, reference: &str) -> Result<ImageRecord, ClientError> {
-        self.call(Method::GET, &format!("/v1/images/{reference}"), None).await
+        self.call(Method::GET, &format!("/v1/images/{reference}"), None)
+            .await
     }
 
     /// Removes an image tag (and the image with its last tag).
@@ -232,7 +301,10 @@ impl Client {
         let url = self.url(&format!("/v1/blobs/{digest}"));
         match self.send(self.http.head(&url), &url).await {
             Ok(_) => Ok(true),
-            Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => Ok(false),
+            Err(ClientError::Api {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -247,18 +319,26 @@ impl Client {
     ) -> Result<(), ClientError> {
         let file = tokio::fs::File::open(path).await?;
         let len = file.metadata().await?.len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
-            if let Ok(c) = chunk {
-                progress(c.len() as u64);
-            }
-        });
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    progress(c.len() as u64);
+                }
+            });
         let url = self.url(&format!("/v1/blobs/{digest}"));
-        let req = self.http.put(&url).header("content-length", len).body(reqwest::Body::wrap_stream(stream));
+        let req = self
+            .http
+            .put(&url)
+            .header("content-length", len)
+            .body(reqwest::Body::wrap_stream(stream));
         self.send(req, &url).await.map(drop)
     }
 
     /// Registers an image from uploaded blobs.
-    pub async fn import_image(&self, request: serde_json::Value) -> Result<ImageRecord, ClientError> {
+    pub async fn import_image(
+        &self,
+        request: serde_json::Value,
+    ) -> Result<ImageRecord, ClientError> {
         self.call(Method::POST, "/v1/images", Some(request)).await
     }
 }

@@ -29,13 +29,21 @@ pub struct Description {
     #[serde(default, rename = "EPR", skip_serializing_if = "Option::is_none")]
     pub epr: Option<Epr>,
     /// When the workspace was created; set by the service.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub creation_time: Option<OffsetDateTime>,
     /// Seconds the workspace is available for use from its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub life_cycle: Option<u64>,
     /// When the workspace's properties last changed; set by the service.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_modified: Option<OffsetDateTime>,
     /// The virtual resource the environment needs.
     #[serde(default)]
@@ -196,12 +204,20 @@ fn default_cpus() -> Range<u32> {
 }
 
 fn default_ram() -> Range<ByteSize> {
-    Range { min: ByteSize(128 * ByteSize::MIB), max: ByteSize(512 * ByteSize::MIB) }
+    Range {
+        min: ByteSize(128 * ByteSize::MIB),
+        max: ByteSize(512 * ByteSize::MIB),
+    }
 }
 
 impl Default for Hardware {
     fn default() -> Self {
-        Hardware { cpus: default_cpus(), ram: default_ram(), disk: None, devices: Vec::new() }
+        Hardware {
+            cpus: default_cpus(),
+            ram: default_ram(),
+            disk: None,
+            devices: Vec::new(),
+        }
     }
 }
 

@@ -10,7 +10,12 @@ impl Form {
     /// Picks the form from an HTTP content type (`application/xml`, `text/xml`,
     /// `application/toml`, `application/json`), ignoring parameters.
     pub fn from_content_type(ct: &str) -> Option<Form> {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "application/xml" | "text/xml" => Some(Form::Xml),
             "application/toml" | "text/toml" | "text/x-toml" => Some(Form::Toml),
@@ -50,10 +55,20 @@ impl Form {
 }
 
 fn serde_error<E: std::fmt::Display>(path: String, e: E) -> InvalidDescription {
-    let path = if path.is_empty() || path == "." { "(document)".to_string() } else { path };
+    let path = if path.is_empty() || path == "." {
+        "(document)".to_string()
+    } else {
+        path
+    };
     // toml prefixes messages with a location block; keep the last line, which says what is wrong.
     let message = e.to_string();
-    let message = message.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&message).trim().to_string();
+    let message = message
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(&message)
+        .trim()
+        .to_string();
     InvalidDescription(vec![FieldError { path, message }])
 }
 

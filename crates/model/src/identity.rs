@@ -19,7 +19,10 @@ pub struct Identity {
 impl Identity {
     /// An identity without attributes.
     pub fn new(dn: impl Into<String>) -> Self {
-        Identity { dn: dn.into(), attributes: Vec::new() }
+        Identity {
+            dn: dn.into(),
+            attributes: Vec::new(),
+        }
     }
 
     /// The identity of a local OS user, used while the service listens on

@@ -27,22 +27,27 @@ pub struct ImageRefError(pub String);
 
 /// Checks a digest string `sha256:<64 lowercase hex>`.
 pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 fn valid_tag(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl FromStr for ImageRef {
@@ -50,13 +55,21 @@ impl FromStr for ImageRef {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.starts_with("sha256:") {
-            return if is_digest(s) { Ok(ImageRef::Digest(s.to_string())) } else { Err(ImageRefError(s.into())) };
+            return if is_digest(s) {
+                Ok(ImageRef::Digest(s.to_string()))
+            } else {
+                Err(ImageRefError(s.into()))
+            };
         }
         match s.split_once(':') {
-            Some((name, tag)) if valid_name(name) && valid_tag(tag) => {
-                Ok(ImageRef::Tag { name: name.into(), tag: tag.into() })
-            }
-            None if valid_name(s) => Ok(ImageRef::Tag { name: s.into(), tag: "latest".into() }),
+            Some((name, tag)) if valid_name(name) && valid_tag(tag) => Ok(ImageRef::Tag {
+                name: name.into(),
+                tag: tag.into(),
+            }),
+            None if valid_name(s) => Ok(ImageRef::Tag {
+                name: s.into(),
+                tag: "latest".into(),
+            }),
             _ => Err(ImageRefError(s.into())),
         }
     }
@@ -86,7 +99,9 @@ impl Serialize for ImageRef {
 
 impl<'de> Deserialize<'de> for ImageRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -96,12 +111,39 @@ mod tests {
 
     #[test]
     fn parses_and_refuses() {
-        assert_eq!("minimal:1".parse(), Ok(ImageRef::Tag { name: "minimal".into(), tag: "1".into() }));
-        assert_eq!("debian".parse(), Ok(ImageRef::Tag { name: "debian".into(), tag: "latest".into() }));
+        assert_eq!(
+            "minimal:1".parse(),
+            Ok(ImageRef::Tag {
+                name: "minimal".into(),
+                tag: "1".into()
+            })
+        );
+        assert_eq!(
+            "debian".parse(),
+            Ok(ImageRef::Tag {
+                name: "debian".into(),
+                tag: "latest".into()
+            })
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(d.parse(), Ok(ImageRef::Digest(d.clone())));
-        for bad in ["", ":1", "../etc:1", "a/b:1", "Minimal:1", "x:", "x:../y", "sha256:abc", "x:1:2", "a b:1", ".hidden:1"] {
-            assert!(bad.parse::<ImageRef>().is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            ":1",
+            "../etc:1",
+            "a/b:1",
+            "Minimal:1",
+            "x:",
+            "x:../y",
+            "sha256:abc",
+            "x:1:2",
+            "a b:1",
+            ".hidden:1",
+        ] {
+            assert!(
+                bad.parse::<ImageRef>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

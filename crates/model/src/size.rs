@@ -89,8 +89,13 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, factor) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= factor && self.0 % factor == 0 {
+        for (name, factor) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{name}", self.0 / factor);
             }
         }
@@ -143,8 +148,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_units_and_overflow() {
-        for bad in ["", "MiB", "12 parsecs", "1.5GiB", "-1", "99999999999TiB", "1 GiBs"] {
-            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "MiB",
+            "12 parsecs",
+            "1.5GiB",
+            "-1",
+            "99999999999TiB",
+            "1 GiBs",
+        ] {
+            assert!(
+                bad.parse::<ByteSize>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -21,7 +21,12 @@ pub enum State {
 
 impl State {
     /// All states, for tables and tests.
-    pub const ALL: [State; 4] = [State::Shutdown, State::Paused, State::Running, State::Corrupted];
+    pub const ALL: [State; 4] = [
+        State::Shutdown,
+        State::Paused,
+        State::Running,
+        State::Corrupted,
+    ];
 
     /// The name used in every form.
     pub fn as_str(self) -> &'static str {
@@ -165,9 +170,11 @@ fn hint(action: Action, state: State, placement: Placement) -> &'static str {
     use Action::*;
     match (action, state, placement) {
         (_, State::Corrupted, _) => " (destroy it)",
-        (Start | Stop | Pause | Unpause | Snapshot | Migrate | Undeploy, _, Placement::Repository) => {
-            " (deploy it first)"
-        }
+        (
+            Start | Stop | Pause | Unpause | Snapshot | Migrate | Undeploy,
+            _,
+            Placement::Repository,
+        ) => " (deploy it first)",
         (Deploy, _, Placement::Host) => " (it is already deployed)",
         (Undeploy, State::Running, _) => " (stop or pause it first)",
         (Start, State::Running, _) | (Unpause, State::Running, _) => " (it is already running)",
@@ -201,7 +208,13 @@ pub fn transition(
         (Unpause, Paused, Host) => (Running, Host),
         (Snapshot, Paused, Host) => (Paused, Host),
         (Migrate, s @ (Running | Paused), Host) => (s, Host),
-        _ => return Err(IllegalTransition { action, state, placement }),
+        _ => {
+            return Err(IllegalTransition {
+                action,
+                state,
+                placement,
+            })
+        }
     };
     Ok(Outcome::To(to.0, to.1))
 }
@@ -213,11 +226,14 @@ mod tests {
     use Placement::{Host, Repository as Repo};
     use State::*;
 
+    /// One row of the expected table: action, from, and where it leads (`None`: refused).
+    type Row = (Action, State, Placement, Option<(State, Placement)>);
+
     /// The whole table, written out: every (action, state, placement) and its
     /// expected outcome; `None` means refused.
     #[test]
     fn transition_table() {
-        let expected: &[(Action, State, Placement, Option<(State, Placement)>)] = &[
+        let expected: &[Row] = &[
             (Deploy, Shutdown, Repo, Some((Shutdown, Host))),
             (Deploy, Paused, Repo, Some((Paused, Host))),
             (Deploy, Running, Repo, None),
@@ -285,23 +301,39 @@ mod tests {
         ];
         // Every non-universal combination is listed exactly once.
         let universal = [Corrupt, Destroy];
-        let combos = (Action::ALL.len() - universal.len()) * State::ALL.len() * Placement::ALL.len();
+        let combos =
+            (Action::ALL.len() - universal.len()) * State::ALL.len() * Placement::ALL.len();
         assert_eq!(expected.len(), combos);
         for &(action, state, placement, want) in expected {
             let got = transition(state, placement, action);
             match want {
-                Some((s, p)) => assert_eq!(got, Ok(Outcome::To(s, p)), "{action} from {state}/{placement:?}"),
+                Some((s, p)) => assert_eq!(
+                    got,
+                    Ok(Outcome::To(s, p)),
+                    "{action} from {state}/{placement:?}"
+                ),
                 None => {
-                    let err = got.expect_err(&format!("{action} from {state}/{placement:?} must be refused"));
-                    assert_eq!((err.action, err.state, err.placement), (action, state, placement));
-                    assert!(err.to_string().contains(state.as_str()), "message names the state: {err}");
+                    let err = got.expect_err(&format!(
+                        "{action} from {state}/{placement:?} must be refused"
+                    ));
+                    assert_eq!(
+                        (err.action, err.state, err.placement),
+                        (action, state, placement)
+                    );
+                    assert!(
+                        err.to_string().contains(state.as_str()),
+                        "message names the state: {err}"
+                    );
                 }
             }
         }
         for state in State::ALL {
             for placement in Placement::ALL {
                 assert_eq!(transition(state, placement, Destroy), Ok(Outcome::Gone));
-                assert_eq!(transition(state, placement, Corrupt), Ok(Outcome::To(Corrupted, placement)));
+                assert_eq!(
+                    transition(state, placement, Corrupt),
+                    Ok(Outcome::To(Corrupted, placement))
+                );
             }
         }
     }
@@ -309,8 +341,14 @@ mod tests {
     #[test]
     fn refusals_explain_what_to_do() {
         let err = transition(Shutdown, Repo, Start).unwrap_err();
-        assert_eq!(err.to_string(), "cannot start a workspace that is shutdown in the repository (deploy it first)");
+        assert_eq!(
+            err.to_string(),
+            "cannot start a workspace that is shutdown in the repository (deploy it first)"
+        );
         let err = transition(Running, Host, Undeploy).unwrap_err();
-        assert_eq!(err.to_string(), "cannot undeploy a workspace that is running on a host (stop or pause it first)");
+        assert_eq!(
+            err.to_string(),
+            "cannot undeploy a workspace that is running on a host (stop or pause it first)"
+        );
     }
 }

@@ -163,7 +163,10 @@ impl fmt::Display for InvalidDescription {
 impl InvalidDescription {
     /// A refusal with one problem.
     pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        InvalidDescription(vec![FieldError { path: path.into(), message: message.into() }])
+        InvalidDescription(vec![FieldError {
+            path: path.into(),
+            message: message.into(),
+        }])
     }
 }
 
@@ -174,14 +177,20 @@ struct Checker {
 
 impl Checker {
     fn fail(&mut self, path: &Path, message: impl Into<String>) {
-        self.errors.push(FieldError { path: path.render(self.form), message: message.into() });
+        self.errors.push(FieldError {
+            path: path.render(self.form),
+            message: message.into(),
+        });
     }
 
     fn text(&mut self, path: &Path, value: &str, what: &str) {
         if value.trim().is_empty() {
             self.fail(path, format!("{what} must not be empty"));
         } else if value.len() > limits::MAX_TEXT {
-            self.fail(path, format!("{what} is longer than {} characters", limits::MAX_TEXT));
+            self.fail(
+                path,
+                format!("{what} is longer than {} characters", limits::MAX_TEXT),
+            );
         } else if value.contains('\0') {
             self.fail(path, format!("{what} contains a NUL character"));
         }
@@ -189,7 +198,13 @@ impl Checker {
 
     fn list(&mut self, path: &Path, len: usize) {
         if len > limits::MAX_LIST {
-            self.fail(path, format!("at most {} entries are allowed, found {len}", limits::MAX_LIST));
+            self.fail(
+                path,
+                format!(
+                    "at most {} entries are allowed, found {len}",
+                    limits::MAX_LIST
+                ),
+            );
         }
     }
 
@@ -199,14 +214,31 @@ impl Checker {
         }
     }
 
-    fn size_range(&mut self, path: &Path, min: ByteSize, max: ByteSize, lo: u64, hi: u64, what: &str) {
+    fn size_range(
+        &mut self,
+        path: &Path,
+        min: ByteSize,
+        max: ByteSize,
+        lo: u64,
+        hi: u64,
+        what: &str,
+    ) {
         for (key, v) in [("min", min), ("max", max)] {
             if v.0 == 0 {
-                self.fail(&path.child(Seg::Key(key)), format!("{what} must be greater than zero"));
+                self.fail(
+                    &path.child(Seg::Key(key)),
+                    format!("{what} must be greater than zero"),
+                );
             } else if v.0 < lo {
-                self.fail(&path.child(Seg::Key(key)), format!("{what} {v} is below the smallest allowed, {}", ByteSize(lo)));
+                self.fail(
+                    &path.child(Seg::Key(key)),
+                    format!("{what} {v} is below the smallest allowed, {}", ByteSize(lo)),
+                );
             } else if v.0 > hi {
-                self.fail(&path.child(Seg::Key(key)), format!("{what} {v} is above the largest allowed, {}", ByteSize(hi)));
+                self.fail(
+                    &path.child(Seg::Key(key)),
+                    format!("{what} {v} is above the largest allowed, {}", ByteSize(hi)),
+                );
             }
         }
         if min > max {
@@ -217,18 +249,30 @@ impl Checker {
 
 /// Checks everything serde cannot: ranges, sizes, references, uniqueness.
 pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
-    let mut c = Checker { form, errors: Vec::new() };
+    let mut c = Checker {
+        form,
+        errors: Vec::new(),
+    };
     let root = Path::default();
 
     if d.vmm.is_some() && d.category != Category::Vm {
-        c.fail(&root.child(Seg::Key("vmm")), "a vmm is only meaningful for category \"vm\"");
+        c.fail(
+            &root.child(Seg::Key("vmm")),
+            "a vmm is only meaningful for category \"vm\"",
+        );
     }
     if let Some(lc) = d.life_cycle {
         let p = root.child(Seg::Key("lifeCycle"));
         if lc == 0 {
             c.fail(&p, "lifeCycle must be a positive number of seconds");
         } else if lc > limits::MAX_LIFECYCLE {
-            c.fail(&p, format!("lifeCycle {lc}s is longer than ten years ({}s)", limits::MAX_LIFECYCLE));
+            c.fail(
+                &p,
+                format!(
+                    "lifeCycle {lc}s is longer than ten years ({}s)",
+                    limits::MAX_LIFECYCLE
+                ),
+            );
         }
     }
 
@@ -238,23 +282,56 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
         if v == 0 {
             c.fail(&cpus.child(Seg::Key(key)), "cpus must be at least 1");
         } else if v > limits::MAX_CPUS {
-            c.fail(&cpus.child(Seg::Key(key)), format!("{v} cpus is above the largest allowed, {}", limits::MAX_CPUS));
+            c.fail(
+                &cpus.child(Seg::Key(key)),
+                format!(
+                    "{v} cpus is above the largest allowed, {}",
+                    limits::MAX_CPUS
+                ),
+            );
         }
     }
     if d.hardware.cpus.min > d.hardware.cpus.max {
-        c.fail(&cpus, format!("min {} is greater than max {}", d.hardware.cpus.min, d.hardware.cpus.max));
+        c.fail(
+            &cpus,
+            format!(
+                "min {} is greater than max {}",
+                d.hardware.cpus.min, d.hardware.cpus.max
+            ),
+        );
     }
     let ram = d.hardware.ram;
-    c.size_range(&hw.child(Seg::Key("ram")), ram.min, ram.max, limits::MIN_RAM, limits::MAX_RAM, "ram");
+    c.size_range(
+        &hw.child(Seg::Key("ram")),
+        ram.min,
+        ram.max,
+        limits::MIN_RAM,
+        limits::MAX_RAM,
+        "ram",
+    );
     if let Some(disk) = &d.hardware.disk {
         let p = hw.child(Seg::Key("disk")).child(Seg::Key("size"));
         let size = disk.size.0;
         if size == 0 {
             c.fail(&p, "disk size must be greater than zero");
         } else if size < limits::MIN_DISK {
-            c.fail(&p, format!("disk size {} is below the smallest allowed, {}", disk.size, ByteSize(limits::MIN_DISK)));
+            c.fail(
+                &p,
+                format!(
+                    "disk size {} is below the smallest allowed, {}",
+                    disk.size,
+                    ByteSize(limits::MIN_DISK)
+                ),
+            );
         } else if size > limits::MAX_DISK {
-            c.fail(&p, format!("disk size {} is above the largest allowed, {}", disk.size, ByteSize(limits::MAX_DISK)));
+            c.fail(
+                &p,
+                format!(
+                    "disk size {} is above the largest allowed, {}",
+                    disk.size,
+                    ByteSize(limits::MAX_DISK)
+                ),
+            );
         }
     }
     let devices = hw.child(Seg::Key("devices"));
@@ -274,9 +351,18 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
         let p = nics.child(Seg::Index(i)).child(Seg::Key("name"));
         let ok = !nic.name.is_empty()
             && nic.name.len() <= 15
-            && nic.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            && nic
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if !ok {
-            c.fail(&p, format!("{:?} is not an interface name: 1 to 15 letters, digits, '_', '-', '.'", nic.name));
+            c.fail(
+                &p,
+                format!(
+                    "{:?} is not an interface name: 1 to 15 letters, digits, '_', '-', '.'",
+                    nic.name
+                ),
+            );
         } else if !names.insert(nic.name.as_str()) {
             c.fail(&p, format!("interface {:?} is named twice", nic.name));
         }
@@ -315,7 +401,14 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
         if svc.port == 0 {
             c.fail(&p, "port must be between 1 and 65535");
         } else if !ports.insert((svc.port, svc.protocol)) {
-            c.fail(&p, format!("port {}/{} is listed twice", svc.port, svc.protocol.as_str()));
+            c.fail(
+                &p,
+                format!(
+                    "port {}/{} is listed twice",
+                    svc.port,
+                    svc.protocol.as_str()
+                ),
+            );
         }
     }
 
@@ -334,13 +427,35 @@ mod tests {
     fn renders_paths_per_form() {
         let p = Path(vec![Seg::Key("hardware"), Seg::Key("ram"), Seg::Key("min")]);
         assert_eq!(p.render(Form::Toml), "hardware.ram.min");
-        assert_eq!(p.render(Form::Xml), "/virtualWorkspace/hw:hardware/hw:ram/@min");
-        let p = Path(vec![Seg::Key("network"), Seg::Key("nics"), Seg::Index(1), Seg::Key("name")]);
+        assert_eq!(
+            p.render(Form::Xml),
+            "/virtualWorkspace/hw:hardware/hw:ram/@min"
+        );
+        let p = Path(vec![
+            Seg::Key("network"),
+            Seg::Key("nics"),
+            Seg::Index(1),
+            Seg::Key("name"),
+        ]);
         assert_eq!(p.render(Form::Json), "network.nics[1].name");
-        assert_eq!(p.render(Form::Xml), "/virtualWorkspace/net:network/net:nic[2]/@name");
+        assert_eq!(
+            p.render(Form::Xml),
+            "/virtualWorkspace/net:network/net:nic[2]/@name"
+        );
         let p = Path(vec![Seg::Key("software"), Seg::Key("image")]);
-        assert_eq!(p.render(Form::Xml), "/virtualWorkspace/sw:software/sw:image");
-        let p = Path(vec![Seg::Key("hardware"), Seg::Key("devices"), Seg::Index(0), Seg::Key("image")]);
-        assert_eq!(p.render(Form::Xml), "/virtualWorkspace/hw:hardware/hw:device[1]/@image");
+        assert_eq!(
+            p.render(Form::Xml),
+            "/virtualWorkspace/sw:software/sw:image"
+        );
+        let p = Path(vec![
+            Seg::Key("hardware"),
+            Seg::Key("devices"),
+            Seg::Index(0),
+            Seg::Key("image"),
+        ]);
+        assert_eq!(
+            p.render(Form::Xml),
+            "/virtualWorkspace/hw:hardware/hw:device[1]/@image"
+        );
     }
 }

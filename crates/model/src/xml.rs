@@ -56,19 +56,29 @@ fn read_tree(input: &str) -> Result<Node, InvalidDescription> {
     loop {
         let position = reader.buffer_position();
         let here = stack.last().map_or("/".to_string(), |n| n.path.clone());
-        let syntax = |e: quick_xml::Error| err(&here, format!("malformed XML at byte {position}: {e}"));
+        let syntax =
+            |e: quick_xml::Error| err(&here, format!("malformed XML at byte {position}: {e}"));
         let (ns, event) = reader.read_resolved_event().map_err(syntax)?;
         let ns = match ns {
             ResolveResult::Bound(n) => Some(utf8(n.as_ref(), &here)?),
             ResolveResult::Unbound => None,
             ResolveResult::Unknown(p) => {
-                return Err(err(&here, format!("namespace prefix {:?} is not declared", String::from_utf8_lossy(&p))))
+                return Err(err(
+                    &here,
+                    format!(
+                        "namespace prefix {:?} is not declared",
+                        String::from_utf8_lossy(&p)
+                    ),
+                ))
             }
         };
         match event {
             Event::Start(e) | Event::Empty(e) if stack.len() >= MAX_DEPTH => {
                 let _ = e;
-                return Err(err(&here, format!("elements nested deeper than {MAX_DEPTH} levels")));
+                return Err(err(
+                    &here,
+                    format!("elements nested deeper than {MAX_DEPTH} levels"),
+                ));
             }
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let qname = utf8(e.name().as_ref(), &here)?;
@@ -76,9 +86,18 @@ fn read_tree(input: &str) -> Result<Node, InvalidDescription> {
                 let parent = stack.last().map_or(String::new(), |n| n.path.clone());
                 let index = stack
                     .last()
-                    .map(|p| p.children.iter().filter(|c| c.local == local && c.ns == ns).count())
+                    .map(|p| {
+                        p.children
+                            .iter()
+                            .filter(|c| c.local == local && c.ns == ns)
+                            .count()
+                    })
                     .unwrap_or(0);
-                let path = if index == 0 { format!("{parent}/{qname}") } else { format!("{parent}/{qname}[{}]", index + 1) };
+                let path = if index == 0 {
+                    format!("{parent}/{qname}")
+                } else {
+                    format!("{parent}/{qname}[{}]", index + 1)
+                };
                 let mut attrs = Vec::new();
                 for a in e.attributes() {
                     let a = a.map_err(|e| err(&path, format!("malformed attribute: {e}")))?;
@@ -88,11 +107,23 @@ fn read_tree(input: &str) -> Result<Node, InvalidDescription> {
                     let key = utf8(a.key.as_ref(), &path)?;
                     let value = a
                         .unescape_value()
-                        .map_err(|e| err(&format!("{path}/@{key}"), format!("bad attribute value: {e}")))?
+                        .map_err(|e| {
+                            err(
+                                &format!("{path}/@{key}"),
+                                format!("bad attribute value: {e}"),
+                            )
+                        })?
                         .into_owned();
                     attrs.push((key, value));
                 }
-                let node = Node { ns, local, path, attrs, text: String::new(), children: Vec::new() };
+                let node = Node {
+                    ns,
+                    local,
+                    path,
+                    attrs,
+                    text: String::new(),
+                    children: Vec::new(),
+                };
                 if matches!(event, Event::Empty(_)) {
                     match stack.last_mut() {
                         Some(parent) => parent.children.push(node),
@@ -103,14 +134,18 @@ fn read_tree(input: &str) -> Result<Node, InvalidDescription> {
                 }
             }
             Event::End(_) => {
-                let node = stack.pop().ok_or_else(|| err("/", "unexpected closing tag"))?;
+                let node = stack
+                    .pop()
+                    .ok_or_else(|| err("/", "unexpected closing tag"))?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => return finish(&mut reader, node),
                 }
             }
             Event::Text(t) => {
-                let text = t.unescape().map_err(|e| err(&here, format!("bad text: {e}")))?;
+                let text = t
+                    .unescape()
+                    .map_err(|e| err(&here, format!("bad text: {e}")))?;
                 match stack.last_mut() {
                     Some(n) => n.text.push_str(&text),
                     None => return Err(err("/", "text outside the root element")),
@@ -124,10 +159,18 @@ fn read_tree(input: &str) -> Result<Node, InvalidDescription> {
                 }
             }
             Event::DocType(_) => {
-                return Err(err("/", "document type declarations (DOCTYPE) are not accepted"));
+                return Err(err(
+                    "/",
+                    "document type declarations (DOCTYPE) are not accepted",
+                ));
             }
             Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
-            Event::Eof => return Err(err(&here, "the document ended before the root element was closed")),
+            Event::Eof => {
+                return Err(err(
+                    &here,
+                    "the document ended before the root element was closed",
+                ))
+            }
         }
     }
 }
@@ -139,7 +182,12 @@ fn finish(reader: &mut NsReader<&[u8]>, root: Node) -> Result<Node, InvalidDescr
             Ok(Event::Comment(_) | Event::PI(_)) => {}
             Ok(Event::Text(t)) if t.iter().all(u8::is_ascii_whitespace) => {}
             Ok(_) => return Err(err("/", "content after the root element")),
-            Err(e) => return Err(err("/", format!("malformed XML after the root element: {e}"))),
+            Err(e) => {
+                return Err(err(
+                    "/",
+                    format!("malformed XML after the root element: {e}"),
+                ))
+            }
         }
     }
 }
@@ -157,24 +205,42 @@ impl Node {
     fn only_attrs(&self, allowed: &[&str]) -> Result<(), InvalidDescription> {
         for (k, _) in &self.attrs {
             if !allowed.contains(&k.as_str()) {
-                let expected = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-                return Err(err(&self.attr_path(k), format!("unknown attribute {k:?} (expected: {expected})")));
+                let expected = if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                };
+                return Err(err(
+                    &self.attr_path(k),
+                    format!("unknown attribute {k:?} (expected: {expected})"),
+                ));
             }
         }
         Ok(())
     }
 
     fn attr(&self, key: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn required_attr(&self, key: &str) -> Result<&str, InvalidDescription> {
-        self.attr(key).ok_or_else(|| err(&self.attr_path(key), format!("attribute {key:?} is required")))
+        self.attr(key).ok_or_else(|| {
+            err(
+                &self.attr_path(key),
+                format!("attribute {key:?} is required"),
+            )
+        })
     }
 
     fn no_children(&self) -> Result<(), InvalidDescription> {
         match self.children.first() {
-            Some(c) => Err(err(&c.path, "unexpected element: this element holds only text")),
+            Some(c) => Err(err(
+                &c.path,
+                "unexpected element: this element holds only text",
+            )),
             None => Ok(()),
         }
     }
@@ -188,13 +254,22 @@ impl Node {
         if self.text.trim().is_empty() {
             Ok(())
         } else {
-            Err(err(&self.path, format!("unexpected text {:?}", self.text.trim())))
+            Err(err(
+                &self.path,
+                format!("unexpected text {:?}", self.text.trim()),
+            ))
         }
     }
 
     fn unknown(&self, expected: &str) -> InvalidDescription {
         let ns = self.ns.as_deref().unwrap_or("no namespace");
-        err(&self.path, format!("unknown element {:?} in {ns} (expected {expected})", self.local))
+        err(
+            &self.path,
+            format!(
+                "unknown element {:?} in {ns} (expected {expected})",
+                self.local
+            ),
+        )
     }
 }
 
@@ -210,13 +285,20 @@ fn parse_attr<T, E: std::fmt::Display>(
 
 fn once<T>(slot: &mut Option<T>, node: &Node, value: T) -> Result<(), InvalidDescription> {
     if slot.is_some() {
-        return Err(err(&node.path, format!("element {:?} appears more than once", node.local)));
+        return Err(err(
+            &node.path,
+            format!("element {:?} appears more than once", node.local),
+        ));
     }
     *slot = Some(value);
     Ok(())
 }
 
-fn enum_text<T>(node: &Node, parse: fn(&str) -> Option<T>, expected: &str) -> Result<T, InvalidDescription> {
+fn enum_text<T>(
+    node: &Node,
+    parse: fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<T, InvalidDescription> {
     let text = node.leaf_text()?;
     parse(text).ok_or_else(|| err(&node.path, format!("{text:?} is not one of {expected}")))
 }
@@ -224,7 +306,8 @@ fn enum_text<T>(node: &Node, parse: fn(&str) -> Option<T>, expected: &str) -> Re
 fn datetime(node: &Node) -> Result<OffsetDateTime, InvalidDescription> {
     node.only_attrs(&[])?;
     let text = node.leaf_text()?;
-    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| err(&node.path, format!("{text:?} is not an xs:dateTime ({e})")))
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| err(&node.path, format!("{text:?} is not an xs:dateTime ({e})")))
 }
 
 fn integer<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
@@ -242,9 +325,17 @@ fn range<T: Copy + PartialOrd>(
     match (min, max, node.text.trim()) {
         (Some(min), Some(max), "") => Ok(Range { min, max }),
         (Some(v), None, "") | (None, Some(v), "") => Ok(Range::exactly(v)),
-        (None, None, "") => Err(err(&node.path, "expected attributes min and max (or a value as text)")),
-        (None, None, text) => parse(text).map(Range::exactly).map_err(|e| err(&node.path, e)),
-        _ => Err(err(&node.path, "give either min/max attributes or a value as text, not both")),
+        (None, None, "") => Err(err(
+            &node.path,
+            "expected attributes min and max (or a value as text)",
+        )),
+        (None, None, text) => parse(text)
+            .map(Range::exactly)
+            .map_err(|e| err(&node.path, e)),
+        _ => Err(err(
+            &node.path,
+            "give either min/max attributes or a value as text, not both",
+        )),
     }
 }
 
@@ -263,7 +354,10 @@ pub fn from_xml(input: &str) -> Result<Description, InvalidDescription> {
     if !root.is(NS_WS, "virtualWorkspace") {
         return Err(err(
             &root.path,
-            format!("the root element must be virtualWorkspace in namespace {NS_WS}, found {:?}", root.local),
+            format!(
+                "the root element must be virtualWorkspace in namespace {NS_WS}, found {:?}",
+                root.local
+            ),
         ));
     }
     root.only_attrs(&[])?;
@@ -315,8 +409,18 @@ pub fn from_xml(input: &str) -> Result<Description, InvalidDescription> {
             }
         }
     }
-    let category = category.ok_or_else(|| err("/virtualWorkspace/category", "element category is required (vm or dynamic account)"))?;
-    let software = software.ok_or_else(|| err("/virtualWorkspace/sw:software", "element sw:software with sw:image is required"))?;
+    let category = category.ok_or_else(|| {
+        err(
+            "/virtualWorkspace/category",
+            "element category is required (vm or dynamic account)",
+        )
+    })?;
+    let software = software.ok_or_else(|| {
+        err(
+            "/virtualWorkspace/sw:software",
+            "element sw:software with sw:image is required",
+        )
+    })?;
     Ok(Description {
         category,
         vmm,
@@ -344,8 +448,18 @@ fn read_epr(node: &Node) -> Result<Epr, InvalidDescription> {
         }
     }
     Ok(Epr {
-        address: address.ok_or_else(|| err(&format!("{}/Address", node.path), "element Address is required"))?,
-        resource_key: key.ok_or_else(|| err(&format!("{}/ResourceKey", node.path), "element ResourceKey is required"))?,
+        address: address.ok_or_else(|| {
+            err(
+                &format!("{}/Address", node.path),
+                "element Address is required",
+            )
+        })?,
+        resource_key: key.ok_or_else(|| {
+            err(
+                &format!("{}/ResourceKey", node.path),
+                "element ResourceKey is required",
+            )
+        })?,
     })
 }
 
@@ -356,13 +470,19 @@ fn read_hardware(node: &Node) -> Result<Hardware, InvalidDescription> {
     let (mut cpus, mut ram, mut disk) = (None, None, None);
     for c in &node.children {
         match (c.ns.as_deref(), c.local.as_str()) {
-            (Some(NS_HW), "cpus") => once(&mut cpus, c, range(c, |s| integer::<u32>(s, "a number of cpus"))?)?,
+            (Some(NS_HW), "cpus") => once(
+                &mut cpus,
+                c,
+                range(c, |s| integer::<u32>(s, "a number of cpus"))?,
+            )?,
             (Some(NS_HW), "ram") => once(&mut ram, c, range(c, size)?)?,
             (Some(NS_HW), "disk") => {
                 c.only_attrs(&["size", "type", "access"])?;
                 c.leaf_text()?;
                 let d = Disk {
-                    size: parse_attr(c, "size", size)?.ok_or_else(|| err(&c.attr_path("size"), "attribute \"size\" is required"))?,
+                    size: parse_attr(c, "size", size)?.ok_or_else(|| {
+                        err(&c.attr_path("size"), "attribute \"size\" is required")
+                    })?,
                     kind: parse_attr(c, "type", |v| match v {
                         "qcow2" => Ok(DiskType::Qcow2),
                         "raw" => Ok(DiskType::Raw),
@@ -383,9 +503,17 @@ fn read_hardware(node: &Node) -> Result<Hardware, InvalidDescription> {
                 c.leaf_text()?;
                 let kind = match c.required_attr("type")? {
                     "cdrom" => DeviceType::Cdrom,
-                    o => return Err(err(&c.attr_path("type"), format!("{o:?} is not a device type (expected cdrom)"))),
+                    o => {
+                        return Err(err(
+                            &c.attr_path("type"),
+                            format!("{o:?} is not a device type (expected cdrom)"),
+                        ))
+                    }
                 };
-                hw.devices.push(Device { kind, image: c.required_attr("image")?.to_string() });
+                hw.devices.push(Device {
+                    kind,
+                    image: c.required_attr("image")?.to_string(),
+                });
             }
             _ => return Err(c.unknown("hw:cpus, hw:ram, hw:disk, hw:device")),
         }
@@ -415,9 +543,17 @@ fn read_network(node: &Node) -> Result<Network, InvalidDescription> {
             "dhcp" => NicMethod::Dhcp,
             "user" => NicMethod::User,
             "none" => NicMethod::None,
-            o => return Err(err(&c.attr_path("method"), format!("{o:?} is not a method (expected pool, dhcp, user or none)"))),
+            o => {
+                return Err(err(
+                    &c.attr_path("method"),
+                    format!("{o:?} is not a method (expected pool, dhcp, user or none)"),
+                ))
+            }
         };
-        net.nics.push(Nic { name: c.required_attr("name")?.to_string(), method });
+        net.nics.push(Nic {
+            name: c.required_attr("name")?.to_string(),
+            method,
+        });
     }
     Ok(net)
 }
@@ -436,18 +572,37 @@ fn read_software(node: &Node) -> Result<Software, InvalidDescription> {
             (Some(NS_SW), "os") => {
                 c.only_attrs(&["kernel", "distribution"])?;
                 c.leaf_text()?;
-                once(&mut os, c, Os { kernel: text_attr(c, "kernel"), distribution: text_attr(c, "distribution") })?;
+                once(
+                    &mut os,
+                    c,
+                    Os {
+                        kernel: text_attr(c, "kernel"),
+                        distribution: text_attr(c, "distribution"),
+                    },
+                )?;
             }
             (Some(NS_SW), "program") => {
                 c.only_attrs(&["name", "version"])?;
                 c.leaf_text()?;
-                programs.push(Program { name: c.required_attr("name")?.to_string(), version: text_attr(c, "version") });
+                programs.push(Program {
+                    name: c.required_attr("name")?.to_string(),
+                    version: text_attr(c, "version"),
+                });
             }
             _ => return Err(c.unknown("sw:image, sw:os, sw:program")),
         }
     }
-    let image = image.ok_or_else(|| err(&format!("{}/sw:image", node.path), "element sw:image is required"))?;
-    Ok(Software { image, os, programs })
+    let image = image.ok_or_else(|| {
+        err(
+            &format!("{}/sw:image", node.path),
+            "element sw:image is required",
+        )
+    })?;
+    Ok(Software {
+        image,
+        os,
+        programs,
+    })
 }
 
 fn read_capability(node: &Node) -> Result<Capability, InvalidDescription> {
@@ -521,8 +676,16 @@ pub fn to_xml(d: &Description) -> String {
 
     let hw = &d.hardware;
     put(Event::Start(BytesStart::new("hw:hardware")));
-    put(Event::Empty(range_el("hw:cpus", hw.cpus.min.to_string(), hw.cpus.max.to_string())));
-    put(Event::Empty(range_el("hw:ram", hw.ram.min.to_string(), hw.ram.max.to_string())));
+    put(Event::Empty(range_el(
+        "hw:cpus",
+        hw.cpus.min.to_string(),
+        hw.cpus.max.to_string(),
+    )));
+    put(Event::Empty(range_el(
+        "hw:ram",
+        hw.ram.min.to_string(),
+        hw.ram.max.to_string(),
+    )));
     if let Some(disk) = &hw.disk {
         put(Event::Empty(BytesStart::new("hw:disk").with_attributes([
             ("size", disk.size.to_string().as_str()),
@@ -531,18 +694,19 @@ pub fn to_xml(d: &Description) -> String {
         ])));
     }
     for dev in &hw.devices {
-        put(Event::Empty(
-            BytesStart::new("hw:device").with_attributes([("type", dev.kind.as_str()), ("image", dev.image.as_str())]),
-        ));
+        put(Event::Empty(BytesStart::new("hw:device").with_attributes(
+            [("type", dev.kind.as_str()), ("image", dev.image.as_str())],
+        )));
     }
     put(Event::End(BytesEnd::new("hw:hardware")));
 
     if !d.network.nics.is_empty() {
         put(Event::Start(BytesStart::new("net:network")));
         for nic in &d.network.nics {
-            put(Event::Empty(
-                BytesStart::new("net:nic").with_attributes([("name", nic.name.as_str()), ("method", nic.method.as_str())]),
-            ));
+            put(Event::Empty(BytesStart::new("net:nic").with_attributes([
+                ("name", nic.name.as_str()),
+                ("method", nic.method.as_str()),
+            ])));
         }
         put(Event::End(BytesEnd::new("net:network")));
     }
@@ -577,10 +741,12 @@ pub fn to_xml(d: &Description) -> String {
             text_el(&mut put, BytesStart::new("cap:startup"), s);
         }
         for s in &cap.services {
-            put(Event::Empty(BytesStart::new("cap:service").with_attributes([
-                ("port", s.port.to_string().as_str()),
-                ("protocol", s.protocol.as_str()),
-            ])));
+            put(Event::Empty(
+                BytesStart::new("cap:service").with_attributes([
+                    ("port", s.port.to_string().as_str()),
+                    ("protocol", s.protocol.as_str()),
+                ]),
+            ));
         }
         put(Event::End(BytesEnd::new("cap:capability")));
     }
@@ -602,5 +768,6 @@ fn range_el(name: &str, min: String, max: String) -> BytesStart<'_> {
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).expect("every OffsetDateTime formats as RFC 3339")
+    t.format(&Rfc3339)
+        .expect("every OffsetDateTime formats as RFC 3339")
 }

@@ -17,25 +17,44 @@ fn xmllint(doc: &str) -> (bool, String) {
         .args(["--noout", "--schema", &schema()])
         .arg(&file)
         .output()
-        .expect("xmllint is needed for this test: apt-get install libxml2-utils (scripts/test does)");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        .expect(
+            "xmllint is needed for this test: apt-get install libxml2-utils (scripts/test does)",
+        );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn written_xml_validates_against_the_schema() {
-    let src = std::fs::read_to_string(format!("{}/../../examples/paper.xml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let src = std::fs::read_to_string(format!(
+        "{}/../../examples/paper.xml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     let mut d = parse(&src, Form::Xml).unwrap();
     // As the service writes it: with every server-owned field filled in.
     d.state = Some(State::Running);
-    d.epr = Some(Epr { address: "http://127.0.0.1:7480/v1/workspaces/ws-0123".into(), resource_key: "9f86d081884c7d65".into() });
+    d.epr = Some(Epr {
+        address: "http://127.0.0.1:7480/v1/workspaces/ws-0123".into(),
+        resource_key: "9f86d081884c7d65".into(),
+    });
     d.creation_time = Some(time::macros::datetime!(2026-11-24 08:00:00 UTC));
     d.last_modified = Some(time::macros::datetime!(2026-11-24 08:00:01.25 UTC));
-    for doc in [write(&d, Form::Xml), write(&d.clone().without_server_fields(), Form::Xml)] {
+    for doc in [
+        write(&d, Form::Xml),
+        write(&d.clone().without_server_fields(), Form::Xml),
+    ] {
         let (ok, stderr) = xmllint(&doc);
         assert!(ok, "xmllint refused what vws wrote:\n{stderr}\n{doc}");
     }
     // Written from the other forms too.
-    let toml = std::fs::read_to_string(format!("{}/../../examples/paper.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let toml = std::fs::read_to_string(format!(
+        "{}/../../examples/paper.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     let (ok, stderr) = xmllint(&write(&parse(&toml, Form::Toml).unwrap(), Form::Xml));
     assert!(ok, "{stderr}");
 }

@@ -51,9 +51,18 @@ async fn run(verb: &'static str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, I
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { ImgError::Missing } else { ImgError::Io(e) })?;
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ImgError::Missing
+            } else {
+                ImgError::Io(e)
+            }
+        })?;
     if !out.status.success() {
-        return Err(ImgError::Failed { verb, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ImgError::Failed {
+            verb,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(out.stdout)
 }
@@ -68,7 +77,12 @@ pub async fn info(path: &Path) -> Result<ImageInfo, ImgError> {
 /// Makes a qcow2 overlay backed by `backing` (whose format is given, never
 /// probed). O(1) in the backing image's size. `size`, when larger than the
 /// backing image, grows the overlay's virtual disk.
-pub async fn create_overlay(backing: &Path, backing_format: &str, overlay: &Path, size: Option<u64>) -> Result<(), ImgError> {
+pub async fn create_overlay(
+    backing: &Path,
+    backing_format: &str,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<(), ImgError> {
     let size = size.map(|s| s.to_string());
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "-q".as_ref(),
@@ -89,7 +103,18 @@ pub async fn create_overlay(backing: &Path, backing_format: &str, overlay: &Path
 /// Makes an empty image of the given format and size.
 pub async fn create(path: &Path, format: &str, size: u64) -> Result<(), ImgError> {
     let size = size.to_string();
-    run("create", &["-q".as_ref(), "-f".as_ref(), format.as_ref(), path.as_os_str(), size.as_ref()]).await.map(drop)
+    run(
+        "create",
+        &[
+            "-q".as_ref(),
+            "-f".as_ref(),
+            format.as_ref(),
+            path.as_os_str(),
+            size.as_ref(),
+        ],
+    )
+    .await
+    .map(drop)
 }
 
 #[cfg(test)]
@@ -104,7 +129,9 @@ mod tests {
         let i = info(&base).await.unwrap();
         assert_eq!((i.format.as_str(), i.virtual_size), ("raw", 8 << 20));
         let over = dir.path().join("over.qcow2");
-        create_overlay(&base, "raw", &over, Some(16 << 20)).await.unwrap();
+        create_overlay(&base, "raw", &over, Some(16 << 20))
+            .await
+            .unwrap();
         let i = info(&over).await.unwrap();
         assert_eq!(i.format, "qcow2");
         assert_eq!(i.virtual_size, 16 << 20);

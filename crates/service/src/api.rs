@@ -51,7 +51,10 @@ pub struct Caller(pub Identity);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ServiceError;
 
-    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        _parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match &state.auth {
             Auth::Local(id) => Ok(Caller(id.clone())),
         }
@@ -148,7 +151,9 @@ async fn one_error_shape(resp: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 10).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
     let message = String::from_utf8_lossy(&bytes).trim().to_string();
     let code = match status {
         StatusCode::BAD_REQUEST => "bad_request",
@@ -159,7 +164,11 @@ async fn one_error_shape(resp: Response) -> Response {
         s if s.is_server_error() => "internal",
         _ => "error",
     };
-    let message = if message.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { message };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
     error_response(status, code, message, vec![])
 }
 
@@ -168,7 +177,12 @@ async fn no_route() -> ServiceError {
 }
 
 async fn no_method() -> Response {
-    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".into(), vec![])
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route".into(),
+        vec![],
+    )
 }
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ServiceError> {
@@ -182,16 +196,26 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ServiceError> {
 }
 
 /// Reads a JSON body strictly; an empty body is `None`.
-fn json_body<T: DeserializeOwned>(headers: &HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<Option<T>, ServiceError> {
+fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Option<T>, ServiceError> {
     let b = body(b)?;
     if b.is_empty() {
         return Ok(None);
     }
-    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if Form::from_content_type(ct) != Some(Form::Json) {
-        return Err(ServiceError::UnsupportedMediaType(format!("expected Content-Type application/json, got {ct:?}")));
+        return Err(ServiceError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json, got {ct:?}"
+        )));
     }
-    serde_json::from_slice(&b).map(Some).map_err(|e| ServiceError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&b)
+        .map(Some)
+        .map_err(|e| ServiceError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -199,7 +223,11 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn openapi() -> Response {
-    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -216,17 +244,26 @@ async fn create(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let b = body(b)?;
-    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let form = Form::from_content_type(ct).ok_or_else(|| {
         ServiceError::UnsupportedMediaType(format!(
             "a description is application/xml, application/toml or application/json, not {ct:?}"
         ))
     })?;
-    let text = std::str::from_utf8(&b).map_err(|_| ServiceError::BadRequest("the description is not UTF-8".into()))?;
+    let text = std::str::from_utf8(&b)
+        .map_err(|_| ServiceError::BadRequest("the description is not UTF-8".into()))?;
     let d = vws_model::parse(text, form)?;
     let ws = s.service.create(&who, d, form, q.name).await?;
     let location = format!("/v1/workspaces/{}", ws.record.id);
-    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(ws)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        Json(ws),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -239,25 +276,57 @@ struct ListQuery {
     after: Option<String>,
 }
 
-async fn list(State(s): State<AppState>, Caller(who): Caller, Query(q): Query<ListQuery>) -> Result<Response, ServiceError> {
+async fn list(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ServiceError> {
     let state = q
         .state
-        .map(|v| WsState::parse(&v).ok_or_else(|| ServiceError::BadRequest(format!("{v:?} is not a state"))))
+        .map(|v| {
+            WsState::parse(&v)
+                .ok_or_else(|| ServiceError::BadRequest(format!("{v:?} is not a state")))
+        })
         .transpose()?;
     let category = q
         .category
-        .map(|v| Category::parse(&v).ok_or_else(|| ServiceError::BadRequest(format!("{v:?} is not a category"))))
+        .map(|v| {
+            Category::parse(&v)
+                .ok_or_else(|| ServiceError::BadRequest(format!("{v:?} is not a category")))
+        })
         .transpose()?;
     if q.limit == Some(0) || q.limit.is_some_and(|l| l > 1000) {
-        return Err(ServiceError::BadRequest("limit must be between 1 and 1000".into()));
+        return Err(ServiceError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
     }
-    let page = s.service.list(&who, Filter { owner: q.owner, state, category, limit: q.limit, after: q.after }).await?;
+    let page = s
+        .service
+        .list(
+            &who,
+            Filter {
+                owner: q.owner,
+                state,
+                category,
+                limit: q.limit,
+                after: q.after,
+            },
+        )
+        .await?;
     Ok(Json(page).into_response())
 }
 
-async fn show(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ServiceError> {
+async fn show(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
     let ws = s.service.workspace(&who, &id).await?;
-    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     // The description alone, in the form asked for; JSON gets the whole record.
     match Form::from_content_type(accept) {
         Some(form @ (Form::Xml | Form::Toml)) => {
@@ -268,7 +337,11 @@ async fn show(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<Str
     }
 }
 
-async fn destroy(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> Result<StatusCode, ServiceError> {
+async fn destroy(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ServiceError> {
     s.service.destroy(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -287,7 +360,10 @@ async fn clone(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let req: Option<CloneRequest> = json_body(&headers, b)?;
-    let ws = s.service.clone_workspace(&who, &id, req.and_then(|r| r.name)).await?;
+    let ws = s
+        .service
+        .clone_workspace(&who, &id, req.and_then(|r| r.name))
+        .await?;
     Ok((StatusCode::CREATED, Json(ws)).into_response())
 }
 
@@ -305,12 +381,17 @@ async fn renew(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let req: RenewRequest = json_body(&headers, b)?
-        .ok_or_else(|| ServiceError::BadRequest("expected a body {\"lifetime\": SECONDS}".into()))?;
+    let req: RenewRequest = json_body(&headers, b)?.ok_or_else(|| {
+        ServiceError::BadRequest("expected a body {\"lifetime\": SECONDS}".into())
+    })?;
     Ok(Json(s.service.renew(&who, &id, req.lifetime).await?).into_response())
 }
 
-async fn history(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> Result<Response, ServiceError> {
+async fn history(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
     Ok(Json(s.service.history(&who, &id).await?).into_response())
 }
 
@@ -320,27 +401,48 @@ async fn import(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let req: ImportRequest = json_body(&headers, b)?
-        .ok_or_else(|| ServiceError::BadRequest("expected a JSON body naming the image and its blobs".into()))?;
-    Ok((StatusCode::CREATED, Json(s.service.import_image(&who, req).await?)).into_response())
+    let req: ImportRequest = json_body(&headers, b)?.ok_or_else(|| {
+        ServiceError::BadRequest("expected a JSON body naming the image and its blobs".into())
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.service.import_image(&who, req).await?),
+    )
+        .into_response())
 }
 
 async fn images(State(s): State<AppState>, Caller(_who): Caller) -> Result<Response, ServiceError> {
     Ok(Json(s.service.images().await?).into_response())
 }
 
-async fn image(State(s): State<AppState>, Caller(_who): Caller, Path(reference): Path<String>) -> Result<Response, ServiceError> {
+async fn image(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(reference): Path<String>,
+) -> Result<Response, ServiceError> {
     Ok(Json(s.service.image(&reference).await?).into_response())
 }
 
-async fn remove_image(State(s): State<AppState>, Caller(who): Caller, Path(reference): Path<String>) -> Result<StatusCode, ServiceError> {
+async fn remove_image(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(reference): Path<String>,
+) -> Result<StatusCode, ServiceError> {
     s.service.remove_image(&who, &reference).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn has_blob(State(s): State<AppState>, Caller(_who): Caller, Path(digest): Path<String>) -> Result<Response, ServiceError> {
+async fn has_blob(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(digest): Path<String>,
+) -> Result<Response, ServiceError> {
     match s.service.has_blob(&digest).await? {
-        Some(size) => Ok((StatusCode::OK, [(axum::http::header::CONTENT_LENGTH, size.to_string())]).into_response()),
+        Some(size) => Ok((
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_LENGTH, size.to_string())],
+        )
+            .into_response()),
         None => Err(ServiceError::NotFound(format!("blob {digest} not found"))),
     }
 }
@@ -351,8 +453,15 @@ async fn upload(
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
-    let stream = request.into_body().into_data_stream().map_err(std::io::Error::other);
+    let stream = request
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
     let (d, size) = s.service.put_blob(&who, &digest, reader).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "digest": d.to_string(), "size": size }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "digest": d.to_string(), "size": size })),
+    )
+        .into_response())
 }

@@ -11,7 +11,8 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 }
 
 fn to_millis(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).expect("a millisecond is a valid nanosecond")
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .expect("a millisecond is a valid nanosecond")
 }
 
 /// The wall clock.

@@ -40,7 +40,9 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("public_url", &self.public_url).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,7 +71,11 @@ impl Workspace {
 
 impl Service {
     /// Opens the service's state under `settings.home` on an open store.
-    pub async fn open(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
+    pub async fn open(
+        store: Store,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Service> {
         let blobs = BlobStore::open(settings.home.join("images")).await?;
         let disks = settings.home.join("disks");
         tokio::fs::create_dir_all(&disks).await?;
@@ -111,7 +117,11 @@ impl Service {
 
     /// Loads a workspace the caller may see; others' workspaces are "not
     /// found", never "forbidden", so their existence does not leak.
-    pub(crate) async fn visible(&self, who: &Identity, id: &str) -> Result<WorkspaceRecord, ServiceError> {
+    pub(crate) async fn visible(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<WorkspaceRecord, ServiceError> {
         match self.store.workspace(id).await? {
             Some(r) if r.owner == who.dn || who.is_admin() => Ok(r),
             _ => Err(ServiceError::NotFound(format!("workspace {id} not found"))),
@@ -121,7 +131,8 @@ impl Service {
     /// Removes files a crash left without a record: disk overlays no record
     /// names, and temporary uploads (the blob store clears those on open).
     async fn collect_garbage(&self) -> anyhow::Result<()> {
-        let known: std::collections::HashSet<String> = self.store.disk_paths().await?.into_iter().collect();
+        let known: std::collections::HashSet<String> =
+            self.store.disk_paths().await?.into_iter().collect();
         let mut dir = tokio::fs::read_dir(&self.disks).await?;
         while let Some(entry) = dir.next_entry().await? {
             let path = entry.path().to_string_lossy().into_owned();

@@ -50,9 +50,11 @@ pub enum ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(_) | StoreError::Duplicate(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::Conflict(_) | StoreError::Duplicate(_) => {
+                ServiceError::Conflict(e.to_string())
+            }
             StoreError::BadCursor(_) => ServiceError::BadRequest(e.to_string()),
-            StoreError::Db(sqlx_err) if matches!(sqlx_err, vws_store::SqlxError::PoolTimedOut) => {
+            StoreError::Db(vws_store::SqlxError::PoolTimedOut) => {
                 ServiceError::Unavailable("the database is busy; try again".into())
             }
             other => ServiceError::Internal(other.into()),
@@ -101,7 +103,10 @@ pub struct Detail {
 
 impl From<&FieldError> for Detail {
     fn from(e: &FieldError) -> Self {
-        Detail { path: e.path.clone(), message: e.message.clone() }
+        Detail {
+            path: e.path.clone(),
+            message: e.message.clone(),
+        }
     }
 }
 
@@ -117,7 +122,9 @@ impl ServiceError {
             ServiceError::Policy(_) => (StatusCode::FORBIDDEN, "policy_refused"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ServiceError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ServiceError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ServiceError::Integrity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -126,8 +133,19 @@ impl ServiceError {
 }
 
 /// Builds an error response in the one shape.
-pub fn error_response(status: StatusCode, code: &str, message: String, details: Vec<Detail>) -> Response {
-    let body = ErrorBody { error: ErrorInfo { code: code.into(), message, details } };
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    details: Vec<Detail>,
+) -> Response {
+    let body = ErrorBody {
+        error: ErrorInfo {
+            code: code.into(),
+            message,
+            details,
+        },
+    };
     (status, axum::Json(body)).into_response()
 }
 

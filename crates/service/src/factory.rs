@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use time::Duration;
+use vws_model::validate::{Path as DescPath, Seg};
 use vws_model::{
     Category, Description, Form, Identity, ImageRef, InvalidDescription, Placement, State,
 };
-use vws_model::validate::{Path as DescPath, Seg};
 use vws_store::{Binding, Change, ImageKind, ImageRecord, WorkspaceRecord};
 
 use crate::core::{Service, Workspace};
@@ -20,7 +20,9 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -39,10 +41,18 @@ fn at(form: Form, segs: &[Seg]) -> String {
 }
 
 impl Service {
-    async fn resolve_image(&self, reference: &str, form: Form, segs: &[Seg]) -> Result<ImageRecord, ServiceError> {
-        let parsed: ImageRef = reference
-            .parse()
-            .map_err(|e: vws_model::image_ref::ImageRefError| InvalidDescription::one(at(form, segs), e.to_string()))?;
+    async fn resolve_image(
+        &self,
+        reference: &str,
+        form: Form,
+        segs: &[Seg],
+    ) -> Result<ImageRecord, ServiceError> {
+        let parsed: ImageRef =
+            reference
+                .parse()
+                .map_err(|e: vws_model::image_ref::ImageRefError| {
+                    InvalidDescription::one(at(form, segs), e.to_string())
+                })?;
         self.store.image(&parsed).await?.ok_or_else(|| {
             InvalidDescription::one(
                 at(form, segs),
@@ -72,7 +82,10 @@ impl Service {
         name: Option<String>,
         origin: Option<&str>,
     ) -> Result<Workspace, ServiceError> {
-        if description.state.is_some() || description.epr.is_some() || description.creation_time.is_some() {
+        if description.state.is_some()
+            || description.epr.is_some()
+            || description.creation_time.is_some()
+        {
             tracing::debug!("ignoring server-owned fields in a submitted description");
         }
         let d = description.without_server_fields();
@@ -80,16 +93,31 @@ impl Service {
         if let Some(n) = &name {
             check_name(n)?;
         }
-        let image = self.resolve_image(&d.software.image, form, &[Seg::Key("software"), Seg::Key("image")]).await?;
+        let image = self
+            .resolve_image(
+                &d.software.image,
+                form,
+                &[Seg::Key("software"), Seg::Key("image")],
+            )
+            .await?;
         let mut device_images = Vec::new();
         for (i, dev) in d.hardware.devices.iter().enumerate() {
-            let segs = [Seg::Key("hardware"), Seg::Key("devices"), Seg::Index(i), Seg::Key("image")];
+            let segs = [
+                Seg::Key("hardware"),
+                Seg::Key("devices"),
+                Seg::Index(i),
+                Seg::Key("image"),
+            ];
             device_images.push(self.resolve_image(&dev.image, form, &segs).await?.id);
         }
 
         // Policy: what this owner may ask for.
         let limits = self.policy.limits_for(&who.dn);
-        if !limits.allowed_categories.iter().any(|c| c == d.category.as_str()) {
+        if !limits
+            .allowed_categories
+            .iter()
+            .any(|c| c == d.category.as_str())
+        {
             return Err(ServiceError::Policy(format!(
                 "category {:?} is not allowed for {} (allowed: {})",
                 d.category.as_str(),
@@ -97,11 +125,22 @@ impl Service {
                 limits.allowed_categories.join(", ")
             )));
         }
-        let names: Vec<&str> = std::iter::once(image.id.as_str()).chain(image.tags.iter().map(String::as_str)).collect();
-        if !limits.allowed_images.iter().any(|p| names.iter().any(|n| glob(p, n))) {
-            return Err(ServiceError::Policy(format!("image {} is not allowed for {}", d.software.image, who.dn)));
+        let names: Vec<&str> = std::iter::once(image.id.as_str())
+            .chain(image.tags.iter().map(String::as_str))
+            .collect();
+        if !limits
+            .allowed_images
+            .iter()
+            .any(|p| names.iter().any(|n| glob(p, n)))
+        {
+            return Err(ServiceError::Policy(format!(
+                "image {} is not allowed for {}",
+                d.software.image, who.dn
+            )));
         }
-        let lifetime = d.life_cycle.unwrap_or(limits.default_lifetime.min(limits.max_lifetime));
+        let lifetime = d
+            .life_cycle
+            .unwrap_or(limits.default_lifetime.min(limits.max_lifetime));
         if lifetime > limits.max_lifetime {
             return Err(ServiceError::Policy(format!(
                 "lifeCycle {lifetime}s is longer than the {}s allowed for {}",
@@ -115,8 +154,16 @@ impl Service {
         let _admitted = self.admission.lock().await;
         // The image may have been removed since it was resolved; removal takes
         // the same lock, so this check holds until the record is in.
-        if self.store.image(&ImageRef::Digest(image.id.clone())).await?.is_none() {
-            return Err(ServiceError::Conflict(format!("image {} was removed meanwhile", d.software.image)));
+        if self
+            .store
+            .image(&ImageRef::Digest(image.id.clone()))
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::Conflict(format!(
+                "image {} was removed meanwhile",
+                d.software.image
+            )));
         }
         let (count, ram) = self.store.owner_usage(&who.dn).await?;
         if count + 1 > limits.max_workspaces {
@@ -141,7 +188,11 @@ impl Service {
         let record = WorkspaceRecord {
             name: name.unwrap_or_else(|| id.clone()),
             owner: who.dn.clone(),
-            binding: Binding { cpus: None, ram: None, disk: disk.as_ref().map(|(_, size)| *size) },
+            binding: Binding {
+                cpus: None,
+                ram: None,
+                disk: disk.as_ref().map(|(_, size)| *size),
+            },
             state: State::Shutdown,
             placement: Placement::Repository,
             node: None,
@@ -158,7 +209,11 @@ impl Service {
             description: d,
             id,
         };
-        let change = Change { action: "create", actor: &who.dn, detail: origin.map(|o| format!("clone of {o}")) };
+        let change = Change {
+            action: "create",
+            actor: &who.dn,
+            detail: origin.map(|o| format!("clone of {o}")),
+        };
         if let Err(e) = self.store.insert_workspace(&record, change).await {
             // The record is the source of truth: without it the disk must go.
             if let Some(p) = &record.disk_path {
@@ -170,24 +225,38 @@ impl Service {
         Ok(self.view(record))
     }
 
-    fn check_disk_fits(&self, d: &Description, image: &ImageRecord, form: Form) -> Result<(), ServiceError> {
-        let disk_at = |attr| at(form, &[Seg::Key("hardware"), Seg::Key("disk"), Seg::Key(attr)]);
+    fn check_disk_fits(
+        &self,
+        d: &Description,
+        image: &ImageRecord,
+        form: Form,
+    ) -> Result<(), ServiceError> {
+        let disk_at = |attr| {
+            at(
+                form,
+                &[Seg::Key("hardware"), Seg::Key("disk"), Seg::Key(attr)],
+            )
+        };
         match (&d.hardware.disk, image.kind) {
-            (Some(disk), ImageKind::Disk) if disk.kind != vws_model::DiskType::Qcow2 => Err(InvalidDescription::one(
-                disk_at("type"),
-                "a workspace cloned from a disk image has a qcow2 overlay; use type qcow2",
-            )
-            .into()),
-            (Some(disk), ImageKind::Disk) if disk.size.0 < image.virtual_size => Err(InvalidDescription::one(
-                disk_at("size"),
-                format!(
-                    "disk size {} is smaller than image {} ({})",
-                    disk.size,
-                    d.software.image,
-                    vws_model::ByteSize(image.virtual_size)
-                ),
-            )
-            .into()),
+            (Some(disk), ImageKind::Disk) if disk.kind != vws_model::DiskType::Qcow2 => {
+                Err(InvalidDescription::one(
+                    disk_at("type"),
+                    "a workspace cloned from a disk image has a qcow2 overlay; use type qcow2",
+                )
+                .into())
+            }
+            (Some(disk), ImageKind::Disk) if disk.size.0 < image.virtual_size => {
+                Err(InvalidDescription::one(
+                    disk_at("size"),
+                    format!(
+                        "disk size {} is smaller than image {} ({})",
+                        disk.size,
+                        d.software.image,
+                        vws_model::ByteSize(image.virtual_size)
+                    ),
+                )
+                .into())
+            }
             _ => Ok(()),
         }
     }
@@ -203,14 +272,25 @@ impl Service {
         let path = self.disks.join(format!("{id}.qcow2"));
         let result = match image.kind {
             ImageKind::Disk => {
-                let file = image.file("disk").ok_or_else(|| anyhow::anyhow!("image {} has no disk file", image.id))?;
+                let file = image
+                    .file("disk")
+                    .ok_or_else(|| anyhow::anyhow!("image {} has no disk file", image.id))?;
                 let backing = self.blobs.path(&file.digest.parse()?);
                 let format = image.format.as_deref().unwrap_or("raw");
-                let size = d.hardware.disk.as_ref().map_or(image.virtual_size, |x| x.size.0).max(image.virtual_size);
-                vws_qemu::img::create_overlay(&backing, format, &path, Some(size)).await.map(|()| size)
+                let size = d
+                    .hardware
+                    .disk
+                    .as_ref()
+                    .map_or(image.virtual_size, |x| x.size.0)
+                    .max(image.virtual_size);
+                vws_qemu::img::create_overlay(&backing, format, &path, Some(size))
+                    .await
+                    .map(|()| size)
             }
             ImageKind::Kernel => match &d.hardware.disk {
-                Some(disk) => vws_qemu::img::create(&path, disk.kind.as_str(), disk.size.0).await.map(|()| disk.size.0),
+                Some(disk) => vws_qemu::img::create(&path, disk.kind.as_str(), disk.size.0)
+                    .await
+                    .map(|()| disk.size.0),
                 None => return Ok(None),
             },
         };
@@ -218,16 +298,24 @@ impl Service {
             Ok(size) => Ok(Some((path_string(&path), size))),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&path).await;
-                Err(anyhow::Error::from(e).context("making the workspace disk").into())
+                Err(anyhow::Error::from(e)
+                    .context("making the workspace disk")
+                    .into())
             }
         }
     }
 
     /// Clones a workspace (paper §2.1): a new name, a new resource with its own
     /// disk cloned from the same pool image, and a copy of the description.
-    pub async fn clone_workspace(&self, who: &Identity, id: &str, name: Option<String>) -> Result<Workspace, ServiceError> {
+    pub async fn clone_workspace(
+        &self,
+        who: &Identity,
+        id: &str,
+        name: Option<String>,
+    ) -> Result<Workspace, ServiceError> {
         let source = self.visible(who, id).await?;
-        self.create_with(who, source.description, Form::Json, name, Some(&source.id)).await
+        self.create_with(who, source.description, Form::Json, name, Some(&source.id))
+            .await
     }
 }
 

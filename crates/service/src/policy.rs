@@ -102,14 +102,26 @@ fn merge(base: &Limits, p: &PartialLimits) -> Limits {
         max_total_ram: p.max_total_ram.unwrap_or(base.max_total_ram),
         max_lifetime: p.max_lifetime.unwrap_or(base.max_lifetime),
         default_lifetime: p.default_lifetime.unwrap_or(base.default_lifetime),
-        allowed_images: p.allowed_images.clone().unwrap_or_else(|| base.allowed_images.clone()),
-        allowed_categories: p.allowed_categories.clone().unwrap_or_else(|| base.allowed_categories.clone()),
+        allowed_images: p
+            .allowed_images
+            .clone()
+            .unwrap_or_else(|| base.allowed_images.clone()),
+        allowed_categories: p
+            .allowed_categories
+            .clone()
+            .unwrap_or_else(|| base.allowed_categories.clone()),
     }
 }
 
 fn check_categories(limits: &Limits, place: &str) -> Result<(), PolicyError> {
-    match limits.allowed_categories.iter().find(|c| Category::parse(c).is_none()) {
-        Some(bad) => Err(PolicyError(format!("unknown category {bad:?} in {place} (expected \"vm\" or \"dynamic account\")"))),
+    match limits
+        .allowed_categories
+        .iter()
+        .find(|c| Category::parse(c).is_none())
+    {
+        Some(bad) => Err(PolicyError(format!(
+            "unknown category {bad:?} in {place} (expected \"vm\" or \"dynamic account\")"
+        ))),
         None => Ok(()),
     }
 }
@@ -159,13 +171,18 @@ impl Policy {
 
     /// Reads a policy file.
     pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError(format!("{}: {e}", path.display())))?;
         Policy::from_toml(&text)
     }
 
     /// The limits that apply to an owner.
     pub fn limits_for(&self, dn: &str) -> &Limits {
-        self.rules.iter().find(|(pattern, _)| glob(pattern, dn)).map(|(_, l)| l).unwrap_or(&self.defaults)
+        self.rules
+            .iter()
+            .find(|(pattern, _)| glob(pattern, dn))
+            .map(|(_, l)| l)
+            .unwrap_or(&self.defaults)
     }
 }
 
@@ -204,7 +221,10 @@ mod tests {
         assert_eq!(guest.max_workspaces, 1);
         assert_eq!(guest.allowed_images, ["minimal:*"]);
         let grid = p.limits_for("/O=Grid/OU=bio/CN=Alice");
-        assert_eq!((grid.max_workspaces, grid.max_total_ram), (10, ByteSize(1 << 30)));
+        assert_eq!(
+            (grid.max_workspaces, grid.max_total_ram),
+            (10, ByteSize(1 << 30))
+        );
         assert_eq!(p.limits_for("/O=Other/CN=x").max_workspaces, 10);
     }
 
@@ -212,6 +232,9 @@ mod tests {
     fn bad_policies_are_refused() {
         assert!(Policy::from_toml("[defaults]\nmax_workspaces = \"many\"").is_err());
         assert!(Policy::from_toml("[defaults]\nmax_wrkspaces = 1").is_err());
-        assert!(Policy::from_toml("[[owner]]\ndn = \"*\"\nallowed_categories = [\"container\"]").is_err());
+        assert!(
+            Policy::from_toml("[[owner]]\ndn = \"*\"\nallowed_categories = [\"container\"]")
+                .is_err()
+        );
     }
 }

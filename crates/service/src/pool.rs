@@ -70,18 +70,33 @@ impl Service {
     async fn blob_file(&self, role: &str, digest: &str) -> Result<ImageFile, ServiceError> {
         let d: Digest = digest.parse()?;
         match self.has_blob(digest).await? {
-            Some(size) => Ok(ImageFile { role: role.into(), digest: d.to_string(), size }),
-            None => Err(ServiceError::BadRequest(format!("{role} blob {digest} has not been uploaded"))),
+            Some(size) => Ok(ImageFile {
+                role: role.into(),
+                digest: d.to_string(),
+                size,
+            }),
+            None => Err(ServiceError::BadRequest(format!(
+                "{role} blob {digest} has not been uploaded"
+            ))),
         }
     }
 
     /// Registers an image from uploaded blobs and names it `name:tag`.
-    pub async fn import_image(&self, who: &Identity, req: ImportRequest) -> Result<ImageRecord, ServiceError> {
-        let reference = ImageRef::tagged(&req.name, &req.tag).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let ImageRef::Tag { name, tag } = &reference else { unreachable!("tagged() builds a tag") };
+    pub async fn import_image(
+        &self,
+        who: &Identity,
+        req: ImportRequest,
+    ) -> Result<ImageRecord, ServiceError> {
+        let reference = ImageRef::tagged(&req.name, &req.tag)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let ImageRef::Tag { name, tag } = &reference else {
+            unreachable!("tagged() builds a tag")
+        };
         if let Some(c) = &req.cmdline {
             if c.len() > 4096 || c.contains(['\0', '\n']) {
-                return Err(ServiceError::BadRequest("cmdline must be one line of at most 4096 characters".into()));
+                return Err(ServiceError::BadRequest(
+                    "cmdline must be one line of at most 4096 characters".into(),
+                ));
             }
         }
         let now = self.clock.now();
@@ -89,11 +104,14 @@ impl Service {
             (Some(disk), None, None) => {
                 let file = self.blob_file("disk", disk).await?;
                 let path = self.blobs.path(&file.digest.parse()?);
-                let info = vws_qemu::img::info(&path)
-                    .await
-                    .map_err(|e| ServiceError::BadRequest(format!("not a disk image qemu-img can read: {e}")))?;
+                let info = vws_qemu::img::info(&path).await.map_err(|e| {
+                    ServiceError::BadRequest(format!("not a disk image qemu-img can read: {e}"))
+                })?;
                 if info.format != "raw" && info.format != "qcow2" {
-                    return Err(ServiceError::BadRequest(format!("disk format {} is not supported (raw or qcow2)", info.format)));
+                    return Err(ServiceError::BadRequest(format!(
+                        "disk format {} is not supported (raw or qcow2)",
+                        info.format
+                    )));
                 }
                 if let Some(b) = info.backing_filename {
                     return Err(ServiceError::BadRequest(format!(
@@ -114,7 +132,10 @@ impl Service {
                 }
             }
             (None, Some(kernel), Some(initrd)) => {
-                let files = vec![self.blob_file("kernel", kernel).await?, self.blob_file("initrd", initrd).await?];
+                let files = vec![
+                    self.blob_file("kernel", kernel).await?,
+                    self.blob_file("initrd", initrd).await?,
+                ];
                 // The image's id names its whole content: both files and the command line.
                 let manifest = serde_json::json!({ "kernel": files[0].digest, "initrd": files[1].digest, "cmdline": req.cmdline });
                 ImageRecord {
@@ -143,8 +164,15 @@ impl Service {
 
     /// One image by `name:tag` or digest.
     pub async fn image(&self, reference: &str) -> Result<ImageRecord, ServiceError> {
-        let r: ImageRef = reference.parse().map_err(|e: vws_model::image_ref::ImageRefError| ServiceError::BadRequest(e.to_string()))?;
-        self.store.image(&r).await?.ok_or_else(|| ServiceError::NotFound(format!("image {reference} not found")))
+        let r: ImageRef = reference
+            .parse()
+            .map_err(|e: vws_model::image_ref::ImageRefError| {
+                ServiceError::BadRequest(e.to_string())
+            })?;
+        self.store
+            .image(&r)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("image {reference} not found")))
     }
 
     /// Every image in the pool.
@@ -157,9 +185,17 @@ impl Service {
     pub async fn remove_image(&self, who: &Identity, reference: &str) -> Result<(), ServiceError> {
         let image = self.image(reference).await?;
         if image.owner != who.dn && !who.is_admin() {
-            return Err(ServiceError::Forbidden(format!("image {reference} belongs to {}", image.owner)));
+            return Err(ServiceError::Forbidden(format!(
+                "image {reference} belongs to {}",
+                image.owner
+            )));
         }
-        let parsed: ImageRef = reference.parse().map_err(|e: vws_model::image_ref::ImageRefError| ServiceError::BadRequest(e.to_string()))?;
+        let parsed: ImageRef =
+            reference
+                .parse()
+                .map_err(|e: vws_model::image_ref::ImageRefError| {
+                    ServiceError::BadRequest(e.to_string())
+                })?;
         let last_tag = match &parsed {
             ImageRef::Tag { .. } => image.tags.len() <= 1,
             ImageRef::Digest(_) => true,
@@ -168,7 +204,9 @@ impl Service {
         if last_tag {
             let users = self.store.workspaces_using_image(&image.id).await?;
             if users > 0 {
-                return Err(ServiceError::Conflict(format!("image {reference} is used by {users} workspace(s); destroy them first")));
+                return Err(ServiceError::Conflict(format!(
+                    "image {reference} is used by {users} workspace(s); destroy them first"
+                )));
             }
         }
         if let ImageRef::Tag { name, tag } = &parsed {
@@ -176,7 +214,8 @@ impl Service {
         }
         if last_tag {
             self.store.delete_image(&image.id).await?;
-            let still: std::collections::HashSet<String> = self.store.referenced_blobs().await?.into_iter().collect();
+            let still: std::collections::HashSet<String> =
+                self.store.referenced_blobs().await?.into_iter().collect();
             for f in &image.files {
                 if !still.contains(&f.digest) {
                     self.blobs.remove(&f.digest.parse()?).await?;

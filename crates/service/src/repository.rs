@@ -18,40 +18,80 @@ impl Service {
     }
 
     /// Workspaces the caller may see: their own, or everyone's for an admin.
-    pub async fn list(&self, who: &Identity, mut filter: Filter) -> Result<Page<Workspace>, ServiceError> {
+    pub async fn list(
+        &self,
+        who: &Identity,
+        mut filter: Filter,
+    ) -> Result<Page<Workspace>, ServiceError> {
         if !who.is_admin() {
             match &filter.owner {
-                Some(o) if *o != who.dn => return Ok(Page { items: Vec::new(), next: None }),
+                Some(o) if *o != who.dn => {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next: None,
+                    })
+                }
                 _ => filter.owner = Some(who.dn.clone()),
             }
         }
         let page = self.store.list_workspaces(&filter).await?;
-        Ok(Page { items: page.items.into_iter().map(|r| self.view(r)).collect(), next: page.next })
+        Ok(Page {
+            items: page.items.into_iter().map(|r| self.view(r)).collect(),
+            next: page.next,
+        })
     }
 
     /// The workspace's history of transitions.
-    pub async fn history(&self, who: &Identity, id: &str) -> Result<Vec<TransitionRecord>, ServiceError> {
+    pub async fn history(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Vec<TransitionRecord>, ServiceError> {
         self.visible(who, id).await?;
         Ok(self.store.history(id).await?)
     }
 
     /// Sets a new termination time, `seconds` from now, within the owner's
     /// maximum lifetime.
-    pub async fn renew(&self, who: &Identity, id: &str, seconds: u64) -> Result<Workspace, ServiceError> {
+    pub async fn renew(
+        &self,
+        who: &Identity,
+        id: &str,
+        seconds: u64,
+    ) -> Result<Workspace, ServiceError> {
         let mut r = self.visible(who, id).await?;
         let max = self.policy.limits_for(&r.owner).max_lifetime;
         if seconds == 0 {
-            return Err(ServiceError::BadRequest("a renewal must be for at least one second".into()));
+            return Err(ServiceError::BadRequest(
+                "a renewal must be for at least one second".into(),
+            ));
         }
         if seconds > max {
-            return Err(ServiceError::Policy(format!("a lifetime of {seconds}s is longer than the {max}s allowed for {}", r.owner)));
+            return Err(ServiceError::Policy(format!(
+                "a lifetime of {seconds}s is longer than the {max}s allowed for {}",
+                r.owner
+            )));
         }
         let now = self.clock.now();
         let until = now + Duration::seconds(seconds as i64);
         r.terminates_at = Some(until);
         r.modified_at = now;
-        let detail = Some(format!("until {}", until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()));
-        self.store.update_workspace(&mut r, Change { action: "renew", actor: &who.dn, detail }).await?;
+        let detail = Some(format!(
+            "until {}",
+            until
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ));
+        self.store
+            .update_workspace(
+                &mut r,
+                Change {
+                    action: "renew",
+                    actor: &who.dn,
+                    detail,
+                },
+            )
+            .await?;
         Ok(self.view(r))
     }
 
@@ -74,9 +114,22 @@ impl Service {
             Outcome::To(state, placement) => {
                 r.state = state;
                 r.placement = placement;
-                r.reason = if state == State::Corrupted { detail.clone() } else { None };
+                r.reason = if state == State::Corrupted {
+                    detail.clone()
+                } else {
+                    None
+                };
                 r.modified_at = self.clock.now();
-                self.store.update_workspace(&mut r, Change { action: action.as_str(), actor: &who.dn, detail }).await?;
+                self.store
+                    .update_workspace(
+                        &mut r,
+                        Change {
+                            action: action.as_str(),
+                            actor: &who.dn,
+                            detail,
+                        },
+                    )
+                    .await?;
                 Ok(Some(self.view(r)))
             }
         }
@@ -89,10 +142,24 @@ impl Service {
         self.remove(&r, &who.dn).await
     }
 
-    async fn remove(&self, r: &vws_store::WorkspaceRecord, actor: &str) -> Result<(), ServiceError> {
+    async fn remove(
+        &self,
+        r: &vws_store::WorkspaceRecord,
+        actor: &str,
+    ) -> Result<(), ServiceError> {
         transition(r.state, r.placement, Action::Destroy)?;
         let now = self.clock.now();
-        self.store.delete_workspace(r, now, Change { action: "destroy", actor, detail: None }).await?;
+        self.store
+            .delete_workspace(
+                r,
+                now,
+                Change {
+                    action: "destroy",
+                    actor,
+                    detail: None,
+                },
+            )
+            .await?;
         if let Some(p) = &r.disk_path {
             if let Err(e) = tokio::fs::remove_file(p).await {
                 // The record is gone; the next start's garbage collection retries.
@@ -113,7 +180,9 @@ impl Service {
                 Ok(()) => gone.push(r.id),
                 // Renewed or changed meanwhile: look again next round.
                 Err(ServiceError::Conflict(_)) => {}
-                Err(e) => tracing::warn!(id = %r.id, error = %e, "reaper could not destroy a workspace"),
+                Err(e) => {
+                    tracing::warn!(id = %r.id, error = %e, "reaper could not destroy a workspace")
+                }
             }
         }
         Ok(gone)

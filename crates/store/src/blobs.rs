@@ -118,7 +118,10 @@ impl BlobStore {
         mut input: impl AsyncRead + Unpin,
         limit: u64,
     ) -> Result<(Digest, u64), BlobError> {
-        let tmp = self.root.join("tmp").join(format!("upload-{}", rand::random::<u64>()));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("upload-{}", rand::random::<u64>()));
         let result = async {
             let mut file = fs::File::create(&tmp).await?;
             let mut hasher = Sha256::new();
@@ -140,7 +143,10 @@ impl BlobStore {
             let actual = Digest(format!("sha256:{}", hex::encode(hasher.finalize())));
             if let Some(expected) = expected {
                 if *expected != actual {
-                    return Err(BlobError::Mismatch { expected: expected.clone(), actual });
+                    return Err(BlobError::Mismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
                 }
             }
             fs::rename(&tmp, self.path(&actual)).await?;
@@ -195,13 +201,19 @@ mod tests {
         assert_eq!(std::fs::read(store.path(&d)).unwrap(), b"hello");
 
         let wrong = Digest::of(b"other");
-        let err = store.put(Some(&wrong), &b"hello!"[..], 100).await.unwrap_err();
+        let err = store
+            .put(Some(&wrong), &b"hello!"[..], 100)
+            .await
+            .unwrap_err();
         assert!(matches!(err, BlobError::Mismatch { .. }), "{err}");
         assert!(!store.contains(&wrong).await);
         let err = store.put(None, &[0u8; 64][..], 10).await.unwrap_err();
         assert!(matches!(err, BlobError::TooLarge { .. }));
         // Nothing half-written remains.
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         assert_eq!(store.list().await.unwrap(), vec![d]);
         assert!("sha256:xyz".parse::<Digest>().is_err());
     }

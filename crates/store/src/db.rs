@@ -51,7 +51,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn corrupt(id: &str, message: impl ToString) -> Self {
-        StoreError::Corrupt { id: id.to_string(), message: message.to_string() }
+        StoreError::Corrupt {
+            id: id.to_string(),
+            message: message.to_string(),
+        }
     }
 
     pub(crate) fn from_insert(e: sqlx::Error, what: impl FnOnce() -> String) -> Self {
@@ -69,7 +72,8 @@ pub fn millis(t: OffsetDateTime) -> i64 {
 
 /// A time from Unix milliseconds.
 pub fn from_millis(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// The repository database.

@@ -74,14 +74,20 @@ impl ImageRecord {
     }
 }
 
-const COLUMNS: &str = "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at";
+const COLUMNS: &str =
+    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at";
 
 fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let kind = match row.try_get::<String, _>("kind")?.as_str() {
         "disk" => ImageKind::Disk,
         "kernel" => ImageKind::Kernel,
-        other => return Err(StoreError::corrupt(&id, format!("unknown image kind {other:?}"))),
+        other => {
+            return Err(StoreError::corrupt(
+                &id,
+                format!("unknown image kind {other:?}"),
+            ))
+        }
     };
     let files: String = row.try_get("files")?;
     Ok(ImageRecord {
@@ -101,25 +107,32 @@ fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
 impl Store {
     /// Records an image (no-op if that content is already recorded) and points
     /// `name:tag` at it, moving the tag if it named another image.
-    pub async fn put_image(&self, r: &ImageRecord, name: &str, tag: &str) -> Result<(), StoreError> {
+    pub async fn put_image(
+        &self,
+        r: &ImageRecord,
+        name: &str,
+        tag: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT id FROM images WHERE id = $1")
             .bind(&r.id)
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
-            sqlx::query(&format!("INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-                .bind(&r.id)
-                .bind(r.kind.as_str())
-                .bind(r.format.clone())
-                .bind(r.virtual_size as i64)
-                .bind(r.stored_size as i64)
-                .bind(serde_json::to_string(&r.files).expect("files serialize"))
-                .bind(r.cmdline.clone())
-                .bind(&r.owner)
-                .bind(millis(r.created_at))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ))
+            .bind(&r.id)
+            .bind(r.kind.as_str())
+            .bind(r.format.clone())
+            .bind(r.virtual_size as i64)
+            .bind(r.stored_size as i64)
+            .bind(serde_json::to_string(&r.files).expect("files serialize"))
+            .bind(r.cmdline.clone())
+            .bind(&r.owner)
+            .bind(millis(r.created_at))
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query(
             "INSERT INTO image_tags (name, tag, image_id, created_at) VALUES ($1, $2, $3, $4) \
@@ -136,12 +149,19 @@ impl Store {
     }
 
     async fn tags_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT name, tag FROM image_tags WHERE image_id = $1 ORDER BY name, tag")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, tag FROM image_tags WHERE image_id = $1 ORDER BY name, tag")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|r| Ok(format!("{}:{}", r.try_get::<String, _>("name")?, r.try_get::<String, _>("tag")?)))
+            .map(|r| {
+                Ok(format!(
+                    "{}:{}",
+                    r.try_get::<String, _>("name")?,
+                    r.try_get::<String, _>("tag")?
+                ))
+            })
             .collect()
     }
 
@@ -150,11 +170,13 @@ impl Store {
         let id = match r {
             ImageRef::Digest(d) => d.clone(),
             ImageRef::Tag { name, tag } => {
-                let id: Option<String> = sqlx::query_scalar("SELECT image_id FROM image_tags WHERE name = $1 AND tag = $2")
-                    .bind(name)
-                    .bind(tag)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let id: Option<String> = sqlx::query_scalar(
+                    "SELECT image_id FROM image_tags WHERE name = $1 AND tag = $2",
+                )
+                .bind(name)
+                .bind(tag)
+                .fetch_optional(&self.pool)
+                .await?;
                 match id {
                     Some(id) => id,
                     None => return Ok(None),
@@ -173,9 +195,11 @@ impl Store {
 
     /// Every image, newest first, with its tags.
     pub async fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM images ORDER BY created_at DESC, id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM images ORDER BY created_at DESC, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut rec = decode(row)?;
@@ -198,18 +222,27 @@ impl Store {
     /// Removes an image record and its tags.
     pub async fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM image_tags WHERE image_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM images WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM image_tags WHERE image_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM images WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Digests of every blob an image record refers to.
     pub async fn referenced_blobs(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT files FROM images").fetch_all(&self.pool).await?;
+        let rows: Vec<String> = sqlx::query_scalar("SELECT files FROM images")
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::new();
         for files in rows {
-            let files: Vec<ImageFile> = serde_json::from_str(&files).map_err(|e| StoreError::corrupt("images", e))?;
+            let files: Vec<ImageFile> =
+                serde_json::from_str(&files).map_err(|e| StoreError::corrupt("images", e))?;
             out.extend(files.into_iter().map(|f| f.digest));
         }
         Ok(out)

@@ -12,8 +12,8 @@ mod workspaces;
 
 pub use blobs::{BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
-pub use sqlx::Error as SqlxError;
 pub use images::{ImageFile, ImageKind, ImageRecord};
+pub use sqlx::Error as SqlxError;
 pub use workspaces::{Binding, Change, Filter, Page, TransitionRecord, WorkspaceRecord};
 
 #[cfg(feature = "testing")]

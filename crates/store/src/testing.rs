@@ -28,19 +28,27 @@ pub async fn fresh(backend: Backend) -> TestDb {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite:{}", dir.path().join("vws.db").display());
-            TestDb { url, _dir: Some(dir) }
+            TestDb {
+                url,
+                _dir: Some(dir),
+            }
         }
         Backend::Postgres => {
             let admin = std::env::var("VWS_TEST_POSTGRES").expect(
                 "VWS_TEST_POSTGRES is not set: PostgreSQL tests need a server (scripts/test starts one and sets it)",
             );
             let name = format!("vws_test_{:016x}", rand::random::<u64>());
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to VWS_TEST_POSTGRES");
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("connect to VWS_TEST_POSTGRES");
             sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
                 .await
                 .expect("create test database");
             let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            TestDb { url: format!("{base}/{name}"), _dir: None }
+            TestDb {
+                url: format!("{base}/{name}"),
+                _dir: None,
+            }
         }
     }
 }

@@ -131,7 +131,8 @@ fn state_of(id: &str, s: &str) -> Result<State, StoreError> {
 fn decode(row: &AnyRow) -> Result<WorkspaceRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let description: String = row.try_get("description")?;
-    let description = serde_json::from_str(&description).map_err(|e| StoreError::corrupt(&id, e))?;
+    let description =
+        serde_json::from_str(&description).map_err(|e| StoreError::corrupt(&id, e))?;
     let binding: Option<String> = row.try_get("binding")?;
     let binding = match binding {
         Some(b) => serde_json::from_str(&b).map_err(|e| StoreError::corrupt(&id, e))?,
@@ -141,7 +142,12 @@ fn decode(row: &AnyRow) -> Result<WorkspaceRecord, StoreError> {
     let placement = match row.try_get::<String, _>("placement")?.as_str() {
         "repository" => Placement::Repository,
         "host" => Placement::Host,
-        other => return Err(StoreError::corrupt(&id, format!("unknown placement {other:?}"))),
+        other => {
+            return Err(StoreError::corrupt(
+                &id,
+                format!("unknown placement {other:?}"),
+            ))
+        }
     };
     Ok(WorkspaceRecord {
         name: row.try_get("name")?,
@@ -152,12 +158,16 @@ fn decode(row: &AnyRow) -> Result<WorkspaceRecord, StoreError> {
         placement,
         node: row.try_get("node")?,
         lock_holder: row.try_get("lock_holder")?,
-        lock_since: row.try_get::<Option<i64>, _>("lock_since")?.map(from_millis),
+        lock_since: row
+            .try_get::<Option<i64>, _>("lock_since")?
+            .map(from_millis),
         image_id: row.try_get("image_id")?,
         disk_path: row.try_get("disk_path")?,
         reason: row.try_get("reason")?,
         created_at: from_millis(row.try_get("created_at")?),
-        terminates_at: row.try_get::<Option<i64>, _>("terminates_at")?.map(from_millis),
+        terminates_at: row
+            .try_get::<Option<i64>, _>("terminates_at")?
+            .map(from_millis),
         modified_at: from_millis(row.try_get("modified_at")?),
         version: row.try_get("version")?,
         device_images: Vec::new(),
@@ -182,7 +192,11 @@ pub struct Change<'a> {
 
 impl Store {
     /// Inserts a new record and its `create` history entry, atomically.
-    pub async fn insert_workspace(&self, r: &WorkspaceRecord, change: Change<'_>) -> Result<(), StoreError> {
+    pub async fn insert_workspace(
+        &self,
+        r: &WorkspaceRecord,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
@@ -209,7 +223,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || format!("a workspace named {:?} already exists", r.name)))?;
-        let mut images: Vec<&String> = std::iter::once(&r.image_id).chain(&r.device_images).collect();
+        let mut images: Vec<&String> = std::iter::once(&r.image_id)
+            .chain(&r.device_images)
+            .collect();
         images.sort();
         images.dedup();
         for image in images {
@@ -219,7 +235,18 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_transition(&mut tx, &r.id, 1, r.created_at, change.action, None, Some(r), change.actor, change.detail).await?;
+        insert_transition(
+            &mut tx,
+            &r.id,
+            1,
+            r.created_at,
+            change.action,
+            None,
+            Some(r),
+            change.actor,
+            change.detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -230,7 +257,9 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(mut r) = row.as_ref().map(decode).transpose()? else { return Ok(None) };
+        let Some(mut r) = row.as_ref().map(decode).transpose()? else {
+            return Ok(None);
+        };
         r.device_images = sqlx::query_scalar("SELECT image_id FROM workspace_images WHERE workspace_id = $1 AND image_id <> $2 ORDER BY image_id")
             .bind(id)
             .bind(&r.image_id)
@@ -268,7 +297,9 @@ impl Store {
             args.push(Arg::Int(ms));
             args.push(Arg::Text(id.to_string()));
             let (m, i) = (args.len() - 1, args.len());
-            sql.push_str(&format!(" AND (created_at > ${m} OR (created_at = ${m} AND id > ${i}))"));
+            sql.push_str(&format!(
+                " AND (created_at > ${m} OR (created_at = ${m} AND id > ${i}))"
+            ));
         }
         sql.push_str(&format!(" ORDER BY created_at, id LIMIT {}", limit + 1));
         let mut q = sqlx::query(&sql);
@@ -282,7 +313,9 @@ impl Store {
         let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items.last().map(|r| format!("{}.{}", millis(r.created_at), r.id))
+            items
+                .last()
+                .map(|r| format!("{}.{}", millis(r.created_at), r.id))
         } else {
             None
         };
@@ -297,12 +330,19 @@ impl Store {
         .bind(owner)
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.try_get::<i64, _>("n")? as u64, row.try_get::<i64, _>("ram")? as u64))
+        Ok((
+            row.try_get::<i64, _>("n")? as u64,
+            row.try_get::<i64, _>("ram")? as u64,
+        ))
     }
 
     /// Writes `next` over the stored record if nobody changed it since
     /// `next.version` was read, bumping the version and appending history.
-    pub async fn update_workspace(&self, next: &mut WorkspaceRecord, change: Change<'_>) -> Result<(), StoreError> {
+    pub async fn update_workspace(
+        &self,
+        next: &mut WorkspaceRecord,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
         let before = next.version;
         let mut tx = self.pool.begin().await?;
         let from: Option<String> = sqlx::query_scalar("SELECT state FROM workspaces WHERE id = $1")
@@ -333,8 +373,18 @@ impl Store {
             return Err(StoreError::Conflict(next.id.clone()));
         }
         let seq = next_seq(&mut tx, &next.id).await?;
-        insert_transition(&mut tx, &next.id, seq, next.modified_at, change.action, from, Some(next), change.actor, change.detail)
-            .await?;
+        insert_transition(
+            &mut tx,
+            &next.id,
+            seq,
+            next.modified_at,
+            change.action,
+            from,
+            Some(next),
+            change.actor,
+            change.detail,
+        )
+        .await?;
         tx.commit().await?;
         next.version = before + 1;
         Ok(())
@@ -342,7 +392,12 @@ impl Store {
 
     /// Removes a record (if `version` still matches), keeping its history with a
     /// final `destroy` entry.
-    pub async fn delete_workspace(&self, r: &WorkspaceRecord, at: OffsetDateTime, change: Change<'_>) -> Result<(), StoreError> {
+    pub async fn delete_workspace(
+        &self,
+        r: &WorkspaceRecord,
+        at: OffsetDateTime,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM workspaces WHERE id = $1 AND version = $2")
             .bind(&r.id)
@@ -352,10 +407,23 @@ impl Store {
         if done.rows_affected() != 1 {
             return Err(StoreError::Conflict(r.id.clone()));
         }
-        sqlx::query("DELETE FROM workspace_images WHERE workspace_id = $1").bind(&r.id).execute(&mut *tx).await?;
-        let seq = next_seq(&mut tx, &r.id).await?;
-        insert_transition(&mut tx, &r.id, seq, at, change.action, Some(r.state.as_str().into()), None, change.actor, change.detail)
+        sqlx::query("DELETE FROM workspace_images WHERE workspace_id = $1")
+            .bind(&r.id)
+            .execute(&mut *tx)
             .await?;
+        let seq = next_seq(&mut tx, &r.id).await?;
+        insert_transition(
+            &mut tx,
+            &r.id,
+            seq,
+            at,
+            change.action,
+            Some(r.state.as_str().into()),
+            None,
+            change.actor,
+            change.detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -399,26 +467,31 @@ impl Store {
     /// Every disk path the records refer to, for garbage collection of files
     /// left behind by a crash.
     pub async fn disk_paths(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT disk_path FROM workspaces WHERE disk_path IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT disk_path FROM workspaces WHERE disk_path IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// How many workspaces use an image (as their disk or a device).
     pub async fn workspaces_using_image(&self, image_id: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspace_images WHERE image_id = $1")
-            .bind(image_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM workspace_images WHERE image_id = $1")
+                .bind(image_id)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n as u64)
     }
 }
 
 async fn next_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<i64, StoreError> {
-    let seq: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(MAX(seq), 0) + 1 AS BIGINT) FROM transitions WHERE workspace_id = $1")
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(MAX(seq), 0) + 1 AS BIGINT) FROM transitions WHERE workspace_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(seq)
 }
 

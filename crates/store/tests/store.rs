@@ -3,22 +3,34 @@
 use time::{Duration, OffsetDateTime};
 use vws_model::{parse, Category, Form, ImageRef, Placement, State};
 use vws_store::testing::fresh;
-use vws_store::{Backend, Binding, Change, Filter, ImageFile, ImageKind, ImageRecord, Store, StoreError, WorkspaceRecord};
+use vws_store::{
+    Backend, Binding, Change, Filter, ImageFile, ImageKind, ImageRecord, Store, StoreError,
+    WorkspaceRecord,
+};
 
 fn now() -> OffsetDateTime {
     // Millisecond precision, as stored.
     let t = OffsetDateTime::now_utc();
-    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap()
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap()
 }
 
 fn record(id: &str, owner: &str, name: &str, created: OffsetDateTime) -> WorkspaceRecord {
-    let d = parse("category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:1\"\n", Form::Toml).unwrap();
+    let d = parse(
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:1\"\n",
+        Form::Toml,
+    )
+    .unwrap();
     WorkspaceRecord {
         id: id.into(),
         name: name.into(),
         owner: owner.into(),
         description: d,
-        binding: Binding { cpus: Some(1), ram: None, disk: Some(1 << 20) },
+        binding: Binding {
+            cpus: Some(1),
+            ram: None,
+            disk: Some(1 << 20),
+        },
         state: State::Shutdown,
         placement: Placement::Repository,
         node: None,
@@ -36,33 +48,93 @@ fn record(id: &str, owner: &str, name: &str, created: OffsetDateTime) -> Workspa
 }
 
 fn change(action: &str) -> Change<'_> {
-    Change { action, actor: "/CN=test", detail: None }
+    Change {
+        action,
+        actor: "/CN=test",
+        detail: None,
+    }
 }
 
 async fn records_round_trip_and_filter(store: Store) {
     let t = now();
     let a = record("ws-a", "/CN=alice", "one", t);
-    store.insert_workspace(&a, Change { action: "create", actor: "/CN=alice", detail: None }).await.unwrap();
+    store
+        .insert_workspace(
+            &a,
+            Change {
+                action: "create",
+                actor: "/CN=alice",
+                detail: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(store.workspace("ws-a").await.unwrap(), Some(a.clone()));
     assert_eq!(store.workspace("ws-missing").await.unwrap(), None);
 
     let mut b = record("ws-b", "/CN=bob", "one", t + Duration::milliseconds(1));
     b.description.category = Category::DynamicAccount;
-    store.insert_workspace(&b, Change { action: "create", actor: "/CN=bob", detail: None }).await.unwrap();
+    store
+        .insert_workspace(
+            &b,
+            Change {
+                action: "create",
+                actor: "/CN=bob",
+                detail: None,
+            },
+        )
+        .await
+        .unwrap();
     // Names are unique per owner.
     let dup = record("ws-c", "/CN=alice", "one", t);
-    assert!(matches!(store.insert_workspace(&dup, Change { action: "create", actor: "/CN=alice", detail: None }).await, Err(StoreError::Duplicate(_))));
+    assert!(matches!(
+        store
+            .insert_workspace(
+                &dup,
+                Change {
+                    action: "create",
+                    actor: "/CN=alice",
+                    detail: None
+                }
+            )
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
 
     let all = store.list_workspaces(&Filter::default()).await.unwrap();
-    assert_eq!(all.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["ws-a", "ws-b"]);
-    let bob = store.list_workspaces(&Filter { owner: Some("/CN=bob".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        all.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["ws-a", "ws-b"]
+    );
+    let bob = store
+        .list_workspaces(&Filter {
+            owner: Some("/CN=bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(bob.items.len(), 1);
-    let vms = store.list_workspaces(&Filter { category: Some(Category::Vm), ..Default::default() }).await.unwrap();
+    let vms = store
+        .list_workspaces(&Filter {
+            category: Some(Category::Vm),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(vms.items[0].id, "ws-a");
-    let running = store.list_workspaces(&Filter { state: Some(State::Running), ..Default::default() }).await.unwrap();
+    let running = store
+        .list_workspaces(&Filter {
+            state: Some(State::Running),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(running.items.is_empty());
 
-    assert_eq!(store.owner_usage("/CN=alice").await.unwrap(), (1, 256 << 20));
+    assert_eq!(
+        store.owner_usage("/CN=alice").await.unwrap(),
+        (1, 256 << 20)
+    );
     assert_eq!(store.owner_usage("/CN=nobody").await.unwrap(), (0, 0));
 }
 
@@ -70,13 +142,35 @@ async fn pages_cover_everything_once(store: Store) {
     let t = now();
     for i in 0..25 {
         // Several records share a creation time: the cursor must still be exact.
-        let r = record(&format!("ws-{i:03}"), "/CN=p", &format!("n{i}"), t + Duration::milliseconds(i / 3));
-        store.insert_workspace(&r, Change { action: "create", actor: "/CN=p", detail: None }).await.unwrap();
+        let r = record(
+            &format!("ws-{i:03}"),
+            "/CN=p",
+            &format!("n{i}"),
+            t + Duration::milliseconds(i / 3),
+        );
+        store
+            .insert_workspace(
+                &r,
+                Change {
+                    action: "create",
+                    actor: "/CN=p",
+                    detail: None,
+                },
+            )
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_workspaces(&Filter { limit: Some(7), after: after.clone(), ..Default::default() }).await.unwrap();
+        let page = store
+            .list_workspaces(&Filter {
+                limit: Some(7),
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert!(page.items.len() <= 7);
         seen.extend(page.items.into_iter().map(|r| r.id));
         match page.next {
@@ -87,7 +181,12 @@ async fn pages_cover_everything_once(store: Store) {
     let want: Vec<_> = (0..25).map(|i| format!("ws-{i:03}")).collect();
     assert_eq!(seen, want);
     assert!(matches!(
-        store.list_workspaces(&Filter { after: Some("garbage".into()), ..Default::default() }).await,
+        store
+            .list_workspaces(&Filter {
+                after: Some("garbage".into()),
+                ..Default::default()
+            })
+            .await,
         Err(StoreError::BadCursor(_))
     ));
 }
@@ -97,7 +196,17 @@ async fn updates_are_versioned_and_history_is_kept(store: Store) {
     let mut a = record("ws-h", "/CN=alice", "h", t);
     let cdrom = format!("sha256:{}", "c".repeat(64));
     a.device_images = vec![cdrom.clone()];
-    store.insert_workspace(&a, Change { action: "create", actor: "/CN=alice", detail: None }).await.unwrap();
+    store
+        .insert_workspace(
+            &a,
+            Change {
+                action: "create",
+                actor: "/CN=alice",
+                detail: None,
+            },
+        )
+        .await
+        .unwrap();
     let mut next = a.clone();
     next.state = State::Shutdown;
     next.placement = Placement::Host;
@@ -105,25 +214,57 @@ async fn updates_are_versioned_and_history_is_kept(store: Store) {
     next.lock_holder = Some("node-1".into());
     next.lock_since = Some(t);
     next.modified_at = t + Duration::seconds(1);
-    store.update_workspace(&mut next, Change { detail: Some("node-1".into()), ..change("deploy") }).await.unwrap();
+    store
+        .update_workspace(
+            &mut next,
+            Change {
+                detail: Some("node-1".into()),
+                ..change("deploy")
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(next.version, 2);
     assert_eq!(store.workspace("ws-h").await.unwrap(), Some(next.clone()));
 
     // A writer holding the old version loses.
     let mut stale = a.clone();
     stale.state = State::Corrupted;
-    assert!(matches!(store.update_workspace(&mut stale, change("corrupt")).await, Err(StoreError::Conflict(_))));
-    assert!(matches!(store.delete_workspace(&a, t, change("destroy")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.update_workspace(&mut stale, change("corrupt")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.delete_workspace(&a, t, change("destroy")).await,
+        Err(StoreError::Conflict(_))
+    ));
 
     assert_eq!(store.workspaces_using_image(&cdrom).await.unwrap(), 1);
-    store.delete_workspace(&next, t + Duration::seconds(2), change("destroy")).await.unwrap();
+    store
+        .delete_workspace(&next, t + Duration::seconds(2), change("destroy"))
+        .await
+        .unwrap();
     assert_eq!(store.workspaces_using_image(&cdrom).await.unwrap(), 0);
     assert_eq!(store.workspace("ws-h").await.unwrap(), None);
     let h = store.history("ws-h").await.unwrap();
-    let actions: Vec<_> = h.iter().map(|e| (e.seq, e.action.as_str(), e.to_state.as_deref(), e.placement.as_deref())).collect();
+    let actions: Vec<_> = h
+        .iter()
+        .map(|e| {
+            (
+                e.seq,
+                e.action.as_str(),
+                e.to_state.as_deref(),
+                e.placement.as_deref(),
+            )
+        })
+        .collect();
     assert_eq!(
         actions,
-        [(1, "create", Some("shutdown"), Some("repository")), (2, "deploy", Some("shutdown"), Some("host")), (3, "destroy", None, None)]
+        [
+            (1, "create", Some("shutdown"), Some("repository")),
+            (2, "deploy", Some("shutdown"), Some("host")),
+            (3, "destroy", None, None)
+        ]
     );
     assert_eq!(h[1].detail.as_deref(), Some("node-1"));
     assert_eq!(h[2].from_state.as_deref(), Some("shutdown"));
@@ -135,13 +276,43 @@ async fn expiry_is_found_by_time(store: Store) {
     short.terminates_at = Some(t + Duration::seconds(10));
     let mut forever = record("ws-forever", "/CN=a", "forever", t);
     forever.terminates_at = None;
-    store.insert_workspace(&short, Change { action: "create", actor: "/CN=a", detail: None }).await.unwrap();
-    store.insert_workspace(&forever, Change { action: "create", actor: "/CN=a", detail: None }).await.unwrap();
-    assert!(store.expired(t + Duration::seconds(9)).await.unwrap().is_empty());
+    store
+        .insert_workspace(
+            &short,
+            Change {
+                action: "create",
+                actor: "/CN=a",
+                detail: None,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .insert_workspace(
+            &forever,
+            Change {
+                action: "create",
+                actor: "/CN=a",
+                detail: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .expired(t + Duration::seconds(9))
+        .await
+        .unwrap()
+        .is_empty());
     let gone = store.expired(t + Duration::seconds(10)).await.unwrap();
-    assert_eq!(gone.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["ws-short"]);
+    assert_eq!(
+        gone.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["ws-short"]
+    );
     assert_eq!(store.disk_paths().await.unwrap().len(), 2);
-    assert_eq!(store.workspaces_using_image(&short.image_id).await.unwrap(), 2);
+    assert_eq!(
+        store.workspaces_using_image(&short.image_id).await.unwrap(),
+        2
+    );
 }
 
 async fn images_tags_and_blobs(store: Store) {
@@ -153,8 +324,16 @@ async fn images_tags_and_blobs(store: Store) {
         virtual_size: 0,
         stored_size: 30,
         files: vec![
-            ImageFile { role: "kernel".into(), digest: format!("{id}-k"), size: 20 },
-            ImageFile { role: "initrd".into(), digest: format!("{id}-i"), size: 10 },
+            ImageFile {
+                role: "kernel".into(),
+                digest: format!("{id}-k"),
+                size: 20,
+            },
+            ImageFile {
+                role: "initrd".into(),
+                digest: format!("{id}-i"),
+                size: 10,
+            },
         ],
         cmdline: Some("console=ttyS0".into()),
         owner: "/CN=admin".into(),
@@ -165,20 +344,40 @@ async fn images_tags_and_blobs(store: Store) {
     let two = image(&format!("sha256:{}", "2".repeat(64)));
     store.put_image(&one, "minimal", "1").await.unwrap();
     store.put_image(&one, "minimal", "latest").await.unwrap();
-    let found = store.image(&ImageRef::tagged("minimal", "1").unwrap()).await.unwrap().unwrap();
+    let found = store
+        .image(&ImageRef::tagged("minimal", "1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.tags, ["minimal:1", "minimal:latest"]);
     assert_eq!(found.file("initrd").unwrap().size, 10);
-    assert_eq!(store.image(&ImageRef::Digest(one.id.clone())).await.unwrap().unwrap().id, one.id);
+    assert_eq!(
+        store
+            .image(&ImageRef::Digest(one.id.clone()))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        one.id
+    );
     // Re-tagging moves the tag.
     store.put_image(&two, "minimal", "latest").await.unwrap();
-    let latest = store.image(&"minimal:latest".parse().unwrap()).await.unwrap().unwrap();
+    let latest = store
+        .image(&"minimal:latest".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(latest.id, two.id);
     assert_eq!(store.list_images().await.unwrap().len(), 2);
     assert_eq!(store.referenced_blobs().await.unwrap().len(), 4);
     assert!(store.untag_image("minimal", "1").await.unwrap());
     assert!(!store.untag_image("minimal", "1").await.unwrap());
     store.delete_image(&one.id).await.unwrap();
-    assert!(store.image(&ImageRef::Digest(one.id.clone())).await.unwrap().is_none());
+    assert!(store
+        .image(&ImageRef::Digest(one.id.clone()))
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(store.referenced_blobs().await.unwrap().len(), 2);
 }
 
@@ -188,15 +387,35 @@ async fn concurrent_inserts_lose_nothing(store: Store) {
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                let r = record(&format!("ws-c{i:02}"), "/CN=c", &format!("c{i}"), t + Duration::milliseconds(i));
-                store.insert_workspace(&r, Change { action: "create", actor: "/CN=c", detail: None }).await
+                let r = record(
+                    &format!("ws-c{i:02}"),
+                    "/CN=c",
+                    &format!("c{i}"),
+                    t + Duration::milliseconds(i),
+                );
+                store
+                    .insert_workspace(
+                        &r,
+                        Change {
+                            action: "create",
+                            actor: "/CN=c",
+                            detail: None,
+                        },
+                    )
+                    .await
             })
         })
         .collect();
     for t in futures::future::join_all(tasks).await {
         t.unwrap().unwrap();
     }
-    let page = store.list_workspaces(&Filter { limit: Some(1000), ..Default::default() }).await.unwrap();
+    let page = store
+        .list_workspaces(&Filter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut ids: Vec<_> = page.items.iter().map(|r| r.id.clone()).collect();
     ids.dedup();
     assert_eq!(ids.len(), 50);

@@ -1,7 +1,16 @@
-//! `vws bench`: the measuring harness (docs/benchmarks.md).
+//! `vws bench`: the measuring harness. Output follows BENCHMARKS.md: a human
+//! table, or with `--json` one object with min/median/max per metric.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use vws_client::{Client, ListQuery};
+use vws_model::Form;
 
+use crate::commands::up::Launch;
+use crate::output::table;
 use crate::Globals;
 
 /// Which suite to run.
@@ -22,11 +31,193 @@ pub struct BenchArgs {
     /// Requests timed per operation at each size
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Database for the service under test [default: SQLite in a temporary folder]
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+/// min, median, p99 and max of samples, in milliseconds.
+fn stats(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    json!({ "min": at(0.0), "median": at(0.5), "p99": at(0.99), "max": at(1.0), "n": ms.len() })
+}
+
+async fn timed<F, Fut, T>(n: usize, mut f: F) -> anyhow::Result<Vec<f64>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, vws_client::ClientError>>,
+{
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f(i).await?;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+const DESCRIPTION: &str = "category = \"vm\"\nlifeCycle = 86400\n[hardware]\nram = \"128MiB\"\n[software]\nimage = \"bench:1\"\n";
+
+/// Creates records with 8 clients at once until there are `target`; returns creates per second.
+async fn fill(
+    client: &Client,
+    have: usize,
+    target: usize,
+    ids: &mut Vec<String>,
+) -> anyhow::Result<f64> {
+    if target <= have {
+        return Ok(0.0);
+    }
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(have));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < target {
+                mine.push(
+                    client
+                        .create(DESCRIPTION.into(), Form::Toml, None)
+                        .await?
+                        .record
+                        .id,
+                );
+            }
+            Ok::<_, vws_client::ClientError>(mine)
+        }));
+    }
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok((target - have) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Show requests per second with 8 concurrent clients for `window`.
+async fn show_throughput(client: &Client, ids: &[String], window: Duration) -> anyhow::Result<f64> {
+    let ids = Arc::new(ids.to_vec());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let (client, ids) = (client.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < window {
+                client
+                    .show(&ids[(n as usize * 7919 + k) % ids.len()])
+                    .await?;
+                n += 1;
+            }
+            Ok::<_, vws_client::ClientError>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
+    let home = std::env::temp_dir().join(format!("vws-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&home)?;
+    let database = a
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", home.join("vws.db").display()));
+    let policy = vws_service::Policy::from_toml(
+        "[defaults]\nmax_workspaces = 1000000\nmax_total_ram = \"1000TiB\"",
+    )?;
+    let running = Launch {
+        home: home.clone(),
+        addr: "127.0.0.1:0".parse()?,
+        database: database.clone(),
+        policy,
+        public_url: None,
+        reap_every: Duration::from_secs(3600),
+    }
+    .start()
+    .await?;
+    let client = Client::new(&running.url);
+    let result = async {
+        // A kernel image: creating its workspaces needs no disk, so this
+        // measures the API and the database, not qemu-img.
+        let blob = home.join("kernel");
+        std::fs::write(&blob, b"bench kernel")?;
+        let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"bench kernel")));
+        client.upload_blob(&blob, &digest, |_| {}).await?;
+        client.import_image(json!({"name": "bench", "tag": "1", "kernel": digest, "initrd": digest})).await?;
+
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        let mut metrics = serde_json::Map::new();
+        let mut sizes = a.sizes.clone();
+        sizes.sort_unstable();
+        for &n in &sizes {
+            let have = ids.len();
+            let fill_rate = fill(&client, have, n, &mut ids).await?;
+            eprintln!("bench api: {n} records; timing {} requests of each kind", a.samples);
+            let create = timed(a.samples, |_| client.create(DESCRIPTION.into(), Form::Toml, None)).await?;
+            let first_page = ListQuery { limit: Some(100), ..Default::default() };
+            let list = timed(a.samples, |_| client.list(&first_page)).await?;
+            let ids_now = ids.clone();
+            let show = timed(a.samples, |i| client.show(&ids_now[(i * 7919) % ids_now.len()])).await?;
+            let rps = show_throughput(&client, &ids, Duration::from_secs(2)).await?;
+            // The timed creates joined the records: account for them.
+            let page = client.list_all(&ListQuery::default()).await?;
+            ids = page.into_iter().map(|w| w.record.id).collect();
+            let (c, l, s) = (stats(create), stats(list), stats(show));
+            rows.push(vec![
+                n.to_string(),
+                format!("{:.2} / {:.2}", c["median"].as_f64().unwrap_or(0.0), c["p99"].as_f64().unwrap_or(0.0)),
+                format!("{:.2} / {:.2}", l["median"].as_f64().unwrap_or(0.0), l["p99"].as_f64().unwrap_or(0.0)),
+                format!("{:.2} / {:.2}", s["median"].as_f64().unwrap_or(0.0), s["p99"].as_f64().unwrap_or(0.0)),
+                format!("{rps:.0}"),
+                if fill_rate > 0.0 { format!("{fill_rate:.0}") } else { "-".into() },
+            ]);
+            metrics.insert(format!("create_ms_at_{n}"), c);
+            metrics.insert(format!("list100_ms_at_{n}"), l);
+            metrics.insert(format!("show_ms_at_{n}"), s);
+            metrics.insert(format!("show_rps_at_{n}"), json!(rps));
+            metrics.insert(format!("create_rps_8_clients_at_{n}"), json!(fill_rate));
+        }
+        let median = |k: &str| metrics.get(k).and_then(|v| v["median"].as_f64()).unwrap_or(f64::NAN);
+        let (lo, hi) = (sizes[0], sizes[sizes.len() - 1]);
+        let ratios = json!({
+            format!("create_p50_{hi}_over_{lo}"): median(&format!("create_ms_at_{hi}")) / median(&format!("create_ms_at_{lo}")),
+            format!("list100_p50_{hi}_over_{lo}"): median(&format!("list100_ms_at_{hi}")) / median(&format!("list100_ms_at_{lo}")),
+            format!("show_p50_{hi}_over_{lo}"): median(&format!("show_ms_at_{hi}")) / median(&format!("show_ms_at_{lo}")),
+        });
+        let backend = if database.starts_with("sqlite") { "sqlite" } else { "postgres" };
+        let report = json!({
+            "suite": "api",
+            "runs": a.samples,
+            "metrics": metrics,
+            "ratios": ratios,
+            "env": { "database": backend, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "transport": "http loopback" },
+        });
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let mut t = table(&["RECORDS", "CREATE ms p50/p99", "LIST(100) ms p50/p99", "SHOW ms p50/p99", "SHOW req/s (8 clients)", "CREATE/s (8 clients)"]);
+            for r in rows {
+                t.add_row(r);
+            }
+            println!("{t}");
+            println!("ratios: {ratios}  ({backend}, {} samples each)", a.samples);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    running.stop().await?;
+    let _ = std::fs::remove_dir_all(&home);
+    result
 }
 
 /// Runs a suite.
-pub async fn run(_g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
     match a.suite {
-        Suite::Api => anyhow::bail!("bench api: samples {} sizes {:?}", a.samples, a.sizes),
+        Suite::Api => api_suite(g, &a).await,
     }
 }

@@ -77,8 +77,15 @@ fn hash_file(path: &Path, pb: ProgressBar) -> anyhow::Result<String> {
 }
 
 /// Hashes and, unless the service has it already, uploads one file.
-async fn send(client: &vws_client::Client, path: &Path, role: &str, quiet: bool) -> anyhow::Result<String> {
-    let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+async fn send(
+    client: &vws_client::Client,
+    path: &Path,
+    role: &str,
+    quiet: bool,
+) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     let hidden = |pb: ProgressBar| if quiet { ProgressBar::hidden() } else { pb };
     let pb = hidden(bar(len, &format!("hash {role}")));
     let owned = path.to_path_buf();
@@ -91,7 +98,9 @@ async fn send(client: &vws_client::Client, path: &Path, role: &str, quiet: bool)
     }
     let pb = hidden(bar(len, &format!("send {role}")));
     let inner = pb.clone();
-    client.upload_blob(path, &digest, move |n| inner.inc(n)).await?;
+    client
+        .upload_blob(path, &digest, move |n| inner.inc(n))
+        .await?;
     pb.finish_and_clear();
     Ok(digest)
 }
@@ -100,7 +109,13 @@ async fn send(client: &vws_client::Client, path: &Path, role: &str, quiet: bool)
 pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
     let client = g.client()?;
     match c {
-        ImageCommand::Import { reference, disk, kernel, initrd, cmdline } => {
+        ImageCommand::Import {
+            reference,
+            disk,
+            kernel,
+            initrd,
+            cmdline,
+        } => {
             let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
             vws_model::ImageRef::tagged(name, tag)?;
             let quiet = g.json;
@@ -125,14 +140,24 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             } else if images.is_empty() {
                 eprintln!("the pool is empty; add an image with `vws image import`");
             } else {
-                let mut t = table(&["TAGS", "ID", "KIND", "FORMAT", "VIRTUAL", "STORED", "IMPORTED"]);
+                let mut t = table(&[
+                    "TAGS", "ID", "KIND", "FORMAT", "VIRTUAL", "STORED", "IMPORTED",
+                ]);
                 for i in images {
                     t.add_row(vec![
-                        if i.tags.is_empty() { "<none>".into() } else { i.tags.join(", ") },
+                        if i.tags.is_empty() {
+                            "<none>".into()
+                        } else {
+                            i.tags.join(", ")
+                        },
                         i.id[..19].to_string(),
                         i.kind.as_str().into(),
                         i.format.unwrap_or_else(|| "-".into()),
-                        if i.virtual_size > 0 { ByteSize(i.virtual_size).human() } else { "-".into() },
+                        if i.virtual_size > 0 {
+                            ByteSize(i.virtual_size).human()
+                        } else {
+                            "-".into()
+                        },
                         ByteSize(i.stored_size).human(),
                         output::relative(i.created_at),
                     ]);
@@ -147,7 +172,11 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             } else {
                 println!("       id  {}", i.id);
                 println!("     tags  {}", i.tags.join(", "));
-                println!("     kind  {}{}", i.kind.as_str(), i.format.map(|f| format!(" ({f})")).unwrap_or_default());
+                println!(
+                    "     kind  {}{}",
+                    i.kind.as_str(),
+                    i.format.map(|f| format!(" ({f})")).unwrap_or_default()
+                );
                 if i.virtual_size > 0 {
                     println!("  virtual  {}", ByteSize(i.virtual_size).human());
                 }

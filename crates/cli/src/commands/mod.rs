@@ -8,7 +8,13 @@ pub mod workspaces;
 /// Prints an error for people: the service's message, each description
 /// problem on its own line, and the chain of causes.
 pub fn report(e: &anyhow::Error) {
-    if let Some(vws_client::ClientError::Api { details, message, code, .. }) = e.downcast_ref() {
+    if let Some(vws_client::ClientError::Api {
+        details,
+        message,
+        code,
+        ..
+    }) = e.downcast_ref()
+    {
         if details.is_empty() {
             eprintln!("error: {message} [{code}]");
         } else {

@@ -50,12 +50,104 @@ fn local_identity() -> Identity {
     Identity::local_user(&name)
 }
 
+/// A service started in this process.
+pub struct Running {
+    /// Base URL of its API.
+    pub url: String,
+    /// The core.
+    pub service: Arc<Service>,
+    stop: tokio::sync::watch::Sender<bool>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    reaper: tokio::task::JoinHandle<()>,
+}
+
+/// Where and how to run a service.
+pub struct Launch {
+    /// State folder.
+    pub home: std::path::PathBuf,
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// Database URL.
+    pub database: String,
+    /// Factory policy.
+    pub policy: Policy,
+    /// URL for EPRs, if not `http://` + the bound address.
+    pub public_url: Option<String>,
+    /// Reaper period.
+    pub reap_every: Duration,
+}
+
+impl Launch {
+    /// Opens the database and starts the API and the reaper.
+    pub async fn start(self) -> anyhow::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .with_context(|| format!("listening on {}", self.addr))?;
+        let bound = listener.local_addr()?;
+        let url = self.public_url.unwrap_or_else(|| format!("http://{bound}"));
+        let store = vws_store::Store::open(&self.database)
+            .await
+            .with_context(|| format!("opening the database {}", self.database))?;
+        let settings = Settings {
+            home: self.home,
+            public_url: url.clone(),
+            policy: self.policy,
+        };
+        let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut reaper_stop = stop_rx.clone();
+        let reaper = tokio::spawn(vws_service::repository::run_reaper(
+            service.clone(),
+            self.reap_every,
+            async move {
+                let _ = reaper_stop.wait_for(|s| *s).await;
+            },
+        ));
+        let state = AppState {
+            service: service.clone(),
+            auth: Auth::Local(local_identity()),
+        };
+        let mut server_stop = stop_rx;
+        let served = tokio::spawn(api::serve(
+            api::router(state),
+            listener,
+            async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            },
+            Duration::from_secs(10),
+        ));
+        Ok(Running {
+            url,
+            service,
+            stop,
+            served,
+            reaper,
+        })
+    }
+}
+
+impl Running {
+    /// Stops accepting, drains requests, stops the reaper, closes the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.served.await?;
+        let _ = self.reaper.await;
+        self.service.store().close().await;
+        served.context("serving the API")
+    }
+}
+
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(g: &Globals, a: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&g.home).with_context(|| format!("creating {}", g.home.display()))?;
     let file = config::load(&g.home)?.service;
-    let listen = a.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let addr: SocketAddr = listen.parse().with_context(|| format!("--listen {listen:?} is not an address"))?;
+    let listen = a
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not an address"))?;
     anyhow::ensure!(
         addr.ip().is_loopback(),
         "the service listens on loopback only until mutual TLS is in place; {addr} is not a loopback address"
@@ -64,57 +156,45 @@ pub async fn run(g: &Globals, a: UpArgs) -> anyhow::Result<()> {
         .database
         .or(file.database)
         .unwrap_or_else(|| format!("sqlite:{}", g.home.join("vws.db").display()));
-    let policy_path = a.policy.or(file.policy).or_else(|| Some(g.home.join("policy.toml")).filter(|p| p.exists()));
+    let policy_path = a
+        .policy
+        .or(file.policy)
+        .or_else(|| Some(g.home.join("policy.toml")).filter(|p| p.exists()));
     let policy = match &policy_path {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
-
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-    let bound = listener.local_addr()?;
-    let public_url = a.public_url.or(file.public_url).unwrap_or_else(|| format!("http://{bound}"));
-    let store = vws_store::Store::open(&database).await.with_context(|| format!("opening the database {database}"))?;
-    let settings = Settings { home: g.home.clone(), public_url: public_url.clone(), policy };
-    let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let reap_every = Duration::from_secs(a.reap_interval.or(file.reap_interval).unwrap_or(10).max(1));
-    let mut reaper_stop = stop_rx.clone();
-    let reaper = tokio::spawn(vws_service::repository::run_reaper(service.clone(), reap_every, async move {
-        let _ = reaper_stop.wait_for(|s| *s).await;
-    }));
+    let reap_every =
+        Duration::from_secs(a.reap_interval.or(file.reap_interval).unwrap_or(10).max(1));
+    let running = Launch {
+        home: g.home.clone(),
+        addr,
+        database: database.clone(),
+        policy,
+        public_url: a.public_url.or(file.public_url),
+        reap_every,
+    }
+    .start()
+    .await?;
 
     let server_file = config::server_file(&g.home);
-    let record = ServerFile { url: public_url.clone(), pid: std::process::id() };
+    let record = ServerFile {
+        url: running.url.clone(),
+        pid: std::process::id(),
+    };
     std::fs::write(&server_file, serde_json::to_vec_pretty(&record)?)?;
-    eprintln!("vws is up at {public_url}  (home {}, database {database})", g.home.display());
-
-    let state = AppState { service: service.clone(), auth: Auth::Local(local_identity()) };
-    let mut server_stop = stop_rx.clone();
-    let served = api::serve(
-        api::router(state),
-        listener,
-        async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        },
-        Duration::from_secs(10),
+    eprintln!(
+        "vws is up at {}  (home {}, database {database})",
+        running.url,
+        g.home.display()
     );
-    let signals = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    };
-    tokio::pin!(served);
-    let result = tokio::select! {
-        r = &mut served => r,
-        () = signals => served.await,
-    };
-    let _ = reaper.await;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
     let _ = std::fs::remove_file(&server_file);
-    service.store().close().await;
-    result.context("serving the API")
+    running.stop().await
 }

@@ -105,7 +105,9 @@ fn print_created(g: &Globals, ws: &Workspace) -> anyhow::Result<()> {
 pub async fn create(g: &Globals, a: CreateArgs) -> anyhow::Result<()> {
     let text = if a.file.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the description from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the description from standard input")?;
         s
     } else {
         std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?
@@ -120,7 +122,12 @@ pub async fn create(g: &Globals, a: CreateArgs) -> anyhow::Result<()> {
 
 /// Lists workspaces.
 pub async fn list(g: &Globals, a: ListArgs) -> anyhow::Result<()> {
-    let q = ListQuery { state: a.state, owner: a.owner, category: a.category, ..Default::default() };
+    let q = ListQuery {
+        state: a.state,
+        owner: a.owner,
+        category: a.category,
+        ..Default::default()
+    };
     let all = g.client()?.list_all(&q).await?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -130,20 +137,30 @@ pub async fn list(g: &Globals, a: ListArgs) -> anyhow::Result<()> {
         eprintln!("no workspaces");
         return Ok(());
     }
-    let mut t = table(&["ID", "NAME", "CATEGORY", "STATE", "WHERE", "IMAGE", "RAM", "EXPIRES"]);
+    let mut t = table(&[
+        "ID", "NAME", "CATEGORY", "STATE", "WHERE", "IMAGE", "RAM", "EXPIRES",
+    ]);
     for ws in &all {
         let r = &ws.record;
         let ram = &r.description.hardware.ram;
-        let ram = if ram.min == ram.max { ram.min.human() } else { format!("{}–{}", ram.min.human(), ram.max.human()) };
+        let ram = if ram.min == ram.max {
+            ram.min.human()
+        } else {
+            format!("{}–{}", ram.min.human(), ram.max.human())
+        };
         t.add_row(vec![
             r.id.clone(),
             r.name.clone(),
             r.description.category.to_string(),
             r.state.to_string(),
-            r.node.clone().unwrap_or_else(|| r.placement.as_str().to_string()),
+            r.node
+                .clone()
+                .unwrap_or_else(|| r.placement.as_str().to_string()),
             r.description.software.image.clone(),
             ram,
-            r.terminates_at.map(output::relative).unwrap_or_else(|| "never".into()),
+            r.terminates_at
+                .map(output::relative)
+                .unwrap_or_else(|| "never".into()),
         ]);
     }
     println!("{t}");
@@ -159,7 +176,11 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let ws = client.show(&a.id).await?;
-    let history = if a.history { Some(client.history(&a.id).await?) } else { None };
+    let history = if a.history {
+        Some(client.history(&a.id).await?)
+    } else {
+        None
+    };
     if g.json {
         let mut v = serde_json::to_value(&ws)?;
         if let Some(h) = &history {
@@ -174,26 +195,56 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
         ("id", r.id.clone()),
         ("name", r.name.clone()),
         ("owner", r.owner.clone()),
-        ("category", match d.vmm {
-            Some(v) => format!("{} ({})", d.category, v.as_str()),
-            None => d.category.to_string(),
-        }),
-        ("state", match &r.reason {
-            Some(reason) => format!("{} — {reason}", r.state),
-            None => r.state.to_string(),
-        }),
-        ("where", match (&r.node, &r.lock_holder) {
-            (Some(n), _) => format!("deployed on {n}"),
-            (None, Some(l)) => format!("checked out by {l}"),
-            _ => "in the repository".into(),
-        }),
-        ("EPR", format!("{}  (key {})", ws.epr.address, ws.epr.resource_key)),
+        (
+            "category",
+            match d.vmm {
+                Some(v) => format!("{} ({})", d.category, v.as_str()),
+                None => d.category.to_string(),
+            },
+        ),
+        (
+            "state",
+            match &r.reason {
+                Some(reason) => format!("{} — {reason}", r.state),
+                None => r.state.to_string(),
+            },
+        ),
+        (
+            "where",
+            match (&r.node, &r.lock_holder) {
+                (Some(n), _) => format!("deployed on {n}"),
+                (None, Some(l)) => format!("checked out by {l}"),
+                _ => "in the repository".into(),
+            },
+        ),
+        (
+            "EPR",
+            format!("{}  (key {})", ws.epr.address, ws.epr.resource_key),
+        ),
         ("image", format!("{}  ({})", d.software.image, r.image_id)),
-        ("cpus", range(d.hardware.cpus.min.to_string(), d.hardware.cpus.max.to_string(), r.binding.cpus.map(|c| c.to_string()))),
-        ("ram", range(d.hardware.ram.min.human(), d.hardware.ram.max.human(), r.binding.ram.map(|b| vws_model::ByteSize(b).human()))),
+        (
+            "cpus",
+            range(
+                d.hardware.cpus.min.to_string(),
+                d.hardware.cpus.max.to_string(),
+                r.binding.cpus.map(|c| c.to_string()),
+            ),
+        ),
+        (
+            "ram",
+            range(
+                d.hardware.ram.min.human(),
+                d.hardware.ram.max.human(),
+                r.binding.ram.map(|b| vws_model::ByteSize(b).human()),
+            ),
+        ),
     ];
     if let Some(disk) = &r.disk_path {
-        let size = r.binding.disk.map(|b| vws_model::ByteSize(b).human()).unwrap_or_default();
+        let size = r
+            .binding
+            .disk
+            .map(|b| vws_model::ByteSize(b).human())
+            .unwrap_or_default();
         lines.push(("disk", format!("{size} qcow2 overlay at {disk}")));
     }
     for nic in &d.network.nics {
@@ -205,9 +256,28 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
     for s in &d.capability.services {
         lines.push(("serves", format!("{}/{}", s.port, s.protocol.as_str())));
     }
-    lines.push(("created", format!("{} ({})", output::timestamp(r.created_at), output::relative(r.created_at))));
-    lines.push(("modified", format!("{} ({})", output::timestamp(r.modified_at), output::relative(r.modified_at))));
-    lines.push(("expires", r.terminates_at.map(|t| format!("{} ({})", output::timestamp(t), output::relative(t))).unwrap_or_else(|| "never".into())));
+    lines.push((
+        "created",
+        format!(
+            "{} ({})",
+            output::timestamp(r.created_at),
+            output::relative(r.created_at)
+        ),
+    ));
+    lines.push((
+        "modified",
+        format!(
+            "{} ({})",
+            output::timestamp(r.modified_at),
+            output::relative(r.modified_at)
+        ),
+    ));
+    lines.push((
+        "expires",
+        r.terminates_at
+            .map(|t| format!("{} ({})", output::timestamp(t), output::relative(t)))
+            .unwrap_or_else(|| "never".into()),
+    ));
     for (k, v) in lines {
         println!("{k:>9}  {v}");
     }
@@ -230,7 +300,11 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
 }
 
 fn range(min: String, max: String, bound: Option<String>) -> String {
-    let r = if min == max { min } else { format!("{min} to {max}") };
+    let r = if min == max {
+        min
+    } else {
+        format!("{min} to {max}")
+    };
     match bound {
         Some(b) => format!("{r} (bound: {b})"),
         None => r,
@@ -239,7 +313,10 @@ fn range(min: String, max: String, bound: Option<String>) -> String {
 
 /// Clones a workspace.
 pub async fn clone(g: &Globals, a: CloneArgs) -> anyhow::Result<()> {
-    let ws = g.client()?.clone_workspace(&a.id, a.name.as_deref()).await?;
+    let ws = g
+        .client()?
+        .clone_workspace(&a.id, a.name.as_deref())
+        .await?;
     print_created(g, &ws)
 }
 
@@ -256,7 +333,11 @@ pub async fn destroy(g: &Globals, a: DestroyArgs) -> anyhow::Result<()> {
             }
         }
     }
-    anyhow::ensure!(failed == 0, "{failed} of {} workspaces could not be destroyed", a.ids.len());
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} workspaces could not be destroyed",
+        a.ids.len()
+    );
     Ok(())
 }
 
@@ -266,7 +347,12 @@ pub async fn renew(g: &Globals, a: RenewArgs) -> anyhow::Result<()> {
     if g.json {
         println!("{}", serde_json::to_string_pretty(&ws)?);
     } else if let Some(t) = ws.record.terminates_at {
-        eprintln!("{} now expires {} ({})", ws.record.id, output::timestamp(t), output::relative(t));
+        eprintln!(
+            "{} now expires {} ({})",
+            ws.record.id,
+            output::timestamp(t),
+            output::relative(t)
+        );
     }
     Ok(())
 }

@@ -25,7 +25,10 @@ pub fn bob() -> Identity {
 }
 
 pub fn admin() -> Identity {
-    Identity { dn: "/O=Grid/CN=Admin".into(), attributes: vec![("role".into(), "admin".into())] }
+    Identity {
+        dn: "/O=Grid/CN=Admin".into(),
+        attributes: vec![("role".into(), "admin".into())],
+    }
 }
 
 pub async fn harness(backend: Backend, policy: &str) -> Harness {
@@ -41,8 +44,15 @@ pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Ha
         public_url: "http://127.0.0.1:7480".into(),
         policy: Policy::from_toml(policy).unwrap(),
     };
-    let service = Service::open(db.store().await, settings, clock.clone() as Arc<dyn Clock>).await.unwrap();
-    Harness { service: Arc::new(service), clock, home, db }
+    let service = Service::open(db.store().await, settings, clock.clone() as Arc<dyn Clock>)
+        .await
+        .unwrap();
+    Harness {
+        service: Arc::new(service),
+        clock,
+        home,
+        db,
+    }
 }
 
 impl Harness {
@@ -56,8 +66,18 @@ impl Harness {
             let data = std::fs::read(&path).unwrap();
             vws_store::Digest::of(&data).to_string()
         };
-        self.service.put_blob(&admin(), &digest, bytes).await.unwrap();
-        let req = ImportRequest { name: name.into(), tag: tag.into(), disk: Some(digest), kernel: None, initrd: None, cmdline: None };
+        self.service
+            .put_blob(&admin(), &digest, bytes)
+            .await
+            .unwrap();
+        let req = ImportRequest {
+            name: name.into(),
+            tag: tag.into(),
+            disk: Some(digest),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+        };
         self.service.import_image(&admin(), req).await.unwrap()
     }
 
@@ -66,7 +86,10 @@ impl Harness {
         let mut digests = Vec::new();
         for content in [format!("kernel {name}"), format!("initrd {name}")] {
             let d = vws_store::Digest::of(content.as_bytes()).to_string();
-            self.service.put_blob(&admin(), &d, content.as_bytes()).await.unwrap();
+            self.service
+                .put_blob(&admin(), &d, content.as_bytes())
+                .await
+                .unwrap();
             digests.push(d);
         }
         let req = ImportRequest {
