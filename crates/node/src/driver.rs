@@ -1,0 +1,139 @@
+//! The seam between the VW Manager and a workspace implementation (paper
+//! §2.2): what any driver must do, with room for snapshot and migration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a VM boots.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Boot {
+    /// Kernel and initrd given directly (QEMU microvm).
+    Kernel {
+        /// Kernel file.
+        kernel: PathBuf,
+        /// Initrd file.
+        initrd: PathBuf,
+        /// The image's kernel command line.
+        cmdline: String,
+    },
+    /// The workspace disk boots by itself (q35 with firmware).
+    Disk,
+}
+
+/// A network interface as the driver realizes it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NicSpec {
+    /// Name inside the guest.
+    pub name: String,
+    /// `user` or `none` (bridged methods arrive with the networking work).
+    pub method: String,
+}
+
+/// Everything a driver needs to run one workspace on this host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VmSpec {
+    /// Workspace id.
+    pub id: String,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Bound vCPUs.
+    pub cpus: u32,
+    /// Bound RAM in bytes.
+    pub ram: u64,
+    /// How it boots.
+    pub boot: Boot,
+    /// The workspace disk (a qcow2 overlay), if any.
+    pub disk: Option<PathBuf>,
+    /// Read-only CD-ROM images.
+    #[serde(default)]
+    pub cdroms: Vec<PathBuf>,
+    /// Network interfaces.
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+    /// Startup program (a shell command line).
+    #[serde(default)]
+    pub startup: Option<String>,
+}
+
+/// What a driver reports about a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// No process.
+    Shutdown,
+    /// Executing.
+    Running,
+    /// Frozen.
+    Paused,
+}
+
+/// Something that happened to a VM without being asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmEvent {
+    /// Workspace id.
+    pub id: String,
+    /// What happened, for the workspace's `corrupted` reason.
+    pub reason: String,
+}
+
+/// What a driver action can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// No such VM on this host.
+    #[error("workspace {0} is not running on this node")]
+    NotRunning(String),
+    /// The action does not fit the VM's state.
+    #[error("workspace {id} is {state:?} here")]
+    WrongState {
+        /// Workspace.
+        id: String,
+        /// Its state.
+        state: VmState,
+    },
+    /// The guest did not become ready in time.
+    #[error("workspace {id} did not report ready within {waited:?}; last console lines:\n{console}")]
+    BootTimeout {
+        /// Workspace.
+        id: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The console's tail.
+        console: String,
+    },
+    /// QEMU refused or died.
+    #[error("qemu: {0}")]
+    Qemu(String),
+    /// This driver cannot do that.
+    #[error("{0} is not supported by this driver")]
+    Unsupported(&'static str),
+    /// Files or processes.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A workspace implementation (the paper's VMM, or a dynamic account).
+pub trait Driver: Send + Sync + 'static {
+    /// Starts (boots) the workspace and waits until it reports ready.
+    fn start(&self, spec: &VmSpec) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    /// Shuts it down: gracefully within `grace`, then hard.
+    fn stop(&self, id: &str, grace: Duration) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    /// Freezes it.
+    fn pause(&self, id: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    /// Thaws it.
+    fn unpause(&self, id: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    /// Its state as the implementation sees it.
+    fn status(&self, id: &str) -> impl std::future::Future<Output = VmState> + Send;
+    /// Its serial console log.
+    fn console(&self, id: &str) -> PathBuf;
+    /// Saves a paused workspace's memory and device state.
+    fn snapshot(&self, _id: &str, _to: &std::path::Path) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        async { Err(DriverError::Unsupported("snapshot")) }
+    }
+    /// Moves a running workspace to another host.
+    fn migrate(&self, _id: &str, _to: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        async { Err(DriverError::Unsupported("migration")) }
+    }
+}

@@ -1,0 +1,7 @@
+//! The VW Manager (paper §3.1, `vws node`): stages workspaces from the
+//! repository onto this host and drives them through a [`driver::Driver`];
+//! the QEMU driver runs VMs over QMP.
+
+pub mod accel;
+pub mod driver;
+pub mod qemu;

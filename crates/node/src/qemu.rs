@@ -1,0 +1,349 @@
+//! The QEMU driver: one QEMU process per workspace, driven over QMP.
+//!
+//! QEMU runs in its own process group, so it outlives a node that is killed;
+//! the node finds it again from its pidfile and QMP socket (`adopt`). One
+//! owner task per VM watches the process: an exit nobody asked for is
+//! reported as an event with the exit status and the console's last lines.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use qapi::futures::{QapiService, QmpStreamTokio};
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::accel::Accel;
+use crate::driver::{Boot, Driver, DriverError, VmEvent, VmSpec, VmState};
+
+type Qmp = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
+
+/// The line the guest's init prints when it is up.
+pub const READY_MARK: &str = "vws: ready";
+
+struct Vm {
+    qmp: Qmp,
+    pid: u32,
+    /// Set before a stop, so the exit that follows is not reported.
+    expected: Arc<AtomicBool>,
+    /// Becomes true when the process is gone.
+    gone: watch::Receiver<bool>,
+}
+
+/// Drives QEMU.
+pub struct QemuDriver {
+    root: PathBuf,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    boot_timeout: Duration,
+    vms: Mutex<HashMap<String, Arc<Vm>>>,
+    events: mpsc::UnboundedSender<VmEvent>,
+}
+
+fn qemu_err(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Qemu(e.to_string())
+}
+
+/// The last `n` lines of a file, for error reports.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .map(|p| rustix::process::test_kill_process(p).is_ok())
+        .unwrap_or(false)
+}
+
+impl QemuDriver {
+    /// A driver keeping per-VM files under `root/<id>/`; unexpected exits are
+    /// sent on `events`.
+    pub fn new(root: PathBuf, accel: Accel, events: mpsc::UnboundedSender<VmEvent>) -> Self {
+        QemuDriver {
+            root,
+            accel,
+            tsc_khz: crate::accel::tsc_khz(),
+            boot_timeout: Duration::from_secs(90),
+            vms: Mutex::new(HashMap::new()),
+            events,
+        }
+    }
+
+    /// How long a boot may take to report ready.
+    pub fn with_boot_timeout(mut self, t: Duration) -> Self {
+        self.boot_timeout = t;
+        self
+    }
+
+    /// The folder of one VM's files.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// The QEMU command line for a spec (without the program name).
+    pub fn command_line(&self, spec: &VmSpec) -> Vec<String> {
+        let dir = self.dir(&spec.id);
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        let (machine, blk, net) = match spec.boot {
+            Boot::Kernel { .. } => (format!("microvm,accel={}", self.accel.as_str()), "virtio-blk-device", "virtio-net-device"),
+            Boot::Disk => (format!("q35,accel={}", self.accel.as_str()), "virtio-blk-pci", "virtio-net-pci"),
+        };
+        push(&["-name", &spec.id, "-machine", &machine, "-nodefaults", "-no-user-config", "-nographic"]);
+        push(&["-m", &format!("{}M", spec.ram >> 20), "-smp", &spec.cpus.to_string()]);
+        push(&["-chardev", &format!("file,id=console,path={},append=on", p("console.log")), "-serial", "chardev:console"]);
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", p("qmp.sock")), "-pidfile", &p("qemu.pid")]);
+        if let Boot::Kernel { kernel, initrd, cmdline } = &spec.boot {
+            let mut append = format!("{cmdline} vws.hostname={}", spec.hostname);
+            if !cmdline.contains("console=") {
+                append.push_str(" console=ttyS0");
+            }
+            if let Some(k) = self.tsc_khz {
+                append.push_str(&format!(" tsc_early_khz={k}"));
+            }
+            if let Some(s) = &spec.startup {
+                append.push_str(&format!(" vws.startup={}", base64::engine::general_purpose::STANDARD.encode(s)));
+            }
+            push(&["-kernel", &kernel.to_string_lossy(), "-initrd", &initrd.to_string_lossy(), "-append", &append]);
+        }
+        if let Some(disk) = &spec.disk {
+            push(&["-drive", &format!("id=disk0,file={},format=qcow2,if=none,cache=writeback", disk.display())]);
+            push(&["-device", &format!("{blk},drive=disk0")]);
+        }
+        for (i, cd) in spec.cdroms.iter().enumerate() {
+            push(&["-drive", &format!("id=cd{i},file={},format=raw,if=none,readonly=on", cd.display())]);
+            push(&["-device", &format!("{blk},drive=cd{i}")]);
+        }
+        for (i, nic) in spec.nics.iter().enumerate() {
+            if nic.method == "user" {
+                push(&["-netdev", &format!("user,id=n{i}"), "-device", &format!("{net},netdev=n{i}")]);
+            }
+        }
+        // Guests get entropy from the host, so clones never share a random seed.
+        push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
+        let rng = if matches!(spec.boot, Boot::Kernel { .. }) { "virtio-rng-device" } else { "virtio-rng-pci" };
+        push(&["-device", &format!("{rng},rng=rng0")]);
+        a
+    }
+
+    async fn connect(path: &Path, deadline: Instant) -> Result<(Qmp, tokio::task::JoinHandle<()>), DriverError> {
+        loop {
+            match QmpStreamTokio::open_uds(path).await {
+                Ok(neg) => {
+                    let stream = neg.negotiate().await.map_err(qemu_err)?;
+                    return Ok(stream.spawn_tokio());
+                }
+                Err(e) if Instant::now() >= deadline => return Err(qemu_err(format!("QMP socket {}: {e}", path.display()))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    async fn vm(&self, id: &str) -> Result<Arc<Vm>, DriverError> {
+        self.vms.lock().await.get(id).cloned().ok_or_else(|| DriverError::NotRunning(id.to_string()))
+    }
+
+    fn report_exit(&self, id: &str, expected: &AtomicBool, how: String) {
+        let _ = std::fs::remove_file(self.dir(id).join("qemu.pid"));
+        if expected.load(Ordering::SeqCst) {
+            return;
+        }
+        let console = tail(&self.dir(id).join("console.log"), 5);
+        let reason = format!("QEMU exited unexpectedly ({how}); last console lines: {}", console.replace('\n', " | "));
+        tracing::warn!(%id, %reason, "workspace died");
+        let _ = self.events.send(VmEvent { id: id.to_string(), reason });
+    }
+
+    /// Finds VMs a previous node process left running (pidfile + QMP socket)
+    /// and takes them over; cleans up after ones that died meanwhile.
+    /// Returns the ids adopted.
+    pub async fn adopt(self: &Arc<Self>) -> Vec<String> {
+        let mut adopted = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return adopted };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry.path();
+            let Some(pid) = std::fs::read_to_string(dir.join("qemu.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+                continue;
+            };
+            if !alive(pid) {
+                tracing::warn!(%id, pid, "QEMU of a workspace died while the node was down");
+                let expected = AtomicBool::new(false);
+                self.report_exit(&id, &expected, format!("pid {pid} gone while the node was down"));
+                continue;
+            }
+            match Self::connect(&dir.join("qmp.sock"), Instant::now() + Duration::from_secs(5)).await {
+                Ok((qmp, stream)) => {
+                    self.watch(id.clone(), qmp, pid, WatchOn::Stream(stream)).await;
+                    tracing::info!(%id, pid, "re-adopted a running workspace");
+                    adopted.push(id);
+                }
+                Err(e) => tracing::warn!(%id, error = %e, "cannot re-adopt a workspace"),
+            }
+        }
+        adopted
+    }
+
+    async fn watch(self: &Arc<Self>, id: String, qmp: Qmp, pid: u32, on: WatchOn) {
+        let expected = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = watch::channel(false);
+        let vm = Arc::new(Vm { qmp, pid, expected: expected.clone(), gone: rx });
+        self.vms.lock().await.insert(id.clone(), vm);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let how = match on {
+                WatchOn::Child(mut child) => match child.wait().await {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                },
+                // Not our child: the QMP stream's end is the process's end.
+                WatchOn::Stream(stream) => {
+                    let _ = stream.await;
+                    while alive(pid) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    "exit status unknown: the process was adopted after a node restart".to_string()
+                }
+            };
+            let _ = tx.send(true);
+            me.vms.lock().await.remove(&id);
+            me.report_exit(&id, &expected, how);
+        });
+    }
+
+    async fn wait_gone(vm: &Vm, within: Duration) -> bool {
+        let mut gone = vm.gone.clone();
+        let waited = tokio::time::timeout(within, gone.wait_for(|g| *g)).await;
+        waited.is_ok()
+    }
+
+    async fn wait_ready(&self, id: &str, vm: &Vm) -> Result<(), DriverError> {
+        let console = self.dir(id).join("console.log");
+        let start = Instant::now();
+        while start.elapsed() < self.boot_timeout {
+            if *vm.gone.borrow() {
+                return Err(qemu_err(format!("QEMU exited during boot; console: {}", tail(&console, 10))));
+            }
+            if std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).contains(READY_MARK)).unwrap_or(false) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(DriverError::BootTimeout { id: id.into(), waited: self.boot_timeout, console: tail(&console, 10) })
+    }
+
+    /// Process id of a running VM.
+    pub async fn pid(&self, id: &str) -> Option<u32> {
+        self.vms.lock().await.get(id).map(|v| v.pid)
+    }
+
+    async fn kill(vm: &Vm) {
+        if let Ok(p) = rustix::process::Pid::from_raw(vm.pid as i32).ok_or(()) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+        Self::wait_gone(vm, Duration::from_secs(5)).await;
+    }
+}
+
+enum WatchOn {
+    Child(tokio::process::Child),
+    Stream(tokio::task::JoinHandle<()>),
+}
+
+impl Driver for Arc<QemuDriver> {
+    async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        if self.vms.lock().await.contains_key(&spec.id) {
+            return Err(DriverError::WrongState { id: spec.id.clone(), state: VmState::Running });
+        }
+        let dir = self.dir(&spec.id);
+        std::fs::create_dir_all(&dir)?;
+        let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        // The console log of this boot starts empty, so readiness is this boot's.
+        std::fs::write(dir.join("console.log"), b"")?;
+        let log = std::fs::File::create(dir.join("qemu.log"))?;
+        let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
+        cmd.args(self.command_line(spec))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a signal to the node's group (Ctrl-C)
+            // does not take the VMs with it.
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| qemu_err(format!("cannot run qemu-system-x86_64: {e}")))?;
+        let pid = child.id().unwrap_or(0);
+        let connected = QemuDriver::connect(&dir.join("qmp.sock"), Instant::now() + Duration::from_secs(10)).await;
+        let (qmp, _stream) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                let log = tail(&dir.join("qemu.log"), 5);
+                let mut child = child;
+                let _ = child.kill().await;
+                return Err(qemu_err(format!("{e}; qemu said: {log}")));
+            }
+        };
+        self.watch(spec.id.clone(), qmp, pid, WatchOn::Child(child)).await;
+        let vm = self.vm(&spec.id).await?;
+        if let Err(e) = self.wait_ready(&spec.id, &vm).await {
+            vm.expected.store(true, Ordering::SeqCst);
+            QemuDriver::kill(&vm).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
+        let vm = self.vm(id).await?;
+        vm.expected.store(true, Ordering::SeqCst);
+        // A paused guest cannot react to the power button: wake it first.
+        let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
+        let _ = vm.qmp.execute(qapi::qmp::system_powerdown {}).await;
+        if QemuDriver::wait_gone(&vm, grace).await {
+            return Ok(());
+        }
+        let _ = vm.qmp.execute(qapi::qmp::quit {}).await;
+        if QemuDriver::wait_gone(&vm, Duration::from_secs(5)).await {
+            return Ok(());
+        }
+        QemuDriver::kill(&vm).await;
+        Ok(())
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), DriverError> {
+        let vm = self.vm(id).await?;
+        vm.qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
+        match self.status(id).await {
+            VmState::Paused => Ok(()),
+            state => Err(DriverError::WrongState { id: id.into(), state }),
+        }
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), DriverError> {
+        let vm = self.vm(id).await?;
+        vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
+        match self.status(id).await {
+            VmState::Running => Ok(()),
+            state => Err(DriverError::WrongState { id: id.into(), state }),
+        }
+    }
+
+    async fn status(&self, id: &str) -> VmState {
+        let Ok(vm) = self.vm(id).await else { return VmState::Shutdown };
+        match vm.qmp.execute(qapi::qmp::query_status {}).await {
+            Ok(s) if s.running => VmState::Running,
+            Ok(_) => VmState::Paused,
+            Err(_) => VmState::Shutdown,
+        }
+    }
+
+    fn console(&self, id: &str) -> PathBuf {
+        self.dir(id).join("console.log")
+    }
+}

@@ -1,0 +1,79 @@
+//! The QEMU driver on a real guest under TCG: boot to readiness, pause really
+//! freezes the guest, unpause resumes it, stop ends the process, and a VM
+//! killed from outside is reported with a reason. One booted guest is shared
+//! by the assertions that do not disturb each other.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vws_node::accel;
+use vws_node::driver::{Boot, Driver, NicSpec, VmSpec, VmState};
+use vws_node::qemu::QemuDriver;
+
+/// Builds (once, cached under target/) the minimal guest from Debian packages.
+fn guest() -> (PathBuf, PathBuf) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = root.join("target/vws-test-guest");
+    let status = Command::new(root.join("scripts/build-minimal-image")).arg(&out).status().expect("run build-minimal-image");
+    assert!(status.success(), "building the minimal guest image failed");
+    (out.join("vmlinuz"), out.join("initrd.img"))
+}
+
+fn spec(id: &str, startup: &str) -> VmSpec {
+    let (kernel, initrd) = guest();
+    VmSpec {
+        id: id.into(),
+        hostname: id.into(),
+        cpus: 1,
+        ram: 256 << 20,
+        boot: Boot::Kernel { kernel, initrd, cmdline: "console=ttyS0 quiet".into() },
+        disk: None,
+        cdroms: vec![],
+        nics: vec![NicSpec { name: "eth0".into(), method: "user".into() }],
+        startup: Some(startup.into()),
+    }
+}
+
+fn ticks(console: &std::path::Path) -> usize {
+    std::fs::read_to_string(console).unwrap_or_default().lines().filter(|l| l.starts_with("tick ")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_of_a_real_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let driver = Arc::new(QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx).with_boot_timeout(Duration::from_secs(60)));
+    let s = spec("ws-drv", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done");
+    driver.start(&s).await.unwrap();
+    assert_eq!(driver.status("ws-drv").await, VmState::Running);
+    let console = driver.console("ws-drv");
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(log.contains("vws: ready ws-drv"), "{log}");
+
+    // Pause freezes the guest: its counter stops, and continues after unpause.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    driver.pause("ws-drv").await.unwrap();
+    assert_eq!(driver.status("ws-drv").await, VmState::Paused);
+    let frozen = ticks(&console);
+    assert!(frozen > 0, "the startup program ran");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ticks(&console), frozen, "no tick while paused");
+    driver.unpause("ws-drv").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(ticks(&console) > frozen, "ticks resume after unpause");
+
+    driver.stop("ws-drv", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(driver.status("ws-drv").await, VmState::Shutdown);
+    assert!(events.try_recv().is_err(), "a requested stop is not an event");
+
+    // A QEMU killed from outside is reported with a reason.
+    driver.start(&spec("ws-victim", "true")).await.unwrap();
+    let pid = driver.pid("ws-victim").await.unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    assert_eq!(event.id, "ws-victim");
+    assert!(event.reason.contains("signal: 9"), "{}", event.reason);
+    assert!(event.reason.contains("vws: ready"), "the reason carries the console's last lines: {}", event.reason);
+}
