@@ -36,7 +36,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run vws on this machine: the service with its embedded database
+    /// Run vws on this machine: the service with its embedded database and a node
     Up(commands::up::UpArgs),
     /// Run the service alone (same settings as `up`)
     Serve(commands::up::UpArgs),
@@ -54,6 +54,22 @@ enum Command {
     Destroy(commands::workspaces::DestroyArgs),
     /// Set a workspace's termination time to a new lifetime from now
     Renew(commands::workspaces::RenewArgs),
+    /// Check a workspace out onto a node: stage its image and disk there
+    Deploy(commands::lifecycle::DeployArgs),
+    /// Check a workspace back in: its disk returns to the repository
+    Undeploy(commands::lifecycle::IdArgs),
+    /// Boot a deployed workspace; returns once the guest reports ready
+    Start(commands::lifecycle::IdArgs),
+    /// Shut a workspace down (gracefully, then hard)
+    Stop(commands::lifecycle::IdArgs),
+    /// Freeze a running workspace
+    Pause(commands::lifecycle::IdArgs),
+    /// Thaw a paused workspace
+    Unpause(commands::lifecycle::IdArgs),
+    /// Print a workspace's serial console (-f follows it)
+    Console(commands::lifecycle::ConsoleArgs),
+    /// Run this host's VW Manager (`vws node --service URL`), or `vws node list`
+    Node(commands::node::NodeArgs),
     /// Manage the image pool
     #[command(subcommand)]
     Image(commands::images::ImageCommand),
@@ -96,7 +112,10 @@ fn init_logs(verbose: u8, serving: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Up(_) | Command::Serve(_));
+    let serving = matches!(
+        cli.command,
+        Command::Up(_) | Command::Serve(_) | Command::Node(_)
+    );
     init_logs(cli.verbose, serving);
     let home = match config::home(cli.home) {
         Ok(h) => h,
@@ -113,7 +132,18 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up(a) | Command::Serve(a) => commands::up::run(&g, a).await,
+            Command::Up(a) => commands::up::run(&g, a, true).await,
+            Command::Serve(a) => commands::up::run(&g, a, false).await,
+            Command::Deploy(a) => commands::lifecycle::deploy(&g, a).await,
+            Command::Undeploy(a) => {
+                commands::lifecycle::action(&g, a, "undeploy", "undeployed").await
+            }
+            Command::Start(a) => commands::lifecycle::action(&g, a, "start", "started").await,
+            Command::Stop(a) => commands::lifecycle::action(&g, a, "stop", "stopped").await,
+            Command::Pause(a) => commands::lifecycle::action(&g, a, "pause", "paused").await,
+            Command::Unpause(a) => commands::lifecycle::action(&g, a, "unpause", "unpaused").await,
+            Command::Console(a) => commands::lifecycle::console(&g, a).await,
+            Command::Node(a) => commands::node::run(&g, a).await,
             Command::Create(a) => commands::workspaces::create(&g, a).await,
             Command::List(a) => commands::workspaces::list(&g, a).await,
             Command::Show(a) => commands::workspaces::show(&g, a).await,

@@ -341,4 +341,38 @@ impl Client {
     ) -> Result<ImageRecord, ClientError> {
         self.call(Method::POST, "/v1/images", Some(request)).await
     }
+
+    /// Checks a workspace out onto a node (`host`, or one the service picks).
+    pub async fn deploy(&self, id: &str, host: Option<&str>) -> Result<Workspace, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/deploy"),
+            Some(serde_json::json!({ "host": host })),
+        )
+        .await
+    }
+
+    /// A lifecycle action without arguments: `undeploy`, `start`, `stop`, `pause`, `unpause`.
+    pub async fn action(&self, id: &str, verb: &str) -> Result<Workspace, ClientError> {
+        self.call(Method::POST, &format!("/v1/workspaces/{id}/{verb}"), None)
+            .await
+    }
+
+    /// Staging progress of a deploy in flight: `{done, total, moved}`.
+    pub async fn staging(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, &format!("/v1/workspaces/{id}/staging"), None)
+            .await
+    }
+
+    /// The console as a stream of bytes; with `follow`, until the guest shuts down.
+    pub async fn console(&self, id: &str, follow: bool) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(&format!("/v1/workspaces/{id}/console"));
+        self.send(self.http.get(&url).query(&[("follow", follow)]), &url)
+            .await
+    }
+
+    /// The nodes.
+    pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.call(Method::GET, "/v1/nodes", None).await
+    }
 }

@@ -6,6 +6,7 @@ pub mod description;
 pub mod form;
 pub mod identity;
 pub mod image_ref;
+pub mod node;
 pub mod size;
 pub mod state;
 pub mod validate;

@@ -29,18 +29,29 @@ impl Accel {
 /// Why KVM is or is not used, for the node's report.
 pub fn detect() -> (Accel, String) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
     let has_vt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
     if !Path::new("/dev/kvm").exists() {
         return (Accel::Tcg, "no /dev/kvm".into());
     }
     if Path::new("/sys/module/kvm_pvm").exists() {
-        return (Accel::Tcg, "/dev/kvm is the paravirtual nested kvm_pvm, on which stock kernels hang".into());
+        return (
+            Accel::Tcg,
+            "/dev/kvm is the paravirtual nested kvm_pvm, on which stock kernels hang".into(),
+        );
     }
     if !has_vt {
         return (Accel::Tcg, "the CPU shows neither vmx nor svm".into());
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return (Accel::Tcg, "/dev/kvm cannot be opened".into());
     }
     (Accel::Kvm, "hardware virtualization available".into())
@@ -55,6 +66,13 @@ pub fn tsc_khz() -> Option<u64> {
         }
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
     Some((mhz * 1000.0) as u64)
 }

@@ -94,7 +94,9 @@ pub enum DriverError {
         state: VmState,
     },
     /// The guest did not become ready in time.
-    #[error("workspace {id} did not report ready within {waited:?}; last console lines:\n{console}")]
+    #[error(
+        "workspace {id} did not report ready within {waited:?}; last console lines:\n{console}"
+    )]
     BootTimeout {
         /// Workspace.
         id: String,
@@ -117,23 +119,41 @@ pub enum DriverError {
 /// A workspace implementation (the paper's VMM, or a dynamic account).
 pub trait Driver: Send + Sync + 'static {
     /// Starts (boots) the workspace and waits until it reports ready.
-    fn start(&self, spec: &VmSpec) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    fn start(
+        &self,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
     /// Shuts it down: gracefully within `grace`, then hard.
-    fn stop(&self, id: &str, grace: Duration) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
     /// Freezes it.
     fn pause(&self, id: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
     /// Thaws it.
-    fn unpause(&self, id: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    fn unpause(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
     /// Its state as the implementation sees it.
     fn status(&self, id: &str) -> impl std::future::Future<Output = VmState> + Send;
     /// Its serial console log.
     fn console(&self, id: &str) -> PathBuf;
     /// Saves a paused workspace's memory and device state.
-    fn snapshot(&self, _id: &str, _to: &std::path::Path) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+    fn snapshot(
+        &self,
+        _id: &str,
+        _to: &std::path::Path,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
         async { Err(DriverError::Unsupported("snapshot")) }
     }
     /// Moves a running workspace to another host.
-    fn migrate(&self, _id: &str, _to: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+    fn migrate(
+        &self,
+        _id: &str,
+        _to: &str,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
         async { Err(DriverError::Unsupported("migration")) }
     }
 }

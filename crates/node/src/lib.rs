@@ -3,5 +3,10 @@
 //! the QEMU driver runs VMs over QMP.
 
 pub mod accel;
+pub mod api;
 pub mod driver;
+pub mod manager;
 pub mod qemu;
+pub mod staging;
+
+pub use manager::{Manager, NodeError};

@@ -51,7 +51,9 @@ fn qemu_err(e: impl std::fmt::Display) -> DriverError {
 
 /// The last `n` lines of a file, for error reports.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -94,14 +96,50 @@ impl QemuDriver {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         let (machine, blk, net) = match spec.boot {
-            Boot::Kernel { .. } => (format!("microvm,accel={}", self.accel.as_str()), "virtio-blk-device", "virtio-net-device"),
-            Boot::Disk => (format!("q35,accel={}", self.accel.as_str()), "virtio-blk-pci", "virtio-net-pci"),
+            Boot::Kernel { .. } => (
+                format!("microvm,accel={}", self.accel.as_str()),
+                "virtio-blk-device",
+                "virtio-net-device",
+            ),
+            Boot::Disk => (
+                format!("q35,accel={}", self.accel.as_str()),
+                "virtio-blk-pci",
+                "virtio-net-pci",
+            ),
         };
-        push(&["-name", &spec.id, "-machine", &machine, "-nodefaults", "-no-user-config", "-nographic"]);
-        push(&["-m", &format!("{}M", spec.ram >> 20), "-smp", &spec.cpus.to_string()]);
-        push(&["-chardev", &format!("file,id=console,path={},append=on", p("console.log")), "-serial", "chardev:console"]);
-        push(&["-qmp", &format!("unix:{},server=on,wait=off", p("qmp.sock")), "-pidfile", &p("qemu.pid")]);
-        if let Boot::Kernel { kernel, initrd, cmdline } = &spec.boot {
+        push(&[
+            "-name",
+            &spec.id,
+            "-machine",
+            &machine,
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+        ]);
+        push(&[
+            "-m",
+            &format!("{}M", spec.ram >> 20),
+            "-smp",
+            &spec.cpus.to_string(),
+        ]);
+        push(&[
+            "-chardev",
+            &format!("file,id=console,path={},append=on", p("console.log")),
+            "-serial",
+            "chardev:console",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p("qmp.sock")),
+            "-pidfile",
+            &p("qemu.pid"),
+        ]);
+        if let Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } = &spec.boot
+        {
             let mut append = format!("{cmdline} vws.hostname={}", spec.hostname);
             if !cmdline.contains("console=") {
                 append.push_str(" console=ttyS0");
@@ -110,45 +148,86 @@ impl QemuDriver {
                 append.push_str(&format!(" tsc_early_khz={k}"));
             }
             if let Some(s) = &spec.startup {
-                append.push_str(&format!(" vws.startup={}", base64::engine::general_purpose::STANDARD.encode(s)));
+                append.push_str(&format!(
+                    " vws.startup={}",
+                    base64::engine::general_purpose::STANDARD.encode(s)
+                ));
             }
-            push(&["-kernel", &kernel.to_string_lossy(), "-initrd", &initrd.to_string_lossy(), "-append", &append]);
+            push(&[
+                "-kernel",
+                &kernel.to_string_lossy(),
+                "-initrd",
+                &initrd.to_string_lossy(),
+                "-append",
+                &append,
+            ]);
         }
         if let Some(disk) = &spec.disk {
-            push(&["-drive", &format!("id=disk0,file={},format=qcow2,if=none,cache=writeback", disk.display())]);
+            push(&[
+                "-drive",
+                &format!(
+                    "id=disk0,file={},format=qcow2,if=none,cache=writeback",
+                    disk.display()
+                ),
+            ]);
             push(&["-device", &format!("{blk},drive=disk0")]);
         }
         for (i, cd) in spec.cdroms.iter().enumerate() {
-            push(&["-drive", &format!("id=cd{i},file={},format=raw,if=none,readonly=on", cd.display())]);
+            push(&[
+                "-drive",
+                &format!(
+                    "id=cd{i},file={},format=raw,if=none,readonly=on",
+                    cd.display()
+                ),
+            ]);
             push(&["-device", &format!("{blk},drive=cd{i}")]);
         }
         for (i, nic) in spec.nics.iter().enumerate() {
             if nic.method == "user" {
-                push(&["-netdev", &format!("user,id=n{i}"), "-device", &format!("{net},netdev=n{i}")]);
+                push(&[
+                    "-netdev",
+                    &format!("user,id=n{i}"),
+                    "-device",
+                    &format!("{net},netdev=n{i}"),
+                ]);
             }
         }
         // Guests get entropy from the host, so clones never share a random seed.
         push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
-        let rng = if matches!(spec.boot, Boot::Kernel { .. }) { "virtio-rng-device" } else { "virtio-rng-pci" };
+        let rng = if matches!(spec.boot, Boot::Kernel { .. }) {
+            "virtio-rng-device"
+        } else {
+            "virtio-rng-pci"
+        };
         push(&["-device", &format!("{rng},rng=rng0")]);
         a
     }
 
-    async fn connect(path: &Path, deadline: Instant) -> Result<(Qmp, tokio::task::JoinHandle<()>), DriverError> {
+    async fn connect(
+        path: &Path,
+        deadline: Instant,
+    ) -> Result<(Qmp, tokio::task::JoinHandle<()>), DriverError> {
         loop {
             match QmpStreamTokio::open_uds(path).await {
                 Ok(neg) => {
                     let stream = neg.negotiate().await.map_err(qemu_err)?;
                     return Ok(stream.spawn_tokio());
                 }
-                Err(e) if Instant::now() >= deadline => return Err(qemu_err(format!("QMP socket {}: {e}", path.display()))),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(qemu_err(format!("QMP socket {}: {e}", path.display())))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     }
 
     async fn vm(&self, id: &str) -> Result<Arc<Vm>, DriverError> {
-        self.vms.lock().await.get(id).cloned().ok_or_else(|| DriverError::NotRunning(id.to_string()))
+        self.vms
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DriverError::NotRunning(id.to_string()))
     }
 
     fn report_exit(&self, id: &str, expected: &AtomicBool, how: String) {
@@ -157,9 +236,15 @@ impl QemuDriver {
             return;
         }
         let console = tail(&self.dir(id).join("console.log"), 5);
-        let reason = format!("QEMU exited unexpectedly ({how}); last console lines: {}", console.replace('\n', " | "));
+        let reason = format!(
+            "QEMU exited unexpectedly ({how}); last console lines: {}",
+            console.replace('\n', " | ")
+        );
         tracing::warn!(%id, %reason, "workspace died");
-        let _ = self.events.send(VmEvent { id: id.to_string(), reason });
+        let _ = self.events.send(VmEvent {
+            id: id.to_string(),
+            reason,
+        });
     }
 
     /// Finds VMs a previous node process left running (pidfile + QMP socket)
@@ -167,22 +252,37 @@ impl QemuDriver {
     /// Returns the ids adopted.
     pub async fn adopt(self: &Arc<Self>) -> Vec<String> {
         let mut adopted = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.root) else { return adopted };
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return adopted;
+        };
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             let dir = entry.path();
-            let Some(pid) = std::fs::read_to_string(dir.join("qemu.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+            let Some(pid) = std::fs::read_to_string(dir.join("qemu.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            else {
                 continue;
             };
             if !alive(pid) {
                 tracing::warn!(%id, pid, "QEMU of a workspace died while the node was down");
                 let expected = AtomicBool::new(false);
-                self.report_exit(&id, &expected, format!("pid {pid} gone while the node was down"));
+                self.report_exit(
+                    &id,
+                    &expected,
+                    format!("pid {pid} gone while the node was down"),
+                );
                 continue;
             }
-            match Self::connect(&dir.join("qmp.sock"), Instant::now() + Duration::from_secs(5)).await {
+            match Self::connect(
+                &dir.join("qmp.sock"),
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await
+            {
                 Ok((qmp, stream)) => {
-                    self.watch(id.clone(), qmp, pid, WatchOn::Stream(stream)).await;
+                    self.watch(id.clone(), qmp, pid, WatchOn::Stream(stream))
+                        .await;
                     tracing::info!(%id, pid, "re-adopted a running workspace");
                     adopted.push(id);
                 }
@@ -195,7 +295,12 @@ impl QemuDriver {
     async fn watch(self: &Arc<Self>, id: String, qmp: Qmp, pid: u32, on: WatchOn) {
         let expected = Arc::new(AtomicBool::new(false));
         let (tx, rx) = watch::channel(false);
-        let vm = Arc::new(Vm { qmp, pid, expected: expected.clone(), gone: rx });
+        let vm = Arc::new(Vm {
+            qmp,
+            pid,
+            expected: expected.clone(),
+            gone: rx,
+        });
         self.vms.lock().await.insert(id.clone(), vm);
         let me = self.clone();
         tokio::spawn(async move {
@@ -230,14 +335,24 @@ impl QemuDriver {
         let start = Instant::now();
         while start.elapsed() < self.boot_timeout {
             if *vm.gone.borrow() {
-                return Err(qemu_err(format!("QEMU exited during boot; console: {}", tail(&console, 10))));
+                return Err(qemu_err(format!(
+                    "QEMU exited during boot; console: {}",
+                    tail(&console, 10)
+                )));
             }
-            if std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).contains(READY_MARK)).unwrap_or(false) {
+            if std::fs::read(&console)
+                .map(|b| String::from_utf8_lossy(&b).contains(READY_MARK))
+                .unwrap_or(false)
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(DriverError::BootTimeout { id: id.into(), waited: self.boot_timeout, console: tail(&console, 10) })
+        Err(DriverError::BootTimeout {
+            id: id.into(),
+            waited: self.boot_timeout,
+            console: tail(&console, 10),
+        })
     }
 
     /// Process id of a running VM.
@@ -261,7 +376,10 @@ enum WatchOn {
 impl Driver for Arc<QemuDriver> {
     async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
         if self.vms.lock().await.contains_key(&spec.id) {
-            return Err(DriverError::WrongState { id: spec.id.clone(), state: VmState::Running });
+            return Err(DriverError::WrongState {
+                id: spec.id.clone(),
+                state: VmState::Running,
+            });
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir)?;
@@ -277,9 +395,15 @@ impl Driver for Arc<QemuDriver> {
             // Its own process group: a signal to the node's group (Ctrl-C)
             // does not take the VMs with it.
             .process_group(0);
-        let child = cmd.spawn().map_err(|e| qemu_err(format!("cannot run qemu-system-x86_64: {e}")))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| qemu_err(format!("cannot run qemu-system-x86_64: {e}")))?;
         let pid = child.id().unwrap_or(0);
-        let connected = QemuDriver::connect(&dir.join("qmp.sock"), Instant::now() + Duration::from_secs(10)).await;
+        let connected = QemuDriver::connect(
+            &dir.join("qmp.sock"),
+            Instant::now() + Duration::from_secs(10),
+        )
+        .await;
         let (qmp, _stream) = match connected {
             Ok(c) => c,
             Err(e) => {
@@ -289,7 +413,8 @@ impl Driver for Arc<QemuDriver> {
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
-        self.watch(spec.id.clone(), qmp, pid, WatchOn::Child(child)).await;
+        self.watch(spec.id.clone(), qmp, pid, WatchOn::Child(child))
+            .await;
         let vm = self.vm(&spec.id).await?;
         if let Err(e) = self.wait_ready(&spec.id, &vm).await {
             vm.expected.store(true, Ordering::SeqCst);
@@ -321,7 +446,10 @@ impl Driver for Arc<QemuDriver> {
         vm.qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
         match self.status(id).await {
             VmState::Paused => Ok(()),
-            state => Err(DriverError::WrongState { id: id.into(), state }),
+            state => Err(DriverError::WrongState {
+                id: id.into(),
+                state,
+            }),
         }
     }
 
@@ -330,12 +458,17 @@ impl Driver for Arc<QemuDriver> {
         vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
         match self.status(id).await {
             VmState::Running => Ok(()),
-            state => Err(DriverError::WrongState { id: id.into(), state }),
+            state => Err(DriverError::WrongState {
+                id: id.into(),
+                state,
+            }),
         }
     }
 
     async fn status(&self, id: &str) -> VmState {
-        let Ok(vm) = self.vm(id).await else { return VmState::Shutdown };
+        let Ok(vm) = self.vm(id).await else {
+            return VmState::Shutdown;
+        };
         match vm.qmp.execute(qapi::qmp::query_status {}).await {
             Ok(s) if s.running => VmState::Running,
             Ok(_) => VmState::Paused,

@@ -16,7 +16,10 @@ use vws_node::qemu::QemuDriver;
 fn guest() -> (PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = root.join("target/vws-test-guest");
-    let status = Command::new(root.join("scripts/build-minimal-image")).arg(&out).status().expect("run build-minimal-image");
+    let status = Command::new(root.join("scripts/build-minimal-image"))
+        .arg(&out)
+        .status()
+        .expect("run build-minimal-image");
     assert!(status.success(), "building the minimal guest image failed");
     (out.join("vmlinuz"), out.join("initrd.img"))
 }
@@ -28,24 +31,41 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         hostname: id.into(),
         cpus: 1,
         ram: 256 << 20,
-        boot: Boot::Kernel { kernel, initrd, cmdline: "console=ttyS0 quiet".into() },
+        boot: Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline: "console=ttyS0 quiet".into(),
+        },
         disk: None,
         cdroms: vec![],
-        nics: vec![NicSpec { name: "eth0".into(), method: "user".into() }],
+        nics: vec![NicSpec {
+            name: "eth0".into(),
+            method: "user".into(),
+        }],
         startup: Some(startup.into()),
     }
 }
 
 fn ticks(console: &std::path::Path) -> usize {
-    std::fs::read_to_string(console).unwrap_or_default().lines().filter(|l| l.starts_with("tick ")).count()
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("tick "))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_of_a_real_guest() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let driver = Arc::new(QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx).with_boot_timeout(Duration::from_secs(60)));
-    let s = spec("ws-drv", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done");
+    let driver = Arc::new(
+        QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx)
+            .with_boot_timeout(Duration::from_secs(60)),
+    );
+    let s = spec(
+        "ws-drv",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+    );
     driver.start(&s).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Running);
     let console = driver.console("ws-drv");
@@ -66,14 +86,27 @@ async fn lifecycle_of_a_real_guest() {
 
     driver.stop("ws-drv", Duration::from_secs(1)).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Shutdown);
-    assert!(events.try_recv().is_err(), "a requested stop is not an event");
+    assert!(
+        events.try_recv().is_err(),
+        "a requested stop is not an event"
+    );
 
     // A QEMU killed from outside is reported with a reason.
     driver.start(&spec("ws-victim", "true")).await.unwrap();
     let pid = driver.pid("ws-victim").await.unwrap();
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(event.id, "ws-victim");
     assert!(event.reason.contains("signal: 9"), "{}", event.reason);
-    assert!(event.reason.contains("vws: ready"), "the reason carries the console's last lines: {}", event.reason);
+    assert!(
+        event.reason.contains("vws: ready"),
+        "the reason carries the console's last lines: {}",
+        event.reason
+    );
 }

@@ -100,6 +100,31 @@ pub async fn create_overlay(
     run("create", &args).await.map(drop)
 }
 
+/// Points an overlay at another copy of its backing file without touching
+/// data (`rebase -u`): the same bytes live at different paths in the
+/// repository and in a node's cache.
+pub async fn rebase_unsafe(
+    overlay: &Path,
+    backing: &Path,
+    backing_format: &str,
+) -> Result<(), ImgError> {
+    run(
+        "rebase",
+        &[
+            "-u".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            backing.as_os_str(),
+            "-F".as_ref(),
+            backing_format.as_ref(),
+            overlay.as_os_str(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
 /// Makes an empty image of the given format and size.
 pub async fn create(path: &Path, format: &str, size: u64) -> Result<(), ImgError> {
     let size = size.to_string();

@@ -79,6 +79,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/images/{reference}"),
     ("head", "/v1/blobs/{digest}"),
     ("put", "/v1/blobs/{digest}"),
+    ("get", "/v1/blobs/{digest}"),
+    ("get", "/v1/blobs/{digest}/chunks"),
+    ("post", "/v1/workspaces/{id}/deploy"),
+    ("post", "/v1/workspaces/{id}/undeploy"),
+    ("post", "/v1/workspaces/{id}/start"),
+    ("post", "/v1/workspaces/{id}/stop"),
+    ("post", "/v1/workspaces/{id}/pause"),
+    ("post", "/v1/workspaces/{id}/unpause"),
+    ("get", "/v1/workspaces/{id}/staging"),
+    ("get", "/v1/workspaces/{id}/console"),
+    ("get", "/v1/workspaces/{id}/disk"),
+    ("put", "/v1/workspaces/{id}/disk"),
+    ("get", "/v1/workspaces/{id}/disk/chunks"),
+    ("get", "/v1/nodes"),
+    ("post", "/v1/nodes"),
+    ("post", "/v1/nodes/{name}/heartbeat"),
+    ("post", "/v1/nodes/{name}/events"),
 ];
 
 /// The OpenAPI document, checked in beside the code.
@@ -96,7 +113,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{id}/history", get(history))
         .route("/v1/images", post(import).get(images))
         .route("/v1/images/{reference}", get(image).delete(remove_image))
-        .route("/v1/blobs/{digest}", put(upload).head(has_blob).layer(DefaultBodyLimit::disable()))
+        .route("/v1/blobs/{digest}", put(upload).head(has_blob).get(download).layer(DefaultBodyLimit::disable()))
+        .route("/v1/blobs/{digest}/chunks", get(blob_chunks))
+        .route("/v1/workspaces/{id}/deploy", post(deploy))
+        .route("/v1/workspaces/{id}/undeploy", post(undeploy))
+        .route("/v1/workspaces/{id}/start", post(start))
+        .route("/v1/workspaces/{id}/stop", post(stop))
+        .route("/v1/workspaces/{id}/pause", post(pause))
+        .route("/v1/workspaces/{id}/unpause", post(unpause))
+        .route("/v1/workspaces/{id}/staging", get(staging))
+        .route("/v1/workspaces/{id}/console", get(console))
+        .route("/v1/workspaces/{id}/disk", get(disk).put(receive_disk).layer(DefaultBodyLimit::disable()))
+        .route("/v1/workspaces/{id}/disk/chunks", get(disk_chunks))
+        .route("/v1/nodes", get(nodes).post(register_node))
+        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{name}/events", post(node_event))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
@@ -464,4 +495,217 @@ async fn upload(
         Json(serde_json::json!({ "digest": d.to_string(), "size": size })),
     )
         .into_response())
+}
+
+/// Serves a file with HTTP Range support (staging fetches chunks by range).
+async fn serve_file(
+    path: std::path::PathBuf,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    use tower::ServiceExt;
+    let resp = tower_http::services::ServeFile::new(path)
+        .oneshot(request)
+        .await
+        .map_err(|e| ServiceError::Internal(e.into()))?;
+    Ok(resp.map(axum::body::Body::new))
+}
+
+async fn manifest_of(path: std::path::PathBuf) -> Result<Response, ServiceError> {
+    let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
+        .await
+        .map_err(|e| ServiceError::Internal(e.into()))?
+        .map_err(|e| ServiceError::Internal(e.into()))?;
+    Ok(Json(m).into_response())
+}
+
+async fn download(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(digest): Path<String>,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    let d: vws_store::Digest = digest.parse()?;
+    if !s.service.blobs().contains(&d).await {
+        return Err(ServiceError::NotFound(format!("blob {digest} not found")));
+    }
+    serve_file(s.service.blobs().path(&d), request).await
+}
+
+async fn blob_chunks(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(digest): Path<String>,
+) -> Result<Response, ServiceError> {
+    let d: vws_store::Digest = digest.parse()?;
+    if !s.service.blobs().contains(&d).await {
+        return Err(ServiceError::NotFound(format!("blob {digest} not found")));
+    }
+    manifest_of(s.service.blobs().path(&d)).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    host: Option<String>,
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: DeployRequest = json_body(&headers, b)?.unwrap_or_default();
+    Ok(Json(s.service.deploy(&who, &id, req.host.as_deref()).await?).into_response())
+}
+
+async fn undeploy(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.undeploy(&who, &id).await?).into_response())
+}
+
+async fn start(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.start(&who, &id).await?).into_response())
+}
+
+async fn stop(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.stop(&who, &id).await?).into_response())
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.pause(&who, &id).await?).into_response())
+}
+
+async fn unpause(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.unpause(&who, &id).await?).into_response())
+}
+
+async fn staging(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.staging(&who, &id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn console(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> Result<Response, ServiceError> {
+    let resp = s.service.console(&who, &id, q.follow).await?;
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    Ok((
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn disk(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(id): Path<String>,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    serve_file(s.service.disk_path(&id).await?, request).await
+}
+
+async fn disk_chunks(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    manifest_of(s.service.disk_path(&id).await?).await
+}
+
+async fn receive_disk(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(id): Path<String>,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    let digest = request
+        .headers()
+        .get("x-vws-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ServiceError::BadRequest("a returned disk needs its digest in x-vws-digest".into())
+        })?;
+    let stream = request
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    s.service
+        .receive_disk(&id, &digest, tokio_util::io::StreamReader::new(stream))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn nodes(State(s): State<AppState>, Caller(_who): Caller) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.nodes().await?).into_response())
+}
+
+async fn register_node(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let reg: vws_model::node::Registration = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected a registration".into()))?;
+    s.service.register_node(reg).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn heartbeat(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let report: vws_model::node::NodeReport = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected a node report".into()))?;
+    s.service.node_heartbeat(&name, report).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn node_event(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let ev: vws_model::node::NodeEvent = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected an event".into()))?;
+    s.service.node_event(&name, ev).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

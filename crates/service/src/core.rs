@@ -19,7 +19,7 @@ use crate::policy::Policy;
 pub struct Settings {
     /// State folder (`VWS_HOME`).
     pub home: PathBuf,
-    /// Base URL clients use; EPRs are built from it.
+    /// Base URL clients and nodes use; EPRs are built from it.
     pub public_url: String,
     /// The factory's policy.
     pub policy: Policy,
@@ -36,6 +36,8 @@ pub struct Service {
     /// Admission (quota check, then insert) is serialized so concurrent
     /// creates cannot both slip under a limit.
     pub(crate) admission: Mutex<()>,
+    /// Client for calls to nodes.
+    pub(crate) node_http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Service {
@@ -87,6 +89,7 @@ impl Service {
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),
+            node_http: Service::node_client(),
         };
         service.collect_garbage().await?;
         Ok(service)

@@ -42,6 +42,19 @@ pub enum ServiceError {
     /// A dependency is not available right now.
     #[error("{0}")]
     Unavailable(String),
+    /// A node refused or failed; its status and code are passed on
+    /// (507 no space, 504 boot timeout, 422 digest mismatch, 502 otherwise).
+    #[error("node {node}: {message}")]
+    Node {
+        /// Which node.
+        node: String,
+        /// Status to answer with.
+        status: StatusCode,
+        /// The node's error code.
+        code: String,
+        /// The node's message.
+        message: String,
+    },
     /// A bug or an environment failure.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -127,6 +140,7 @@ impl ServiceError {
             }
             ServiceError::Integrity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::Node { status, .. } => (*status, "node_failed"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -151,7 +165,19 @@ pub fn error_response(
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let (status, mut code) = self.status_and_code();
+        if let ServiceError::Node {
+            code: node_code, ..
+        } = &self
+        {
+            code = match node_code.as_str() {
+                "no_space" => "no_space",
+                "boot_timeout" => "boot_timeout",
+                "digest_mismatch" => "digest_mismatch",
+                "wrong_state" => "wrong_state",
+                _ => "node_failed",
+            };
+        }
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {

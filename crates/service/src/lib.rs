@@ -7,6 +7,8 @@ pub mod clock;
 mod core;
 pub mod error;
 mod factory;
+mod lifecycle;
+pub mod nodes;
 pub mod policy;
 pub mod pool;
 pub mod repository;

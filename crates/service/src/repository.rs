@@ -148,6 +148,8 @@ impl Service {
         actor: &str,
     ) -> Result<(), ServiceError> {
         transition(r.state, r.placement, Action::Destroy)?;
+        // Off its node first: a running VM must not outlive its record.
+        self.unstage_for_destroy(r).await?;
         let now = self.clock.now();
         self.store
             .delete_workspace(

@@ -499,6 +499,7 @@ async fn the_openapi_document_lists_exactly_the_routes() {
             path.replace("{id}", "ws-000000000000")
                 .replace("{reference}", "x:1")
                 .replace("{digest}", "sha256:00")
+                .replace("{name}", "n1")
         );
         let resp = a
             .http

@@ -50,6 +50,45 @@ impl fmt::Display for Digest {
     }
 }
 
+/// Computes a file's staging manifest: its digest and each chunk's.
+pub fn manifest(path: &Path) -> std::io::Result<vws_model::node::Manifest> {
+    use std::io::Read;
+    let chunk = vws_model::node::CHUNK as usize;
+    let mut f = std::fs::File::open(path)?;
+    let mut whole = Sha256::new();
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    let mut size = 0;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        whole.update(&buf[..filled]);
+        chunks.push(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(&buf[..filled]))
+        ));
+        size += filled as u64;
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok(vws_model::node::Manifest {
+        digest: format!("sha256:{}", hex::encode(whole.finalize())),
+        size,
+        chunk_size: chunk as u64,
+        chunks,
+    })
+}
+
 /// What can go wrong with blobs.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {

@@ -8,11 +8,13 @@
 mod blobs;
 mod db;
 mod images;
+mod nodes;
 mod workspaces;
 
-pub use blobs::{BlobError, BlobStore, Digest};
+pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
 pub use images::{ImageFile, ImageKind, ImageRecord};
+pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;
 pub use workspaces::{Binding, Change, Filter, Page, TransitionRecord, WorkspaceRecord};
 

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod images;
+pub mod lifecycle;
+pub mod node;
 pub mod up;
 pub mod workspaces;
 

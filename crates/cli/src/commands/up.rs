@@ -138,7 +138,7 @@ impl Running {
 }
 
 /// Runs until Ctrl-C or SIGTERM.
-pub async fn run(g: &Globals, a: UpArgs) -> anyhow::Result<()> {
+pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&g.home).with_context(|| format!("creating {}", g.home.display()))?;
     let file = config::load(&g.home)?.service;
     let listen = a
@@ -189,12 +189,40 @@ pub async fn run(g: &Globals, a: UpArgs) -> anyhow::Result<()> {
         g.home.display()
     );
 
+    // `vws up` is the service plus this host's VW Manager; `vws serve` is the service alone.
+    let node = if with_node {
+        let node = crate::commands::node::launch(
+            "local".into(),
+            g.home.join("node"),
+            running.url.clone(),
+            "127.0.0.1:0".parse()?,
+            Duration::from_secs(2),
+        )
+        .await?;
+        eprintln!(
+            "node local at {} (state {})",
+            node.url,
+            g.home.join("node").display()
+        );
+        Some(node)
+    } else {
+        None
+    };
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&server_file);
+    if let Some(n) = node {
+        n.stop().await;
+    }
+    running.stop().await
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down");
-    let _ = std::fs::remove_file(&server_file);
-    running.stop().await
+    Ok(())
 }

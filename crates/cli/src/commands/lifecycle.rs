@@ -1,0 +1,103 @@
+//! Lifecycle verbs: deploy, undeploy, start, stop, pause, unpause, console.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Globals;
+
+/// `vws deploy`.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Workspace id
+    id: String,
+    /// Node to deploy on [default: one with room, preferring one that holds the image]
+    #[arg(long)]
+    host: Option<String>,
+}
+
+/// `vws start|stop|pause|unpause|undeploy`.
+#[derive(Args, Debug)]
+pub struct IdArgs {
+    /// Workspace id
+    id: String,
+}
+
+/// `vws console`.
+#[derive(Args, Debug)]
+pub struct ConsoleArgs {
+    /// Workspace id
+    id: String,
+    /// Keep printing what the guest writes until it shuts down
+    #[arg(short, long)]
+    follow: bool,
+}
+
+fn print_state(g: &Globals, ws: &vws_client::Workspace, verb: &str) -> anyhow::Result<()> {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(ws)?);
+    } else {
+        let r = &ws.record;
+        let place = r
+            .node
+            .as_deref()
+            .map(|n| format!(" on {n}"))
+            .unwrap_or_else(|| " in the repository".into());
+        eprintln!("{verb} {}: {}{place}", r.id, r.state);
+    }
+    Ok(())
+}
+
+/// Deploys, showing staging progress.
+pub async fn deploy(g: &Globals, a: DeployArgs) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let pb = if g.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "     staging [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    let watcher = {
+        let (client, id, pb) = (client.clone(), a.id.clone(), pb.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(p) = client.staging(&id).await {
+                    pb.set_length(p["total"].as_u64().unwrap_or(0));
+                    pb.set_position(p["done"].as_u64().unwrap_or(0));
+                }
+            }
+        })
+    };
+    let result = client.deploy(&a.id, a.host.as_deref()).await;
+    watcher.abort();
+    pb.finish_and_clear();
+    print_state(g, &result?, "deployed")
+}
+
+/// A lifecycle action without arguments.
+pub async fn action(g: &Globals, a: IdArgs, verb: &str, done: &str) -> anyhow::Result<()> {
+    let ws = g.client()?.action(&a.id, verb).await?;
+    print_state(g, &ws, done)
+}
+
+/// Prints (and follows) the console.
+pub async fn console(g: &Globals, a: ConsoleArgs) -> anyhow::Result<()> {
+    let resp = g.client()?.console(&a.id, a.follow).await?;
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk?)?;
+        out.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `vws node`: the VW Manager of this host, and `vws node list`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use vws_node::Manager;
+
+use crate::output::{self, table};
+use crate::Globals;
+
+/// `vws node`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// List the nodes the service knows, with capacity and health
+    #[command(alias = "ls")]
+    List,
+}
+
+/// Running a node.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The service to register with [default: the one `vws up` recorded]
+    #[arg(long, value_name = "URL")]
+    service: Option<String>,
+    /// Node name [default: this host's name]
+    #[arg(long)]
+    name: Option<String>,
+    /// Address of the node's API [default: 127.0.0.1:0]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The node's state folder [default: VWS_HOME/node]
+    #[arg(long, value_name = "DIR")]
+    node_home: Option<PathBuf>,
+    /// Seconds between heartbeats
+    #[arg(long, default_value_t = 2)]
+    heartbeat: u64,
+}
+
+/// A node running in this process.
+pub struct RunningNode {
+    /// Its API's URL.
+    pub url: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops heartbeats and the API. Workspaces keep running: the next start
+    /// of the node re-adopts them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts a node: re-adopts running VMs, serves its API, registers.
+pub async fn launch(
+    name: String,
+    home: PathBuf,
+    service: String,
+    listen: SocketAddr,
+    heartbeat: Duration,
+) -> anyhow::Result<RunningNode> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let manager = Arc::new(Manager::new(name, home, tx)?);
+    let adopted = manager.adopt().await;
+    if !adopted.is_empty() {
+        tracing::info!(count = adopted.len(), "re-adopted running workspaces");
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("node listening on {listen}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut s1 = stop_rx.clone();
+    let router = vws_node::api::router(manager.clone());
+    let api = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = s1.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let mut s2 = stop_rx;
+    let reporter = tokio::spawn(vws_node::manager::report_to_service(
+        manager,
+        service,
+        url.clone(),
+        heartbeat,
+        rx,
+        async move {
+            let _ = s2.wait_for(|s| *s).await;
+        },
+    ));
+    Ok(RunningNode {
+        url,
+        stop,
+        tasks: vec![api, reporter],
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Runs `vws node` until Ctrl-C / SIGTERM, or lists nodes.
+pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
+    if let Some(NodeCommand::List) = a.command {
+        return list(g).await;
+    }
+    let r = a.run;
+    let service = match r.service {
+        Some(s) => s,
+        None => crate::config::server_url(g.server.clone(), &g.home)?,
+    };
+    let home = r.node_home.unwrap_or_else(|| g.home.join("node"));
+    let name = r.name.unwrap_or_else(host_name);
+    let node = launch(
+        name.clone(),
+        home.clone(),
+        service.clone(),
+        r.listen,
+        Duration::from_secs(r.heartbeat.max(1)),
+    )
+    .await?;
+    eprintln!(
+        "vws node {name} at {} (state {}), reporting to {service}",
+        node.url,
+        home.display()
+    );
+    crate::commands::up::wait_for_signal().await?;
+    node.stop().await;
+    Ok(())
+}
+
+async fn list(g: &Globals) -> anyhow::Result<()> {
+    let nodes = g.client()?.nodes().await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    if nodes.is_empty() {
+        eprintln!("no nodes; start one with `vws node --service URL` (vws up runs one)");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "NAME",
+        "STATUS",
+        "ACCEL",
+        "CORES",
+        "RAM FREE",
+        "DISK FREE",
+        "IMAGES",
+        "WORKSPACES",
+        "LAST SEEN",
+    ]);
+    for n in nodes {
+        let r = &n["report"];
+        let size = |v: &serde_json::Value| vws_model::ByteSize(v.as_u64().unwrap_or(0)).human();
+        let seen = n["last_seen"].as_str().and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        });
+        t.add_row(vec![
+            n["name"].as_str().unwrap_or("").to_string(),
+            n["status"].as_str().unwrap_or("").to_string(),
+            r["accel"].as_str().unwrap_or("").to_string(),
+            r["cores"].to_string(),
+            size(&r["ram_free"]),
+            size(&r["disk_free"]),
+            r["images"].as_array().map_or(0, |a| a.len()).to_string(),
+            r["workspaces"]
+                .as_object()
+                .map_or(0, |o| o.len())
+                .to_string(),
+            seen.map(output::relative).unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}

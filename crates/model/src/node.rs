@@ -1,0 +1,120 @@
+//! What the service and the nodes say to each other (wire types, no I/O).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A file the node must have, by digest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRef {
+    /// `kernel`, `initrd`, `disk` or `cdrom`.
+    pub role: String,
+    /// Content digest.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Service → node: stage this workspace here.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeployRequest {
+    /// Workspace id.
+    pub id: String,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Bound vCPUs.
+    pub cpus: u32,
+    /// Bound RAM in bytes.
+    pub ram: u64,
+    /// `kernel` (microvm) or `disk` (boots by itself).
+    pub boot: String,
+    /// Kernel command line of a kernel image.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Pool files the workspace uses (kernel, initrd, backing disk, CD-ROMs).
+    pub blobs: Vec<BlobRef>,
+    /// The workspace's own disk overlay, served by the repository.
+    #[serde(default)]
+    pub disk: Option<BlobRef>,
+    /// Format of the disk overlay's backing image, if it has one.
+    #[serde(default)]
+    pub backing_format: Option<String>,
+    /// Network interfaces: (name, method).
+    #[serde(default)]
+    pub nics: Vec<(String, String)>,
+    /// Startup program.
+    #[serde(default)]
+    pub startup: Option<String>,
+    /// Base URL of the repository to fetch from and return to.
+    pub repository: String,
+}
+
+/// A node's state as it reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodeReport {
+    /// CPU cores.
+    pub cores: u32,
+    /// Total RAM.
+    pub ram_total: u64,
+    /// RAM available for new workspaces.
+    pub ram_free: u64,
+    /// Free disk in the node's state folder.
+    pub disk_free: u64,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Why that accelerator.
+    pub accel_reason: String,
+    /// Digests in the node's image cache.
+    pub images: Vec<String>,
+    /// Workspaces here and their state as the driver sees it.
+    pub workspaces: BTreeMap<String, String>,
+    /// `ok`, or what is wrong.
+    pub health: String,
+}
+
+/// Node → service: here I am.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    /// Node name, unique per service.
+    pub name: String,
+    /// Base URL of the node's API.
+    pub url: String,
+    /// Its state.
+    pub report: NodeReport,
+}
+
+/// Node → service: something happened to a workspace unasked.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeEvent {
+    /// Workspace id.
+    pub id: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Staging progress of a deploy.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct StagingProgress {
+    /// Bytes in place.
+    pub done: u64,
+    /// Bytes to have.
+    pub total: u64,
+    /// Bytes that crossed the network.
+    pub moved: u64,
+}
+
+/// Size of a staging chunk.
+pub const CHUNK: u64 = 4 << 20;
+
+/// What the repository publishes about a file it serves for staging.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Digest of the whole file.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u64,
+    /// Digest of each chunk, in order.
+    pub chunks: Vec<String>,
+}

@@ -1,0 +1,202 @@
+//! The node's HTTP API under /node/v1, called by the service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use vws_model::node::DeployRequest;
+
+use crate::driver::{DriverError, VmState};
+use crate::manager::{Manager, NodeError};
+use crate::staging::StageError;
+
+impl NodeError {
+    /// HTTP status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            NodeError::NotDeployed(_) | NodeError::Driver(DriverError::NotRunning(_)) => {
+                (StatusCode::NOT_FOUND, "not_deployed")
+            }
+            NodeError::AlreadyDeployed(_) | NodeError::Driver(DriverError::WrongState { .. }) => {
+                (StatusCode::CONFLICT, "wrong_state")
+            }
+            NodeError::Stage(StageError::NoSpace { .. }) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "no_space")
+            }
+            NodeError::Stage(StageError::CorruptChunk { .. } | StageError::CorruptFile { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch")
+            }
+            NodeError::Stage(StageError::Http { .. }) | NodeError::CheckIn(_) => {
+                (StatusCode::BAD_GATEWAY, "repository_unreachable")
+            }
+            NodeError::Driver(DriverError::BootTimeout { .. }) => {
+                (StatusCode::GATEWAY_TIMEOUT, "boot_timeout")
+            }
+            NodeError::Driver(DriverError::Unsupported(_)) => {
+                (StatusCode::NOT_IMPLEMENTED, "unsupported")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "node_error"),
+        }
+    }
+}
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        tracing::warn!(error = %self, "node action failed");
+        (
+            status,
+            Json(serde_json::json!({ "error": { "code": code, "message": self.to_string() } })),
+        )
+            .into_response()
+    }
+}
+
+/// The node's router.
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/node/v1/health", get(health))
+        .route("/node/v1/vms/{id}/deploy", post(deploy))
+        .route("/node/v1/vms/{id}/staging", get(staging))
+        .route("/node/v1/vms/{id}/start", post(start))
+        .route("/node/v1/vms/{id}/stop", post(stop))
+        .route("/node/v1/vms/{id}/pause", post(pause))
+        .route("/node/v1/vms/{id}/unpause", post(unpause))
+        .route("/node/v1/vms/{id}/undeploy", post(undeploy))
+        .route("/node/v1/vms/{id}", get(status).delete(remove))
+        .route("/node/v1/vms/{id}/console", get(console))
+        .with_state(manager)
+}
+
+async fn health(State(m): State<Arc<Manager>>) -> Response {
+    Json(m.report().await).into_response()
+}
+
+async fn deploy(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Json(req): Json<DeployRequest>,
+) -> Result<Response, NodeError> {
+    if req.id != id {
+        return Err(NodeError::Other(anyhow::anyhow!(
+            "deploy request for {} sent to {id}",
+            req.id
+        )));
+    }
+    let moved = m.deploy(req).await?;
+    Ok(Json(serde_json::json!({ "moved": moved })).into_response())
+}
+
+async fn staging(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.staging(&id)
+        .await
+        .map(|p| Json(p).into_response())
+        .ok_or(NodeError::NotDeployed(id))
+}
+
+fn state_json(s: VmState) -> Response {
+    Json(serde_json::json!({ "state": s })).into_response()
+}
+
+async fn start(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.start(&id).await?;
+    Ok(state_json(m.status(&id).await))
+}
+
+async fn stop(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.stop(&id).await?;
+    Ok(state_json(m.status(&id).await))
+}
+
+async fn pause(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.pause(&id).await?;
+    Ok(state_json(m.status(&id).await))
+}
+
+async fn unpause(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.unpause(&id).await?;
+    Ok(state_json(m.status(&id).await))
+}
+
+async fn undeploy(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.undeploy(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn remove(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn status(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Response {
+    state_json(m.status(&id).await)
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The console log; with `follow`, keeps sending what the guest writes until
+/// it shuts down.
+async fn console(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> Result<Response, NodeError> {
+    let path = m.console(&id);
+    if !path.exists() {
+        return Err(NodeError::NotDeployed(id));
+    }
+    if !q.follow {
+        return Ok(tokio::fs::read(&path).await?.into_response());
+    }
+    let stream = futures::stream::unfold(
+        (0u64, m, id, path, false),
+        |(offset, m, id, path, last)| async move {
+            if last {
+                return None;
+            }
+            loop {
+                let data = tokio::fs::read(&path).await.unwrap_or_default();
+                if (data.len() as u64) > offset {
+                    let chunk = data[offset as usize..].to_vec();
+                    let next = data.len() as u64;
+                    return Some((Ok::<_, std::io::Error>(chunk), (next, m, id, path, false)));
+                }
+                if m.status(&id).await == VmState::Shutdown {
+                    return Some((Ok(Vec::new()), (offset, m, id, path, true)));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    );
+    Ok(axum::body::Body::from_stream(stream).into_response())
+}

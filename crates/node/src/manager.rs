@@ -1,0 +1,412 @@
+//! The VW Manager: this host's workspaces. Stages them from the repository
+//! (check-out), starts, stops, pauses and unpauses them through the driver,
+//! and sends them back (check-in). Reports capacity and health by heartbeat.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use vws_model::node::{DeployRequest, NodeEvent, NodeReport, Registration, StagingProgress};
+
+use crate::driver::{Boot, Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
+use crate::qemu::QemuDriver;
+use crate::staging::{self, Progress, StageError};
+
+/// What a node action can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No such workspace here.
+    #[error("workspace {0} is not deployed on this node")]
+    NotDeployed(String),
+    /// Already here.
+    #[error("workspace {0} is already deployed on this node")]
+    AlreadyDeployed(String),
+    /// Staging failed.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// The driver failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// Returning the disk failed.
+    #[error("returning the disk to the repository: {0}")]
+    CheckIn(String),
+    /// Local files.
+    #[error("node files: {0}")]
+    Io(#[from] std::io::Error),
+    /// Something else.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// One host's manager.
+pub struct Manager {
+    /// Node name.
+    pub name: String,
+    home: PathBuf,
+    driver: Arc<QemuDriver>,
+    http: reqwest::Client,
+    accel: (crate::accel::Accel, String),
+    progress: Mutex<HashMap<String, Arc<Progress>>>,
+    /// How long a graceful stop may take before it is forced.
+    pub stop_grace: Duration,
+}
+
+impl Manager {
+    /// A manager keeping its state under `home`; unexpected VM exits go to `events`.
+    pub fn new(
+        name: String,
+        home: PathBuf,
+        events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+    ) -> anyhow::Result<Manager> {
+        std::fs::create_dir_all(home.join("cache/sha256"))?;
+        std::fs::create_dir_all(home.join("vms"))?;
+        let accel = crate::accel::detect();
+        let driver = Arc::new(QemuDriver::new(home.join("vms"), accel.0, events));
+        Ok(Manager {
+            name,
+            home,
+            driver,
+            http: reqwest::Client::new(),
+            accel,
+            progress: Mutex::new(HashMap::new()),
+            stop_grace: Duration::from_secs(5),
+        })
+    }
+
+    /// Takes over VMs a previous run of this node left running.
+    pub async fn adopt(&self) -> Vec<String> {
+        self.driver.adopt().await
+    }
+
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        self.home.join("vms").join(id)
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.home
+            .join("cache/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn deployed(&self, id: &str) -> bool {
+        self.vm_dir(id).join("spec.json").exists()
+    }
+
+    fn spec(&self, id: &str) -> Result<VmSpec, NodeError> {
+        let text = std::fs::read_to_string(self.vm_dir(id).join("spec.json"))
+            .map_err(|_| NodeError::NotDeployed(id.into()))?;
+        serde_json::from_str(&text).map_err(|e| NodeError::Other(e.into()))
+    }
+
+    /// Staging progress of a deploy in flight.
+    pub async fn staging(&self, id: &str) -> Option<StagingProgress> {
+        self.progress.lock().await.get(id).map(|p| StagingProgress {
+            done: p.done.load(std::sync::atomic::Ordering::Relaxed),
+            total: p.total.load(std::sync::atomic::Ordering::Relaxed),
+            moved: p.moved.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Check-out: stages the pool files (skipping those already cached) and
+    /// the workspace's disk, then records the spec. Returns bytes moved.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<u64, NodeError> {
+        if self.deployed(&req.id) {
+            return Err(NodeError::AlreadyDeployed(req.id));
+        }
+        let progress = Arc::new(Progress::default());
+        self.progress
+            .lock()
+            .await
+            .insert(req.id.clone(), progress.clone());
+        let result = self.stage(&req, progress).await;
+        self.progress.lock().await.remove(&req.id);
+        if result.is_err() {
+            // Nothing half-made stays usable: the spec is what makes a deploy real.
+            let _ = std::fs::remove_dir_all(self.vm_dir(&req.id));
+        }
+        result
+    }
+
+    async fn stage(&self, req: &DeployRequest, progress: Arc<Progress>) -> Result<u64, NodeError> {
+        let partial = self.home.join("cache/partial");
+        let mut moved = 0;
+        for b in &req.blobs {
+            let url = format!("{}/v1/blobs/{}", req.repository, b.digest);
+            moved += staging::fetch(
+                &self.http,
+                &url,
+                Some(&b.digest),
+                &self.blob_path(&b.digest),
+                &partial,
+                progress.clone(),
+            )
+            .await?;
+        }
+        let dir = self.vm_dir(&req.id);
+        std::fs::create_dir_all(&dir)?;
+        let disk = match &req.disk {
+            Some(d) => {
+                let url = format!("{}/v1/workspaces/{}/disk", req.repository, req.id);
+                let path = dir.join("disk.qcow2");
+                moved += staging::fetch(
+                    &self.http,
+                    &url,
+                    Some(&d.digest),
+                    &path,
+                    &partial,
+                    progress.clone(),
+                )
+                .await?;
+                if let (Some(fmt), Some(backing)) = (
+                    &req.backing_format,
+                    req.blobs.iter().find(|b| b.role == "disk"),
+                ) {
+                    vws_qemu::img::rebase_unsafe(&path, &self.blob_path(&backing.digest), fmt)
+                        .await
+                        .map_err(|e| NodeError::Other(e.into()))?;
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        let find = |role: &str| {
+            req.blobs
+                .iter()
+                .find(|b| b.role == role)
+                .map(|b| self.blob_path(&b.digest))
+        };
+        let boot = match req.boot.as_str() {
+            "kernel" => Boot::Kernel {
+                kernel: find("kernel")
+                    .ok_or_else(|| anyhow::anyhow!("no kernel in the deploy request"))?,
+                initrd: find("initrd")
+                    .ok_or_else(|| anyhow::anyhow!("no initrd in the deploy request"))?,
+                cmdline: req.cmdline.clone().unwrap_or_default(),
+            },
+            _ => Boot::Disk,
+        };
+        let spec = VmSpec {
+            id: req.id.clone(),
+            hostname: req.hostname.clone(),
+            cpus: req.cpus,
+            ram: req.ram,
+            boot,
+            disk,
+            cdroms: req
+                .blobs
+                .iter()
+                .filter(|b| b.role == "cdrom")
+                .map(|b| self.blob_path(&b.digest))
+                .collect(),
+            nics: req
+                .nics
+                .iter()
+                .map(|(name, method)| NicSpec {
+                    name: name.clone(),
+                    method: method.clone(),
+                })
+                .collect(),
+            startup: req.startup.clone(),
+        };
+        // Written last, atomically: a deploy is real only once this exists.
+        let tmp = dir.join("spec.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&spec).map_err(anyhow::Error::from)?,
+        )?;
+        std::fs::write(dir.join("repository"), &req.repository)?;
+        std::fs::rename(tmp, dir.join("spec.json"))?;
+        tracing::info!(id = %req.id, moved, "workspace staged");
+        Ok(moved)
+    }
+
+    /// Boots a deployed workspace and waits for it to report ready.
+    pub async fn start(&self, id: &str) -> Result<(), NodeError> {
+        let spec = self.spec(id)?;
+        self.driver.start(&spec).await?;
+        Ok(())
+    }
+
+    /// Shuts a workspace down.
+    pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
+        self.spec(id)?;
+        Ok(self.driver.stop(id, self.stop_grace).await?)
+    }
+
+    /// Freezes a workspace.
+    pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
+        Ok(self.driver.pause(id).await?)
+    }
+
+    /// Thaws a workspace.
+    pub async fn unpause(&self, id: &str) -> Result<(), NodeError> {
+        Ok(self.driver.unpause(id).await?)
+    }
+
+    /// The driver's view of a workspace.
+    pub async fn status(&self, id: &str) -> VmState {
+        self.driver.status(id).await
+    }
+
+    /// Its console log.
+    pub fn console(&self, id: &str) -> PathBuf {
+        self.driver.console(id)
+    }
+
+    /// Check-in: sends the workspace's disk back to the repository (verified
+    /// there by digest) and removes it from this host. Refused while it runs.
+    pub async fn undeploy(&self, id: &str) -> Result<(), NodeError> {
+        self.spec(id)?;
+        if self.driver.status(id).await != VmState::Shutdown {
+            return Err(NodeError::Driver(DriverError::WrongState {
+                id: id.into(),
+                state: self.driver.status(id).await,
+            }));
+        }
+        let dir = self.vm_dir(id);
+        let disk = dir.join("disk.qcow2");
+        if disk.exists() {
+            let repository = std::fs::read_to_string(dir.join("repository"))
+                .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+            let check = disk.clone();
+            let digest = tokio::task::spawn_blocking(move || staging::file_digest(&check))
+                .await
+                .map_err(anyhow::Error::from)??;
+            let file = tokio::fs::File::open(&disk).await?;
+            let len = file.metadata().await?.len();
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                file,
+                1 << 20,
+            ));
+            let resp = self
+                .http
+                .put(format!("{repository}/v1/workspaces/{id}/disk"))
+                .header("x-vws-digest", &digest)
+                .header("content-length", len)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(NodeError::CheckIn(resp.text().await.unwrap_or_default()));
+            }
+        }
+        std::fs::remove_dir_all(&dir)?;
+        tracing::info!(%id, "workspace checked in");
+        Ok(())
+    }
+
+    /// Ends a workspace here at once, whatever its state, without checking
+    /// its disk back in (the workspace is being destroyed).
+    pub async fn remove(&self, id: &str) -> Result<(), NodeError> {
+        if self.driver.status(id).await != VmState::Shutdown {
+            self.driver.stop(id, Duration::ZERO).await?;
+        }
+        match std::fs::remove_dir_all(self.vm_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Capacity, cache, workspaces and health.
+    pub async fn report(&self) -> NodeReport {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib = |key: &str| {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        let mut workspaces = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(self.home.join("vms")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if e.path().join("spec.json").exists() {
+                    let state = match self.driver.status(&id).await {
+                        VmState::Shutdown => "shutdown",
+                        VmState::Running => "running",
+                        VmState::Paused => "paused",
+                    };
+                    workspaces.insert(id, state.to_string());
+                }
+            }
+        }
+        let images = std::fs::read_dir(self.home.join("cache/sha256"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        NodeReport {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            ram_total: kib("MemTotal:"),
+            ram_free: kib("MemAvailable:"),
+            disk_free: staging::free_space(&self.home),
+            accel: self.accel.0.as_str().into(),
+            accel_reason: self.accel.1.clone(),
+            images,
+            workspaces,
+            health: "ok".into(),
+        }
+    }
+}
+
+/// Registers with the service, then heartbeats every `every` and forwards
+/// VM events, until `shutdown`.
+pub async fn report_to_service(
+    manager: Arc<Manager>,
+    service: String,
+    url: String,
+    every: Duration,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<VmEvent>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client");
+    let mut registered = false;
+    let mut tick = tokio::time::interval(every);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            Some(ev) = events.recv() => {
+                let body = NodeEvent { id: ev.id, reason: ev.reason };
+                let r = http.post(format!("{service}/v1/nodes/{}/events", manager.name)).json(&body).send().await;
+                if let Err(e) = r.and_then(|r| r.error_for_status()) {
+                    tracing::warn!(error = %e, "could not report a workspace event");
+                }
+            }
+            _ = tick.tick() => {
+                let report = manager.report().await;
+                let result = if registered {
+                    http.post(format!("{service}/v1/nodes/{}/heartbeat", manager.name)).json(&report).send().await
+                } else {
+                    let reg = Registration { name: manager.name.clone(), url: url.clone(), report };
+                    http.post(format!("{service}/v1/nodes")).json(&reg).send().await
+                };
+                match result.and_then(|r| r.error_for_status()) {
+                    Ok(_) => {
+                        if !registered {
+                            tracing::info!(node = %manager.name, %service, "registered with the service");
+                        }
+                        registered = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "service unreachable; will register again");
+                        registered = false;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Staging (paper §3.2, GridFTP's role) over HTTP: a file is fetched in
+//! chunks, each checked against the chunk digests the repository publishes,
+//! written in place, and recorded as done, so an interrupted transfer resumes
+//! where it stopped and a corrupted chunk is refused. The whole file is
+//! checked against its digest before it is renamed into place: nothing half
+//! written can ever be used.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use vws_model::node::Manifest;
+
+/// The digest of a whole file.
+pub fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Bytes done and total, shared with whoever reports progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes in place (fetched now or found from an earlier attempt).
+    pub done: AtomicU64,
+    /// Bytes to have.
+    pub total: AtomicU64,
+    /// Bytes that crossed the network.
+    pub moved: AtomicU64,
+}
+
+/// Why staging failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The repository could not be reached or refused.
+    #[error("staging {url}: {message}")]
+    Http {
+        /// What was fetched.
+        url: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// A chunk did not match its digest, even after retries.
+    #[error("chunk {index} of {url} does not match its digest: refused")]
+    CorruptChunk {
+        /// Which file.
+        url: String,
+        /// Which chunk.
+        index: usize,
+    },
+    /// The assembled file does not match its digest.
+    #[error("{url} does not match its digest {digest} after staging: refused")]
+    CorruptFile {
+        /// Which file.
+        url: String,
+        /// Expected digest.
+        digest: String,
+    },
+    /// Not enough room on this node.
+    #[error("not enough disk space on this node: {needed} bytes needed, {free} free")]
+    NoSpace {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// Local files.
+    #[error("staging: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Free bytes on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> u64 {
+    rustix::fs::statvfs(path)
+        .map(|s| s.f_bavail * s.f_frsize)
+        .unwrap_or(0)
+}
+
+fn http_err(url: &str, e: impl std::fmt::Display) -> StageError {
+    StageError::Http {
+        url: url.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Fetches `url` (whose manifest is at `url/chunks`) to `dest`, resuming from
+/// `partial_dir` and verifying every chunk and the whole. Returns the bytes
+/// that crossed the network; 0 when `dest` was already there.
+pub async fn fetch(
+    http: &reqwest::Client,
+    url: &str,
+    expected: Option<&str>,
+    dest: &Path,
+    partial_dir: &Path,
+    progress: Arc<Progress>,
+) -> Result<u64, StageError> {
+    if dest.exists() {
+        return Ok(0);
+    }
+    let m: Manifest = http
+        .get(format!("{url}/chunks"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| http_err(url, e))?
+        .json()
+        .await
+        .map_err(|e| http_err(url, e))?;
+    if let Some(want) = expected {
+        if m.digest != want {
+            return Err(StageError::CorruptFile {
+                url: url.into(),
+                digest: want.into(),
+            });
+        }
+    }
+    std::fs::create_dir_all(partial_dir)?;
+    let name = m.digest.trim_start_matches("sha256:");
+    let part = partial_dir.join(format!("{name}.part"));
+    let log = partial_dir.join(format!("{name}.done"));
+    let mut done: Vec<bool> = vec![false; m.chunks.len()];
+    if let Ok(text) = std::fs::read_to_string(&log) {
+        for i in text.lines().filter_map(|l| l.parse::<usize>().ok()) {
+            if i < done.len() {
+                done[i] = true;
+            }
+        }
+    }
+    let have: u64 = (0..m.chunks.len())
+        .filter(|&i| done[i])
+        .map(|i| chunk_len(&m, i))
+        .sum();
+    let free = free_space(partial_dir);
+    if m.size - have > free {
+        return Err(StageError::NoSpace {
+            needed: m.size - have,
+            free,
+        });
+    }
+    progress.total.fetch_add(m.size, Ordering::Relaxed);
+    progress.done.fetch_add(have, Ordering::Relaxed);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&part)?;
+    file.set_len(m.size)?;
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut moved = 0;
+    for i in 0..m.chunks.len() {
+        if done[i] {
+            continue;
+        }
+        let start = i as u64 * m.chunk_size;
+        let len = chunk_len(&m, i);
+        let mut attempt = 0;
+        let bytes = loop {
+            let resp = http
+                .get(url)
+                .header("range", format!("bytes={}-{}", start, start + len - 1))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| http_err(url, e))?;
+            let bytes = resp.bytes().await.map_err(|e| http_err(url, e))?;
+            moved += bytes.len() as u64;
+            progress
+                .moved
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if bytes.len() as u64 == len
+                && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == m.chunks[i]
+            {
+                break bytes;
+            }
+            attempt += 1;
+            tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
+            if attempt == 3 {
+                return Err(StageError::CorruptChunk {
+                    url: url.into(),
+                    index: i,
+                });
+            }
+        };
+        file.seek(SeekFrom::Start(start))?;
+        file.write_all(&bytes)?;
+        file.sync_data()?;
+        writeln!(log_file, "{i}")?;
+        progress.done.fetch_add(len, Ordering::Relaxed);
+    }
+    drop(file);
+    let check = part.clone();
+    let whole = tokio::task::spawn_blocking(move || file_digest(&check))
+        .await
+        .map_err(std::io::Error::other)??;
+    if whole != m.digest {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(&log);
+        return Err(StageError::CorruptFile {
+            url: url.into(),
+            digest: m.digest,
+        });
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(&part, dest)?;
+    let _ = std::fs::remove_file(&log);
+    Ok(moved)
+}
+
+fn chunk_len(m: &Manifest, i: usize) -> u64 {
+    let start = i as u64 * m.chunk_size;
+    m.chunk_size.min(m.size - start)
+}

@@ -1,0 +1,530 @@
+//! Deploy, start, stop, pause, unpause and undeploy (paper §3.1): each action
+//! is checked against the transition table, carried out by the workspace's
+//! node, and only then written to the record.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use vws_model::node::{BlobRef, DeployRequest};
+use vws_model::{transition, Action, Identity, ImageRef, Placement, State};
+use vws_store::{Change, ImageKind, NodeRecord, WorkspaceRecord};
+
+use crate::core::{Service, Workspace};
+use crate::error::ServiceError;
+
+impl Service {
+    fn node_http(&self) -> reqwest::Client {
+        self.node_http.clone()
+    }
+
+    /// Calls a node; its refusals become [`ServiceError::Node`].
+    pub(crate) async fn call_node(
+        &self,
+        node: &NodeRecord,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, ServiceError> {
+        let url = format!("{}{path}", node.url);
+        let mut req = self.node_http().request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| ServiceError::Node {
+            node: node.name.clone(),
+            status: StatusCode::BAD_GATEWAY,
+            code: "node_unreachable".into(),
+            message: format!("cannot reach {url}: {e}"),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        let code = v["error"]["code"]
+            .as_str()
+            .unwrap_or("node_failed")
+            .to_string();
+        let message = v["error"]["message"]
+            .as_str()
+            .unwrap_or("the node failed")
+            .to_string();
+        let status = match status.as_u16() {
+            409 => StatusCode::CONFLICT,
+            422 | 504 | 507 => status,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Err(ServiceError::Node {
+            node: node.name.clone(),
+            status,
+            code,
+            message,
+        })
+    }
+
+    async fn checked(
+        &self,
+        who: &Identity,
+        id: &str,
+        action: Action,
+    ) -> Result<WorkspaceRecord, ServiceError> {
+        let r = self.visible(who, id).await?;
+        transition(r.state, r.placement, action)?;
+        Ok(r)
+    }
+
+    async fn node_of(&self, r: &WorkspaceRecord) -> Result<NodeRecord, ServiceError> {
+        let name = r.node.as_deref().ok_or_else(|| {
+            ServiceError::Conflict(format!("workspace {} is not on a node", r.id))
+        })?;
+        self.live_node(name).await
+    }
+
+    /// Writes the outcome of an action that happened.
+    async fn commit(
+        &self,
+        mut r: WorkspaceRecord,
+        action: Action,
+        actor: &str,
+        detail: Option<String>,
+    ) -> Result<Workspace, ServiceError> {
+        if let vws_model::Outcome::To(state, placement) = transition(r.state, r.placement, action)?
+        {
+            r.state = state;
+            r.placement = placement;
+        }
+        r.modified_at = self.clock.now();
+        self.store
+            .update_workspace(
+                &mut r,
+                Change {
+                    action: action.as_str(),
+                    actor,
+                    detail,
+                },
+            )
+            .await?;
+        Ok(self.view(r))
+    }
+
+    /// Check-out (paper §3.1): places the workspace on a node (or `host`),
+    /// locks it, and has the node stage the image and the disk.
+    pub async fn deploy(
+        &self,
+        who: &Identity,
+        id: &str,
+        host: Option<&str>,
+    ) -> Result<Workspace, ServiceError> {
+        let mut r = self.checked(who, id, Action::Deploy).await?;
+        if r.state == State::Paused {
+            return Err(ServiceError::Conflict("deploying a paused (hot) workspace needs its memory state, which arrives with hot images".into()));
+        }
+        let (node, binding) = self.place(&r, host).await?;
+        let image = self
+            .store
+            .image(&ImageRef::Digest(r.image_id.clone()))
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Internal(anyhow::anyhow!(
+                    "image {} of workspace {id} is missing from the pool",
+                    r.image_id
+                ))
+            })?;
+        let mut blobs: Vec<BlobRef> = image
+            .files
+            .iter()
+            .map(|f| BlobRef {
+                role: f.role.clone(),
+                digest: f.digest.clone(),
+                size: f.size,
+            })
+            .collect();
+        for dev in &r.device_images {
+            if let Some(cd) = self.store.image(&ImageRef::Digest(dev.clone())).await? {
+                blobs.extend(cd.files.iter().map(|f| BlobRef {
+                    role: "cdrom".into(),
+                    digest: f.digest.clone(),
+                    size: f.size,
+                }));
+            }
+        }
+        let disk = match &r.disk_path {
+            Some(p) => {
+                let path = std::path::PathBuf::from(p);
+                let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .map_err(anyhow::Error::from)?;
+                Some(BlobRef {
+                    role: "workspace".into(),
+                    digest: m.digest,
+                    size: m.size,
+                })
+            }
+            None => None,
+        };
+        let request = DeployRequest {
+            id: r.id.clone(),
+            hostname: r.id.clone(),
+            cpus: binding.cpus.unwrap_or(1),
+            ram: binding.ram.unwrap_or(r.description.hardware.ram.min.0),
+            boot: if image.kind == ImageKind::Kernel {
+                "kernel"
+            } else {
+                "disk"
+            }
+            .into(),
+            cmdline: image.cmdline.clone(),
+            blobs,
+            disk,
+            backing_format: if image.kind == ImageKind::Disk {
+                image.format.clone()
+            } else {
+                None
+            },
+            nics: r
+                .description
+                .network
+                .nics
+                .iter()
+                .map(|n| (n.name.clone(), n.method.as_str().to_string()))
+                .collect(),
+            startup: r.description.capability.startup.clone(),
+            repository: self.public_url.clone(),
+        };
+
+        // The check-out lock goes on before anything moves.
+        let now = self.clock.now();
+        r.lock_holder = Some(node.name.clone());
+        r.lock_since = Some(now);
+        r.modified_at = now;
+        self.store
+            .update_workspace(
+                &mut r,
+                Change {
+                    action: "checkout",
+                    actor: &who.dn,
+                    detail: Some(format!("to {}", node.name)),
+                },
+            )
+            .await?;
+        let staged = self
+            .call_node(
+                &node,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/deploy"),
+                Some(serde_json::to_value(&request).map_err(anyhow::Error::from)?),
+            )
+            .await;
+        let moved = match staged {
+            Ok(resp) => resp
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["moved"].as_u64())
+                .unwrap_or(0),
+            Err(e) => {
+                r.lock_holder = None;
+                r.lock_since = None;
+                r.modified_at = self.clock.now();
+                let detail = Some(e.to_string());
+                self.store
+                    .update_workspace(
+                        &mut r,
+                        Change {
+                            action: "checkout-failed",
+                            actor: &who.dn,
+                            detail,
+                        },
+                    )
+                    .await?;
+                return Err(e);
+            }
+        };
+        r.node = Some(node.name.clone());
+        r.binding.cpus = binding.cpus;
+        r.binding.ram = binding.ram;
+        let detail = format!(
+            "on {}: {} cpus, {}; {} staged",
+            node.name,
+            request.cpus,
+            vws_model::ByteSize(request.ram).human(),
+            vws_model::ByteSize(moved).human()
+        );
+        self.commit(r, Action::Deploy, &who.dn, Some(detail)).await
+    }
+
+    /// Staging progress of a deploy in flight.
+    pub async fn staging(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let r = self.visible(who, id).await?;
+        let holder = r.lock_holder.clone().ok_or_else(|| {
+            ServiceError::NotFound(format!("workspace {id} is not being deployed"))
+        })?;
+        let node = self.live_node(&holder).await?;
+        Ok(self
+            .call_node(
+                &node,
+                reqwest::Method::GET,
+                &format!("/node/v1/vms/{id}/staging"),
+                None,
+            )
+            .await?
+            .json()
+            .await
+            .map_err(anyhow::Error::from)?)
+    }
+
+    async fn simple(
+        &self,
+        who: &Identity,
+        id: &str,
+        action: Action,
+    ) -> Result<Workspace, ServiceError> {
+        let r = self.checked(who, id, action).await?;
+        let node = self.node_of(&r).await?;
+        self.call_node(
+            &node,
+            reqwest::Method::POST,
+            &format!("/node/v1/vms/{id}/{}", action.as_str()),
+            None,
+        )
+        .await?;
+        self.commit(r, action, &who.dn, None).await
+    }
+
+    /// Boots a deployed workspace; returns once its guest reports ready.
+    pub async fn start(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        self.simple(who, id, Action::Start).await
+    }
+
+    /// Shuts a workspace down (gracefully, then hard).
+    pub async fn stop(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        self.simple(who, id, Action::Stop).await
+    }
+
+    /// Freezes a running workspace.
+    pub async fn pause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        self.simple(who, id, Action::Pause).await
+    }
+
+    /// Thaws a paused workspace.
+    pub async fn unpause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        self.simple(who, id, Action::Unpause).await
+    }
+
+    /// Check-in (paper §3.1): the node sends the disk back, the lock is released.
+    pub async fn undeploy(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        let r = self.checked(who, id, Action::Undeploy).await?;
+        if r.state == State::Paused {
+            return Err(ServiceError::Conflict("undeploying a paused workspace keeps its memory state, which arrives with hot images; stop it first".into()));
+        }
+        let node = self.node_of(&r).await?;
+        self.call_node(
+            &node,
+            reqwest::Method::POST,
+            &format!("/node/v1/vms/{id}/undeploy"),
+            None,
+        )
+        .await?;
+        // Re-read: the disk's return updated nothing in the record, but be exact.
+        let mut r = self
+            .store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        let from = r.node.take();
+        r.lock_holder = None;
+        r.lock_since = None;
+        self.commit(
+            r,
+            Action::Undeploy,
+            &who.dn,
+            from.map(|n| format!("from {n}")),
+        )
+        .await
+    }
+
+    /// Removes a deployed workspace from its node (for destroy): best effort
+    /// when the node is lost, since the record is going anyway.
+    pub(crate) async fn unstage_for_destroy(
+        &self,
+        r: &WorkspaceRecord,
+    ) -> Result<(), ServiceError> {
+        let Some(name) = r.node.as_deref().or(r.lock_holder.as_deref()) else {
+            return Ok(());
+        };
+        match self.live_node(name).await {
+            Ok(node) => {
+                match self
+                    .call_node(
+                        &node,
+                        reqwest::Method::DELETE,
+                        &format!("/node/v1/vms/{}", r.id),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(ServiceError::Node {
+                        status: StatusCode::BAD_GATEWAY,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(id = %r.id, error = %e, "destroying a workspace whose node is unreachable");
+                Ok(())
+            }
+        }
+    }
+
+    /// The workspace's console, as a byte stream (following it if asked).
+    pub async fn console(
+        &self,
+        who: &Identity,
+        id: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, ServiceError> {
+        let r = self.visible(who, id).await?;
+        if r.placement != Placement::Host {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is in the repository; its console lives on a node"
+            )));
+        }
+        let node = self.node_of(&r).await?;
+        self.call_node(
+            &node,
+            reqwest::Method::GET,
+            &format!("/node/v1/vms/{id}/console?follow={follow}"),
+            None,
+        )
+        .await
+    }
+
+    /// The disk a node stages (served while the workspace is checked out).
+    pub async fn disk_path(&self, id: &str) -> Result<std::path::PathBuf, ServiceError> {
+        let r = self
+            .store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        match (&r.disk_path, &r.lock_holder) {
+            (Some(p), Some(_)) => Ok(p.into()),
+            (None, _) => Err(ServiceError::NotFound(format!(
+                "workspace {id} has no disk"
+            ))),
+            (_, None) => Err(ServiceError::Conflict(format!(
+                "workspace {id} is not checked out"
+            ))),
+        }
+    }
+
+    /// A node returns a workspace's disk: verified against its digest, pointed
+    /// back at the repository's copy of its backing image, and swapped in
+    /// atomically.
+    pub async fn receive_disk(
+        &self,
+        id: &str,
+        digest: &str,
+        body: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), ServiceError> {
+        let r = self
+            .store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        let (Some(path), Some(_)) = (&r.disk_path, &r.lock_holder) else {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is not checked out"
+            )));
+        };
+        let expected: vws_store::Digest = digest.parse()?;
+        let tmp = std::path::PathBuf::from(format!("{path}.incoming"));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(anyhow::Error::from)?;
+            let mut hashing = HashingReader::new(body);
+            tokio::io::copy(&mut hashing, &mut file)
+                .await
+                .map_err(anyhow::Error::from)?;
+            file.sync_all().await.map_err(anyhow::Error::from)?;
+            let actual = hashing.digest();
+            if actual != expected.as_str() {
+                return Err(ServiceError::Integrity(format!(
+                    "returned disk of {id} does not match {expected}: got {actual}"
+                )));
+            }
+            let image = self
+                .store
+                .image(&ImageRef::Digest(r.image_id.clone()))
+                .await?;
+            if let Some(image) = image.filter(|i| i.kind == ImageKind::Disk) {
+                let blob = self.blobs.path(&r.image_id.parse()?);
+                vws_qemu::img::rebase_unsafe(&tmp, &blob, image.format.as_deref().unwrap_or("raw"))
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            }
+            tokio::fs::rename(&tmp, path)
+                .await
+                .map_err(anyhow::Error::from)?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// How long nodes may take: staging is bounded by the node's own checks.
+    pub(crate) fn node_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client")
+    }
+}
+
+/// Hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        }
+    }
+
+    fn digest(self) -> String {
+        format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::finalize(self.hasher))
+        )
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HashingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &poll {
+            let fresh = buf.filled()[before..].to_vec();
+            <sha2::Sha256 as sha2::Digest>::update(&mut self.hasher, &fresh);
+        }
+        poll
+    }
+}

@@ -1,0 +1,252 @@
+//! The service's view of the VW Managers: registration, heartbeats, loss,
+//! unasked events, and placement of workspaces onto nodes.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use vws_model::node::{NodeEvent, NodeReport, Registration};
+use vws_model::{Action, Description, State};
+use vws_store::{Binding, Change, NodeRecord, WorkspaceRecord};
+
+use crate::core::Service;
+use crate::error::ServiceError;
+
+/// A node is lost when it has not sent a heartbeat for this long.
+pub const LOST_AFTER: Duration = Duration::from_secs(10);
+
+/// RAM a node keeps for itself when binding a workspace's range.
+const HOST_RESERVE: u64 = 256 << 20;
+
+/// A node as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    /// `up` or `lost`.
+    pub status: String,
+}
+
+impl Service {
+    fn node_view(&self, record: NodeRecord) -> NodeView {
+        let age = self.clock.now() - record.last_seen;
+        let lost =
+            age > time::Duration::try_from(LOST_AFTER).unwrap_or(time::Duration::seconds(10));
+        NodeView {
+            status: if lost { "lost" } else { "up" }.into(),
+            record,
+        }
+    }
+
+    /// Every node with its status.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ServiceError> {
+        Ok(self
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|r| self.node_view(r))
+            .collect())
+    }
+
+    /// A live node by name.
+    pub(crate) async fn live_node(&self, name: &str) -> Result<NodeRecord, ServiceError> {
+        let record = self
+            .store
+            .node(name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("node {name} not found")))?;
+        let view = self.node_view(record);
+        if view.status == "lost" {
+            return Err(ServiceError::Unavailable(format!(
+                "node {name} is lost (no heartbeat for {}s)",
+                LOST_AFTER.as_secs()
+            )));
+        }
+        Ok(view.record)
+    }
+
+    /// A node (re)registers. Workspaces the records place on it as running
+    /// or paused but which it no longer has are corrupted: their VM did not
+    /// survive whatever restarted the node.
+    pub async fn register_node(&self, reg: Registration) -> Result<(), ServiceError> {
+        if reg.name.is_empty()
+            || reg.name.len() > 63
+            || !reg
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "{:?} is not a node name",
+                reg.name
+            )));
+        }
+        self.store
+            .register_node(&reg.name, &reg.url, &reg.report, self.clock.now())
+            .await?;
+        tracing::info!(node = %reg.name, url = %reg.url, accel = %reg.report.accel, "node registered");
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_workspaces(&vws_store::Filter {
+                    limit: Some(1000),
+                    after,
+                    ..Default::default()
+                })
+                .await?;
+            for r in page.items {
+                if r.node.as_deref() != Some(reg.name.as_str())
+                    || !matches!(r.state, State::Running | State::Paused)
+                {
+                    continue;
+                }
+                let there = reg.report.workspaces.get(&r.id).map(String::as_str);
+                if !matches!(there, Some("running" | "paused")) {
+                    let reason =
+                        format!("node {} restarted and the workspace's VM is gone", reg.name);
+                    self.corrupt(&r.id, &reason, &format!("node:{}", reg.name))
+                        .await?;
+                }
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's heartbeat.
+    pub async fn node_heartbeat(&self, name: &str, report: NodeReport) -> Result<(), ServiceError> {
+        if self
+            .store
+            .node_heartbeat(name, &report, self.clock.now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound(format!(
+                "node {name} is not registered"
+            )))
+        }
+    }
+
+    /// A node reports that a workspace's VM died unasked.
+    pub async fn node_event(&self, name: &str, ev: NodeEvent) -> Result<(), ServiceError> {
+        match self.store.workspace(&ev.id).await? {
+            Some(r) if r.node.as_deref() == Some(name) => {
+                self.corrupt(&ev.id, &ev.reason, &format!("node:{name}"))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks a workspace corrupted with a reason (from any state).
+    pub(crate) async fn corrupt(
+        &self,
+        id: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), ServiceError> {
+        for _ in 0..5 {
+            let Some(mut r) = self.store.workspace(id).await? else {
+                return Ok(());
+            };
+            if r.state == State::Corrupted {
+                return Ok(());
+            }
+            vws_model::transition(r.state, r.placement, Action::Corrupt)?;
+            r.state = State::Corrupted;
+            r.reason = Some(reason.to_string());
+            r.modified_at = self.clock.now();
+            match self
+                .store
+                .update_workspace(
+                    &mut r,
+                    Change {
+                        action: "corrupt",
+                        actor,
+                        detail: Some(reason.to_string()),
+                    },
+                )
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(%id, %reason, "workspace corrupted");
+                    return Ok(());
+                }
+                Err(vws_store::StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(format!(
+            "workspace {id} keeps changing; could not mark it corrupted"
+        )))
+    }
+
+    /// Picks a node for a workspace and binds its ranges there: a live node
+    /// with room, preferring one that already holds the image, then the one
+    /// with most free RAM.
+    pub(crate) async fn place(
+        &self,
+        r: &WorkspaceRecord,
+        host: Option<&str>,
+    ) -> Result<(NodeRecord, Binding), ServiceError> {
+        let candidates: Vec<NodeRecord> = match host {
+            Some(h) => vec![self.live_node(h).await?],
+            None => self
+                .nodes()
+                .await?
+                .into_iter()
+                .filter(|n| n.status == "up")
+                .map(|n| n.record)
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err(ServiceError::Unavailable(
+                "no node is up to deploy on (start one with `vws node --service URL`)".into(),
+            ));
+        }
+        let mut fitting: Vec<(NodeRecord, Binding)> = candidates
+            .into_iter()
+            .filter_map(|n| bind(&r.description, &n.report).map(|b| (n, b)))
+            .collect();
+        fitting.sort_by_key(|(n, _)| {
+            (
+                !n.report.images.contains(&r.image_id),
+                std::cmp::Reverse(n.report.ram_free),
+            )
+        });
+        match fitting.into_iter().next() {
+            Some(found) => Ok(found),
+            None => Err(ServiceError::Node {
+                node: host.unwrap_or("any").into(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "no_capacity".into(),
+                message: format!(
+                    "no node has room for {} cpus and {} of RAM",
+                    r.description.hardware.cpus.min,
+                    r.description.hardware.ram.min.human()
+                ),
+            }),
+        }
+    }
+}
+
+/// Binds a description's ranges to what a node offers: as much as asked, up
+/// to what is free; `None` when even the minimum does not fit.
+pub fn bind(d: &Description, n: &NodeReport) -> Option<Binding> {
+    let ram_room = n.ram_free.saturating_sub(HOST_RESERVE);
+    if ram_room < d.hardware.ram.min.0 || n.cores < d.hardware.cpus.min {
+        return None;
+    }
+    Some(Binding {
+        cpus: Some(d.hardware.cpus.max.min(n.cores)),
+        ram: Some(d.hardware.ram.max.0.min(ram_room)),
+        disk: None,
+    })
+}
