@@ -1,0 +1,273 @@
+//! Real workspaces end to end under TCG: `vws serve` and `vws node` as separate
+//! processes, the minimal guest built from Debian packages. One guest is
+//! shared across the steps, in order: illegal transitions, a node killed with
+//! -9 and restarted (the VM is re-adopted and still controllable), data on
+//! the workspace disk surviving stop → undeploy → deploy → start, and a QEMU
+//! killed by hand corrupting the workspace with a reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VWS: &str = env!("CARGO_BIN_EXE_vws");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn guest() -> PathBuf {
+    let out = root().join("target/vws-test-guest");
+    let ok = Command::new(root().join("scripts/build-minimal-image"))
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the minimal guest failed");
+    out
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(home: &Path, args: &[&str], log: &str) -> Proc {
+    let log = std::fs::File::create(home.join(log)).unwrap();
+    Proc(
+        Command::new(VWS)
+            .args(args)
+            .env("VWS_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn vws(home: &Path, args: &[&str]) -> Output {
+    Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = vws(home, &a);
+    assert!(
+        out.status.success(),
+        "vws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn refused(home: &Path, args: &[&str]) -> String {
+    let out = vws(home, args);
+    assert_eq!(out.status.code(), Some(1), "vws {args:?} should be refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node_up(home: &Path) -> bool {
+    let out = vws(home, &["node", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .is_some_and(|a| a.iter().any(|n| n["name"] == "n1" && n["status"] == "up"))
+}
+
+fn console(home: &Path, id: &str) -> String {
+    String::from_utf8_lossy(&vws(home, &["console", id]).stdout).into_owned()
+}
+
+fn start_node(home: &Path, registered_after: time::OffsetDateTime) -> Proc {
+    let node_home = home.join("n1");
+    let p = spawn(
+        home,
+        &[
+            "node",
+            "--name",
+            "n1",
+            "--node-home",
+            node_home.to_str().unwrap(),
+            "--heartbeat",
+            "1",
+        ],
+        "node.log",
+    );
+    wait_until("the node to register", Duration::from_secs(30), || {
+        let v: Value = serde_json::from_slice(&vws(home, &["node", "list", "--json"]).stdout)
+            .unwrap_or(Value::Null);
+        v.as_array().is_some_and(|a| {
+            a.iter().any(|n| {
+                n["name"] == "n1"
+                    && n["registered_at"]
+                        .as_str()
+                        .and_then(|s| {
+                            time::OffsetDateTime::parse(
+                                s,
+                                &time::format_description::well_known::Rfc3339,
+                            )
+                            .ok()
+                        })
+                        .is_some_and(|t| t >= registered_after)
+            })
+        })
+    });
+    assert!(node_up(home));
+    p
+}
+
+#[test]
+fn a_real_workspace_through_its_lifecycle() {
+    let image = guest();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _serve = spawn(home, &["serve", "--listen", "127.0.0.1:0"], "serve.log");
+    wait_until("the service", Duration::from_secs(30), || {
+        home.join("server.json").exists()
+    });
+    let t0 = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let mut node = start_node(home, t0);
+
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "minimal:1",
+            "--kernel",
+            image.join("vmlinuz").to_str().unwrap(),
+            "--initrd",
+            image.join("initrd.img").to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ],
+    );
+    let desc = home.join("w.toml");
+    std::fs::write(
+        &desc,
+        r#"category = "vm"
+[hardware]
+ram = "256MiB"
+disk = { size = "32MiB" }
+[software]
+image = "minimal:1"
+[capability]
+startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/boots; sync; echo boots=$n; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"
+"#,
+    )
+    .unwrap();
+    let id = ok(home, &["create", desc.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Illegal transitions are refused and name the state.
+    assert!(refused(home, &["start", &id]).contains("in the repository"));
+    let ws = ok(home, &["deploy", &id]);
+    assert_eq!(
+        (ws["state"].as_str(), ws["node"].as_str()),
+        (Some("shutdown"), Some("n1"))
+    );
+    assert_eq!(ws["binding"]["ram"], 256 << 20);
+    assert!(refused(home, &["deploy", &id]).contains("already deployed"));
+    assert!(refused(home, &["pause", &id]).contains("shutdown"));
+    let ws = ok(home, &["start", &id]);
+    assert_eq!(ws["state"], "running");
+    wait_until(
+        "the startup program's first line",
+        Duration::from_secs(20),
+        || console(home, &id).contains("boots=1"),
+    );
+    assert!(refused(home, &["undeploy", &id]).contains("stop or pause it first"));
+
+    // kill -9 of the node: the VM keeps running, the restarted node adopts it.
+    let pidfile = home.join("n1/vms").join(&id).join("qemu.pid");
+    let qemu_pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    node.0.kill().unwrap();
+    node.0.wait().unwrap();
+    assert!(
+        Path::new(&format!("/proc/{qemu_pid}")).exists(),
+        "QEMU outlives the node"
+    );
+    let t1 = time::OffsetDateTime::now_utc();
+    node = start_node(home, t1);
+    assert_eq!(
+        ok(home, &["show", &id])["state"],
+        "running",
+        "re-adopted, not corrupted"
+    );
+    ok(home, &["pause", &id]);
+    let frozen = console(home, &id).matches("tick ").count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        console(home, &id).matches("tick ").count(),
+        frozen,
+        "paused after re-adoption"
+    );
+    ok(home, &["unpause", &id]);
+
+    // Disk contents survive a round trip through the repository.
+    assert_eq!(ok(home, &["stop", &id])["state"], "shutdown");
+    let ws = ok(home, &["undeploy", &id]);
+    assert_eq!(
+        (ws["placement"].as_str(), ws["lock_holder"].as_str()),
+        (Some("repository"), None)
+    );
+    assert!(
+        !home.join("n1/vms").join(&id).exists(),
+        "nothing left on the node"
+    );
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+    // The disk written by the first boot came back.
+    wait_until("boots=2 on the console", Duration::from_secs(20), || {
+        console(home, &id).contains("boots=2")
+    });
+
+    // QEMU killed by hand: the workspace is corrupted, with a reason.
+    let qemu_pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    Command::new("kill")
+        .args(["-9", &qemu_pid])
+        .status()
+        .unwrap();
+    wait_until(
+        "the workspace to be corrupted",
+        Duration::from_secs(20),
+        || ok(home, &["show", &id])["state"] == "corrupted",
+    );
+    let reason = ok(home, &["show", &id])["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("signal: 9") && reason.contains("tick"),
+        "{reason}"
+    );
+    assert!(refused(home, &["start", &id]).contains("corrupted"));
+    ok(home, &["destroy", &id]);
+    assert!(!home.join("n1/vms").join(&id).exists());
+    drop(node);
+}
