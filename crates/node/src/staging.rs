@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 
 pub use vws_model::node::Manifest;
 
+/// Chunks written between syncs (and between entries in the resume log).
+const SYNC_EVERY: usize = 16;
+
 /// The digest of a whole file.
 pub fn file_digest(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
@@ -161,10 +164,11 @@ pub async fn fetch(
         .append(true)
         .open(&log)?;
     let mut moved = 0;
-    for i in 0..m.chunks.len() {
-        if done[i] {
-            continue;
-        }
+    // Hashed as chunks arrive in order; a resumed transfer re-reads instead.
+    let mut whole = (have == 0).then(Sha256::new);
+    // Chunks written since the last sync: logged as done only once synced.
+    let mut unsynced: Vec<usize> = Vec::new();
+    for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
         let start = i as u64 * m.chunk_size;
         let len = chunk_len(&m, i);
         let mut attempt = 0;
@@ -197,15 +201,29 @@ pub async fn fetch(
         };
         file.seek(SeekFrom::Start(start))?;
         file.write_all(&bytes)?;
-        file.sync_data()?;
-        writeln!(log_file, "{i}")?;
+        if let Some(h) = whole.as_mut() {
+            h.update(&bytes);
+        }
+        unsynced.push(i);
+        if unsynced.len() >= SYNC_EVERY {
+            file.sync_data()?;
+            for j in unsynced.drain(..) {
+                writeln!(log_file, "{j}")?;
+            }
+        }
         progress.done.fetch_add(len, Ordering::Relaxed);
     }
+    file.sync_data()?;
     drop(file);
-    let check = part.clone();
-    let whole = tokio::task::spawn_blocking(move || file_digest(&check))
-        .await
-        .map_err(std::io::Error::other)??;
+    let whole = match whole {
+        Some(h) => format!("sha256:{}", hex::encode(h.finalize())),
+        None => {
+            let check = part.clone();
+            tokio::task::spawn_blocking(move || file_digest(&check))
+                .await
+                .map_err(std::io::Error::other)??
+        }
+    };
     if whole != m.digest {
         let _ = std::fs::remove_file(&part);
         let _ = std::fs::remove_file(&log);

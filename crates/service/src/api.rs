@@ -540,7 +540,7 @@ async fn blob_chunks(
     if !s.service.blobs().contains(&d).await {
         return Err(ServiceError::NotFound(format!("blob {digest} not found")));
     }
-    manifest_of(s.service.blobs().path(&d)).await
+    Ok(Json(s.service.blobs().manifest(&d).await?).into_response())
 }
 
 #[derive(Deserialize, Default)]

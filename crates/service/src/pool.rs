@@ -157,6 +157,10 @@ impl Service {
                 ))
             }
         };
+        // Staging manifests are made now, not on the first deploy.
+        for f in &record.files {
+            self.blobs.manifest(&f.digest.parse()?).await?;
+        }
         self.store.put_image(&record, name, tag).await?;
         tracing::info!(image = %record.id, %name, %tag, "image imported");
         self.image(&reference.to_string()).await

@@ -52,6 +52,11 @@ impl fmt::Display for Digest {
 
 /// Computes a file's staging manifest: its digest and each chunk's.
 pub fn manifest(path: &Path) -> std::io::Result<vws_model::node::Manifest> {
+    chunk_manifest(path, None)
+}
+
+/// A manifest; when the whole digest is already known it is not recomputed.
+fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model::node::Manifest> {
     use std::io::Read;
     let chunk = vws_model::node::CHUNK as usize;
     let mut f = std::fs::File::open(path)?;
@@ -71,7 +76,9 @@ pub fn manifest(path: &Path) -> std::io::Result<vws_model::node::Manifest> {
         if filled == 0 {
             break;
         }
-        whole.update(&buf[..filled]);
+        if known.is_none() {
+            whole.update(&buf[..filled]);
+        }
         chunks.push(format!(
             "sha256:{}",
             hex::encode(Sha256::digest(&buf[..filled]))
@@ -82,7 +89,9 @@ pub fn manifest(path: &Path) -> std::io::Result<vws_model::node::Manifest> {
         }
     }
     Ok(vws_model::node::Manifest {
-        digest: format!("sha256:{}", hex::encode(whole.finalize())),
+        digest: known
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("sha256:{}", hex::encode(whole.finalize()))),
         size,
         chunk_size: chunk as u64,
         chunks,
@@ -204,8 +213,42 @@ impl BlobStore {
         self.put(None, f, u64::MAX).await
     }
 
+    /// The staging manifest of a present blob, computed once and kept beside
+    /// it (blobs never change). The whole digest is the blob's name, so only
+    /// the chunks are hashed.
+    pub async fn manifest(&self, d: &Digest) -> Result<vws_model::node::Manifest, BlobError> {
+        let cached = self
+            .root
+            .join("manifests")
+            .join(format!("{}.json", d.hex()));
+        if let Ok(text) = fs::read(&cached).await {
+            if let Ok(m) = serde_json::from_slice(&text) {
+                return Ok(m);
+            }
+        }
+        let path = self.path(d);
+        let digest = d.clone();
+        let m = tokio::task::spawn_blocking(move || chunk_manifest(&path, Some(digest.as_str())))
+            .await
+            .map_err(std::io::Error::other)??;
+        fs::create_dir_all(self.root.join("manifests")).await?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("manifest-{}", rand::random::<u64>()));
+        fs::write(&tmp, serde_json::to_vec(&m).expect("manifests serialize")).await?;
+        fs::rename(&tmp, &cached).await?;
+        Ok(m)
+    }
+
     /// Removes a blob; absent is fine.
     pub async fn remove(&self, d: &Digest) -> Result<(), BlobError> {
+        let _ = fs::remove_file(
+            self.root
+                .join("manifests")
+                .join(format!("{}.json", d.hex())),
+        )
+        .await;
         match fs::remove_file(self.path(d)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),

@@ -18,26 +18,39 @@ use crate::Globals;
 pub enum Suite {
     /// create/list/show latency and throughput as the record count grows
     Api,
+    /// request → workspace ready (cold boot), against bare QEMU booting the same guest
+    Start,
+    /// staging throughput onto a node, against curl and cp of the same bytes; re-staging
+    Stage,
 }
 
 /// `vws bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The suite
-    suite: Suite,
+    pub(crate) suite: Suite,
     /// Record counts to measure at (api suite)
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
-    sizes: Vec<usize>,
+    pub(crate) sizes: Vec<usize>,
     /// Requests timed per operation at each size
     #[arg(long, default_value_t = 200)]
-    samples: usize,
+    pub(crate) samples: usize,
     /// Database for the service under test [default: SQLite in a temporary folder]
     #[arg(long, value_name = "URL")]
-    database: Option<String>,
+    pub(crate) database: Option<String>,
+    /// Repetitions (start and stage suites)
+    #[arg(long, default_value_t = 5)]
+    pub(crate) runs: usize,
+    /// Folder with the minimal guest's vmlinuz and initrd.img [default: VWS_HOME/build/minimal]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) guest: Option<std::path::PathBuf>,
+    /// Size of the image the stage suite moves, in MiB
+    #[arg(long, default_value_t = 512)]
+    pub(crate) stage_mib: u64,
 }
 
 /// min, median, p99 and max of samples, in milliseconds.
-fn stats(mut ms: Vec<f64>) -> Value {
+pub(crate) fn stats(mut ms: Vec<f64>) -> Value {
     ms.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
     json!({ "min": at(0.0), "median": at(0.5), "p99": at(0.99), "max": at(1.0), "n": ms.len() })
@@ -219,5 +232,7 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
 pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
     match a.suite {
         Suite::Api => api_suite(g, &a).await,
+        Suite::Start => crate::commands::bench_vm::start_suite(g, &a).await,
+        Suite::Stage => crate::commands::bench_vm::stage_suite(g, &a).await,
     }
 }

@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// Seconds between heartbeats
     #[arg(long, default_value_t = 2)]
     heartbeat: u64,
+    /// Seconds a stop waits for the guest to power off before forcing it
+    #[arg(long, default_value_t = 5)]
+    stop_grace: u64,
 }
 
 /// A node running in this process.
@@ -75,9 +78,12 @@ pub async fn launch(
     service: String,
     listen: SocketAddr,
     heartbeat: Duration,
+    stop_grace: Duration,
 ) -> anyhow::Result<RunningNode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let manager = Arc::new(Manager::new(name, home, tx)?);
+    let mut manager = Manager::new(name, home, tx)?;
+    manager.stop_grace = stop_grace;
+    let manager = Arc::new(manager);
     let adopted = manager.adopt().await;
     if !adopted.is_empty() {
         tracing::info!(count = adopted.len(), "re-adopted running workspaces");
@@ -140,6 +146,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         service.clone(),
         r.listen,
         Duration::from_secs(r.heartbeat.max(1)),
+        Duration::from_secs(r.stop_grace),
     )
     .await?;
     eprintln!(

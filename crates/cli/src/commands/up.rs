@@ -197,6 +197,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             running.url.clone(),
             "127.0.0.1:0".parse()?,
             Duration::from_secs(2),
+            Duration::from_secs(5),
         )
         .await?;
         eprintln!(

@@ -1,0 +1,346 @@
+//! Benchmarks that run real workspaces: `start` (cold boot against bare QEMU)
+//! and `stage` (staging throughput against curl and cp). Each starts its own
+//! service and node in a temporary folder and measures side by side.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use vws_client::Client;
+use vws_model::Form;
+
+use crate::commands::bench::BenchArgs;
+use crate::commands::node::{launch, RunningNode};
+use crate::commands::up::{Launch, Running};
+use crate::output::table;
+use crate::Globals;
+
+/// min / median / max of samples.
+fn summary(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    json!({ "min": v[0], "median": v[v.len() / 2], "max": v[v.len() - 1], "n": v.len() })
+}
+
+fn median(v: &Value) -> f64 {
+    v["median"].as_f64().unwrap_or(f64::NAN)
+}
+
+struct Rig {
+    home: PathBuf,
+    running: Running,
+    node: RunningNode,
+    client: Client,
+}
+
+impl Rig {
+    async fn up() -> anyhow::Result<Rig> {
+        let home = std::env::temp_dir().join(format!("vws-bench-vm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home)?;
+        let running = Launch {
+            home: home.clone(),
+            addr: "127.0.0.1:0".parse()?,
+            database: format!("sqlite:{}", home.join("vws.db").display()),
+            policy: vws_service::Policy::default(),
+            public_url: None,
+            reap_every: Duration::from_secs(3600),
+        }
+        .start()
+        .await?;
+        let node = launch(
+            "bench".into(),
+            home.join("node"),
+            running.url.clone(),
+            "127.0.0.1:0".parse()?,
+            Duration::from_millis(500),
+            Duration::ZERO,
+        )
+        .await?;
+        let client = Client::new(&running.url);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.nodes().await?.is_empty() {
+            anyhow::ensure!(Instant::now() < deadline, "the bench node did not register");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Rig {
+            home,
+            running,
+            node,
+            client,
+        })
+    }
+
+    async fn down(self) -> anyhow::Result<()> {
+        for ws in self
+            .client
+            .list_all(&Default::default())
+            .await
+            .unwrap_or_default()
+        {
+            let _ = self.client.destroy(&ws.record.id).await;
+        }
+        self.node.stop().await;
+        self.running.stop().await?;
+        let _ = std::fs::remove_dir_all(&self.home);
+        Ok(())
+    }
+}
+
+fn guest_dir(g: &Globals, a: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let dir = a
+        .guest
+        .clone()
+        .unwrap_or_else(|| g.home.join("build/minimal"));
+    anyhow::ensure!(
+        dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(),
+        "no guest image in {}: build one with `scripts/build-minimal-image {}` (scripts/bench does)",
+        dir.display(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+fn tsc_arg() -> String {
+    vws_node::accel::tsc_khz()
+        .map(|k| format!(" tsc_early_khz={k}"))
+        .unwrap_or_default()
+}
+
+/// Bare QEMU: the same kernel, initrd, machine and memory, nothing of vws.
+fn bare_qemu_boot(guest: &Path, work: &Path, run: usize) -> anyhow::Result<f64> {
+    let console = work.join(format!("bare-{run}.log"));
+    std::fs::write(&console, b"")?;
+    let append = format!("console=ttyS0 quiet vws.hostname=bare{}", tsc_arg());
+    let accel = vws_node::accel::detect().0.as_str();
+    let t = Instant::now();
+    let mut child = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            &format!("microvm,accel={accel}"),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-m",
+            "256M",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-kernel",
+            &guest.join("vmlinuz").to_string_lossy(),
+            "-initrd",
+            &guest.join("initrd.img").to_string_lossy(),
+        ])
+        .args([
+            "-append",
+            &append,
+            "-serial",
+            &format!("file:{}", console.display()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running qemu-system-x86_64")?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let ready = loop {
+        if std::fs::read(&console)
+            .map(|b| String::from_utf8_lossy(&b).contains(vws_node::qemu::READY_MARK))
+            .unwrap_or(false)
+        {
+            break Ok(t.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!("bare QEMU did not reach readiness in 90 s"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    ready
+}
+
+async fn import_guest(client: &Client, guest: &Path) -> anyhow::Result<()> {
+    let mut req = json!({ "name": "minimal", "tag": "bench", "cmdline": "console=ttyS0 quiet" });
+    for (role, file) in [("kernel", "vmlinuz"), ("initrd", "initrd.img")] {
+        let path = guest.join(file);
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(
+                &path
+            )?))
+        );
+        if !client.has_blob(&digest).await? {
+            client.upload_blob(&path, &digest, |_| {}).await?;
+        }
+        req[role] = digest.into();
+    }
+    client.import_image(req).await?;
+    Ok(())
+}
+
+fn env_json() -> Value {
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(3)
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    json!({ "accel": vws_node::accel::detect().0.as_str(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "qemu": qemu })
+}
+
+/// `vws bench start`: cold start, request → guest ready, against bare QEMU.
+pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
+    let guest = guest_dir(g, a)?;
+    let rig = Rig::up().await?;
+    let result = async {
+        import_guest(&rig.client, &guest).await?;
+        std::fs::create_dir_all(guest_for(&rig.home))?;
+        for f in ["vmlinuz", "initrd.img"] {
+            std::fs::copy(guest.join(f), guest_for(&rig.home).join(f))?;
+        }
+        let desc = "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:bench\"\n";
+        let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
+        rig.client.deploy(&id, None).await?;
+        let (mut cold, mut bare) = (Vec::new(), Vec::new());
+        for run in 0..a.runs {
+            // Interleaved, so both see the same machine conditions.
+            let work = rig.home.clone();
+            bare.push(tokio::task::spawn_blocking(move || bare_qemu_boot(&guest_for(&work), &work, run)).await??);
+            let t = Instant::now();
+            rig.client.action(&id, "start").await?;
+            cold.push(t.elapsed().as_secs_f64());
+            rig.client.action(&id, "stop").await?;
+            eprintln!("bench start: run {}/{}: vws {:.3} s, bare QEMU {:.3} s", run + 1, a.runs, cold[run], bare[run]);
+        }
+        let (c, b) = (summary(cold), summary(bare));
+        let ratio = median(&c) / median(&b);
+        let report = json!({
+            "suite": "start",
+            "runs": a.runs,
+            "metrics": { "cold_start_s": c, "bare_qemu_boot_s": b },
+            "ratios": { "cold_over_raw_qemu": ratio },
+            "env": env_json(),
+        });
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let mut t = table(&["", "MIN s", "MEDIAN s", "MAX s"]);
+            for (name, v) in [("vws start → ready (cold)", &report["metrics"]["cold_start_s"]), ("bare qemu-system-x86_64 → ready", &report["metrics"]["bare_qemu_boot_s"])] {
+                t.add_row(vec![name.to_string(), format!("{:.3}", v["min"].as_f64().unwrap_or(0.0)), format!("{:.3}", median(v)), format!("{:.3}", v["max"].as_f64().unwrap_or(0.0))]);
+            }
+            println!("{t}");
+            println!("cold / bare QEMU = {ratio:.3}  ({} runs, {})", a.runs, report["env"]);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    rig.down().await?;
+    result
+}
+
+// The bare-QEMU closure needs the guest folder by value; it lives beside the rig's files.
+fn guest_for(work: &Path) -> PathBuf {
+    work.join("guest")
+}
+
+/// `vws bench stage`: staging throughput, against curl and cp of the same bytes.
+pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
+    let rig = Rig::up().await?;
+    let result = async {
+        let size = a.stage_mib << 20;
+        let image = rig.home.join("stage.raw");
+        {
+            // Incompressible content, so no layer can cheat.
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&image)?);
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut buf = vec![0u8; 1 << 20];
+            for _ in 0..a.stage_mib {
+                for chunk in buf.chunks_mut(8) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+                }
+                f.write_all(&buf)?;
+            }
+        }
+        let digest = vws_store::manifest(&image)?.digest;
+        rig.client.upload_blob(&image, &digest, |_| {}).await?;
+        rig.client.import_image(json!({ "name": "stage", "tag": "1", "disk": digest })).await?;
+        let desc = "category = \"vm\"\n[software]\nimage = \"stage:1\"\n";
+        let url = format!("{}/v1/blobs/{digest}", rig.running.url);
+        let cache = rig.home.join("node/cache/sha256").join(digest.trim_start_matches("sha256:"));
+        let (mut vws, mut curl, mut cp) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..a.runs {
+            let out = rig.home.join("curl.out");
+            let t = Instant::now();
+            let ok = tokio::process::Command::new("curl").args(["-sf", "-o"]).arg(&out).arg(&url).status().await.context("running curl")?;
+            anyhow::ensure!(ok.success(), "curl failed");
+            curl.push(size as f64 / t.elapsed().as_secs_f64() / 1048576.0);
+            let t = Instant::now();
+            let ok = tokio::process::Command::new("cp").arg(&image).arg(&out).status().await?;
+            anyhow::ensure!(ok.success(), "cp failed");
+            cp.push(size as f64 / t.elapsed().as_secs_f64() / 1048576.0);
+            let _ = std::fs::remove_file(&out);
+
+            let _ = std::fs::remove_file(&cache);
+            let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
+            let t = Instant::now();
+            rig.client.deploy(&id, None).await?;
+            vws.push(size as f64 / t.elapsed().as_secs_f64() / 1048576.0);
+            rig.client.destroy(&id).await?;
+            eprintln!("bench stage: run {}/{}: vws {:.0} MiB/s, curl {:.0} MiB/s, cp {:.0} MiB/s", run + 1, a.runs, vws[run], curl[run], cp[run]);
+        }
+        // Re-staging an image the node already holds: only the workspace's own overlay moves.
+        let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
+        rig.client.deploy(&id, None).await?;
+        let history = rig.client.history(&id).await?;
+        let restaged = history
+            .iter()
+            .rev()
+            .find(|h| h.action == "deploy")
+            .and_then(|h| h.detail.as_deref())
+            .and_then(|d| d.split("; ").nth(1))
+            .and_then(|d| d.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .context("reading the staged byte count")?;
+        let overlay = rig.client.show(&id).await?;
+        let (v, c, p) = (summary(vws), summary(curl), summary(cp));
+        let report = json!({
+            "suite": "stage",
+            "runs": a.runs,
+            "metrics": { "vws_stage_mib_s": v, "curl_loopback_mib_s": c, "cp_mib_s": p, "restage_bytes_moved": restaged, "image_bytes": size },
+            "ratios": { "stage_over_curl": median(&v) / median(&c), "stage_over_cp": median(&v) / median(&p) },
+            "env": env_json(),
+        });
+        let _ = overlay;
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let mut t = table(&["", "MIN MiB/s", "MEDIAN MiB/s", "MAX MiB/s"]);
+            for (name, key) in [("vws deploy (stage image + disk)", "vws_stage_mib_s"), ("curl over loopback", "curl_loopback_mib_s"), ("cp", "cp_mib_s")] {
+                let m = &report["metrics"][key];
+                t.add_row(vec![name.to_string(), format!("{:.0}", m["min"].as_f64().unwrap_or(0.0)), format!("{:.0}", median(m)), format!("{:.0}", m["max"].as_f64().unwrap_or(0.0))]);
+            }
+            println!("{t}");
+            println!(
+                "stage / curl = {:.2}, stage / cp = {:.2}; re-staging the cached {} MiB image moved {restaged} bytes (the workspace's overlay only)",
+                report["ratios"]["stage_over_curl"].as_f64().unwrap_or(0.0),
+                report["ratios"]["stage_over_cp"].as_f64().unwrap_or(0.0),
+                a.stage_mib
+            );
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    rig.down().await?;
+    result
+}
