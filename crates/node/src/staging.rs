@@ -168,51 +168,62 @@ pub async fn fetch(
     let mut whole = (have == 0).then(Sha256::new);
     // Chunks written since the last sync: logged as done only once synced.
     let mut unsynced: Vec<usize> = Vec::new();
-    for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
-        let start = i as u64 * m.chunk_size;
-        let len = chunk_len(&m, i);
-        let mut attempt = 0;
-        let bytes = loop {
-            let resp = http
-                .get(url)
-                .header("range", format!("bytes={}-{}", start, start + len - 1))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| http_err(url, e))?;
-            let bytes = resp.bytes().await.map_err(|e| http_err(url, e))?;
-            moved += bytes.len() as u64;
-            progress
-                .moved
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            if bytes.len() as u64 == len
-                && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == m.chunks[i]
-            {
-                break bytes;
+    let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
+    let fetched: Result<(), StageError> = async {
+        for &i in &todo {
+            let start = i as u64 * m.chunk_size;
+            let len = chunk_len(&m, i);
+            let mut attempt = 0;
+            let bytes = loop {
+                let resp = http
+                    .get(url)
+                    .header("range", format!("bytes={}-{}", start, start + len - 1))
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| http_err(url, e))?;
+                let bytes = resp.bytes().await.map_err(|e| http_err(url, e))?;
+                moved += bytes.len() as u64;
+                progress
+                    .moved
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if bytes.len() as u64 == len
+                    && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == m.chunks[i]
+                {
+                    break bytes;
+                }
+                attempt += 1;
+                tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
+                if attempt == 3 {
+                    return Err(StageError::CorruptChunk {
+                        url: url.into(),
+                        index: i,
+                    });
+                }
+            };
+            file.seek(SeekFrom::Start(start))?;
+            file.write_all(&bytes)?;
+            if let Some(h) = whole.as_mut() {
+                h.update(&bytes);
             }
-            attempt += 1;
-            tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
-            if attempt == 3 {
-                return Err(StageError::CorruptChunk {
-                    url: url.into(),
-                    index: i,
-                });
+            unsynced.push(i);
+            if unsynced.len() >= SYNC_EVERY {
+                file.sync_data()?;
+                for j in unsynced.drain(..) {
+                    writeln!(log_file, "{j}")?;
+                }
             }
-        };
-        file.seek(SeekFrom::Start(start))?;
-        file.write_all(&bytes)?;
-        if let Some(h) = whole.as_mut() {
-            h.update(&bytes);
+            progress.done.fetch_add(len, Ordering::Relaxed);
         }
-        unsynced.push(i);
-        if unsynced.len() >= SYNC_EVERY {
-            file.sync_data()?;
-            for j in unsynced.drain(..) {
-                writeln!(log_file, "{j}")?;
-            }
-        }
-        progress.done.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
+    .await;
+    // Whatever arrived verified is kept for the next attempt, even on failure.
+    file.sync_data()?;
+    for j in unsynced.drain(..) {
+        writeln!(log_file, "{j}")?;
+    }
+    fetched?;
     file.sync_data()?;
     drop(file);
     let whole = match whole {
