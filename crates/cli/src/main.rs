@@ -68,6 +68,15 @@ enum Command {
     Unpause(commands::lifecycle::IdArgs),
     /// Print a workspace's serial console (-f follows it)
     Console(commands::lifecycle::ConsoleArgs),
+    /// Run a job in a running workspace; output streams live, the exit status is the job's
+    Run(commands::jobs::RunArgs),
+    /// List a workspace's jobs
+    Jobs(commands::jobs::JobsArgs),
+    /// Show, follow or cancel one job
+    #[command(subcommand)]
+    Job(commands::jobs::JobCommand),
+    /// Copy a file into or out of a running workspace (LOCAL ID:PATH or ID:PATH LOCAL)
+    Cp(commands::jobs::CpArgs),
     /// Run this host's VW Manager (`vws node --service URL`), or `vws node list`
     Node(commands::node::NodeArgs),
     /// Manage the image pool
@@ -145,6 +154,10 @@ fn main() -> ExitCode {
             Command::Unpause(a) => commands::lifecycle::action(&g, a, "unpause", "unpaused").await,
             Command::Console(a) => commands::lifecycle::console(&g, a).await,
             Command::Node(a) => commands::node::run(&g, a).await,
+            Command::Run(a) => commands::jobs::run(&g, a).await,
+            Command::Jobs(a) => commands::jobs::list(&g, a).await,
+            Command::Job(c) => commands::jobs::job(&g, c).await,
+            Command::Cp(a) => commands::jobs::cp(&g, a).await,
             Command::Create(a) => commands::workspaces::create(&g, a).await,
             Command::List(a) => commands::workspaces::list(&g, a).await,
             Command::Show(a) => commands::workspaces::show(&g, a).await,
@@ -158,6 +171,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(commands::jobs::ExitWith(code)) = e.downcast_ref() {
+                return ExitCode::from(*code);
+            }
             commands::report(&e);
             ExitCode::from(1)
         }

@@ -375,4 +375,71 @@ impl Client {
     pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.call(Method::GET, "/v1/nodes", None).await
     }
+
+    /// Starts a job; `request` is `{argv, env?, cwd?, stdin? (base64), timeout?}`.
+    pub async fn submit_job(
+        &self,
+        id: &str,
+        request: serde_json::Value,
+    ) -> Result<vws_store::JobRecord, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/jobs"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// One job.
+    pub async fn job(&self, job: &str) -> Result<vws_store::JobRecord, ClientError> {
+        self.call(Method::GET, &format!("/v1/jobs/{job}"), None)
+            .await
+    }
+
+    /// A workspace's jobs.
+    pub async fn jobs(&self, id: &str) -> Result<Vec<vws_store::JobRecord>, ClientError> {
+        self.call(Method::GET, &format!("/v1/workspaces/{id}/jobs"), None)
+            .await
+    }
+
+    /// Cancels a job.
+    pub async fn cancel_job(&self, job: &str) -> Result<vws_store::JobRecord, ClientError> {
+        self.call(Method::POST, &format!("/v1/jobs/{job}/cancel"), None)
+            .await
+    }
+
+    /// A job's events as an NDJSON byte stream.
+    pub async fn job_output(
+        &self,
+        job: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(&format!("/v1/jobs/{job}/output"));
+        self.send(self.http.get(&url).query(&[("follow", follow)]), &url)
+            .await
+    }
+
+    /// Writes a file into a running workspace.
+    pub async fn put_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/workspaces/{id}/files"));
+        self.send(
+            self.http.put(&url).query(&[("path", path)]).body(data),
+            &url,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Reads a file from a running workspace.
+    pub async fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!("/v1/workspaces/{id}/files"));
+        let resp = self
+            .send(self.http.get(&url).query(&[("path", path)]), &url)
+            .await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?
+            .to_vec())
+    }
 }

@@ -118,3 +118,46 @@ pub struct Manifest {
     /// Digest of each chunk, in order.
     pub chunks: Vec<String>,
 }
+
+/// Service → node: run a job in a workspace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Job id.
+    pub job: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Standard input (base64).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Seconds before the job is killed.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// Node → service: a job ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobReport {
+    /// `exited` or `failed`.
+    pub outcome: String,
+    /// Exit code.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// Killing signal.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Killed by its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Why it failed.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Bytes of output.
+    pub output_bytes: u64,
+}

@@ -70,6 +70,15 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/node/v1/vms/{id}/undeploy", post(undeploy))
         .route("/node/v1/vms/{id}", get(status).delete(remove))
         .route("/node/v1/vms/{id}/console", get(console))
+        .route("/node/v1/vms/{id}/jobs", post(run_job))
+        .route(
+            "/node/v1/vms/{id}/files",
+            get(get_file)
+                .put(put_file)
+                .layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
+        .route("/node/v1/jobs/{job}/output", get(job_output))
+        .route("/node/v1/jobs/{job}/cancel", post(cancel_job))
         .with_state(manager)
 }
 
@@ -199,4 +208,90 @@ async fn console(
         },
     );
     Ok(axum::body::Body::from_stream(stream).into_response())
+}
+
+async fn run_job(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Json(req): Json<vws_model::node::JobRequest>,
+) -> Result<Response, NodeError> {
+    m.run_job(&id, req).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn cancel_job(
+    State(m): State<Arc<Manager>>,
+    Path(job): Path<String>,
+) -> Result<Response, NodeError> {
+    m.cancel_job(&job).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    path: String,
+}
+
+async fn put_file(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, NodeError> {
+    m.put_file(&id, &q.path, &body).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_file(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Result<Response, NodeError> {
+    Ok(m.get_file(&id, &q.path).await?.into_response())
+}
+
+/// A job's events as NDJSON, from the start; with `follow`, until it ends.
+async fn job_output(
+    State(m): State<Arc<Manager>>,
+    Path(job): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> Result<Response, NodeError> {
+    let path = m.job_log(&job);
+    if !path.exists() {
+        return Err(NodeError::NotDeployed(format!("job {job}")));
+    }
+    let follow = q.follow;
+    let stream = futures::stream::unfold(
+        (0u64, path, false),
+        move |(offset, path, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let data = tokio::fs::read(&path).await.unwrap_or_default();
+                // Only whole lines: the writer appends one event per line.
+                let upto = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
+                if upto > offset {
+                    let chunk = data[offset as usize..upto as usize].to_vec();
+                    let text = String::from_utf8_lossy(&chunk);
+                    let ended = text.lines().any(|l| {
+                        l.contains("\"event\":\"exited\"") || l.contains("\"event\":\"failed\"")
+                    });
+                    return Some((
+                        Ok::<_, std::io::Error>(chunk),
+                        (upto, path, ended || !follow),
+                    ));
+                }
+                if !follow {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -3,6 +3,7 @@
 //! the QEMU driver runs VMs over QMP.
 
 pub mod accel;
+pub mod agent;
 pub mod api;
 pub mod driver;
 pub mod manager;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use vws_model::node::{DeployRequest, NodeEvent, NodeReport, Registration, StagingProgress};
 
+use crate::agent::{Agent, JobDone, JobEvent};
 use crate::driver::{Boot, Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
 use crate::qemu::QemuDriver;
 use crate::staging::{self, Progress, StageError};
@@ -49,6 +50,8 @@ pub struct Manager {
     http: reqwest::Client,
     accel: (crate::accel::Accel, String),
     progress: Mutex<HashMap<String, Arc<Progress>>>,
+    /// Which workspace each running job is in.
+    jobs: Mutex<HashMap<String, String>>,
     /// How long a graceful stop may take before it is forced.
     pub stop_grace: Duration,
 }
@@ -59,11 +62,18 @@ impl Manager {
         name: String,
         home: PathBuf,
         events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+        jobs_done: JobDone,
     ) -> anyhow::Result<Manager> {
         std::fs::create_dir_all(home.join("cache/sha256"))?;
         std::fs::create_dir_all(home.join("vms"))?;
+        std::fs::create_dir_all(home.join("jobs"))?;
         let accel = crate::accel::detect();
-        let driver = Arc::new(QemuDriver::new(home.join("vms"), accel.0, events));
+        let driver = Arc::new(QemuDriver::new(
+            home.join("vms"),
+            accel.0,
+            events,
+            jobs_done,
+        ));
         Ok(Manager {
             name,
             home,
@@ -71,6 +81,7 @@ impl Manager {
             http: reqwest::Client::new(),
             accel,
             progress: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
             stop_grace: Duration::from_secs(5),
         })
     }
@@ -310,6 +321,97 @@ impl Manager {
         }
     }
 
+    async fn agent(&self, id: &str) -> Result<Arc<Agent>, NodeError> {
+        self.driver
+            .agent(id)
+            .await
+            .ok_or_else(|| NodeError::Driver(DriverError::NotRunning(id.into())))
+    }
+
+    /// The event log of a job.
+    pub fn job_log(&self, job: &str) -> PathBuf {
+        self.home.join("jobs").join(format!("{job}.ndjson"))
+    }
+
+    /// Starts a job in a running workspace through its agent.
+    pub async fn run_job(
+        &self,
+        id: &str,
+        req: vws_model::node::JobRequest,
+    ) -> Result<(), NodeError> {
+        let agent = self.agent(id).await?;
+        if agent.hello().is_none() {
+            return Err(NodeError::Driver(DriverError::NotRunning(id.into())));
+        }
+        if req.argv.is_empty() {
+            return Err(NodeError::Other(anyhow::anyhow!(
+                "a job needs a program to run"
+            )));
+        }
+        let log = self.job_log(&req.job);
+        tokio::fs::write(&log, b"").await?;
+        self.jobs
+            .lock()
+            .await
+            .insert(req.job.clone(), id.to_string());
+        agent
+            .exec(
+                &req.job,
+                log,
+                req.argv,
+                req.env,
+                req.cwd,
+                req.stdin,
+                req.timeout.map(|t| t.saturating_mul(1000)),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Cancels a job: SIGTERM to its process group, SIGKILL two seconds later.
+    pub async fn cancel_job(self: &Arc<Self>, job: &str) -> Result<(), NodeError> {
+        let id = self
+            .jobs
+            .lock()
+            .await
+            .get(job)
+            .cloned()
+            .ok_or_else(|| NodeError::NotDeployed(format!("job {job}")))?;
+        let agent = self.agent(&id).await?;
+        agent.signal(job, 15);
+        let job = job.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if agent.running(&job).await {
+                agent.signal(&job, 9);
+            }
+        });
+        Ok(())
+    }
+
+    /// Forgets a finished job's workspace mapping.
+    pub async fn job_finished(&self, job: &str) {
+        self.jobs.lock().await.remove(job);
+    }
+
+    /// Writes a file into a running workspace.
+    pub async fn put_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), NodeError> {
+        self.agent(id)
+            .await?
+            .write_file(path, data, None)
+            .await
+            .map_err(|e| NodeError::Other(anyhow::anyhow!(e)))
+    }
+
+    /// Reads a file from a running workspace.
+    pub async fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, NodeError> {
+        self.agent(id)
+            .await?
+            .read_file(path)
+            .await
+            .map_err(|e| NodeError::Other(anyhow::anyhow!(e)))
+    }
+
     /// Capacity, cache, workspaces and health.
     pub async fn report(&self) -> NodeReport {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -367,6 +469,7 @@ pub async fn report_to_service(
     url: String,
     every: Duration,
     mut events: tokio::sync::mpsc::UnboundedReceiver<VmEvent>,
+    mut jobs_done: tokio::sync::mpsc::UnboundedReceiver<(String, JobEvent, u64)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let http = reqwest::Client::builder()
@@ -379,6 +482,22 @@ pub async fn report_to_service(
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
+            Some((job, ev, bytes)) = jobs_done.recv() => {
+                manager.job_finished(&job).await;
+                let report = match ev {
+                    JobEvent::Exited { code, signal, timed_out } => vws_model::node::JobReport {
+                        outcome: "exited".into(), code, signal, timed_out, message: None, output_bytes: bytes,
+                    },
+                    JobEvent::Failed { message } => vws_model::node::JobReport {
+                        outcome: "failed".into(), code: None, signal: None, timed_out: false, message: Some(message), output_bytes: bytes,
+                    },
+                    _ => continue,
+                };
+                let url = format!("{service}/v1/nodes/{}/jobs/{job}", manager.name);
+                if let Err(e) = http.post(url).json(&report).send().await.and_then(|r| r.error_for_status()) {
+                    tracing::warn!(%job, error = %e, "could not report a finished job");
+                }
+            }
             Some(ev) = events.recv() => {
                 let body = NodeEvent { id: ev.id, reason: ev.reason };
                 let r = http.post(format!("{service}/v1/nodes/{}/events", manager.name)).json(&body).send().await;

@@ -19,6 +19,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::accel::Accel;
+use crate::agent::{Agent, JobDone};
 use crate::driver::{Boot, Driver, DriverError, VmEvent, VmSpec, VmState};
 
 type Qmp = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
@@ -28,6 +29,8 @@ pub const READY_MARK: &str = "vws: ready";
 
 struct Vm {
     qmp: Qmp,
+    /// The guest agent's connection.
+    agent: Option<Arc<Agent>>,
     pid: u32,
     /// Set before a stop, so the exit that follows is not reported.
     expected: Arc<AtomicBool>,
@@ -43,6 +46,7 @@ pub struct QemuDriver {
     boot_timeout: Duration,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     events: mpsc::UnboundedSender<VmEvent>,
+    jobs_done: JobDone,
 }
 
 fn qemu_err(e: impl std::fmt::Display) -> DriverError {
@@ -76,7 +80,12 @@ fn alive(pid: u32) -> bool {
 impl QemuDriver {
     /// A driver keeping per-VM files under `root/<id>/`; unexpected exits are
     /// sent on `events`.
-    pub fn new(root: PathBuf, accel: Accel, events: mpsc::UnboundedSender<VmEvent>) -> Self {
+    pub fn new(
+        root: PathBuf,
+        accel: Accel,
+        events: mpsc::UnboundedSender<VmEvent>,
+        jobs_done: JobDone,
+    ) -> Self {
         QemuDriver {
             root,
             accel,
@@ -84,6 +93,7 @@ impl QemuDriver {
             boot_timeout: Duration::from_secs(90),
             vms: Mutex::new(HashMap::new()),
             events,
+            jobs_done,
         }
     }
 
@@ -201,6 +211,25 @@ impl QemuDriver {
                 ]);
             }
         }
+        // The guest agent's channel: virtio-serial (there is no vhost-vsock here).
+        let serial = if matches!(spec.boot, Boot::Kernel { .. }) {
+            "virtio-serial-device"
+        } else {
+            "virtio-serial-pci"
+        };
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                p("agent.sock")
+            ),
+        ]);
+        push(&[
+            "-device",
+            serial,
+            "-device",
+            &format!("virtserialport,chardev=agent,name={}", vws_guest::PORT_NAME),
+        ]);
         // Guests get entropy from the host, so clones never share a random seed.
         push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
         let rng = if matches!(spec.boot, Boot::Kernel { .. }) {
@@ -290,7 +319,14 @@ impl QemuDriver {
             .await
             {
                 Ok((qmp, stream)) => {
-                    self.watch(id.clone(), qmp, pid, WatchOn::Stream(stream))
+                    let agent = Agent::connect(
+                        &dir.join("agent.sock"),
+                        Duration::from_secs(5),
+                        self.jobs_done.clone(),
+                    )
+                    .await
+                    .ok();
+                    self.watch(id.clone(), qmp, agent, pid, WatchOn::Stream(stream))
                         .await;
                     tracing::info!(%id, pid, "re-adopted a running workspace");
                     adopted.push(id);
@@ -301,11 +337,19 @@ impl QemuDriver {
         adopted
     }
 
-    async fn watch(self: &Arc<Self>, id: String, qmp: Qmp, pid: u32, on: WatchOn) {
+    async fn watch(
+        self: &Arc<Self>,
+        id: String,
+        qmp: Qmp,
+        agent: Option<Arc<Agent>>,
+        pid: u32,
+        on: WatchOn,
+    ) {
         let expected = Arc::new(AtomicBool::new(false));
         let (tx, rx) = watch::channel(false);
         let vm = Arc::new(Vm {
             qmp,
+            agent,
             pid,
             expected: expected.clone(),
             gone: rx,
@@ -339,29 +383,34 @@ impl QemuDriver {
         waited.is_ok()
     }
 
+    /// Ready means the guest agent answered its handshake.
     async fn wait_ready(&self, id: &str, vm: &Vm) -> Result<(), DriverError> {
         let console = self.dir(id).join("console.log");
-        let start = Instant::now();
-        while start.elapsed() < self.boot_timeout {
-            if *vm.gone.borrow() {
-                return Err(qemu_err(format!(
-                    "QEMU exited during boot; console: {}",
-                    tail(&console, 10)
-                )));
+        let agent = vm
+            .agent
+            .clone()
+            .ok_or_else(|| qemu_err("no guest agent channel"))?;
+        let mut gone = vm.gone.clone();
+        tokio::select! {
+            hello = agent.ready(self.boot_timeout) => {
+                if hello.is_some() {
+                    return Ok(());
+                }
             }
-            if std::fs::read(&console)
-                .map(|b| String::from_utf8_lossy(&b).contains(READY_MARK))
-                .unwrap_or(false)
-            {
-                return Ok(());
+            _ = gone.wait_for(|g| *g) => {
+                return Err(qemu_err(format!("QEMU exited during boot; console: {}", tail(&console, 10))));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(DriverError::BootTimeout {
             id: id.into(),
             waited: self.boot_timeout,
             console: tail(&console, 10),
         })
+    }
+
+    /// The guest agent of a running VM.
+    pub async fn agent(&self, id: &str) -> Option<Arc<Agent>> {
+        self.vms.lock().await.get(id).and_then(|v| v.agent.clone())
     }
 
     /// Process id of a running VM.
@@ -422,8 +471,21 @@ impl Driver for Arc<QemuDriver> {
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
-        self.watch(spec.id.clone(), qmp, pid, WatchOn::Child(child))
-            .await;
+        let agent = Agent::connect(
+            &dir.join("agent.sock"),
+            Duration::from_secs(10),
+            self.jobs_done.clone(),
+        )
+        .await
+        .map_err(|e| qemu_err(format!("guest agent socket: {e}")))?;
+        self.watch(
+            spec.id.clone(),
+            qmp,
+            Some(agent),
+            pid,
+            WatchOn::Child(child),
+        )
+        .await;
         let vm = self.vm(&spec.id).await?;
         if let Err(e) = self.wait_ready(&spec.id, &vm).await {
             vm.expected.store(true, Ordering::SeqCst);

@@ -96,6 +96,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/nodes"),
     ("post", "/v1/nodes/{name}/heartbeat"),
     ("post", "/v1/nodes/{name}/events"),
+    ("post", "/v1/nodes/{name}/jobs/{job}"),
+    ("get", "/v1/workspaces/{id}/jobs"),
+    ("post", "/v1/workspaces/{id}/jobs"),
+    ("get", "/v1/jobs/{job}"),
+    ("get", "/v1/jobs/{job}/output"),
+    ("post", "/v1/jobs/{job}/cancel"),
+    ("get", "/v1/workspaces/{id}/files"),
+    ("put", "/v1/workspaces/{id}/files"),
 ];
 
 /// The OpenAPI document, checked in beside the code.
@@ -128,6 +136,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(nodes).post(register_node))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}/events", post(node_event))
+        .route("/v1/nodes/{name}/jobs/{job}", post(job_report))
+        .route("/v1/workspaces/{id}/jobs", get(jobs).post(submit_job))
+        .route("/v1/jobs/{job}", get(job))
+        .route("/v1/jobs/{job}/output", get(job_output))
+        .route("/v1/jobs/{job}/cancel", post(cancel_job))
+        .route("/v1/workspaces/{id}/files", get(get_file).put(put_file).layer(DefaultBodyLimit::max(64 << 20)))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
@@ -708,4 +722,109 @@ async fn node_event(
         .ok_or_else(|| ServiceError::BadRequest("expected an event".into()))?;
     s.service.node_event(&name, ev).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn submit_job(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: crate::jobs::Submit = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected {\"argv\": [...]}".into()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.service.submit_job(&who, &id, req).await?),
+    )
+        .into_response())
+}
+
+async fn jobs(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.jobs(&who, &id).await?).into_response())
+}
+
+async fn job(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(job): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.job(&who, &job).await?).into_response())
+}
+
+async fn cancel_job(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(job): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.cancel_job(&who, &job).await?).into_response())
+}
+
+async fn job_output(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(job): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> Result<Response, ServiceError> {
+    let resp = s.service.job_output(&who, &job, q.follow).await?;
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    Ok((
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn job_report(
+    State(s): State<AppState>,
+    Path((name, job)): Path<(String, String)>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let rep: vws_model::node::JobReport = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected a job report".into()))?;
+    s.service.job_ended(&name, &job, rep).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    path: String,
+}
+
+async fn put_file(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let data = b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServiceError::TooLarge("file larger than 64 MiB".into())
+        } else {
+            ServiceError::BadRequest(e.to_string())
+        }
+    })?;
+    s.service
+        .put_file(&who, &id, &q.path, data.to_vec())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_file(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Result<Response, ServiceError> {
+    Ok(s.service
+        .get_file(&who, &id, &q.path)
+        .await?
+        .into_response())
 }

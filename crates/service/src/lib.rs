@@ -7,6 +7,7 @@ pub mod clock;
 mod core;
 pub mod error;
 mod factory;
+pub mod jobs;
 mod lifecycle;
 pub mod nodes;
 pub mod policy;

@@ -500,6 +500,7 @@ async fn the_openapi_document_lists_exactly_the_routes() {
                 .replace("{reference}", "x:1")
                 .replace("{digest}", "sha256:00")
                 .replace("{name}", "n1")
+                .replace("{job}", "job-000000000000")
         );
         let resp = a
             .http

@@ -8,12 +8,14 @@
 mod blobs;
 mod db;
 mod images;
+mod jobs;
 mod nodes;
 mod workspaces;
 
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
 pub use images::{ImageFile, ImageKind, ImageRecord};
+pub use jobs::JobRecord;
 pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;
 pub use workspaces::{Binding, Change, Filter, Page, TransitionRecord, WorkspaceRecord};

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_vm;
 pub mod images;
+pub mod jobs;
 pub mod lifecycle;
 pub mod node;
 pub mod up;
@@ -11,6 +12,9 @@ pub mod workspaces;
 /// Prints an error for people: the service's message, each description
 /// problem on its own line, and the chain of causes.
 pub fn report(e: &anyhow::Error) {
+    if e.downcast_ref::<jobs::ExitWith>().is_some() {
+        return;
+    }
     if let Some(vws_client::ClientError::Api {
         details,
         message,

@@ -81,7 +81,8 @@ pub async fn launch(
     stop_grace: Duration,
 ) -> anyhow::Result<RunningNode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut manager = Manager::new(name, home, tx)?;
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut manager = Manager::new(name, home, tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
     let manager = Arc::new(manager);
     let adopted = manager.adopt().await;
@@ -109,6 +110,7 @@ pub async fn launch(
         url.clone(),
         heartbeat,
         rx,
+        jobs_rx,
         async move {
             let _ = s2.wait_for(|s| *s).await;
         },

@@ -1,0 +1,305 @@
+//! `vws-agent`: started by the guest's init, it opens the `vws.agent`
+//! virtio-serial port and runs what the node asks: processes with argv, env,
+//! cwd and stdin, streaming stdout and stderr as they are written, reporting
+//! exit status or signal, enforcing timeouts; and file reads and writes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use vws_guest::{read_frame, write_frame, FromAgent, ToAgent, PORT_NAME, VERSION};
+
+type Writer = Arc<Mutex<File>>;
+type Jobs = Arc<Mutex<HashMap<String, u32>>>;
+
+fn send(w: &Writer, msg: &FromAgent) {
+    if let Ok(mut f) = w.lock() {
+        let _ = write_frame(&mut *f, msg);
+    }
+}
+
+/// The device of the port named `vws.agent`.
+fn find_port() -> Option<String> {
+    for e in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if name.trim() == PORT_NAME {
+            return Some(format!("/dev/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    None
+}
+
+fn pump(
+    mut from: impl Read + Send + 'static,
+    w: Writer,
+    job: String,
+    err: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let data = B64.encode(&buf[..n]);
+                    let msg = if err {
+                        FromAgent::Stderr {
+                            job: job.clone(),
+                            data,
+                        }
+                    } else {
+                        FromAgent::Stdout {
+                            job: job.clone(),
+                            data,
+                        }
+                    };
+                    send(&w, &msg);
+                }
+            }
+        }
+    })
+}
+
+fn kill_group(pid: u32, signal: i32) {
+    if let (Some(p), Some(s)) = (
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::Signal::from_named_raw(signal),
+    ) {
+        let _ = rustix::process::kill_process_group(p, s);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exec(
+    w: Writer,
+    jobs: Jobs,
+    job: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    stdin: Option<String>,
+    timeout_ms: Option<u64>,
+) {
+    let Some((prog, args)) = argv.split_first() else {
+        send(
+            &w,
+            &FromAgent::Failed {
+                job,
+                message: "empty argv".into(),
+            },
+        );
+        return;
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .envs(env)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a cancel reaches every process it started.
+        .process_group(0);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            send(
+                &w,
+                &FromAgent::Failed {
+                    job,
+                    message: format!("cannot run {prog}: {e}"),
+                },
+            );
+            return;
+        }
+    };
+    let pid = child.id();
+    jobs.lock().map(|mut j| j.insert(job.clone(), pid)).ok();
+    send(
+        &w,
+        &FromAgent::Started {
+            job: job.clone(),
+            pid,
+        },
+    );
+    if let (Some(data), Some(mut input)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let bytes = B64.decode(data).unwrap_or_default();
+            let _ = input.write_all(&bytes);
+        });
+    }
+    let out = pump(
+        child.stdout.take().expect("piped stdout"),
+        w.clone(),
+        job.clone(),
+        false,
+    );
+    let err = pump(
+        child.stderr.take().expect("piped stderr"),
+        w.clone(),
+        job.clone(),
+        true,
+    );
+    let deadline = timeout_ms.map(|t| Instant::now() + Duration::from_millis(t));
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if !timed_out && deadline.is_some_and(|d| Instant::now() >= d) {
+            timed_out = true;
+            kill_group(pid, 9);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = out.join();
+    let _ = err.join();
+    jobs.lock().map(|mut j| j.remove(&job)).ok();
+    let (code, signal) = status.map_or((None, None), |s| (s.code(), s.signal()));
+    send(
+        &w,
+        &FromAgent::Exited {
+            job,
+            code,
+            signal,
+            timed_out,
+        },
+    );
+}
+
+fn file_op(w: &Writer, msg: ToAgent) {
+    match msg {
+        ToAgent::WriteFile {
+            req,
+            path,
+            data,
+            mode,
+        } => {
+            let result = B64
+                .decode(data)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    if let Some(parent) = std::path::Path::new(&path).parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                    }
+                    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+                    if let Some(m) = mode {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                });
+            send(
+                w,
+                &FromAgent::FileDone {
+                    req,
+                    data: None,
+                    error: result.err(),
+                },
+            );
+        }
+        ToAgent::ReadFile { req, path } => {
+            let (data, error) = match std::fs::read(&path) {
+                Ok(b) => (Some(B64.encode(b)), None),
+                Err(e) => (None, Some(format!("{path}: {e}"))),
+            };
+            send(w, &FromAgent::FileDone { req, data, error });
+        }
+        _ => {}
+    }
+}
+
+fn serve(port: &str) -> std::io::Result<()> {
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(port)?;
+    let writer: Writer = Arc::new(Mutex::new(reader.try_clone()?));
+    let jobs: Jobs = Arc::new(Mutex::new(HashMap::new()));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut seed = [0u8; 8];
+    let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
+    let hello = FromAgent::Hello {
+        version: VERSION,
+        hostname,
+        session: hex(&seed),
+    };
+    send(&writer, &hello);
+    loop {
+        let msg: ToAgent = match read_frame(&mut reader) {
+            Ok(Some(m)) => m,
+            // No node connected: the port reads as ended; wait for one.
+            Ok(None) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                eprintln!("vws-agent: dropping a malformed frame: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match msg {
+            ToAgent::Ping => send(&writer, &hello),
+            ToAgent::Exec {
+                job,
+                argv,
+                env,
+                cwd,
+                stdin,
+                timeout_ms,
+            } => {
+                let (w, j) = (writer.clone(), jobs.clone());
+                std::thread::spawn(move || exec(w, j, job, argv, env, cwd, stdin, timeout_ms));
+            }
+            ToAgent::Signal { job, signal } => {
+                if let Some(pid) = jobs.lock().ok().and_then(|j| j.get(&job).copied()) {
+                    kill_group(pid, signal);
+                }
+            }
+            other => {
+                let w = writer.clone();
+                std::thread::spawn(move || file_op(&w, other));
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn main() {
+    loop {
+        match find_port() {
+            Some(port) => {
+                if let Err(e) = serve(&port) {
+                    eprintln!("vws-agent: {port}: {e}");
+                }
+            }
+            None => eprintln!("vws-agent: no virtio-serial port named {PORT_NAME}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

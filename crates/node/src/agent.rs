@@ -1,0 +1,339 @@
+//! The node's side of the guest agent: one connection per VM over the
+//! virtio-serial port's unix socket. Job output is appended to a per-job
+//! event log as it arrives, so a reader that comes late gets it all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use vws_guest::{FromAgent, ToAgent, MAX_FRAME, VERSION};
+
+/// One line of a job's event log (and of its output stream).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// The process started.
+    Started {
+        /// Pid in the guest.
+        pid: u32,
+    },
+    /// Bytes on stdout (base64).
+    Stdout {
+        /// Data.
+        data: String,
+    },
+    /// Bytes on stderr (base64).
+    Stderr {
+        /// Data.
+        data: String,
+    },
+    /// The end: exit code or signal.
+    Exited {
+        /// Exit code.
+        code: Option<i32>,
+        /// Killing signal.
+        signal: Option<i32>,
+        /// Killed by its timeout.
+        timed_out: bool,
+    },
+    /// It never ran, or its agent went away.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+impl JobEvent {
+    /// Whether this ends the job.
+    pub fn is_final(&self) -> bool {
+        matches!(self, JobEvent::Exited { .. } | JobEvent::Failed { .. })
+    }
+}
+
+/// Who hears that a job ended.
+pub type JobDone = mpsc::UnboundedSender<(String, JobEvent, u64)>;
+
+/// The agent's greeting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hello {
+    /// Guest hostname.
+    pub hostname: String,
+    /// Agent session (new on every agent start).
+    pub session: String,
+}
+
+struct JobLog {
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// A connection to one VM's agent.
+pub struct Agent {
+    out: mpsc::UnboundedSender<ToAgent>,
+    hello: watch::Receiver<Option<Hello>>,
+    jobs: Arc<Mutex<HashMap<String, JobLog>>>,
+    files: Arc<Mutex<HashMap<String, oneshot::Sender<FromAgent>>>>,
+}
+
+async fn append(path: &Path, ev: &JobEvent) {
+    let mut line = serde_json::to_vec(ev).expect("events serialize");
+    line.push(b'\n');
+    if let Ok(mut f) = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+    {
+        let _ = f.write_all(&line).await;
+    }
+}
+
+impl Agent {
+    /// Connects to the agent socket (retrying until `deadline`) and keeps the
+    /// connection served; ended jobs are reported on `done`.
+    pub async fn connect(
+        socket: &Path,
+        within: Duration,
+        done: JobDone,
+    ) -> std::io::Result<Arc<Agent>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let stream = loop {
+            match UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let (mut rd, mut wr) = stream.into_split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<ToAgent>();
+        let (hello_tx, hello) = watch::channel(None);
+        let agent = Arc::new(Agent {
+            out,
+            hello,
+            jobs: Arc::default(),
+            files: Arc::default(),
+        });
+        tokio::spawn(async move {
+            while let Some(msg) = out_rx.recv().await {
+                let body = serde_json::to_vec(&msg).expect("messages serialize");
+                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&body);
+                if wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (jobs, files) = (agent.jobs.clone(), agent.files.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut len = [0u8; 4];
+                if rd.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let len = u32::from_be_bytes(len) as usize;
+                if len > MAX_FRAME {
+                    tracing::warn!(len, "agent sent an oversized frame; closing");
+                    break;
+                }
+                let mut body = vec![0u8; len];
+                if rd.read_exact(&mut body).await.is_err() {
+                    break;
+                }
+                let msg: FromAgent = match vws_guest::decode(&body) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed frame from the agent");
+                        continue;
+                    }
+                };
+                let (job, ev) = match msg {
+                    FromAgent::Hello {
+                        version,
+                        hostname,
+                        session,
+                    } => {
+                        if version != VERSION {
+                            tracing::error!(version, "agent speaks another protocol version");
+                            continue;
+                        }
+                        let restarted = hello_tx
+                            .borrow()
+                            .as_ref()
+                            .is_some_and(|h| h.session != session);
+                        if restarted {
+                            // Its jobs died with it.
+                            let lost: Vec<(String, JobLog)> = jobs.lock().await.drain().collect();
+                            for (job, log) in lost {
+                                let ev = JobEvent::Failed {
+                                    message: "the guest agent restarted".into(),
+                                };
+                                append(&log.path, &ev).await;
+                                let _ = done.send((job, ev, log.bytes));
+                            }
+                        }
+                        let _ = hello_tx.send(Some(Hello { hostname, session }));
+                        continue;
+                    }
+                    FromAgent::FileDone { ref req, .. } => {
+                        if let Some(tx) = files.lock().await.remove(req) {
+                            let _ = tx.send(msg);
+                        }
+                        continue;
+                    }
+                    FromAgent::Started { job, pid } => (job, JobEvent::Started { pid }),
+                    FromAgent::Stdout { job, data } => (job, JobEvent::Stdout { data }),
+                    FromAgent::Stderr { job, data } => (job, JobEvent::Stderr { data }),
+                    FromAgent::Exited {
+                        job,
+                        code,
+                        signal,
+                        timed_out,
+                    } => (
+                        job,
+                        JobEvent::Exited {
+                            code,
+                            signal,
+                            timed_out,
+                        },
+                    ),
+                    FromAgent::Failed { job, message } => (job, JobEvent::Failed { message }),
+                };
+                let mut guard = jobs.lock().await;
+                let Some(log) = guard.get_mut(&job) else {
+                    continue;
+                };
+                if let JobEvent::Stdout { data } | JobEvent::Stderr { data } = &ev {
+                    log.bytes += (data.len() as u64 * 3) / 4;
+                }
+                append(&log.path, &ev).await;
+                if ev.is_final() {
+                    let log = guard.remove(&job).expect("present");
+                    let _ = done.send((job, ev, log.bytes));
+                }
+            }
+            // The connection is gone (VM stopped or died): so are its jobs.
+            for (job, log) in jobs.lock().await.drain() {
+                let ev = JobEvent::Failed {
+                    message: "the workspace stopped while the job ran".into(),
+                };
+                append(&log.path, &ev).await;
+                let _ = done.send((job, ev, log.bytes));
+            }
+        });
+        let _ = agent.out.send(ToAgent::Ping);
+        Ok(agent)
+    }
+
+    /// Waits for the agent's handshake.
+    pub async fn ready(&self, within: Duration) -> Option<Hello> {
+        let mut h = self.hello.clone();
+        let waited = tokio::time::timeout(within, h.wait_for(|h| h.is_some())).await;
+        waited.ok().and_then(|r| r.ok().and_then(|h| h.clone()))
+    }
+
+    /// The last handshake, if any.
+    pub fn hello(&self) -> Option<Hello> {
+        self.hello.borrow().clone()
+    }
+
+    /// Starts a job whose events go to `log`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exec(
+        &self,
+        job: &str,
+        log: PathBuf,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        stdin: Option<String>,
+        timeout_ms: Option<u64>,
+    ) {
+        self.jobs.lock().await.insert(
+            job.to_string(),
+            JobLog {
+                path: log,
+                bytes: 0,
+            },
+        );
+        let _ = self.out.send(ToAgent::Exec {
+            job: job.into(),
+            argv,
+            env,
+            cwd,
+            stdin,
+            timeout_ms,
+        });
+    }
+
+    /// Signals a job's process group.
+    pub fn signal(&self, job: &str, signal: i32) {
+        let _ = self.out.send(ToAgent::Signal {
+            job: job.into(),
+            signal,
+        });
+    }
+
+    /// Whether a job is still running here.
+    pub async fn running(&self, job: &str) -> bool {
+        self.jobs.lock().await.contains_key(job)
+    }
+
+    async fn file(&self, req: String, msg: ToAgent) -> Result<Option<Vec<u8>>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.files.lock().await.insert(req, tx);
+        let _ = self.out.send(msg);
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(FromAgent::FileDone { error: Some(e), .. })) => Err(e),
+            Ok(Ok(FromAgent::FileDone { data, .. })) => data
+                .map(|d| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(d)
+                        .map_err(|e| e.to_string())
+                })
+                .transpose(),
+            _ => Err("the guest agent did not answer".into()),
+        }
+    }
+
+    /// Writes a file in the guest.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), String> {
+        let req = format!("w{}", rand::random::<u64>());
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        self.file(
+            req.clone(),
+            ToAgent::WriteFile {
+                req,
+                path: path.into(),
+                data,
+                mode,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Reads a file from the guest.
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        let req = format!("r{}", rand::random::<u64>());
+        self.file(
+            req.clone(),
+            ToAgent::ReadFile {
+                req,
+                path: path.into(),
+            },
+        )
+        .await
+        .map(Option::unwrap_or_default)
+    }
+}

@@ -1,0 +1,257 @@
+//! Jobs in workspaces (paper §3.1, the job manager's role): submitted to the
+//! workspace's node, run by the guest agent, recorded in the repository.
+
+use serde::Deserialize;
+use vws_model::node::{JobReport, JobRequest};
+use vws_model::{Identity, State};
+use vws_store::JobRecord;
+
+use crate::core::Service;
+use crate::error::ServiceError;
+
+/// A job as a client submits it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Standard input (base64).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Seconds before it is killed.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+impl Service {
+    /// Starts a job in a running workspace.
+    pub async fn submit_job(
+        &self,
+        who: &Identity,
+        id: &str,
+        s: Submit,
+    ) -> Result<JobRecord, ServiceError> {
+        let r = self.visible(who, id).await?;
+        if r.state != State::Running {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is {}; jobs run in running workspaces",
+                r.state
+            )));
+        }
+        if s.argv.is_empty() || s.argv.len() > 4096 || s.argv.iter().any(|a| a.contains('\0')) {
+            return Err(ServiceError::BadRequest(
+                "argv must hold 1 to 4096 arguments without NUL".into(),
+            ));
+        }
+        let node = self
+            .live_node(r.node.as_deref().unwrap_or_default())
+            .await?;
+        let job = JobRecord {
+            id: format!("job-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            workspace_id: r.id.clone(),
+            owner: who.dn.clone(),
+            node: node.name.clone(),
+            argv: s.argv.clone(),
+            state: "running".into(),
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            message: None,
+            cancelled: false,
+            output_bytes: 0,
+            created_at: self.clock.now(),
+            ended_at: None,
+        };
+        self.store.insert_job(&job).await?;
+        let req = JobRequest {
+            job: job.id.clone(),
+            argv: s.argv,
+            env: s.env,
+            cwd: s.cwd,
+            stdin: s.stdin,
+            timeout: s.timeout,
+        };
+        let body = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
+        if let Err(e) = self
+            .call_node(
+                &node,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/jobs"),
+                Some(body),
+            )
+            .await
+        {
+            let mut failed = job.clone();
+            failed.state = "failed".into();
+            failed.message = Some(e.to_string());
+            failed.ended_at = Some(self.clock.now());
+            self.store.update_job(&failed).await?;
+            return Err(e);
+        }
+        tracing::info!(job = %job.id, workspace = %id, "job started");
+        Ok(job)
+    }
+
+    /// One job the caller may see.
+    pub async fn job(&self, who: &Identity, job: &str) -> Result<JobRecord, ServiceError> {
+        match self.store.job(job).await? {
+            Some(j) if j.owner == who.dn || who.is_admin() => Ok(j),
+            _ => Err(ServiceError::NotFound(format!("job {job} not found"))),
+        }
+    }
+
+    /// A workspace's jobs.
+    pub async fn jobs(&self, who: &Identity, id: &str) -> Result<Vec<JobRecord>, ServiceError> {
+        self.visible(who, id).await?;
+        Ok(self.store.jobs_of(id).await?)
+    }
+
+    /// Cancels a running job.
+    pub async fn cancel_job(&self, who: &Identity, job: &str) -> Result<JobRecord, ServiceError> {
+        let mut j = self.job(who, job).await?;
+        if j.state != "running" {
+            return Err(ServiceError::Conflict(format!("job {job} is {}", j.state)));
+        }
+        j.cancelled = true;
+        self.store.update_job(&j).await?;
+        let node = self.live_node(&j.node).await?;
+        self.call_node(
+            &node,
+            reqwest::Method::POST,
+            &format!("/node/v1/jobs/{job}/cancel"),
+            None,
+        )
+        .await?;
+        Ok(j)
+    }
+
+    /// The job's output events (NDJSON) from the start, following if asked.
+    pub async fn job_output(
+        &self,
+        who: &Identity,
+        job: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, ServiceError> {
+        let j = self.job(who, job).await?;
+        let node = self.live_node(&j.node).await?;
+        self.call_node(
+            &node,
+            reqwest::Method::GET,
+            &format!("/node/v1/jobs/{job}/output?follow={follow}"),
+            None,
+        )
+        .await
+    }
+
+    /// A node reports that a job ended.
+    pub async fn job_ended(
+        &self,
+        node: &str,
+        job: &str,
+        rep: JobReport,
+    ) -> Result<(), ServiceError> {
+        let Some(mut j) = self.store.job(job).await? else {
+            return Ok(());
+        };
+        if j.node != node || j.state != "running" {
+            return Ok(());
+        }
+        j.state = match (rep.outcome.as_str(), j.cancelled) {
+            ("exited", true) => "cancelled",
+            ("exited", false) => "exited",
+            _ => "failed",
+        }
+        .into();
+        j.exit_code = rep.code;
+        j.signal = rep.signal;
+        j.timed_out = rep.timed_out;
+        j.message = rep.message;
+        j.output_bytes = rep.output_bytes;
+        j.ended_at = Some(self.clock.now());
+        self.store.update_job(&j).await?;
+        Ok(())
+    }
+
+    /// Copies a file into a running workspace.
+    pub async fn put_file(
+        &self,
+        who: &Identity,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<(), ServiceError> {
+        let (node, path) = self.file_target(who, id, path).await?;
+        let url = format!("{}/node/v1/vms/{id}/files", node.url);
+        let resp = self
+            .node_http
+            .put(url)
+            .query(&[("path", &path)])
+            .body(data)
+            .send()
+            .await
+            .map_err(anyhow::Error::from)?;
+        if !resp.status().is_success() {
+            return Err(ServiceError::BadRequest(format!(
+                "writing {path} in {id}: {}",
+                resp.text().await.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies a file out of a running workspace.
+    pub async fn get_file(
+        &self,
+        who: &Identity,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let (node, path) = self.file_target(who, id, path).await?;
+        let url = format!("{}/node/v1/vms/{id}/files", node.url);
+        let resp = self
+            .node_http
+            .get(url)
+            .query(&[("path", &path)])
+            .send()
+            .await
+            .map_err(anyhow::Error::from)?;
+        if !resp.status().is_success() {
+            return Err(ServiceError::NotFound(format!(
+                "reading {path} in {id}: {}",
+                resp.text().await.unwrap_or_default()
+            )));
+        }
+        Ok(resp.bytes().await.map_err(anyhow::Error::from)?.to_vec())
+    }
+
+    async fn file_target(
+        &self,
+        who: &Identity,
+        id: &str,
+        path: &str,
+    ) -> Result<(vws_store::NodeRecord, String), ServiceError> {
+        let r = self.visible(who, id).await?;
+        if r.state != State::Running {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is {}; files move in and out of running workspaces",
+                r.state
+            )));
+        }
+        if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+            return Err(ServiceError::BadRequest(format!(
+                "{path:?} is not an absolute path in the workspace"
+            )));
+        }
+        Ok((
+            self.live_node(r.node.as_deref().unwrap_or_default())
+                .await?,
+            path.to_string(),
+        ))
+    }
+}

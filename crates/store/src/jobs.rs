@@ -1,0 +1,133 @@
+//! Job records.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use crate::db::{from_millis, millis, Store, StoreError};
+
+/// A job as the repository keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    /// Job id (`job-…`).
+    pub id: String,
+    /// Workspace it runs in.
+    pub workspace_id: String,
+    /// Who submitted it.
+    pub owner: String,
+    /// Node it ran on.
+    pub node: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// `running`, `exited`, `failed` or `cancelled`.
+    pub state: String,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Killing signal.
+    pub signal: Option<i32>,
+    /// Killed by its timeout.
+    pub timed_out: bool,
+    /// Why it failed.
+    pub message: Option<String>,
+    /// A cancel was asked for.
+    pub cancelled: bool,
+    /// Bytes of output.
+    pub output_bytes: u64,
+    /// Submission time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// End time.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+}
+
+const COLUMNS: &str =
+    "id, workspace_id, owner, node, argv, state, exit_code, signal, timed_out, message, cancelled, output_bytes, created_at, ended_at";
+
+fn decode(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let argv: String = row.try_get("argv")?;
+    Ok(JobRecord {
+        workspace_id: row.try_get("workspace_id")?,
+        owner: row.try_get("owner")?,
+        node: row.try_get("node")?,
+        argv: serde_json::from_str(&argv).map_err(|e| StoreError::corrupt(&id, e))?,
+        state: row.try_get("state")?,
+        exit_code: row
+            .try_get::<Option<i64>, _>("exit_code")?
+            .map(|v| v as i32),
+        signal: row.try_get::<Option<i64>, _>("signal")?.map(|v| v as i32),
+        timed_out: row.try_get::<i64, _>("timed_out")? != 0,
+        message: row.try_get("message")?,
+        cancelled: row.try_get::<i64, _>("cancelled")? != 0,
+        output_bytes: row.try_get::<i64, _>("output_bytes")? as u64,
+        created_at: from_millis(row.try_get("created_at")?),
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_millis),
+        id,
+    })
+}
+
+impl Store {
+    /// Records a new job.
+    pub async fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
+            .bind(&j.id)
+            .bind(&j.workspace_id)
+            .bind(&j.owner)
+            .bind(&j.node)
+            .bind(serde_json::to_string(&j.argv).expect("argv serializes"))
+            .bind(&j.state)
+            .bind(j.exit_code.map(i64::from))
+            .bind(j.signal.map(i64::from))
+            .bind(j.timed_out as i64)
+            .bind(j.message.clone())
+            .bind(j.cancelled as i64)
+            .bind(j.output_bytes as i64)
+            .bind(millis(j.created_at))
+            .bind(j.ended_at.map(millis))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a job's changed fields.
+    pub async fn update_job(&self, j: &JobRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = $1, exit_code = $2, signal = $3, timed_out = $4, message = $5, cancelled = $6, \
+             output_bytes = $7, ended_at = $8 WHERE id = $9",
+        )
+        .bind(&j.state)
+        .bind(j.exit_code.map(i64::from))
+        .bind(j.signal.map(i64::from))
+        .bind(j.timed_out as i64)
+        .bind(j.message.clone())
+        .bind(j.cancelled as i64)
+        .bind(j.output_bytes as i64)
+        .bind(j.ended_at.map(millis))
+        .bind(&j.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One job.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// A workspace's jobs, oldest first.
+    pub async fn jobs_of(&self, workspace: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE workspace_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
