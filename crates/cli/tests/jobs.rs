@@ -25,12 +25,21 @@ impl Drop for Up {
 }
 
 fn vws(home: &Path, args: &[&str]) -> Output {
-    Command::new(VWS).args(args).env("VWS_HOME", home).stdin(Stdio::null()).output().unwrap()
+    Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = vws(home, args);
-    assert!(out.status.success(), "vws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "vws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -47,54 +56,145 @@ fn job_state(home: &Path, job: &str) -> Value {
 #[test]
 fn jobs_in_a_real_workspace() {
     let image = root().join("target/vws-test-guest");
-    assert!(Command::new(root().join("scripts/build-minimal-image")).arg(&image).status().unwrap().success());
+    assert!(Command::new(root().join("scripts/build-minimal-image"))
+        .arg(&image)
+        .status()
+        .unwrap()
+        .success());
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let log = std::fs::File::create(home.join("up.log")).unwrap();
-    let _up = Up(Command::new(VWS).args(["up", "--listen", "127.0.0.1:0"]).env("VWS_HOME", home).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    let _up = Up(Command::new(VWS)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout).contains("\"up\"") {
+    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout)
+        .contains("\"up\"")
+    {
         assert!(Instant::now() < deadline, "vws up did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    ok(home, &["image", "import", "minimal:1", "--kernel", image.join("vmlinuz").to_str().unwrap(), "--initrd", image.join("initrd.img").to_str().unwrap(), "--cmdline", "console=ttyS0 quiet"]);
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "minimal:1",
+            "--kernel",
+            image.join("vmlinuz").to_str().unwrap(),
+            "--initrd",
+            image.join("initrd.img").to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ],
+    );
     let desc = root().join("examples/minimal.xml");
-    let id = ok(home, &["create", desc.to_str().unwrap()]).lines().next().unwrap().to_string();
+    let id = ok(home, &["create", desc.to_str().unwrap()])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
 
     // Exit codes and signals come back exactly.
     for code in [0, 1, 7] {
-        assert_eq!(run(home, &id, &["sh", "-c", &format!("exit {code}")]).status.code(), Some(code));
+        assert_eq!(
+            run(home, &id, &["sh", "-c", &format!("exit {code}")])
+                .status
+                .code(),
+            Some(code)
+        );
     }
-    assert_eq!(run(home, &id, &["sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
+    assert_eq!(
+        run(home, &id, &["sh", "-c", "kill -TERM $$"]).status.code(),
+        Some(128 + 15)
+    );
     let missing = run(home, &id, &["/no/such/program"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot run"));
 
     // 10 MB of stdout arrives intact and in order.
-    let hash = run(home, &id, &["sh", "-c", "head -c 10000000 /dev/urandom > /tmp/big && sha256sum /tmp/big"]);
-    let want = String::from_utf8_lossy(&hash.stdout).split_whitespace().next().unwrap().to_string();
+    let hash = run(
+        home,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "head -c 10000000 /dev/urandom > /tmp/big && sha256sum /tmp/big",
+        ],
+    );
+    let want = String::from_utf8_lossy(&hash.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let big = run(home, &id, &["cat", "/tmp/big"]);
     assert!(big.status.success());
     assert_eq!(big.stdout.len(), 10_000_000);
     assert_eq!(hex::encode(sha2::Sha256::digest(&big.stdout)), want);
 
     // Interleaved stdout and stderr stay separate, each in order.
-    let mixed = run(home, &id, &["sh", "-c", "i=1; while [ $i -le 200 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done"]);
+    let mixed = run(
+        home,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "i=1; while [ $i -le 200 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done",
+        ],
+    );
     let outs: Vec<String> = (1..=200).map(|i| format!("out{i}")).collect();
     let errs: Vec<String> = (1..=200).map(|i| format!("err{i}")).collect();
-    assert_eq!(String::from_utf8_lossy(&mixed.stdout).lines().collect::<Vec<_>>(), outs);
-    assert_eq!(String::from_utf8_lossy(&mixed.stderr).lines().collect::<Vec<_>>(), errs);
+    assert_eq!(
+        String::from_utf8_lossy(&mixed.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        outs
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&mixed.stderr)
+            .lines()
+            .collect::<Vec<_>>(),
+        errs
+    );
 
     // Standard input is delivered.
-    let mut child = Command::new(VWS).args(["run", &id, "--", "sh", "-c", "tr a-z A-Z; echo done"]).env("VWS_HOME", home).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"hello stdin\n").unwrap();
+    let mut child = Command::new(VWS)
+        .args(["run", &id, "--", "sh", "-c", "tr a-z A-Z; echo done"])
+        .env("VWS_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello stdin\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO STDIN\ndone\n");
 
     // Cancel kills the process in the guest.
-    let job = ok(home, &["run", "--detach", &id, "--", "sh", "-c", "echo started; exec sleep 1000"]).trim().to_string();
+    let job = ok(
+        home,
+        &[
+            "run",
+            "--detach",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 1000",
+        ],
+    )
+    .trim()
+    .to_string();
     std::thread::sleep(Duration::from_millis(500));
     ok(home, &["job", "cancel", &job]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -103,10 +203,20 @@ fn jobs_in_a_real_workspace() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let j = job_state(home, &job);
-    assert_eq!((j["state"].as_str(), j["signal"].as_i64()), (Some("cancelled"), Some(15)));
+    assert_eq!(
+        (j["state"].as_str(), j["signal"].as_i64()),
+        (Some("cancelled"), Some(15))
+    );
     let ps = run(home, &id, &["ps"]);
-    assert!(!String::from_utf8_lossy(&ps.stdout).contains("sleep 1000"), "the process is gone");
-    assert_eq!(ok(home, &["job", "output", &job]), "started\n", "late readers get the output from the start");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("sleep 1000"),
+        "the process is gone"
+    );
+    assert_eq!(
+        ok(home, &["job", "output", &job]),
+        "started\n",
+        "late readers get the output from the start"
+    );
 
     // A timeout fires.
     let t = Instant::now();
@@ -119,7 +229,14 @@ fn jobs_in_a_real_workspace() {
     let children: Vec<(usize, Child)> = (0..8)
         .map(|i| {
             let c = Command::new(VWS)
-                .args(["run", &id, "--", "sh", "-c", &format!("sleep 1; echo job{i}")])
+                .args([
+                    "run",
+                    &id,
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("sleep 1; echo job{i}"),
+                ])
                 .env("VWS_HOME", home)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -138,9 +255,23 @@ fn jobs_in_a_real_workspace() {
     let local = home.join("payload.bin");
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(&local, &payload).unwrap();
-    ok(home, &["cp", local.to_str().unwrap(), &format!("{id}:/tmp/in/payload.bin")]);
+    ok(
+        home,
+        &[
+            "cp",
+            local.to_str().unwrap(),
+            &format!("{id}:/tmp/in/payload.bin"),
+        ],
+    );
     let back = home.join("back.bin");
-    ok(home, &["cp", &format!("{id}:/tmp/in/payload.bin"), back.to_str().unwrap()]);
+    ok(
+        home,
+        &[
+            "cp",
+            &format!("{id}:/tmp/in/payload.bin"),
+            back.to_str().unwrap(),
+        ],
+    );
     assert_eq!(std::fs::read(&back).unwrap(), payload);
 
     // An agent killed inside the guest comes back, and new jobs work.
@@ -157,6 +288,27 @@ fn jobs_in_a_real_workspace() {
 
     // The startup program ran at boot; its output is on the console.
     assert!(ok(home, &["console", &id]).contains("hello from"));
+
+    // The served port answers an HTTP request from the host, where `vws show` says.
+    let shown: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
+    let at = shown["binding"]["forwards"][0]["host"]
+        .as_str()
+        .expect("a forward for port 8080")
+        .to_string();
+    assert!(ok(home, &["show", &id]).contains(&format!("8080/tcp at {at}")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", &format!("http://{at}/")])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "the served port did not answer");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(body.trim(), format!("served by {id}"));
     let jobs: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
     assert!(jobs.as_array().unwrap().len() >= 20);
     ok(home, &["destroy", &id]);

@@ -45,6 +45,9 @@ pub struct DeployRequest {
     /// Startup program.
     #[serde(default)]
     pub startup: Option<String>,
+    /// Served ports (guest port, protocol) to forward from the host.
+    #[serde(default)]
+    pub services: Vec<(u16, String)>,
     /// Base URL of the repository to fetch from and return to.
     pub repository: String,
 }
@@ -160,4 +163,15 @@ pub struct JobReport {
     pub message: Option<String>,
     /// Bytes of output.
     pub output_bytes: u64,
+}
+
+/// A served port as reachable from the host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Forward {
+    /// Port in the workspace.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `address:port` on the host.
+    pub host: String,
 }

@@ -119,8 +119,11 @@ async fn start(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
 ) -> Result<Response, NodeError> {
-    m.start(&id).await?;
-    Ok(state_json(m.status(&id).await))
+    let forwards = m.start(&id).await?;
+    Ok(
+        Json(serde_json::json!({ "state": m.status(&id).await, "forwards": forwards }))
+            .into_response(),
+    )
 }
 
 async fn stop(

@@ -56,6 +56,9 @@ pub struct VmSpec {
     /// Startup program (a shell command line).
     #[serde(default)]
     pub startup: Option<String>,
+    /// Served ports forwarded from the host (user-mode networking).
+    #[serde(default)]
+    pub forwards: Vec<vws_model::node::Forward>,
 }
 
 /// What a driver reports about a VM.

@@ -220,6 +220,15 @@ impl Manager {
                 })
                 .collect(),
             startup: req.startup.clone(),
+            forwards: req
+                .services
+                .iter()
+                .map(|(port, protocol)| vws_model::node::Forward {
+                    port: *port,
+                    protocol: protocol.clone(),
+                    host: String::new(),
+                })
+                .collect(),
         };
         // Written last, atomically: a deploy is real only once this exists.
         let tmp = dir.join("spec.json.tmp");
@@ -233,11 +242,20 @@ impl Manager {
         Ok(moved)
     }
 
-    /// Boots a deployed workspace and waits for it to report ready.
-    pub async fn start(&self, id: &str) -> Result<(), NodeError> {
-        let spec = self.spec(id)?;
+    /// Boots a deployed workspace and waits for it to report ready; returns
+    /// where its served ports are reachable.
+    pub async fn start(&self, id: &str) -> Result<Vec<vws_model::node::Forward>, NodeError> {
+        let mut spec = self.spec(id)?;
+        // A free loopback port per served port, chosen at each start.
+        for f in &mut spec.forwards {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            f.host = probe.local_addr()?.to_string();
+        }
+        if !spec.nics.iter().any(|n| n.method == "user") {
+            spec.forwards.clear();
+        }
         self.driver.start(&spec).await?;
-        Ok(())
+        Ok(spec.forwards)
     }
 
     /// Shuts a workspace down.

@@ -203,11 +203,19 @@ impl QemuDriver {
         }
         for (i, nic) in spec.nics.iter().enumerate() {
             if nic.method == "user" {
+                let mac = mac_address(&spec.id, i);
+                // Served ports reach the first user-mode NIC from the host's loopback.
+                let mut netdev = format!("user,id=n{i}");
+                if i == 0 {
+                    for f in &spec.forwards {
+                        netdev.push_str(&format!(",hostfwd={}:{}-:{}", f.protocol, f.host, f.port));
+                    }
+                }
                 push(&[
                     "-netdev",
-                    &format!("user,id=n{i}"),
+                    &netdev,
                     "-device",
-                    &format!("{net},netdev=n{i}"),
+                    &format!("{net},netdev=n{i},mac={mac}"),
                 ]);
             }
         }

@@ -192,6 +192,7 @@ impl Service {
                 cpus: None,
                 ram: None,
                 disk: disk.as_ref().map(|(_, size)| *size),
+                forwards: Vec::new(),
             },
             state: State::Shutdown,
             placement: Placement::Repository,

@@ -190,6 +190,13 @@ impl Service {
                 .map(|n| (n.name.clone(), n.method.as_str().to_string()))
                 .collect(),
             startup: r.description.capability.startup.clone(),
+            services: r
+                .description
+                .capability
+                .services
+                .iter()
+                .map(|s| (s.port, s.protocol.as_str().to_string()))
+                .collect(),
             repository: self.public_url.clone(),
         };
 
@@ -296,9 +303,22 @@ impl Service {
         self.commit(r, action, &who.dn, None).await
     }
 
-    /// Boots a deployed workspace; returns once its guest reports ready.
+    /// Boots a deployed workspace; returns once its guest agent answers,
+    /// with where its served ports are reachable.
     pub async fn start(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
-        self.simple(who, id, Action::Start).await
+        let mut r = self.checked(who, id, Action::Start).await?;
+        let node = self.node_of(&r).await?;
+        let resp = self
+            .call_node(
+                &node,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/start"),
+                None,
+            )
+            .await?;
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        r.binding.forwards = serde_json::from_value(v["forwards"].clone()).unwrap_or_default();
+        self.commit(r, Action::Start, &who.dn, None).await
     }
 
     /// Shuts a workspace down (gracefully, then hard).

@@ -248,5 +248,6 @@ pub fn bind(d: &Description, n: &NodeReport) -> Option<Binding> {
         cpus: Some(d.hardware.cpus.max.min(n.cores)),
         ram: Some(d.hardware.ram.max.0.min(ram_room)),
         disk: None,
+        forwards: Vec::new(),
     })
 }

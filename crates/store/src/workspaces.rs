@@ -20,6 +20,9 @@ pub struct Binding {
     /// Virtual size of the workspace disk in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<u64>,
+    /// Where each served port is reachable while the workspace runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<vws_model::node::Forward>,
 }
 
 /// A workspace as the repository keeps it.

@@ -254,7 +254,18 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
         lines.push(("startup", s.clone()));
     }
     for s in &d.capability.services {
-        lines.push(("serves", format!("{}/{}", s.port, s.protocol.as_str())));
+        let at = r
+            .binding
+            .forwards
+            .iter()
+            .find(|f| f.port == s.port && f.protocol == s.protocol.as_str());
+        let place = at
+            .map(|f| format!(" at {}", f.host))
+            .unwrap_or_else(|| " (reachable once running with a user NIC)".into());
+        lines.push((
+            "serves",
+            format!("{}/{}{place}", s.port, s.protocol.as_str()),
+        ));
     }
     lines.push((
         "created",
