@@ -252,7 +252,7 @@ impl Service {
         r.binding.cpus = binding.cpus;
         r.binding.ram = binding.ram;
         let detail = format!(
-            "on {}: {} cpus, {}; {} staged",
+            "on {}: {} cpus, {}; {moved} bytes staged ({})",
             node.name,
             request.cpus,
             vws_model::ByteSize(request.ram).human(),
@@ -291,7 +291,7 @@ impl Service {
         id: &str,
         action: Action,
     ) -> Result<Workspace, ServiceError> {
-        let r = self.checked(who, id, action).await?;
+        let mut r = self.checked(who, id, action).await?;
         let node = self.node_of(&r).await?;
         self.call_node(
             &node,
@@ -300,6 +300,10 @@ impl Service {
             None,
         )
         .await?;
+        if action == Action::Stop {
+            // Forwards live as long as the VM.
+            r.binding.forwards.clear();
+        }
         self.commit(r, action, &who.dn, None).await
     }
 
