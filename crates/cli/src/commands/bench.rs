@@ -22,6 +22,8 @@ pub enum Suite {
     Start,
     /// staging throughput onto a node, against curl and cp of the same bytes; re-staging
     Stage,
+    /// `vws run` → first output byte, and a CPU-bound job's slowdown, against the host
+    Job,
 }
 
 /// `vws bench`.
@@ -234,5 +236,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Api => api_suite(g, &a).await,
         Suite::Start => crate::commands::bench_vm::start_suite(g, &a).await,
         Suite::Stage => crate::commands::bench_vm::stage_suite(g, &a).await,
+        Suite::Job => crate::commands::bench_vm::job_suite(g, &a).await,
     }
 }

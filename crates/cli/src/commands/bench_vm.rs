@@ -344,3 +344,105 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     rig.down().await?;
     result
 }
+
+/// Time until a job's first stdout byte arrives through the API.
+async fn first_byte(client: &Client, id: &str, argv: &[&str]) -> anyhow::Result<f64> {
+    use futures::StreamExt;
+    let t = Instant::now();
+    let job = client.submit_job(id, json!({ "argv": argv })).await?;
+    let mut body = client.job_output(&job.id, true).await?.bytes_stream();
+    let mut seen = Vec::new();
+    while let Some(chunk) = body.next().await {
+        seen.extend_from_slice(&chunk?);
+        let marker: &[u8] = b"\"event\":\"stdout\"";
+        if seen.windows(marker.len()).any(|w| w == marker) {
+            let at = t.elapsed().as_secs_f64();
+            while body.next().await.is_some() {}
+            return Ok(at);
+        }
+    }
+    anyhow::bail!("job {} ended without output", job.id)
+}
+
+/// The same on the host: fork/exec and read the first byte.
+async fn host_first_byte(argv: &[&str]) -> anyhow::Result<f64> {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut b = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .context("stdout")?
+        .read_exact(&mut b)
+        .await?;
+    let at = t.elapsed().as_secs_f64();
+    child.wait().await?;
+    Ok(at)
+}
+
+/// `vws bench job`: request → first output byte, and a CPU-bound job's slowdown.
+pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
+    let guest = guest_dir(g, a)?;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox (apt-get install busybox-static) runs the host side of the CPU job")?;
+    let rig = Rig::up().await?;
+    let result = async {
+        import_guest(&rig.client, &guest).await?;
+        let desc = "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:bench\"\n";
+        let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
+        rig.client.deploy(&id, None).await?;
+        rig.client.action(&id, "start").await?;
+        let runs = a.runs.max(3) * 4;
+        let (mut vm, mut host) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            vm.push(first_byte(&rig.client, &id, &["echo", "hi"]).await?);
+            host.push(host_first_byte(&["echo", "hi"]).await?);
+        }
+        let loop_ = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo $i";
+        let (mut vm_cpu, mut host_cpu) = (Vec::new(), Vec::new());
+        for _ in 0..a.runs.max(3) {
+            let t = Instant::now();
+            let job = rig.client.submit_job(&id, json!({ "argv": ["sh", "-c", loop_] })).await?;
+            let _ = rig.client.job_output(&job.id, true).await?.bytes().await?;
+            vm_cpu.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let ok = tokio::process::Command::new(busybox).args(["sh", "-c", loop_]).stdout(std::process::Stdio::null()).status().await?;
+            anyhow::ensure!(ok.success(), "host loop failed");
+            host_cpu.push(t.elapsed().as_secs_f64());
+        }
+        let (v, h, vc, hc) = (summary(vm), summary(host), summary(vm_cpu), summary(host_cpu));
+        let report = json!({
+            "suite": "job",
+            "runs": runs,
+            "metrics": { "run_to_first_byte_s": v, "host_fork_exec_first_byte_s": h, "cpu_job_vm_s": vc, "cpu_job_host_s": hc },
+            "ratios": { "first_byte_vm_over_host": median(&v) / median(&h), "cpu_slowdown_vm_over_host": median(&vc) / median(&hc) },
+            "env": env_json(),
+        });
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let mut t = table(&["", "MIN s", "MEDIAN s", "MAX s"]);
+            for (name, key) in [
+                ("vws run → first output byte", "run_to_first_byte_s"),
+                ("host fork/exec → first byte", "host_fork_exec_first_byte_s"),
+                ("CPU-bound job in the workspace", "cpu_job_vm_s"),
+                ("same job on the host (busybox sh)", "cpu_job_host_s"),
+            ] {
+                let m = &report["metrics"][key];
+                t.add_row(vec![name.to_string(), format!("{:.4}", m["min"].as_f64().unwrap_or(0.0)), format!("{:.4}", median(m)), format!("{:.4}", m["max"].as_f64().unwrap_or(0.0))]);
+            }
+            println!("{t}");
+            println!("ratios: {}  ({})", report["ratios"], report["env"]);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    rig.down().await?;
+    result
+}
