@@ -43,6 +43,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
             method: "user".into(),
         }],
         startup: Some(startup.into()),
+        forwards: vec![],
     }
 }
 
@@ -58,8 +59,9 @@ fn ticks(console: &std::path::Path) -> usize {
 async fn lifecycle_of_a_real_guest() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (jobs_tx, _jobs) = tokio::sync::mpsc::unbounded_channel();
     let driver = Arc::new(
-        QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx)
+        QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx, jobs_tx)
             .with_boot_timeout(Duration::from_secs(60)),
     );
     let s = spec(

@@ -30,6 +30,7 @@ fn record(id: &str, owner: &str, name: &str, created: OffsetDateTime) -> Workspa
             cpus: Some(1),
             ram: None,
             disk: Some(1 << 20),
+            forwards: vec![],
         },
         state: State::Shutdown,
         placement: Placement::Repository,
