@@ -81,7 +81,7 @@ impl Service {
     }
 
     /// Writes the outcome of an action that happened.
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         mut r: WorkspaceRecord,
         action: Action,

@@ -111,26 +111,9 @@ impl Service {
                 self.remove(&r, &who.dn).await?;
                 Ok(None)
             }
-            Outcome::To(state, placement) => {
-                r.state = state;
-                r.placement = placement;
-                r.reason = if state == State::Corrupted {
-                    detail.clone()
-                } else {
-                    None
-                };
-                r.modified_at = self.clock.now();
-                self.store
-                    .update_workspace(
-                        &mut r,
-                        Change {
-                            action: action.as_str(),
-                            actor: &who.dn,
-                            detail,
-                        },
-                    )
-                    .await?;
-                Ok(Some(self.view(r)))
+            Outcome::To(state, _) => {
+                r.reason = if state == State::Corrupted { detail.clone() } else { None };
+                Ok(Some(self.commit(r, action, &who.dn, detail).await?))
             }
         }
     }
