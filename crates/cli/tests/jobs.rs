@@ -286,8 +286,18 @@ fn jobs_in_a_real_workspace() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    // The startup program ran at boot; its output is on the console.
-    assert!(ok(home, &["console", &id]).contains("hello from"));
+    // The startup program ran at start as a job: its output and status are visible.
+    let listed: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
+    let startup = &listed[0];
+    assert!(startup["argv"][2].as_str().unwrap().contains("hello from"));
+    assert_eq!(
+        (startup["state"].as_str(), startup["exit_code"].as_i64()),
+        (Some("exited"), Some(0))
+    );
+    assert!(
+        ok(home, &["job", "output", startup["id"].as_str().unwrap()])
+            .contains(&format!("hello from {id}"))
+    );
 
     // The served port answers an HTTP request from the host, where `vws show` says.
     let shown: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();

@@ -95,6 +95,30 @@ fn console(home: &Path, id: &str) -> String {
     String::from_utf8_lossy(&vws(home, &["console", id]).stdout).into_owned()
 }
 
+/// Output of the workspace's latest job whose command contains `marker`.
+fn job_output(home: &Path, id: &str, marker: &str) -> String {
+    let jobs = ok(home, &["jobs", id]);
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|j| {
+            j["argv"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.as_str().unwrap().contains(marker))
+        })
+        .map(|j| j["id"].as_str().unwrap().to_string());
+    match job {
+        Some(job) => {
+            String::from_utf8_lossy(&vws(home, &["job", "output", &job]).stdout).into_owned()
+        }
+        None => String::new(),
+    }
+}
+
 fn start_node(home: &Path, registered_after: time::OffsetDateTime) -> Proc {
     let node_home = home.join("n1");
     let p = spawn(
@@ -191,9 +215,13 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
     let ws = ok(home, &["start", &id]);
     assert_eq!(ws["state"], "running");
     wait_until(
-        "the startup program's first line",
+        "the startup job's first line",
         Duration::from_secs(20),
-        || console(home, &id).contains("boots=1"),
+        || job_output(home, &id, "boots").contains("boots=1"),
+    );
+    assert!(
+        console(home, &id).contains(&format!("vws: ready {id}")),
+        "the console shows the boot"
     );
     assert!(refused(home, &["undeploy", &id]).contains("stop or pause it first"));
 
@@ -216,15 +244,40 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         "running",
         "re-adopted, not corrupted"
     );
+    // Still controllable: a counter started now freezes while paused and goes on after.
+    let out = vws(
+        home,
+        &[
+            "run",
+            "--detach",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do echo count $i; i=$((i+1)); sleep 0.2; done",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counter = || job_output(home, &id, "count").matches("count ").count();
+    wait_until("the counter to count", Duration::from_secs(20), || {
+        counter() >= 3
+    });
     ok(home, &["pause", &id]);
-    let frozen = console(home, &id).matches("tick ").count();
-    std::thread::sleep(Duration::from_secs(1));
+    let frozen = counter();
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        console(home, &id).matches("tick ").count(),
+        counter(),
         frozen,
-        "paused after re-adoption"
+        "no output while paused after re-adoption"
     );
     ok(home, &["unpause", &id]);
+    wait_until("the counter to go on", Duration::from_secs(20), || {
+        counter() > frozen
+    });
 
     // Disk contents survive a round trip through the repository.
     assert_eq!(ok(home, &["stop", &id])["state"], "shutdown");
@@ -240,9 +293,11 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
     ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
     // The disk written by the first boot came back.
-    wait_until("boots=2 on the console", Duration::from_secs(20), || {
-        console(home, &id).contains("boots=2")
-    });
+    wait_until(
+        "boots=2 from the startup job",
+        Duration::from_secs(20),
+        || job_output(home, &id, "boots").contains("boots=2"),
+    );
 
     // QEMU killed by hand: the workspace is corrupted, with a reason.
     let qemu_pid = std::fs::read_to_string(&pidfile)
@@ -263,7 +318,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         .unwrap()
         .to_string();
     assert!(
-        reason.contains("signal: 9") && reason.contains("tick"),
+        reason.contains("signal: 9") && reason.contains("vws: ready"),
         "{reason}"
     );
     assert!(refused(home, &["start", &id]).contains("corrupted"));

@@ -189,7 +189,8 @@ impl Service {
                 .iter()
                 .map(|n| (n.name.clone(), n.method.as_str().to_string()))
                 .collect(),
-            startup: r.description.capability.startup.clone(),
+            // Runs as a job once the agent answers (see `start`), not from the kernel command line.
+            startup: None,
             services: r
                 .description
                 .capability
@@ -322,7 +323,27 @@ impl Service {
             .await?;
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
         r.binding.forwards = serde_json::from_value(v["forwards"].clone()).unwrap_or_default();
-        self.commit(r, Action::Start, &who.dn, None).await
+        let startup = r.description.capability.startup.clone();
+        let owner = Identity::new(r.owner.clone());
+        let ws = self.commit(r, Action::Start, &who.dn, None).await?;
+        // The capability's startup program runs as a job of the owner, so its
+        // output and status are there to see like any other job's.
+        if let Some(program) = startup {
+            let submit = crate::jobs::Submit {
+                argv: vec!["/bin/sh".into(), "-c".into(), program],
+                env: vec![],
+                cwd: None,
+                stdin: None,
+                timeout: None,
+            };
+            match self.submit_job(&owner, id, submit).await {
+                Ok(job) => tracing::info!(%id, job = %job.id, "startup program started"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "the startup program could not be started")
+                }
+            }
+        }
+        Ok(ws)
     }
 
     /// Shuts a workspace down (gracefully, then hard).

@@ -112,7 +112,11 @@ impl Service {
                 Ok(None)
             }
             Outcome::To(state, _) => {
-                r.reason = if state == State::Corrupted { detail.clone() } else { None };
+                r.reason = if state == State::Corrupted {
+                    detail.clone()
+                } else {
+                    None
+                };
                 Ok(Some(self.commit(r, action, &who.dn, detail).await?))
             }
         }
