@@ -99,6 +99,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/nodes/{name}/jobs/{job}"),
     ("get", "/v1/workspaces/{id}/jobs"),
     ("post", "/v1/workspaces/{id}/jobs"),
+    ("post", "/v1/workspaces/{id}/jobs/batch"),
     ("get", "/v1/jobs/{job}"),
     ("get", "/v1/jobs/{job}/output"),
     ("post", "/v1/jobs/{job}/cancel"),
@@ -138,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}/events", post(node_event))
         .route("/v1/nodes/{name}/jobs/{job}", post(job_report))
         .route("/v1/workspaces/{id}/jobs", get(jobs).post(submit_job))
+        .route("/v1/workspaces/{id}/jobs/batch", post(submit_batch))
         .route("/v1/jobs/{job}", get(job))
         .route("/v1/jobs/{job}/output", get(job_output))
         .route("/v1/jobs/{job}/cancel", post(cancel_job))
@@ -827,4 +829,27 @@ async fn get_file(
         .get_file(&who, &id, &q.path)
         .await?
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    jobs: Vec<crate::jobs::Submit>,
+    #[serde(default = "one")]
+    concurrency: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+async fn submit_batch(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let batch: Batch = json_body(&headers, b)?.ok_or_else(|| ServiceError::BadRequest("expected {\"jobs\": [...], \"concurrency\": N}".into()))?;
+    Ok((StatusCode::CREATED, Json(s.service.submit_batch(&who, &id, batch.jobs, batch.concurrency).await?)).into_response())
 }

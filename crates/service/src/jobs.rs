@@ -31,34 +31,28 @@ pub struct Submit {
 
 impl Service {
     /// Starts a job in a running workspace.
-    pub async fn submit_job(
-        &self,
-        who: &Identity,
-        id: &str,
-        s: Submit,
-    ) -> Result<JobRecord, ServiceError> {
+    pub async fn submit_job(&self, who: &Identity, id: &str, s: Submit) -> Result<JobRecord, ServiceError> {
+        let job = self.new_job(who, id, &s, "running").await?;
+        self.store.insert_job(&job).await?;
+        self.dispatch(job, s).await
+    }
+
+    /// Checks a submission and makes its record.
+    async fn new_job(&self, who: &Identity, id: &str, s: &Submit, state: &str) -> Result<JobRecord, ServiceError> {
         let r = self.visible(who, id).await?;
         if r.state != State::Running {
-            return Err(ServiceError::Conflict(format!(
-                "workspace {id} is {}; jobs run in running workspaces",
-                r.state
-            )));
+            return Err(ServiceError::Conflict(format!("workspace {id} is {}; jobs run in running workspaces", r.state)));
         }
         if s.argv.is_empty() || s.argv.len() > 4096 || s.argv.iter().any(|a| a.contains('\0')) {
-            return Err(ServiceError::BadRequest(
-                "argv must hold 1 to 4096 arguments without NUL".into(),
-            ));
+            return Err(ServiceError::BadRequest("argv must hold 1 to 4096 arguments without NUL".into()));
         }
-        let node = self
-            .live_node(r.node.as_deref().unwrap_or_default())
-            .await?;
-        let job = JobRecord {
+        Ok(JobRecord {
             id: format!("job-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
             workspace_id: r.id.clone(),
             owner: who.dn.clone(),
-            node: node.name.clone(),
+            node: r.node.clone().unwrap_or_default(),
             argv: s.argv.clone(),
-            state: "running".into(),
+            state: state.into(),
             exit_code: None,
             signal: None,
             timed_out: false,
@@ -67,35 +61,75 @@ impl Service {
             output_bytes: 0,
             created_at: self.clock.now(),
             ended_at: None,
-        };
-        self.store.insert_job(&job).await?;
-        let req = JobRequest {
-            job: job.id.clone(),
-            argv: s.argv,
-            env: s.env,
-            cwd: s.cwd,
-            stdin: s.stdin,
-            timeout: s.timeout,
-        };
-        let body = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
-        if let Err(e) = self
-            .call_node(
-                &node,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/jobs"),
-                Some(body),
-            )
-            .await
-        {
-            let mut failed = job.clone();
-            failed.state = "failed".into();
-            failed.message = Some(e.to_string());
-            failed.ended_at = Some(self.clock.now());
-            self.store.update_job(&failed).await?;
+        })
+    }
+
+    /// Hands a recorded job to its node; a refusal fails the job.
+    async fn dispatch(&self, mut job: JobRecord, s: Submit) -> Result<JobRecord, ServiceError> {
+        let result = async {
+            let node = self.live_node(&job.node).await?;
+            let req = JobRequest { job: job.id.clone(), argv: s.argv, env: s.env, cwd: s.cwd, stdin: s.stdin, timeout: s.timeout };
+            let body = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
+            let path = format!("/node/v1/vms/{}/jobs", job.workspace_id);
+            self.call_node(&node, reqwest::Method::POST, &path, Some(body)).await
+        }
+        .await;
+        if let Err(e) = result {
+            job.state = "failed".into();
+            job.message = Some(e.to_string());
+            job.ended_at = Some(self.clock.now());
+            self.store.update_job(&job).await?;
             return Err(e);
         }
-        tracing::info!(job = %job.id, workspace = %id, "job started");
+        if job.state != "running" {
+            job.state = "running".into();
+            self.store.update_job(&job).await?;
+        }
+        tracing::info!(job = %job.id, workspace = %job.workspace_id, "job started");
         Ok(job)
+    }
+
+    /// Runs a list of jobs in one workspace (the paper's "mapping groups of
+    /// jobs to one workspace"), at most `concurrency` at a time. Every job is
+    /// recorded at once as `queued`; the batch then feeds them to the node.
+    pub async fn submit_batch(self: &std::sync::Arc<Self>, who: &Identity, id: &str, jobs: Vec<Submit>, concurrency: usize) -> Result<Vec<JobRecord>, ServiceError> {
+        if jobs.is_empty() || jobs.len() > 10_000 {
+            return Err(ServiceError::BadRequest("a batch holds 1 to 10000 jobs".into()));
+        }
+        if concurrency == 0 {
+            return Err(ServiceError::BadRequest("concurrency must be at least 1".into()));
+        }
+        let mut queued = Vec::with_capacity(jobs.len());
+        for s in &jobs {
+            let job = self.new_job(who, id, s, "queued").await?;
+            queued.push(job);
+        }
+        for job in &queued {
+            self.store.insert_job(job).await?;
+        }
+        let me = self.clone();
+        let work: Vec<(JobRecord, Submit)> = queued.iter().cloned().zip(jobs).collect();
+        tokio::spawn(async move {
+            let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+            for (job, s) in work {
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let id = job.id.clone();
+                    if me.dispatch(job, s).await.is_ok() {
+                        // Hold the slot until the job ends.
+                        while let Ok(Some(j)) = me.store.job(&id).await {
+                            if j.state != "running" {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(queued)
     }
 
     /// One job the caller may see.
