@@ -252,17 +252,46 @@ fn jobs_in_a_real_workspace() {
     }
 
     // A batch runs every job, never more than its concurrency at once.
-    let server: Value = serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
-    let url = format!("{}/v1/workspaces/{id}/jobs/batch", server["url"].as_str().unwrap());
-    let span = "a=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(cut -d' ' -f1 /proc/uptime); echo $a $b";
+    let server: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
+    let url = format!(
+        "{}/v1/workspaces/{id}/jobs/batch",
+        server["url"].as_str().unwrap()
+    );
+    let span =
+        "a=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(cut -d' ' -f1 /proc/uptime); echo $a $b";
     let body = serde_json::json!({ "concurrency": 2, "jobs": (0..6).map(|_| serde_json::json!({ "argv": ["sh", "-c", span] })).collect::<Vec<_>>() });
-    let out = Command::new("curl").args(["-sf", "-H", "content-type: application/json", "-d", &body.to_string(), &url]).output().unwrap();
-    assert!(out.status.success(), "batch submission: {}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "batch submission: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let queued: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<String> = queued.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = queued
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 6);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ids.iter().any(|j| matches!(job_state(home, j)["state"].as_str(), Some("queued" | "running"))) {
+    while ids.iter().any(|j| {
+        matches!(
+            job_state(home, j)["state"].as_str(),
+            Some("queued" | "running")
+        )
+    }) {
         assert!(Instant::now() < deadline, "the batch did not finish");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -270,10 +299,17 @@ fn jobs_in_a_real_workspace() {
     for j in &ids {
         assert_eq!(job_state(home, j)["exit_code"], 0);
         let text = ok(home, &["job", "output", j]);
-        let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
         spans.push((v[0], v[1]));
     }
-    let most = spans.iter().map(|&(a, _)| spans.iter().filter(|&&(s, e)| s <= a && a < e).count()).max().unwrap();
+    let most = spans
+        .iter()
+        .map(|&(a, _)| spans.iter().filter(|&&(s, e)| s <= a && a < e).count())
+        .max()
+        .unwrap();
     assert!(most <= 2, "at most 2 at once, saw {most}: {spans:?}");
 
     // Files copied in and back out are byte-identical.

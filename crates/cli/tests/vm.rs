@@ -299,6 +299,52 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         || job_output(home, &id, "boots").contains("boots=2"),
     );
 
+    // Undeploy from paused keeps the memory: deployed again and unpaused, a
+    // process's computation goes on from where it was (a fresh boot would
+    // have no /tmp/count at all).
+    let out = vws(
+        home,
+        &[
+            "run",
+            "--detach",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done",
+        ],
+    );
+    assert!(out.status.success());
+    let count = || -> u64 {
+        let out = vws(home, &["run", &id, "--", "cat", "/tmp/count"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    wait_until("the memory counter", Duration::from_secs(20), || {
+        count() >= 5
+    });
+    let before = count();
+    ok(home, &["pause", &id]);
+    let ws = ok(home, &["undeploy", &id]);
+    assert_eq!(
+        (ws["state"].as_str(), ws["placement"].as_str()),
+        (Some("paused"), Some("repository"))
+    );
+    ok(home, &["deploy", &id]);
+    assert_eq!(ok(home, &["unpause", &id])["state"], "running");
+    let after = count();
+    assert!(
+        after >= before && after < before + 15,
+        "the counter went on from {before}, not from scratch: {after}"
+    );
+    wait_until(
+        "the restored counter to count",
+        Duration::from_secs(20),
+        || count() > after,
+    );
+
     // QEMU killed by hand: the workspace is corrupted, with a reason.
     let qemu_pid = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -318,7 +364,8 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         .unwrap()
         .to_string();
     assert!(
-        reason.contains("signal: 9") && reason.contains("vws: ready"),
+        // (Restored from memory, this QEMU's console has printed nothing.)
+        reason.contains("signal: 9") && reason.contains("last console lines"),
         "{reason}"
     );
     assert!(refused(home, &["start", &id]).contains("corrupted"));

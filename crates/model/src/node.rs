@@ -36,6 +36,9 @@ pub struct DeployRequest {
     /// The workspace's own disk overlay, served by the repository.
     #[serde(default)]
     pub disk: Option<BlobRef>,
+    /// Saved memory state of a paused workspace, served by the repository.
+    #[serde(default)]
+    pub memory: Option<BlobRef>,
     /// Format of the disk overlay's backing image, if it has one.
     #[serde(default)]
     pub backing_format: Option<String>,

@@ -146,8 +146,11 @@ async fn unpause(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
 ) -> Result<Response, NodeError> {
-    m.unpause(&id).await?;
-    Ok(state_json(m.status(&id).await))
+    let forwards = m.unpause(&id).await?;
+    Ok(
+        Json(serde_json::json!({ "state": m.status(&id).await, "forwards": forwards }))
+            .into_response(),
+    )
 }
 
 async fn undeploy(

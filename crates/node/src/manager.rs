@@ -182,6 +182,18 @@ impl Manager {
             }
             None => None,
         };
+        if let Some(m) = &req.memory {
+            let url = format!("{}/v1/workspaces/{}/memory", req.repository, req.id);
+            moved += staging::fetch(
+                &self.http,
+                &url,
+                Some(&m.digest),
+                &dir.join("memory.state"),
+                &partial,
+                progress.clone(),
+            )
+            .await?;
+        }
         let find = |role: &str| {
             req.blobs
                 .iter()
@@ -245,8 +257,15 @@ impl Manager {
     /// Boots a deployed workspace and waits for it to report ready; returns
     /// where its served ports are reachable.
     pub async fn start(&self, id: &str) -> Result<Vec<vws_model::node::Forward>, NodeError> {
+        let spec = self.spec_with_forwards(id)?;
+        self.driver.start(&spec).await?;
+        Ok(spec.forwards)
+    }
+
+    /// The spec with a free loopback port for each served port, chosen at
+    /// each launch of QEMU.
+    fn spec_with_forwards(&self, id: &str) -> Result<VmSpec, NodeError> {
         let mut spec = self.spec(id)?;
-        // A free loopback port per served port, chosen at each start.
         for f in &mut spec.forwards {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             f.host = probe.local_addr()?.to_string();
@@ -254,13 +273,18 @@ impl Manager {
         if !spec.nics.iter().any(|n| n.method == "user") {
             spec.forwards.clear();
         }
-        self.driver.start(&spec).await?;
-        Ok(spec.forwards)
+        Ok(spec)
     }
 
     /// Shuts a workspace down.
     pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
         self.spec(id)?;
+        let memory = self.vm_dir(id).join("memory.state");
+        if self.driver.status(id).await == VmState::Shutdown && memory.exists() {
+            // A saved paused state that was never resumed: stopping discards it.
+            std::fs::remove_file(&memory)?;
+            return Ok(());
+        }
         Ok(self.driver.stop(id, self.stop_grace).await?)
     }
 
@@ -270,8 +294,21 @@ impl Manager {
     }
 
     /// Thaws a workspace.
-    pub async fn unpause(&self, id: &str) -> Result<(), NodeError> {
-        Ok(self.driver.unpause(id).await?)
+    /// Thaws a workspace; one deployed from the repository while paused is
+    /// restored from its saved memory (returning its new port forwards).
+    pub async fn unpause(
+        &self,
+        id: &str,
+    ) -> Result<Option<Vec<vws_model::node::Forward>>, NodeError> {
+        let memory = self.vm_dir(id).join("memory.state");
+        if self.driver.status(id).await == VmState::Shutdown && memory.exists() {
+            let spec = self.spec_with_forwards(id)?;
+            self.driver.restore(&spec, &memory).await?;
+            let _ = std::fs::remove_file(&memory);
+            return Ok(Some(spec.forwards));
+        }
+        self.driver.unpause(id).await?;
+        Ok(None)
     }
 
     /// The driver's view of a workspace.
@@ -288,42 +325,64 @@ impl Manager {
     /// there by digest) and removes it from this host. Refused while it runs.
     pub async fn undeploy(&self, id: &str) -> Result<(), NodeError> {
         self.spec(id)?;
-        if self.driver.status(id).await != VmState::Shutdown {
-            return Err(NodeError::Driver(DriverError::WrongState {
-                id: id.into(),
-                state: self.driver.status(id).await,
-            }));
-        }
         let dir = self.vm_dir(id);
-        let disk = dir.join("disk.qcow2");
-        if disk.exists() {
-            let repository = std::fs::read_to_string(dir.join("repository"))
-                .map_err(|e| NodeError::CheckIn(e.to_string()))?;
-            let check = disk.clone();
-            let digest = tokio::task::spawn_blocking(move || staging::file_digest(&check))
-                .await
-                .map_err(anyhow::Error::from)??;
-            let file = tokio::fs::File::open(&disk).await?;
-            let len = file.metadata().await?.len();
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                file,
-                1 << 20,
-            ));
-            let resp = self
-                .http
-                .put(format!("{repository}/v1/workspaces/{id}/disk"))
-                .header("x-vws-digest", &digest)
-                .header("content-length", len)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| NodeError::CheckIn(e.to_string()))?;
-            if !resp.status().is_success() {
-                return Err(NodeError::CheckIn(resp.text().await.unwrap_or_default()));
+        match self.driver.status(id).await {
+            VmState::Shutdown => {}
+            // A paused workspace keeps its memory: QEMU saves it, then ends.
+            VmState::Paused => {
+                self.driver
+                    .save_memory(id, &dir.join("memory.state"))
+                    .await?
+            }
+            state => {
+                return Err(NodeError::Driver(DriverError::WrongState {
+                    id: id.into(),
+                    state,
+                }))
+            }
+        }
+        let repository = std::fs::read_to_string(dir.join("repository"))
+            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+        for (file, what) in [("disk.qcow2", "disk"), ("memory.state", "memory")] {
+            if dir.join(file).exists() {
+                self.check_in(&repository, id, what, &dir.join(file))
+                    .await?;
             }
         }
         std::fs::remove_dir_all(&dir)?;
         tracing::info!(%id, "workspace checked in");
+        Ok(())
+    }
+
+    /// Sends one file of a workspace back to the repository, which checks it
+    /// against the digest sent along.
+    async fn check_in(
+        &self,
+        repository: &str,
+        id: &str,
+        what: &str,
+        path: &std::path::Path,
+    ) -> Result<(), NodeError> {
+        let check = path.to_path_buf();
+        let digest = tokio::task::spawn_blocking(move || staging::file_digest(&check))
+            .await
+            .map_err(anyhow::Error::from)??;
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let resp = self
+            .http
+            .put(format!("{repository}/v1/workspaces/{id}/{what}"))
+            .header("x-vws-digest", &digest)
+            .header("content-length", len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(NodeError::CheckIn(resp.text().await.unwrap_or_default()));
+        }
         Ok(())
     }
 
@@ -448,6 +507,7 @@ impl Manager {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if e.path().join("spec.json").exists() {
                     let state = match self.driver.status(&id).await {
+                        VmState::Shutdown if e.path().join("memory.state").exists() => "paused",
                         VmState::Shutdown => "shutdown",
                         VmState::Running => "running",
                         VmState::Paused => "paused",

@@ -439,8 +439,35 @@ enum WatchOn {
     Stream(tokio::task::JoinHandle<()>),
 }
 
-impl Driver for Arc<QemuDriver> {
-    async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
+/// QEMU's own migration status, read with a command type of our own: the
+/// qapi crate's schema is newer than Debian's QEMU 7.2.
+#[derive(serde::Serialize)]
+struct QueryMigrate {}
+
+impl qapi::Command for QueryMigrate {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "query-migrate";
+    const ALLOW_OOB: bool = false;
+}
+
+impl qapi::qmp::QmpCommand for QueryMigrate {}
+
+/// `query-status` answered as raw JSON.
+#[derive(serde::Serialize)]
+struct QueryStatus {}
+
+impl qapi::Command for QueryStatus {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "query-status";
+    const ALLOW_OOB: bool = false;
+}
+
+impl qapi::qmp::QmpCommand for QueryStatus {}
+
+impl QemuDriver {
+    /// Spawns QEMU for a spec (with extra arguments), connects QMP and the
+    /// agent socket, and starts watching the process.
+    async fn spawn(self: &Arc<Self>, spec: &VmSpec, extra: &[String]) -> Result<(), DriverError> {
         if self.vms.lock().await.contains_key(&spec.id) {
             return Err(DriverError::WrongState {
                 id: spec.id.clone(),
@@ -450,18 +477,20 @@ impl Driver for Arc<QemuDriver> {
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir)?;
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
-        // The console log of this boot starts empty, so readiness is this boot's.
+        let _ = std::fs::remove_file(dir.join("agent.sock"));
+        // The console log of this boot starts empty, so what it shows is this boot's.
         std::fs::write(dir.join("console.log"), b"")?;
         let log = std::fs::File::create(dir.join("qemu.log"))?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(self.command_line(spec))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             // Its own process group: a signal to the node's group (Ctrl-C)
             // does not take the VMs with it.
             .process_group(0);
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| qemu_err(format!("cannot run qemu-system-x86_64: {e}")))?;
         let pid = child.id().unwrap_or(0);
@@ -474,18 +503,23 @@ impl Driver for Arc<QemuDriver> {
             Ok(c) => c,
             Err(e) => {
                 let log = tail(&dir.join("qemu.log"), 5);
-                let mut child = child;
                 let _ = child.kill().await;
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
-        let agent = Agent::connect(
+        let agent = match Agent::connect(
             &dir.join("agent.sock"),
             Duration::from_secs(10),
             self.jobs_done.clone(),
         )
         .await
-        .map_err(|e| qemu_err(format!("guest agent socket: {e}")))?;
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.kill().await;
+                return Err(qemu_err(format!("guest agent socket: {e}")));
+            }
+        };
         self.watch(
             spec.id.clone(),
             qmp,
@@ -494,6 +528,89 @@ impl Driver for Arc<QemuDriver> {
             WatchOn::Child(child),
         )
         .await;
+        Ok(())
+    }
+
+    /// Saves a paused VM's memory and device state to `to` with QEMU's own
+    /// migration (to an `exec:` target: 7.2 has no `file:`), then ends it.
+    pub async fn save_memory(self: &Arc<Self>, id: &str, to: &Path) -> Result<(), DriverError> {
+        let vm = self.vm(id).await?;
+        if self.status(id).await != VmState::Paused {
+            return Err(DriverError::WrongState {
+                id: id.into(),
+                state: self.status(id).await,
+            });
+        }
+        let uri = format!("exec:cat > '{}'", to.display());
+        vm.qmp
+            .execute(qapi::qmp::migrate {
+                uri: Some(uri),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .await
+            .map_err(qemu_err)?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let info = vm.qmp.execute(QueryMigrate {}).await.map_err(qemu_err)?;
+            match info["status"].as_str() {
+                Some("completed") => break,
+                Some("failed" | "cancelled") => {
+                    return Err(qemu_err(format!(
+                        "saving memory failed: {}",
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(qemu_err("saving memory took longer than 300 s"))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        vm.expected.store(true, Ordering::SeqCst);
+        let _ = vm.qmp.execute(qapi::qmp::quit {}).await;
+        if !QemuDriver::wait_gone(&vm, Duration::from_secs(10)).await {
+            QemuDriver::kill(&vm).await;
+        }
+        Ok(())
+    }
+
+    /// Brings a VM back from saved memory state, paused, then running.
+    pub async fn restore(self: &Arc<Self>, spec: &VmSpec, from: &Path) -> Result<(), DriverError> {
+        let incoming = format!("exec:cat '{}'", from.display());
+        self.spawn(spec, &["-S".into(), "-incoming".into(), incoming])
+            .await?;
+        let vm = self.vm(&spec.id).await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            // Raw JSON: run-state names differ between the crate's schema and 7.2.
+            let status = vm.qmp.execute(QueryStatus {}).await.map_err(qemu_err)?;
+            if status["status"].as_str() != Some("inmigrate") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(qemu_err("restoring memory took longer than 300 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
+        if let Some(agent) = &vm.agent {
+            agent.ready(Duration::from_secs(30)).await;
+        }
+        match self.status(&spec.id).await {
+            VmState::Running => Ok(()),
+            state => Err(DriverError::WrongState {
+                id: spec.id.clone(),
+                state,
+            }),
+        }
+    }
+}
+
+impl Driver for Arc<QemuDriver> {
+    async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        self.spawn(spec, &[]).await?;
         let vm = self.vm(&spec.id).await?;
         if let Err(e) = self.wait_ready(&spec.id, &vm).await {
             vm.expected.store(true, Ordering::SeqCst);

@@ -92,6 +92,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/workspaces/{id}/disk"),
     ("put", "/v1/workspaces/{id}/disk"),
     ("get", "/v1/workspaces/{id}/disk/chunks"),
+    ("get", "/v1/workspaces/{id}/memory"),
+    ("put", "/v1/workspaces/{id}/memory"),
+    ("get", "/v1/workspaces/{id}/memory/chunks"),
     ("get", "/v1/nodes"),
     ("post", "/v1/nodes"),
     ("post", "/v1/nodes/{name}/heartbeat"),
@@ -134,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{id}/console", get(console))
         .route("/v1/workspaces/{id}/disk", get(disk).put(receive_disk).layer(DefaultBodyLimit::disable()))
         .route("/v1/workspaces/{id}/disk/chunks", get(disk_chunks))
+        .route("/v1/workspaces/{id}/memory", get(memory).put(receive_memory).layer(DefaultBodyLimit::disable()))
+        .route("/v1/workspaces/{id}/memory/chunks", get(memory_chunks))
         .route("/v1/nodes", get(nodes).post(register_node))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}/events", post(node_event))
@@ -850,6 +855,69 @@ async fn submit_batch(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let batch: Batch = json_body(&headers, b)?.ok_or_else(|| ServiceError::BadRequest("expected {\"jobs\": [...], \"concurrency\": N}".into()))?;
-    Ok((StatusCode::CREATED, Json(s.service.submit_batch(&who, &id, batch.jobs, batch.concurrency).await?)).into_response())
+    let batch: Batch = json_body(&headers, b)?.ok_or_else(|| {
+        ServiceError::BadRequest("expected {\"jobs\": [...], \"concurrency\": N}".into())
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            s.service
+                .submit_batch(&who, &id, batch.jobs, batch.concurrency)
+                .await?,
+        ),
+    )
+        .into_response())
+}
+
+async fn memory_file(s: &AppState, id: &str) -> Result<std::path::PathBuf, ServiceError> {
+    let path = s.service.memory_path(id);
+    if !path.exists() {
+        return Err(ServiceError::NotFound(format!(
+            "workspace {id} has no saved memory state"
+        )));
+    }
+    Ok(path)
+}
+
+async fn memory(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(id): Path<String>,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    serve_file(memory_file(&s, &id).await?, request).await
+}
+
+async fn memory_chunks(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    manifest_of(memory_file(&s, &id).await?).await
+}
+
+async fn receive_memory(
+    State(s): State<AppState>,
+    Caller(_who): Caller,
+    Path(id): Path<String>,
+    request: Request<axum::body::Body>,
+) -> Result<Response, ServiceError> {
+    let digest = request
+        .headers()
+        .get("x-vws-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ServiceError::BadRequest(
+                "a returned memory state needs its digest in x-vws-digest".into(),
+            )
+        })?;
+    let stream = request
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    s.service
+        .receive_memory(&id, &digest, tokio_util::io::StreamReader::new(stream))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -30,6 +30,8 @@ pub struct Service {
     pub(crate) store: Store,
     pub(crate) blobs: BlobStore,
     pub(crate) disks: PathBuf,
+    /// Memory states of paused, checked-in workspaces.
+    pub(crate) memory: PathBuf,
     pub(crate) policy: Policy,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) public_url: String,
@@ -85,6 +87,7 @@ impl Service {
             store,
             blobs,
             disks,
+            memory: settings.home.join("memory"),
             policy: settings.policy,
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),

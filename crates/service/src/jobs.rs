@@ -31,20 +31,36 @@ pub struct Submit {
 
 impl Service {
     /// Starts a job in a running workspace.
-    pub async fn submit_job(&self, who: &Identity, id: &str, s: Submit) -> Result<JobRecord, ServiceError> {
+    pub async fn submit_job(
+        &self,
+        who: &Identity,
+        id: &str,
+        s: Submit,
+    ) -> Result<JobRecord, ServiceError> {
         let job = self.new_job(who, id, &s, "running").await?;
         self.store.insert_job(&job).await?;
         self.dispatch(job, s).await
     }
 
     /// Checks a submission and makes its record.
-    async fn new_job(&self, who: &Identity, id: &str, s: &Submit, state: &str) -> Result<JobRecord, ServiceError> {
+    async fn new_job(
+        &self,
+        who: &Identity,
+        id: &str,
+        s: &Submit,
+        state: &str,
+    ) -> Result<JobRecord, ServiceError> {
         let r = self.visible(who, id).await?;
         if r.state != State::Running {
-            return Err(ServiceError::Conflict(format!("workspace {id} is {}; jobs run in running workspaces", r.state)));
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is {}; jobs run in running workspaces",
+                r.state
+            )));
         }
         if s.argv.is_empty() || s.argv.len() > 4096 || s.argv.iter().any(|a| a.contains('\0')) {
-            return Err(ServiceError::BadRequest("argv must hold 1 to 4096 arguments without NUL".into()));
+            return Err(ServiceError::BadRequest(
+                "argv must hold 1 to 4096 arguments without NUL".into(),
+            ));
         }
         Ok(JobRecord {
             id: format!("job-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
@@ -68,10 +84,18 @@ impl Service {
     async fn dispatch(&self, mut job: JobRecord, s: Submit) -> Result<JobRecord, ServiceError> {
         let result = async {
             let node = self.live_node(&job.node).await?;
-            let req = JobRequest { job: job.id.clone(), argv: s.argv, env: s.env, cwd: s.cwd, stdin: s.stdin, timeout: s.timeout };
+            let req = JobRequest {
+                job: job.id.clone(),
+                argv: s.argv,
+                env: s.env,
+                cwd: s.cwd,
+                stdin: s.stdin,
+                timeout: s.timeout,
+            };
             let body = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
             let path = format!("/node/v1/vms/{}/jobs", job.workspace_id);
-            self.call_node(&node, reqwest::Method::POST, &path, Some(body)).await
+            self.call_node(&node, reqwest::Method::POST, &path, Some(body))
+                .await
         }
         .await;
         if let Err(e) = result {
@@ -92,12 +116,22 @@ impl Service {
     /// Runs a list of jobs in one workspace (the paper's "mapping groups of
     /// jobs to one workspace"), at most `concurrency` at a time. Every job is
     /// recorded at once as `queued`; the batch then feeds them to the node.
-    pub async fn submit_batch(self: &std::sync::Arc<Self>, who: &Identity, id: &str, jobs: Vec<Submit>, concurrency: usize) -> Result<Vec<JobRecord>, ServiceError> {
+    pub async fn submit_batch(
+        self: &std::sync::Arc<Self>,
+        who: &Identity,
+        id: &str,
+        jobs: Vec<Submit>,
+        concurrency: usize,
+    ) -> Result<Vec<JobRecord>, ServiceError> {
         if jobs.is_empty() || jobs.len() > 10_000 {
-            return Err(ServiceError::BadRequest("a batch holds 1 to 10000 jobs".into()));
+            return Err(ServiceError::BadRequest(
+                "a batch holds 1 to 10000 jobs".into(),
+            ));
         }
         if concurrency == 0 {
-            return Err(ServiceError::BadRequest("concurrency must be at least 1".into()));
+            return Err(ServiceError::BadRequest(
+                "concurrency must be at least 1".into(),
+            ));
         }
         let mut queued = Vec::with_capacity(jobs.len());
         for s in &jobs {
@@ -112,7 +146,9 @@ impl Service {
         tokio::spawn(async move {
             let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
             for (job, s) in work {
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let me = me.clone();
                 tokio::spawn(async move {
                     let id = job.id.clone();

@@ -116,8 +116,11 @@ impl Service {
         host: Option<&str>,
     ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Deploy).await?;
-        if r.state == State::Paused {
-            return Err(ServiceError::Conflict("deploying a paused (hot) workspace needs its memory state, which arrives with hot images".into()));
+        let memory_file = self.memory_path(id);
+        if r.state == State::Paused && !memory_file.exists() {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is paused but its memory state is missing"
+            )));
         }
         let (node, binding) = self.place(&r, host).await?;
         let image = self
@@ -163,6 +166,20 @@ impl Service {
             }
             None => None,
         };
+        let memory = if r.state == State::Paused {
+            let path = memory_file.clone();
+            let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(anyhow::Error::from)?;
+            Some(BlobRef {
+                role: "memory".into(),
+                digest: m.digest,
+                size: m.size,
+            })
+        } else {
+            None
+        };
         let request = DeployRequest {
             id: r.id.clone(),
             hostname: r.id.clone(),
@@ -177,6 +194,7 @@ impl Service {
             cmdline: image.cmdline.clone(),
             blobs,
             disk,
+            memory,
             backing_format: if image.kind == ImageKind::Disk {
                 image.format.clone()
             } else {
@@ -357,15 +375,35 @@ impl Service {
     }
 
     /// Thaws a paused workspace.
+    /// A workspace deployed from the repository while paused is restored
+    /// from its memory state: its computation goes on where it stopped.
     pub async fn unpause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
-        self.simple(who, id, Action::Unpause).await
+        let mut r = self.checked(who, id, Action::Unpause).await?;
+        let node = self.node_of(&r).await?;
+        let resp = self
+            .call_node(
+                &node,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/unpause"),
+                None,
+            )
+            .await?;
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        if let Ok(forwards) =
+            serde_json::from_value::<Vec<vws_model::node::Forward>>(v["forwards"].clone())
+        {
+            r.binding.forwards = forwards;
+        }
+        self.commit(r, Action::Unpause, &who.dn, None).await
     }
 
-    /// Check-in (paper §3.1): the node sends the disk back, the lock is released.
+    /// Check-in (paper §3.1): the node sends the disk back (and, for a paused
+    /// workspace, its memory state), the lock is released.
     pub async fn undeploy(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         let r = self.checked(who, id, Action::Undeploy).await?;
-        if r.state == State::Paused {
-            return Err(ServiceError::Conflict("undeploying a paused workspace keeps its memory state, which arrives with hot images; stop it first".into()));
+        if r.state == State::Shutdown {
+            // A memory state from an earlier pause is stale once the workspace has shut down.
+            let _ = tokio::fs::remove_file(self.memory_path(id)).await;
         }
         let node = self.node_of(&r).await?;
         self.call_node(
@@ -488,8 +526,77 @@ impl Service {
                 "workspace {id} is not checked out"
             )));
         };
+        let image = self
+            .store
+            .image(&ImageRef::Digest(r.image_id.clone()))
+            .await?;
+        let backing = match image.filter(|i| i.kind == ImageKind::Disk) {
+            Some(i) => Some((
+                self.blobs.path(&r.image_id.parse()?),
+                i.format.unwrap_or_else(|| "raw".into()),
+            )),
+            None => None,
+        };
+        self.receive_file(
+            id,
+            "disk",
+            std::path::Path::new(path),
+            backing,
+            digest,
+            body,
+        )
+        .await
+    }
+
+    /// A node returns a paused workspace's memory state at check-in.
+    pub async fn receive_memory(
+        &self,
+        id: &str,
+        digest: &str,
+        body: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), ServiceError> {
+        let r = self
+            .store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        if r.lock_holder.is_none() {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is not checked out"
+            )));
+        }
+        tokio::fs::create_dir_all(&self.memory)
+            .await
+            .map_err(anyhow::Error::from)?;
+        self.receive_file(
+            id,
+            "memory state",
+            &self.memory_path(id),
+            None,
+            digest,
+            body,
+        )
+        .await
+    }
+
+    /// Where a paused workspace's memory state is kept while checked in.
+    pub(crate) fn memory_path(&self, id: &str) -> std::path::PathBuf {
+        self.memory.join(format!("{id}.state"))
+    }
+
+    /// Receives a file into `path`: hashed on the way in, checked against
+    /// `digest`, synced, optionally rebased onto `backing`, renamed into place.
+    async fn receive_file(
+        &self,
+        id: &str,
+        what: &str,
+        path: &std::path::Path,
+        backing: Option<(std::path::PathBuf, String)>,
+        digest: &str,
+        body: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), ServiceError> {
         let expected: vws_store::Digest = digest.parse()?;
-        let tmp = std::path::PathBuf::from(format!("{path}.incoming"));
+        let tmp = std::path::PathBuf::from(format!("{}.incoming", path.display()));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp)
                 .await
@@ -502,16 +609,11 @@ impl Service {
             let actual = hashing.digest();
             if actual != expected.as_str() {
                 return Err(ServiceError::Integrity(format!(
-                    "returned disk of {id} does not match {expected}: got {actual}"
+                    "returned {what} of {id} does not match {expected}: got {actual}"
                 )));
             }
-            let image = self
-                .store
-                .image(&ImageRef::Digest(r.image_id.clone()))
-                .await?;
-            if let Some(image) = image.filter(|i| i.kind == ImageKind::Disk) {
-                let blob = self.blobs.path(&r.image_id.parse()?);
-                vws_qemu::img::rebase_unsafe(&tmp, &blob, image.format.as_deref().unwrap_or("raw"))
+            if let Some((blob, format)) = &backing {
+                vws_qemu::img::rebase_unsafe(&tmp, blob, format)
                     .await
                     .map_err(anyhow::Error::from)?;
             }

@@ -149,6 +149,7 @@ impl Service {
                 },
             )
             .await?;
+        let _ = tokio::fs::remove_file(self.memory_path(&r.id)).await;
         if let Some(p) = &r.disk_path {
             if let Err(e) = tokio::fs::remove_file(p).await {
                 // The record is gone; the next start's garbage collection retries.
