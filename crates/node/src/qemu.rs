@@ -623,9 +623,20 @@ impl Driver for Arc<QemuDriver> {
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
         let vm = self.vm(id).await?;
         vm.expected.store(true, Ordering::SeqCst);
-        // A paused guest cannot react to the power button: wake it first.
+        // A paused guest cannot react to anything: wake it first.
         let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
-        let _ = vm.qmp.execute(qapi::qmp::system_powerdown {}).await;
+        if grace > Duration::ZERO {
+            // The guest shuts itself down: through its agent (sync, then power
+            // off), and the ACPI power button for guests that listen to it.
+            if let Some(agent) = vm.agent.as_ref().filter(|a| a.hello().is_some()) {
+                let log = self.dir(id).join("shutdown.ndjson");
+                let argv = vec!["/bin/sh".into(), "-c".into(), "sync; poweroff -f".into()];
+                agent
+                    .exec("shutdown", log, argv, vec![], None, None, None)
+                    .await;
+            }
+            let _ = vm.qmp.execute(qapi::qmp::system_powerdown {}).await;
+        }
         if QemuDriver::wait_gone(&vm, grace).await {
             return Ok(());
         }
