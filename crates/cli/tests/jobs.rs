@@ -218,6 +218,37 @@ fn jobs_in_a_real_workspace() {
         "late readers get the output from the start"
     );
 
+    // Ctrl-C on `vws run` cancels the job in the guest and exits with its status.
+    let child = Command::new(VWS)
+        .args([
+            "run",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo waiting; exec sleep 1000",
+        ])
+        .env("VWS_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "the job was ended by SIGTERM"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "waiting\n");
+    let listed: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
+    let last = listed.as_array().unwrap().last().unwrap();
+    assert_eq!(last["state"], "cancelled");
+
     // A timeout fires.
     let t = Instant::now();
     let slow = vws(home, &["run", "--timeout", "1", &id, "--", "sleep", "30"]);

@@ -160,14 +160,18 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<()> {
         println!("{}", job.id);
         return Ok(());
     }
+    // The same stream goes on after a Ctrl-C, so nothing is printed twice.
+    let streaming = stream(&client, &job.id, true);
+    tokio::pin!(streaming);
     let status = tokio::select! {
-        s = stream(&client, &job.id, true) => s?,
+        s = &mut streaming => s?,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("vws: cancelling {}", job.id);
             let _ = client.cancel_job(&job.id).await;
-            stream(&client, &job.id, true).await?
+            streaming.await?
         }
     };
+
     match status {
         Some(0) => Ok(()),
         Some(code) => Err(ExitWith(code).into()),
