@@ -5,7 +5,7 @@
 //! checked against its digest before it is renamed into place: nothing half
 //! written can ever be used.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,9 @@ pub use vws_model::node::Manifest;
 
 /// Chunks written between syncs (and between entries in the resume log).
 const SYNC_EVERY: usize = 16;
+
+/// Chunks fetched at once.
+const IN_FLIGHT: usize = 4;
 
 /// The digest of a whole file.
 pub fn file_digest(path: &Path) -> std::io::Result<String> {
@@ -153,7 +156,7 @@ pub async fn fetch(
     }
     progress.total.fetch_add(m.size, Ordering::Relaxed);
     progress.done.fetch_add(have, Ordering::Relaxed);
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
@@ -169,43 +172,53 @@ pub async fn fetch(
     // Chunks written since the last sync: logged as done only once synced.
     let mut unsynced: Vec<usize> = Vec::new();
     let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
-    let fetched: Result<(), StageError> = async {
-        for &i in &todo {
-            let start = i as u64 * m.chunk_size;
-            let len = chunk_len(&m, i);
-            let mut attempt = 0;
-            let bytes = loop {
+    // Several chunks in flight: the network, the hashing and the writing of
+    // different chunks overlap. The whole-file hash still goes in order, from
+    // a small reorder buffer.
+    let fetch_one = |i: usize| {
+        let (http, url, want) = (http.clone(), url.to_string(), m.chunks[i].clone());
+        let (start, len) = (i as u64 * m.chunk_size, chunk_len(&m, i));
+        let progress = progress.clone();
+        async move {
+            let mut moved = 0u64;
+            for attempt in 1..=3 {
                 let resp = http
-                    .get(url)
+                    .get(&url)
                     .header("range", format!("bytes={}-{}", start, start + len - 1))
                     .send()
                     .await
                     .and_then(|r| r.error_for_status())
-                    .map_err(|e| http_err(url, e))?;
-                let bytes = resp.bytes().await.map_err(|e| http_err(url, e))?;
+                    .map_err(|e| http_err(&url, e))?;
+                let bytes = resp.bytes().await.map_err(|e| http_err(&url, e))?;
                 moved += bytes.len() as u64;
                 progress
                     .moved
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if bytes.len() as u64 == len
-                    && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == m.chunks[i]
+                    && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == want
                 {
-                    break bytes;
+                    return Ok((i, bytes, moved));
                 }
-                attempt += 1;
                 tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
-                if attempt == 3 {
-                    return Err(StageError::CorruptChunk {
-                        url: url.into(),
-                        index: i,
-                    });
-                }
-            };
-            file.seek(SeekFrom::Start(start))?;
-            file.write_all(&bytes)?;
-            if let Some(h) = whole.as_mut() {
-                h.update(&bytes);
             }
+            Err(StageError::CorruptChunk { url, index: i })
+        }
+    };
+    let fetched: Result<(), StageError> = async {
+        use futures::StreamExt;
+        use std::os::unix::fs::FileExt;
+        let mut results = futures::stream::iter(todo.clone())
+            .map(fetch_one)
+            .buffer_unordered(IN_FLIGHT);
+        let mut reorder = std::collections::BTreeMap::new();
+        let mut next = 0;
+        while let Some(result) = results.next().await {
+            let (i, bytes, chunk_moved) = result?;
+            moved += chunk_moved;
+            file.write_all_at(&bytes, i as u64 * m.chunk_size)?;
+            progress
+                .done
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             unsynced.push(i);
             if unsynced.len() >= SYNC_EVERY {
                 file.sync_data()?;
@@ -213,7 +226,13 @@ pub async fn fetch(
                     writeln!(log_file, "{j}")?;
                 }
             }
-            progress.done.fetch_add(len, Ordering::Relaxed);
+            if let Some(h) = whole.as_mut() {
+                reorder.insert(i, bytes);
+                while let Some(b) = todo.get(next).and_then(|k| reorder.remove(k)) {
+                    h.update(&b);
+                    next += 1;
+                }
+            }
         }
         Ok(())
     }

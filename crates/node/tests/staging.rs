@@ -143,8 +143,20 @@ async fn fetch_resume_and_refuse() {
     );
     assert!(!dest_b.exists());
 
-    // The interrupted transfer resumes: chunk 0 arrived before the failure and
-    // is not sent again.
+    // The interrupted transfer resumes: the chunks that arrived verified
+    // before the failure (logged as done) are not sent again.
+    let log = partial.join(format!("{}.done", digest.trim_start_matches("sha256:")));
+    let kept: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        !kept.is_empty() && !kept.contains(&1),
+        "verified chunks were kept, the corrupt one not: {kept:?}"
+    );
+    let chunk = |i: u64| (4u64 << 20).min(content.len() as u64 - i * (4 << 20));
+    let kept_bytes: u64 = kept.iter().map(|&i| chunk(i)).sum();
     let sent = Arc::new(AtomicU64::new(0));
     let url = serve(Served {
         file: src.clone(),
@@ -165,7 +177,7 @@ async fn fetch_resume_and_refuse() {
     .unwrap();
     assert_eq!(
         moved,
-        content.len() as u64 - 4 * 1024 * 1024,
+        content.len() as u64 - kept_bytes,
         "only the missing chunks move"
     );
     assert_eq!(progress.done.load(Ordering::SeqCst), content.len() as u64);
