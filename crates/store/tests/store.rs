@@ -422,6 +422,85 @@ async fn concurrent_inserts_lose_nothing(store: Store) {
     assert_eq!(ids.len(), 50);
 }
 
+async fn nodes_and_jobs(store: Store) {
+    use vws_model::node::NodeReport;
+    use vws_store::JobRecord;
+    let t = now();
+    let mut report = NodeReport {
+        cores: 2,
+        ram_free: 1 << 30,
+        accel: "tcg".into(),
+        ..Default::default()
+    };
+    report.workspaces.insert("ws-a".into(), "running".into());
+    store
+        .register_node("n1", "http://127.0.0.1:1", &report, t)
+        .await
+        .unwrap();
+    assert!(store
+        .node_heartbeat("n1", &report, t + Duration::seconds(2))
+        .await
+        .unwrap());
+    assert!(!store.node_heartbeat("n2", &report, t).await.unwrap());
+    let n = store.node("n1").await.unwrap().unwrap();
+    assert_eq!(
+        (n.report.clone(), n.last_seen, n.registered_at),
+        (report.clone(), t + Duration::seconds(2), t)
+    );
+    // Registering again replaces the record.
+    store
+        .register_node(
+            "n1",
+            "http://127.0.0.1:2",
+            &report,
+            t + Duration::seconds(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.nodes().await.unwrap().len(), 1);
+    assert_eq!(
+        store.node("n1").await.unwrap().unwrap().url,
+        "http://127.0.0.1:2"
+    );
+
+    let mut job = JobRecord {
+        id: "job-1".into(),
+        workspace_id: "ws-a".into(),
+        owner: "/CN=a".into(),
+        node: "n1".into(),
+        argv: vec!["sh".into(), "-c".into(), "echo 'quoted' \"too\"".into()],
+        state: "running".into(),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        message: None,
+        cancelled: false,
+        output_bytes: 0,
+        created_at: t,
+        ended_at: None,
+    };
+    store.insert_job(&job).await.unwrap();
+    assert_eq!(store.job("job-1").await.unwrap(), Some(job.clone()));
+    job.state = "cancelled".into();
+    job.signal = Some(15);
+    job.cancelled = true;
+    job.timed_out = true;
+    job.output_bytes = 10_000_000;
+    job.ended_at = Some(t + Duration::seconds(1));
+    store.update_job(&job).await.unwrap();
+    let mut second = job.clone();
+    second.id = "job-2".into();
+    second.created_at = t + Duration::milliseconds(5);
+    store.insert_job(&second).await.unwrap();
+    let jobs = store.jobs_of("ws-a").await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["job-1", "job-2"]
+    );
+    assert_eq!(jobs[0], job);
+    assert!(store.jobs_of("ws-b").await.unwrap().is_empty());
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -450,4 +529,5 @@ on_both_backends!(
     expiry_is_found_by_time,
     images_tags_and_blobs,
     concurrent_inserts_lose_nothing,
+    nodes_and_jobs,
 );
