@@ -643,12 +643,17 @@ async fn console(
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
     let resp = s.service.console(&who, &id, q.follow).await?;
+    Ok(relay(resp, "text/plain; charset=utf-8"))
+}
+
+/// Passes a node's streamed answer on to the client as it arrives.
+fn relay(resp: reqwest::Response, content_type: &'static str) -> Response {
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    Ok((
-        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+    (
+        [(CONTENT_TYPE, content_type)],
         axum::body::Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn disk(
@@ -778,12 +783,7 @@ async fn job_output(
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
     let resp = s.service.job_output(&who, &job, q.follow).await?;
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    Ok((
-        [(CONTENT_TYPE, "application/x-ndjson")],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(relay(resp, "application/x-ndjson"))
 }
 
 async fn job_report(

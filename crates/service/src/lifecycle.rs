@@ -326,21 +326,30 @@ impl Service {
         self.commit(r, action, &who.dn, None).await
     }
 
+    /// Asks the node to start or unpause; a QEMU launched for it (boot or
+    /// restore) comes back with where the served ports are reachable.
+    async fn launch_on_node(
+        &self,
+        r: &WorkspaceRecord,
+        action: Action,
+    ) -> Result<Option<Vec<vws_model::node::Forward>>, ServiceError> {
+        let node = self.node_of(r).await?;
+        let path = format!("/node/v1/vms/{}/{}", r.id, action.as_str());
+        let resp = self
+            .call_node(&node, reqwest::Method::POST, &path, None)
+            .await?;
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        Ok(serde_json::from_value(v["forwards"].clone()).unwrap_or_default())
+    }
+
     /// Boots a deployed workspace; returns once its guest agent answers,
     /// with where its served ports are reachable.
     pub async fn start(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Start).await?;
-        let node = self.node_of(&r).await?;
-        let resp = self
-            .call_node(
-                &node,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/start"),
-                None,
-            )
-            .await?;
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        r.binding.forwards = serde_json::from_value(v["forwards"].clone()).unwrap_or_default();
+        r.binding.forwards = self
+            .launch_on_node(&r, Action::Start)
+            .await?
+            .unwrap_or_default();
         let startup = r.description.capability.startup.clone();
         let owner = Identity::new(r.owner.clone());
         let ws = self.commit(r, Action::Start, &who.dn, None).await?;
@@ -374,24 +383,12 @@ impl Service {
         self.simple(who, id, Action::Pause).await
     }
 
-    /// Thaws a paused workspace.
-    /// A workspace deployed from the repository while paused is restored
-    /// from its memory state: its computation goes on where it stopped.
+    /// Thaws a paused workspace. One deployed from the repository while
+    /// paused is restored from its memory state: its computation goes on
+    /// where it stopped.
     pub async fn unpause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Unpause).await?;
-        let node = self.node_of(&r).await?;
-        let resp = self
-            .call_node(
-                &node,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/unpause"),
-                None,
-            )
-            .await?;
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        if let Ok(forwards) =
-            serde_json::from_value::<Vec<vws_model::node::Forward>>(v["forwards"].clone())
-        {
+        if let Some(forwards) = self.launch_on_node(&r, Action::Unpause).await? {
             r.binding.forwards = forwards;
         }
         self.commit(r, Action::Unpause, &who.dn, None).await
