@@ -24,6 +24,8 @@ pub enum Suite {
     Stage,
     /// `vws run` → first output byte, and a CPU-bound job's slowdown, against the host
     Job,
+    /// creating a workspace (a copy-on-write clone of its image) at several image sizes, against cp
+    Clone,
 }
 
 /// `vws bench`.
@@ -49,6 +51,9 @@ pub struct BenchArgs {
     /// Size of the image the stage suite moves, in MiB
     #[arg(long, default_value_t = 512)]
     pub(crate) stage_mib: u64,
+    /// Image sizes of the clone suite, in MiB
+    #[arg(long, value_delimiter = ',', default_value = "8,1024,8192")]
+    pub(crate) clone_mib: Vec<u64>,
 }
 
 /// min, median, p99 and max of samples, in milliseconds.
@@ -237,5 +242,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Start => crate::commands::bench_vm::start_suite(g, &a).await,
         Suite::Stage => crate::commands::bench_vm::stage_suite(g, &a).await,
         Suite::Job => crate::commands::bench_vm::job_suite(g, &a).await,
+        Suite::Clone => crate::commands::bench_vm::clone_suite(g, &a).await,
     }
 }

@@ -446,3 +446,85 @@ pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     rig.down().await?;
     result
 }
+
+/// Writes `mib` MiB of non-zero bytes (so no layer can skip them).
+fn write_image(path: &Path, mib: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i % 251) as u8 + 1;
+    }
+    for n in 0..mib {
+        buf[0] = n as u8;
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// `vws bench clone`: creating a workspace is a copy-on-write clone of its
+/// pool image; its time must not grow with the image, unlike `cp`'s.
+pub async fn clone_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
+    let rig = Rig::up().await?;
+    let result = async {
+        let mut metrics = serde_json::Map::new();
+        let mut ratios = serde_json::Map::new();
+        let mut rows = Vec::new();
+        for &mib in &a.clone_mib {
+            let image = rig.home.join(format!("clone-{mib}.raw"));
+            write_image(&image, mib)?;
+            let digest = tokio::task::spawn_blocking({
+                let image = image.clone();
+                move || vws_node::staging::file_digest(&image)
+            })
+            .await??;
+            rig.client.upload_blob(&image, &digest, |_| {}).await?;
+            let tag = format!("{mib}");
+            rig.client.import_image(json!({ "name": "clone", "tag": tag, "disk": digest })).await?;
+            let desc = format!("category = \"vm\"\n[software]\nimage = \"clone:{mib}\"\n");
+            let (mut clone, mut copy) = (Vec::new(), Vec::new());
+            for _ in 0..a.runs.max(3) {
+                let t = Instant::now();
+                let ws = rig.client.create(desc.clone(), Form::Toml, None).await?;
+                clone.push(t.elapsed().as_secs_f64());
+                rig.client.destroy(&ws.record.id).await?;
+                let out = rig.home.join("copy.raw");
+                let t = Instant::now();
+                let ok = tokio::process::Command::new("cp").arg(&image).arg(&out).status().await?;
+                anyhow::ensure!(ok.success(), "cp failed");
+                // cp's data must reach the disk, as the overlay's creation does.
+                tokio::process::Command::new("sync").arg(&out).status().await?;
+                copy.push(t.elapsed().as_secs_f64());
+                std::fs::remove_file(&out)?;
+            }
+            let _ = std::fs::remove_file(&image);
+            let (c, p) = (summary(clone), summary(copy));
+            eprintln!("bench clone: {mib} MiB: create {:.4} s, cp {:.3} s", median(&c), median(&p));
+            rows.push(vec![format!("{mib} MiB"), format!("{:.4}", median(&c)), format!("{:.3}", median(&p)), format!("{:.0}", median(&p) / median(&c))]);
+            ratios.insert(format!("cp_over_clone_at_{mib}mib"), json!(median(&p) / median(&c)));
+            metrics.insert(format!("clone_s_at_{mib}mib"), c);
+            metrics.insert(format!("cp_s_at_{mib}mib"), p);
+        }
+        let (lo, hi) = (a.clone_mib[0], a.clone_mib[a.clone_mib.len() - 1]);
+        ratios.insert(
+            format!("clone_{hi}_over_{lo}"),
+            json!(median(&metrics[&format!("clone_s_at_{hi}mib")]) / median(&metrics[&format!("clone_s_at_{lo}mib")])),
+        );
+        let report = json!({ "suite": "clone", "runs": a.runs.max(3), "metrics": metrics, "ratios": ratios, "env": env_json() });
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            let mut t = table(&["IMAGE", "CREATE (CoW clone) s, median", "cp + sync s, median", "cp / clone"]);
+            for r in rows {
+                t.add_row(r);
+            }
+            println!("{t}");
+            println!("ratios: {}", report["ratios"]);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    rig.down().await?;
+    result
+}
