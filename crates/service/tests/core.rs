@@ -594,3 +594,64 @@ async fn a_restart_removes_disks_without_records() {
     assert!(std::path::Path::new(ws.record.disk_path.as_deref().unwrap()).exists());
     assert!(h.service.workspace(&alice(), &ws.record.id).await.is_ok());
 }
+
+#[tokio::test]
+async fn nodes_are_lost_when_heartbeats_stop_and_nothing_is_placed_on_them() {
+    let h = harness(Backend::Sqlite, OPEN).await;
+    h.kernel_image("k", "1").await;
+    let report = vws_model::node::NodeReport {
+        cores: 2,
+        ram_free: 8 << 30,
+        accel: "tcg".into(),
+        ..Default::default()
+    };
+    let reg = vws_model::node::Registration {
+        name: "n1".into(),
+        url: "http://127.0.0.1:9".into(),
+        report: report.clone(),
+    };
+    h.service.register_node(reg).await.unwrap();
+    assert_eq!(h.service.nodes().await.unwrap()[0].status, "up");
+    h.clock.advance(time::Duration::seconds(9));
+    h.service
+        .node_heartbeat("n1", report.clone())
+        .await
+        .unwrap();
+    h.clock.advance(time::Duration::seconds(9));
+    assert_eq!(
+        h.service.nodes().await.unwrap()[0].status,
+        "up",
+        "a heartbeat keeps it up"
+    );
+    h.clock.advance(time::Duration::seconds(2));
+    assert_eq!(h.service.nodes().await.unwrap()[0].status, "lost");
+    let ws = h
+        .service
+        .create(&alice(), description("k:1", ""), Form::Toml, None)
+        .await
+        .unwrap();
+    let err = h
+        .service
+        .deploy(&alice(), &ws.record.id, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err_status(err), 503, "no node is up");
+    let err = h
+        .service
+        .deploy(&alice(), &ws.record.id, Some("n1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lost"), "{err}");
+    // Nothing changed: still in the repository, no lock.
+    let r = h
+        .service
+        .workspace(&alice(), &ws.record.id)
+        .await
+        .unwrap()
+        .record;
+    assert_eq!((r.placement, r.lock_holder), (Placement::Repository, None));
+    assert!(matches!(
+        h.service.node_heartbeat("n2", report).await,
+        Err(ServiceError::NotFound(_))
+    ));
+}
