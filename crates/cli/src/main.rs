@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "vws", version, propagate_version = true, max_term_width = 100)]
 #[command(
-    after_help = "Quick start:\n  vws up &                          # service on 127.0.0.1:7480, state in VWS_HOME\n  vws image import minimal:1 --kernel vmlinuz --initrd initrd.img\n  vws create examples/minimal.xml   # prints the new workspace's id and EPR\n  vws list\n\nExit status: 0 success, 1 refused or failed request, 2 usage error."
+    after_help = "Quick start:\n  vws up &                          # service on 127.0.0.1:7480 and a local node, state in VWS_HOME\n  vws image import minimal:1 --kernel vmlinuz --initrd initrd.img\n  vws create examples/minimal.xml   # prints the new workspace's id and EPR\n  vws deploy ID && vws start ID\n  vws run ID -- uname -a\n\nExit status: 0 success, 1 refused or failed request, 2 usage error;\n`vws run` exits with the job's status (128+N for signal N)."
 )]
 pub struct Cli {
     /// State folder [default: ~/.local/share/vws]
@@ -56,15 +56,15 @@ enum Command {
     Renew(commands::workspaces::RenewArgs),
     /// Check a workspace out onto a node: stage its image and disk there
     Deploy(commands::lifecycle::DeployArgs),
-    /// Check a workspace back in: its disk returns to the repository
+    /// Check a workspace back in: its disk (and memory, if paused) returns to the repository
     Undeploy(commands::lifecycle::IdArgs),
-    /// Boot a deployed workspace; returns once the guest reports ready
+    /// Boot a deployed workspace; returns once its guest agent answers
     Start(commands::lifecycle::IdArgs),
     /// Shut a workspace down (gracefully, then hard)
     Stop(commands::lifecycle::IdArgs),
     /// Freeze a running workspace
     Pause(commands::lifecycle::IdArgs),
-    /// Thaw a paused workspace
+    /// Thaw a paused workspace (restoring its memory if it was checked in paused)
     Unpause(commands::lifecycle::IdArgs),
     /// Print a workspace's serial console (-f follows it)
     Console(commands::lifecycle::ConsoleArgs),
