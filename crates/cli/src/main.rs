@@ -66,6 +66,8 @@ enum Command {
     Pause(commands::lifecycle::IdArgs),
     /// Thaw a paused workspace (restoring its memory if it was checked in paused)
     Unpause(commands::lifecycle::IdArgs),
+    /// Save a paused workspace as a hot image: new workspaces from it are restored, not booted
+    Snapshot(commands::lifecycle::SnapshotArgs),
     /// Print a workspace's serial console (-f follows it)
     Console(commands::lifecycle::ConsoleArgs),
     /// Run a job in a running workspace; output streams live, the exit status is the job's
@@ -120,7 +122,19 @@ fn init_logs(verbose: u8, serving: bool) {
         .init();
 }
 
+/// Output piped into `head` ends the program quietly, as with any Unix tool,
+/// instead of a panic on the broken pipe.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: runs first in main, before any other thread exists, and SIG_DFL
+    // is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let serving = matches!(
         cli.command,
@@ -153,6 +167,7 @@ fn main() -> ExitCode {
             Command::Pause(a) => commands::lifecycle::action(&g, a, "pause", "paused").await,
             Command::Unpause(a) => commands::lifecycle::action(&g, a, "unpause", "unpaused").await,
             Command::Console(a) => commands::lifecycle::console(&g, a).await,
+            Command::Snapshot(a) => commands::lifecycle::snapshot(&g, a).await,
             Command::Node(a) => commands::node::run(&g, a).await,
             Command::Run(a) => commands::jobs::run(&g, a).await,
             Command::Jobs(a) => commands::jobs::list(&g, a).await,

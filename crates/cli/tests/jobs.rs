@@ -413,5 +413,71 @@ fn jobs_in_a_real_workspace() {
     assert_eq!(body.trim(), format!("served by {id}"));
     let jobs: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
     assert!(jobs.as_array().unwrap().len() >= 20);
-    ok(home, &["destroy", &id]);
+    // A hot image of this workspace: two workspaces restored from it carry
+    // its memory and disk, yet each has its own hostname, MAC and files.
+    ok(
+        home,
+        &[
+            "run",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo warm > /tmp/mark; echo kept > /data/d; sync",
+        ],
+    );
+    ok(home, &["pause", &id]);
+    ok(home, &["snapshot", &id, "--as", "ready:1"]);
+    let image: Value =
+        serde_json::from_str(&ok(home, &["image", "show", "ready:1", "--json"])).unwrap();
+    assert_eq!(image["kind"], "hot");
+    let hot = home.join("hot.toml");
+    std::fs::write(
+        &hot,
+        "category = \"vm\"\n[hardware]\nram = { min = \"256MiB\", max = \"512MiB\" }\ndisk = { size = \"64MiB\" }\n\
+         [network]\nnics = [{ name = \"eth0\", method = \"user\" }]\n[software]\nimage = \"ready:1\"\n",
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let w = ok(home, &["create", hot.to_str().unwrap()])
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
+        ok(home, &["deploy", &w]);
+        ok(home, &["start", &w]);
+        let out = run(home, &w, &["sh", "-c", "echo $(hostname) $(cat /sys/class/net/eth0/address) $(cat /tmp/mark) $(cat /data/d)"]);
+        let fields: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(fields.len(), 4, "{fields:?}");
+        assert_eq!(fields[0], w, "its own hostname");
+        assert_eq!(
+            &fields[2..],
+            ["warm", "kept"],
+            "memory and disk come from the hot image"
+        );
+        seen.push((w, fields[1].clone()));
+    }
+    assert_ne!(seen[0].1, seen[1].1, "each clone has its own MAC");
+    ok(
+        home,
+        &[
+            "run",
+            &seen[0].0,
+            "--",
+            "sh",
+            "-c",
+            "echo only-here > /tmp/a",
+        ],
+    );
+    let other = run(
+        home,
+        &seen[1].0,
+        &["sh", "-c", "cat /tmp/a 2>/dev/null || echo absent"],
+    );
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "absent\n");
+    ok(home, &["destroy", &seen[0].0, &seen[1].0, &id]);
 }

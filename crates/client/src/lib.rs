@@ -442,4 +442,14 @@ impl Client {
             .map_err(|source| ClientError::Transport { url, source })?
             .to_vec())
     }
+
+    /// Saves a paused workspace as a hot image `name:tag`.
+    pub async fn snapshot(&self, id: &str, as_: &str) -> Result<ImageRecord, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/snapshot"),
+            Some(serde_json::json!({ "as": as_ })),
+        )
+        .await
+    }
 }

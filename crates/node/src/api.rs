@@ -71,6 +71,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/node/v1/vms/{id}", get(status).delete(remove))
         .route("/node/v1/vms/{id}/console", get(console))
         .route("/node/v1/vms/{id}/jobs", post(run_job))
+        .route("/node/v1/vms/{id}/snapshot", post(snapshot))
         .route(
             "/node/v1/vms/{id}/files",
             get(get_file)
@@ -300,4 +301,11 @@ async fn job_output(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn snapshot(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    Ok(Json(m.snapshot(&id).await?).into_response())
 }

@@ -59,6 +59,9 @@ pub struct VmSpec {
     /// Served ports forwarded from the host (user-mode networking).
     #[serde(default)]
     pub forwards: Vec<vws_model::node::Forward>,
+    /// Memory state to restore instead of booting (a hot image).
+    #[serde(default)]
+    pub restore: Option<PathBuf>,
 }
 
 /// What a driver reports about a VM.

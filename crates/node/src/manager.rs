@@ -241,6 +241,12 @@ impl Manager {
                     host: String::new(),
                 })
                 .collect(),
+            // A hot image's workspaces are restored from its memory, not booted.
+            restore: req
+                .blobs
+                .iter()
+                .find(|b| b.role == "memory")
+                .map(|b| self.blob_path(&b.digest)),
         };
         // Written last, atomically: a deploy is real only once this exists.
         let tmp = dir.join("spec.json.tmp");
@@ -258,8 +264,112 @@ impl Manager {
     /// where its served ports are reachable.
     pub async fn start(&self, id: &str) -> Result<Vec<vws_model::node::Forward>, NodeError> {
         let spec = self.spec_with_forwards(id)?;
-        self.driver.start(&spec).await?;
+        match &spec.restore {
+            Some(memory) => {
+                self.driver.restore(&spec, memory).await?;
+                self.refresh_identity(&spec).await?;
+            }
+            None => self.driver.start(&spec).await?,
+        }
         Ok(spec.forwards)
+    }
+
+    /// A workspace restored from a hot image wakes up as the image's source:
+    /// give it its own hostname, MAC, entropy and agent session.
+    async fn refresh_identity(&self, spec: &VmSpec) -> Result<(), NodeError> {
+        use base64::Engine;
+        let agent = self.agent(&spec.id).await?;
+        let before = agent.hello().map(|h| h.session);
+        let mac = crate::qemu::mac_address(&spec.id, 0);
+        let script = format!(
+            "cat > /dev/urandom; hostname {id}; \
+             if [ -e /sys/class/net/eth0 ]; then ip link set eth0 down; ip link set eth0 address {mac}; ip link set eth0 up; \
+             ip addr flush dev eth0; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2; fi; \
+             (sleep 0.2; killall vws-agent) >/dev/null 2>&1 &",
+            id = spec.id
+        );
+        let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+        let job = format!("identity-{}", rand::random::<u32>());
+        let log = self.vm_dir(&spec.id).join("identity.ndjson");
+        let stdin = Some(base64::engine::general_purpose::STANDARD.encode(seed));
+        agent
+            .exec(
+                &job,
+                log,
+                vec!["/bin/sh".into(), "-c".into(), script],
+                vec![],
+                None,
+                stdin,
+                Some(10_000),
+            )
+            .await;
+        // A new agent session is the sign that all of it happened.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while agent.hello().map(|h| h.session) == before {
+            if tokio::time::Instant::now() > deadline {
+                return Err(NodeError::Other(anyhow::anyhow!(
+                    "the restored guest did not take its new identity"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Saves a paused workspace as a hot image: memory and device state, and
+    /// its disk flattened to one standalone qcow2, sent to the repository as
+    /// blobs. The workspace stays paused.
+    pub async fn snapshot(&self, id: &str) -> Result<serde_json::Value, NodeError> {
+        self.spec(id)?;
+        let dir = self.vm_dir(id);
+        let repository = std::fs::read_to_string(dir.join("repository"))
+            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+        let memory = dir.join("snapshot-memory.state");
+        let disk = dir.join("snapshot-disk.qcow2");
+        let result = async {
+            self.driver.snapshot_memory(id, &memory).await?;
+            let mut out =
+                serde_json::json!({ "memory": self.send_blob(&repository, &memory).await? });
+            if dir.join("disk.qcow2").exists() {
+                vws_qemu::img::flatten(&dir.join("disk.qcow2"), &disk, "qcow2")
+                    .await
+                    .map_err(|e| NodeError::Other(e.into()))?;
+                out["disk"] = self.send_blob(&repository, &disk).await?;
+            }
+            Ok::<_, NodeError>(out)
+        }
+        .await;
+        let _ = std::fs::remove_file(&memory);
+        let _ = std::fs::remove_file(&disk);
+        result
+    }
+
+    /// Uploads a file to the repository's blob store; returns `{digest, size}`.
+    async fn send_blob(
+        &self,
+        repository: &str,
+        path: &std::path::Path,
+    ) -> Result<serde_json::Value, NodeError> {
+        let check = path.to_path_buf();
+        let digest = tokio::task::spawn_blocking(move || staging::file_digest(&check))
+            .await
+            .map_err(anyhow::Error::from)??;
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let resp = self
+            .http
+            .put(format!("{repository}/v1/blobs/{digest}"))
+            .header("content-length", len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(NodeError::CheckIn(resp.text().await.unwrap_or_default()));
+        }
+        Ok(serde_json::json!({ "digest": digest, "size": len }))
     }
 
     /// The spec with a free loopback port for each served port, chosen at

@@ -534,6 +534,16 @@ impl QemuDriver {
     /// Saves a paused VM's memory and device state to `to` with QEMU's own
     /// migration (to an `exec:` target: 7.2 has no `file:`), then ends it.
     pub async fn save_memory(self: &Arc<Self>, id: &str, to: &Path) -> Result<(), DriverError> {
+        self.save(id, to, true).await
+    }
+
+    /// Saves a paused VM's memory and device state to `to` and leaves it
+    /// paused (a snapshot).
+    pub async fn snapshot_memory(self: &Arc<Self>, id: &str, to: &Path) -> Result<(), DriverError> {
+        self.save(id, to, false).await
+    }
+
+    async fn save(self: &Arc<Self>, id: &str, to: &Path, end: bool) -> Result<(), DriverError> {
         let vm = self.vm(id).await?;
         if self.status(id).await != VmState::Paused {
             return Err(DriverError::WrongState {
@@ -568,10 +578,12 @@ impl QemuDriver {
                 _ => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
-        vm.expected.store(true, Ordering::SeqCst);
-        let _ = vm.qmp.execute(qapi::qmp::quit {}).await;
-        if !QemuDriver::wait_gone(&vm, Duration::from_secs(10)).await {
-            QemuDriver::kill(&vm).await;
+        if end {
+            vm.expected.store(true, Ordering::SeqCst);
+            let _ = vm.qmp.execute(qapi::qmp::quit {}).await;
+            if !QemuDriver::wait_gone(&vm, Duration::from_secs(10)).await {
+                QemuDriver::kill(&vm).await;
+            }
         }
         Ok(())
     }

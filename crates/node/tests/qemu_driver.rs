@@ -44,6 +44,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         }],
         startup: Some(startup.into()),
         forwards: vec![],
+        restore: None,
     }
 }
 

@@ -125,6 +125,23 @@ pub async fn rebase_unsafe(
     .map(drop)
 }
 
+/// Writes a standalone copy of an image and its whole backing chain in
+/// `format`. `-U` lets it read an image a running QEMU holds open (paused).
+pub async fn flatten(src: &Path, dst: &Path, format: &str) -> Result<(), ImgError> {
+    run(
+        "convert",
+        &[
+            "-U".as_ref(),
+            "-O".as_ref(),
+            format.as_ref(),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
 /// Makes an empty image of the given format and size.
 pub async fn create(path: &Path, format: &str, size: u64) -> Result<(), ImgError> {
     let size = size.to_string();

@@ -82,6 +82,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/blobs/{digest}"),
     ("get", "/v1/blobs/{digest}/chunks"),
     ("post", "/v1/workspaces/{id}/deploy"),
+    ("post", "/v1/workspaces/{id}/snapshot"),
     ("post", "/v1/workspaces/{id}/undeploy"),
     ("post", "/v1/workspaces/{id}/start"),
     ("post", "/v1/workspaces/{id}/stop"),
@@ -128,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/{digest}", put(upload).head(has_blob).get(download).layer(DefaultBodyLimit::disable()))
         .route("/v1/blobs/{digest}/chunks", get(blob_chunks))
         .route("/v1/workspaces/{id}/deploy", post(deploy))
+        .route("/v1/workspaces/{id}/snapshot", post(snapshot))
         .route("/v1/workspaces/{id}/undeploy", post(undeploy))
         .route("/v1/workspaces/{id}/start", post(start))
         .route("/v1/workspaces/{id}/stop", post(stop))
@@ -920,4 +922,29 @@ async fn receive_memory(
         .receive_memory(&id, &digest, tokio_util::io::StreamReader::new(stream))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    /// `name:tag` of the hot image.
+    #[serde(rename = "as")]
+    as_: String,
+}
+
+async fn snapshot(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: SnapshotRequest = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected {\"as\": \"NAME:TAG\"}".into()))?;
+    let (name, tag) = req.as_.split_once(':').unwrap_or((&req.as_, "latest"));
+    Ok((
+        StatusCode::CREATED,
+        Json(s.service.snapshot(&who, &id, name, tag).await?),
+    )
+        .into_response())
 }

@@ -150,6 +150,21 @@ impl Service {
         if d.category == Category::Vm || d.hardware.disk.is_some() {
             self.check_disk_fits(&d, &image, form)?;
         }
+        if let Some(m) = &image.machine {
+            // A restore needs the machine the memory was saved from.
+            let ram = d.hardware.ram;
+            if m.ram < ram.min.0 || m.ram > ram.max.0 {
+                return Err(InvalidDescription::one(
+                    at(form, &[Seg::Key("hardware"), Seg::Key("ram")]),
+                    format!(
+                        "hot image {} was saved with {} of RAM, outside this range",
+                        d.software.image,
+                        vws_model::ByteSize(m.ram)
+                    ),
+                )
+                .into());
+            }
+        }
 
         let _admitted = self.admission.lock().await;
         // The image may have been removed since it was resolved; removal takes
@@ -239,14 +254,16 @@ impl Service {
             )
         };
         match (&d.hardware.disk, image.kind) {
-            (Some(disk), ImageKind::Disk) if disk.kind != vws_model::DiskType::Qcow2 => {
+            (Some(disk), ImageKind::Disk | ImageKind::Hot)
+                if disk.kind != vws_model::DiskType::Qcow2 =>
+            {
                 Err(InvalidDescription::one(
                     disk_at("type"),
                     "a workspace cloned from a disk image has a qcow2 overlay; use type qcow2",
                 )
                 .into())
             }
-            (Some(disk), ImageKind::Disk) if disk.size.0 < image.virtual_size => {
+            (Some(disk), ImageKind::Disk | ImageKind::Hot) if disk.size.0 < image.virtual_size => {
                 Err(InvalidDescription::one(
                     disk_at("size"),
                     format!(
@@ -272,7 +289,8 @@ impl Service {
     ) -> Result<Option<(String, u64)>, ServiceError> {
         let path = self.disks.join(format!("{id}.qcow2"));
         let result = match image.kind {
-            ImageKind::Disk => {
+            ImageKind::Hot if image.file("disk").is_none() => return Ok(None),
+            ImageKind::Disk | ImageKind::Hot => {
                 let file = image
                     .file("disk")
                     .ok_or_else(|| anyhow::anyhow!("image {} has no disk file", image.id))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use vws_model::node::{BlobRef, DeployRequest};
 use vws_model::{transition, Action, Identity, ImageRef, Placement, State};
-use vws_store::{Change, ImageKind, NodeRecord, WorkspaceRecord};
+use vws_store::{Change, ImageKind, ImageRecord, NodeRecord, WorkspaceRecord};
 
 use crate::core::{Service, Workspace};
 use crate::error::ServiceError;
@@ -122,7 +122,7 @@ impl Service {
                 "workspace {id} is paused but its memory state is missing"
             )));
         }
-        let (node, binding) = self.place(&r, host).await?;
+        let (node, mut binding) = self.place(&r, host).await?;
         let image = self
             .store
             .image(&ImageRef::Digest(r.image_id.clone()))
@@ -133,6 +133,20 @@ impl Service {
                     r.image_id
                 ))
             })?;
+        if let Some(m) = &image.machine {
+            // A restore needs exactly the machine the memory was saved from.
+            let room = node.report.ram_free.saturating_sub(256 << 20);
+            if room < m.ram || node.report.cores < m.cpus {
+                return Err(ServiceError::Unavailable(format!(
+                    "node {} has no room for the hot image's {} of RAM and {} cpus",
+                    node.name,
+                    vws_model::ByteSize(m.ram).human(),
+                    m.cpus
+                )));
+            }
+            binding.ram = Some(m.ram);
+            binding.cpus = Some(m.cpus);
+        }
         let mut blobs: Vec<BlobRef> = image
             .files
             .iter()
@@ -185,17 +199,17 @@ impl Service {
             hostname: r.id.clone(),
             cpus: binding.cpus.unwrap_or(1),
             ram: binding.ram.unwrap_or(r.description.hardware.ram.min.0),
-            boot: if image.kind == ImageKind::Kernel {
-                "kernel"
-            } else {
+            boot: if image.kind == ImageKind::Disk {
                 "disk"
+            } else {
+                "kernel"
             }
             .into(),
             cmdline: image.cmdline.clone(),
             blobs,
             disk,
             memory,
-            backing_format: if image.kind == ImageKind::Disk {
+            backing_format: if image.file("disk").is_some() {
                 image.format.clone()
             } else {
                 None
@@ -527,10 +541,14 @@ impl Service {
             .store
             .image(&ImageRef::Digest(r.image_id.clone()))
             .await?;
-        let backing = match image.filter(|i| i.kind == ImageKind::Disk) {
-            Some(i) => Some((
-                self.blobs.path(&r.image_id.parse()?),
-                i.format.unwrap_or_else(|| "raw".into()),
+        // The overlay goes back onto the repository's copy of its backing file.
+        let backing = match image
+            .as_ref()
+            .and_then(|i| i.file("disk").map(|f| (f.digest.clone(), i.format.clone())))
+        {
+            Some((digest, format)) => Some((
+                self.blobs.path(&digest.parse()?),
+                format.unwrap_or_else(|| "raw".into()),
             )),
             None => None,
         };
@@ -670,5 +688,99 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HashingReader<R> 
             <sha2::Sha256 as sha2::Digest>::update(&mut self.hasher, &fresh);
         }
         poll
+    }
+}
+
+impl Service {
+    /// Saves a paused workspace as a hot image `name:tag` in the pool: its
+    /// memory and device state, its disk flattened, and its kernel and
+    /// initrd. Workspaces created from it are restored, not booted.
+    pub async fn snapshot(
+        &self,
+        who: &Identity,
+        id: &str,
+        name: &str,
+        tag: &str,
+    ) -> Result<ImageRecord, ServiceError> {
+        let reference =
+            ImageRef::tagged(name, tag).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let r = self.checked(who, id, Action::Snapshot).await?;
+        let base = self
+            .store
+            .image(&ImageRef::Digest(r.image_id.clone()))
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Internal(anyhow::anyhow!("image {} is missing", r.image_id))
+            })?;
+        let (Some(kernel), Some(initrd)) =
+            (base.file("kernel").cloned(), base.file("initrd").cloned())
+        else {
+            return Err(ServiceError::Conflict(
+                "hot images are made from workspaces that boot a kernel and initrd".into(),
+            ));
+        };
+        let node = self.node_of(&r).await?;
+        let resp = self
+            .call_node(
+                &node,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/snapshot"),
+                None,
+            )
+            .await?;
+        let v: serde_json::Value = resp.json().await.map_err(anyhow::Error::from)?;
+        let file = |role: &str, v: &serde_json::Value| -> Option<vws_store::ImageFile> {
+            Some(vws_store::ImageFile {
+                role: role.into(),
+                digest: v["digest"].as_str()?.to_string(),
+                size: v["size"].as_u64()?,
+            })
+        };
+        let memory = file("memory", &v["memory"])
+            .ok_or_else(|| anyhow::anyhow!("the node returned no memory state"))?;
+        let mut files = vec![kernel, initrd, memory];
+        let mut virtual_size = 0;
+        if let Some(disk) = file("disk", &v["disk"]) {
+            let info = vws_qemu::img::info(&self.blobs.path(&disk.digest.parse()?))
+                .await
+                .map_err(anyhow::Error::from)?;
+            virtual_size = info.virtual_size;
+            files.push(disk);
+        }
+        for f in &files {
+            self.blobs.manifest(&f.digest.parse()?).await?;
+        }
+        let machine = vws_store::HotMachine {
+            ram: r.binding.ram.unwrap_or(r.description.hardware.ram.min.0),
+            cpus: r.binding.cpus.unwrap_or(1),
+        };
+        let content =
+            serde_json::json!({ "files": files, "cmdline": base.cmdline, "machine": machine });
+        let record = ImageRecord {
+            id: vws_store::Digest::of(content.to_string().as_bytes()).to_string(),
+            kind: ImageKind::Hot,
+            format: files
+                .iter()
+                .any(|f| f.role == "disk")
+                .then(|| "qcow2".to_string()),
+            virtual_size,
+            stored_size: files.iter().map(|f| f.size).sum(),
+            files,
+            cmdline: base.cmdline.clone(),
+            owner: who.dn.clone(),
+            created_at: self.clock.now(),
+            tags: vec![],
+            machine: Some(machine),
+        };
+        self.store.put_image(&record, name, tag).await?;
+        self.commit(
+            r,
+            Action::Snapshot,
+            &who.dn,
+            Some(format!("as {reference} ({})", record.id)),
+        )
+        .await?;
+        tracing::info!(%id, image = %record.id, "hot image saved");
+        self.image(&reference.to_string()).await
     }
 }

@@ -129,6 +129,7 @@ impl Service {
                     owner: who.dn.clone(),
                     created_at: now,
                     tags: vec![],
+                    machine: None,
                 }
             }
             (None, Some(kernel), Some(initrd)) => {
@@ -149,6 +150,7 @@ impl Service {
                     owner: who.dn.clone(),
                     created_at: now,
                     tags: vec![],
+                    machine: None,
                 }
             }
             _ => {

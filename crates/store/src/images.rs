@@ -16,6 +16,18 @@ pub enum ImageKind {
     Disk,
     /// A kernel and an initrd, booted directly.
     Kernel,
+    /// A hot image: a paused workspace's memory and disk with its kernel and
+    /// initrd; workspaces made from it are restored, not booted.
+    Hot,
+}
+
+/// The machine a hot image was saved from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotMachine {
+    /// RAM in bytes.
+    pub ram: u64,
+    /// vCPUs.
+    pub cpus: u32,
 }
 
 impl ImageKind {
@@ -24,6 +36,7 @@ impl ImageKind {
         match self {
             ImageKind::Disk => "disk",
             ImageKind::Kernel => "kernel",
+            ImageKind::Hot => "hot",
         }
     }
 }
@@ -65,6 +78,9 @@ pub struct ImageRecord {
     /// Its `name:tag` names.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// For hot images: the machine they were saved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<HotMachine>,
 }
 
 impl ImageRecord {
@@ -75,13 +91,14 @@ impl ImageRecord {
 }
 
 const COLUMNS: &str =
-    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at";
+    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine";
 
 fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let kind = match row.try_get::<String, _>("kind")?.as_str() {
         "disk" => ImageKind::Disk,
         "kernel" => ImageKind::Kernel,
+        "hot" => ImageKind::Hot,
         other => {
             return Err(StoreError::corrupt(
                 &id,
@@ -100,6 +117,11 @@ fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
         owner: row.try_get("owner")?,
         created_at: from_millis(row.try_get("created_at")?),
         tags: Vec::new(),
+        machine: row
+            .try_get::<Option<String>, _>("machine")?
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::corrupt(&id, e))?,
         id,
     })
 }
@@ -120,7 +142,7 @@ impl Store {
             .await?;
         if exists.is_none() {
             sqlx::query(&format!(
-                "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             ))
             .bind(&r.id)
             .bind(r.kind.as_str())
@@ -131,6 +153,11 @@ impl Store {
             .bind(r.cmdline.clone())
             .bind(&r.owner)
             .bind(millis(r.created_at))
+            .bind(
+                r.machine
+                    .as_ref()
+                    .map(|m| serde_json::to_string(m).expect("machines serialize")),
+            )
             .execute(&mut *tx)
             .await?;
         }

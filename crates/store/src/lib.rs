@@ -14,7 +14,7 @@ mod workspaces;
 
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
-pub use images::{ImageFile, ImageKind, ImageRecord};
+pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord};
 pub use jobs::JobRecord;
 pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;

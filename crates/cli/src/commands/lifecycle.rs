@@ -101,3 +101,24 @@ pub async fn console(g: &Globals, a: ConsoleArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `vws snapshot`.
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// A paused workspace
+    id: String,
+    /// Name and tag of the hot image, e.g. ready:1
+    #[arg(long = "as", value_name = "NAME:TAG")]
+    as_: String,
+}
+
+/// Saves a hot image.
+pub async fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<()> {
+    let image = g.client()?.snapshot(&a.id, &a.as_).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&image)?);
+    } else {
+        println!("{}  {}", a.as_, image.id);
+    }
+    Ok(())
+}
