@@ -340,6 +340,7 @@ async fn images_tags_and_blobs(store: Store) {
         owner: "/CN=admin".into(),
         created_at: t,
         tags: vec![],
+        machine: (id.ends_with('2')).then_some(vws_store::HotMachine { ram: 256 << 20, cpus: 1 }),
     };
     let one = image(&format!("sha256:{}", "1".repeat(64)));
     let two = image(&format!("sha256:{}", "2".repeat(64)));
@@ -369,6 +370,8 @@ async fn images_tags_and_blobs(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(latest.id, two.id);
+    assert_eq!(latest.machine, two.machine, "a hot image keeps its machine");
+    assert!(latest.machine.is_some());
     assert_eq!(store.list_images().await.unwrap().len(), 2);
     assert_eq!(store.referenced_blobs().await.unwrap().len(), 4);
     assert!(store.untag_image("minimal", "1").await.unwrap());
