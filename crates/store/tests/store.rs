@@ -340,7 +340,10 @@ async fn images_tags_and_blobs(store: Store) {
         owner: "/CN=admin".into(),
         created_at: t,
         tags: vec![],
-        machine: (id.ends_with('2')).then_some(vws_store::HotMachine { ram: 256 << 20, cpus: 1 }),
+        machine: (id.ends_with('2')).then_some(vws_store::HotMachine {
+            ram: 256 << 20,
+            cpus: 1,
+        }),
     };
     let one = image(&format!("sha256:{}", "1".repeat(64)));
     let two = image(&format!("sha256:{}", "2".repeat(64)));
