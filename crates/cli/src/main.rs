@@ -122,8 +122,8 @@ fn init_logs(verbose: u8, serving: bool) {
         .init();
 }
 
-/// Output piped into `head` ends the program quietly, as with any Unix tool,
-/// instead of a panic on the broken pipe.
+/// Output piped into `head` ends a client command quietly, as with any Unix
+/// tool, instead of a panic on the broken pipe.
 #[allow(unsafe_code)]
 fn default_sigpipe() {
     // SAFETY: runs first in main, before any other thread exists, and SIG_DFL
@@ -134,12 +134,16 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
-    default_sigpipe();
     let cli = Cli::parse();
     let serving = matches!(
         cli.command,
         Command::Up(_) | Command::Serve(_) | Command::Node(_)
     );
+    if !serving {
+        // Only for short-lived client commands: a server must see EPIPE on a
+        // peer that went away (a stopped VM's sockets), never die of it.
+        default_sigpipe();
+    }
     init_logs(cli.verbose, serving);
     let home = match config::home(cli.home) {
         Ok(h) => h,
