@@ -350,26 +350,10 @@ impl Manager {
         repository: &str,
         path: &std::path::Path,
     ) -> Result<serde_json::Value, NodeError> {
-        let check = path.to_path_buf();
-        let digest = tokio::task::spawn_blocking(move || staging::file_digest(&check))
-            .await
-            .map_err(anyhow::Error::from)??;
-        let file = tokio::fs::File::open(path).await?;
-        let len = file.metadata().await?.len();
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-        let resp = self
-            .http
-            .put(format!("{repository}/v1/blobs/{digest}"))
-            .header("content-length", len)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(NodeError::CheckIn(resp.text().await.unwrap_or_default()));
-        }
-        Ok(serde_json::json!({ "digest": digest, "size": len }))
+        let (digest, size) = self
+            .upload(path, |d| format!("{repository}/v1/blobs/{d}"))
+            .await?;
+        Ok(serde_json::json!({ "digest": digest, "size": size }))
     }
 
     /// The spec with a free loopback port for each served port, chosen at
@@ -473,6 +457,18 @@ impl Manager {
         what: &str,
         path: &std::path::Path,
     ) -> Result<(), NodeError> {
+        self.upload(path, |_| format!("{repository}/v1/workspaces/{id}/{what}"))
+            .await
+            .map(drop)
+    }
+
+    /// Streams a file to the repository with its digest (in `x-vws-digest`,
+    /// and to `url`, which may name it); returns the digest and size.
+    async fn upload(
+        &self,
+        path: &std::path::Path,
+        url: impl FnOnce(&str) -> String,
+    ) -> Result<(String, u64), NodeError> {
         let check = path.to_path_buf();
         let digest = tokio::task::spawn_blocking(move || staging::file_digest(&check))
             .await
@@ -483,7 +479,7 @@ impl Manager {
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
         let resp = self
             .http
-            .put(format!("{repository}/v1/workspaces/{id}/{what}"))
+            .put(url(&digest))
             .header("x-vws-digest", &digest)
             .header("content-length", len)
             .body(body)
@@ -493,7 +489,7 @@ impl Manager {
         if !resp.status().is_success() {
             return Err(NodeError::CheckIn(resp.text().await.unwrap_or_default()));
         }
-        Ok(())
+        Ok((digest, len))
     }
 
     /// Ends a workspace here at once, whatever its state, without checking
