@@ -425,11 +425,7 @@ impl Service {
         )
         .await?;
         // Re-read: the disk's return updated nothing in the record, but be exact.
-        let mut r = self
-            .store
-            .workspace(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        let mut r = self.record(id).await?;
         let from = r.node.take();
         r.lock_holder = None;
         r.lock_since = None;
@@ -502,11 +498,7 @@ impl Service {
 
     /// The disk a node stages (served while the workspace is checked out).
     pub async fn disk_path(&self, id: &str) -> Result<std::path::PathBuf, ServiceError> {
-        let r = self
-            .store
-            .workspace(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        let r = self.record(id).await?;
         match (&r.disk_path, &r.lock_holder) {
             (Some(p), Some(_)) => Ok(p.into()),
             (None, _) => Err(ServiceError::NotFound(format!(
@@ -518,6 +510,14 @@ impl Service {
         }
     }
 
+    /// A workspace's record, whoever owns it (for node-side calls).
+    async fn record(&self, id: &str) -> Result<WorkspaceRecord, ServiceError> {
+        self.store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))
+    }
+
     /// A node returns a workspace's disk: verified against its digest, pointed
     /// back at the repository's copy of its backing image, and swapped in
     /// atomically.
@@ -527,11 +527,7 @@ impl Service {
         digest: &str,
         body: impl tokio::io::AsyncRead + Unpin,
     ) -> Result<(), ServiceError> {
-        let r = self
-            .store
-            .workspace(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        let r = self.record(id).await?;
         let (Some(path), Some(_)) = (&r.disk_path, &r.lock_holder) else {
             return Err(ServiceError::Conflict(format!(
                 "workspace {id} is not checked out"
@@ -570,11 +566,7 @@ impl Service {
         digest: &str,
         body: impl tokio::io::AsyncRead + Unpin,
     ) -> Result<(), ServiceError> {
-        let r = self
-            .store
-            .workspace(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("workspace {id} not found")))?;
+        let r = self.record(id).await?;
         if r.lock_holder.is_none() {
             return Err(ServiceError::Conflict(format!(
                 "workspace {id} is not checked out"
