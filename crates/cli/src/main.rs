@@ -68,6 +68,8 @@ enum Command {
     Unpause(commands::lifecycle::IdArgs),
     /// Save a paused workspace as a hot image: new workspaces from it are restored, not booted
     Snapshot(commands::lifecycle::SnapshotArgs),
+    /// Move a running or paused workspace to another node with live migration
+    Migrate(commands::lifecycle::MigrateArgs),
     /// Print a workspace's serial console (-f follows it)
     Console(commands::lifecycle::ConsoleArgs),
     /// Run a job in a running workspace; output streams live, the exit status is the job's
@@ -172,6 +174,7 @@ fn main() -> ExitCode {
             Command::Unpause(a) => commands::lifecycle::action(&g, a, "unpause", "unpaused").await,
             Command::Console(a) => commands::lifecycle::console(&g, a).await,
             Command::Snapshot(a) => commands::lifecycle::snapshot(&g, a).await,
+            Command::Migrate(a) => commands::lifecycle::migrate(&g, a).await,
             Command::Node(a) => commands::node::run(&g, a).await,
             Command::Run(a) => commands::jobs::run(&g, a).await,
             Command::Jobs(a) => commands::jobs::list(&g, a).await,

@@ -2,8 +2,10 @@
 //! processes, the minimal guest built from Debian packages. One guest is
 //! shared across the steps, in order: illegal transitions, a node killed with
 //! -9 and restarted (the VM is re-adopted and still controllable), data on
-//! the workspace disk surviving stop → undeploy → deploy → start, and a QEMU
-//! killed by hand corrupting the workspace with a reason.
+//! the workspace disk surviving stop → undeploy → deploy → start, a paused
+//! workspace checked in and resumed on a second node, live migration back
+//! with a job's output going on, a refused migration changing nothing, and a
+//! QEMU killed by hand corrupting the workspace with a reason.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -119,27 +121,27 @@ fn job_output(home: &Path, id: &str, marker: &str) -> String {
     }
 }
 
-fn start_node(home: &Path, registered_after: time::OffsetDateTime) -> Proc {
-    let node_home = home.join("n1");
+fn start_node(home: &Path, name: &str, registered_after: time::OffsetDateTime) -> Proc {
+    let node_home = home.join(name);
     let p = spawn(
         home,
         &[
             "node",
             "--name",
-            "n1",
+            name,
             "--node-home",
             node_home.to_str().unwrap(),
             "--heartbeat",
             "1",
         ],
-        "node.log",
+        &format!("{name}.log"),
     );
     wait_until("the node to register", Duration::from_secs(30), || {
         let v: Value = serde_json::from_slice(&vws(home, &["node", "list", "--json"]).stdout)
             .unwrap_or(Value::Null);
         v.as_array().is_some_and(|a| {
             a.iter().any(|n| {
-                n["name"] == "n1"
+                n["name"] == name
                     && n["registered_at"]
                         .as_str()
                         .and_then(|s| {
@@ -167,7 +169,8 @@ fn a_real_workspace_through_its_lifecycle() {
         home.join("server.json").exists()
     });
     let t0 = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    let mut node = start_node(home, t0);
+    let mut node = start_node(home, "n1", t0);
+    let mut node2 = start_node(home, "n2", t0);
 
     ok(
         home,
@@ -238,7 +241,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         "QEMU outlives the node"
     );
     let t1 = time::OffsetDateTime::now_utc();
-    node = start_node(home, t1);
+    node = start_node(home, "n1", t1);
     assert_eq!(
         ok(home, &["show", &id])["state"],
         "running",
@@ -299,9 +302,9 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         || job_output(home, &id, "boots").contains("boots=2"),
     );
 
-    // Undeploy from paused keeps the memory: deployed again and unpaused, a
-    // process's computation goes on from where it was (a fresh boot would
-    // have no /tmp/count at all).
+    // Undeploy from paused keeps the memory: deployed again, on another
+    // node, and unpaused, a process's computation goes on from where it was
+    // (a fresh boot would have no /tmp/count at all).
     let out = vws(
         home,
         &[
@@ -332,7 +335,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         (ws["state"].as_str(), ws["placement"].as_str()),
         (Some("paused"), Some("repository"))
     );
-    ok(home, &["deploy", &id]);
+    assert_eq!(ok(home, &["deploy", &id, "--host", "n2"])["node"], "n2");
     assert_eq!(ok(home, &["unpause", &id])["state"], "running");
     let after = count();
     assert!(
@@ -344,6 +347,64 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         Duration::from_secs(20),
         || count() > after,
     );
+
+    // Live migration n2 → n1 with a job running: its output goes on without
+    // a gap (lines before the move were logged on n2, lines after on n1),
+    // and the disk written on n2 came along.
+    let out = vws(
+        home,
+        &[
+            "run",
+            "--detach",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo moved-disk > /data/m; sync; i=0; while true; do echo seq $i; i=$((i+1)); sleep 0.1; done",
+        ],
+    );
+    assert!(out.status.success());
+    let seq = || -> Vec<u64> {
+        job_output(home, &id, "seq")
+            .lines()
+            .filter_map(|l| l.strip_prefix("seq ")?.parse().ok())
+            .collect()
+    };
+    wait_until("the job to print", Duration::from_secs(20), || {
+        seq().len() >= 5
+    });
+    let ws = ok(home, &["migrate", &id, "--to", "n1"]);
+    assert_eq!(
+        (ws["state"].as_str(), ws["node"].as_str()),
+        (Some("running"), Some("n1"))
+    );
+    assert!(!home.join("n2/vms").join(&id).exists(), "n2 let it go");
+    let moved_at = seq().len();
+    wait_until("output after the move", Duration::from_secs(20), || {
+        seq().len() > moved_at + 5
+    });
+    let lines = seq();
+    assert_eq!(
+        lines,
+        (0..lines.len() as u64).collect::<Vec<_>>(),
+        "no line lost or repeated across the move"
+    );
+    let out = vws(home, &["run", &id, "--", "cat", "/data/m"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "moved-disk");
+
+    // A migration to a node that cannot take it fails and changes nothing.
+    node2.0.kill().unwrap();
+    node2.0.wait().unwrap();
+    assert!(refused(home, &["migrate", &id, "--to", "n2"]).contains("n2"));
+    let ws = ok(home, &["show", &id]);
+    assert_eq!(
+        (ws["state"].as_str(), ws["node"].as_str()),
+        (Some("running"), Some("n1"))
+    );
+    let still = seq().len();
+    wait_until("output after the refusal", Duration::from_secs(20), || {
+        seq().len() > still
+    });
 
     // QEMU killed by hand: the workspace is corrupted, with a reason.
     let qemu_pid = std::fs::read_to_string(&pidfile)
@@ -372,4 +433,5 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
     ok(home, &["destroy", &id]);
     assert!(!home.join("n1/vms").join(&id).exists());
     drop(node);
+    drop(node2);
 }

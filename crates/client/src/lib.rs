@@ -443,6 +443,22 @@ impl Client {
             .to_vec())
     }
 
+    /// Live-migrates a workspace to node `to`; returns once it runs there.
+    pub async fn migrate(&self, id: &str, to: &str) -> Result<Workspace, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/migrate"),
+            Some(serde_json::json!({ "to": to })),
+        )
+        .await
+    }
+
+    /// Progress of a migration in flight.
+    pub async fn migration(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, &format!("/v1/workspaces/{id}/migration"), None)
+            .await
+    }
+
     /// Saves a paused workspace as a hot image `name:tag`.
     pub async fn snapshot(&self, id: &str, as_: &str) -> Result<ImageRecord, ClientError> {
         self.call(

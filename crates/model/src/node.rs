@@ -178,3 +178,62 @@ pub struct Forward {
     /// `address:port` on the host.
     pub host: String,
 }
+
+/// Service → target node: get ready to receive a running workspace by live
+/// migration. The pool files are staged as for a deploy; the disk is a blank
+/// overlay of `disk_size` over the same backing image, filled by the source's
+/// disk mirror.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IncomingRequest {
+    /// What a deploy would stage (its `disk` and `memory` are not fetched).
+    pub deploy: DeployRequest,
+    /// Virtual size of the workspace disk, if it has one.
+    #[serde(default)]
+    pub disk_size: Option<u64>,
+}
+
+/// Target node → service → source node: where to send a migrating workspace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MigrationTarget {
+    /// QEMU migration URI of the waiting target (`tcp:host:port`).
+    pub migrate_uri: String,
+    /// NBD URI of the target's disk export, if the workspace has a disk.
+    #[serde(default)]
+    pub nbd_uri: Option<String>,
+    /// Where the target forwards the workspace's served ports.
+    #[serde(default)]
+    pub forwards: Vec<Forward>,
+}
+
+/// A running job's output so far, handed from the source node to the target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobHandoff {
+    /// Job id.
+    pub job: String,
+    /// Its event log (NDJSON) so far.
+    pub log: String,
+    /// Output bytes counted so far.
+    pub bytes: u64,
+}
+
+/// Source node → service → target node: the migration completed; these jobs
+/// run on in the guest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MigrationDone {
+    /// Jobs still running in the workspace.
+    pub jobs: Vec<JobHandoff>,
+    /// Whether the workspace was running (else it stays paused).
+    #[serde(default)]
+    pub running: bool,
+}
+
+/// How far a migration has come (reported by the source node).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MigrationProgress {
+    /// `disk` (mirroring the disk), `memory` (copying RAM), `done` or `failed`.
+    pub phase: String,
+    /// Bytes done in this phase.
+    pub done: u64,
+    /// Bytes in this phase (an estimate while the guest dirties memory).
+    pub total: u64,
+}

@@ -79,6 +79,11 @@ pub struct Agent {
     hello: watch::Receiver<Option<Hello>>,
     jobs: Arc<Mutex<HashMap<String, JobLog>>>,
     files: Arc<Mutex<HashMap<String, oneshot::Sender<FromAgent>>>>,
+    /// Set when the VM migrated away: its jobs go on elsewhere, so the end
+    /// of this connection does not fail them.
+    handed_off: Arc<std::sync::atomic::AtomicBool>,
+    /// Becomes true when the connection's reader has ended.
+    closed: watch::Receiver<bool>,
 }
 
 async fn append(path: &Path, ev: &JobEvent) {
@@ -113,11 +118,14 @@ impl Agent {
         let (mut rd, mut wr) = stream.into_split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<ToAgent>();
         let (hello_tx, hello) = watch::channel(None);
+        let (closed_tx, closed) = watch::channel(false);
         let agent = Arc::new(Agent {
             out,
             hello,
             jobs: Arc::default(),
             files: Arc::default(),
+            handed_off: Arc::default(),
+            closed,
         });
         tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -130,6 +138,7 @@ impl Agent {
             }
         });
         let (jobs, files) = (agent.jobs.clone(), agent.files.clone());
+        let handed_off = agent.handed_off.clone();
         tokio::spawn(async move {
             loop {
                 let mut len = [0u8; 4];
@@ -217,14 +226,21 @@ impl Agent {
                     let _ = done.send((job, ev, log.bytes));
                 }
             }
-            // The connection is gone (VM stopped or died): so are its jobs.
-            for (job, log) in jobs.lock().await.drain() {
+            // The connection is gone (VM stopped or died): so are its jobs,
+            // unless the VM migrated and they go on elsewhere.
+            let mut left = jobs.lock().await;
+            if handed_off.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = closed_tx.send(true);
+                return;
+            }
+            for (job, log) in left.drain() {
                 let ev = JobEvent::Failed {
                     message: "the workspace stopped while the job ran".into(),
                 };
                 append(&log.path, &ev).await;
                 let _ = done.send((job, ev, log.bytes));
             }
+            let _ = closed_tx.send(true);
         });
         let _ = agent.out.send(ToAgent::Ping);
         Ok(agent)
@@ -269,6 +285,40 @@ impl Agent {
             stdin,
             timeout_ms,
         });
+    }
+
+    /// Marks the VM as migrated away: the end of this connection leaves its
+    /// jobs to the target node.
+    pub fn hand_off(&self) {
+        self.handed_off
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits (up to `within`) for the connection's reader to end, so every
+    /// frame the guest sent here has been logged.
+    pub async fn closed(&self, within: Duration) -> bool {
+        let mut c = self.closed.clone();
+        let waited = tokio::time::timeout(within, c.wait_for(|c| *c)).await;
+        waited.is_ok()
+    }
+
+    /// The running jobs and their output counts so far.
+    pub async fn running_jobs(&self) -> Vec<(String, PathBuf, u64)> {
+        self.jobs
+            .lock()
+            .await
+            .iter()
+            .map(|(j, l)| (j.clone(), l.path.clone(), l.bytes))
+            .collect()
+    }
+
+    /// Takes over a job that runs in the guest already (after a migration):
+    /// its further events go to `log`.
+    pub async fn adopt_job(&self, job: &str, log: PathBuf, bytes: u64) {
+        self.jobs
+            .lock()
+            .await
+            .insert(job.to_string(), JobLog { path: log, bytes });
     }
 
     /// Signals a job's process group.

@@ -78,6 +78,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
                 .put(put_file)
                 .layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
         )
+        .route("/node/v1/vms/{id}/incoming", post(incoming))
+        .route("/node/v1/vms/{id}/incoming/finish", post(finish_incoming))
+        .route("/node/v1/vms/{id}/migrate", post(migrate_out))
+        .route("/node/v1/vms/{id}/migration", get(migration))
         .route("/node/v1/jobs/{job}/output", get(job_output))
         .route("/node/v1/jobs/{job}/cancel", post(cancel_job))
         .with_state(manager)
@@ -107,6 +111,47 @@ async fn staging(
     Path(id): Path<String>,
 ) -> Result<Response, NodeError> {
     m.staging(&id)
+        .await
+        .map(|p| Json(p).into_response())
+        .ok_or(NodeError::NotDeployed(id))
+}
+
+async fn incoming(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Json(req): Json<vws_model::node::IncomingRequest>,
+) -> Result<Response, NodeError> {
+    if req.deploy.id != id {
+        return Err(NodeError::Other(anyhow::anyhow!(
+            "migration request for {} sent to {id}",
+            req.deploy.id
+        )));
+    }
+    Ok(Json(m.incoming(req).await?).into_response())
+}
+
+async fn finish_incoming(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Json(done): Json<vws_model::node::MigrationDone>,
+) -> Result<Response, NodeError> {
+    m.finish_incoming(&id, done).await?;
+    Ok(state_json(m.status(&id).await))
+}
+
+async fn migrate_out(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+    Json(to): Json<vws_model::node::MigrationTarget>,
+) -> Result<Response, NodeError> {
+    Ok(Json(m.migrate_out(&id, to).await?).into_response())
+}
+
+async fn migration(
+    State(m): State<Arc<Manager>>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    m.migration(&id)
         .await
         .map(|p| Json(p).into_response())
         .ok_or(NodeError::NotDeployed(id))

@@ -54,6 +54,9 @@ pub struct Manager {
     jobs: Mutex<HashMap<String, String>>,
     /// How long a graceful stop may take before it is forced.
     pub stop_grace: Duration,
+    /// The address other nodes reach this one at, for incoming migrations.
+    pub migration_host: String,
+    migrations: Mutex<HashMap<String, Arc<crate::qemu::MigrationMeter>>>,
 }
 
 impl Manager {
@@ -83,6 +86,8 @@ impl Manager {
             progress: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             stop_grace: Duration::from_secs(5),
+            migration_host: "127.0.0.1".into(),
+            migrations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -131,7 +136,7 @@ impl Manager {
             .lock()
             .await
             .insert(req.id.clone(), progress.clone());
-        let result = self.stage(&req, progress).await;
+        let result = self.stage(&req, None, progress).await;
         self.progress.lock().await.remove(&req.id);
         if result.is_err() {
             // Nothing half-made stays usable: the spec is what makes a deploy real.
@@ -140,7 +145,12 @@ impl Manager {
         result
     }
 
-    async fn stage(&self, req: &DeployRequest, progress: Arc<Progress>) -> Result<u64, NodeError> {
+    async fn stage(
+        &self,
+        req: &DeployRequest,
+        blank_disk: Option<u64>,
+        progress: Arc<Progress>,
+    ) -> Result<u64, NodeError> {
         let partial = self.home.join("cache/partial");
         let mut moved = 0;
         for b in &req.blobs {
@@ -157,7 +167,23 @@ impl Manager {
         }
         let dir = self.vm_dir(&req.id);
         std::fs::create_dir_all(&dir)?;
+        let backing = req.blobs.iter().find(|b| b.role == "disk");
         let disk = match &req.disk {
+            // A migration target's disk: blank, over the same backing image,
+            // filled by the source's mirror.
+            None if blank_disk.is_some() => {
+                let path = dir.join("disk.qcow2");
+                let size = blank_disk.unwrap_or_default();
+                let base = backing.map(|b| self.blob_path(&b.digest));
+                let made = match (&base, &req.backing_format) {
+                    (Some(base), Some(fmt)) => {
+                        vws_qemu::img::create_overlay(base, fmt, &path, Some(size)).await
+                    }
+                    _ => vws_qemu::img::create(&path, "qcow2", size).await,
+                };
+                made.map_err(|e| NodeError::Other(e.into()))?;
+                Some(path)
+            }
             Some(d) => {
                 let url = format!("{}/v1/workspaces/{}/disk", req.repository, req.id);
                 let path = dir.join("disk.qcow2");
@@ -170,10 +196,7 @@ impl Manager {
                     progress.clone(),
                 )
                 .await?;
-                if let (Some(fmt), Some(backing)) = (
-                    &req.backing_format,
-                    req.blobs.iter().find(|b| b.role == "disk"),
-                ) {
+                if let (Some(fmt), Some(backing)) = (&req.backing_format, backing) {
                     vws_qemu::img::rebase_unsafe(&path, &self.blob_path(&backing.digest), fmt)
                         .await
                         .map_err(|e| NodeError::Other(e.into()))?;
@@ -368,6 +391,118 @@ impl Manager {
             spec.forwards.clear();
         }
         Ok(spec)
+    }
+
+    /// Live migration, target side: stages the pool files, makes a blank
+    /// disk overlay, and starts QEMU waiting for the guest's state.
+    pub async fn incoming(
+        &self,
+        req: vws_model::node::IncomingRequest,
+    ) -> Result<vws_model::node::MigrationTarget, NodeError> {
+        let mut deploy = req.deploy;
+        let id = deploy.id.clone();
+        if self.deployed(&id) {
+            return Err(NodeError::AlreadyDeployed(id));
+        }
+        // Nothing comes from the repository's copy: the source sends it all.
+        deploy.disk = None;
+        deploy.memory = None;
+        let prepared = async {
+            self.stage(&deploy, req.disk_size, Arc::new(Progress::default()))
+                .await?;
+            let mut spec = self.spec_with_forwards(&id)?;
+            spec.restore = None;
+            let (migrate_uri, nbd_uri) = self.driver.incoming(&spec, &self.migration_host).await?;
+            Ok::<_, NodeError>(vws_model::node::MigrationTarget {
+                migrate_uri,
+                nbd_uri,
+                forwards: spec.forwards,
+            })
+        }
+        .await;
+        if prepared.is_err() {
+            let _ = std::fs::remove_dir_all(self.vm_dir(&id));
+        }
+        prepared
+    }
+
+    /// Live migration, source side: sends the workspace to a waiting target.
+    /// On success this host forgets it and returns its running jobs' output
+    /// so far, for the target to go on with; on failure it runs on here.
+    pub async fn migrate_out(
+        &self,
+        id: &str,
+        to: vws_model::node::MigrationTarget,
+    ) -> Result<vws_model::node::MigrationDone, NodeError> {
+        self.spec(id)?;
+        let running = self.driver.status(id).await == VmState::Running;
+        let meter = Arc::new(crate::qemu::MigrationMeter::default());
+        self.migrations
+            .lock()
+            .await
+            .insert(id.to_string(), meter.clone());
+        let sent = self
+            .driver
+            .migrate_out(id, &to.migrate_uri, to.nbd_uri.as_deref(), &meter)
+            .await;
+        self.migrations.lock().await.remove(id);
+        sent?;
+        let mut done = vws_model::node::MigrationDone {
+            jobs: Vec::new(),
+            running,
+        };
+        let mut map = self.jobs.lock().await;
+        let mine: Vec<String> = map
+            .iter()
+            .filter(|(_, ws)| ws.as_str() == id)
+            .map(|(j, _)| j.clone())
+            .collect();
+        for job in mine {
+            map.remove(&job);
+            let path = self.job_log(&job);
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let _ = std::fs::remove_file(&path);
+            let bytes = log_output_bytes(&log);
+            done.jobs
+                .push(vws_model::node::JobHandoff { job, log, bytes });
+        }
+        drop(map);
+        std::fs::remove_dir_all(self.vm_dir(id))?;
+        tracing::info!(%id, jobs = done.jobs.len(), "workspace migrated away");
+        Ok(done)
+    }
+
+    /// Live migration, target side, last step: takes over the running jobs
+    /// and resumes the guest.
+    pub async fn finish_incoming(
+        &self,
+        id: &str,
+        done: vws_model::node::MigrationDone,
+    ) -> Result<(), NodeError> {
+        self.spec(id)?;
+        let mut jobs = Vec::new();
+        for h in done.jobs {
+            let path = self.job_log(&h.job);
+            std::fs::write(&path, &h.log)?;
+            self.jobs.lock().await.insert(h.job.clone(), id.to_string());
+            jobs.push((h.job, path, h.bytes));
+        }
+        self.driver.finish_incoming(id, jobs, done.running).await?;
+        tracing::info!(%id, "workspace migrated here");
+        Ok(())
+    }
+
+    /// Progress of an outgoing migration.
+    pub async fn migration(&self, id: &str) -> Option<vws_model::node::MigrationProgress> {
+        self.migrations
+            .lock()
+            .await
+            .get(id)
+            .map(|m| vws_model::node::MigrationProgress {
+                phase: m.phase.lock().map(|p| p.clone()).unwrap_or_default(),
+                done: m.done.load(std::sync::atomic::Ordering::Relaxed),
+                total: m.total.load(std::sync::atomic::Ordering::Relaxed),
+            })
     }
 
     /// Shuts a workspace down.
@@ -643,6 +778,23 @@ impl Manager {
             health: "ok".into(),
         }
     }
+}
+
+/// Output bytes recorded in a job's event log.
+fn log_output_bytes(log: &str) -> u64 {
+    use base64::Engine;
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<JobEvent>(l).ok())
+        .map(|ev| match ev {
+            JobEvent::Stdout { data } | JobEvent::Stderr { data } => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map(|d| d.len() as u64)
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Registers with the service, then heartbeats every `every` and forwards

@@ -29,13 +29,20 @@ pub const READY_MARK: &str = "vws: ready";
 
 struct Vm {
     qmp: Qmp,
-    /// The guest agent's connection.
-    agent: Option<Arc<Agent>>,
+    /// The guest agent's connection (made late for a migration target, whose
+    /// guest must not talk before its jobs are handed over).
+    agent: std::sync::RwLock<Option<Arc<Agent>>>,
     pid: u32,
     /// Set before a stop, so the exit that follows is not reported.
     expected: Arc<AtomicBool>,
     /// Becomes true when the process is gone.
     gone: watch::Receiver<bool>,
+}
+
+impl Vm {
+    fn agent(&self) -> Option<Arc<Agent>> {
+        self.agent.read().ok().and_then(|a| a.clone())
+    }
 }
 
 /// Drives QEMU.
@@ -185,7 +192,8 @@ impl QemuDriver {
             push(&[
                 "-drive",
                 &format!(
-                    "id=disk0,file={},format=qcow2,if=none,cache=writeback",
+                    // The node name lets a migration target export the disk over NBD.
+                    "id=disk0,node-name=disk0-top,file={},format=qcow2,if=none,cache=writeback",
                     disk.display()
                 ),
             ]);
@@ -357,7 +365,7 @@ impl QemuDriver {
         let (tx, rx) = watch::channel(false);
         let vm = Arc::new(Vm {
             qmp,
-            agent,
+            agent: std::sync::RwLock::new(agent),
             pid,
             expected: expected.clone(),
             gone: rx,
@@ -395,8 +403,7 @@ impl QemuDriver {
     async fn wait_ready(&self, id: &str, vm: &Vm) -> Result<(), DriverError> {
         let console = self.dir(id).join("console.log");
         let agent = vm
-            .agent
-            .clone()
+            .agent()
             .ok_or_else(|| qemu_err("no guest agent channel"))?;
         let mut gone = vm.gone.clone();
         tokio::select! {
@@ -418,7 +425,7 @@ impl QemuDriver {
 
     /// The guest agent of a running VM.
     pub async fn agent(&self, id: &str) -> Option<Arc<Agent>> {
-        self.vms.lock().await.get(id).and_then(|v| v.agent.clone())
+        self.vms.lock().await.get(id).and_then(|v| v.agent())
     }
 
     /// Process id of a running VM.
@@ -467,7 +474,12 @@ impl qapi::qmp::QmpCommand for QueryStatus {}
 impl QemuDriver {
     /// Spawns QEMU for a spec (with extra arguments), connects QMP and the
     /// agent socket, and starts watching the process.
-    async fn spawn(self: &Arc<Self>, spec: &VmSpec, extra: &[String]) -> Result<(), DriverError> {
+    async fn spawn(
+        self: &Arc<Self>,
+        spec: &VmSpec,
+        extra: &[String],
+        with_agent: bool,
+    ) -> Result<(), DriverError> {
         if self.vms.lock().await.contains_key(&spec.id) {
             return Err(DriverError::WrongState {
                 id: spec.id.clone(),
@@ -507,27 +519,25 @@ impl QemuDriver {
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
-        let agent = match Agent::connect(
-            &dir.join("agent.sock"),
-            Duration::from_secs(10),
-            self.jobs_done.clone(),
-        )
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = child.kill().await;
-                return Err(qemu_err(format!("guest agent socket: {e}")));
+        let agent = if with_agent {
+            match Agent::connect(
+                &dir.join("agent.sock"),
+                Duration::from_secs(10),
+                self.jobs_done.clone(),
+            )
+            .await
+            {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = child.kill().await;
+                    return Err(qemu_err(format!("guest agent socket: {e}")));
+                }
             }
+        } else {
+            None
         };
-        self.watch(
-            spec.id.clone(),
-            qmp,
-            Some(agent),
-            pid,
-            WatchOn::Child(child),
-        )
-        .await;
+        self.watch(spec.id.clone(), qmp, agent, pid, WatchOn::Child(child))
+            .await;
         Ok(())
     }
 
@@ -591,7 +601,7 @@ impl QemuDriver {
     /// Brings a VM back from saved memory state, paused, then running.
     pub async fn restore(self: &Arc<Self>, spec: &VmSpec, from: &Path) -> Result<(), DriverError> {
         let incoming = format!("exec:cat '{}'", from.display());
-        self.spawn(spec, &["-S".into(), "-incoming".into(), incoming])
+        self.spawn(spec, &["-S".into(), "-incoming".into(), incoming], true)
             .await?;
         let vm = self.vm(&spec.id).await?;
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -607,7 +617,7 @@ impl QemuDriver {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
-        if let Some(agent) = &vm.agent {
+        if let Some(agent) = vm.agent() {
             agent.ready(Duration::from_secs(30)).await;
         }
         match self.status(&spec.id).await {
@@ -622,7 +632,7 @@ impl QemuDriver {
 
 impl Driver for Arc<QemuDriver> {
     async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
-        self.spawn(spec, &[]).await?;
+        self.spawn(spec, &[], true).await?;
         let vm = self.vm(&spec.id).await?;
         if let Err(e) = self.wait_ready(&spec.id, &vm).await {
             vm.expected.store(true, Ordering::SeqCst);
@@ -640,7 +650,7 @@ impl Driver for Arc<QemuDriver> {
         if grace > Duration::ZERO {
             // The guest shuts itself down: through its agent (sync, then power
             // off), and the ACPI power button for guests that listen to it.
-            if let Some(agent) = vm.agent.as_ref().filter(|a| a.hello().is_some()) {
+            if let Some(agent) = vm.agent().filter(|a| a.hello().is_some()) {
                 let log = self.dir(id).join("shutdown.ndjson");
                 let argv = vec!["/bin/sh".into(), "-c".into(), "sync; poweroff -f".into()];
                 agent
@@ -697,5 +707,290 @@ impl Driver for Arc<QemuDriver> {
 
     fn console(&self, id: &str) -> PathBuf {
         self.dir(id).join("console.log")
+    }
+}
+
+/// Declares a QMP command sent with free-form JSON arguments and answered as
+/// raw JSON: the block and migration commands of Debian's QEMU 7.2 differ from
+/// the qapi crate's newer schema.
+macro_rules! raw_command {
+    ($ty:ident, $name:literal) => {
+        #[derive(serde::Serialize)]
+        struct $ty(serde_json::Value);
+
+        impl qapi::Command for $ty {
+            type Ok = serde_json::Value;
+            const NAME: &'static str = $name;
+            const ALLOW_OOB: bool = false;
+        }
+
+        impl qapi::qmp::QmpCommand for $ty {}
+    };
+}
+
+raw_command!(MigrateIncoming, "migrate-incoming");
+raw_command!(Migrate, "migrate");
+raw_command!(MigrateCancel, "migrate_cancel");
+raw_command!(NbdServerStart, "nbd-server-start");
+raw_command!(NbdServerStop, "nbd-server-stop");
+raw_command!(BlockExportAdd, "block-export-add");
+raw_command!(BlockExportDel, "block-export-del");
+raw_command!(DriveMirror, "drive-mirror");
+raw_command!(QueryBlockJobs, "query-block-jobs");
+raw_command!(BlockJobCancel, "block-job-cancel");
+
+/// A free TCP port on `host` (bound, read, released: QEMU binds it next).
+fn free_port(host: &str) -> Result<u16, DriverError> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// Live-migration progress of one outgoing VM, shared with whoever asks.
+#[derive(Default)]
+pub struct MigrationMeter {
+    /// `disk`, `memory`, `done` or `failed`.
+    pub phase: std::sync::Mutex<String>,
+    /// Bytes done in the phase.
+    pub done: std::sync::atomic::AtomicU64,
+    /// Bytes in the phase.
+    pub total: std::sync::atomic::AtomicU64,
+}
+
+impl MigrationMeter {
+    fn set(&self, phase: &str, done: u64, total: u64) {
+        if let Ok(mut p) = self.phase.lock() {
+            if *p != phase {
+                *p = phase.to_string();
+            }
+        }
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+}
+
+impl QemuDriver {
+    /// Starts QEMU waiting for an incoming migration on `host` (paused, with
+    /// no agent connection yet) and, if the VM has a disk, exports its blank
+    /// overlay over NBD for the source's mirror. Returns the migration URI and
+    /// the NBD URI.
+    pub async fn incoming(
+        self: &Arc<Self>,
+        spec: &VmSpec,
+        host: &str,
+    ) -> Result<(String, Option<String>), DriverError> {
+        self.spawn(
+            spec,
+            &["-S".into(), "-incoming".into(), "defer".into()],
+            false,
+        )
+        .await?;
+        let vm = self.vm(&spec.id).await?;
+        let prepared = async {
+            let uri = format!("tcp:{host}:{}", free_port(host)?);
+            vm.qmp
+                .execute(MigrateIncoming(serde_json::json!({ "uri": uri })))
+                .await
+                .map_err(qemu_err)?;
+            let nbd = match spec.disk {
+                None => None,
+                Some(_) => {
+                    let port = free_port(host)?;
+                    vm.qmp
+                        .execute(NbdServerStart(serde_json::json!({
+                            "addr": { "type": "inet", "data": { "host": host, "port": port.to_string() } }
+                        })))
+                        .await
+                        .map_err(qemu_err)?;
+                    vm.qmp
+                        .execute(BlockExportAdd(serde_json::json!({
+                            "type": "nbd", "id": "migration-disk0", "node-name": "disk0-top",
+                            "name": "disk0", "writable": true
+                        })))
+                        .await
+                        .map_err(qemu_err)?;
+                    Some(format!("nbd://{host}:{port}/disk0"))
+                }
+            };
+            Ok::<_, DriverError>((uri, nbd))
+        }
+        .await;
+        if prepared.is_err() {
+            vm.expected.store(true, Ordering::SeqCst);
+            QemuDriver::kill(&vm).await;
+        }
+        prepared
+    }
+
+    /// Sends a running (or paused) VM to a waiting target: mirrors its disk
+    /// to the target's NBD export, then migrates memory and device state over
+    /// TCP; on success ends this QEMU (the target now runs the guest). On
+    /// failure everything is undone here and the VM goes on as before.
+    pub async fn migrate_out(
+        self: &Arc<Self>,
+        id: &str,
+        migrate_uri: &str,
+        nbd_uri: Option<&str>,
+        meter: &MigrationMeter,
+    ) -> Result<(), DriverError> {
+        let vm = self.vm(id).await?;
+        let was_running = self.status(id).await == VmState::Running;
+        let sent = self.send_state(&vm, migrate_uri, nbd_uri, meter).await;
+        if let Err(e) = sent {
+            meter.set("failed", 0, 0);
+            // Rollback: stop whatever is in flight; the guest resumes here.
+            let _ = vm.qmp.execute(MigrateCancel(serde_json::json!({}))).await;
+            let _ = vm
+                .qmp
+                .execute(BlockJobCancel(
+                    serde_json::json!({ "device": "migration-mirror", "force": true }),
+                ))
+                .await;
+            if was_running && self.status(id).await != VmState::Running {
+                let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
+            }
+            return Err(e);
+        }
+        meter.set("done", 1, 1);
+        // The guest runs on the target now: this QEMU ends, and the agent's
+        // jobs are handed over rather than failed.
+        let agent = vm.agent();
+        if let Some(a) = &agent {
+            a.hand_off();
+        }
+        vm.expected.store(true, Ordering::SeqCst);
+        let _ = vm.qmp.execute(qapi::qmp::quit {}).await;
+        if !QemuDriver::wait_gone(&vm, Duration::from_secs(10)).await {
+            QemuDriver::kill(&vm).await;
+        }
+        if let Some(a) = agent {
+            a.closed(Duration::from_secs(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn send_state(
+        &self,
+        vm: &Vm,
+        migrate_uri: &str,
+        nbd_uri: Option<&str>,
+        meter: &MigrationMeter,
+    ) -> Result<(), DriverError> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        if let Some(nbd) = nbd_uri {
+            vm.qmp
+                .execute(DriveMirror(serde_json::json!({
+                    "device": "disk0", "job-id": "migration-mirror", "target": nbd,
+                    "format": "raw", "sync": "top", "mode": "existing"
+                })))
+                .await
+                .map_err(qemu_err)?;
+            loop {
+                let jobs = vm
+                    .qmp
+                    .execute(QueryBlockJobs(serde_json::json!({})))
+                    .await
+                    .map_err(qemu_err)?;
+                let job = jobs
+                    .as_array()
+                    .and_then(|a| a.iter().find(|j| j["device"] == "migration-mirror"))
+                    .cloned()
+                    .ok_or_else(|| qemu_err("the disk mirror ended before it was ready"))?;
+                meter.set(
+                    "disk",
+                    job["offset"].as_u64().unwrap_or(0),
+                    job["len"].as_u64().unwrap_or(0),
+                );
+                if job["ready"].as_bool() == Some(true) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(qemu_err("mirroring the disk took longer than 600 s"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        vm.qmp
+            .execute(Migrate(serde_json::json!({ "uri": migrate_uri })))
+            .await
+            .map_err(qemu_err)?;
+        loop {
+            let info = vm.qmp.execute(QueryMigrate {}).await.map_err(qemu_err)?;
+            let ram = &info["ram"];
+            meter.set(
+                "memory",
+                ram["transferred"].as_u64().unwrap_or(0),
+                ram["transferred"].as_u64().unwrap_or(0) + ram["remaining"].as_u64().unwrap_or(0),
+            );
+            match info["status"].as_str() {
+                Some("completed") => break,
+                Some("failed" | "cancelled") => {
+                    return Err(qemu_err(format!(
+                        "migration failed: {}",
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(qemu_err("migration took longer than 600 s"))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        if nbd_uri.is_some() {
+            // After the switch-over the mirror is in sync: cancelling a ready
+            // mirror ends it cleanly.
+            vm.qmp
+                .execute(BlockJobCancel(
+                    serde_json::json!({ "device": "migration-mirror" }),
+                ))
+                .await
+                .map_err(qemu_err)?;
+        }
+        Ok(())
+    }
+
+    /// Ends an incoming migration on the target: closes the disk export,
+    /// connects the guest agent with the handed-over jobs already known, and
+    /// resumes the guest if it was running.
+    pub async fn finish_incoming(
+        self: &Arc<Self>,
+        id: &str,
+        jobs: Vec<(String, PathBuf, u64)>,
+        running: bool,
+    ) -> Result<(), DriverError> {
+        let vm = self.vm(id).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = vm.qmp.execute(QueryStatus {}).await.map_err(qemu_err)?;
+            match status["status"].as_str() {
+                Some("inmigrate") if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Some("inmigrate") => return Err(qemu_err("the incoming migration did not end")),
+                _ => break,
+            }
+        }
+        let _ = vm
+            .qmp
+            .execute(BlockExportDel(
+                serde_json::json!({ "id": "migration-disk0" }),
+            ))
+            .await;
+        let _ = vm.qmp.execute(NbdServerStop(serde_json::json!({}))).await;
+        let agent = Agent::connect(
+            &self.dir(id).join("agent.sock"),
+            Duration::from_secs(10),
+            self.jobs_done.clone(),
+        )
+        .await?;
+        for (job, log, bytes) in jobs {
+            agent.adopt_job(&job, log, bytes).await;
+        }
+        if let Ok(mut a) = vm.agent.write() {
+            *a = Some(agent.clone());
+        }
+        if running {
+            vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
+            agent.ready(Duration::from_secs(30)).await;
+        }
+        Ok(())
     }
 }

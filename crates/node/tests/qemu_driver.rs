@@ -87,6 +87,43 @@ async fn lifecycle_of_a_real_guest() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(ticks(&console) > frozen, "ticks resume after unpause");
 
+    // A live migration whose target dies half-way is rolled back: the guest
+    // goes on running here.
+    let (ttx, _tev) = tokio::sync::mpsc::unbounded_channel();
+    let (tjobs, _tj) = tokio::sync::mpsc::unbounded_channel();
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = Arc::new(QemuDriver::new(
+        target_dir.path().to_path_buf(),
+        accel::detect().0,
+        ttx,
+        tjobs,
+    ));
+    let (uri, nbd) = target.incoming(&s, "127.0.0.1").await.unwrap();
+    assert!(uri.starts_with("tcp:127.0.0.1:") && nbd.is_none(), "{uri}");
+    let target_pid = target.pid("ws-drv").await.unwrap();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Command::new("kill")
+            .args(["-9", &target_pid.to_string()])
+            .status()
+            .unwrap();
+    });
+    let meter = vws_node::qemu::MigrationMeter::default();
+    let err = driver
+        .migrate_out("ws-drv", &uri, None, &meter)
+        .await
+        .unwrap_err();
+    killer.await.unwrap();
+    assert!(err.to_string().contains("migration failed"), "{err}");
+    assert_eq!(*meter.phase.lock().unwrap(), "failed");
+    assert_eq!(driver.status("ws-drv").await, VmState::Running);
+    let before = ticks(&console);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        ticks(&console) > before,
+        "the guest runs on after the rollback"
+    );
+
     driver.stop("ws-drv", Duration::from_secs(1)).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Shutdown);
     assert!(

@@ -83,6 +83,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/blobs/{digest}/chunks"),
     ("post", "/v1/workspaces/{id}/deploy"),
     ("post", "/v1/workspaces/{id}/snapshot"),
+    ("post", "/v1/workspaces/{id}/migrate"),
+    ("get", "/v1/workspaces/{id}/migration"),
     ("post", "/v1/workspaces/{id}/undeploy"),
     ("post", "/v1/workspaces/{id}/start"),
     ("post", "/v1/workspaces/{id}/stop"),
@@ -130,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/{digest}/chunks", get(blob_chunks))
         .route("/v1/workspaces/{id}/deploy", post(deploy))
         .route("/v1/workspaces/{id}/snapshot", post(snapshot))
+        .route("/v1/workspaces/{id}/migrate", post(migrate))
+        .route("/v1/workspaces/{id}/migration", get(migration))
         .route("/v1/workspaces/{id}/undeploy", post(undeploy))
         .route("/v1/workspaces/{id}/start", post(start))
         .route("/v1/workspaces/{id}/stop", post(stop))
@@ -947,4 +951,31 @@ async fn snapshot(
         Json(s.service.snapshot(&who, &id, name, tag).await?),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateRequest {
+    /// Name of the target node.
+    to: String,
+}
+
+async fn migrate(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req: MigrateRequest = json_body(&headers, b)?
+        .ok_or_else(|| ServiceError::BadRequest("expected {\"to\": \"NODE\"}".into()))?;
+    Ok(Json(s.service.migrate(&who, &id, &req.to).await?).into_response())
+}
+
+async fn migration(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    Ok(Json(s.service.migration(&who, &id).await?).into_response())
 }

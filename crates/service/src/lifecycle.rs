@@ -147,91 +147,15 @@ impl Service {
             binding.ram = Some(m.ram);
             binding.cpus = Some(m.cpus);
         }
-        let mut blobs: Vec<BlobRef> = image
-            .files
-            .iter()
-            .map(|f| BlobRef {
-                role: f.role.clone(),
-                digest: f.digest.clone(),
-                size: f.size,
-            })
-            .collect();
-        for dev in &r.device_images {
-            if let Some(cd) = self.store.image(&ImageRef::Digest(dev.clone())).await? {
-                blobs.extend(cd.files.iter().map(|f| BlobRef {
-                    role: "cdrom".into(),
-                    digest: f.digest.clone(),
-                    size: f.size,
-                }));
-            }
-        }
-        let disk = match &r.disk_path {
-            Some(p) => {
-                let path = std::path::PathBuf::from(p);
-                let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
-                    .await
-                    .map_err(anyhow::Error::from)?
-                    .map_err(anyhow::Error::from)?;
-                Some(BlobRef {
-                    role: "workspace".into(),
-                    digest: m.digest,
-                    size: m.size,
-                })
-            }
-            None => None,
-        };
-        let memory = if r.state == State::Paused {
-            let path = memory_file.clone();
-            let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
-                .await
-                .map_err(anyhow::Error::from)?
-                .map_err(anyhow::Error::from)?;
-            Some(BlobRef {
-                role: "memory".into(),
-                digest: m.digest,
-                size: m.size,
-            })
-        } else {
-            None
-        };
-        let request = DeployRequest {
-            id: r.id.clone(),
-            hostname: r.id.clone(),
-            cpus: binding.cpus.unwrap_or(1),
-            ram: binding.ram.unwrap_or(r.description.hardware.ram.min.0),
-            boot: if image.kind == ImageKind::Disk {
-                "disk"
-            } else {
-                "kernel"
-            }
-            .into(),
-            cmdline: image.cmdline.clone(),
-            blobs,
-            disk,
-            memory,
-            backing_format: if image.file("disk").is_some() {
-                image.format.clone()
-            } else {
-                None
-            },
-            nics: r
-                .description
-                .network
-                .nics
-                .iter()
-                .map(|n| (n.name.clone(), n.method.as_str().to_string()))
-                .collect(),
-            // Runs as a job once the agent answers (see `start`), not from the kernel command line.
-            startup: None,
-            services: r
-                .description
-                .capability
-                .services
-                .iter()
-                .map(|s| (s.port, s.protocol.as_str().to_string()))
-                .collect(),
-            repository: self.public_url.clone(),
-        };
+        let request = self
+            .deploy_request(
+                &r,
+                &image,
+                binding.cpus.unwrap_or(1),
+                binding.ram.unwrap_or(r.description.hardware.ram.min.0),
+                true,
+            )
+            .await?;
 
         // The check-out lock goes on before anything moves.
         let now = self.clock.now();
@@ -292,6 +216,103 @@ impl Service {
             vws_model::ByteSize(moved).human()
         );
         self.commit(r, Action::Deploy, &who.dn, Some(detail)).await
+    }
+
+    /// What a node needs to stage a workspace: pool files, and (`with_state`)
+    /// the repository's copy of its disk and saved memory.
+    async fn deploy_request(
+        &self,
+        r: &WorkspaceRecord,
+        image: &ImageRecord,
+        cpus: u32,
+        ram: u64,
+        with_state: bool,
+    ) -> Result<DeployRequest, ServiceError> {
+        let mut blobs: Vec<BlobRef> = image
+            .files
+            .iter()
+            .map(|f| BlobRef {
+                role: f.role.clone(),
+                digest: f.digest.clone(),
+                size: f.size,
+            })
+            .collect();
+        for dev in &r.device_images {
+            if let Some(cd) = self.store.image(&ImageRef::Digest(dev.clone())).await? {
+                blobs.extend(cd.files.iter().map(|f| BlobRef {
+                    role: "cdrom".into(),
+                    digest: f.digest.clone(),
+                    size: f.size,
+                }));
+            }
+        }
+        let disk = match &r.disk_path {
+            Some(p) if with_state => {
+                let path = std::path::PathBuf::from(p);
+                let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .map_err(anyhow::Error::from)?;
+                Some(BlobRef {
+                    role: "workspace".into(),
+                    digest: m.digest,
+                    size: m.size,
+                })
+            }
+            _ => None,
+        };
+        let memory = if with_state && r.state == State::Paused {
+            let path = self.memory_path(&r.id);
+            let m = tokio::task::spawn_blocking(move || vws_store::manifest(&path))
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(anyhow::Error::from)?;
+            Some(BlobRef {
+                role: "memory".into(),
+                digest: m.digest,
+                size: m.size,
+            })
+        } else {
+            None
+        };
+        Ok(DeployRequest {
+            id: r.id.clone(),
+            hostname: r.id.clone(),
+            cpus,
+            ram,
+            boot: if image.kind == ImageKind::Disk {
+                "disk"
+            } else {
+                "kernel"
+            }
+            .into(),
+            cmdline: image.cmdline.clone(),
+            blobs,
+            disk,
+            memory,
+            backing_format: if image.file("disk").is_some() {
+                image.format.clone()
+            } else {
+                None
+            },
+            nics: r
+                .description
+                .network
+                .nics
+                .iter()
+                .map(|n| (n.name.clone(), n.method.as_str().to_string()))
+                .collect(),
+            // Runs as a job once the agent answers (see `start`), not from the kernel command line.
+            startup: None,
+            services: r
+                .description
+                .capability
+                .services
+                .iter()
+                .map(|s| (s.port, s.protocol.as_str().to_string()))
+                .collect(),
+            repository: self.public_url.clone(),
+        })
     }
 
     /// Staging progress of a deploy in flight.
@@ -774,5 +795,161 @@ impl Service {
         .await?;
         tracing::info!(%id, image = %record.id, "hot image saved");
         self.image(&reference.to_string()).await
+    }
+}
+
+impl Service {
+    /// Live migration (paper §5's future work): moves a running or paused
+    /// workspace to node `to` with QEMU's own migration — the disk mirrored
+    /// over NBD, then memory and device state over TCP — and hands its
+    /// running jobs over. Any failure before the switch-over leaves it
+    /// running on its node as before.
+    pub async fn migrate(
+        &self,
+        who: &Identity,
+        id: &str,
+        to: &str,
+    ) -> Result<Workspace, ServiceError> {
+        let mut r = self.checked(who, id, Action::Migrate).await?;
+        let source = self.node_of(&r).await?;
+        if source.name == to {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is already on {to}"
+            )));
+        }
+        let target = self.live_node(to).await?;
+        let ram = r.binding.ram.unwrap_or(r.description.hardware.ram.min.0);
+        let cpus = r.binding.cpus.unwrap_or(1);
+        if target
+            .report
+            .ram_free
+            .saturating_sub(crate::nodes::HOST_RESERVE)
+            < ram
+        {
+            return Err(ServiceError::Node {
+                node: to.into(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "no_capacity".into(),
+                message: format!(
+                    "node {to} has no room for {} of RAM",
+                    vws_model::ByteSize(ram).human()
+                ),
+            });
+        }
+        let image = self
+            .store
+            .image(&ImageRef::Digest(r.image_id.clone()))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("image {} is missing", r.image_id))?;
+        let disk_size = match &r.disk_path {
+            Some(p) => Some(
+                vws_qemu::img::info(std::path::Path::new(p))
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .virtual_size,
+            ),
+            None => None,
+        };
+        let incoming = vws_model::node::IncomingRequest {
+            deploy: self.deploy_request(&r, &image, cpus, ram, false).await?,
+            disk_size,
+        };
+        let target_at: vws_model::node::MigrationTarget = self
+            .call_node(
+                &target,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/incoming"),
+                Some(serde_json::to_value(&incoming).map_err(anyhow::Error::from)?),
+            )
+            .await?
+            .json()
+            .await
+            .map_err(anyhow::Error::from)?;
+        let sent = self
+            .call_node(
+                &source,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/migrate"),
+                Some(serde_json::to_value(&target_at).map_err(anyhow::Error::from)?),
+            )
+            .await;
+        let done: vws_model::node::MigrationDone = match sent {
+            Ok(resp) => resp.json().await.map_err(anyhow::Error::from)?,
+            Err(e) => {
+                // Rolled back on the source; the target's waiting QEMU goes.
+                let _ = self
+                    .call_node(
+                        &target,
+                        reqwest::Method::DELETE,
+                        &format!("/node/v1/vms/{id}"),
+                        None,
+                    )
+                    .await;
+                r.modified_at = self.clock.now();
+                let detail = Some(format!("to {to}: {e}"));
+                let change = Change {
+                    action: "migrate-failed",
+                    actor: &who.dn,
+                    detail,
+                };
+                self.store.update_workspace(&mut r, change).await?;
+                return Err(e);
+            }
+        };
+        let finished = self
+            .call_node(
+                &target,
+                reqwest::Method::POST,
+                &format!("/node/v1/vms/{id}/incoming/finish"),
+                Some(serde_json::to_value(&done).map_err(anyhow::Error::from)?),
+            )
+            .await;
+        if let Err(e) = finished {
+            // Past the switch-over there is no way back: the source has let go.
+            r.node = Some(to.to_string());
+            r.lock_holder = Some(to.to_string());
+            r.modified_at = self.clock.now();
+            let change = Change {
+                action: "migrate",
+                actor: &who.dn,
+                detail: Some(format!("switched over to {to}")),
+            };
+            self.store.update_workspace(&mut r, change).await?;
+            self.store.move_running_jobs(id, to).await?;
+            let reason = format!("migration to {to} did not finish: {e}");
+            self.corrupt(id, &reason, &who.dn).await?;
+            return Err(e);
+        }
+        self.store.move_running_jobs(id, to).await?;
+        r.node = Some(to.to_string());
+        r.lock_holder = Some(to.to_string());
+        r.binding.forwards = target_at.forwards;
+        let detail = format!(
+            "from {} to {to}; {} running job(s) handed over",
+            source.name,
+            done.jobs.len()
+        );
+        self.commit(r, Action::Migrate, &who.dn, Some(detail)).await
+    }
+
+    /// Progress of a migration in flight, as its source node reports it.
+    pub async fn migration(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let r = self.visible(who, id).await?;
+        let node = self.node_of(&r).await?;
+        Ok(self
+            .call_node(
+                &node,
+                reqwest::Method::GET,
+                &format!("/node/v1/vms/{id}/migration"),
+                None,
+            )
+            .await?
+            .json()
+            .await
+            .map_err(anyhow::Error::from)?)
     }
 }

@@ -16,7 +16,7 @@ use crate::error::ServiceError;
 pub const LOST_AFTER: Duration = Duration::from_secs(10);
 
 /// RAM a node keeps for itself when binding a workspace's range.
-const HOST_RESERVE: u64 = 256 << 20;
+pub(crate) const HOST_RESERVE: u64 = 256 << 20;
 
 /// A node as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

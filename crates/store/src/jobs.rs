@@ -111,6 +111,17 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a workspace's running jobs to another node (after a migration:
+    /// they go on there).
+    pub async fn move_running_jobs(&self, workspace: &str, node: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET node = $1 WHERE workspace_id = $2 AND state = 'running'")
+            .bind(node)
+            .bind(workspace)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// One job.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))

@@ -122,3 +122,60 @@ pub async fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `vws migrate`.
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// A running or paused workspace
+    id: String,
+    /// The node to move it to (see `vws node list`)
+    #[arg(long, value_name = "NODE")]
+    to: String,
+}
+
+/// Live-migrates a workspace, showing the disk mirror's and the memory
+/// copy's progress.
+pub async fn migrate(g: &Globals, a: MigrateArgs) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let pb = if g.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "   migrating {msg:>6} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    let watcher = {
+        let (client, id, pb) = (client.clone(), a.id.clone(), pb.clone());
+        tokio::spawn(async move {
+            let mut phase = String::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Ok(p) = client.migration(&id).await {
+                    let now = p["phase"].as_str().unwrap_or_default().to_string();
+                    if now != phase {
+                        // A new phase counts from zero.
+                        pb.reset();
+                        pb.set_message(now.clone());
+                        phase = now;
+                    }
+                    pb.set_length(p["total"].as_u64().unwrap_or(0));
+                    pb.set_position(p["done"].as_u64().unwrap_or(0));
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let result = client.migrate(&a.id, &a.to).await;
+    watcher.abort();
+    pb.finish_and_clear();
+    let ws = result?;
+    if !g.json {
+        eprintln!("migrated in {:.2?}", started.elapsed());
+    }
+    print_state(g, &ws, "moved")
+}

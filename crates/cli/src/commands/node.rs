@@ -84,6 +84,12 @@ pub async fn launch(
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut manager = Manager::new(name, home, tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
+    // Incoming migrations listen where the node's API does (loopback stays
+    // loopback; a wildcard listen means "any of this host's addresses").
+    manager.migration_host = match listen.ip() {
+        ip if ip.is_unspecified() => "0.0.0.0".into(),
+        ip => ip.to_string(),
+    };
     let manager = Arc::new(manager);
     let adopted = manager.adopt().await;
     if !adopted.is_empty() {
