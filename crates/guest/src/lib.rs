@@ -3,8 +3,8 @@
 //! Frames are a 4-byte big-endian length and a JSON message. The agent says
 //! `Hello` (protocol version, hostname, session) when it opens its port and
 //! whenever the node sends `Ping`, which the node does on every (re)connect.
-//! A `Hello` with a new session means the agent restarted: its earlier jobs
-//! are gone.
+//! A `Hello` with a new session means the agent restarted (its earlier jobs
+//! are gone) or took a new identity after a restore (`Identity`).
 
 use std::io::{self, Read, Write};
 
@@ -69,6 +69,19 @@ pub enum ToAgent {
         req: String,
         /// Absolute path.
         path: String,
+    },
+    /// Become a new workspace (after a restore from a hot image): take this
+    /// hostname, MAC on `eth0` and entropy, and start a new session, which
+    /// the `Hello` that follows carries. The agent's jobs of the earlier
+    /// session are forgotten by the node.
+    Identity {
+        /// New hostname.
+        hostname: String,
+        /// New MAC address of `eth0`, if the guest has one.
+        #[serde(default)]
+        mac: Option<String>,
+        /// Bytes to mix into the guest's entropy pool (base64).
+        seed: String,
     },
 }
 

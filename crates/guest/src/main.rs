@@ -238,12 +238,10 @@ fn serve(port: &str) -> std::io::Result<()> {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let mut seed = [0u8; 8];
-    let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
-    let hello = FromAgent::Hello {
+    let mut hello = FromAgent::Hello {
         version: VERSION,
         hostname,
-        session: hex(&seed),
+        session: new_session(),
     };
     send(&writer, &hello);
     loop {
@@ -262,6 +260,19 @@ fn serve(port: &str) -> std::io::Result<()> {
         };
         match msg {
             ToAgent::Ping => send(&writer, &hello),
+            ToAgent::Identity {
+                hostname,
+                mac,
+                seed,
+            } => {
+                take_identity(&hostname, mac.as_deref(), &seed);
+                hello = FromAgent::Hello {
+                    version: VERSION,
+                    hostname,
+                    session: new_session(),
+                };
+                send(&writer, &hello);
+            }
             ToAgent::Exec {
                 job,
                 argv,
@@ -282,6 +293,37 @@ fn serve(port: &str) -> std::io::Result<()> {
                 let w = writer.clone();
                 std::thread::spawn(move || file_op(&w, other));
             }
+        }
+    }
+}
+
+/// A fresh session id from the guest's entropy.
+fn new_session() -> String {
+    let mut seed = [0u8; 8];
+    let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
+    hex(&seed)
+}
+
+/// A restored guest becomes its own workspace: entropy first (so the new
+/// session id is already drawn from it), then hostname and MAC. virtio-net
+/// changes its MAC live, so routes and addresses stay.
+fn take_identity(hostname: &str, mac: Option<&str>, seed: &str) {
+    if let Ok(bytes) = B64.decode(seed) {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/urandom")
+            .and_then(|mut f| f.write_all(&bytes));
+    }
+    if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", hostname) {
+        eprintln!("vws-agent: hostname: {e}");
+    }
+    if let Some(mac) = mac.filter(|_| std::path::Path::new("/sys/class/net/eth0").exists()) {
+        let set = Command::new("ip")
+            .args(["link", "set", "dev", "eth0", "address", mac])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .status();
+        if !set.is_ok_and(|s| s.success()) {
+            eprintln!("vws-agent: could not set the MAC of eth0 to {mac}");
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct Agent {
     closed: watch::Receiver<bool>,
 }
 
+/// Woken on every append to any job log, for readers that follow one.
+pub static LOG_APPENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 async fn append(path: &Path, ev: &JobEvent) {
     let mut line = serde_json::to_vec(ev).expect("events serialize");
     line.push(b'\n');
@@ -97,6 +100,7 @@ async fn append(path: &Path, ev: &JobEvent) {
     {
         let _ = f.write_all(&line).await;
     }
+    LOG_APPENDED.notify_waiters();
 }
 
 impl Agent {
@@ -319,6 +323,16 @@ impl Agent {
             .lock()
             .await
             .insert(job.to_string(), JobLog { path: log, bytes });
+    }
+
+    /// Gives a restored guest its own identity; the agent answers with a
+    /// `Hello` of a new session.
+    pub fn identity(&self, hostname: &str, mac: Option<String>, seed: &[u8]) {
+        let _ = self.out.send(ToAgent::Identity {
+            hostname: hostname.into(),
+            mac,
+            seed: base64::engine::general_purpose::STANDARD.encode(seed),
+        });
     }
 
     /// Signals a job's process group.

@@ -302,6 +302,18 @@ async fn get_file(
     Ok(m.get_file(&id, &q.path).await?.into_response())
 }
 
+/// A file's bytes from `offset` on (none if it cannot be read).
+async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut data = Vec::new();
+    if let Ok(mut f) = tokio::fs::File::open(path).await {
+        if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+            let _ = f.read_to_end(&mut data).await;
+        }
+    }
+    data
+}
+
 /// A job's events as NDJSON, from the start; with `follow`, until it ends.
 async fn job_output(
     State(m): State<Arc<Manager>>,
@@ -320,11 +332,14 @@ async fn job_output(
                 return None;
             }
             loop {
-                let data = tokio::fs::read(&path).await.unwrap_or_default();
+                // Armed before reading, so an append in between is not missed.
+                let appended = crate::agent::LOG_APPENDED.notified();
+                let data = read_from(&path, offset).await;
                 // Only whole lines: the writer appends one event per line.
-                let upto = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
-                if upto > offset {
-                    let chunk = data[offset as usize..upto as usize].to_vec();
+                let upto = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if upto > 0 {
+                    let chunk = data[..upto].to_vec();
+                    let upto = offset + upto as u64;
                     let text = String::from_utf8_lossy(&chunk);
                     let ended = text.lines().any(|l| {
                         l.contains("\"event\":\"exited\"") || l.contains("\"event\":\"failed\"")
@@ -337,7 +352,8 @@ async fn job_output(
                 if !follow {
                     return None;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Woken by the next append; the timeout covers writers elsewhere.
+                let _ = tokio::time::timeout(Duration::from_millis(100), appended).await;
             }
         },
     );

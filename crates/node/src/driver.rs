@@ -62,6 +62,11 @@ pub struct VmSpec {
     /// Memory state to restore instead of booting (a hot image).
     #[serde(default)]
     pub restore: Option<PathBuf>,
+    /// The hot image's guest RAM, mapped copy-on-write (private) so that all
+    /// workspaces of one hot image share its pages; `restore` then holds only
+    /// the device state.
+    #[serde(default)]
+    pub restore_ram: Option<PathBuf>,
 }
 
 /// What a driver reports about a VM.

@@ -270,6 +270,11 @@ impl Manager {
                 .iter()
                 .find(|b| b.role == "memory")
                 .map(|b| self.blob_path(&b.digest)),
+            restore_ram: req
+                .blobs
+                .iter()
+                .find(|b| b.role == "ram")
+                .map(|b| self.blob_path(&b.digest)),
         };
         // Written last, atomically: a deploy is real only once this exists.
         let tmp = dir.join("spec.json.tmp");
@@ -300,32 +305,11 @@ impl Manager {
     /// A workspace restored from a hot image wakes up as the image's source:
     /// give it its own hostname, MAC, entropy and agent session.
     async fn refresh_identity(&self, spec: &VmSpec) -> Result<(), NodeError> {
-        use base64::Engine;
         let agent = self.agent(&spec.id).await?;
         let before = agent.hello().map(|h| h.session);
-        let mac = crate::qemu::mac_address(&spec.id, 0);
-        let script = format!(
-            "cat > /dev/urandom; hostname {id}; \
-             if [ -e /sys/class/net/eth0 ]; then ip link set eth0 down; ip link set eth0 address {mac}; ip link set eth0 up; \
-             ip addr flush dev eth0; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2; fi; \
-             (sleep 0.2; killall vws-agent) >/dev/null 2>&1 &",
-            id = spec.id
-        );
+        let mac = (!spec.nics.is_empty()).then(|| crate::qemu::mac_address(&spec.id, 0));
         let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-        let job = format!("identity-{}", rand::random::<u32>());
-        let log = self.vm_dir(&spec.id).join("identity.ndjson");
-        let stdin = Some(base64::engine::general_purpose::STANDARD.encode(seed));
-        agent
-            .exec(
-                &job,
-                log,
-                vec!["/bin/sh".into(), "-c".into(), script],
-                vec![],
-                None,
-                stdin,
-                Some(10_000),
-            )
-            .await;
+        agent.identity(&spec.hostname, mac, &seed);
         // A new agent session is the sign that all of it happened.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while agent.hello().map(|h| h.session) == before {
@@ -350,9 +334,13 @@ impl Manager {
         let memory = dir.join("snapshot-memory.state");
         let disk = dir.join("snapshot-disk.qcow2");
         let result = async {
-            self.driver.snapshot_memory(id, &memory).await?;
+            let ram = self.driver.snapshot_memory(id, &memory).await?;
             let mut out =
                 serde_json::json!({ "memory": self.send_blob(&repository, &memory).await? });
+            if let Some(ram) = ram {
+                // Read while the VM stays paused: the file is its RAM.
+                out["ram"] = self.send_blob(&repository, &ram).await?;
+            }
             if dir.join("disk.qcow2").exists() {
                 vws_qemu::img::flatten(&dir.join("disk.qcow2"), &disk, "qcow2")
                     .await
@@ -412,6 +400,7 @@ impl Manager {
                 .await?;
             let mut spec = self.spec_with_forwards(&id)?;
             spec.restore = None;
+            spec.restore_ram = None;
             let (migrate_uri, nbd_uri) = self.driver.incoming(&spec, &self.migration_host).await?;
             Ok::<_, NodeError>(vws_model::node::MigrationTarget {
                 migrate_uri,

@@ -48,6 +48,8 @@ impl Vm {
 /// Drives QEMU.
 pub struct QemuDriver {
     root: PathBuf,
+    /// Where guest RAM files live (tmpfs where there is one).
+    ram_dir: PathBuf,
     accel: Accel,
     tsc_khz: Option<u64>,
     boot_timeout: Duration,
@@ -93,8 +95,22 @@ impl QemuDriver {
         events: mpsc::UnboundedSender<VmEvent>,
         jobs_done: JobDone,
     ) -> Self {
+        use sha2::Digest;
+        // Guest RAM is a shared file mapping, so a snapshot can hand it over
+        // without copying it through the migration stream. On tmpfs it is
+        // memory like any other; one folder per node home.
+        let tag = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
+        let ram_dir = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from(format!(
+                "/dev/shm/vws-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+                tag[0], tag[1], tag[2], tag[3], tag[4], tag[5]
+            ))
+        } else {
+            root.join(".ram")
+        };
         QemuDriver {
             root,
+            ram_dir,
             accel,
             tsc_khz: crate::accel::tsc_khz(),
             boot_timeout: Duration::from_secs(90),
@@ -115,6 +131,11 @@ impl QemuDriver {
         self.root.join(id)
     }
 
+    /// The file holding a VM's RAM (when it is not a hot image's).
+    pub fn ram_file(&self, id: &str) -> PathBuf {
+        self.ram_dir.join(format!("{id}.ram"))
+    }
+
     /// The QEMU command line for a spec (without the program name).
     pub fn command_line(&self, spec: &VmSpec) -> Vec<String> {
         let dir = self.dir(&spec.id);
@@ -123,12 +144,12 @@ impl QemuDriver {
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         let (machine, blk, net) = match spec.boot {
             Boot::Kernel { .. } => (
-                format!("microvm,accel={}", self.accel.as_str()),
+                format!("microvm,accel={},memory-backend=ram0", self.accel.as_str()),
                 "virtio-blk-device",
                 "virtio-net-device",
             ),
             Boot::Disk => (
-                format!("q35,accel={}", self.accel.as_str()),
+                format!("q35,accel={},memory-backend=ram0", self.accel.as_str()),
                 "virtio-blk-pci",
                 "virtio-net-pci",
             ),
@@ -148,6 +169,23 @@ impl QemuDriver {
             "-smp",
             &spec.cpus.to_string(),
         ]);
+        // RAM: a hot image's, mapped private (pages shared between all its
+        // workspaces through the page cache until written; QEMU 7.2 opens the
+        // file read-write even so, and `readonly=on` would make guest RAM a
+        // ROM), or a file of the VM's own, shared.
+        let backend = match &spec.restore_ram {
+            Some(ram) => format!(
+                "memory-backend-file,id=ram0,size={}M,mem-path={},share=off",
+                spec.ram >> 20,
+                ram.display()
+            ),
+            None => format!(
+                "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
+                spec.ram >> 20,
+                self.ram_file(&spec.id).display()
+            ),
+        };
+        push(&["-object", &backend]);
         push(&[
             "-chardev",
             &format!("file,id=console,path={},append=on", p("console.log")),
@@ -286,6 +324,7 @@ impl QemuDriver {
 
     fn report_exit(&self, id: &str, expected: &AtomicBool, how: String) {
         let _ = std::fs::remove_file(self.dir(id).join("qemu.pid"));
+        let _ = std::fs::remove_file(self.ram_file(id));
         if expected.load(Ordering::SeqCst) {
             return;
         }
@@ -488,6 +527,8 @@ impl QemuDriver {
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&self.ram_dir)?;
+        let _ = std::fs::remove_file(self.ram_file(&spec.id));
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
         let _ = std::fs::remove_file(dir.join("agent.sock"));
         // The console log of this boot starts empty, so what it shows is this boot's.
@@ -547,10 +588,24 @@ impl QemuDriver {
         self.save(id, to, true).await
     }
 
-    /// Saves a paused VM's memory and device state to `to` and leaves it
-    /// paused (a snapshot).
-    pub async fn snapshot_memory(self: &Arc<Self>, id: &str, to: &Path) -> Result<(), DriverError> {
-        self.save(id, to, false).await
+    /// Saves a paused VM's device state to `to` and leaves it paused (a
+    /// snapshot). A VM whose RAM is its own shared file leaves the RAM out of
+    /// the stream (QEMU's `x-ignore-shared`: milliseconds, whatever the size)
+    /// and returns that file, which holds the RAM while the VM stays paused.
+    /// Otherwise (a VM itself restored from a hot image) the RAM goes into
+    /// the stream.
+    pub async fn snapshot_memory(
+        self: &Arc<Self>,
+        id: &str,
+        to: &Path,
+    ) -> Result<Option<PathBuf>, DriverError> {
+        let vm = self.vm(id).await?;
+        let ram = self.ram_file(id);
+        let shared = ram.exists();
+        set_ignore_shared(&vm.qmp, shared).await?;
+        let saved = self.save(id, to, false).await;
+        set_ignore_shared(&vm.qmp, false).await?;
+        saved.map(|_| shared.then_some(ram))
     }
 
     async fn save(self: &Arc<Self>, id: &str, to: &Path, end: bool) -> Result<(), DriverError> {
@@ -598,11 +653,27 @@ impl QemuDriver {
         Ok(())
     }
 
-    /// Brings a VM back from saved memory state, paused, then running.
+    /// Brings a VM back from saved memory state, paused, then running. With
+    /// a hot image's RAM file, only device state is read: the RAM is mapped.
     pub async fn restore(self: &Arc<Self>, spec: &VmSpec, from: &Path) -> Result<(), DriverError> {
         let incoming = format!("exec:cat '{}'", from.display());
-        self.spawn(spec, &["-S".into(), "-incoming".into(), incoming], true)
+        if spec.restore_ram.is_some() {
+            self.spawn(
+                spec,
+                &["-S".into(), "-incoming".into(), "defer".into()],
+                true,
+            )
             .await?;
+            let vm = self.vm(&spec.id).await?;
+            set_ignore_shared(&vm.qmp, true).await?;
+            vm.qmp
+                .execute(MigrateIncoming(serde_json::json!({ "uri": incoming })))
+                .await
+                .map_err(qemu_err)?;
+        } else {
+            self.spawn(spec, &["-S".into(), "-incoming".into(), incoming], true)
+                .await?;
+        }
         let vm = self.vm(&spec.id).await?;
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -738,6 +809,19 @@ raw_command!(BlockExportDel, "block-export-del");
 raw_command!(DriveMirror, "drive-mirror");
 raw_command!(QueryBlockJobs, "query-block-jobs");
 raw_command!(BlockJobCancel, "block-job-cancel");
+
+raw_command!(MigrateSetCapabilities, "migrate-set-capabilities");
+
+/// Turns QEMU's `x-ignore-shared` migration capability on or off: with it,
+/// RAM in a shared file backend is not sent (the file is the RAM).
+async fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), DriverError> {
+    qmp.execute(MigrateSetCapabilities(serde_json::json!({
+        "capabilities": [{ "capability": "x-ignore-shared", "state": on }]
+    })))
+    .await
+    .map(drop)
+    .map_err(qemu_err)
+}
 
 /// A free TCP port on `host` (bound, read, released: QEMU binds it next).
 fn free_port(host: &str) -> Result<u16, DriverError> {

@@ -45,6 +45,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         startup: Some(startup.into()),
         forwards: vec![],
         restore: None,
+        restore_ram: None,
     }
 }
 

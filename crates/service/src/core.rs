@@ -30,6 +30,8 @@ pub struct Service {
     pub(crate) store: Store,
     pub(crate) blobs: BlobStore,
     pub(crate) disks: PathBuf,
+    /// Empty overlays made once by qemu-img, copied for each new disk.
+    pub(crate) templates: vws_qemu::img::Templates,
     /// Memory states of paused, checked-in workspaces.
     pub(crate) memory: PathBuf,
     pub(crate) policy: Policy,
@@ -87,6 +89,7 @@ impl Service {
             store,
             blobs,
             disks,
+            templates: vws_qemu::img::Templates::new(settings.home.join("overlay-templates")),
             memory: settings.home.join("memory"),
             policy: settings.policy,
             clock,

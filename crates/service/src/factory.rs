@@ -302,12 +302,15 @@ impl Service {
                     .as_ref()
                     .map_or(image.virtual_size, |x| x.size.0)
                     .max(image.virtual_size);
-                vws_qemu::img::create_overlay(&backing, format, &path, Some(size))
+                self.templates
+                    .overlay(&backing, format, &path, size)
                     .await
                     .map(|()| size)
             }
             ImageKind::Kernel => match &d.hardware.disk {
-                Some(disk) => vws_qemu::img::create(&path, disk.kind.as_str(), disk.size.0)
+                Some(disk) => self
+                    .templates
+                    .blank(&path, disk.kind.as_str(), disk.size.0)
                     .await
                     .map(|()| disk.size.0),
                 None => return Ok(None),

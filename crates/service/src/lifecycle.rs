@@ -752,6 +752,7 @@ impl Service {
         let memory = file("memory", &v["memory"])
             .ok_or_else(|| anyhow::anyhow!("the node returned no memory state"))?;
         let mut files = vec![kernel, initrd, memory];
+        files.extend(file("ram", &v["ram"]));
         let mut virtual_size = 0;
         if let Some(disk) = file("disk", &v["disk"]) {
             let info = vws_qemu::img::info(&self.blobs.path(&disk.digest.parse()?))

@@ -26,6 +26,8 @@ pub enum Suite {
     Job,
     /// creating a workspace (a copy-on-write clone of its image) at several image sizes, against cp
     Clone,
+    /// the paper's Figure 2: a job on the host, in a workspace from a hot image, in a workspace that starts it at boot
+    Paper,
 }
 
 /// `vws bench`.
@@ -54,6 +56,9 @@ pub struct BenchArgs {
     /// Image sizes of the clone suite, in MiB
     #[arg(long, value_delimiter = ',', default_value = "8,1024,8192")]
     pub(crate) clone_mib: Vec<u64>,
+    /// Where the paper suite writes its plot (SVG)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plot: Option<std::path::PathBuf>,
 }
 
 /// min, median, p99 and max of samples, in milliseconds.
@@ -243,5 +248,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Stage => crate::commands::bench_vm::stage_suite(g, &a).await,
         Suite::Job => crate::commands::bench_vm::job_suite(g, &a).await,
         Suite::Clone => crate::commands::bench_vm::clone_suite(g, &a).await,
+        Suite::Paper => crate::commands::bench_paper::paper_suite(g, &a).await,
     }
 }

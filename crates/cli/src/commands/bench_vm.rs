@@ -17,24 +17,24 @@ use crate::output::table;
 use crate::Globals;
 
 /// min / median / max of samples.
-fn summary(mut v: Vec<f64>) -> Value {
+pub(crate) fn summary(mut v: Vec<f64>) -> Value {
     v.sort_by(|a, b| a.total_cmp(b));
     json!({ "min": v[0], "median": v[v.len() / 2], "max": v[v.len() - 1], "n": v.len() })
 }
 
-fn median(v: &Value) -> f64 {
+pub(crate) fn median(v: &Value) -> f64 {
     v["median"].as_f64().unwrap_or(f64::NAN)
 }
 
-struct Rig {
+pub(crate) struct Rig {
     home: PathBuf,
     running: Running,
     node: RunningNode,
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl Rig {
-    async fn up() -> anyhow::Result<Rig> {
+    pub(crate) async fn up() -> anyhow::Result<Rig> {
         let home = std::env::temp_dir().join(format!("vws-bench-vm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home)?;
@@ -71,7 +71,7 @@ impl Rig {
         })
     }
 
-    async fn down(self) -> anyhow::Result<()> {
+    pub(crate) async fn down(self) -> anyhow::Result<()> {
         for ws in self
             .client
             .list_all(&Default::default())
@@ -87,7 +87,7 @@ impl Rig {
     }
 }
 
-fn guest_dir(g: &Globals, a: &BenchArgs) -> anyhow::Result<PathBuf> {
+pub(crate) fn guest_dir(g: &Globals, a: &BenchArgs) -> anyhow::Result<PathBuf> {
     let dir = a
         .guest
         .clone()
@@ -161,7 +161,7 @@ fn bare_qemu_boot(guest: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
     ready
 }
 
-async fn import_guest(client: &Client, guest: &Path) -> anyhow::Result<()> {
+pub(crate) async fn import_guest(client: &Client, guest: &Path) -> anyhow::Result<()> {
     let mut req = json!({ "name": "minimal", "tag": "bench", "cmdline": "console=ttyS0 quiet" });
     for (role, file) in [("kernel", "vmlinuz"), ("initrd", "initrd.img")] {
         let path = guest.join(file);
@@ -180,7 +180,7 @@ async fn import_guest(client: &Client, guest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn env_json() -> Value {
+pub(crate) fn env_json() -> Value {
     let qemu = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -219,45 +219,54 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             rig.client.action(&id, "stop").await?;
             eprintln!("bench start: run {}/{}: vws {:.3} s, bare QEMU {:.3} s", run + 1, a.runs, cold[run], bare[run]);
         }
-        // The hot path: a hot image of the booted workspace, then workspaces
-        // started from it by restore (identity refreshed), not by boot.
-        rig.client.action(&id, "start").await?;
-        rig.client.action(&id, "pause").await?;
-        rig.client.snapshot(&id, "hot:bench").await?;
-        let hot_desc = "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"hot:bench\"\n";
-        let mut hot = Vec::new();
-        for run in 0..a.runs {
-            let w = rig.client.create(hot_desc.into(), Form::Toml, None).await?.record.id;
-            rig.client.deploy(&w, None).await?;
-            let t = Instant::now();
-            rig.client.action(&w, "start").await?;
-            hot.push(t.elapsed().as_secs_f64());
-            rig.client.destroy(&w).await?;
-            eprintln!("bench start: hot run {}/{}: {:.3} s", run + 1, a.runs, hot[run]);
+        rig.client.destroy(&id).await?;
+        // The hot path, at two RAM sizes: a hot image of a booted workspace,
+        // then fresh workspaces started from it by restore (identity
+        // refreshed), timed to ready and to a job's first output.
+        let mut hot = serde_json::Map::new();
+        for mib in [256u64, 2048] {
+            let (ready, job) = hot_runs(&rig.client, mib, a.runs).await?;
+            hot.insert(format!("{mib}MiB"), json!({ "hot_start_s": summary(ready), "hot_start_to_job_output_s": summary(job) }));
         }
-        let (c, b, h) = (summary(cold), summary(bare), summary(hot));
+        let (c, b) = (summary(cold), summary(bare));
         let ratio = median(&c) / median(&b);
-        let hot_over_cold = median(&h) / median(&c);
+        let hot_small = median(&hot["256MiB"]["hot_start_to_job_output_s"]);
+        let hot_big = median(&hot["2048MiB"]["hot_start_to_job_output_s"]);
         let report = json!({
             "suite": "start",
             "runs": a.runs,
-            "metrics": { "cold_start_s": c, "bare_qemu_boot_s": b, "hot_start_s": h },
-            "ratios": { "cold_over_raw_qemu": ratio, "hot_over_cold": hot_over_cold },
+            "metrics": { "cold_start_s": c, "bare_qemu_boot_s": b, "hot": hot },
+            "ratios": {
+                "cold_over_raw_qemu": ratio,
+                "cold_over_hot_256MiB": median(&c) / hot_small,
+                "hot_2GiB_over_hot_256MiB": hot_big / hot_small,
+            },
             "env": env_json(),
         });
         if g.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             let mut t = table(&["", "MIN s", "MEDIAN s", "MAX s"]);
+            let m = &report["metrics"];
             for (name, v) in [
-                ("vws start → ready (cold)", &report["metrics"]["cold_start_s"]),
-                ("bare qemu-system-x86_64 → ready", &report["metrics"]["bare_qemu_boot_s"]),
-                ("vws start from a hot image → ready", &report["metrics"]["hot_start_s"]),
+                ("vws start → ready (cold, 256 MiB)", &m["cold_start_s"]),
+                ("bare qemu-system-x86_64 → ready", &m["bare_qemu_boot_s"]),
+                ("hot start → ready, 256 MiB", &m["hot"]["256MiB"]["hot_start_s"]),
+                ("hot start → first job output, 256 MiB", &m["hot"]["256MiB"]["hot_start_to_job_output_s"]),
+                ("hot start → ready, 2 GiB", &m["hot"]["2048MiB"]["hot_start_s"]),
+                ("hot start → first job output, 2 GiB", &m["hot"]["2048MiB"]["hot_start_to_job_output_s"]),
             ] {
                 t.add_row(vec![name.to_string(), format!("{:.3}", v["min"].as_f64().unwrap_or(0.0)), format!("{:.3}", median(v)), format!("{:.3}", v["max"].as_f64().unwrap_or(0.0))]);
             }
             println!("{t}");
-            println!("cold / bare QEMU = {ratio:.3}; hot / cold = {:.3}  ({} runs, {})", report["ratios"]["hot_over_cold"].as_f64().unwrap_or(0.0), a.runs, report["env"]);
+            let r = &report["ratios"];
+            println!(
+                "cold / bare QEMU = {ratio:.3}; cold / hot (to job output, 256 MiB) = {:.1}x; hot 2 GiB / 256 MiB = {:.2}  ({} runs, {})",
+                r["cold_over_hot_256MiB"].as_f64().unwrap_or(0.0),
+                r["hot_2GiB_over_hot_256MiB"].as_f64().unwrap_or(0.0),
+                a.runs,
+                report["env"]
+            );
         }
         Ok::<_, anyhow::Error>(())
     }
@@ -364,6 +373,45 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     .await;
     rig.down().await?;
     result
+}
+
+/// Makes a hot image of a booted workspace with `mib` of RAM, then times
+/// `runs` fresh workspaces from it: request → ready, and request → first
+/// output of a job run as soon as start returns.
+async fn hot_runs(client: &Client, mib: u64, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let desc = format!("category = \"vm\"\n[hardware]\nram = \"{mib}MiB\"\n[software]\nimage = \"minimal:bench\"\n");
+    let src = client.create(desc, Form::Toml, None).await?.record.id;
+    client.deploy(&src, None).await?;
+    client.action(&src, "start").await?;
+    client.action(&src, "pause").await?;
+    let tag = format!("hot{mib}:bench");
+    client.snapshot(&src, &tag).await?;
+    client.destroy(&src).await?;
+    let hot_desc = format!(
+        "category = \"vm\"\n[hardware]\nram = \"{mib}MiB\"\n[software]\nimage = \"{tag}\"\n"
+    );
+    let (mut ready, mut job) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let w = client
+            .create(hot_desc.clone(), Form::Toml, None)
+            .await?
+            .record
+            .id;
+        client.deploy(&w, None).await?;
+        let t = Instant::now();
+        client.action(&w, "start").await?;
+        ready.push(t.elapsed().as_secs_f64());
+        let out = first_byte(client, &w, &["echo", "hi"]).await?;
+        job.push(ready[run] + out);
+        client.destroy(&w).await?;
+        eprintln!(
+            "bench start: hot {mib} MiB run {}/{runs}: ready {:.3} s, job output {:.3} s",
+            run + 1,
+            ready[run],
+            job[run]
+        );
+    }
+    Ok((ready, job))
 }
 
 /// Time until a job's first stdout byte arrives through the API.
