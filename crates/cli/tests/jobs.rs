@@ -462,6 +462,42 @@ fn jobs_in_a_real_workspace() {
         seen.push((w, fields[1].clone()));
     }
     assert_ne!(seen[0].1, seen[1].1, "each clone has its own MAC");
+    // Their RAM is the hot image's file, mapped private by both QEMUs: the
+    // pages neither has written are the same page-cache pages.
+    let ram_mapping = |w: &str| -> (String, u64) {
+        let pid = std::fs::read_to_string(home.join("node/vms").join(w).join("qemu.pid")).unwrap();
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", pid.trim())).unwrap();
+        let mut found = None;
+        let mut in_cache = false;
+        for line in smaps.lines() {
+            // Mapping headers start with an address range; fields with `Name:`.
+            if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|f| !f.ends_with(':'))
+            {
+                let path = line.split_whitespace().nth(5).unwrap_or("").to_string();
+                in_cache = path.contains("/node/cache/sha256/");
+                if in_cache && found.is_none() {
+                    found = Some((path, 0));
+                }
+            } else if in_cache && line.starts_with("Shared_Clean:") {
+                let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+                if let Some((_, shared)) = found.as_mut() {
+                    *shared += kb << 10;
+                }
+            }
+        }
+        found.expect("a RAM mapping of a file in the node's cache")
+    };
+    let (a, b) = (ram_mapping(&seen[0].0), ram_mapping(&seen[1].0));
+    assert_eq!(a.0, b.0, "both map the same hot image RAM file");
+    assert!(
+        a.1 > 16 << 20 && b.1 > 16 << 20,
+        "pages are shared between the two: {} and {} bytes",
+        a.1,
+        b.1
+    );
     ok(
         home,
         &[
