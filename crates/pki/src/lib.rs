@@ -1,0 +1,645 @@
+//! The certificate authority that comes with vws (paper §3.2: clients and
+//! workspaces authenticate mutually with X.509; authorization looks at the
+//! distinguished name and VOMS-style attributes).
+//!
+//! - A certificate's identity is its subject DN in the slash form
+//!   (`/O=Grid/OU=bio/CN=Alice`) plus attributes carried in a private,
+//!   non-critical extension ([`EXTENSION_OID`]) as a UTF8String holding JSON
+//!   `{"kind": "client"|"node"|"service"|"workspace", "attributes": [[k, v]…]}`.
+//!   The kind keeps roles apart: a node certificate cannot act as a client,
+//!   nor a client as a node.
+//! - Client certificates are for TLS client authentication only; node,
+//!   service and workspace certificates for both ends.
+//! - Revocation is a deny list of serial numbers beside the CA (`revoked`),
+//!   read again whenever it changes; expiry is checked by rustls.
+//!
+//! One crypto provider for the whole build: ring.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use vws_model::Identity;
+
+/// OID of the vws attributes extension (a private arc).
+pub const EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59051, 1, 1];
+
+/// What a certificate may be used as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A user or program calling the API.
+    Client,
+    /// A VW Manager (node).
+    Node,
+    /// The workspace service.
+    Service,
+    /// A workspace's own credential (paper §3.2).
+    Workspace,
+}
+
+impl Kind {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Client => "client",
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Workspace => "workspace",
+        }
+    }
+}
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A distinguished name that cannot be used.
+    #[error("bad distinguished name {dn:?}: {reason}")]
+    BadDn {
+        /// The DN given.
+        dn: String,
+        /// Why.
+        reason: String,
+    },
+    /// A certificate or key that cannot be read.
+    #[error("{0}")]
+    Bad(String),
+    /// No CA where one was expected.
+    #[error("no certificate authority in {0} (run `vws ca init`)")]
+    NoCa(PathBuf),
+    /// A CA already exists.
+    #[error("a certificate authority already exists in {0}")]
+    CaExists(PathBuf),
+    /// Files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// rcgen refused.
+    #[error("making the certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// rustls refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// DN component names accepted in the slash form, and their rcgen types.
+fn dn_type(key: &str) -> Option<DnType> {
+    Some(match key {
+        "CN" => DnType::CommonName,
+        "O" => DnType::OrganizationName,
+        "OU" => DnType::OrganizationalUnitName,
+        "C" => DnType::CountryName,
+        "L" => DnType::LocalityName,
+        "ST" => DnType::StateOrProvinceName,
+        "DC" => DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 25]),
+        _ => return None,
+    })
+}
+
+/// Splits `/O=Grid/OU=bio/CN=Alice` into its components, in order.
+pub fn parse_dn(dn: &str) -> Result<Vec<(String, String)>, PkiError> {
+    let bad = |reason: &str| PkiError::BadDn {
+        dn: dn.into(),
+        reason: reason.into(),
+    };
+    let rest = dn
+        .strip_prefix('/')
+        .ok_or_else(|| bad("it must start with '/', e.g. /O=Grid/OU=bio/CN=Alice"))?;
+    let mut out = Vec::new();
+    for part in rest.split('/') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("component {part:?} is not KEY=VALUE")))?;
+        if dn_type(k).is_none() {
+            return Err(bad(&format!(
+                "unknown component {k:?} (use CN, O, OU, C, L, ST, DC)"
+            )));
+        }
+        if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control()) {
+            return Err(bad(&format!("value of {k} must be 1 to 64 printable characters")));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    if !out.iter().any(|(k, _)| k == "CN") {
+        return Err(bad("it needs a CN"));
+    }
+    Ok(out)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Extension {
+    kind: Kind,
+    #[serde(default)]
+    attributes: Vec<(String, String)>,
+}
+
+/// DER UTF8String of `s`.
+fn der_utf8(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = vec![0x0c];
+    match b.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n <= 0xff => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(b);
+    out
+}
+
+fn from_der_utf8(b: &[u8]) -> Option<&str> {
+    let (&tag, rest) = b.split_first()?;
+    if tag != 0x0c {
+        return None;
+    }
+    let (&l, rest) = rest.split_first()?;
+    let (len, rest) = match l {
+        n if n < 0x80 => (n as usize, rest),
+        0x81 => (*rest.first()? as usize, &rest[1..]),
+        0x82 if rest.len() >= 2 => (((rest[0] as usize) << 8) | rest[1] as usize, &rest[2..]),
+        _ => return None,
+    };
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
+/// What to issue.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Subject DN, slash form.
+    pub dn: String,
+    /// Attributes (VOMS-like), e.g. `("role", "admin")`.
+    pub attributes: Vec<(String, String)>,
+    /// Use.
+    pub kind: Kind,
+    /// Host names and addresses for the subject alternative names (servers).
+    pub hosts: Vec<String>,
+    /// Days of validity from now (0: expires at once).
+    pub days: u32,
+}
+
+/// An issued certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct Issued {
+    /// Certificate.
+    pub cert_pem: String,
+    /// PKCS#8 private key.
+    pub key_pem: String,
+    /// Serial number, hex.
+    pub serial: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Issued")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issued {
+    /// Writes `cert.pem`, `key.pem` (mode 0600) and `ca.pem` into `dir`.
+    pub fn write(&self, dir: &Path, ca_pem: &str) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write_private(&dir.join("key.pem"), &self.key_pem)?;
+        std::fs::write(dir.join("cert.pem"), &self.cert_pem).map_err(io(dir))?;
+        std::fs::write(dir.join("ca.pem"), ca_pem).map_err(io(dir))?;
+        Ok(())
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The certificate authority: `ca.pem`, `ca.key` (0600) and `revoked` in a folder.
+pub struct Ca {
+    dir: PathBuf,
+    cert_pem: String,
+    issuer: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn random_serial() -> SerialNumber {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system's random source");
+    b[0] &= 0x7f;
+    SerialNumber::from_slice(&b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Ca {
+    /// Makes a new CA in `dir`; refuses if one is there.
+    pub fn init(dir: &Path, name: &str) -> Result<Ca, PkiError> {
+        if dir.join("ca.pem").exists() {
+            return Err(PkiError::CaExists(dir.to_path_buf()));
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "vws");
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        write_private(&dir.join("ca.key"), &key.serialize_pem())?;
+        std::fs::write(dir.join("ca.pem"), cert.pem()).map_err(io(dir))?;
+        Ca::open(dir)
+    }
+
+    /// Opens the CA in `dir`.
+    pub fn open(dir: &Path) -> Result<Ca, PkiError> {
+        let cert_path = dir.join("ca.pem");
+        if !cert_path.exists() {
+            return Err(PkiError::NoCa(dir.to_path_buf()));
+        }
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key_path = dir.join("ca.key");
+        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        // Re-made from the stored one: same subject and key, so what it signs
+        // chains to the stored certificate.
+        let issuer = CertificateParams::from_ca_cert_pem(&cert_pem)?.self_signed(&key)?;
+        Ok(Ca {
+            dir: dir.to_path_buf(),
+            cert_pem,
+            issuer,
+            key,
+        })
+    }
+
+    /// Opens the CA in `dir`, making one first if there is none; says whether
+    /// it was made.
+    pub fn open_or_init(dir: &Path) -> Result<(Ca, bool), PkiError> {
+        match Ca::open(dir) {
+            Ok(ca) => Ok((ca, false)),
+            Err(PkiError::NoCa(_)) => Ok((Ca::init(dir, "vws CA")?, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The deny list of revoked serials.
+    pub fn revoked(&self) -> Revoked {
+        Revoked::new(self.dir.join("revoked"))
+    }
+
+    /// Issues a certificate.
+    pub fn issue(&self, req: &Request) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for (k, v) in parse_dn(&req.dn)? {
+            dn.push(dn_type(&k).expect("checked by parse_dn"), v);
+        }
+        params.distinguished_name = dn;
+        for a in &req.attributes {
+            if a.0.is_empty() || a.0.len() > 64 || a.1.len() > 256 {
+                return Err(PkiError::Bad(format!("attribute {}={} is too long or empty", a.0, a.1)));
+            }
+        }
+        let ext = serde_json::to_string(&Extension {
+            kind: req.kind,
+            attributes: req.attributes.clone(),
+        })
+        .expect("serializes");
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(EXTENSION_OID, der_utf8(&ext)));
+        for h in &req.hosts {
+            params.subject_alt_names.push(match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(h.clone().try_into()?),
+            });
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match req.kind {
+            Kind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        let serial = random_serial();
+        let serial_hex = hex(serial.as_ref());
+        params.serial_number = Some(serial);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::days(req.days as i64);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial: serial_hex,
+        })
+    }
+
+    /// Adds a certificate (PEM) or a serial (hex) to the deny list.
+    pub fn revoke(&self, what: &str) -> Result<String, PkiError> {
+        let serial = if what.contains("BEGIN CERTIFICATE") {
+            let der = first_cert_der(what)?;
+            peer_of(&der)?.serial
+        } else {
+            what.trim().to_ascii_lowercase()
+        };
+        if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(PkiError::Bad(format!("{what:?} is not a serial number")));
+        }
+        use std::io::Write;
+        let path = self.dir.join("revoked");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{serial}").map_err(io(&path))?;
+        Ok(serial)
+    }
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    let mut r = pem.as_bytes();
+    let first = rustls_pemfile::certs(&mut r).next();
+    first
+        .ok_or_else(|| PkiError::Bad("no certificate in the PEM text".into()))?
+        .map(|c| c.to_vec())
+        .map_err(|e| PkiError::Bad(format!("reading a certificate: {e}")))
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// DN and attributes.
+    pub identity: Identity,
+    /// What the certificate is for.
+    pub kind: Kind,
+    /// Serial number, hex.
+    pub serial: String,
+}
+
+/// Reads the identity out of a certificate (DER).
+pub fn peer_of(der: &[u8]) -> Result<Peer, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Bad(format!("parsing a certificate: {e}")))?;
+    let registry = x509_parser::objects::oid_registry();
+    let mut dn = String::new();
+    for rdn in cert.subject().iter() {
+        for attr in rdn.iter() {
+            let key = match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok("domainComponent") => "DC".to_string(),
+                Ok(k) => k.to_string(),
+                Err(_) => attr.attr_type().to_id_string(),
+            };
+            let value = attr
+                .as_str()
+                .map_err(|e| PkiError::Bad(format!("a DN value: {e}")))?;
+            dn.push_str(&format!("/{key}={value}"));
+        }
+    }
+    let oid = x509_parser::der_parser::oid::Oid::from(EXTENSION_OID)
+        .map_err(|_| PkiError::Bad("extension OID".into()))?;
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == oid)
+        .and_then(|e| from_der_utf8(e.value))
+        .and_then(|s| serde_json::from_str::<Extension>(s).ok())
+        .ok_or_else(|| PkiError::Bad("the certificate has no vws attributes extension".into()))?;
+    Ok(Peer {
+        identity: Identity {
+            dn,
+            attributes: ext.attributes,
+        },
+        kind: ext.kind,
+        serial: hex(cert.raw_serial()),
+    })
+}
+
+/// Serials refused although their certificates verify; re-read when the
+/// file changes.
+#[derive(Clone)]
+pub struct Revoked {
+    path: PathBuf,
+    cache: Arc<Mutex<(Option<std::time::SystemTime>, HashSet<String>)>>,
+}
+
+impl Revoked {
+    /// The list kept in `path` (absent: nothing revoked).
+    pub fn new(path: PathBuf) -> Self {
+        Revoked {
+            path,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Whether `serial` (hex) is revoked.
+    pub fn contains(&self, serial: &str) -> bool {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != modified {
+            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+            cache.1 = text
+                .lines()
+                .map(|l| l.trim().to_ascii_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect();
+            cache.0 = modified;
+        }
+        cache.1.contains(&serial.to_ascii_lowercase())
+    }
+}
+
+/// A certificate, its key and the CA to trust, as PEM text.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Trusted CA.
+    pub ca_pem: String,
+    /// Own certificate.
+    pub cert_pem: String,
+    /// Own private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+impl Credentials {
+    /// Reads `cert`, `key` and `ca` files.
+    pub fn read(cert: &Path, key: &Path, ca: &Path) -> Result<Credentials, PkiError> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
+        Ok(Credentials {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        })
+    }
+
+    /// Reads `cert.pem`, `key.pem` and `ca.pem` from a folder.
+    pub fn from_dir(dir: &Path) -> Result<Credentials, PkiError> {
+        Credentials::read(
+            &dir.join("cert.pem"),
+            &dir.join("key.pem"),
+            &dir.join("ca.pem"),
+        )
+    }
+
+    /// The identity these credentials carry.
+    pub fn peer(&self) -> Result<Peer, PkiError> {
+        peer_of(&first_cert_der(&self.cert_pem)?)
+    }
+
+    /// A TLS server configuration that requires client certificates chained
+    /// to the CA (expired ones fail the handshake).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(first_cert_der(&self.ca_pem)?.into())
+            .map_err(PkiError::Tls)?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| PkiError::Bad(format!("client verifier: {e}")))?;
+        let mut r = self.cert_pem.as_bytes();
+        let chain = rustls_pemfile::certs(&mut r)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PkiError::Bad(format!("reading the certificate: {e}")))?;
+        let mut r = self.key_pem.as_bytes();
+        let key = rustls_pemfile::private_key(&mut r)
+            .map_err(|e| PkiError::Bad(format!("reading the key: {e}")))?
+            .ok_or_else(|| PkiError::Bad("no private key in the key file".into()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(dn: &str, kind: Kind) -> Request {
+        Request {
+            dn: dn.into(),
+            attributes: vec![("vo".into(), "bio".into()), ("role".into(), "admin".into())],
+            kind,
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            days: 30,
+        }
+    }
+
+    #[test]
+    fn issued_certificates_carry_dn_attributes_and_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path(), "test CA").unwrap();
+        assert!(matches!(Ca::init(dir.path(), "again"), Err(PkiError::CaExists(_))));
+        let issued = ca.issue(&req("/O=Grid/OU=bio/CN=Alice", Kind::Client)).unwrap();
+        let peer = peer_of(&first_cert_der(&issued.cert_pem).unwrap()).unwrap();
+        assert_eq!(peer.identity.dn, "/O=Grid/OU=bio/CN=Alice");
+        assert!(peer.identity.is_admin() && peer.identity.has("vo", "bio"));
+        assert_eq!(peer.kind, Kind::Client);
+        assert_eq!(peer.serial, issued.serial);
+        // A reopened CA signs certificates that chain to the same root.
+        let again = Ca::open(dir.path()).unwrap();
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+        let node = again.issue(&req("/O=vws/OU=nodes/CN=n1", Kind::Node)).unwrap();
+        assert_eq!(peer_of(&first_cert_der(&node.cert_pem).unwrap()).unwrap().kind, Kind::Node);
+        let creds = Credentials {
+            ca_pem: ca.cert_pem().into(),
+            cert_pem: node.cert_pem.clone(),
+            key_pem: node.key_pem.clone(),
+        };
+        creds.server_config().unwrap();
+        assert!(!format!("{node:?}").contains("PRIVATE"), "keys are never printed");
+    }
+
+    #[test]
+    fn dns_are_checked() {
+        assert_eq!(
+            parse_dn("/O=Grid/OU=bio/CN=Alice").unwrap(),
+            vec![
+                ("O".to_string(), "Grid".to_string()),
+                ("OU".into(), "bio".into()),
+                ("CN".into(), "Alice".into())
+            ]
+        );
+        for bad in ["O=Grid/CN=x", "/O=Grid", "/X=1/CN=a", "/CN=", "/CN=a\nb", "/CN"] {
+            assert!(parse_dn(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn revocation_by_serial_or_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path(), "test CA").unwrap();
+        let a = ca.issue(&req("/CN=a", Kind::Client)).unwrap();
+        let b = ca.issue(&req("/CN=b", Kind::Client)).unwrap();
+        let revoked = ca.revoked();
+        assert!(!revoked.contains(&a.serial));
+        assert_eq!(ca.revoke(&a.cert_pem).unwrap(), a.serial);
+        assert!(revoked.contains(&a.serial) && !revoked.contains(&b.serial));
+        ca.revoke(&b.serial.to_uppercase()).unwrap();
+        assert!(revoked.contains(&b.serial));
+        assert!(ca.revoke("not-hex").is_err());
+    }
+
+    #[test]
+    fn der_strings_of_all_lengths() {
+        for n in [0, 5, 127, 128, 255, 256, 4000] {
+            let s = "x".repeat(n);
+            assert_eq!(from_der_utf8(&der_utf8(&s)), Some(s.as_str()));
+        }
+        assert_eq!(from_der_utf8(&[0x0c, 0x05, b'a']), None);
+    }
+}
