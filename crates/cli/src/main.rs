@@ -27,6 +27,15 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
+    /// Client certificate to present [default: VWS_HOME/pki/admin/cert.pem, made by `vws up`]
+    #[arg(long, global = true, env = "VWS_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Its private key
+    #[arg(long, global = true, env = "VWS_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// CA to trust [default: ca.pem beside --cert, else VWS_HOME/pki/ca/ca.pem]
+    #[arg(long, global = true, env = "VWS_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -88,6 +97,12 @@ enum Command {
     Image(commands::images::ImageCommand),
     /// Measure vws (see docs/benchmarks.md)
     Bench(commands::bench::BenchArgs),
+    /// The certificate authority (vws up makes one on first run)
+    #[command(subcommand)]
+    Ca(commands::pki::CaCommand),
+    /// Issue, revoke or show certificates
+    #[command(subcommand)]
+    Cert(commands::pki::CertCommand),
 }
 
 /// Settings every command may need.
@@ -96,15 +111,16 @@ pub struct Globals {
     home: PathBuf,
     server: Option<String>,
     json: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 impl Globals {
     /// A client of the service this environment points at.
     pub fn client(&self) -> anyhow::Result<vws_client::Client> {
-        Ok(vws_client::Client::new(&config::server_url(
-            self.server.clone(),
-            &self.home,
-        )?))
+        let url = config::server_url(self.server.clone(), &self.home)?;
+        vws_client::Client::with_credentials(&url, &commands::pki::client_credentials(self)?)
     }
 }
 
@@ -158,6 +174,9 @@ fn main() -> ExitCode {
         home,
         server: cli.server,
         json: cli.json,
+        cert: cli.cert,
+        key: cli.key,
+        ca: cli.ca,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
@@ -188,6 +207,8 @@ fn main() -> ExitCode {
             Command::Renew(a) => commands::workspaces::renew(&g, a).await,
             Command::Image(c) => commands::images::run(&g, c).await,
             Command::Bench(a) => commands::bench::run(&g, a).await,
+            Command::Ca(c) => commands::pki::ca(&g, c),
+            Command::Cert(c) => commands::pki::cert(&g, c),
         }
     });
     match result {

@@ -292,6 +292,7 @@ fn jobs_in_a_real_workspace() {
     let span =
         "a=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(cut -d' ' -f1 /proc/uptime); echo $a $b";
     let body = serde_json::json!({ "concurrency": 2, "jobs": (0..6).map(|_| serde_json::json!({ "argv": ["sh", "-c", span] })).collect::<Vec<_>>() });
+    let pki = home.join("pki");
     let out = Command::new("curl")
         .args([
             "-sf",
@@ -299,8 +300,14 @@ fn jobs_in_a_real_workspace() {
             "content-type: application/json",
             "-d",
             &body.to_string(),
-            &url,
         ])
+        .arg("--cacert")
+        .arg(pki.join("ca/ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("admin/cert.pem"))
+        .arg("--key")
+        .arg(pki.join("admin/key.pem"))
+        .arg(&url)
         .output()
         .unwrap();
     assert!(

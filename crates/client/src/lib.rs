@@ -110,6 +110,27 @@ impl Client {
         }
     }
 
+    /// A client using a ready HTTP client (e.g. one presenting a TLS
+    /// client certificate: [`vws_pki::Credentials::http_client`]).
+    pub fn with_http(base: &str, http: reqwest::Client) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    /// A client presenting `credentials` over mutual TLS.
+    pub fn with_credentials(
+        base: &str,
+        credentials: &vws_pki::Credentials,
+    ) -> anyhow::Result<Client> {
+        let http = credentials
+            .http_client()?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        Ok(Client::with_http(base, http))
+    }
+
     /// The service's base URL.
     pub fn base(&self) -> &str {
         &self.base

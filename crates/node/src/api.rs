@@ -370,3 +370,25 @@ async fn snapshot(
 ) -> Result<Response, NodeError> {
     Ok(Json(m.snapshot(&id).await?).into_response())
 }
+
+/// The node's router behind mutual TLS: only the service's certificate may
+/// call it (a client's or another node's is refused with 403).
+pub fn secured(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(
+        |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match req.extensions().get::<vws_pki::Peer>().map(|p| p.kind) {
+                Some(vws_pki::Kind::Service) => next.run(req).await,
+                other => {
+                    let who = other.map_or("no", |k| k.as_str());
+                    tracing::warn!(certificate = who, "refused a caller that is not the service");
+                    (
+                        StatusCode::FORBIDDEN,
+                        Json(serde_json::json!({ "error": { "code": "forbidden",
+                            "message": format!("only the service may call a node, not a {who} certificate") } })),
+                    )
+                        .into_response()
+                }
+            }
+        },
+    ))
+}

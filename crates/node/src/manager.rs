@@ -61,9 +61,11 @@ pub struct Manager {
 
 impl Manager {
     /// A manager keeping its state under `home`; unexpected VM exits go to `events`.
+    /// `http` is how it reaches the repository (with the node's certificate).
     pub fn new(
         name: String,
         home: PathBuf,
+        http: reqwest::Client,
         events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
         jobs_done: JobDone,
     ) -> anyhow::Result<Manager> {
@@ -81,7 +83,7 @@ impl Manager {
             name,
             home,
             driver,
-            http: reqwest::Client::new(),
+            http,
             accel,
             progress: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
@@ -797,10 +799,8 @@ pub async fn report_to_service(
     mut jobs_done: tokio::sync::mpsc::UnboundedReceiver<(String, JobEvent, u64)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("HTTP client");
+    let http = manager.http.clone();
+    let post = |url: String| http.post(url).timeout(Duration::from_secs(10));
     let mut registered = false;
     let mut tick = tokio::time::interval(every);
     tokio::pin!(shutdown);
@@ -819,13 +819,13 @@ pub async fn report_to_service(
                     _ => continue,
                 };
                 let url = format!("{service}/v1/nodes/{}/jobs/{job}", manager.name);
-                if let Err(e) = http.post(url).json(&report).send().await.and_then(|r| r.error_for_status()) {
+                if let Err(e) = post(url).json(&report).send().await.and_then(|r| r.error_for_status()) {
                     tracing::warn!(%job, error = %e, "could not report a finished job");
                 }
             }
             Some(ev) = events.recv() => {
                 let body = NodeEvent { id: ev.id, reason: ev.reason };
-                let r = http.post(format!("{service}/v1/nodes/{}/events", manager.name)).json(&body).send().await;
+                let r = post(format!("{service}/v1/nodes/{}/events", manager.name)).json(&body).send().await;
                 if let Err(e) = r.and_then(|r| r.error_for_status()) {
                     tracing::warn!(error = %e, "could not report a workspace event");
                 }
@@ -833,10 +833,10 @@ pub async fn report_to_service(
             _ = tick.tick() => {
                 let report = manager.report().await;
                 let result = if registered {
-                    http.post(format!("{service}/v1/nodes/{}/heartbeat", manager.name)).json(&report).send().await
+                    post(format!("{service}/v1/nodes/{}/heartbeat", manager.name)).json(&report).send().await
                 } else {
                     let reg = Registration { name: manager.name.clone(), url: url.clone(), report };
-                    http.post(format!("{service}/v1/nodes")).json(&reg).send().await
+                    post(format!("{service}/v1/nodes")).json(&reg).send().await
                 };
                 match result.and_then(|r| r.error_for_status()) {
                     Ok(_) => {

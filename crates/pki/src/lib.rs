@@ -26,6 +26,8 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use vws_model::Identity;
 
+pub mod serve;
+
 /// OID of the vws attributes extension (a private arc).
 pub const EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59051, 1, 1];
 
@@ -132,7 +134,9 @@ pub fn parse_dn(dn: &str) -> Result<Vec<(String, String)>, PkiError> {
             )));
         }
         if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control()) {
-            return Err(bad(&format!("value of {k} must be 1 to 64 printable characters")));
+            return Err(bad(&format!(
+                "value of {k} must be 1 to 64 printable characters"
+            )));
         }
         out.push((k.to_string(), v.to_string()));
     }
@@ -336,7 +340,10 @@ impl Ca {
         params.distinguished_name = dn;
         for a in &req.attributes {
             if a.0.is_empty() || a.0.len() > 64 || a.1.len() > 256 {
-                return Err(PkiError::Bad(format!("attribute {}={} is too long or empty", a.0, a.1)));
+                return Err(PkiError::Bad(format!(
+                    "attribute {}={} is too long or empty",
+                    a.0, a.1
+                )));
             }
         }
         let ext = serde_json::to_string(&Extension {
@@ -346,12 +353,17 @@ impl Ca {
         .expect("serializes");
         params
             .custom_extensions
-            .push(CustomExtension::from_oid_content(EXTENSION_OID, der_utf8(&ext)));
+            .push(CustomExtension::from_oid_content(
+                EXTENSION_OID,
+                der_utf8(&ext),
+            ));
         for h in &req.hosts {
-            params.subject_alt_names.push(match h.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(h.clone().try_into()?),
-            });
+            params
+                .subject_alt_names
+                .push(match h.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(h.clone().try_into()?),
+                });
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match req.kind {
@@ -536,6 +548,21 @@ impl Credentials {
         peer_of(&first_cert_der(&self.cert_pem)?)
     }
 
+    /// An HTTP client builder that presents these credentials and trusts
+    /// only the CA (no built-in roots).
+    pub fn http_client(&self) -> Result<reqwest::ClientBuilder, PkiError> {
+        let identity =
+            reqwest::Identity::from_pem(format!("{}\n{}", self.cert_pem, self.key_pem).as_bytes())
+                .map_err(|e| PkiError::Bad(format!("client identity: {e}")))?;
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes())
+            .map_err(|e| PkiError::Bad(format!("CA certificate: {e}")))?;
+        Ok(reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity))
+    }
+
     /// A TLS server configuration that requires client certificates chained
     /// to the CA (expired ones fail the handshake).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
@@ -544,10 +571,12 @@ impl Credentials {
         roots
             .add(first_cert_der(&self.ca_pem)?.into())
             .map_err(PkiError::Tls)?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| PkiError::Bad(format!("client verifier: {e}")))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| PkiError::Bad(format!("client verifier: {e}")))?;
         let mut r = self.cert_pem.as_bytes();
         let chain = rustls_pemfile::certs(&mut r)
             .collect::<Result<Vec<_>, _>>()
@@ -583,8 +612,13 @@ mod tests {
     fn issued_certificates_carry_dn_attributes_and_kind() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::init(dir.path(), "test CA").unwrap();
-        assert!(matches!(Ca::init(dir.path(), "again"), Err(PkiError::CaExists(_))));
-        let issued = ca.issue(&req("/O=Grid/OU=bio/CN=Alice", Kind::Client)).unwrap();
+        assert!(matches!(
+            Ca::init(dir.path(), "again"),
+            Err(PkiError::CaExists(_))
+        ));
+        let issued = ca
+            .issue(&req("/O=Grid/OU=bio/CN=Alice", Kind::Client))
+            .unwrap();
         let peer = peer_of(&first_cert_der(&issued.cert_pem).unwrap()).unwrap();
         assert_eq!(peer.identity.dn, "/O=Grid/OU=bio/CN=Alice");
         assert!(peer.identity.is_admin() && peer.identity.has("vo", "bio"));
@@ -593,15 +627,25 @@ mod tests {
         // A reopened CA signs certificates that chain to the same root.
         let again = Ca::open(dir.path()).unwrap();
         assert_eq!(again.cert_pem(), ca.cert_pem());
-        let node = again.issue(&req("/O=vws/OU=nodes/CN=n1", Kind::Node)).unwrap();
-        assert_eq!(peer_of(&first_cert_der(&node.cert_pem).unwrap()).unwrap().kind, Kind::Node);
+        let node = again
+            .issue(&req("/O=vws/OU=nodes/CN=n1", Kind::Node))
+            .unwrap();
+        assert_eq!(
+            peer_of(&first_cert_der(&node.cert_pem).unwrap())
+                .unwrap()
+                .kind,
+            Kind::Node
+        );
         let creds = Credentials {
             ca_pem: ca.cert_pem().into(),
             cert_pem: node.cert_pem.clone(),
             key_pem: node.key_pem.clone(),
         };
         creds.server_config().unwrap();
-        assert!(!format!("{node:?}").contains("PRIVATE"), "keys are never printed");
+        assert!(
+            !format!("{node:?}").contains("PRIVATE"),
+            "keys are never printed"
+        );
     }
 
     #[test]
@@ -614,7 +658,14 @@ mod tests {
                 ("CN".into(), "Alice".into())
             ]
         );
-        for bad in ["O=Grid/CN=x", "/O=Grid", "/X=1/CN=a", "/CN=", "/CN=a\nb", "/CN"] {
+        for bad in [
+            "O=Grid/CN=x",
+            "/O=Grid",
+            "/X=1/CN=a",
+            "/CN=",
+            "/CN=a\nb",
+            "/CN",
+        ] {
             assert!(parse_dn(bad).is_err(), "{bad}");
         }
     }

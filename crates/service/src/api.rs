@@ -32,8 +32,11 @@ pub const MAX_BODY: usize = 1 << 20;
 /// How a request's identity is established.
 #[derive(Clone, Debug)]
 pub enum Auth {
-    /// Loopback-only service: every request acts as this local identity.
+    /// Every request acts as this identity (in-process tests).
     Local(Identity),
+    /// Mutual TLS: the client certificate's [`vws_pki::Peer`], put in the
+    /// request's extensions by [`vws_pki::serve::serve_tls`].
+    Tls,
 }
 
 /// What handlers share.
@@ -48,15 +51,112 @@ pub struct AppState {
 /// The caller of a request.
 pub struct Caller(pub Identity);
 
+fn peer(parts: &Parts) -> Result<&vws_pki::Peer, ServiceError> {
+    parts
+        .extensions
+        .get::<vws_pki::Peer>()
+        .ok_or_else(|| ServiceError::Unauthenticated("no client certificate".into()))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ServiceError;
 
+    /// Client actions take client certificates only: a node's certificate
+    /// cannot act for a user.
     async fn from_request_parts(
-        _parts: &mut Parts,
+        parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         match &state.auth {
             Auth::Local(id) => Ok(Caller(id.clone())),
+            Auth::Tls => {
+                let p = peer(parts)?;
+                match p.kind {
+                    vws_pki::Kind::Client => Ok(Caller(p.identity.clone())),
+                    kind => Err(ServiceError::Forbidden(format!(
+                        "a {} certificate cannot call client actions",
+                        kind.as_str()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// The node calling (registration, heartbeats, reports, check-in): its
+/// certificate's CN is its name, and it may speak only for itself.
+pub struct NodeCaller(Option<String>);
+
+impl NodeCaller {
+    /// Refuses a node speaking for another.
+    pub fn check(&self, name: &str) -> Result<(), ServiceError> {
+        match &self.0 {
+            Some(cn) if cn != name => Err(ServiceError::Forbidden(format!(
+                "node {cn} cannot act as node {name}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn common_name(dn: &str) -> Option<String> {
+    dn.rsplit('/')
+        .find_map(|c| c.strip_prefix("CN="))
+        .map(str::to_string)
+}
+
+impl FromRequestParts<AppState> for NodeCaller {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match &state.auth {
+            Auth::Local(_) => Ok(NodeCaller(None)),
+            Auth::Tls => {
+                let p = peer(parts)?;
+                match p.kind {
+                    vws_pki::Kind::Node => Ok(NodeCaller(common_name(&p.identity.dn))),
+                    kind => Err(ServiceError::Forbidden(format!(
+                        "only nodes may do this, not a {} certificate",
+                        kind.as_str()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// A client or a node: blobs, and the disk and memory a node stages and
+/// returns (nodes are trusted with every workspace placed on them).
+pub enum AnyCaller {
+    /// A client.
+    Client(Identity),
+    /// A node.
+    Node,
+}
+
+impl FromRequestParts<AppState> for AnyCaller {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match &state.auth {
+            Auth::Local(id) => Ok(AnyCaller::Client(id.clone())),
+            Auth::Tls => {
+                let p = peer(parts)?;
+                match p.kind {
+                    vws_pki::Kind::Client => Ok(AnyCaller::Client(p.identity.clone())),
+                    vws_pki::Kind::Node => Ok(AnyCaller::Node),
+                    kind => Err(ServiceError::Forbidden(format!(
+                        "a {} certificate cannot do this",
+                        kind.as_str()
+                    ))),
+                }
+            }
         }
     }
 }
@@ -492,7 +592,7 @@ async fn remove_image(
 
 async fn has_blob(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ServiceError> {
     match s.service.has_blob(&digest).await? {
@@ -507,7 +607,7 @@ async fn has_blob(
 
 async fn upload(
     State(s): State<AppState>,
-    Caller(who): Caller,
+    _who: AnyCaller,
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
@@ -516,7 +616,7 @@ async fn upload(
         .into_data_stream()
         .map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
-    let (d, size) = s.service.put_blob(&who, &digest, reader).await?;
+    let (d, size) = s.service.put_blob(&digest, reader).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "digest": d.to_string(), "size": size })),
@@ -547,7 +647,7 @@ async fn manifest_of(path: std::path::PathBuf) -> Result<Response, ServiceError>
 
 async fn download(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
@@ -560,7 +660,7 @@ async fn download(
 
 async fn blob_chunks(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ServiceError> {
     let d: vws_store::Digest = digest.parse()?;
@@ -664,7 +764,7 @@ fn relay(resp: reqwest::Response, content_type: &'static str) -> Response {
 
 async fn disk(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(id): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
@@ -673,7 +773,7 @@ async fn disk(
 
 async fn disk_chunks(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     manifest_of(s.service.disk_path(&id).await?).await
@@ -681,7 +781,7 @@ async fn disk_chunks(
 
 async fn receive_disk(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _node: NodeCaller,
     Path(id): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
@@ -709,21 +809,25 @@ async fn nodes(State(s): State<AppState>, Caller(_who): Caller) -> Result<Respon
 
 async fn register_node(
     State(s): State<AppState>,
+    node: NodeCaller,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let reg: vws_model::node::Registration = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected a registration".into()))?;
+    node.check(&reg.name)?;
     s.service.register_node(reg).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn heartbeat(
     State(s): State<AppState>,
+    node: NodeCaller,
     Path(name): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    node.check(&name)?;
     let report: vws_model::node::NodeReport = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected a node report".into()))?;
     s.service.node_heartbeat(&name, report).await?;
@@ -732,10 +836,12 @@ async fn heartbeat(
 
 async fn node_event(
     State(s): State<AppState>,
+    node: NodeCaller,
     Path(name): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    node.check(&name)?;
     let ev: vws_model::node::NodeEvent = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected an event".into()))?;
     s.service.node_event(&name, ev).await?;
@@ -794,10 +900,12 @@ async fn job_output(
 
 async fn job_report(
     State(s): State<AppState>,
+    node: NodeCaller,
     Path((name, job)): Path<(String, String)>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    node.check(&name)?;
     let rep: vws_model::node::JobReport = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected a job report".into()))?;
     s.service.job_ended(&name, &job, rep).await?;
@@ -887,7 +995,7 @@ async fn memory_file(s: &AppState, id: &str) -> Result<std::path::PathBuf, Servi
 
 async fn memory(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(id): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
@@ -896,7 +1004,7 @@ async fn memory(
 
 async fn memory_chunks(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _who: AnyCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     manifest_of(memory_file(&s, &id).await?).await
@@ -904,7 +1012,7 @@ async fn memory_chunks(
 
 async fn receive_memory(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    _node: NodeCaller,
     Path(id): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {

@@ -23,6 +23,9 @@ pub struct Settings {
     pub public_url: String,
     /// The factory's policy.
     pub policy: Policy,
+    /// The service's own certificate, for calling nodes over mutual TLS
+    /// (none: nodes are called over plain HTTP, for tests on loopback).
+    pub credentials: Option<vws_pki::Credentials>,
 }
 
 /// The VW Factory and VW Repository behind one handle.
@@ -95,7 +98,7 @@ impl Service {
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),
-            node_http: Service::node_client(),
+            node_http: Service::node_client(settings.credentials.as_ref())?,
         };
         service.collect_garbage().await?;
         Ok(service)

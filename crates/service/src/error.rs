@@ -30,6 +30,9 @@ pub enum ServiceError {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The caller did not say who it is.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -134,6 +137,7 @@ impl ServiceError {
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ServiceError::Policy(_) => (StatusCode::FORBIDDEN, "policy_refused"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ServiceError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

@@ -658,11 +658,14 @@ impl Service {
     }
 
     /// How long nodes may take: staging is bounded by the node's own checks.
-    pub(crate) fn node_client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("HTTP client")
+    pub(crate) fn node_client(
+        credentials: Option<&vws_pki::Credentials>,
+    ) -> anyhow::Result<reqwest::Client> {
+        let builder = match credentials {
+            Some(c) => c.http_client()?,
+            None => reqwest::Client::builder(),
+        };
+        Ok(builder.connect_timeout(Duration::from_secs(5)).build()?)
     }
 }
 

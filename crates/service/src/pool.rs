@@ -46,7 +46,6 @@ impl Service {
     /// Stores an uploaded blob after checking it hashes to `digest`.
     pub async fn put_blob(
         &self,
-        _who: &Identity,
         digest: &str,
         body: impl AsyncRead + Unpin,
     ) -> Result<(Digest, u64), ServiceError> {

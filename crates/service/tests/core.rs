@@ -515,11 +515,7 @@ async fn images_in_use_stay_and_unused_ones_go_with_their_files() {
 async fn imports_check_their_content() {
     let h = harness(Backend::Sqlite, OPEN).await;
     let good = vws_store::Digest::of(b"abc").to_string();
-    let err = h
-        .service
-        .put_blob(&admin(), &good, &b"abd"[..])
-        .await
-        .unwrap_err();
+    let err = h.service.put_blob(&good, &b"abd"[..]).await.unwrap_err();
     assert_eq!(err_status(err), 422);
     let req = vws_service::pool::ImportRequest {
         name: "x".into(),
@@ -561,7 +557,7 @@ async fn imports_check_their_content() {
         .unwrap();
     let bytes = std::fs::read(&over).unwrap();
     let d = vws_store::Digest::of(&bytes).to_string();
-    h.service.put_blob(&admin(), &d, &bytes[..]).await.unwrap();
+    h.service.put_blob(&d, &bytes[..]).await.unwrap();
     let req = vws_service::pool::ImportRequest {
         name: "o".into(),
         tag: "1".into(),

@@ -164,7 +164,7 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     }
     .start()
     .await?;
-    let client = Client::new(&running.url);
+    let client = Client::with_credentials(&running.url, &running.admin)?;
     let result = async {
         // A kernel image: creating its workspaces needs no disk, so this
         // measures the API and the database, not qemu-img.

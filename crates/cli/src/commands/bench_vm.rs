@@ -55,9 +55,10 @@ impl Rig {
             "127.0.0.1:0".parse()?,
             Duration::from_millis(500),
             Duration::ZERO,
+            crate::commands::pki::node_credentials(&home, "bench")?,
         )
         .await?;
-        let client = Client::new(&running.url);
+        let client = Client::with_credentials(&running.url, &running.admin)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while client.nodes().await?.is_empty() {
             anyhow::ensure!(Instant::now() < deadline, "the bench node did not register");
@@ -312,7 +313,7 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         for run in 0..a.runs {
             let out = rig.home.join("curl.out");
             let t = Instant::now();
-            let ok = tokio::process::Command::new("curl").args(["-sf", "-o"]).arg(&out).arg(&url).status().await.context("running curl")?;
+            let ok = tokio::process::Command::new("curl").args(["-sf", "-o"]).arg(&out).arg("--cacert").arg(rig.home.join("pki/ca/ca.pem")).arg("--cert").arg(rig.home.join("pki/admin/cert.pem")).arg("--key").arg(rig.home.join("pki/admin/key.pem")).arg(&url).status().await.context("running curl")?;
             anyhow::ensure!(ok.success(), "curl failed");
             curl.push(size as f64 / t.elapsed().as_secs_f64() / 1048576.0);
             let t = Instant::now();

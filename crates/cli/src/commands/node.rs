@@ -50,6 +50,16 @@ pub struct RunArgs {
     /// Seconds a stop waits for the guest to power off before forcing it
     #[arg(long, default_value_t = 5)]
     stop_grace: u64,
+    /// The node's certificate (from `vws cert issue --host NAME`) [default:
+    /// VWS_HOME/pki/nodes/NAME, issued by the local CA on first run]
+    #[arg(long = "node-cert", env = "VWS_NODE_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Its private key
+    #[arg(long = "node-key", env = "VWS_NODE_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// CA to trust [default: ca.pem beside the certificate]
+    #[arg(long = "node-ca", env = "VWS_NODE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// A node running in this process.
@@ -79,10 +89,15 @@ pub async fn launch(
     listen: SocketAddr,
     heartbeat: Duration,
     stop_grace: Duration,
+    credentials: vws_pki::Credentials,
 ) -> anyhow::Result<RunningNode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut manager = Manager::new(name, home, tx, jobs_tx)?;
+    let http = credentials
+        .http_client()?
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let mut manager = Manager::new(name, home, http, tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
     // Incoming migrations listen where the node's API does (loopback stays
     // loopback; a wildcard listen means "any of this host's addresses").
@@ -98,16 +113,16 @@ pub async fn launch(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("node listening on {listen}"))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let url = format!("https://{}", listener.local_addr()?);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut s1 = stop_rx.clone();
-    let router = vws_node::api::router(manager.clone());
+    let router = vws_node::api::secured(vws_node::api::router(manager.clone()));
+    let tls = Arc::new(credentials.server_config()?);
     let api = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = s1.wait_for(|s| *s).await;
-            })
-            .await;
+        let _ = vws_pki::serve::serve_tls(listener, tls, None, router, async move {
+            let _ = s1.wait_for(|s| *s).await;
+        })
+        .await;
     });
     let mut s2 = stop_rx;
     let reporter = tokio::spawn(vws_node::manager::report_to_service(
@@ -148,6 +163,14 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
     };
     let home = r.node_home.unwrap_or_else(|| g.home.join("node"));
     let name = r.name.unwrap_or_else(host_name);
+    let credentials = match (&r.cert, &r.key) {
+        (Some(c), Some(k)) => {
+            let ca = r.ca.clone().unwrap_or_else(|| c.with_file_name("ca.pem"));
+            vws_pki::Credentials::read(c, k, &ca)?
+        }
+        (None, None) => crate::commands::pki::node_credentials(&g.home, &name)?,
+        _ => anyhow::bail!("--cert and --key go together"),
+    };
     let node = launch(
         name.clone(),
         home.clone(),
@@ -155,6 +178,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         r.listen,
         Duration::from_secs(r.heartbeat.max(1)),
         Duration::from_secs(r.stop_grace),
+        credentials,
     )
     .await?;
     eprintln!(

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use vws_model::Identity;
 use vws_service::api::{self, AppState, Auth};
 use vws_service::{Policy, Service, Settings, SystemClock};
 
@@ -17,7 +16,7 @@ use crate::Globals;
 /// `[service]` table, then to the default.
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// Address to listen on (loopback only until mutual TLS) [default: 127.0.0.1:7480]
+    /// Address to listen on (mutual TLS) [default: 127.0.0.1:7480]
     #[arg(long, env = "VWS_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
     /// Database: sqlite:PATH or postgres://… [default: sqlite:VWS_HOME/vws.db]
@@ -26,7 +25,7 @@ pub struct UpArgs {
     /// Factory policy file (TOML) [default: VWS_HOME/policy.toml if present]
     #[arg(long, env = "VWS_POLICY", value_name = "FILE")]
     policy: Option<std::path::PathBuf>,
-    /// URL clients use to reach this service, for EPRs [default: http://LISTEN]
+    /// URL clients use to reach this service, for EPRs [default: https://LISTEN]
     #[arg(long, env = "VWS_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
     /// Seconds between rounds of the lifetime reaper [default: 10]
@@ -34,9 +33,9 @@ pub struct UpArgs {
     reap_interval: Option<u64>,
 }
 
-/// The OS user running the service: until mutual TLS, every request acts as
-/// this user (the service listens on loopback only).
-fn local_identity() -> Identity {
+/// The OS user running the service: the CN of the administrator's
+/// certificate made on first run.
+pub fn local_user_name() -> String {
     let uid = rustix::process::getuid().as_raw();
     let from_passwd = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
         p.lines().find_map(|l| {
@@ -44,16 +43,17 @@ fn local_identity() -> Identity {
             (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
         })
     });
-    let name = from_passwd
+    from_passwd
         .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| format!("uid-{uid}"));
-    Identity::local_user(&name)
+        .unwrap_or_else(|| format!("uid-{uid}"))
 }
 
 /// A service started in this process.
 pub struct Running {
     /// Base URL of its API.
     pub url: String,
+    /// The administrator's credentials (made on first run).
+    pub admin: vws_pki::Credentials,
     /// The core.
     pub service: Arc<Service>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -84,11 +84,21 @@ impl Launch {
             .await
             .with_context(|| format!("listening on {}", self.addr))?;
         let bound = listener.local_addr()?;
-        let url = self.public_url.unwrap_or_else(|| format!("http://{bound}"));
+        let url = self
+            .public_url
+            .unwrap_or_else(|| format!("https://{bound}"));
+        let hosts = [bound.ip().to_string()];
+        let credentials = crate::commands::pki::provision_service(&self.home, &hosts)?;
+        let admin = vws_pki::Credentials::from_dir(&self.home.join("pki/admin"))?;
+        let tls = Arc::new(credentials.server_config()?);
+        let revoked = vws_pki::Ca::open(&crate::commands::pki::ca_dir(&self.home))
+            .ok()
+            .map(|ca| ca.revoked());
         let store = vws_store::Store::open(&self.database)
             .await
             .with_context(|| format!("opening the database {}", self.database))?;
         let settings = Settings {
+            credentials: Some(credentials),
             home: self.home,
             public_url: url.clone(),
             policy: self.policy,
@@ -105,19 +115,21 @@ impl Launch {
         ));
         let state = AppState {
             service: service.clone(),
-            auth: Auth::Local(local_identity()),
+            auth: Auth::Tls,
         };
         let mut server_stop = stop_rx;
-        let served = tokio::spawn(api::serve(
-            api::router(state),
+        let served = tokio::spawn(vws_pki::serve::serve_tls(
             listener,
+            tls,
+            revoked,
+            api::router(state),
             async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             },
-            Duration::from_secs(10),
         ));
         Ok(Running {
             url,
+            admin,
             service,
             stop,
             served,
@@ -148,10 +160,6 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
     let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("--listen {listen:?} is not an address"))?;
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "the service listens on loopback only until mutual TLS is in place; {addr} is not a loopback address"
-    );
     let database = a
         .database
         .or(file.database)
@@ -198,6 +206,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             "127.0.0.1:0".parse()?,
             Duration::from_secs(2),
             Duration::from_secs(5),
+            crate::commands::pki::node_credentials(&g.home, "local")?,
         )
         .await?;
         eprintln!(

@@ -40,6 +40,7 @@ pub async fn harness(backend: Backend, policy: &str) -> Harness {
 pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Harness {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let settings = Settings {
+        credentials: None,
         home: home.path().to_path_buf(),
         public_url: "http://127.0.0.1:7480".into(),
         policy: Policy::from_toml(policy).unwrap(),
@@ -66,10 +67,7 @@ impl Harness {
             let data = std::fs::read(&path).unwrap();
             vws_store::Digest::of(&data).to_string()
         };
-        self.service
-            .put_blob(&admin(), &digest, bytes)
-            .await
-            .unwrap();
+        self.service.put_blob(&digest, bytes).await.unwrap();
         let req = ImportRequest {
             name: name.into(),
             tag: tag.into(),
@@ -86,10 +84,7 @@ impl Harness {
         let mut digests = Vec::new();
         for content in [format!("kernel {name}"), format!("initrd {name}")] {
             let d = vws_store::Digest::of(content.as_bytes()).to_string();
-            self.service
-                .put_blob(&admin(), &d, content.as_bytes())
-                .await
-                .unwrap();
+            self.service.put_blob(&d, content.as_bytes()).await.unwrap();
             digests.push(d);
         }
         let req = ImportRequest {

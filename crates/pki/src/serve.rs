@@ -1,0 +1,89 @@
+//! Serving an axum router over mutual TLS: every connection must present a
+//! certificate chained to the CA (checked by rustls, expiry included), not
+//! revoked, carrying the vws extension; its [`Peer`] is put in each
+//! request's extensions for the handlers' extractors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt;
+
+use crate::{peer_of, Peer, Revoked};
+
+/// How long a client may take to finish the TLS handshake (a truncated or
+/// stalled handshake is dropped after this).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` with `tls` until `shutdown` resolves.
+/// Connections whose certificate is revoked or has no vws identity are
+/// closed after the handshake.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    revoked: Option<Revoked>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, router, revoked) = (acceptor.clone(), router.clone(), revoked.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%addr, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = match stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            {
+                Some(cert) => peer_of(cert),
+                None => return,
+            };
+            let peer: Peer = match peer {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "certificate without a vws identity");
+                    return;
+                }
+            };
+            if revoked.as_ref().is_some_and(|r| r.contains(&peer.serial)) {
+                tracing::warn!(%addr, dn = %peer.identity.dn, serial = %peer.serial, "revoked certificate refused");
+                return;
+            }
+            let svc =
+                router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req.map(axum::body::Body::new)
+                });
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
