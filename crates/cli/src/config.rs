@@ -29,6 +29,8 @@ pub struct ServiceConfig {
     pub database: Option<String>,
     /// Policy file.
     pub policy: Option<PathBuf>,
+    /// Access control list file.
+    pub acl: Option<PathBuf>,
     /// URL clients use, if not `http://LISTEN`.
     pub public_url: Option<String>,
     /// Seconds between reaper rounds.

@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 use vws_model::{Category, Form, Identity, State as WsState};
 use vws_store::Filter;
 
+use crate::acl::Class;
 use crate::core::Service;
 use crate::error::{error_response, ServiceError};
 use crate::pool::ImportRequest;
@@ -401,6 +402,7 @@ async fn create(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Create)?;
     let b = body(b)?;
     let ct = headers
         .get(CONTENT_TYPE)
@@ -439,6 +441,7 @@ async fn list(
     Caller(who): Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     let state = q
         .state
         .map(|v| {
@@ -480,6 +483,7 @@ async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     let ws = s.service.workspace(&who, &id).await?;
     let accept = headers
         .get(ACCEPT)
@@ -500,6 +504,7 @@ async fn destroy(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     s.service.destroy(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -517,6 +522,7 @@ async fn clone(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Create)?;
     let req: Option<CloneRequest> = json_body(&headers, b)?;
     let ws = s
         .service
@@ -539,6 +545,7 @@ async fn renew(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     let req: RenewRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected a body {\"lifetime\": SECONDS}".into())
     })?;
@@ -550,6 +557,7 @@ async fn history(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.history(&who, &id).await?).into_response())
 }
 
@@ -559,6 +567,7 @@ async fn import(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Image)?;
     let req: ImportRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected a JSON body naming the image and its blobs".into())
     })?;
@@ -569,15 +578,17 @@ async fn import(
         .into_response())
 }
 
-async fn images(State(s): State<AppState>, Caller(_who): Caller) -> Result<Response, ServiceError> {
+async fn images(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.images().await?).into_response())
 }
 
 async fn image(
     State(s): State<AppState>,
-    Caller(_who): Caller,
+    Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.image(&reference).await?).into_response())
 }
 
@@ -586,6 +597,7 @@ async fn remove_image(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
+    s.service.authorize(&who, Class::Image)?;
     s.service.remove_image(&who, &reference).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -607,10 +619,13 @@ async fn has_blob(
 
 async fn upload(
     State(s): State<AppState>,
-    _who: AnyCaller,
+    who: AnyCaller,
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
+    if let AnyCaller::Client(who) = &who {
+        s.service.authorize(who, Class::Image)?;
+    }
     let stream = request
         .into_body()
         .into_data_stream()
@@ -683,6 +698,7 @@ async fn deploy(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     let req: DeployRequest = json_body(&headers, b)?.unwrap_or_default();
     Ok(Json(s.service.deploy(&who, &id, req.host.as_deref()).await?).into_response())
 }
@@ -692,6 +708,7 @@ async fn undeploy(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.undeploy(&who, &id).await?).into_response())
 }
 
@@ -700,6 +717,7 @@ async fn start(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.start(&who, &id).await?).into_response())
 }
 
@@ -708,6 +726,7 @@ async fn stop(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.stop(&who, &id).await?).into_response())
 }
 
@@ -716,6 +735,7 @@ async fn pause(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.pause(&who, &id).await?).into_response())
 }
 
@@ -724,6 +744,7 @@ async fn unpause(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.unpause(&who, &id).await?).into_response())
 }
 
@@ -732,6 +753,7 @@ async fn staging(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.staging(&who, &id).await?).into_response())
 }
 
@@ -748,6 +770,7 @@ async fn console(
     Path(id): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     let resp = s.service.console(&who, &id, q.follow).await?;
     Ok(relay(resp, "text/plain; charset=utf-8"))
 }
@@ -803,7 +826,8 @@ async fn receive_disk(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn nodes(State(s): State<AppState>, Caller(_who): Caller) -> Result<Response, ServiceError> {
+async fn nodes(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Admin)?;
     Ok(Json(s.service.nodes().await?).into_response())
 }
 
@@ -855,6 +879,7 @@ async fn submit_job(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Run)?;
     let req: crate::jobs::Submit = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"argv\": [...]}".into()))?;
     Ok((
@@ -869,6 +894,7 @@ async fn jobs(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.jobs(&who, &id).await?).into_response())
 }
 
@@ -877,6 +903,7 @@ async fn job(
     Caller(who): Caller,
     Path(job): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.job(&who, &job).await?).into_response())
 }
 
@@ -885,6 +912,7 @@ async fn cancel_job(
     Caller(who): Caller,
     Path(job): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Run)?;
     Ok(Json(s.service.cancel_job(&who, &job).await?).into_response())
 }
 
@@ -894,6 +922,7 @@ async fn job_output(
     Path(job): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     let resp = s.service.job_output(&who, &job, q.follow).await?;
     Ok(relay(resp, "application/x-ndjson"))
 }
@@ -925,6 +954,7 @@ async fn put_file(
     Query(q): Query<FileQuery>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Run)?;
     let data = b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ServiceError::TooLarge("file larger than 64 MiB".into())
@@ -944,6 +974,7 @@ async fn get_file(
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Run)?;
     Ok(s.service
         .get_file(&who, &id, &q.path)
         .await?
@@ -969,6 +1000,7 @@ async fn submit_batch(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Run)?;
     let batch: Batch = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected {\"jobs\": [...], \"concurrency\": N}".into())
     })?;
@@ -1051,6 +1083,7 @@ async fn snapshot(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Move)?;
     let req: SnapshotRequest = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"as\": \"NAME:TAG\"}".into()))?;
     let (name, tag) = req.as_.split_once(':').unwrap_or((&req.as_, "latest"));
@@ -1075,6 +1108,7 @@ async fn migrate(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Move)?;
     let req: MigrateRequest = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"to\": \"NODE\"}".into()))?;
     Ok(Json(s.service.migrate(&who, &id, &req.to).await?).into_response())
@@ -1085,5 +1119,6 @@ async fn migration(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.migration(&who, &id).await?).into_response())
 }

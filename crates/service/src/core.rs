@@ -23,6 +23,8 @@ pub struct Settings {
     pub public_url: String,
     /// The factory's policy.
     pub policy: Policy,
+    /// Who may do which class of action.
+    pub acl: crate::acl::Acl,
     /// The service's own certificate, for calling nodes over mutual TLS
     /// (none: nodes are called over plain HTTP, for tests on loopback).
     pub credentials: Option<vws_pki::Credentials>,
@@ -38,6 +40,7 @@ pub struct Service {
     /// Memory states of paused, checked-in workspaces.
     pub(crate) memory: PathBuf,
     pub(crate) policy: Policy,
+    pub(crate) acl: crate::acl::Acl,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) public_url: String,
     /// Admission (quota check, then insert) is serialized so concurrent
@@ -79,6 +82,14 @@ impl Workspace {
 }
 
 impl Service {
+    /// Checks the access control list for a class of action (403 naming
+    /// what was refused; the rule goes to the log).
+    pub fn authorize(&self, who: &Identity, class: crate::acl::Class) -> Result<(), ServiceError> {
+        self.acl.check(who, class)
+    }
+}
+
+impl Service {
     /// Opens the service's state under `settings.home` on an open store.
     pub async fn open(
         store: Store,
@@ -95,6 +106,7 @@ impl Service {
             templates: vws_qemu::img::Templates::new(settings.home.join("overlay-templates")),
             memory: settings.home.join("memory"),
             policy: settings.policy,
+            acl: settings.acl,
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),

@@ -2,6 +2,7 @@
 //! Factory and VW Repository of the paper (§3.1), their policy, the lifetime
 //! reaper, and the REST API.
 
+pub mod acl;
 pub mod api;
 pub mod clock;
 mod core;

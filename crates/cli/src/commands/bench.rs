@@ -159,6 +159,7 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         addr: "127.0.0.1:0".parse()?,
         database: database.clone(),
         policy,
+        acl: Default::default(),
         public_url: None,
         reap_every: Duration::from_secs(3600),
     }

@@ -43,6 +43,7 @@ impl Rig {
             addr: "127.0.0.1:0".parse()?,
             database: format!("sqlite:{}", home.join("vws.db").display()),
             policy: vws_service::Policy::default(),
+            acl: Default::default(),
             public_url: None,
             reap_every: Duration::from_secs(3600),
         }

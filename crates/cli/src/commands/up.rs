@@ -25,6 +25,9 @@ pub struct UpArgs {
     /// Factory policy file (TOML) [default: VWS_HOME/policy.toml if present]
     #[arg(long, env = "VWS_POLICY", value_name = "FILE")]
     policy: Option<std::path::PathBuf>,
+    /// Access control list (TOML; see docs/security.md) [default: VWS_HOME/acl.toml if present]
+    #[arg(long, env = "VWS_ACL", value_name = "FILE")]
+    acl: Option<std::path::PathBuf>,
     /// URL clients use to reach this service, for EPRs [default: https://LISTEN]
     #[arg(long, env = "VWS_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
@@ -71,6 +74,8 @@ pub struct Launch {
     pub database: String,
     /// Factory policy.
     pub policy: Policy,
+    /// Access control list.
+    pub acl: vws_service::acl::Acl,
     /// URL for EPRs, if not `http://` + the bound address.
     pub public_url: Option<String>,
     /// Reaper period.
@@ -102,6 +107,7 @@ impl Launch {
             home: self.home,
             public_url: url.clone(),
             policy: self.policy,
+            acl: self.acl,
         };
         let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -172,6 +178,14 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
+    let acl_path = a
+        .acl
+        .or(file.acl)
+        .or_else(|| Some(g.home.join("acl.toml")).filter(|p| p.exists()));
+    let acl = match &acl_path {
+        Some(p) => vws_service::acl::Acl::load(p)?,
+        None => vws_service::acl::Acl::default(),
+    };
     let reap_every =
         Duration::from_secs(a.reap_interval.or(file.reap_interval).unwrap_or(10).max(1));
     let running = Launch {
@@ -179,6 +193,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         addr,
         database: database.clone(),
         policy,
+        acl,
         public_url: a.public_url.or(file.public_url),
         reap_every,
     }
