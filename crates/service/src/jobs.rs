@@ -306,16 +306,18 @@ impl Service {
         id: &str,
         path: &str,
     ) -> Result<(vws_store::NodeRecord, String), ServiceError> {
+        // The request is checked before the state: a bad path is bad whatever
+        // the workspace is doing.
+        if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+            return Err(ServiceError::BadRequest(format!(
+                "{path:?} is not an absolute path in the workspace"
+            )));
+        }
         let r = self.visible(who, id).await?;
         if r.state != State::Running {
             return Err(ServiceError::Conflict(format!(
                 "workspace {id} is {}; files move in and out of running workspaces",
                 r.state
-            )));
-        }
-        if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
-            return Err(ServiceError::BadRequest(format!(
-                "{path:?} is not an absolute path in the workspace"
             )));
         }
         Ok((
