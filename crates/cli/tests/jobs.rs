@@ -101,6 +101,31 @@ fn jobs_in_a_real_workspace() {
     ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
 
+    // The workspace's own credential (paper §3.2) is in the guest, the key
+    // private to root; the service keeps it until destroy.
+    let out = run(
+        home,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/vws/credentials/cert.pem; stat -c %a /etc/vws/credentials/key.pem",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("BEGIN CERTIFICATE") && text.trim_end().ends_with("600"),
+        "{text}"
+    );
+    let held = home.join("credentials").join(&id);
+    let key = std::fs::read_to_string(held.join("key.pem")).unwrap();
+    let out = run(home, &id, &["cat", "/etc/vws/credentials/key.pem"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        key,
+        "the guest has its key"
+    );
+
     // Exit codes and signals come back exactly.
     for code in [0, 1, 7] {
         assert_eq!(
@@ -434,7 +459,22 @@ fn jobs_in_a_real_workspace() {
         ],
     );
     ok(home, &["pause", &id]);
+    let old_cert = home.join("old-cert.pem");
+    std::fs::copy(held.join("cert.pem"), &old_cert).unwrap();
     ok(home, &["snapshot", &id, "--as", "ready:1"]);
+    // The hot image holds the workspace's memory, its key with it: that
+    // credential is revoked, and the workspace gets a new one when it runs.
+    assert!(!held.exists(), "the old credential is gone");
+    let shown: Value = serde_json::from_str(&ok(
+        home,
+        &["cert", "show", "--json", old_cert.to_str().unwrap()],
+    ))
+    .unwrap();
+    let revoked = std::fs::read_to_string(home.join("pki/ca/revoked")).unwrap();
+    assert!(
+        revoked.contains(shown["serial"].as_str().unwrap()),
+        "revoked at snapshot"
+    );
     let image: Value =
         serde_json::from_str(&ok(home, &["image", "show", "ready:1", "--json"])).unwrap();
     assert_eq!(image["kind"], "hot");
@@ -522,5 +562,25 @@ fn jobs_in_a_real_workspace() {
         &["sh", "-c", "cat /tmp/a 2>/dev/null || echo absent"],
     );
     assert_eq!(String::from_utf8_lossy(&other.stdout), "absent\n");
+    // Each clone has a credential of its own (not the image's).
+    let clone_held = home.join("credentials").join(&seen[0].0);
+    let clone_key = std::fs::read_to_string(clone_held.join("key.pem")).unwrap();
+    assert_ne!(clone_key, key);
+    let out = run(home, &seen[0].0, &["cat", "/etc/vws/credentials/key.pem"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), clone_key);
     ok(home, &["destroy", &seen[0].0, &seen[1].0, &id]);
+    // The credential is gone from the host with the workspace, and no file
+    // under VWS_HOME (logs included) holds its key.
+    assert!(!clone_held.exists(), "credentials removed at destroy");
+    let secret: String = clone_key.lines().nth(1).unwrap().to_string();
+    let leaked = Command::new("grep")
+        .args(["-rlF", &secret])
+        .arg(home)
+        .output()
+        .unwrap();
+    assert!(
+        leaked.stdout.is_empty(),
+        "the workspace key is still on the host: {}",
+        String::from_utf8_lossy(&leaked.stdout)
+    );
 }

@@ -199,9 +199,18 @@ fn file_op(w: &Writer, msg: ToAgent) {
                     if let Some(parent) = std::path::Path::new(&path).parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
-                    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+                    // Created with its mode, so a private key is never readable
+                    // by others, not even for a moment.
+                    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(mode.unwrap_or(0o644))
+                        .open(&path)
+                        .map_err(|e| e.to_string())?;
+                    f.write_all(&bytes).map_err(|e| e.to_string())?;
                     if let Some(m) = mode {
-                        use std::os::unix::fs::PermissionsExt;
                         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m))
                             .map_err(|e| e.to_string())?;
                     }

@@ -237,3 +237,30 @@ pub struct MigrationProgress {
     /// Bytes in this phase (an estimate while the guest dirties memory).
     pub total: u64,
 }
+
+/// A workspace's own credential (paper §3.2), handed to the node at start
+/// and written into the guest by the agent; the node keeps no copy.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkspaceCredentials {
+    /// Certificate, PEM.
+    pub cert: String,
+    /// Private key, PEM.
+    pub key: String,
+    /// The CA that issued it, PEM.
+    pub ca: String,
+}
+
+impl std::fmt::Debug for WorkspaceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never printed, never logged.
+        f.write_str("WorkspaceCredentials { .. }")
+    }
+}
+
+/// Service → node: start a deployed workspace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StartRequest {
+    /// The workspace's credential to put in the guest.
+    #[serde(default)]
+    pub credentials: Option<WorkspaceCredentials>,
+}

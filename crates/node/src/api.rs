@@ -161,11 +161,20 @@ fn state_json(s: VmState) -> Response {
     Json(serde_json::json!({ "state": s })).into_response()
 }
 
+fn start_request(body: &[u8]) -> Result<vws_model::node::StartRequest, NodeError> {
+    if body.is_empty() {
+        return Ok(Default::default());
+    }
+    serde_json::from_slice(body).map_err(|e| NodeError::Other(e.into()))
+}
+
 async fn start(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, NodeError> {
-    let forwards = m.start(&id).await?;
+    let req = start_request(&body)?;
+    let forwards = m.start(&id, req.credentials).await?;
     Ok(
         Json(serde_json::json!({ "state": m.status(&id).await, "forwards": forwards }))
             .into_response(),
@@ -191,8 +200,13 @@ async fn pause(
 async fn unpause(
     State(m): State<Arc<Manager>>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, NodeError> {
+    let req = start_request(&body)?;
     let forwards = m.unpause(&id).await?;
+    if let Some(c) = req.credentials {
+        m.install_credentials(&id, &c).await?;
+    }
     Ok(
         Json(serde_json::json!({ "state": m.status(&id).await, "forwards": forwards }))
             .into_response(),

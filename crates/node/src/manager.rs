@@ -292,7 +292,11 @@ impl Manager {
 
     /// Boots a deployed workspace and waits for it to report ready; returns
     /// where its served ports are reachable.
-    pub async fn start(&self, id: &str) -> Result<Vec<vws_model::node::Forward>, NodeError> {
+    pub async fn start(
+        &self,
+        id: &str,
+        credentials: Option<vws_model::node::WorkspaceCredentials>,
+    ) -> Result<Vec<vws_model::node::Forward>, NodeError> {
         let spec = self.spec_with_forwards(id)?;
         match &spec.restore {
             Some(memory) => {
@@ -301,7 +305,37 @@ impl Manager {
             }
             None => self.driver.start(&spec).await?,
         }
+        if let Some(c) = credentials {
+            self.install_credentials(id, &c).await?;
+        }
         Ok(spec.forwards)
+    }
+
+    /// Puts the workspace's own credential into the guest, under
+    /// `/etc/vws/credentials` (the key readable by root only). Nothing is
+    /// written on this host.
+    pub async fn install_credentials(
+        &self,
+        id: &str,
+        c: &vws_model::node::WorkspaceCredentials,
+    ) -> Result<(), NodeError> {
+        let agent = self.agent(id).await?;
+        let dir = "/etc/vws/credentials";
+        for (name, text, mode) in [
+            ("key.pem", &c.key, 0o600),
+            ("cert.pem", &c.cert, 0o644),
+            ("ca.pem", &c.ca, 0o644),
+        ] {
+            agent
+                .write_file(&format!("{dir}/{name}"), text.as_bytes(), Some(mode))
+                .await
+                .map_err(|e| {
+                    NodeError::Other(anyhow::anyhow!(
+                        "putting the workspace's credential in the guest: {e}"
+                    ))
+                })?;
+        }
+        Ok(())
     }
 
     /// A workspace restored from a hot image wakes up as the image's source:

@@ -28,6 +28,9 @@ pub struct Settings {
     /// The service's own certificate, for calling nodes over mutual TLS
     /// (none: nodes are called over plain HTTP, for tests on loopback).
     pub credentials: Option<vws_pki::Credentials>,
+    /// The CA that issues workspaces' own credentials (none: workspaces get
+    /// none).
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// The VW Factory and VW Repository behind one handle.
@@ -41,6 +44,8 @@ pub struct Service {
     pub(crate) memory: PathBuf,
     pub(crate) policy: Policy,
     pub(crate) acl: crate::acl::Acl,
+    pub(crate) ca_dir: Option<PathBuf>,
+    pub(crate) home: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) public_url: String,
     /// Admission (quota check, then insert) is serialized so concurrent
@@ -107,6 +112,8 @@ impl Service {
             memory: settings.home.join("memory"),
             policy: settings.policy,
             acl: settings.acl,
+            ca_dir: settings.ca_dir.clone(),
+            home: settings.home.clone(),
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),

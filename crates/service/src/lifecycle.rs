@@ -370,11 +370,72 @@ impl Service {
     ) -> Result<Option<Vec<vws_model::node::Forward>>, ServiceError> {
         let node = self.node_of(r).await?;
         let path = format!("/node/v1/vms/{}/{}", r.id, action.as_str());
+        // At start, and at an unpause after a snapshot rotated the old one.
+        let rotated = !self.credentials_dir(&r.id).join("cert.pem").exists();
+        let body = match action {
+            Action::Start | Action::Unpause if action == Action::Start || rotated => Some(
+                serde_json::to_value(vws_model::node::StartRequest {
+                    credentials: self.workspace_credentials(r).await?,
+                })
+                .map_err(anyhow::Error::from)?,
+            ),
+            _ => None,
+        };
         let resp = self
-            .call_node(&node, reqwest::Method::POST, &path, None)
+            .call_node(&node, reqwest::Method::POST, &path, body)
             .await?;
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
         Ok(serde_json::from_value(v["forwards"].clone()).unwrap_or_default())
+    }
+
+    /// A workspace's own certificate and key (paper §3.2), issued by the
+    /// CA on its first start: the DN is the owner's organisation with the
+    /// workspace id as CN, and the owner and id ride as attributes. Kept
+    /// under `VWS_HOME/credentials/ID` (key 0600) until the workspace is
+    /// destroyed. None when the service has no CA (in-process tests).
+    async fn workspace_credentials(
+        &self,
+        r: &WorkspaceRecord,
+    ) -> Result<Option<vws_model::node::WorkspaceCredentials>, ServiceError> {
+        let Some(ca_dir) = &self.ca_dir else {
+            return Ok(None);
+        };
+        let dir = self.credentials_dir(&r.id);
+        if !dir.join("cert.pem").exists() {
+            let ca = vws_pki::Ca::open(ca_dir).map_err(anyhow::Error::from)?;
+            let mut dn: String = vws_pki::parse_dn(&r.owner)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| k != "CN")
+                .map(|(k, v)| format!("/{k}={v}"))
+                .collect();
+            dn.push_str(&format!("/CN={}", r.id));
+            let issued = ca
+                .issue(&vws_pki::Request {
+                    dn,
+                    attributes: vec![
+                        ("owner".into(), r.owner.clone()),
+                        ("workspace".into(), r.id.clone()),
+                    ],
+                    kind: vws_pki::Kind::Workspace,
+                    hosts: vec![r.id.clone()],
+                    days: 3650,
+                })
+                .map_err(anyhow::Error::from)?;
+            issued
+                .write(&dir, ca.cert_pem())
+                .map_err(anyhow::Error::from)?;
+        }
+        let c = vws_pki::Credentials::from_dir(&dir).map_err(anyhow::Error::from)?;
+        Ok(Some(vws_model::node::WorkspaceCredentials {
+            cert: c.cert_pem,
+            key: c.key_pem,
+            ca: c.ca_pem,
+        }))
+    }
+
+    pub(crate) fn credentials_dir(&self, id: &str) -> std::path::PathBuf {
+        self.home.join("credentials").join(id)
     }
 
     /// Boots a deployed workspace; returns once its guest agent answers,
@@ -790,6 +851,18 @@ impl Service {
             machine: Some(machine),
         };
         self.store.put_image(&record, name, tag).await?;
+        // The image holds the workspace's memory, and with it the workspace's
+        // private key: that credential is revoked now, and the workspace gets
+        // a new one when it runs again.
+        let held = self.credentials_dir(id);
+        if let (Some(ca_dir), Ok(cert)) =
+            (&self.ca_dir, std::fs::read_to_string(held.join("cert.pem")))
+        {
+            let ca = vws_pki::Ca::open(ca_dir).map_err(anyhow::Error::from)?;
+            let serial = ca.revoke(&cert).map_err(anyhow::Error::from)?;
+            let _ = tokio::fs::remove_dir_all(&held).await;
+            tracing::info!(%id, %serial, "workspace credential revoked: a hot image holds its memory");
+        }
         self.commit(
             r,
             Action::Snapshot,

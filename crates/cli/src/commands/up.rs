@@ -104,6 +104,7 @@ impl Launch {
             .with_context(|| format!("opening the database {}", self.database))?;
         let settings = Settings {
             credentials: Some(credentials),
+            ca_dir: Some(crate::commands::pki::ca_dir(&self.home)),
             home: self.home,
             public_url: url.clone(),
             policy: self.policy,

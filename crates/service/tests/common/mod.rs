@@ -41,6 +41,7 @@ pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Ha
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let settings = Settings {
         credentials: None,
+        ca_dir: None,
         acl: Default::default(),
         home: home.path().to_path_buf(),
         public_url: "http://127.0.0.1:7480".into(),
