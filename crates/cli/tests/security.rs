@@ -93,6 +93,11 @@ fn certificates_owners_and_access_control() {
         "[[rule]]\nname = \"guests run no jobs\"\nactions = [\"run\"]\ndn = \"/O=Grid/OU=guests/*\"\neffect = \"deny\"\n",
     )
     .unwrap();
+    std::fs::write(
+        home.join("policy.toml"),
+        "[[owner]]\ndn = \"/O=Grid/OU=secure/*\"\nrequire_signed_images = true\n",
+    )
+    .unwrap();
     let serve = Serve(
         Command::new(VWS)
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -268,6 +273,82 @@ fn certificates_owners_and_access_control() {
     );
     assert!(o.status.success());
     assert!(refused_as(home, Some(&revoked), &["list"]).contains("error"));
+
+    // Where the policy requires signed images, an unsigned one is refused;
+    // signed (by a certificate of this CA) it is accepted.
+    let sue = issue(
+        home,
+        &["--dn", "/O=Grid/OU=secure/CN=Sue"],
+        &certs.join("sue"),
+    );
+    let e = refused_as(home, Some(&sue), &["create", desc.to_str().unwrap()]);
+    assert!(e.contains("not signed"), "{e}");
+    let e = refused_as(home, Some(&foreign), &["image", "sign", "tiny:1"]);
+    assert!(e.contains("error"), "{e}");
+    let signed = ok_as(home, Some(&alice), &["image", "sign", "tiny:1"]);
+    assert_eq!(signed["signer"], "/O=Grid/OU=bio/CN=Alice");
+    ok_as(home, Some(&sue), &["create", desc.to_str().unwrap()]);
+
+    // A tampered image chunk is refused at staging; the deploy fails cleanly.
+    let node = Serve(
+        Command::new(VWS)
+            .args(["node", "--name", "n1", "--heartbeat", "1", "--node-home"])
+            .arg(home.join("n1"))
+            .env("VWS_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(home.join("node.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok_as(home, None, &["node", "list"])
+        .to_string()
+        .contains("\"up\"")
+    {
+        assert!(Instant::now() < deadline, "the node did not register");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let payload: Vec<u8> = (0..(9u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let big = home.join("big.raw");
+    std::fs::write(&big, &payload).unwrap();
+    let img = ok_as(
+        home,
+        None,
+        &["image", "import", "big:1", "--disk", big.to_str().unwrap()],
+    );
+    let digest = img["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let desc2 = home.join("big.toml");
+    std::fs::write(
+        &desc2,
+        "category = \"vm\"\n[hardware]\nram = \"64MiB\"\n[software]\nimage = \"big:1\"\n",
+    )
+    .unwrap();
+    let victim = ok_as(home, Some(&alice), &["create", desc2.to_str().unwrap()]);
+    let vid = victim["id"].as_str().unwrap().to_string();
+    let stored = home.join("images/sha256").join(&digest);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[5 << 20] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let e = refused_as(home, Some(&alice), &["deploy", &vid]);
+    assert!(e.contains("digest"), "{e}");
+    let after = ok_as(home, Some(&alice), &["show", &vid]);
+    assert_eq!(
+        (after["placement"].as_str(), after["lock_holder"].as_str()),
+        (Some("repository"), None),
+        "nothing half-deployed"
+    );
+    assert!(
+        !home.join("n1/cache/sha256").join(&digest).exists(),
+        "no tampered image cached"
+    );
+    assert!(!home.join("n1/vms").join(&vid).exists());
+    drop(node);
 
     // A truncated handshake and garbage are dropped; the service goes on.
     let addr = url.trim_start_matches("https://").to_string();

@@ -464,6 +464,22 @@ impl Client {
             .to_vec())
     }
 
+    /// Adds a signature (base64) over an image's content id, made with the
+    /// key of `cert_pem`.
+    pub async fn sign_image(
+        &self,
+        reference: &str,
+        cert_pem: &str,
+        signature: &str,
+    ) -> Result<ImageRecord, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/images/{reference}/signature"),
+            Some(serde_json::json!({ "certificate": cert_pem, "signature": signature })),
+        )
+        .await
+    }
+
     /// Live-migrates a workspace to node `to`; returns once it runs there.
     pub async fn migrate(&self, id: &str, to: &str) -> Result<Workspace, ClientError> {
         self.call(

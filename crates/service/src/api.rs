@@ -178,6 +178,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/images"),
     ("get", "/v1/images/{reference}"),
     ("delete", "/v1/images/{reference}"),
+    ("post", "/v1/images/{reference}/signature"),
     ("head", "/v1/blobs/{digest}"),
     ("put", "/v1/blobs/{digest}"),
     ("get", "/v1/blobs/{digest}"),
@@ -229,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{id}/history", get(history))
         .route("/v1/images", post(import).get(images))
         .route("/v1/images/{reference}", get(image).delete(remove_image))
+        .route("/v1/images/{reference}/signature", post(sign_image))
         .route("/v1/blobs/{digest}", put(upload).head(has_blob).get(download).layer(DefaultBodyLimit::disable()))
         .route("/v1/blobs/{digest}/chunks", get(blob_chunks))
         .route("/v1/workspaces/{id}/deploy", post(deploy))
@@ -1121,4 +1123,32 @@ async fn migration(
 ) -> Result<Response, ServiceError> {
     s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.migration(&who, &id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    /// The signer's certificate, PEM.
+    certificate: String,
+    /// ECDSA P-256 signature (ASN.1, base64) over the image's content id.
+    signature: String,
+}
+
+async fn sign_image(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Image)?;
+    let req: SignRequest = json_body(&headers, b)?.ok_or_else(|| {
+        ServiceError::BadRequest("expected {\"certificate\": PEM, \"signature\": BASE64}".into())
+    })?;
+    Ok(Json(
+        s.service
+            .sign_image(&reference, &req.certificate, &req.signature)
+            .await?,
+    )
+    .into_response())
 }

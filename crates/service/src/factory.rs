@@ -138,6 +138,12 @@ impl Service {
                 d.software.image, who.dn
             )));
         }
+        if limits.require_signed_images && image.signer.is_none() {
+            return Err(ServiceError::Policy(format!(
+                "image {} is not signed, and the policy requires signed images for {}",
+                d.software.image, who.dn
+            )));
+        }
         let lifetime = d
             .life_cycle
             .unwrap_or(limits.default_lifetime.min(limits.max_lifetime));

@@ -849,6 +849,7 @@ impl Service {
             created_at: self.clock.now(),
             tags: vec![],
             machine: Some(machine),
+            signer: None,
         };
         self.store.put_image(&record, name, tag).await?;
         // The image holds the workspace's memory, and with it the workspace's

@@ -9,6 +9,7 @@
 //! default_lifetime = 86400     # when a description has no lifeCycle
 //! allowed_images = ["*"]
 //! allowed_categories = ["vm", "dynamic account"]
+//! require_signed_images = false   # true: only images with a verified signature
 //!
 //! [[owner]]                    # first matching rule wins; fields it omits come from [defaults]
 //! dn = "/O=Grid/OU=guests/*"
@@ -35,6 +36,8 @@ pub struct Limits {
     pub allowed_images: Vec<String>,
     /// Categories that may be created.
     pub allowed_categories: Vec<String>,
+    /// Only images whose content id carries a verified signature.
+    pub require_signed_images: bool,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             default_lifetime: 24 * 3600,
             allowed_images: vec!["*".into()],
             allowed_categories: vec!["vm".into(), "dynamic account".into()],
+            require_signed_images: false,
         }
     }
 }
@@ -59,6 +63,7 @@ struct PartialLimits {
     default_lifetime: Option<u64>,
     allowed_images: Option<Vec<String>>,
     allowed_categories: Option<Vec<String>>,
+    require_signed_images: Option<bool>,
 }
 
 // Spelled out rather than flattened: serde cannot deny unknown fields through
@@ -73,6 +78,7 @@ struct OwnerRule {
     default_lifetime: Option<u64>,
     allowed_images: Option<Vec<String>>,
     allowed_categories: Option<Vec<String>>,
+    require_signed_images: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -110,6 +116,9 @@ fn merge(base: &Limits, p: &PartialLimits) -> Limits {
             .allowed_categories
             .clone()
             .unwrap_or_else(|| base.allowed_categories.clone()),
+        require_signed_images: p
+            .require_signed_images
+            .unwrap_or(base.require_signed_images),
     }
 }
 
@@ -161,6 +170,7 @@ impl Policy {
                 default_lifetime: rule.default_lifetime,
                 allowed_images: rule.allowed_images,
                 allowed_categories: rule.allowed_categories,
+                require_signed_images: rule.require_signed_images,
             };
             let limits = merge(&defaults, &partial);
             check_categories(&limits, &format!("the rule for {:?}", rule.dn))?;

@@ -129,6 +129,7 @@ impl Service {
                     created_at: now,
                     tags: vec![],
                     machine: None,
+                    signer: None,
                 }
             }
             (None, Some(kernel), Some(initrd)) => {
@@ -150,6 +151,7 @@ impl Service {
                     created_at: now,
                     tags: vec![],
                     machine: None,
+                    signer: None,
                 }
             }
             _ => {
@@ -183,6 +185,38 @@ impl Service {
     /// Every image in the pool.
     pub async fn images(&self) -> Result<Vec<ImageRecord>, ServiceError> {
         Ok(self.store.list_images().await?)
+    }
+
+    /// Adds a signature over an image's content id: the certificate must
+    /// be the CA's, valid and not revoked, and the signature its key's.
+    pub async fn sign_image(
+        &self,
+        reference: &str,
+        certificate: &str,
+        signature_b64: &str,
+    ) -> Result<ImageRecord, ServiceError> {
+        use base64::Engine;
+        let image = self.image(reference).await?;
+        let ca_dir = self.ca_dir.as_ref().ok_or_else(|| {
+            ServiceError::Unavailable("this service has no certificate authority".into())
+        })?;
+        let ca = vws_pki::Ca::open(ca_dir).map_err(anyhow::Error::from)?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(signature_b64.trim())
+            .map_err(|e| ServiceError::BadRequest(format!("signature is not base64: {e}")))?;
+        let signer = vws_pki::verify_signature(
+            ca.cert_pem(),
+            certificate,
+            Some(&ca.revoked()),
+            &vws_pki::image_signing_message(&image.id),
+            &signature,
+        )
+        .map_err(|e| ServiceError::Forbidden(format!("signature refused: {e}")))?;
+        self.store
+            .sign_image(&image.id, &signer.identity.dn, signature_b64.trim())
+            .await?;
+        tracing::info!(image = %image.id, signer = %signer.identity.dn, "image signed");
+        self.image(&image.id).await
     }
 
     /// Removes `name:tag`; the image itself (record and files) goes with its

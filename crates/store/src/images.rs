@@ -81,6 +81,10 @@ pub struct ImageRecord {
     /// For hot images: the machine they were saved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<HotMachine>,
+    /// DN of whoever signed its content id, if anyone did (verified by the
+    /// service against the CA when the signature was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 impl ImageRecord {
@@ -91,7 +95,7 @@ impl ImageRecord {
 }
 
 const COLUMNS: &str =
-    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine";
+    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine, signer";
 
 fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     let id: String = row.try_get("id")?;
@@ -122,11 +126,28 @@ fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
             .map(|m| serde_json::from_str(&m))
             .transpose()
             .map_err(|e| StoreError::corrupt(&id, e))?,
+        signer: row.try_get("signer")?,
         id,
     })
 }
 
 impl Store {
+    /// Records a verified signature of an image.
+    pub async fn sign_image(
+        &self,
+        id: &str,
+        signer: &str,
+        signature: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE images SET signer = $1, signature = $2 WHERE id = $3")
+            .bind(signer)
+            .bind(signature)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records an image (no-op if that content is already recorded) and points
     /// `name:tag` at it, moving the tag if it named another image.
     pub async fn put_image(
@@ -142,7 +163,7 @@ impl Store {
             .await?;
         if exists.is_none() {
             sqlx::query(&format!(
-                "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             ))
             .bind(&r.id)
             .bind(r.kind.as_str())
@@ -158,6 +179,7 @@ impl Store {
                     .as_ref()
                     .map(|m| serde_json::to_string(m).expect("machines serialize")),
             )
+            .bind(r.signer.clone())
             .execute(&mut *tx)
             .await?;
         }

@@ -344,10 +344,15 @@ async fn images_tags_and_blobs(store: Store) {
             ram: 256 << 20,
             cpus: 1,
         }),
+        signer: None,
     };
     let one = image(&format!("sha256:{}", "1".repeat(64)));
     let two = image(&format!("sha256:{}", "2".repeat(64)));
     store.put_image(&one, "minimal", "1").await.unwrap();
+    store
+        .sign_image(&one.id, "/O=Grid/CN=Signer", "c2ln")
+        .await
+        .unwrap();
     store.put_image(&one, "minimal", "latest").await.unwrap();
     let found = store
         .image(&ImageRef::tagged("minimal", "1").unwrap())
@@ -356,6 +361,7 @@ async fn images_tags_and_blobs(store: Store) {
         .unwrap();
     assert_eq!(found.tags, ["minimal:1", "minimal:latest"]);
     assert_eq!(found.file("initrd").unwrap().size, 10);
+    assert_eq!(found.signer.as_deref(), Some("/O=Grid/CN=Signer"));
     assert_eq!(
         store
             .image(&ImageRef::Digest(one.id.clone()))

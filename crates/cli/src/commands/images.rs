@@ -31,6 +31,14 @@ pub enum ImageCommand {
         /// Kernel command line for kernel images
         #[arg(long)]
         cmdline: Option<String>,
+        /// Sign the image's content id with the certificate this CLI presents
+        #[arg(long)]
+        sign: bool,
+    },
+    /// Sign an image's content id with the certificate this CLI presents
+    Sign {
+        /// Image reference
+        reference: String,
     },
     /// List the pool
     #[command(alias = "ls")]
@@ -105,6 +113,25 @@ async fn send(
     Ok(digest)
 }
 
+/// Signs an image's content id with the CLI's key and sends the signature.
+async fn sign_image(
+    g: &Globals,
+    client: &vws_client::Client,
+    reference: &str,
+) -> anyhow::Result<vws_store::ImageRecord> {
+    use base64::Engine;
+    let creds = crate::commands::pki::client_credentials(g)?;
+    let image = client.image(reference).await?;
+    let signature = creds.sign(&vws_pki::image_signing_message(&image.id))?;
+    Ok(client
+        .sign_image(
+            &image.id,
+            &creds.cert_pem,
+            &base64::engine::general_purpose::STANDARD.encode(signature),
+        )
+        .await?)
+}
+
 /// Runs an image verb.
 pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
     let client = g.client()?;
@@ -115,6 +142,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             kernel,
             initrd,
             cmdline,
+            sign,
         } => {
             let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
             vws_model::ImageRef::tagged(name, tag)?;
@@ -126,11 +154,26 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 req["kernel"] = send(&client, &k, "kernel", quiet).await?.into();
                 req["initrd"] = send(&client, &i, "initrd", quiet).await?.into();
             }
-            let image = client.import_image(req).await?;
+            let mut image = client.import_image(req).await?;
+            if sign {
+                image = sign_image(g, &client, &image.id).await?;
+            }
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&image)?);
             } else {
                 println!("{}:{}  {}", name, tag, image.id);
+            }
+        }
+        ImageCommand::Sign { reference } => {
+            let image = sign_image(g, &client, &reference).await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&image)?);
+            } else {
+                println!(
+                    "{}  signed by {}",
+                    image.id,
+                    image.signer.unwrap_or_default()
+                );
             }
         }
         ImageCommand::List => {
