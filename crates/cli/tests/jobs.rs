@@ -43,6 +43,15 @@ fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn refused(home: &Path, args: &[&str]) -> String {
+    let out = vws(home, args);
+    assert!(
+        !out.status.success(),
+        "vws {args:?} should have been refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
     args.extend_from_slice(cmd);
@@ -51,6 +60,74 @@ fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
 
 fn job_state(home: &Path, job: &str) -> Value {
     serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
+}
+
+/// A disk encrypted at rest: the repository's copy is LUKS in qcow2 with no
+/// plaintext in it, the guest reads and writes it normally across a check-in,
+/// the node holds the key only while deployed, and snapshots are refused.
+fn encrypted_disk(home: &Path) {
+    let desc = home.join("enc.toml");
+    std::fs::write(
+        &desc,
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\ndisk = { size = \"32MiB\", encrypted = true }\n[software]\nimage = \"minimal:1\"\n",
+    )
+    .unwrap();
+    let id = ok(home, &["create", desc.to_str().unwrap()])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let disk = home.join("disks").join(format!("{id}.qcow2"));
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("encrypted: yes"));
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+    let marker = "plaintext-marker-7f3a9c";
+    let out = run(
+        home,
+        &id,
+        &[
+            "sh",
+            "-c",
+            &format!("echo {marker} > /data/secret; sync; cat /data/secret"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), marker);
+    ok(home, &["pause", &id]);
+    let e = refused(home, &["snapshot", &id, "--as", "enc:1"]);
+    assert!(e.contains("encrypted"), "{e}");
+    ok(home, &["unpause", &id]);
+    ok(home, &["stop", &id]);
+    let keys = || {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ls /dev/shm/vws-*/{id}.key 2>/dev/null"))
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert!(!keys().is_empty(), "the node holds the key while deployed");
+    ok(home, &["undeploy", &id]);
+    assert!(keys().is_empty(), "and not after");
+    let stored = std::fs::read(&disk).unwrap();
+    assert!(
+        !stored.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "no plaintext in the repository's copy"
+    );
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+    let out = run(home, &id, &["cat", "/data/secret"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        marker,
+        "read back after check-in"
+    );
+    ok(home, &["destroy", &id]);
+    assert!(!home.join("keys").join(format!("{id}.key")).exists());
 }
 
 #[test]
@@ -573,6 +650,7 @@ fn jobs_in_a_real_workspace() {
     // under VWS_HOME (logs included) holds its key.
     assert!(!clone_held.exists(), "credentials removed at destroy");
     let secret: String = clone_key.lines().nth(1).unwrap().to_string();
+    encrypted_disk(home);
     let leaked = Command::new("grep")
         .args(["-rlF", &secret])
         .arg(home)

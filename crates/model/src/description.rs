@@ -233,6 +233,10 @@ pub struct Disk {
     /// Whether the guest may write.
     #[serde(default)]
     pub access: Access,
+    /// Encrypted at rest (QEMU's LUKS in qcow2; the key stays with the
+    /// service and goes to a node only while the workspace is deployed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// Disk format.

@@ -53,6 +53,9 @@ pub struct DeployRequest {
     pub services: Vec<(u16, String)>,
     /// Base URL of the repository to fetch from and return to.
     pub repository: String,
+    /// Passphrase of an encrypted disk, for the life of the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_key: Option<String>,
 }
 
 /// A node's state as it reports it.

@@ -333,6 +333,12 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
                 ),
             );
         }
+        if disk.encrypted && disk.kind != crate::DiskType::Qcow2 {
+            c.fail(
+                &hw.child(Seg::Key("disk")).child(Seg::Key("encrypted")),
+                "only qcow2 disks can be encrypted (QEMU's LUKS in qcow2)",
+            );
+        }
     }
     let devices = hw.child(Seg::Key("devices"));
     c.list(&devices, d.hardware.devices.len());

@@ -477,7 +477,7 @@ fn read_hardware(node: &Node) -> Result<Hardware, InvalidDescription> {
             )?,
             (Some(NS_HW), "ram") => once(&mut ram, c, range(c, size)?)?,
             (Some(NS_HW), "disk") => {
-                c.only_attrs(&["size", "type", "access"])?;
+                c.only_attrs(&["size", "type", "access", "encrypted"])?;
                 c.leaf_text()?;
                 let d = Disk {
                     size: parse_attr(c, "size", size)?.ok_or_else(|| {
@@ -495,6 +495,12 @@ fn read_hardware(node: &Node) -> Result<Hardware, InvalidDescription> {
                         o => Err(format!("{o:?} is not an access mode (expected rw or ro)")),
                     })?
                     .unwrap_or_default(),
+                    encrypted: parse_attr(c, "encrypted", |v| match v {
+                        "true" | "1" => Ok(true),
+                        "false" | "0" => Ok(false),
+                        o => Err(format!("{o:?} is not a boolean (expected true or false)")),
+                    })?
+                    .unwrap_or(false),
                 };
                 once(&mut disk, c, d)?;
             }
@@ -687,11 +693,18 @@ pub fn to_xml(d: &Description) -> String {
         hw.ram.max.to_string(),
     )));
     if let Some(disk) = &hw.disk {
-        put(Event::Empty(BytesStart::new("hw:disk").with_attributes([
-            ("size", disk.size.to_string().as_str()),
+        let size = disk.size.to_string();
+        let mut attrs = vec![
+            ("size", size.as_str()),
             ("type", disk.kind.as_str()),
             ("access", disk.access.as_str()),
-        ])));
+        ];
+        if disk.encrypted {
+            attrs.push(("encrypted", "true"));
+        }
+        put(Event::Empty(
+            BytesStart::new("hw:disk").with_attributes(attrs),
+        ));
     }
     for dev in &hw.devices {
         put(Event::Empty(BytesStart::new("hw:device").with_attributes(

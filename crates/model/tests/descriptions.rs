@@ -522,3 +522,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn encrypted_disks_in_every_form() {
+    let xml =
+        example("paper.xml").replacen(r#"access="rw"/>"#, r#"access="rw" encrypted="true"/>"#, 1);
+    let d = parse(&xml, Form::Xml).unwrap();
+    assert!(d.hardware.disk.as_ref().unwrap().encrypted);
+    for form in [Form::Xml, Form::Toml, Form::Json] {
+        assert_eq!(parse(&write(&d, form), form).unwrap(), d, "{form:?}");
+    }
+    let (path, message) = xml_error(
+        r#"type="qcow2" access="rw"/>"#,
+        r#"type="raw" access="rw" encrypted="true"/>"#,
+    );
+    assert_eq!(path, "/virtualWorkspace/hw:hardware/hw:disk/@encrypted");
+    assert!(message.contains("only qcow2"), "{message}");
+    let (path, _) = xml_error(r#"access="rw"/>"#, r#"access="rw" encrypted="maybe"/>"#);
+    assert_eq!(path, "/virtualWorkspace/hw:hardware/hw:disk/@encrypted");
+}

@@ -67,6 +67,10 @@ pub struct VmSpec {
     /// the device state.
     #[serde(default)]
     pub restore_ram: Option<PathBuf>,
+    /// The passphrase file of an encrypted disk (on tmpfs, for the life of
+    /// the deployment).
+    #[serde(default)]
+    pub disk_key: Option<PathBuf>,
 }
 
 /// What a driver reports about a VM.

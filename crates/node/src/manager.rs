@@ -143,6 +143,7 @@ impl Manager {
         if result.is_err() {
             // Nothing half-made stays usable: the spec is what makes a deploy real.
             let _ = std::fs::remove_dir_all(self.vm_dir(&req.id));
+            let _ = std::fs::remove_file(self.driver.key_file(&req.id));
         }
         result
     }
@@ -170,6 +171,26 @@ impl Manager {
         let dir = self.vm_dir(&req.id);
         std::fs::create_dir_all(&dir)?;
         let backing = req.blobs.iter().find(|b| b.role == "disk");
+        // An encrypted disk's passphrase lives on tmpfs while deployed.
+        let key_file = match &req.disk_key {
+            Some(key) => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let path = self.driver.key_file(&req.id);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)?
+                    .write_all(key.as_bytes())?;
+                Some(path)
+            }
+            None => None,
+        };
         let disk = match &req.disk {
             // A migration target's disk: blank, over the same backing image,
             // filled by the source's mirror.
@@ -199,9 +220,14 @@ impl Manager {
                 )
                 .await?;
                 if let (Some(fmt), Some(backing)) = (&req.backing_format, backing) {
-                    vws_qemu::img::rebase_unsafe(&path, &self.blob_path(&backing.digest), fmt)
-                        .await
-                        .map_err(|e| NodeError::Other(e.into()))?;
+                    let base = self.blob_path(&backing.digest);
+                    let rebased = match &key_file {
+                        Some(k) => {
+                            vws_qemu::img::rebase_unsafe_encrypted(&path, &base, fmt, k).await
+                        }
+                        None => vws_qemu::img::rebase_unsafe(&path, &base, fmt).await,
+                    };
+                    rebased.map_err(|e| NodeError::Other(e.into()))?;
                 }
                 Some(path)
             }
@@ -277,6 +303,7 @@ impl Manager {
                 .iter()
                 .find(|b| b.role == "ram")
                 .map(|b| self.blob_path(&b.digest)),
+            disk_key: key_file,
         };
         // Written last, atomically: a deploy is real only once this exists.
         let tmp = dir.join("spec.json.tmp");
@@ -604,6 +631,7 @@ impl Manager {
             }
         }
         std::fs::remove_dir_all(&dir)?;
+        let _ = std::fs::remove_file(self.driver.key_file(id));
         tracing::info!(%id, "workspace checked in");
         Ok(())
     }
@@ -658,6 +686,7 @@ impl Manager {
         if self.driver.status(id).await != VmState::Shutdown {
             self.driver.stop(id, Duration::ZERO).await?;
         }
+        let _ = std::fs::remove_file(self.driver.key_file(id));
         match std::fs::remove_dir_all(self.vm_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),

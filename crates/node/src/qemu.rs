@@ -131,6 +131,12 @@ impl QemuDriver {
         self.root.join(id)
     }
 
+    /// Where an encrypted disk's passphrase is kept while deployed: tmpfs,
+    /// never the node's disk.
+    pub fn key_file(&self, id: &str) -> PathBuf {
+        self.ram_dir.join(format!("{id}.key"))
+    }
+
     /// The file holding a VM's RAM (when it is not a hot image's).
     pub fn ram_file(&self, id: &str) -> PathBuf {
         self.ram_dir.join(format!("{id}.ram"))
@@ -227,11 +233,19 @@ impl QemuDriver {
             ]);
         }
         if let Some(disk) = &spec.disk {
+            let mut secret = String::new();
+            if let Some(key) = &spec.disk_key {
+                push(&[
+                    "-object",
+                    &format!("secret,id=disk0-key,file={}", key.display()),
+                ]);
+                secret = ",encrypt.key-secret=disk0-key".into();
+            }
             push(&[
                 "-drive",
                 &format!(
                     // The node name lets a migration target export the disk over NBD.
-                    "id=disk0,node-name=disk0-top,file={},format=qcow2,if=none,cache=writeback",
+                    "id=disk0,node-name=disk0-top,file={},format=qcow2,if=none,cache=writeback{secret}",
                     disk.display()
                 ),
             ]);

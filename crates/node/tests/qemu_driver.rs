@@ -46,6 +46,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         forwards: vec![],
         restore: None,
         restore_ram: None,
+        disk_key: None,
     }
 }
 

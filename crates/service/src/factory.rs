@@ -296,6 +296,42 @@ impl Service {
         let path = self.disks.join(format!("{id}.qcow2"));
         let result = match image.kind {
             ImageKind::Hot if image.file("disk").is_none() => return Ok(None),
+            _ if d.hardware.disk.as_ref().is_some_and(|x| x.encrypted) => {
+                // Encrypted at rest: a random passphrase, kept by the service
+                // only (0600), handed to a node only while deployed.
+                let key_file = self.disk_key_path(id);
+                let key: String = {
+                    use base64::Engine;
+                    let bytes: [u8; 32] = rand::random();
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                };
+                write_private(&key_file, &key).await?;
+                let size = d
+                    .hardware
+                    .disk
+                    .as_ref()
+                    .map_or(0, |x| x.size.0)
+                    .max(image.virtual_size);
+                let backing = match image.file("disk") {
+                    Some(f) => Some((
+                        self.blobs.path(&f.digest.parse()?),
+                        image.format.clone().unwrap_or_else(|| "raw".into()),
+                    )),
+                    None => None,
+                };
+                let made = vws_qemu::img::create_encrypted(
+                    &path,
+                    size,
+                    backing.as_ref().map(|(p, f)| (p.as_path(), f.as_str())),
+                    &key_file,
+                )
+                .await
+                .map(|()| size);
+                if made.is_err() {
+                    let _ = tokio::fs::remove_file(&key_file).await;
+                }
+                made
+            }
             ImageKind::Disk | ImageKind::Hot => {
                 let file = image
                     .file("disk")
@@ -349,4 +385,26 @@ impl Service {
 
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// Writes a secret file readable by its owner only.
+async fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let (path, text) = (path.to_path_buf(), text.to_string());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })
+    .await??;
+    Ok(())
 }

@@ -312,6 +312,7 @@ impl Service {
                 .map(|s| (s.port, s.protocol.as_str().to_string()))
                 .collect(),
             repository: self.public_url.clone(),
+            disk_key: std::fs::read_to_string(self.disk_key_path(&r.id)).ok(),
         })
     }
 
@@ -432,6 +433,21 @@ impl Service {
             key: c.key_pem,
             ca: c.ca_pem,
         }))
+    }
+
+    /// Where the passphrase of an encrypted workspace disk is kept.
+    pub(crate) fn disk_key_path(&self, id: &str) -> std::path::PathBuf {
+        self.home.join("keys").join(format!("{id}.key"))
+    }
+
+    /// Refuses what encrypted disks cannot do yet.
+    fn plain_disk_only(&self, id: &str, what: &str) -> Result<(), ServiceError> {
+        if self.disk_key_path(id).exists() {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} has an encrypted disk; {what} of encrypted workspaces is not supported yet"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn credentials_dir(&self, id: &str) -> std::path::PathBuf {
@@ -782,6 +798,7 @@ impl Service {
         let reference =
             ImageRef::tagged(name, tag).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let r = self.checked(who, id, Action::Snapshot).await?;
+        self.plain_disk_only(id, "a snapshot")?;
         let base = self
             .store
             .image(&ImageRef::Digest(r.image_id.clone()))
@@ -889,6 +906,7 @@ impl Service {
         to: &str,
     ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Migrate).await?;
+        self.plain_disk_only(id, "live migration")?;
         let source = self.node_of(&r).await?;
         if source.name == to {
             return Err(ServiceError::Conflict(format!(

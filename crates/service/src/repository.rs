@@ -152,6 +152,7 @@ impl Service {
         let _ = tokio::fs::remove_file(self.memory_path(&r.id)).await;
         // Its credential ends with it.
         let _ = tokio::fs::remove_dir_all(self.credentials_dir(&r.id)).await;
+        let _ = tokio::fs::remove_file(self.disk_key_path(&r.id)).await;
         if let Some(p) = &r.disk_path {
             if let Err(e) = tokio::fs::remove_file(p).await {
                 // The record is gone; the next start's garbage collection retries.
