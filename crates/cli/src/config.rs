@@ -31,6 +31,8 @@ pub struct ServiceConfig {
     pub policy: Option<PathBuf>,
     /// Access control list file.
     pub acl: Option<PathBuf>,
+    /// Networks file.
+    pub networks: Option<PathBuf>,
     /// URL clients use, if not `http://LISTEN`.
     pub public_url: Option<String>,
     /// Seconds between reaper rounds.

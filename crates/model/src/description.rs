@@ -325,6 +325,10 @@ pub struct Nic {
     pub name: String,
     /// How it gets an address.
     pub method: NicMethod,
+    /// The network its address comes from (`pool` and `dhcp`; default:
+    /// the network named `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// How an interface obtains its address.
@@ -443,4 +447,12 @@ impl Description {
         self.last_modified = None;
         self
     }
+}
+
+/// Whether `s` can name a network: 1 to 32 letters, digits, `_`, `-`.
+pub fn is_network_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
 }

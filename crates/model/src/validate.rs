@@ -372,6 +372,17 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
         } else if !names.insert(nic.name.as_str()) {
             c.fail(&p, format!("interface {:?} is named twice", nic.name));
         }
+        if let Some(net) = &nic.network {
+            let p = nics.child(Seg::Index(i)).child(Seg::Key("network"));
+            if !crate::is_network_name(net) {
+                c.fail(
+                    &p,
+                    format!("{net:?} is not a network name: 1 to 32 letters, digits, '_', '-'"),
+                );
+            } else if !matches!(nic.method, crate::NicMethod::Pool | crate::NicMethod::Dhcp) {
+                c.fail(&p, "only pool and dhcp interfaces are on a network");
+            }
+        }
     }
 
     let sw = root.child(Seg::Key("software"));

@@ -542,7 +542,7 @@ fn read_network(node: &Node) -> Result<Network, InvalidDescription> {
         if !c.is(NS_NET, "nic") {
             return Err(c.unknown("net:nic"));
         }
-        c.only_attrs(&["name", "method"])?;
+        c.only_attrs(&["name", "method", "network"])?;
         c.leaf_text()?;
         let method = match c.required_attr("method")? {
             "pool" => NicMethod::Pool,
@@ -559,6 +559,7 @@ fn read_network(node: &Node) -> Result<Network, InvalidDescription> {
         net.nics.push(Nic {
             name: c.required_attr("name")?.to_string(),
             method,
+            network: parse_attr(c, "network", |v| Ok::<_, String>(v.to_string()))?,
         });
     }
     Ok(net)
@@ -716,10 +717,13 @@ pub fn to_xml(d: &Description) -> String {
     if !d.network.nics.is_empty() {
         put(Event::Start(BytesStart::new("net:network")));
         for nic in &d.network.nics {
-            put(Event::Empty(BytesStart::new("net:nic").with_attributes([
-                ("name", nic.name.as_str()),
-                ("method", nic.method.as_str()),
-            ])));
+            let mut attrs = vec![("name", nic.name.as_str()), ("method", nic.method.as_str())];
+            if let Some(n) = &nic.network {
+                attrs.push(("network", n.as_str()));
+            }
+            put(Event::Empty(
+                BytesStart::new("net:nic").with_attributes(attrs),
+            ));
         }
         put(Event::End(BytesEnd::new("net:network")));
     }

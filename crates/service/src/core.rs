@@ -25,6 +25,8 @@ pub struct Settings {
     pub policy: Policy,
     /// Who may do which class of action.
     pub acl: crate::acl::Acl,
+    /// Networks and their address pools.
+    pub networks: crate::network::Networks,
     /// The service's own certificate, for calling nodes over mutual TLS
     /// (none: nodes are called over plain HTTP, for tests on loopback).
     pub credentials: Option<vws_pki::Credentials>,
@@ -44,6 +46,7 @@ pub struct Service {
     pub(crate) memory: PathBuf,
     pub(crate) policy: Policy,
     pub(crate) acl: crate::acl::Acl,
+    pub(crate) networks: crate::network::Networks,
     pub(crate) ca_dir: Option<PathBuf>,
     pub(crate) home: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
@@ -112,6 +115,7 @@ impl Service {
             memory: settings.home.join("memory"),
             policy: settings.policy,
             acl: settings.acl,
+            networks: settings.networks.clone(),
             ca_dir: settings.ca_dir.clone(),
             home: settings.home.clone(),
             clock,
@@ -162,6 +166,10 @@ impl Service {
     /// Removes files a crash left without a record: disk overlays no record
     /// names, and temporary uploads (the blob store clears those on open).
     async fn collect_garbage(&self) -> anyhow::Result<()> {
+        let orphans = self.store.release_orphan_addresses().await?;
+        if orphans > 0 {
+            tracing::info!(orphans, "released addresses no record holds");
+        }
         let known: std::collections::HashSet<String> =
             self.store.disk_paths().await?.into_iter().collect();
         let mut dir = tokio::fs::read_dir(&self.disks).await?;

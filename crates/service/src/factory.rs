@@ -204,7 +204,14 @@ impl Service {
         }
 
         let id = new_id();
-        let disk = self.make_disk(&id, &d, &image).await?;
+        self.allocate_addresses(&id, &d, form).await?;
+        let disk = match self.make_disk(&id, &d, &image).await {
+            Ok(disk) => disk,
+            Err(e) => {
+                let _ = self.store.release_addresses(&id).await;
+                return Err(e);
+            }
+        };
         let now = self.clock.now();
         let record = WorkspaceRecord {
             name: name.unwrap_or_else(|| id.clone()),
@@ -237,14 +244,84 @@ impl Service {
             detail: origin.map(|o| format!("clone of {o}")),
         };
         if let Err(e) = self.store.insert_workspace(&record, change).await {
-            // The record is the source of truth: without it the disk must go.
+            // The record is the source of truth: without it the disk and the
+            // addresses must go.
             if let Some(p) = &record.disk_path {
                 let _ = tokio::fs::remove_file(p).await;
             }
+            let _ = self.store.release_addresses(&record.id).await;
             return Err(e.into());
         }
         tracing::info!(id = %record.id, owner = %who.dn, image = %record.image_id, "workspace created");
         Ok(self.view(record))
+    }
+
+    /// Takes an address from its network's pool for every `pool` interface
+    /// (all or none: a refusal gives back what was taken).
+    async fn allocate_addresses(
+        &self,
+        id: &str,
+        d: &Description,
+        form: Form,
+    ) -> Result<(), ServiceError> {
+        for (i, nic) in d.network.nics.iter().enumerate() {
+            if nic.method != vws_model::NicMethod::Pool {
+                continue;
+            }
+            let name = nic.network.as_deref().unwrap_or("default");
+            let Some(net) = self.networks.get(name) else {
+                let _ = self.store.release_addresses(id).await;
+                return Err(vws_model::InvalidDescription(vec![vws_model::FieldError {
+                    path: at(
+                        form,
+                        &[
+                            Seg::Key("network"),
+                            Seg::Key("nics"),
+                            Seg::Index(i),
+                            Seg::Key("network"),
+                        ],
+                    ),
+                    message: format!(
+                        "no network named {name:?} (known: {})",
+                        self.networks
+                            .0
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }])
+                .into());
+            };
+            let candidates = net.candidates().map_err(|e| anyhow::anyhow!(e))?;
+            let got = self
+                .store
+                .allocate_address(
+                    name,
+                    &candidates,
+                    id,
+                    &nic.name,
+                    &net.mac(id, &nic.name),
+                    self.clock.now(),
+                )
+                .await;
+            match got {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _ = self.store.release_addresses(id).await;
+                    return Err(ServiceError::Unavailable(format!(
+                        "network {name} has no free address: all {} of {} are in use",
+                        candidates.len(),
+                        net.cidr
+                    )));
+                }
+                Err(e) => {
+                    let _ = self.store.release_addresses(id).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_disk_fits(

@@ -10,6 +10,7 @@ pub mod error;
 mod factory;
 pub mod jobs;
 mod lifecycle;
+pub mod network;
 pub mod nodes;
 pub mod policy;
 pub mod pool;

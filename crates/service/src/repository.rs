@@ -153,6 +153,10 @@ impl Service {
         // Its credential ends with it.
         let _ = tokio::fs::remove_dir_all(self.credentials_dir(&r.id)).await;
         let _ = tokio::fs::remove_file(self.disk_key_path(&r.id)).await;
+        // Its addresses go back to their pools.
+        if let Err(e) = self.store.release_addresses(&r.id).await {
+            tracing::warn!(id = %r.id, error = %e, "could not release addresses (the next start retries)");
+        }
         if let Some(p) = &r.disk_path {
             if let Err(e) = tokio::fs::remove_file(p).await {
                 // The record is gone; the next start's garbage collection retries.

@@ -5,6 +5,7 @@
 //! One [`Store`] speaks SQLite (the embedded default) or PostgreSQL through
 //! sqlx's `Any` driver, with one set of portable migrations.
 
+mod addresses;
 mod blobs;
 mod db;
 mod images;
@@ -12,6 +13,7 @@ mod jobs;
 mod nodes;
 mod workspaces;
 
+pub use addresses::Address;
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
 pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord};

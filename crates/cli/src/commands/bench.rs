@@ -160,6 +160,7 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         database: database.clone(),
         policy,
         acl: Default::default(),
+        networks: Default::default(),
         public_url: None,
         reap_every: Duration::from_secs(3600),
     }

@@ -44,6 +44,7 @@ impl Rig {
             database: format!("sqlite:{}", home.join("vws.db").display()),
             policy: vws_service::Policy::default(),
             acl: Default::default(),
+            networks: Default::default(),
             public_url: None,
             reap_every: Duration::from_secs(3600),
         }

@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// Access control list (TOML; see docs/security.md) [default: VWS_HOME/acl.toml if present]
     #[arg(long, env = "VWS_ACL", value_name = "FILE")]
     acl: Option<std::path::PathBuf>,
+    /// Networks and address pools (TOML; see docs/networking.md) [default: VWS_HOME/networks.toml if present]
+    #[arg(long, env = "VWS_NETWORKS", value_name = "FILE")]
+    networks: Option<std::path::PathBuf>,
     /// URL clients use to reach this service, for EPRs [default: https://LISTEN]
     #[arg(long, env = "VWS_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
@@ -76,6 +79,8 @@ pub struct Launch {
     pub policy: Policy,
     /// Access control list.
     pub acl: vws_service::acl::Acl,
+    /// Networks and their address pools.
+    pub networks: vws_service::network::Networks,
     /// URL for EPRs, if not `http://` + the bound address.
     pub public_url: Option<String>,
     /// Reaper period.
@@ -109,6 +114,7 @@ impl Launch {
             public_url: url.clone(),
             policy: self.policy,
             acl: self.acl,
+            networks: self.networks,
         };
         let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -187,6 +193,14 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         Some(p) => vws_service::acl::Acl::load(p)?,
         None => vws_service::acl::Acl::default(),
     };
+    let networks_path = a
+        .networks
+        .or(file.networks)
+        .or_else(|| Some(g.home.join("networks.toml")).filter(|p| p.exists()));
+    let networks = match &networks_path {
+        Some(p) => vws_service::network::Networks::load(p)?,
+        None => Default::default(),
+    };
     let reap_every =
         Duration::from_secs(a.reap_interval.or(file.reap_interval).unwrap_or(10).max(1));
     let running = Launch {
@@ -195,6 +209,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         database: database.clone(),
         policy,
         acl,
+        networks,
         public_url: a.public_url.or(file.public_url),
         reap_every,
     }

@@ -38,11 +38,30 @@ pub async fn harness(backend: Backend, policy: &str) -> Harness {
 }
 
 pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Harness {
+    harness_full(db, home, policy, Default::default()).await
+}
+
+/// A harness with networks of its own.
+#[allow(dead_code)]
+pub async fn harness_networks(backend: Backend, networks: &str) -> Harness {
+    let db = fresh(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    let networks = vws_service::network::Networks::from_toml(networks).unwrap();
+    harness_full(db, home, "", networks).await
+}
+
+async fn harness_full(
+    db: TestDb,
+    home: tempfile::TempDir,
+    policy: &str,
+    networks: vws_service::network::Networks,
+) -> Harness {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let settings = Settings {
         credentials: None,
         ca_dir: None,
         acl: Default::default(),
+        networks,
         home: home.path().to_path_buf(),
         public_url: "http://127.0.0.1:7480".into(),
         policy: Policy::from_toml(policy).unwrap(),
