@@ -97,6 +97,9 @@ enum Command {
     Image(commands::images::ImageCommand),
     /// Measure vws (see docs/benchmarks.md)
     Bench(commands::bench::BenchArgs),
+    /// Networks and their address pools
+    #[command(subcommand)]
+    Network(commands::network::NetworkCommand),
     /// The certificate authority (vws up makes one on first run)
     #[command(subcommand)]
     Ca(commands::pki::CaCommand),
@@ -208,6 +211,7 @@ fn main() -> ExitCode {
             Command::Image(c) => commands::images::run(&g, c).await,
             Command::Bench(a) => commands::bench::run(&g, a).await,
             Command::Ca(c) => commands::pki::ca(&g, c),
+            Command::Network(c) => commands::network::run(&g, c).await,
             Command::Cert(c) => commands::pki::cert(&g, c),
         }
     });

@@ -17,6 +17,9 @@ pub struct Workspace {
     pub record: WorkspaceRecord,
     /// Its endpoint reference.
     pub epr: Epr,
+    /// Addresses it holds from network pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<vws_store::Address>,
 }
 
 /// One problem in a refused description.
@@ -395,6 +398,17 @@ impl Client {
     /// The nodes.
     pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.call(Method::GET, "/v1/nodes", None).await
+    }
+
+    /// Networks with their pools' use.
+    pub async fn networks(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.call(Method::GET, "/v1/networks", None).await
+    }
+
+    /// One network (with its addresses, for administrators).
+    pub async fn network(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, &format!("/v1/networks/{name}"), None)
+            .await
     }
 
     /// Starts a job; `request` is `{argv, env?, cwd?, stdin? (base64), timeout?}`.

@@ -201,6 +201,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/workspaces/{id}/memory"),
     ("get", "/v1/workspaces/{id}/memory/chunks"),
     ("get", "/v1/nodes"),
+    ("get", "/v1/networks"),
+    ("get", "/v1/networks/{name}"),
     ("post", "/v1/nodes"),
     ("post", "/v1/nodes/{name}/heartbeat"),
     ("post", "/v1/nodes/{name}/events"),
@@ -249,6 +251,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{id}/memory", get(memory).put(receive_memory).layer(DefaultBodyLimit::disable()))
         .route("/v1/workspaces/{id}/memory/chunks", get(memory_chunks))
         .route("/v1/nodes", get(nodes).post(register_node))
+        .route("/v1/networks", get(networks))
+        .route("/v1/networks/{name}", get(network))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}/events", post(node_event))
         .route("/v1/nodes/{name}/jobs/{job}", post(job_report))
@@ -486,7 +490,8 @@ async fn show(
     headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
     s.service.authorize(&who, Class::Read)?;
-    let ws = s.service.workspace(&who, &id).await?;
+    let mut ws = s.service.workspace(&who, &id).await?;
+    ws.addresses = s.service.store().addresses_of(&id).await?;
     let accept = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -1151,4 +1156,18 @@ async fn sign_image(
             .await?,
     )
     .into_response())
+}
+
+async fn networks(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
+    Ok(Json(s.service.networks().await?).into_response())
+}
+
+async fn network(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ServiceError> {
+    s.service.authorize(&who, Class::Read)?;
+    Ok(Json(s.service.network(&who, &name).await?).into_response())
 }

@@ -74,6 +74,9 @@ pub struct Workspace {
     pub record: WorkspaceRecord,
     /// Endpoint reference.
     pub epr: Epr,
+    /// Addresses it holds from network pools (shown by `show`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<vws_store::Address>,
 }
 
 impl Workspace {
@@ -147,7 +150,11 @@ impl Service {
             address: format!("{}/v1/workspaces/{}", self.public_url, record.id),
             resource_key: vws_model::resource_key(&record.owner, &record.id),
         };
-        Workspace { record, epr }
+        Workspace {
+            record,
+            epr,
+            addresses: Vec::new(),
+        }
     }
 
     /// Loads a workspace the caller may see; others' workspaces are "not

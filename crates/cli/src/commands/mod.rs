@@ -7,6 +7,7 @@ pub mod images;
 pub mod jobs;
 pub mod lifecycle;
 pub mod node;
+pub mod network;
 pub mod pki;
 pub mod up;
 pub mod workspaces;

@@ -248,7 +248,13 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
         lines.push(("disk", format!("{size} qcow2 overlay at {disk}")));
     }
     for nic in &d.network.nics {
-        lines.push(("nic", format!("{} ({})", nic.name, nic.method.as_str())));
+        let addr = ws
+            .addresses
+            .iter()
+            .find(|a| a.nic == nic.name)
+            .map(|a| format!(" {} on {} (MAC {})", a.address, a.network, a.mac))
+            .unwrap_or_default();
+        lines.push(("nic", format!("{} ({}){addr}", nic.name, nic.method.as_str())));
     }
     if let Some(s) = &d.capability.startup {
         lines.push(("startup", s.clone()));
