@@ -56,6 +56,30 @@ pub struct DeployRequest {
     /// Passphrase of an encrypted disk, for the life of the deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_key: Option<String>,
+    /// Addresses of `pool` interfaces.
+    #[serde(default)]
+    pub addresses: Vec<NicAddress>,
+}
+
+/// A `pool` interface's place on the network.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NicAddress {
+    /// Interface name.
+    pub nic: String,
+    /// Network name.
+    pub network: String,
+    /// Its address.
+    pub address: String,
+    /// Prefix length of the network.
+    pub prefix_len: u8,
+    /// Gateway for the guest.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Its MAC address.
+    pub mac: String,
+    /// The layer-2 segment it joins: the network for a shared one, the
+    /// network and owner otherwise (owners are kept apart by bridges).
+    pub segment: String,
 }
 
 /// A node's state as it reports it.

@@ -28,8 +28,27 @@ pub enum Boot {
 pub struct NicSpec {
     /// Name inside the guest.
     pub name: String,
-    /// `user` or `none` (bridged methods arrive with the networking work).
+    /// `user`, `pool` or `none`.
     pub method: String,
+    /// For `pool`: the tap device, its bridge, MAC, address (CIDR form) and
+    /// gateway.
+    #[serde(default)]
+    pub bridged: Option<Bridged>,
+}
+
+/// A bridged interface's host side and guest configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Bridged {
+    /// Tap device on the host.
+    pub tap: String,
+    /// Bridge it joins.
+    pub bridge: String,
+    /// Guest MAC.
+    pub mac: String,
+    /// Guest address, `a.b.c.d/len`.
+    pub address: String,
+    /// Guest gateway.
+    pub gateway: Option<String>,
 }
 
 /// Everything a driver needs to run one workspace on this host.

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod driver;
 pub mod manager;
+pub mod net;
 pub mod qemu;
 pub mod staging;
 

@@ -93,9 +93,20 @@ impl Manager {
         })
     }
 
-    /// Takes over VMs a previous run of this node left running.
+    /// Takes over VMs a previous run of this node left running, and removes
+    /// the taps and rules of those that did not survive.
     pub async fn adopt(&self) -> Vec<String> {
-        self.driver.adopt().await
+        let adopted = self.driver.adopt().await;
+        let keep: Vec<String> = adopted
+            .iter()
+            .filter_map(|id| self.spec(id).ok())
+            .flat_map(|s| s.nics.into_iter().filter_map(|n| n.bridged.map(|b| b.tap)))
+            .collect();
+        let swept = crate::net::sweep(&keep);
+        if !swept.is_empty() {
+            tracing::info!(?swept, "removed taps no running workspace uses");
+        }
+        adopted
     }
 
     fn vm_dir(&self, id: &str) -> PathBuf {
@@ -280,6 +291,15 @@ impl Manager {
                 .map(|(name, method)| NicSpec {
                     name: name.clone(),
                     method: method.clone(),
+                    bridged: req.addresses.iter().find(|a| &a.nic == name).map(|a| {
+                        crate::driver::Bridged {
+                            tap: crate::net::tap_name(&req.id, name),
+                            bridge: crate::net::bridge_name(&a.segment),
+                            mac: a.mac.clone(),
+                            address: format!("{}/{}", a.address, a.prefix_len),
+                            gateway: a.gateway.clone(),
+                        }
+                    }),
                 })
                 .collect(),
             startup: req.startup.clone(),

@@ -217,6 +217,18 @@ impl QemuDriver {
             if let Some(k) = self.tsc_khz {
                 append.push_str(&format!(" tsc_early_khz={k}"));
             }
+            // How the guest's init configures each interface.
+            for (i, nic) in spec.nics.iter().enumerate() {
+                match (&nic.bridged, nic.method.as_str()) {
+                    (Some(b), _) => append.push_str(&format!(
+                        " vws.net{i}=static:{}:{}",
+                        b.address,
+                        b.gateway.as_deref().unwrap_or("")
+                    )),
+                    (None, "user") => append.push_str(&format!(" vws.net{i}=user")),
+                    _ => append.push_str(&format!(" vws.net{i}=none")),
+                }
+            }
             if let Some(s) = &spec.startup {
                 append.push_str(&format!(
                     " vws.startup={}",
@@ -262,7 +274,14 @@ impl QemuDriver {
             push(&["-device", &format!("{blk},drive=cd{i}")]);
         }
         for (i, nic) in spec.nics.iter().enumerate() {
-            if nic.method == "user" {
+            if let Some(b) = &nic.bridged {
+                push(&[
+                    "-netdev",
+                    &format!("tap,id=n{i},ifname={},script=no,downscript=no", b.tap),
+                    "-device",
+                    &format!("{net},netdev=n{i},mac={}", b.mac),
+                ]);
+            } else if nic.method == "user" {
                 let mac = mac_address(&spec.id, i);
                 // Served ports reach the first user-mode NIC from the host's loopback.
                 let mut netdev = format!("user,id=n{i}");
@@ -395,7 +414,12 @@ impl QemuDriver {
                     )
                     .await
                     .ok();
-                    self.watch(id.clone(), qmp, agent, pid, WatchOn::Stream(stream))
+                    let nics = std::fs::read_to_string(dir.join("spec.json"))
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<VmSpec>(&t).ok())
+                        .map(|s| s.nics)
+                        .unwrap_or_default();
+                    self.watch(id.clone(), qmp, agent, pid, WatchOn::Stream(stream), nics)
                         .await;
                     tracing::info!(%id, pid, "re-adopted a running workspace");
                     adopted.push(id);
@@ -413,6 +437,7 @@ impl QemuDriver {
         agent: Option<Arc<Agent>>,
         pid: u32,
         on: WatchOn,
+        nics: Vec<crate::driver::NicSpec>,
     ) {
         let expected = Arc::new(AtomicBool::new(false));
         let (tx, rx) = watch::channel(false);
@@ -440,6 +465,9 @@ impl QemuDriver {
                     "exit status unknown: the process was adopted after a node restart".to_string()
                 }
             };
+            // Taps go before anyone hears the VM is gone, so a start that
+            // follows makes fresh ones that nothing removes.
+            crate::net::unplug(&nics);
             let _ = tx.send(true);
             me.vms.lock().await.remove(&id);
             me.report_exit(&id, &expected, how);
@@ -548,6 +576,7 @@ impl QemuDriver {
         // The console log of this boot starts empty, so what it shows is this boot's.
         std::fs::write(dir.join("console.log"), b"")?;
         let log = std::fs::File::create(dir.join("qemu.log"))?;
+        crate::net::plug(&spec.nics).map_err(|e| qemu_err(format!("network: {e}")))?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(self.command_line(spec))
             .args(extra)
@@ -557,9 +586,13 @@ impl QemuDriver {
             // Its own process group: a signal to the node's group (Ctrl-C)
             // does not take the VMs with it.
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| qemu_err(format!("cannot run qemu-system-x86_64: {e}")))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                crate::net::unplug(&spec.nics);
+                return Err(qemu_err(format!("cannot run qemu-system-x86_64: {e}")));
+            }
+        };
         let pid = child.id().unwrap_or(0);
         let connected = QemuDriver::connect(
             &dir.join("qmp.sock"),
@@ -571,6 +604,7 @@ impl QemuDriver {
             Err(e) => {
                 let log = tail(&dir.join("qemu.log"), 5);
                 let _ = child.kill().await;
+                crate::net::unplug(&spec.nics);
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
@@ -585,14 +619,22 @@ impl QemuDriver {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = child.kill().await;
+                    crate::net::unplug(&spec.nics);
                     return Err(qemu_err(format!("guest agent socket: {e}")));
                 }
             }
         } else {
             None
         };
-        self.watch(spec.id.clone(), qmp, agent, pid, WatchOn::Child(child))
-            .await;
+        self.watch(
+            spec.id.clone(),
+            qmp,
+            agent,
+            pid,
+            WatchOn::Child(child),
+            spec.nics.clone(),
+        )
+        .await;
         Ok(())
     }
 

@@ -41,6 +41,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         nics: vec![NicSpec {
             name: "eth0".into(),
             method: "user".into(),
+            bridged: None,
         }],
         startup: Some(startup.into()),
         forwards: vec![],

@@ -1158,7 +1158,10 @@ async fn sign_image(
     .into_response())
 }
 
-async fn networks(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
+async fn networks(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Response, ServiceError> {
     s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.networks().await?).into_response())
 }

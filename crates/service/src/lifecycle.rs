@@ -313,6 +313,7 @@ impl Service {
                 .collect(),
             repository: self.public_url.clone(),
             disk_key: std::fs::read_to_string(self.disk_key_path(&r.id)).ok(),
+            addresses: self.nic_addresses(r).await?,
         })
     }
 
@@ -433,6 +434,38 @@ impl Service {
             key: c.key_pem,
             ca: c.ca_pem,
         }))
+    }
+
+    /// Where each `pool` interface sits: address, gateway, MAC, and the
+    /// layer-2 segment (per owner unless the network is shared).
+    async fn nic_addresses(
+        &self,
+        r: &WorkspaceRecord,
+    ) -> Result<Vec<vws_model::node::NicAddress>, ServiceError> {
+        let mut out = Vec::new();
+        for a in self.store.addresses_of(&r.id).await? {
+            let Some(net) = self.networks.get(&a.network) else {
+                return Err(ServiceError::Conflict(format!(
+                    "workspace {} holds an address on network {}, which is no longer configured",
+                    r.id, a.network
+                )));
+            };
+            let (_, prefix_len) = net.prefix().map_err(|e| anyhow::anyhow!(e))?;
+            out.push(vws_model::node::NicAddress {
+                nic: a.nic,
+                network: a.network.clone(),
+                address: a.address,
+                prefix_len,
+                gateway: net.gateway.clone(),
+                mac: a.mac,
+                segment: if net.shared {
+                    a.network
+                } else {
+                    format!("{}/{}", a.network, r.owner)
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// Where the passphrase of an encrypted workspace disk is kept.

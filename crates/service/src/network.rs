@@ -231,10 +231,9 @@ impl crate::core::Service {
         who: &vws_model::Identity,
         name: &str,
     ) -> Result<serde_json::Value, crate::error::ServiceError> {
-        let n = self
-            .networks
-            .get(name)
-            .ok_or_else(|| crate::error::ServiceError::NotFound(format!("network {name} not found")))?;
+        let n = self.networks.get(name).ok_or_else(|| {
+            crate::error::ServiceError::NotFound(format!("network {name} not found"))
+        })?;
         let addresses = self.store.addresses(Some(name)).await?;
         let size = n.candidates().map(|c| c.len()).unwrap_or(0);
         let mut v = serde_json::json!({ "network": n, "size": size, "used": addresses.len(), "free": size.saturating_sub(addresses.len()) });

@@ -35,7 +35,12 @@ pub async fn run(g: &Globals, c: NetworkCommand) -> anyhow::Result<()> {
                     net["name"].as_str().unwrap_or("").to_string(),
                     net["cidr"].as_str().unwrap_or("").to_string(),
                     net["gateway"].as_str().unwrap_or("-").to_string(),
-                    if net["shared"].as_bool() == Some(true) { "yes" } else { "no" }.to_string(),
+                    if net["shared"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .to_string(),
                     n["used"].to_string(),
                     n["free"].to_string(),
                 ]);

@@ -254,7 +254,10 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
             .find(|a| a.nic == nic.name)
             .map(|a| format!(" {} on {} (MAC {})", a.address, a.network, a.mac))
             .unwrap_or_default();
-        lines.push(("nic", format!("{} ({}){addr}", nic.name, nic.method.as_str())));
+        lines.push((
+            "nic",
+            format!("{} ({}){addr}", nic.name, nic.method.as_str()),
+        ));
     }
     if let Some(s) = &d.capability.startup {
         lines.push(("startup", s.clone()));

@@ -1,0 +1,316 @@
+//! Bridged networking with real VMs, inside a network namespace this test
+//! makes (the machine's own interfaces are never touched): pool addresses,
+//! two workspaces of one owner reaching each other, anti-spoofing, owners
+//! kept apart, and a node killed with -9 leaving no stray taps or rules.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VWS: &str = env!("CARGO_BIN_EXE_vws");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_ns(ns: &str, home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, VWS])
+        .args(args)
+        .env("VWS_HOME", home)
+        .env_remove("VWS_SERVER");
+    c
+}
+
+fn vws(ns: &str, home: &Path, args: &[&str]) -> Output {
+    in_ns(ns, home, args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn ok(ns: &str, home: &Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = vws(ns, home, &a);
+    assert!(
+        out.status.success(),
+        "vws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn spawn(ns: &str, home: &Path, args: &[&str], log: &str) -> Proc {
+    Proc(
+        in_ns(ns, home, args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(home.join(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ns_links(ns: &str, prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+fn nft_tables(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn node_url(ns: &str, home: &Path) -> String {
+    ok(ns, home, &["node", "list"])
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["status"] == "up"))
+        .map(|n| n["url"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn start_node(ns: &str, home: &Path) -> Proc {
+    // A restarted node registers again at a new address.
+    let before = node_url(ns, home);
+    let p = spawn(
+        ns,
+        home,
+        &[
+            "node",
+            "--name",
+            "n1",
+            "--heartbeat",
+            "1",
+            "--node-home",
+            home.join("n1").to_str().unwrap(),
+        ],
+        "node.log",
+    );
+    wait_until("the node", Duration::from_secs(30), || {
+        let now = node_url(ns, home);
+        !now.is_empty() && now != before
+    });
+    p
+}
+
+/// Whether `from` can ping `to` (one packet, two seconds).
+fn pings(ns: &str, home: &Path, from: &str, to: &str) -> bool {
+    vws(
+        ns,
+        home,
+        &["run", from, "--", "ping", "-c", "1", "-W", "2", to],
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn bridged_workspaces_reach_each_other_and_nothing_else() {
+    let guest = root().join("target/vws-test-guest");
+    assert!(Command::new(root().join("scripts/build-minimal-image"))
+        .arg(&guest)
+        .status()
+        .unwrap()
+        .success());
+    let ns = Netns(format!("vwst{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .unwrap()
+            .success(),
+        "ip netns add (needs root)"
+    );
+    Command::new("ip")
+        .args(["-n", &ns.0, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let ns = &ns.0.clone();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    std::fs::write(
+        home.join("networks.toml"),
+        "[[network]]\nname = \"lab\"\ncidr = \"10.88.0.0/29\"\ngateway = \"10.88.0.1\"\n",
+    )
+    .unwrap();
+    let _serve = spawn(ns, home, &["serve", "--listen", "127.0.0.1:0"], "serve.log");
+    wait_until("the service", Duration::from_secs(30), || {
+        home.join("server.json").exists()
+    });
+    let mut node = start_node(ns, home);
+    ok(
+        ns,
+        home,
+        &[
+            "image",
+            "import",
+            "minimal:1",
+            "--kernel",
+            guest.join("vmlinuz").to_str().unwrap(),
+            "--initrd",
+            guest.join("initrd.img").to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ],
+    );
+    let desc = home.join("w.toml");
+    std::fs::write(
+        &desc,
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[[network.nics]]\nname = \"eth0\"\nmethod = \"pool\"\nnetwork = \"lab\"\n[software]\nimage = \"minimal:1\"\n",
+    )
+    .unwrap();
+    let bob_dir = home.join("bob");
+    let out = vws(
+        ns,
+        home,
+        &[
+            "cert",
+            "issue",
+            "--dn",
+            "/O=Grid/OU=bio/CN=Bob",
+            "--out",
+            bob_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let bob = [
+        "--cert",
+        bob_dir
+            .join("cert.pem")
+            .to_str()
+            .unwrap()
+            .to_string()
+            .leak(),
+        "--key",
+        bob_dir.join("key.pem").to_str().unwrap().to_string().leak(),
+    ];
+
+    let mut ids = Vec::new();
+    for who in [None, None, Some(bob)] {
+        let mut args: Vec<&str> = who.map(|b| b.to_vec()).unwrap_or_default();
+        args.extend(["create", desc.to_str().unwrap()]);
+        let id = ok(ns, home, &args)["id"].as_str().unwrap().to_string();
+        let mut a: Vec<&str> = who.map(|b| b.to_vec()).unwrap_or_default();
+        a.extend(["deploy", id.as_str()]);
+        ok(ns, home, &a);
+        let mut a: Vec<&str> = who.map(|b| b.to_vec()).unwrap_or_default();
+        a.extend(["start", id.as_str()]);
+        ok(ns, home, &a);
+        ids.push(id);
+    }
+    let addr = |id: &str| -> String {
+        ok(ns, home, &["show", id])["addresses"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b, c) = (addr(&ids[0]), addr(&ids[1]), addr(&ids[2]));
+    assert_eq!(
+        [a.as_str(), b.as_str(), c.as_str()],
+        ["10.88.0.2", "10.88.0.3", "10.88.0.4"]
+    );
+    assert_eq!(ok(ns, home, &["network", "show", "lab"])["used"], 3);
+    assert_eq!(ns_links(ns, "vt").len(), 3, "one tap per interface");
+
+    // One owner's workspaces reach each other.
+    assert!(pings(ns, home, &ids[0], &b), "A reaches B");
+    assert!(pings(ns, home, &ids[1], &a), "B reaches A");
+    // Another owner's are on another segment.
+    assert!(
+        !pings(ns, home, &ids[0], &c),
+        "A cannot reach Bob's workspace"
+    );
+
+    // Spoofing: another address, or another MAC, reaches no one.
+    let sh = |script: &str| {
+        vws(ns, home, &["run", &ids[0], "--", "sh", "-c", script])
+            .status
+            .success()
+    };
+    assert!(!sh(&format!(
+        "ip addr flush dev eth0; ip addr add 10.88.0.6/29 dev eth0; ping -c 1 -W 2 {b}"
+    )));
+    assert!(
+        sh(&format!(
+            "ip addr flush dev eth0; ip addr add {a}/29 dev eth0; ping -c 1 -W 2 {b}"
+        )),
+        "its own address works again"
+    );
+    let mac = ok(ns, home, &["show", &ids[0]])["addresses"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!sh(&format!(
+        "ip link set eth0 address 52:54:00:de:ad:01; ping -c 1 -W 2 {b}"
+    )));
+    assert!(
+        sh(&format!(
+            "ip link set eth0 address {mac}; ping -c 1 -W 2 {b}"
+        )),
+        "its own MAC works again"
+    );
+
+    // kill -9 of the node: the VMs run on and are adopted with their taps; a
+    // stopped one's tap goes; nothing is left after destroy.
+    node.0.kill().unwrap();
+    node.0.wait().unwrap();
+    node = start_node(ns, home);
+    assert_eq!(ns_links(ns, "vt").len(), 3, "adopted VMs keep their taps");
+    assert!(
+        pings(ns, home, &ids[0], &b),
+        "still connected after the restart"
+    );
+    ok(ns, home, &["stop", &ids[1]]);
+    assert_eq!(ns_links(ns, "vt").len(), 2, "a stopped VM's tap is removed");
+    ok(ns, home, &["destroy", &ids[0], &ids[1], &ids[2]]);
+    assert!(
+        ns_links(ns, "vt").is_empty() && ns_links(ns, "vb").is_empty(),
+        "no stray taps or bridges"
+    );
+    assert!(
+        !nft_tables(ns).contains("vws_"),
+        "no stray rules: {}",
+        nft_tables(ns)
+    );
+    assert_eq!(
+        ok(ns, home, &["network", "show", "lab"])["used"],
+        0,
+        "addresses released"
+    );
+    drop(node);
+}
