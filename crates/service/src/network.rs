@@ -184,35 +184,6 @@ impl Networks {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn candidates_skip_reserved_addresses() {
-        let n = Networks::from_toml(
-            "[[network]]\nname = \"lab\"\ncidr = \"10.88.0.0/29\"\ngateway = \"10.88.0.1\"\nexclude = [\"10.88.0.3-10.88.0.4\"]\n",
-        )
-        .unwrap();
-        let lab = n.get("lab").unwrap();
-        assert_eq!(
-            lab.candidates().unwrap(),
-            ["10.88.0.2", "10.88.0.5", "10.88.0.6"]
-        );
-        assert_eq!(lab.prefix().unwrap().1, 29);
-        assert_ne!(lab.mac("ws-1", "eth0"), lab.mac("ws-2", "eth0"));
-        for bad in [
-            "[[network]]\nname = \"a b\"\ncidr = \"10.0.0.0/24\"\n",
-            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0\"\n",
-            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0/31\"\n",
-            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0/24\"\nmac_prefix = \"zz:00:00\"\n",
-            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0/24\"\n[[network]]\nname = \"x\"\ncidr = \"10.1.0.0/24\"\n",
-        ] {
-            assert!(Networks::from_toml(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 impl crate::core::Service {
     /// Every network with its pool's size and use.
     pub async fn networks(&self) -> Result<Vec<serde_json::Value>, crate::error::ServiceError> {
@@ -241,5 +212,34 @@ impl crate::core::Service {
             v["addresses"] = serde_json::to_value(&addresses).map_err(anyhow::Error::from)?;
         }
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_skip_reserved_addresses() {
+        let n = Networks::from_toml(
+            "[[network]]\nname = \"lab\"\ncidr = \"10.88.0.0/29\"\ngateway = \"10.88.0.1\"\nexclude = [\"10.88.0.3-10.88.0.4\"]\n",
+        )
+        .unwrap();
+        let lab = n.get("lab").unwrap();
+        assert_eq!(
+            lab.candidates().unwrap(),
+            ["10.88.0.2", "10.88.0.5", "10.88.0.6"]
+        );
+        assert_eq!(lab.prefix().unwrap().1, 29);
+        assert_ne!(lab.mac("ws-1", "eth0"), lab.mac("ws-2", "eth0"));
+        for bad in [
+            "[[network]]\nname = \"a b\"\ncidr = \"10.0.0.0/24\"\n",
+            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0\"\n",
+            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0/31\"\n",
+            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0/24\"\nmac_prefix = \"zz:00:00\"\n",
+            "[[network]]\nname = \"x\"\ncidr = \"10.0.0.0/24\"\n[[network]]\nname = \"x\"\ncidr = \"10.1.0.0/24\"\n",
+        ] {
+            assert!(Networks::from_toml(bad).is_err(), "{bad}");
+        }
     }
 }
