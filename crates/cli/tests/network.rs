@@ -285,6 +285,62 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         "its own MAC works again"
     );
 
+    // DHCP: the node's dnsmasq hands out the address the pool gave; the
+    // bridge then holds the gateway, so the host reaches a served port.
+    let dhcp_desc = home.join("d.toml");
+    std::fs::write(
+        &dhcp_desc,
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[[network.nics]]\nname = \"eth0\"\nmethod = \"dhcp\"\nnetwork = \"lab\"\n[software]\nimage = \"minimal:1\"\n",
+    )
+    .unwrap();
+    let d = ok(ns, home, &["create", dhcp_desc.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(ns, home, &["deploy", &d]);
+    ok(ns, home, &["start", &d]);
+    let d_addr = addr(&d);
+    assert_eq!(d_addr, "10.88.0.5");
+    wait_until("the DHCP lease", Duration::from_secs(30), || {
+        let out = vws(
+            ns,
+            home,
+            &["run", &d, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+        );
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{d_addr}/29"))
+    });
+    assert!(
+        pings(ns, home, &ids[0], &d_addr),
+        "A reaches the DHCP workspace"
+    );
+    let out = vws(
+        ns,
+        home,
+        &[
+            "run",
+            "--detach",
+            &d,
+            "--",
+            "sh",
+            "-c",
+            "echo served > /tmp/index.html; httpd -f -p 8080 -h /tmp",
+        ],
+    );
+    assert!(out.status.success());
+    wait_until(
+        "the served port from the host",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-s", "--max-time", "2"])
+                .arg(format!("http://{d_addr}:8080/index.html"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "served"
+        },
+    );
+    ok(ns, home, &["destroy", &d]);
+
     // kill -9 of the node: the VMs run on and are adopted with their taps; a
     // stopped one's tap goes; nothing is left after destroy.
     node.0.kill().unwrap();
@@ -307,6 +363,14 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         "no stray rules: {}",
         nft_tables(ns)
     );
+    let pids: Vec<_> = std::fs::read_dir(home.join("n1/net"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(pids.is_empty(), "no dnsmasq left running");
     assert_eq!(
         ok(ns, home, &["network", "show", "lab"])["used"],
         0,

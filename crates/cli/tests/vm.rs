@@ -207,7 +207,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
 
     // Illegal transitions are refused and name the state.
     assert!(refused(home, &["start", &id]).contains("in the repository"));
-    let ws = ok(home, &["deploy", &id]);
+    let ws = ok(home, &["deploy", &id, "--host", "n1"]);
     assert_eq!(
         (ws["state"].as_str(), ws["node"].as_str()),
         (Some("shutdown"), Some("n1"))
@@ -293,7 +293,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         !home.join("n1/vms").join(&id).exists(),
         "nothing left on the node"
     );
-    ok(home, &["deploy", &id]);
+    ok(home, &["deploy", &id, "--host", "n1"]);
     ok(home, &["start", &id]);
     // The disk written by the first boot came back.
     wait_until(

@@ -80,6 +80,9 @@ pub struct NicAddress {
     /// The layer-2 segment it joins: the network for a shared one, the
     /// network and owner otherwise (owners are kept apart by bridges).
     pub segment: String,
+    /// The guest asks for it by DHCP (the node serves it with dnsmasq).
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 /// A node's state as it reports it.

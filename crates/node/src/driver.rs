@@ -49,6 +49,10 @@ pub struct Bridged {
     pub address: String,
     /// Guest gateway.
     pub gateway: Option<String>,
+    /// The guest asks by DHCP; the node's dnsmasq on the bridge answers
+    /// with `address` (the bridge then holds the gateway address).
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 /// Everything a driver needs to run one workspace on this host.

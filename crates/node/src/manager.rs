@@ -102,7 +102,7 @@ impl Manager {
             .filter_map(|id| self.spec(id).ok())
             .flat_map(|s| s.nics.into_iter().filter_map(|n| n.bridged.map(|b| b.tap)))
             .collect();
-        let swept = crate::net::sweep(&keep);
+        let swept = crate::net::sweep(&keep, &self.driver.net_dir());
         if !swept.is_empty() {
             tracing::info!(?swept, "removed taps no running workspace uses");
         }
@@ -298,6 +298,7 @@ impl Manager {
                             mac: a.mac.clone(),
                             address: format!("{}/{}", a.address, a.prefix_len),
                             gateway: a.gateway.clone(),
+                            dhcp: a.dhcp,
                         }
                     }),
                 })
@@ -806,6 +807,7 @@ impl Manager {
 
     /// Capacity, cache, workspaces and health.
     pub async fn report(&self) -> NodeReport {
+        crate::net::supervise(&self.driver.net_dir());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let kib = |key: &str| {
             meminfo

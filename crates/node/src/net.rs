@@ -7,7 +7,13 @@
 //! Names: bridges `vb` + 10 hex digits of the segment's hash, taps `vt` + 10
 //! hex digits of (workspace, interface), nft tables `vws_<tap>`. The node
 //! owns exactly those; it never touches other interfaces.
+//!
+//! `dhcp` interfaces: the bridge gets the network's gateway address and a
+//! dnsmasq of its own (DHCP only, no DNS) that hands each MAC the address the
+//! pool gave it, from a hosts file re-read on SIGHUP; its files live in
+//! `NODE_HOME/net/<bridge>.*`, and the node restarts it if it dies.
 
+use std::path::Path;
 use std::process::Command;
 
 use sha2::Digest;
@@ -69,6 +75,7 @@ fn rules(b: &Bridged) -> String {
          \tchain pre {{\n\
          \t\ttype filter hook prerouting priority -200; policy accept;\n\
          \t\tiifname \"{tap}\" ether saddr != {mac} drop\n\
+         \t\tiifname \"{tap}\" ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept\n\
          \t\tiifname \"{tap}\" ether type ip ip saddr != {ip} drop\n\
          \t\tiifname \"{tap}\" ether type arp arp saddr ip != {ip} drop\n\
          \t\tiifname \"{tap}\" ether type arp arp saddr ether != {mac} drop\n\
@@ -80,12 +87,15 @@ fn rules(b: &Bridged) -> String {
 
 /// Makes the host side of a VM's bridged interfaces: bridge (if new), tap,
 /// anti-spoofing rules. Undone by [`unplug`].
-pub fn plug(nics: &[NicSpec]) -> Result<(), String> {
+pub fn plug(nics: &[NicSpec], dir: &Path) -> Result<(), String> {
     for b in nics.iter().filter_map(|n| n.bridged.as_ref()) {
         if !exists(&b.bridge) {
             run("ip", &["link", "add", &b.bridge, "type", "bridge"])?;
         }
         run("ip", &["link", "set", &b.bridge, "up"])?;
+        if b.dhcp {
+            serve_dhcp(b, dir)?;
+        }
         if exists(&b.tap) {
             // A leftover of a crash: start clean.
             unplug_one(&b.tap);
@@ -112,15 +122,135 @@ fn unplug_one(tap: &str) {
     }
 }
 
-/// Removes a VM's taps and rules, and bridges left without members.
-pub fn unplug(nics: &[NicSpec]) {
+/// Removes a VM's taps and rules, its DHCP entries, and bridges (with
+/// their dnsmasq) left without members.
+pub fn unplug(nics: &[NicSpec], dir: &Path) {
     for b in nics.iter().filter_map(|n| n.bridged.as_ref()) {
         unplug_one(&b.tap);
-        remove_if_empty(&b.bridge);
+        if b.dhcp {
+            let hosts = dir.join(format!("{}.hosts", b.bridge));
+            let kept: String = std::fs::read_to_string(&hosts)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.starts_with(&b.mac))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = std::fs::write(&hosts, &kept);
+            signal_dnsmasq(&b.bridge, dir, rustix::process::Signal::HUP);
+        }
+        remove_if_empty(&b.bridge, dir);
     }
 }
 
-fn remove_if_empty(bridge: &str) {
+fn pid_of(bridge: &str, dir: &Path) -> Option<rustix::process::Pid> {
+    let pid: i32 = std::fs::read_to_string(dir.join(format!("{bridge}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::test_kill_process(pid).ok().map(|_| pid)
+}
+
+fn signal_dnsmasq(bridge: &str, dir: &Path, sig: rustix::process::Signal) {
+    if let Some(pid) = pid_of(bridge, dir) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Gives the bridge the gateway address, records the MAC's address, and
+/// makes sure the bridge's dnsmasq runs (and re-reads its hosts).
+fn serve_dhcp(b: &Bridged, dir: &Path) -> Result<(), String> {
+    let gw = b
+        .gateway
+        .as_deref()
+        .ok_or("a dhcp network needs a gateway (the bridge's address, where dnsmasq answers)")?;
+    let len = b.address.split('/').nth(1).unwrap_or("24");
+    let have = run("ip", &["-o", "addr", "show", "dev", &b.bridge]).unwrap_or_default();
+    if !have.contains(&format!(" {gw}/")) {
+        run(
+            "ip",
+            &["addr", "add", &format!("{gw}/{len}"), "dev", &b.bridge],
+        )?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let hosts = dir.join(format!("{}.hosts", b.bridge));
+    let ip = b.address.split('/').next().unwrap_or_default();
+    let mut lines: Vec<String> = std::fs::read_to_string(&hosts)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with(&b.mac))
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{},{ip}", b.mac));
+    std::fs::write(&hosts, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join(format!("{}.net", b.bridge)),
+        format!("{gw}/{len}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    if pid_of(&b.bridge, dir).is_some() {
+        signal_dnsmasq(&b.bridge, dir, rustix::process::Signal::HUP);
+        return Ok(());
+    }
+    start_dnsmasq(&b.bridge, gw, len, dir)
+}
+
+fn start_dnsmasq(bridge: &str, gw: &str, len: &str, dir: &Path) -> Result<(), String> {
+    let bits: u32 = len.parse().unwrap_or(24);
+    let mask = std::net::Ipv4Addr::from(u32::MAX << (32 - bits));
+    let f = |ext: &str| {
+        dir.join(format!("{bridge}.{ext}"))
+            .to_string_lossy()
+            .into_owned()
+    };
+    // Daemonized with a pidfile: it outlives a node killed with -9, which
+    // finds it again; DNS off (port 0); only this bridge.
+    run(
+        "dnsmasq",
+        &[
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--bind-interfaces",
+            &format!("--interface={bridge}"),
+            "--except-interface=lo",
+            &format!("--dhcp-range={gw},static,{mask},12h"),
+            &format!("--dhcp-hostsfile={}", f("hosts")),
+            &format!("--dhcp-leasefile={}", f("leases")),
+            &format!("--pid-file={}", f("pid")),
+            &format!("--dhcp-option=option:router,{gw}"),
+            "--dhcp-authoritative",
+        ],
+    )
+    .map(drop)
+}
+
+/// Restarts the dnsmasq of every bridge that still has DHCP clients and
+/// lost its server (called with each heartbeat).
+pub fn supervise(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(bridge) = name.strip_suffix(".hosts") else {
+            continue;
+        };
+        let busy = std::fs::read_to_string(e.path()).is_ok_and(|t| !t.trim().is_empty());
+        if busy && exists(bridge) && pid_of(bridge, dir).is_none() {
+            let net =
+                std::fs::read_to_string(dir.join(format!("{bridge}.net"))).unwrap_or_default();
+            if let Some((gw, len)) = net.trim().split_once('/') {
+                match start_dnsmasq(bridge, gw, len, dir) {
+                    Ok(()) => tracing::warn!(%bridge, "dnsmasq had died; restarted"),
+                    Err(e) => tracing::warn!(%bridge, error = %e, "cannot restart dnsmasq"),
+                }
+            }
+        }
+    }
+}
+
+fn remove_if_empty(bridge: &str, dir: &Path) {
     let members = std::path::Path::new("/sys/class/net")
         .join(bridge)
         .join("brif");
@@ -128,13 +258,17 @@ fn remove_if_empty(bridge: &str) {
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
     if empty {
+        signal_dnsmasq(bridge, dir, rustix::process::Signal::TERM);
+        for ext in ["hosts", "leases", "pid", "net"] {
+            let _ = std::fs::remove_file(dir.join(format!("{bridge}.{ext}")));
+        }
         let _ = run("ip", &["link", "del", bridge]);
     }
 }
 
 /// After a restart: removes this node's taps and rules that no running VM
 /// uses (`keep`), then its empty bridges. Returns the taps removed.
-pub fn sweep(keep: &[String]) -> Vec<String> {
+pub fn sweep(keep: &[String], dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
         return removed;
@@ -168,7 +302,7 @@ pub fn sweep(keep: &[String]) -> Vec<String> {
         .iter()
         .filter(|n| n.starts_with(BRIDGE_PREFIX) && n.len() == 12)
     {
-        remove_if_empty(n);
+        remove_if_empty(n, dir);
     }
     removed
 }

@@ -137,6 +137,14 @@ impl QemuDriver {
         self.ram_dir.join(format!("{id}.key"))
     }
 
+    /// Where the node's network helpers (dnsmasq) keep their files.
+    pub fn net_dir(&self) -> PathBuf {
+        self.root
+            .parent()
+            .map(|p| p.join("net"))
+            .unwrap_or_else(|| self.root.join(".net"))
+    }
+
     /// The file holding a VM's RAM (when it is not a hot image's).
     pub fn ram_file(&self, id: &str) -> PathBuf {
         self.ram_dir.join(format!("{id}.ram"))
@@ -220,6 +228,7 @@ impl QemuDriver {
             // How the guest's init configures each interface.
             for (i, nic) in spec.nics.iter().enumerate() {
                 match (&nic.bridged, nic.method.as_str()) {
+                    (Some(b), _) if b.dhcp => append.push_str(&format!(" vws.net{i}=dhcp")),
                     (Some(b), _) => append.push_str(&format!(
                         " vws.net{i}=static:{}:{}",
                         b.address,
@@ -467,7 +476,7 @@ impl QemuDriver {
             };
             // Taps go before anyone hears the VM is gone, so a start that
             // follows makes fresh ones that nothing removes.
-            crate::net::unplug(&nics);
+            crate::net::unplug(&nics, &me.net_dir());
             let _ = tx.send(true);
             me.vms.lock().await.remove(&id);
             me.report_exit(&id, &expected, how);
@@ -576,7 +585,8 @@ impl QemuDriver {
         // The console log of this boot starts empty, so what it shows is this boot's.
         std::fs::write(dir.join("console.log"), b"")?;
         let log = std::fs::File::create(dir.join("qemu.log"))?;
-        crate::net::plug(&spec.nics).map_err(|e| qemu_err(format!("network: {e}")))?;
+        crate::net::plug(&spec.nics, &self.net_dir())
+            .map_err(|e| qemu_err(format!("network: {e}")))?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(self.command_line(spec))
             .args(extra)
@@ -589,7 +599,7 @@ impl QemuDriver {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                crate::net::unplug(&spec.nics);
+                crate::net::unplug(&spec.nics, &self.net_dir());
                 return Err(qemu_err(format!("cannot run qemu-system-x86_64: {e}")));
             }
         };
@@ -604,7 +614,7 @@ impl QemuDriver {
             Err(e) => {
                 let log = tail(&dir.join("qemu.log"), 5);
                 let _ = child.kill().await;
-                crate::net::unplug(&spec.nics);
+                crate::net::unplug(&spec.nics, &self.net_dir());
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
@@ -619,7 +629,7 @@ impl QemuDriver {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = child.kill().await;
-                    crate::net::unplug(&spec.nics);
+                    crate::net::unplug(&spec.nics, &self.net_dir());
                     return Err(qemu_err(format!("guest agent socket: {e}")));
                 }
             }

@@ -265,7 +265,12 @@ impl Service {
         form: Form,
     ) -> Result<(), ServiceError> {
         for (i, nic) in d.network.nics.iter().enumerate() {
-            if nic.method != vws_model::NicMethod::Pool {
+            // A dhcp interface's address comes from the same pool: the
+            // node's dnsmasq hands out exactly that one.
+            if !matches!(
+                nic.method,
+                vws_model::NicMethod::Pool | vws_model::NicMethod::Dhcp
+            ) {
                 continue;
             }
             let name = nic.network.as_deref().unwrap_or("default");

@@ -451,6 +451,12 @@ impl Service {
                 )));
             };
             let (_, prefix_len) = net.prefix().map_err(|e| anyhow::anyhow!(e))?;
+            let dhcp = r
+                .description
+                .network
+                .nics
+                .iter()
+                .any(|n| n.name == a.nic && n.method == vws_model::NicMethod::Dhcp);
             out.push(vws_model::node::NicAddress {
                 nic: a.nic,
                 network: a.network.clone(),
@@ -458,6 +464,7 @@ impl Service {
                 prefix_len,
                 gateway: net.gateway.clone(),
                 mac: a.mac,
+                dhcp,
                 segment: if net.shared {
                     a.network
                 } else {
