@@ -341,6 +341,47 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     );
     ok(ns, home, &["destroy", &d]);
 
+    // A hot image of A: workspaces restored from it take their own pool
+    // addresses and MACs, not A's, and reach the segment.
+    ok(ns, home, &["pause", &ids[0]]);
+    ok(ns, home, &["snapshot", &ids[0], "--as", "netimg:1"]);
+    ok(ns, home, &["unpause", &ids[0]]);
+    let hot_desc = home.join("h.toml");
+    std::fs::write(
+        &hot_desc,
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[[network.nics]]\nname = \"eth0\"\nmethod = \"pool\"\nnetwork = \"lab\"\n[software]\nimage = \"netimg:1\"\n",
+    )
+    .unwrap();
+    let mut hot = Vec::new();
+    for _ in 0..2 {
+        let h = ok(ns, home, &["create", hot_desc.to_str().unwrap()])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ok(ns, home, &["deploy", &h]);
+        ok(ns, home, &["start", &h]);
+        let mine = addr(&h);
+        let out = vws(
+            ns,
+            home,
+            &["run", &h, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+        );
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            shown.contains(&format!("{mine}/29")) && !shown.contains(&format!("{a}/")),
+            "{shown}"
+        );
+        hot.push((h, mine));
+    }
+    assert_ne!(hot[0].1, hot[1].1);
+    assert!(
+        pings(ns, home, &hot[0].0, &hot[1].1),
+        "one clone reaches the other"
+    );
+    assert!(pings(ns, home, &hot[1].0, &b), "and B");
+    assert!(pings(ns, home, &ids[0], &b), "A is unharmed");
+    ok(ns, home, &["destroy", &hot[0].0, &hot[1].0]);
+
     // kill -9 of the node: the VMs run on and are adopted with their taps; a
     // stopped one's tap goes; nothing is left after destroy.
     node.0.kill().unwrap();

@@ -82,7 +82,29 @@ pub enum ToAgent {
         mac: Option<String>,
         /// Bytes to mix into the guest's entropy pool (base64).
         seed: String,
+        /// Interfaces to reconfigure (a restored guest carries its source's
+        /// MACs and addresses).
+        #[serde(default)]
+        net: Vec<NetConfig>,
     },
+}
+
+/// One interface's identity after a restore.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NetConfig {
+    /// Device, e.g. `eth0`.
+    pub dev: String,
+    /// Its MAC.
+    pub mac: String,
+    /// A static address `a.b.c.d/len`, if any.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Its gateway.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Ask by DHCP instead.
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 /// Agent → node.

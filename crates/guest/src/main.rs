@@ -273,8 +273,9 @@ fn serve(port: &str) -> std::io::Result<()> {
                 hostname,
                 mac,
                 seed,
+                net,
             } => {
-                take_identity(&hostname, mac.as_deref(), &seed);
+                take_identity(&hostname, mac.as_deref(), &seed, &net);
                 hello = FromAgent::Hello {
                     version: VERSION,
                     hostname,
@@ -316,7 +317,15 @@ fn new_session() -> String {
 /// A restored guest becomes its own workspace: entropy first (so the new
 /// session id is already drawn from it), then hostname and MAC. virtio-net
 /// changes its MAC live, so routes and addresses stay.
-fn take_identity(hostname: &str, mac: Option<&str>, seed: &str) {
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn take_identity(hostname: &str, mac: Option<&str>, seed: &str, net: &[vws_guest::NetConfig]) {
     if let Ok(bytes) = B64.decode(seed) {
         let _ = std::fs::OpenOptions::new()
             .write(true)
@@ -333,6 +342,38 @@ fn take_identity(hostname: &str, mac: Option<&str>, seed: &str) {
             .status();
         if !set.is_ok_and(|s| s.success()) {
             eprintln!("vws-agent: could not set the MAC of eth0 to {mac}");
+        }
+    }
+    // Bridged interfaces: their own MAC and address, not the source's.
+    for n in net {
+        let dev = n.dev.as_str();
+        if !ip(&["link", "set", "dev", dev, "address", &n.mac]) {
+            eprintln!("vws-agent: could not set the MAC of {dev}");
+        }
+        ip(&["addr", "flush", "dev", dev]);
+        if n.dhcp {
+            let _ = Command::new("udhcpc")
+                .args([
+                    "-i",
+                    dev,
+                    "-q",
+                    "-n",
+                    "-t",
+                    "10",
+                    "-T",
+                    "1",
+                    "-s",
+                    "/bin/vws-dhcp",
+                ])
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        } else if let Some(a) = &n.address {
+            ip(&["addr", "add", a, "dev", dev]);
+            if let Some(g) = &n.gateway {
+                ip(&["route", "add", "default", "via", g, "dev", dev]);
+            }
         }
     }
 }

@@ -42,6 +42,13 @@ fn to_agent() -> impl Strategy<Value = ToAgent> {
                 hostname,
                 mac,
                 seed,
+                net: vec![vws_guest::NetConfig {
+                    dev: "eth0".into(),
+                    mac: "52:54:00:00:00:01".into(),
+                    address: Some("10.0.0.2/24".into()),
+                    gateway: None,
+                    dhcp: false,
+                }],
             }
         }),
     ]

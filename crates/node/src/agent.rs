@@ -327,11 +327,18 @@ impl Agent {
 
     /// Gives a restored guest its own identity; the agent answers with a
     /// `Hello` of a new session.
-    pub fn identity(&self, hostname: &str, mac: Option<String>, seed: &[u8]) {
+    pub fn identity(
+        &self,
+        hostname: &str,
+        mac: Option<String>,
+        seed: &[u8],
+        net: Vec<vws_guest::NetConfig>,
+    ) {
         let _ = self.out.send(ToAgent::Identity {
             hostname: hostname.into(),
             mac,
             seed: base64::engine::general_purpose::STANDARD.encode(seed),
+            net,
         });
     }
 

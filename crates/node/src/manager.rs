@@ -391,9 +391,29 @@ impl Manager {
     async fn refresh_identity(&self, spec: &VmSpec) -> Result<(), NodeError> {
         let agent = self.agent(&spec.id).await?;
         let before = agent.hello().map(|h| h.session);
-        let mac = (!spec.nics.is_empty()).then(|| crate::qemu::mac_address(&spec.id, 0));
+        // eth0's MAC for a user NIC; bridged NICs get theirs with their
+        // addresses.
+        let mac = spec
+            .nics
+            .first()
+            .filter(|n| n.bridged.is_none())
+            .map(|_| crate::qemu::mac_address(&spec.id, 0));
+        let net = spec
+            .nics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                n.bridged.as_ref().map(|b| vws_guest::NetConfig {
+                    dev: format!("eth{i}"),
+                    mac: b.mac.clone(),
+                    address: (!b.dhcp).then(|| b.address.clone()),
+                    gateway: b.gateway.clone(),
+                    dhcp: b.dhcp,
+                })
+            })
+            .collect();
         let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-        agent.identity(&spec.hostname, mac, &seed);
+        agent.identity(&spec.hostname, mac, &seed, net);
         // A new agent session is the sign that all of it happened.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while agent.hello().map(|h| h.session) == before {
