@@ -118,6 +118,10 @@ fn start_node(ns: &str, home: &Path) -> Proc {
             "1",
             "--node-home",
             home.join("n1").to_str().unwrap(),
+            // Served ports of bridged workspaces, published on the node's
+            // address on the "outside" link.
+            "--publish",
+            "10.99.0.1",
         ],
         "node.log",
     );
@@ -160,6 +164,43 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         .args(["-n", &ns.0, "link", "set", "lo", "up"])
         .status()
         .unwrap();
+    // "Outside": another namespace joined to the node's by a veth pair.
+    let outside = Netns(format!("vwso{}", std::process::id()));
+    for args in [
+        vec!["netns", "add", outside.0.as_str()],
+        vec![
+            "-n",
+            &ns.0,
+            "link",
+            "add",
+            "vo0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vo1",
+            "netns",
+            outside.0.as_str(),
+        ],
+        vec!["-n", &ns.0, "addr", "add", "10.99.0.1/24", "dev", "vo0"],
+        vec!["-n", &ns.0, "link", "set", "vo0", "up"],
+        vec![
+            "-n",
+            outside.0.as_str(),
+            "addr",
+            "add",
+            "10.99.0.2/24",
+            "dev",
+            "vo1",
+        ],
+        vec!["-n", outside.0.as_str(), "link", "set", "vo1", "up"],
+        vec!["-n", outside.0.as_str(), "link", "set", "lo", "up"],
+    ] {
+        assert!(
+            Command::new("ip").args(&args).status().unwrap().success(),
+            "ip {args:?}"
+        );
+    }
     let ns = &ns.0.clone();
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
@@ -290,7 +331,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     let dhcp_desc = home.join("d.toml");
     std::fs::write(
         &dhcp_desc,
-        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[[network.nics]]\nname = \"eth0\"\nmethod = \"dhcp\"\nnetwork = \"lab\"\n[software]\nimage = \"minimal:1\"\n",
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[[network.nics]]\nname = \"eth0\"\nmethod = \"dhcp\"\nnetwork = \"lab\"\n[software]\nimage = \"minimal:1\"\n[capability]\nservices = [{ port = 8080, protocol = \"tcp\" }]\n",
     )
     .unwrap();
     let d = ok(ns, home, &["create", dhcp_desc.to_str().unwrap()])["id"]
@@ -339,7 +380,29 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
             String::from_utf8_lossy(&out.stdout).trim() == "served"
         },
     );
+    // Published: from outside the node, through the node's forward.
+    let fwd = ok(ns, home, &["show", &d])["binding"]["forwards"][0]["host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fwd.starts_with("10.99.0.1:"), "{fwd}");
+    wait_until(
+        "the served port from outside",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &outside.0, "curl", "-s", "--max-time", "2"])
+                .arg(format!("http://{fwd}/index.html"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "served"
+        },
+    );
     ok(ns, home, &["destroy", &d]);
+    assert!(
+        !nft_tables(ns).contains("vws_fwd_"),
+        "the forward goes with the workspace"
+    );
 
     // A hot image of A: workspaces restored from it take their own pool
     // addresses and MACs, not A's, and reach the segment.

@@ -56,6 +56,9 @@ pub struct Manager {
     pub stop_grace: Duration,
     /// The address other nodes reach this one at, for incoming migrations.
     pub migration_host: String,
+    /// Where served ports of bridged interfaces are published (nftables
+    /// forwards), if anywhere.
+    pub publish: Option<String>,
     migrations: Mutex<HashMap<String, Arc<crate::qemu::MigrationMeter>>>,
 }
 
@@ -89,6 +92,7 @@ impl Manager {
             jobs: Mutex::new(HashMap::new()),
             stop_grace: Duration::from_secs(5),
             migration_host: "127.0.0.1".into(),
+            publish: None,
             migrations: Mutex::new(HashMap::new()),
         })
     }
@@ -475,12 +479,21 @@ impl Manager {
     /// each launch of QEMU.
     fn spec_with_forwards(&self, id: &str) -> Result<VmSpec, NodeError> {
         let mut spec = self.spec(id)?;
+        let user = spec.nics.iter().any(|n| n.method == "user");
+        let bridged = spec.nics.iter().any(|n| n.bridged.is_some());
+        // A user NIC's ports come from QEMU on loopback; a bridged NIC's,
+        // where the node publishes them, from an nftables forward.
+        let at = match (&self.publish, user, bridged) {
+            (_, true, _) => "127.0.0.1".to_string(),
+            (Some(addr), false, true) => addr.clone(),
+            _ => {
+                spec.forwards.clear();
+                return Ok(spec);
+            }
+        };
         for f in &mut spec.forwards {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let probe = std::net::TcpListener::bind((at.as_str(), 0))?;
             f.host = probe.local_addr()?.to_string();
-        }
-        if !spec.nics.iter().any(|n| n.method == "user") {
-            spec.forwards.clear();
         }
         Ok(spec)
     }

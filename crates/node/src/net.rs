@@ -117,6 +117,7 @@ pub fn plug(nics: &[NicSpec], dir: &Path) -> Result<(), String> {
 
 fn unplug_one(tap: &str) {
     let _ = run("nft", &["delete", "table", "bridge", &format!("vws_{tap}")]);
+    let _ = run("nft", &["delete", "table", "ip", &format!("vws_fwd_{tap}")]);
     if exists(tap) {
         let _ = run("ip", &["link", "del", tap]);
     }
@@ -305,4 +306,58 @@ pub fn sweep(keep: &[String], dir: &Path) -> Vec<String> {
         remove_if_empty(n, dir);
     }
     removed
+}
+
+/// Publishes a VM's served ports (its `forwards`, host side already chosen)
+/// for its first bridged interface: DNAT from the host port to the guest,
+/// for traffic arriving from outside and from the node itself, masqueraded
+/// so replies come back through the node. The bridge gets the network's
+/// gateway address (the node must be on the segment to forward to it), and
+/// IPv4 forwarding is turned on — only nodes started with `--publish` do
+/// this. Removed with the tap (`vws_fwd_<tap>`).
+pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), String> {
+    let Some(b) = spec.nics.iter().find_map(|n| n.bridged.as_ref()) else {
+        return Ok(());
+    };
+    if spec.forwards.is_empty() || spec.nics.iter().any(|n| n.method == "user") {
+        return Ok(());
+    }
+    let gw = b.gateway.as_deref().ok_or(
+        "publishing ports needs the network's gateway (the node's address on the segment)",
+    )?;
+    let len = b.address.split('/').nth(1).unwrap_or("24");
+    let have = run("ip", &["-o", "addr", "show", "dev", &b.bridge]).unwrap_or_default();
+    if !have.contains(&format!(" {gw}/")) {
+        run(
+            "ip",
+            &["addr", "add", &format!("{gw}/{len}"), "dev", &b.bridge],
+        )?;
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| format!("ip_forward: {e}"))?;
+    let guest = b.address.split('/').next().unwrap_or_default();
+    let mut pre = String::new();
+    let mut post = String::new();
+    for f in &spec.forwards {
+        let port = f.host.rsplit(':').next().unwrap_or_default();
+        let proto = if f.protocol == "udp" { "udp" } else { "tcp" };
+        pre.push_str(&format!(
+            "\t\t{proto} dport {port} dnat to {guest}:{}\n",
+            f.port
+        ));
+        post.push_str(&format!(
+            "\t\tip daddr {guest} {proto} dport {} masquerade\n",
+            f.port
+        ));
+    }
+    let tap = &b.tap;
+    let table = format!(
+        "table ip vws_fwd_{tap} {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\t}}\n\
+         \tchain out {{\n\t\ttype nat hook output priority -100; policy accept;\n{pre}\t}}\n\
+         \tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{post}\t}}\n}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("vws-fwd-{tap}.nft"));
+    std::fs::write(&path, table).map_err(|e| e.to_string())?;
+    let loaded = run("nft", &["-f", &path.to_string_lossy()]);
+    let _ = std::fs::remove_file(&path);
+    loaded.map(drop)
 }

@@ -586,7 +586,11 @@ impl QemuDriver {
         std::fs::write(dir.join("console.log"), b"")?;
         let log = std::fs::File::create(dir.join("qemu.log"))?;
         crate::net::plug(&spec.nics, &self.net_dir())
-            .map_err(|e| qemu_err(format!("network: {e}")))?;
+            .and_then(|()| crate::net::publish(spec))
+            .map_err(|e| {
+                crate::net::unplug(&spec.nics, &self.net_dir());
+                qemu_err(format!("network: {e}"))
+            })?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(self.command_line(spec))
             .args(extra)

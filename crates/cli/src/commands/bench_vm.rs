@@ -58,6 +58,7 @@ impl Rig {
             Duration::from_millis(500),
             Duration::ZERO,
             crate::commands::pki::node_credentials(&home, "bench")?,
+            None,
         )
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;

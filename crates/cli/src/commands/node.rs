@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// CA to trust [default: ca.pem beside the certificate]
     #[arg(long = "node-ca", env = "VWS_NODE_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Publish served ports of bridged workspaces on this address of the
+    /// node (nftables forwards; turns on IPv4 forwarding) [default: not published]
+    #[arg(long, env = "VWS_NODE_PUBLISH", value_name = "ADDR")]
+    publish: Option<std::net::IpAddr>,
 }
 
 /// A node running in this process.
@@ -90,6 +94,7 @@ pub async fn launch(
     heartbeat: Duration,
     stop_grace: Duration,
     credentials: vws_pki::Credentials,
+    publish: Option<std::net::IpAddr>,
 ) -> anyhow::Result<RunningNode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -99,6 +104,7 @@ pub async fn launch(
         .build()?;
     let mut manager = Manager::new(name, home, http, tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
+    manager.publish = publish.map(|a| a.to_string());
     // Incoming migrations listen where the node's API does (loopback stays
     // loopback; a wildcard listen means "any of this host's addresses").
     manager.migration_host = match listen.ip() {
@@ -179,6 +185,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         Duration::from_secs(r.heartbeat.max(1)),
         Duration::from_secs(r.stop_grace),
         credentials,
+        r.publish,
     )
     .await?;
     eprintln!(

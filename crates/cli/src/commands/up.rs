@@ -238,6 +238,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             Duration::from_secs(2),
             Duration::from_secs(5),
             crate::commands::pki::node_credentials(&g.home, "local")?,
+            None,
         )
         .await?;
         eprintln!(
