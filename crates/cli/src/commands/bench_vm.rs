@@ -50,16 +50,16 @@ impl Rig {
         }
         .start()
         .await?;
-        let node = launch(
-            "bench".into(),
-            home.join("node"),
-            running.url.clone(),
-            "127.0.0.1:0".parse()?,
-            Duration::from_millis(500),
-            Duration::ZERO,
-            crate::commands::pki::node_credentials(&home, "bench")?,
-            None,
-        )
+        let node = launch(crate::commands::node::NodeLaunch {
+            name: "bench".into(),
+            home: home.join("node"),
+            service: running.url.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            heartbeat: Duration::from_millis(500),
+            stop_grace: Duration::ZERO,
+            credentials: crate::commands::pki::node_credentials(&home, "bench")?,
+            publish: None,
+        })
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;
         let deadline = Instant::now() + Duration::from_secs(20);

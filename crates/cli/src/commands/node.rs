@@ -85,17 +85,38 @@ impl RunningNode {
     }
 }
 
+/// Where and how to run a node.
+pub struct NodeLaunch {
+    /// Node name.
+    pub name: String,
+    /// State folder.
+    pub home: PathBuf,
+    /// The service's URL.
+    pub service: String,
+    /// The node API's address.
+    pub listen: SocketAddr,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// How long a graceful stop may take.
+    pub stop_grace: Duration,
+    /// The node's certificate.
+    pub credentials: vws_pki::Credentials,
+    /// Where to publish bridged workspaces' served ports.
+    pub publish: Option<std::net::IpAddr>,
+}
+
 /// Starts a node: re-adopts running VMs, serves its API, registers.
-pub async fn launch(
-    name: String,
-    home: PathBuf,
-    service: String,
-    listen: SocketAddr,
-    heartbeat: Duration,
-    stop_grace: Duration,
-    credentials: vws_pki::Credentials,
-    publish: Option<std::net::IpAddr>,
-) -> anyhow::Result<RunningNode> {
+pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
+    let NodeLaunch {
+        name,
+        home,
+        service,
+        listen,
+        heartbeat,
+        stop_grace,
+        credentials,
+        publish,
+    } = l;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
     let http = credentials
@@ -177,16 +198,16 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         (None, None) => crate::commands::pki::node_credentials(&g.home, &name)?,
         _ => anyhow::bail!("--cert and --key go together"),
     };
-    let node = launch(
-        name.clone(),
-        home.clone(),
-        service.clone(),
-        r.listen,
-        Duration::from_secs(r.heartbeat.max(1)),
-        Duration::from_secs(r.stop_grace),
+    let node = launch(NodeLaunch {
+        name: name.clone(),
+        home: home.clone(),
+        service: service.clone(),
+        listen: r.listen,
+        heartbeat: Duration::from_secs(r.heartbeat.max(1)),
+        stop_grace: Duration::from_secs(r.stop_grace),
         credentials,
-        r.publish,
-    )
+        publish: r.publish,
+    })
     .await?;
     eprintln!(
         "vws node {name} at {} (state {}), reporting to {service}",

@@ -230,16 +230,16 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
 
     // `vws up` is the service plus this host's VW Manager; `vws serve` is the service alone.
     let node = if with_node {
-        let node = crate::commands::node::launch(
-            "local".into(),
-            g.home.join("node"),
-            running.url.clone(),
-            "127.0.0.1:0".parse()?,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            crate::commands::pki::node_credentials(&g.home, "local")?,
-            None,
-        )
+        let node = crate::commands::node::launch(crate::commands::node::NodeLaunch {
+            name: "local".into(),
+            home: g.home.join("node"),
+            service: running.url.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            heartbeat: Duration::from_secs(2),
+            stop_grace: Duration::from_secs(5),
+            credentials: crate::commands::pki::node_credentials(&g.home, "local")?,
+            publish: None,
+        })
         .await?;
         eprintln!(
             "node local at {} (state {})",
