@@ -379,6 +379,22 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         (Some("running"), Some("n1"))
     );
     assert!(!home.join("n2/vms").join(&id).exists(), "n2 let it go");
+    let raw = std::fs::read_to_string(home.join("n2.log")).unwrap();
+    // Without terminal colour codes.
+    let mut n2_log = String::new();
+    let mut in_escape = false;
+    for c in raw.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => n2_log.push(c),
+        }
+    }
+    assert!(
+        n2_log.contains("migrating out") && n2_log.contains("tls=true"),
+        "the migration and disk-mirror streams went over TLS"
+    );
     let moved_at = seq().len();
     wait_until("output after the move", Duration::from_secs(20), || {
         seq().len() > moved_at + 5

@@ -233,6 +233,10 @@ pub struct MigrationTarget {
     /// Where the target forwards the workspace's served ports.
     #[serde(default)]
     pub forwards: Vec<Forward>,
+    /// When set, both streams go over TLS with the nodes' certificates and
+    /// the target's must carry this name.
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 /// A running job's output so far, handed from the source node to the target.

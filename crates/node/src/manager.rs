@@ -69,6 +69,7 @@ impl Manager {
         name: String,
         home: PathBuf,
         http: reqwest::Client,
+        tls_dir: Option<PathBuf>,
         events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
         jobs_done: JobDone,
     ) -> anyhow::Result<Manager> {
@@ -76,12 +77,11 @@ impl Manager {
         std::fs::create_dir_all(home.join("vms"))?;
         std::fs::create_dir_all(home.join("jobs"))?;
         let accel = crate::accel::detect();
-        let driver = Arc::new(QemuDriver::new(
-            home.join("vms"),
-            accel.0,
-            events,
-            jobs_done,
-        ));
+        let mut driver = QemuDriver::new(home.join("vms"), accel.0, events, jobs_done);
+        if let Some(dir) = tls_dir {
+            driver = driver.with_tls(dir);
+        }
+        let driver = Arc::new(driver);
         Ok(Manager {
             name,
             home,
@@ -523,6 +523,7 @@ impl Manager {
                 migrate_uri,
                 nbd_uri,
                 forwards: spec.forwards,
+                tls_name: self.driver.tls().then(|| self.name.clone()),
             })
         }
         .await;
@@ -542,6 +543,7 @@ impl Manager {
     ) -> Result<vws_model::node::MigrationDone, NodeError> {
         self.spec(id)?;
         let running = self.driver.status(id).await == VmState::Running;
+        tracing::info!(%id, to = %to.migrate_uri, tls = to.tls_name.is_some(), "migrating out");
         let meter = Arc::new(crate::qemu::MigrationMeter::default());
         self.migrations
             .lock()
@@ -549,7 +551,13 @@ impl Manager {
             .insert(id.to_string(), meter.clone());
         let sent = self
             .driver
-            .migrate_out(id, &to.migrate_uri, to.nbd_uri.as_deref(), &meter)
+            .migrate_out(
+                id,
+                &to.migrate_uri,
+                to.nbd_uri.as_deref(),
+                to.tls_name.as_deref(),
+                &meter,
+            )
             .await;
         self.migrations.lock().await.remove(id);
         sent?;

@@ -50,6 +50,9 @@ pub struct QemuDriver {
     root: PathBuf,
     /// Where guest RAM files live (tmpfs where there is one).
     ram_dir: PathBuf,
+    /// QEMU TLS credentials (the node's certificate, in QEMU's file names)
+    /// for migration and NBD streams between nodes.
+    tls_dir: Option<PathBuf>,
     accel: Accel,
     tsc_khz: Option<u64>,
     boot_timeout: Duration,
@@ -111,6 +114,7 @@ impl QemuDriver {
         QemuDriver {
             root,
             ram_dir,
+            tls_dir: None,
             accel,
             tsc_khz: crate::accel::tsc_khz(),
             boot_timeout: Duration::from_secs(90),
@@ -118,6 +122,18 @@ impl QemuDriver {
             events,
             jobs_done,
         }
+    }
+
+    /// Streams between nodes (migration, disk mirror) use TLS with the
+    /// credentials in `dir` (`ca-cert.pem`, `server-*.pem`, `client-*.pem`).
+    pub fn with_tls(mut self, dir: PathBuf) -> Self {
+        self.tls_dir = Some(dir);
+        self
+    }
+
+    /// Whether streams between nodes use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_dir.is_some()
     }
 
     /// How long a boot may take to report ready.
@@ -326,6 +342,20 @@ impl QemuDriver {
             "-device",
             &format!("virtserialport,chardev=agent,name={}", vws_guest::PORT_NAME),
         ]);
+        if let Some(dir) = &self.tls_dir {
+            // Both ends, so a VM can send or receive a migration over TLS.
+            let dir = dir.display();
+            push(&[
+                "-object",
+                &format!(
+                    "tls-creds-x509,id=vws-tls-server,endpoint=server,dir={dir},verify-peer=on"
+                ),
+            ]);
+            push(&[
+                "-object",
+                &format!("tls-creds-x509,id=vws-tls-client,endpoint=client,dir={dir}"),
+            ]);
+        }
         // Guests get entropy from the host, so clones never share a random seed.
         push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
         let rng = if matches!(spec.boot, Boot::Kernel { .. }) {
@@ -881,6 +911,10 @@ raw_command!(QueryBlockJobs, "query-block-jobs");
 raw_command!(BlockJobCancel, "block-job-cancel");
 
 raw_command!(MigrateSetCapabilities, "migrate-set-capabilities");
+raw_command!(MigrateSetParameters, "migrate-set-parameters");
+raw_command!(BlockdevAdd, "blockdev-add");
+raw_command!(BlockdevDel, "blockdev-del");
+raw_command!(BlockdevMirror, "blockdev-mirror");
 
 /// Turns QEMU's `x-ignore-shared` migration capability on or off: with it,
 /// RAM in a shared file backend is not sent (the file is the RAM).
@@ -940,6 +974,12 @@ impl QemuDriver {
         let vm = self.vm(&spec.id).await?;
         let prepared = async {
             let uri = format!("tcp:{host}:{}", free_port(host)?);
+            if self.tls() {
+                vm.qmp
+                    .execute(MigrateSetParameters(serde_json::json!({ "tls-creds": "vws-tls-server" })))
+                    .await
+                    .map_err(qemu_err)?;
+            }
             vm.qmp
                 .execute(MigrateIncoming(serde_json::json!({ "uri": uri })))
                 .await
@@ -948,10 +988,14 @@ impl QemuDriver {
                 None => None,
                 Some(_) => {
                     let port = free_port(host)?;
+                    let mut args = serde_json::json!({
+                        "addr": { "type": "inet", "data": { "host": host, "port": port.to_string() } }
+                    });
+                    if self.tls() {
+                        args["tls-creds"] = "vws-tls-server".into();
+                    }
                     vm.qmp
-                        .execute(NbdServerStart(serde_json::json!({
-                            "addr": { "type": "inet", "data": { "host": host, "port": port.to_string() } }
-                        })))
+                        .execute(NbdServerStart(args))
                         .await
                         .map_err(qemu_err)?;
                     vm.qmp
@@ -983,11 +1027,14 @@ impl QemuDriver {
         id: &str,
         migrate_uri: &str,
         nbd_uri: Option<&str>,
+        tls_name: Option<&str>,
         meter: &MigrationMeter,
     ) -> Result<(), DriverError> {
         let vm = self.vm(id).await?;
         let was_running = self.status(id).await == VmState::Running;
-        let sent = self.send_state(&vm, migrate_uri, nbd_uri, meter).await;
+        let sent = self
+            .send_state(&vm, migrate_uri, nbd_uri, tls_name, meter)
+            .await;
         if let Err(e) = sent {
             meter.set("failed", 0, 0);
             // Rollback: stop whatever is in flight; the guest resumes here.
@@ -998,6 +1045,25 @@ impl QemuDriver {
                     serde_json::json!({ "device": "migration-mirror", "force": true }),
                 ))
                 .await;
+            if tls_name.is_some() {
+                // Back to plain streams for a later save to a file.
+                for _ in 0..50 {
+                    let del = vm
+                        .qmp
+                        .execute(BlockdevDel(
+                            serde_json::json!({ "node-name": "migration-target" }),
+                        ))
+                        .await;
+                    if del.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = vm
+                    .qmp
+                    .execute(MigrateSetParameters(serde_json::json!({ "tls-creds": "" })))
+                    .await;
+            }
             if was_running && self.status(id).await != VmState::Running {
                 let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
             }
@@ -1026,17 +1092,44 @@ impl QemuDriver {
         vm: &Vm,
         migrate_uri: &str,
         nbd_uri: Option<&str>,
+        tls_name: Option<&str>,
         meter: &MigrationMeter,
     ) -> Result<(), DriverError> {
         let deadline = Instant::now() + Duration::from_secs(600);
         if let Some(nbd) = nbd_uri {
-            vm.qmp
-                .execute(DriveMirror(serde_json::json!({
-                    "device": "disk0", "job-id": "migration-mirror", "target": nbd,
-                    "format": "raw", "sync": "top", "mode": "existing"
-                })))
-                .await
-                .map_err(qemu_err)?;
+            match tls_name {
+                // Over TLS: the target as a block node of its own (the URI
+                // form of drive-mirror takes no TLS credentials).
+                Some(name) => {
+                    let rest = nbd.trim_start_matches("nbd://");
+                    let (addr, export) = rest.split_once('/').unwrap_or((rest, "disk0"));
+                    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "10809"));
+                    vm.qmp
+                        .execute(BlockdevAdd(serde_json::json!({
+                            "driver": "nbd", "node-name": "migration-target",
+                            "server": { "type": "inet", "host": host, "port": port },
+                            "export": export, "tls-creds": "vws-tls-client", "tls-hostname": name
+                        })))
+                        .await
+                        .map_err(qemu_err)?;
+                    vm.qmp
+                        .execute(BlockdevMirror(serde_json::json!({
+                            "device": "disk0", "job-id": "migration-mirror",
+                            "target": "migration-target", "sync": "top"
+                        })))
+                        .await
+                        .map_err(qemu_err)?;
+                }
+                None => {
+                    vm.qmp
+                        .execute(DriveMirror(serde_json::json!({
+                            "device": "disk0", "job-id": "migration-mirror", "target": nbd,
+                            "format": "raw", "sync": "top", "mode": "existing"
+                        })))
+                        .await
+                        .map_err(qemu_err)?;
+                }
+            }
             loop {
                 let jobs = vm
                     .qmp
@@ -1061,6 +1154,14 @@ impl QemuDriver {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+        if let Some(name) = tls_name {
+            vm.qmp
+                .execute(MigrateSetParameters(serde_json::json!({
+                    "tls-creds": "vws-tls-client", "tls-hostname": name
+                })))
+                .await
+                .map_err(qemu_err)?;
         }
         vm.qmp
             .execute(Migrate(serde_json::json!({ "uri": migrate_uri })))

@@ -113,7 +113,7 @@ async fn lifecycle_of_a_real_guest() {
     });
     let meter = vws_node::qemu::MigrationMeter::default();
     let err = driver
-        .migrate_out("ws-drv", &uri, None, &meter)
+        .migrate_out("ws-drv", &uri, None, None, &meter)
         .await
         .unwrap_err();
     killer.await.unwrap();

@@ -347,11 +347,21 @@ impl Store {
         change: Change<'_>,
     ) -> Result<(), StoreError> {
         let before = next.version;
+        // Read before the transaction, with the version: a read inside a
+        // deferred SQLite transaction followed by a write fails with
+        // SQLITE_BUSY_SNAPSHOT when another writer committed in between. The
+        // version check below makes the pair exact.
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT state, version FROM workspaces WHERE id = $1")
+                .bind(&next.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let from = match row {
+            Some((state, version)) if version == before => Some(state),
+            Some(_) => return Err(StoreError::Conflict(next.id.clone())),
+            None => None,
+        };
         let mut tx = self.pool.begin().await?;
-        let from: Option<String> = sqlx::query_scalar("SELECT state FROM workspaces WHERE id = $1")
-            .bind(&next.id)
-            .fetch_optional(&mut *tx)
-            .await?;
         let done = sqlx::query(
             "UPDATE workspaces SET name = $1, binding = $2, state = $3, placement = $4, node = $5, lock_holder = $6, \
              lock_since = $7, disk_path = $8, reason = $9, terminates_at = $10, modified_at = $11, version = version + 1 \

@@ -123,7 +123,28 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         .http_client()?
         .connect_timeout(Duration::from_secs(5))
         .build()?;
-    let mut manager = Manager::new(name, home, http, tx, jobs_tx)?;
+    // QEMU reads TLS credentials from a folder with fixed names; the node's
+    // certificate serves as both ends of migration and disk-mirror streams.
+    let tls_dir = home.join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    for (file, text, private) in [
+        ("ca-cert.pem", &credentials.ca_pem, false),
+        ("server-cert.pem", &credentials.cert_pem, false),
+        ("client-cert.pem", &credentials.cert_pem, false),
+        ("server-key.pem", &credentials.key_pem, true),
+        ("client-key.pem", &credentials.key_pem, true),
+    ] {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(tls_dir.join(file))?
+            .write_all(text.as_bytes())?;
+    }
+    let mut manager = Manager::new(name, home, http, Some(tls_dir), tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
     manager.publish = publish.map(|a| a.to_string());
     // Incoming migrations listen where the node's API does (loopback stays
