@@ -116,6 +116,12 @@ impl Service {
         host: Option<&str>,
     ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Deploy).await?;
+        if r.description.category == vws_model::Category::DynamicAccount {
+            // Said plainly rather than booting it as a VM.
+            return Err(ServiceError::NotImplemented(format!(
+                "workspace {id} is a dynamic account; no node runs that category yet (only vm)"
+            )));
+        }
         let memory_file = self.memory_path(id);
         if r.state == State::Paused && !memory_file.exists() {
             return Err(ServiceError::Conflict(format!(

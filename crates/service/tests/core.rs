@@ -64,6 +64,33 @@ async fn create_clones_the_pool_image_copy_on_write() {
 }
 
 #[tokio::test]
+async fn dynamic_accounts_are_refused_at_deploy_not_run_as_vms() {
+    let h = harness(Backend::Sqlite, OPEN).await;
+    h.disk_image("base", "1", 8 << 20).await;
+    let mut d = description("base:1", "");
+    d.category = vws_model::Category::DynamicAccount;
+    let ws = h
+        .service
+        .create(&alice(), d, Form::Toml, None)
+        .await
+        .unwrap();
+    let e = h
+        .service
+        .deploy(&alice(), &ws.record.id, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_and_code().0.as_u16(), 501, "{e}");
+    assert!(e.to_string().contains("dynamic account"), "{e}");
+    let r = h
+        .service
+        .workspace(&alice(), &ws.record.id)
+        .await
+        .unwrap()
+        .record;
+    assert_eq!((r.placement, r.lock_holder), (Placement::Repository, None));
+}
+
+#[tokio::test]
 async fn bad_references_and_disks_name_the_element() {
     let h = harness(Backend::Sqlite, OPEN).await;
     h.disk_image("base", "1", 64 << 20).await;
