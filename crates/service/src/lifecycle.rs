@@ -62,6 +62,20 @@ impl Service {
         })
     }
 
+    /// GETs a node's JSON answer (progress of staging or migration).
+    async fn node_json(
+        &self,
+        node: &NodeRecord,
+        path: &str,
+    ) -> Result<serde_json::Value, ServiceError> {
+        Ok(self
+            .call_node(node, reqwest::Method::GET, path, None)
+            .await?
+            .json()
+            .await
+            .map_err(anyhow::Error::from)?)
+    }
+
     async fn checked(
         &self,
         who: &Identity,
@@ -334,17 +348,8 @@ impl Service {
             ServiceError::NotFound(format!("workspace {id} is not being deployed"))
         })?;
         let node = self.live_node(&holder).await?;
-        Ok(self
-            .call_node(
-                &node,
-                reqwest::Method::GET,
-                &format!("/node/v1/vms/{id}/staging"),
-                None,
-            )
-            .await?
-            .json()
+        self.node_json(&node, &format!("/node/v1/vms/{id}/staging"))
             .await
-            .map_err(anyhow::Error::from)?)
     }
 
     async fn simple(
@@ -1082,16 +1087,7 @@ impl Service {
     ) -> Result<serde_json::Value, ServiceError> {
         let r = self.visible(who, id).await?;
         let node = self.node_of(&r).await?;
-        Ok(self
-            .call_node(
-                &node,
-                reqwest::Method::GET,
-                &format!("/node/v1/vms/{id}/migration"),
-                None,
-            )
-            .await?
-            .json()
+        self.node_json(&node, &format!("/node/v1/vms/{id}/migration"))
             .await
-            .map_err(anyhow::Error::from)?)
     }
 }

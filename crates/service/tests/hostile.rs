@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use vws_service::api::{self, AppState, Auth};
 use vws_store::Backend;
 
 struct Case {
@@ -64,7 +63,7 @@ fn cases(w: &str) -> Vec<Case> {
         ),
         post("wrong XML root", XML, "<html/>", 422),
         post("50 000 nested XML elements", XML, &deep_xml, 422),
-        post("XML that is not UTF-8", XML, "\u{0}\u{1}", 422),
+        post("control characters instead of XML", XML, "\u{0}\u{1}", 422),
         case(
             "invalid UTF-8 bytes",
             "POST",
@@ -473,18 +472,7 @@ async fn fingerprint(http: &reqwest::Client, base: &str, w: &str) -> Value {
 async fn hostile_requests_get_their_status_and_change_nothing() {
     let h = harness(Backend::Sqlite, "").await;
     h.kernel_image("minimal", "1").await;
-    let state = AppState {
-        service: h.service.clone(),
-        auth: Auth::Local(alice()),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(
-        api::router(state),
-        listener,
-        std::future::pending(),
-        std::time::Duration::from_secs(1),
-    ));
+    let base = serve_api(&h, alice()).await;
     let http = reqwest::Client::new();
     let created: Value = http
         .post(format!("{base}/v1/workspaces"))

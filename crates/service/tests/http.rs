@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
-use vws_service::api::{self, AppState, Auth};
+use vws_service::api;
 use vws_store::Backend;
 
 struct Api {
@@ -21,18 +21,7 @@ struct Api {
 async fn api(backend: Backend, policy: &str) -> Api {
     let h = harness(backend, policy).await;
     h.kernel_image("minimal", "1").await;
-    let state = AppState {
-        service: h.service.clone(),
-        auth: Auth::Local(alice()),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(
-        api::router(state),
-        listener,
-        std::future::pending(),
-        std::time::Duration::from_secs(1),
-    ));
+    let base = serve_api(&h, alice()).await;
     Api {
         base,
         http: reqwest::Client::new(),

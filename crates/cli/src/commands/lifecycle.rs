@@ -51,32 +51,63 @@ fn print_state(g: &Globals, ws: &vws_client::Workspace, verb: &str) -> anyhow::R
     Ok(())
 }
 
-/// Deploys, showing staging progress.
-pub async fn deploy(g: &Globals, a: DeployArgs) -> anyhow::Result<()> {
-    let client = g.client()?;
+/// A progress bar (hidden with --json) fed by polling `poll` for
+/// `{done, total, phase?}` until the returned task is aborted; a new phase
+/// restarts the bar and names it.
+fn watch_progress<F, Fut>(
+    g: &Globals,
+    template: &str,
+    every: Duration,
+    poll: F,
+) -> (ProgressBar, tokio::task::JoinHandle<()>)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<serde_json::Value>> + Send,
+{
     let pb = if g.json {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(0)
     };
     pb.set_style(
-        ProgressStyle::with_template(
-            "     staging [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
-        )
-        .expect("a valid progress template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template(template)
+            .expect("a valid progress template")
+            .progress_chars("=> "),
     );
-    let watcher = {
-        let (client, id, pb) = (client.clone(), a.id.clone(), pb.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(p) = client.staging(&id).await {
-                    pb.set_length(p["total"].as_u64().unwrap_or(0));
-                    pb.set_position(p["done"].as_u64().unwrap_or(0));
+    let bar = pb.clone();
+    let task = tokio::spawn(async move {
+        let mut phase = String::new();
+        loop {
+            tokio::time::sleep(every).await;
+            if let Some(p) = poll().await {
+                let now = p["phase"].as_str().unwrap_or_default().to_string();
+                if now != phase {
+                    bar.reset();
+                    bar.set_message(now.clone());
+                    phase = now;
                 }
+                bar.set_length(p["total"].as_u64().unwrap_or(0));
+                bar.set_position(p["done"].as_u64().unwrap_or(0));
             }
-        })
+        }
+    });
+    (pb, task)
+}
+
+/// Deploys, showing staging progress.
+pub async fn deploy(g: &Globals, a: DeployArgs) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let (pb, watcher) = {
+        let (client, id) = (client.clone(), a.id.clone());
+        watch_progress(
+            g,
+            "     staging [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+            Duration::from_millis(200),
+            move || {
+                let (client, id) = (client.clone(), id.clone());
+                async move { client.staging(&id).await.ok() }
+            },
+        )
     };
     let result = client.deploy(&a.id, a.host.as_deref()).await;
     watcher.abort();
@@ -137,37 +168,17 @@ pub struct MigrateArgs {
 /// copy's progress.
 pub async fn migrate(g: &Globals, a: MigrateArgs) -> anyhow::Result<()> {
     let client = g.client()?;
-    let pb = if g.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
+    let (pb, watcher) = {
+        let (client, id) = (client.clone(), a.id.clone());
+        watch_progress(
+            g,
             "   migrating {msg:>6} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+            Duration::from_millis(100),
+            move || {
+                let (client, id) = (client.clone(), id.clone());
+                async move { client.migration(&id).await.ok() }
+            },
         )
-        .expect("a valid progress template")
-        .progress_chars("=> "),
-    );
-    let watcher = {
-        let (client, id, pb) = (client.clone(), a.id.clone(), pb.clone());
-        tokio::spawn(async move {
-            let mut phase = String::new();
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Ok(p) = client.migration(&id).await {
-                    let now = p["phase"].as_str().unwrap_or_default().to_string();
-                    if now != phase {
-                        // A new phase counts from zero.
-                        pb.reset();
-                        pb.set_message(now.clone());
-                        phase = now;
-                    }
-                    pb.set_length(p["total"].as_u64().unwrap_or(0));
-                    pb.set_position(p["done"].as_u64().unwrap_or(0));
-                }
-            }
-        })
     };
     let started = std::time::Instant::now();
     let result = client.migrate(&a.id, &a.to).await;

@@ -125,3 +125,22 @@ pub fn description(image: &str, hardware: &str) -> vws_model::Description {
     let text = format!("category = \"vm\"\nlifeCycle = 3600\n[hardware]\n{hardware}\n[software]\nimage = \"{image}\"\n");
     vws_model::parse(&text, vws_model::Form::Toml).unwrap()
 }
+
+/// Serves the API of `h` on a loopback port, every request acting as `who`;
+/// returns its base URL.
+#[allow(dead_code)]
+pub async fn serve_api(h: &Harness, who: Identity) -> String {
+    let state = vws_service::api::AppState {
+        service: h.service.clone(),
+        auth: vws_service::api::Auth::Local(who),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(vws_service::api::serve(
+        vws_service::api::router(state),
+        listener,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+    base
+}
