@@ -5,6 +5,7 @@
 //! One [`Store`] speaks SQLite (the embedded default) or PostgreSQL through
 //! sqlx's `Any` driver, with one set of portable migrations.
 
+mod accounts;
 mod addresses;
 mod blobs;
 mod db;
@@ -13,6 +14,7 @@ mod jobs;
 mod nodes;
 mod workspaces;
 
+pub use accounts::AccountLease;
 pub use addresses::Address;
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};

@@ -513,6 +513,65 @@ async fn nodes_and_jobs(store: Store) {
     assert!(store.jobs_of("ws-b").await.unwrap().is_empty());
 }
 
+async fn account_leases_are_unique_per_node(store: Store) {
+    let t = now();
+    // 40 workspaces race for the 30 uids of one node's range.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .lease_account("n1", 5000, 5029, &format!("ws-{i:02}"), t)
+                    .await
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in futures::future::join_all(tasks).await {
+        got.push(t.unwrap().unwrap());
+    }
+    let mut uids: Vec<u32> = got.iter().flatten().copied().collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids, (5000..=5029).collect::<Vec<_>>());
+    assert_eq!(got.iter().filter(|g| g.is_none()).count(), 10);
+    // A holder asking again keeps its uid; another node's range is separate.
+    let (i, uid) = got
+        .iter()
+        .enumerate()
+        .find_map(|(i, g)| g.map(|u| (i, u)))
+        .unwrap();
+    let holder = format!("ws-{i:02}");
+    assert_eq!(store.account_of(&holder).await.unwrap().unwrap().uid, uid);
+    assert_eq!(
+        store
+            .lease_account("n1", 5000, 5029, &holder, t)
+            .await
+            .unwrap(),
+        Some(uid)
+    );
+    assert_eq!(store.release_account(&holder).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .lease_account("n1", 5000, 5029, "ws-new", t)
+            .await
+            .unwrap(),
+        Some(uid),
+        "a released uid is leased again"
+    );
+    assert_eq!(
+        store
+            .lease_account("n2", 5000, 5029, "ws-other", t)
+            .await
+            .unwrap(),
+        Some(5000)
+    );
+    assert_eq!(store.account_leases().await.unwrap().len(), 31);
+    // No workspace record holds any of them: all are orphans.
+    assert_eq!(store.release_orphan_accounts().await.unwrap(), 31);
+    assert!(store.account_leases().await.unwrap().is_empty());
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -542,4 +601,5 @@ on_both_backends!(
     images_tags_and_blobs,
     concurrent_inserts_lose_nothing,
     nodes_and_jobs,
+    account_leases_are_unique_per_node,
 );
