@@ -59,6 +59,50 @@ pub struct DeployRequest {
     /// Addresses of `pool` interfaces.
     #[serde(default)]
     pub addresses: Vec<NicAddress>,
+    /// For a `dynamic account` workspace: the Unix account leased to it on
+    /// this node (absent for VMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountLease>,
+}
+
+/// A uid/gid pair leased from a node's account pool for one workspace.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountLease {
+    /// The workspace's uid (and, equal to it, its gid).
+    pub uid: u32,
+}
+
+/// The uids a node reserves for dynamic accounts: `first ..= last`, none
+/// of them an existing account on the node.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountRange {
+    /// Lowest uid of the pool.
+    pub first: u32,
+    /// Highest uid of the pool.
+    pub last: u32,
+}
+
+impl std::str::FromStr for AccountRange {
+    type Err = String;
+
+    /// Reads `FIRST-LAST`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 1000000000-1000000999"))?;
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("{s:?}: {x:?} is not a uid: {e}"))
+        };
+        let (first, last) = (num(a)?, num(b)?);
+        if first == 0 || first > last || last >= u32::MAX - 1 {
+            return Err(format!(
+                "{s:?}: the range must be non-empty, above 0 and below 4294967294"
+            ));
+        }
+        Ok(AccountRange { first, last })
+    }
 }
 
 /// A `pool` interface's place on the network.
@@ -106,6 +150,10 @@ pub struct NodeReport {
     pub workspaces: BTreeMap<String, String>,
     /// `ok`, or what is wrong.
     pub health: String,
+    /// The account pool for `dynamic account` workspaces; absent when this
+    /// node cannot run that category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<AccountRange>,
 }
 
 /// Node → service: here I am.

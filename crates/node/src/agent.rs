@@ -41,6 +41,10 @@ pub enum JobEvent {
         signal: Option<i32>,
         /// Killed by its timeout.
         timed_out: bool,
+        /// Why it ended, when the node knows more than the status (a
+        /// dynamic account's job killed by its memory limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// It never ran, or its agent went away.
     Failed {
@@ -213,6 +217,7 @@ impl Agent {
                             code,
                             signal,
                             timed_out,
+                            reason: None,
                         },
                     ),
                     FromAgent::Failed { job, message } => (job, JobEvent::Failed { message }),

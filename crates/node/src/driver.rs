@@ -94,6 +94,10 @@ pub struct VmSpec {
     /// the deployment).
     #[serde(default)]
     pub disk_key: Option<PathBuf>,
+    /// Set for a `dynamic account` workspace: run by the account driver,
+    /// not as a VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<crate::account::AccountSpec>,
 }
 
 /// What a driver reports about a VM.
@@ -146,6 +150,9 @@ pub enum DriverError {
     /// QEMU refused or died.
     #[error("qemu: {0}")]
     Qemu(String),
+    /// The namespace helper of a dynamic account failed.
+    #[error("dynamic account: {0}")]
+    Sandbox(String),
     /// This driver cannot do that.
     #[error("{0} is not supported by this driver")]
     Unsupported(&'static str),

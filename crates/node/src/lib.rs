@@ -1,14 +1,18 @@
 //! The VW Manager (paper §3.1, `vws node`): stages workspaces from the
 //! repository onto this host and drives them through a [`driver::Driver`];
-//! the QEMU driver runs VMs over QMP.
+//! the QEMU driver runs VMs over QMP, the account driver runs dynamic
+//! accounts in namespaces and cgroups.
 
 pub mod accel;
+pub mod account;
 pub mod agent;
 pub mod api;
+pub mod cgroup;
 pub mod driver;
 pub mod manager;
 pub mod net;
 pub mod qemu;
+pub mod sandbox;
 pub mod staging;
 
 pub use manager::{Manager, NodeError};

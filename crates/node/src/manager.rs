@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use vws_model::node::{DeployRequest, NodeEvent, NodeReport, Registration, StagingProgress};
 
+use crate::account::{AccountDriver, AccountSpec};
 use crate::agent::{Agent, JobDone, JobEvent};
 use crate::driver::{Boot, Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
 use crate::qemu::QemuDriver;
@@ -41,6 +42,9 @@ pub enum NodeError {
     Other(#[from] anyhow::Error),
 }
 
+/// Where a workspace's own credential is put inside it.
+pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
+
 /// One host's manager.
 pub struct Manager {
     /// Node name.
@@ -60,6 +64,10 @@ pub struct Manager {
     /// forwards), if anywhere.
     pub publish: Option<String>,
     migrations: Mutex<HashMap<String, Arc<crate::qemu::MigrationMeter>>>,
+    /// The dynamic-account driver, where this host can run accounts.
+    accounts: Option<Arc<AccountDriver>>,
+    events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+    jobs_done: JobDone,
 }
 
 impl Manager {
@@ -77,7 +85,8 @@ impl Manager {
         std::fs::create_dir_all(home.join("vms"))?;
         std::fs::create_dir_all(home.join("jobs"))?;
         let accel = crate::accel::detect();
-        let mut driver = QemuDriver::new(home.join("vms"), accel.0, events, jobs_done);
+        let mut driver =
+            QemuDriver::new(home.join("vms"), accel.0, events.clone(), jobs_done.clone());
         if let Some(dir) = tls_dir {
             driver = driver.with_tls(dir);
         }
@@ -94,13 +103,43 @@ impl Manager {
             migration_host: "127.0.0.1".into(),
             publish: None,
             migrations: Mutex::new(HashMap::new()),
+            accounts: None,
+            events,
+            jobs_done,
         })
+    }
+
+    /// Lets this node run `dynamic account` workspaces with uids from
+    /// `range`, using `program __sandbox` as the namespace helper (the
+    /// `vws` executable). Fails, saying why, where the host cannot.
+    pub fn enable_accounts(
+        &mut self,
+        range: vws_model::node::AccountRange,
+        program: PathBuf,
+    ) -> Result<(), String> {
+        let driver =
+            AccountDriver::new(self.home.join("vms"), program, range, self.events.clone())?;
+        self.accounts = Some(Arc::new(driver));
+        Ok(())
+    }
+
+    /// The account driver if `id` is a dynamic account deployed here.
+    fn account(&self, id: &str) -> Option<(Arc<AccountDriver>, VmSpec)> {
+        let spec = self.spec(id).ok()?;
+        spec.account.as_ref()?;
+        Some((self.accounts.clone()?, spec))
     }
 
     /// Takes over VMs a previous run of this node left running, and removes
     /// the taps and rules of those that did not survive.
     pub async fn adopt(&self) -> Vec<String> {
-        let adopted = self.driver.adopt().await;
+        let mut adopted = self.driver.adopt().await;
+        if let Some(a) = &self.accounts {
+            adopted.extend(a.adopt().await);
+            for (job, ws) in a.adopt_jobs(&self.home.join("jobs"), &self.jobs_done) {
+                self.jobs.lock().await.insert(job, ws);
+            }
+        }
         let keep: Vec<String> = adopted
             .iter()
             .filter_map(|id| self.spec(id).ok())
@@ -186,6 +225,12 @@ impl Manager {
         let dir = self.vm_dir(&req.id);
         std::fs::create_dir_all(&dir)?;
         let backing = req.blobs.iter().find(|b| b.role == "disk");
+        if req.account.is_some() && self.accounts.is_none() {
+            return Err(NodeError::Other(anyhow::anyhow!(
+                "node {} does not run dynamic accounts",
+                self.name
+            )));
+        }
         // An encrypted disk's passphrase lives on tmpfs while deployed.
         let key_file = match &req.disk_key {
             Some(key) => {
@@ -329,7 +374,12 @@ impl Manager {
                 .find(|b| b.role == "ram")
                 .map(|b| self.blob_path(&b.digest)),
             disk_key: key_file,
+            account: None,
         };
+        let mut spec = spec;
+        if let Some(lease) = req.account {
+            spec.account = Some(self.account_disk(&spec, lease, backing).await?);
+        }
         // Written last, atomically: a deploy is real only once this exists.
         let tmp = dir.join("spec.json.tmp");
         std::fs::write(
@@ -342,6 +392,50 @@ impl Manager {
         Ok(moved)
     }
 
+    /// A dynamic account's upper layer: the staged qcow2 disk turned into
+    /// a raw ext4 image (sparse), formatted on first use.
+    async fn account_disk(
+        &self,
+        spec: &VmSpec,
+        lease: vws_model::node::AccountLease,
+        image: Option<&vws_model::node::BlobRef>,
+    ) -> Result<AccountSpec, NodeError> {
+        let image = image
+            .map(|b| self.blob_path(&b.digest))
+            .ok_or_else(|| anyhow::anyhow!("a dynamic account needs a filesystem image"))?;
+        let dir = self.vm_dir(&spec.id);
+        let upper = dir.join("upper.img");
+        let qcow = dir.join("disk.qcow2");
+        if qcow.exists() {
+            vws_qemu::img::flatten(&qcow, &upper, "raw")
+                .await
+                .map_err(|e| NodeError::Other(e.into()))?;
+            std::fs::remove_file(&qcow)?;
+        } else {
+            return Err(NodeError::Other(anyhow::anyhow!(
+                "a dynamic account needs a workspace disk (its upper layer)"
+            )));
+        }
+        if !is_ext4(&upper)? {
+            let out = tokio::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-L", "vws-upper"])
+                .arg(&upper)
+                .output()
+                .await?;
+            if !out.status.success() {
+                return Err(NodeError::Other(anyhow::anyhow!(
+                    "mkfs.ext4 on the workspace disk: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        Ok(AccountSpec {
+            uid: lease.uid,
+            image,
+            upper,
+        })
+    }
+
     /// Boots a deployed workspace and waits for it to report ready; returns
     /// where its served ports are reachable.
     pub async fn start(
@@ -350,6 +444,31 @@ impl Manager {
         credentials: Option<vws_model::node::WorkspaceCredentials>,
     ) -> Result<Vec<vws_model::node::Forward>, NodeError> {
         let spec = self.spec_with_forwards(id)?;
+        if let Some((driver, _)) = self.account(id) {
+            // No agent inside: the credential is written by the account itself.
+            driver.start(&spec).await?;
+            if let Some(c) = credentials {
+                let dir = CREDENTIALS_DIR;
+                for (name, text, mode) in [
+                    ("key.pem", &c.key, "600"),
+                    ("cert.pem", &c.cert, "644"),
+                    ("ca.pem", &c.ca, "644"),
+                ] {
+                    let path = format!("{dir}/{name}");
+                    let script = format!(
+                        "umask 077 && mkdir -p {dir} && cat > {path} && chmod {mode} {path}"
+                    );
+                    driver
+                        .run_captured(
+                            &spec,
+                            vec!["/bin/sh".into(), "-c".into(), script],
+                            text.as_bytes(),
+                        )
+                        .await?;
+                }
+            }
+            return Ok(spec.forwards);
+        }
         match &spec.restore {
             Some(memory) => {
                 self.driver.restore(&spec, memory).await?;
@@ -372,7 +491,7 @@ impl Manager {
         c: &vws_model::node::WorkspaceCredentials,
     ) -> Result<(), NodeError> {
         let agent = self.agent(id).await?;
-        let dir = "/etc/vws/credentials";
+        let dir = CREDENTIALS_DIR;
         for (name, text, mode) in [
             ("key.pem", &c.key, 0o600),
             ("cert.pem", &c.cert, 0o644),
@@ -436,6 +555,9 @@ impl Manager {
     /// blobs. The workspace stays paused.
     pub async fn snapshot(&self, id: &str) -> Result<serde_json::Value, NodeError> {
         self.spec(id)?;
+        if self.account(id).is_some() {
+            return Err(DriverError::Unsupported("snapshot of a dynamic account").into());
+        }
         let dir = self.vm_dir(id);
         let repository = std::fs::read_to_string(dir.join("repository"))
             .map_err(|e| NodeError::CheckIn(e.to_string()))?;
@@ -506,6 +628,9 @@ impl Manager {
     ) -> Result<vws_model::node::MigrationTarget, NodeError> {
         let mut deploy = req.deploy;
         let id = deploy.id.clone();
+        if deploy.account.is_some() {
+            return Err(DriverError::Unsupported("migration of a dynamic account").into());
+        }
         if self.deployed(&id) {
             return Err(NodeError::AlreadyDeployed(id));
         }
@@ -622,6 +747,9 @@ impl Manager {
     /// Shuts a workspace down.
     pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
         self.spec(id)?;
+        if let Some((a, _)) = self.account(id) {
+            return Ok(a.stop(id, self.stop_grace).await?);
+        }
         let memory = self.vm_dir(id).join("memory.state");
         if self.driver.status(id).await == VmState::Shutdown && memory.exists() {
             // A saved paused state that was never resumed: stopping discards it.
@@ -633,16 +761,22 @@ impl Manager {
 
     /// Freezes a workspace.
     pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
+        if let Some((a, _)) = self.account(id) {
+            return Ok(a.pause(id).await?);
+        }
         Ok(self.driver.pause(id).await?)
     }
 
-    /// Thaws a workspace.
     /// Thaws a workspace; one deployed from the repository while paused is
     /// restored from its saved memory (returning its new port forwards).
     pub async fn unpause(
         &self,
         id: &str,
     ) -> Result<Option<Vec<vws_model::node::Forward>>, NodeError> {
+        if let Some((a, _)) = self.account(id) {
+            a.unpause(id).await?;
+            return Ok(None);
+        }
         let memory = self.vm_dir(id).join("memory.state");
         if self.driver.status(id).await == VmState::Shutdown && memory.exists() {
             let spec = self.spec_with_forwards(id)?;
@@ -656,11 +790,17 @@ impl Manager {
 
     /// The driver's view of a workspace.
     pub async fn status(&self, id: &str) -> VmState {
+        if let Some((a, _)) = self.account(id) {
+            return a.status(id).await;
+        }
         self.driver.status(id).await
     }
 
     /// Its console log.
     pub fn console(&self, id: &str) -> PathBuf {
+        if let Some((a, _)) = self.account(id) {
+            return a.console(id);
+        }
         self.driver.console(id)
     }
 
@@ -669,7 +809,22 @@ impl Manager {
     pub async fn undeploy(&self, id: &str) -> Result<(), NodeError> {
         self.spec(id)?;
         let dir = self.vm_dir(id);
-        match self.driver.status(id).await {
+        if let Some((a, spec)) = self.account(id) {
+            // An account's processes cannot leave this host: stop it first.
+            let state = a.status(id).await;
+            if state != VmState::Shutdown {
+                return Err(NodeError::Driver(DriverError::WrongState {
+                    id: id.into(),
+                    state,
+                }));
+            }
+            if let Some(acc) = &spec.account {
+                vws_qemu::img::flatten(&acc.upper, &dir.join("disk.qcow2"), "qcow2")
+                    .await
+                    .map_err(|e| NodeError::Other(e.into()))?;
+            }
+        }
+        match self.status(id).await {
             VmState::Shutdown => {}
             // A paused workspace keeps its memory: QEMU saves it, then ends.
             VmState::Paused => {
@@ -745,7 +900,9 @@ impl Manager {
     /// Ends a workspace here at once, whatever its state, without checking
     /// its disk back in (the workspace is being destroyed).
     pub async fn remove(&self, id: &str) -> Result<(), NodeError> {
-        if self.driver.status(id).await != VmState::Shutdown {
+        if let Some((a, _)) = self.account(id) {
+            a.stop(id, Duration::ZERO).await?;
+        } else if self.driver.status(id).await != VmState::Shutdown {
             self.driver.stop(id, Duration::ZERO).await?;
         }
         let _ = std::fs::remove_file(self.driver.key_file(id));
@@ -773,6 +930,22 @@ impl Manager {
         id: &str,
         req: vws_model::node::JobRequest,
     ) -> Result<(), NodeError> {
+        if let Some((a, spec)) = self.account(id) {
+            if req.argv.is_empty() {
+                return Err(NodeError::Other(anyhow::anyhow!(
+                    "a job needs a program to run"
+                )));
+            }
+            let log = self.job_log(&req.job);
+            tokio::fs::write(&log, b"").await?;
+            let job = req.job.clone();
+            self.jobs.lock().await.insert(job.clone(), id.to_string());
+            if let Err(e) = a.run_job(&spec, req, log, self.jobs_done.clone()).await {
+                self.jobs.lock().await.remove(&job);
+                return Err(e.into());
+            }
+            return Ok(());
+        }
         let agent = self.agent(id).await?;
         if agent.hello().is_none() {
             return Err(NodeError::Driver(DriverError::NotRunning(id.into())));
@@ -811,6 +984,20 @@ impl Manager {
             .get(job)
             .cloned()
             .ok_or_else(|| NodeError::NotDeployed(format!("job {job}")))?;
+        if let Some((a, _)) = self.account(&id) {
+            use nix::sys::signal::Signal;
+            let log = self.job_log(job);
+            a.signal_job(&log, Signal::SIGTERM);
+            let me = self.clone();
+            let job = job.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if me.jobs.lock().await.contains_key(&job) {
+                    a.signal_job(&log, Signal::SIGKILL);
+                }
+            });
+            return Ok(());
+        }
         let agent = self.agent(&id).await?;
         agent.signal(job, 15);
         let job = job.to_string();
@@ -830,6 +1017,18 @@ impl Manager {
 
     /// Writes a file into a running workspace.
     pub async fn put_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), NodeError> {
+        if let Some((a, spec)) = self.account(id) {
+            // Written by the account itself: its permissions apply.
+            let argv = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat > \"$1\"".into(),
+                "sh".into(),
+                path.into(),
+            ];
+            a.run_captured(&spec, argv, data).await?;
+            return Ok(());
+        }
         self.agent(id)
             .await?
             .write_file(path, data, None)
@@ -839,6 +1038,10 @@ impl Manager {
 
     /// Reads a file from a running workspace.
     pub async fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, NodeError> {
+        if let Some((a, spec)) = self.account(id) {
+            let argv = vec!["cat".into(), "--".into(), path.into()];
+            return Ok(a.run_captured(&spec, argv, b"").await?);
+        }
         self.agent(id)
             .await?
             .read_file(path)
@@ -864,7 +1067,7 @@ impl Manager {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if e.path().join("spec.json").exists() {
-                    let state = match self.driver.status(&id).await {
+                    let state = match self.status(&id).await {
                         VmState::Shutdown if e.path().join("memory.state").exists() => "paused",
                         VmState::Shutdown => "shutdown",
                         VmState::Running => "running",
@@ -893,12 +1096,22 @@ impl Manager {
             images,
             workspaces,
             health: "ok".into(),
+            accounts: self.accounts.as_ref().map(|a| a.range),
         }
     }
 }
 
+/// Whether a file holds an ext2/3/4 filesystem (the superblock's magic).
+fn is_ext4(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    let mut magic = [0u8; 2];
+    f.seek(std::io::SeekFrom::Start(1024 + 56))?;
+    Ok(f.read_exact(&mut magic).is_ok() && magic == [0x53, 0xEF])
+}
+
 /// Output bytes recorded in a job's event log.
-fn log_output_bytes(log: &str) -> u64 {
+pub(crate) fn log_output_bytes(log: &str) -> u64 {
     use base64::Engine;
     log.lines()
         .filter_map(|l| serde_json::from_str::<JobEvent>(l).ok())
@@ -936,8 +1149,8 @@ pub async fn report_to_service(
             Some((job, ev, bytes)) = jobs_done.recv() => {
                 manager.job_finished(&job).await;
                 let report = match ev {
-                    JobEvent::Exited { code, signal, timed_out } => vws_model::node::JobReport {
-                        outcome: "exited".into(), code, signal, timed_out, message: None, output_bytes: bytes,
+                    JobEvent::Exited { code, signal, timed_out, reason } => vws_model::node::JobReport {
+                        outcome: "exited".into(), code, signal, timed_out, message: reason, output_bytes: bytes,
                     },
                     JobEvent::Failed { message } => vws_model::node::JobReport {
                         outcome: "failed".into(), code: None, signal: None, timed_out: false, message: Some(message), output_bytes: bytes,

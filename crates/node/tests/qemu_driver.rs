@@ -48,6 +48,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         restore: None,
         restore_ram: None,
         disk_key: None,
+        account: None,
     }
 }
 

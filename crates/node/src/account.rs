@@ -1,0 +1,610 @@
+//! The dynamic-account driver (paper §2.1–§2.2): a workspace made of a
+//! Unix account leased on this host, confined by namespaces, an overlay
+//! root and cgroups, at native speed. Processes are started by the node
+//! through the namespace helper ([`crate::sandbox`]); no agent runs inside.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+use vws_model::node::{AccountRange, Forward};
+
+use crate::agent::{JobDone, JobEvent, LOG_APPENDED};
+use crate::cgroup::{Cgroup, Layout, Limits};
+use crate::driver::{Driver, DriverError, VmEvent, VmSpec, VmState};
+use crate::sandbox::{start_time, ExecPlan, InitPlan};
+
+/// What an account workspace is made of on this host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AccountSpec {
+    /// The leased uid (= gid).
+    pub uid: u32,
+    /// The image: a filesystem image, the read-only lower layer.
+    pub image: PathBuf,
+    /// The workspace's own disk: an ext4 image, the upper layer.
+    pub upper: PathBuf,
+}
+
+/// A running workspace's PID 1 and where its served ports are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Running {
+    pid: i32,
+    start: u64,
+    #[serde(default)]
+    forwards: Vec<Forward>,
+}
+
+/// Processes per workspace unless configured.
+pub const DEFAULT_PIDS: u32 = 512;
+
+/// The driver.
+pub struct AccountDriver {
+    vms: PathBuf,
+    program: PathBuf,
+    layout: Layout,
+    /// The uids this node leases.
+    pub range: AccountRange,
+    /// Processes (and threads) a workspace may have.
+    pub pids: u32,
+    tag: String,
+    events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+    proxies: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// The uids of `range` that are accounts of this host already (from
+/// /etc/passwd and /etc/group).
+pub fn existing_accounts(range: AccountRange) -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    for file in ["/etc/passwd", "/etc/group"] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if let Some(id) = f.get(2).and_then(|x| x.parse::<u32>().ok()) {
+                if (range.first..=range.last).contains(&id) {
+                    found.push((format!("{} in {file}", f[0]), id));
+                }
+            }
+        }
+    }
+    found
+}
+
+impl AccountDriver {
+    /// A driver for workspaces under `vms`, running `program __sandbox` as
+    /// its namespace helper. Fails, saying why, where this host cannot
+    /// confine workspaces or where the range holds existing accounts.
+    pub fn new(
+        vms: PathBuf,
+        program: PathBuf,
+        range: AccountRange,
+        events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+    ) -> Result<AccountDriver, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("dynamic accounts need the node to run as root".into());
+        }
+        let layout = Layout::detect()?;
+        if let Some((who, id)) = existing_accounts(range).first() {
+            return Err(format!(
+                "the account range {}-{} holds an existing account ({who}, uid {id}); choose another with --accounts",
+                range.first, range.last
+            ));
+        }
+        let tag = {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(vms.to_string_lossy().as_bytes())[..4])
+        };
+        Ok(AccountDriver {
+            vms,
+            program,
+            layout,
+            range,
+            pids: DEFAULT_PIDS,
+            tag,
+            events,
+            proxies: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.vms.join(id)
+    }
+
+    /// `<node tag>-<id>`: nodes sharing a host keep to their own cgroups.
+    fn cgroup(&self, id: &str) -> Cgroup {
+        Cgroup::new(self.layout, &format!("{}-{id}", self.tag))
+    }
+
+    fn running(&self, id: &str) -> Option<Running> {
+        running_in(&self.dir(id))
+    }
+
+    fn console_line(&self, id: &str, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.console(id))
+        {
+            let _ = writeln!(f, "[vws] {line}");
+        }
+    }
+
+    /// Served ports: a loopback port of the host per served port, relayed
+    /// into the workspace's network namespace.
+    async fn serve_ports(&self, id: &str, pid: i32, forwards: &[Forward]) -> std::io::Result<()> {
+        let mut tasks = Vec::new();
+        for f in forwards {
+            let listener = tokio::net::TcpListener::bind(&f.host).await?;
+            let (port, netns) = (f.port, PathBuf::from(format!("/proc/{pid}/ns/net")));
+            tasks.push(tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let netns = netns.clone();
+                    tokio::spawn(async move {
+                        let connected =
+                            tokio::task::spawn_blocking(move || connect_in(&netns, port)).await;
+                        if let Ok(Ok(s)) = connected {
+                            if s.set_nonblocking(true).is_ok() {
+                                if let Ok(mut out) = tokio::net::TcpStream::from_std(s) {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                                }
+                            }
+                        }
+                    });
+                }
+            }));
+        }
+        self.proxies.lock().await.insert(id.to_string(), tasks);
+        Ok(())
+    }
+
+    /// Notices a workspace whose PID 1 ended without being asked.
+    fn watch(&self, id: &str) {
+        let (dir, cg, events) = (self.dir(id), self.cgroup(id), self.events.clone());
+        let id = id.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !dir.join("init.json").exists() {
+                    return; // stopped on purpose
+                }
+                if running_in(&dir).is_none() {
+                    let _ = std::fs::remove_file(dir.join("init.json"));
+                    let _ = cg.destroy();
+                    let _ = events.send(VmEvent {
+                        id,
+                        reason: "the workspace's first process ended unexpectedly".into(),
+                    });
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Starts the workspace: cgroup with its limits, then the namespace
+    /// helper's `init`; returns once its root is built.
+    async fn launch(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        let a = spec.account.as_ref().ok_or_else(|| {
+            DriverError::Sandbox(format!("{} is not an account workspace", spec.id))
+        })?;
+        if self.running(&spec.id).is_some() {
+            return Err(DriverError::WrongState {
+                id: spec.id.clone(),
+                state: VmState::Running,
+            });
+        }
+        let cg = self.cgroup(&spec.id);
+        cg.destroy()?;
+        cg.create(Limits {
+            ram: spec.ram,
+            cpus: spec.cpus,
+            pids: self.pids,
+        })?;
+        let mounts = self.dir(&spec.id).join("mnt");
+        let plan = InitPlan {
+            id: spec.id.clone(),
+            image: a.image.clone(),
+            upper: a.upper.clone(),
+            mounts,
+            uid: a.uid,
+            hostname: spec.hostname.clone(),
+            cgroups: cg.procs_files(),
+            shm: (spec.ram / 4).max(1 << 20),
+            console: self.console(&spec.id),
+        };
+        let mut helper = tokio::process::Command::new(&self.program)
+            .arg("__sandbox")
+            .arg("init")
+            // Its own process group: the node's signals are not the workspace's.
+            .process_group(0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut input = helper.stdin.take().expect("piped");
+            input
+                .write_all(&serde_json::to_vec(&plan).expect("plans serialize"))
+                .await?;
+        }
+        let out = helper.wait_with_output().await?;
+        let said: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        let pid = said
+            .as_ref()
+            .and_then(|v| v["pid"].as_i64())
+            .filter(|_| out.status.success());
+        let Some(pid) = pid else {
+            let _ = cg.destroy();
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            self.console_line(&spec.id, &format!("start failed: {why}"));
+            return Err(DriverError::Sandbox(why));
+        };
+        let pid = pid as i32;
+        let running = Running {
+            pid,
+            start: start_time(pid).unwrap_or_default(),
+            forwards: spec.forwards.clone(),
+        };
+        std::fs::write(
+            self.dir(&spec.id).join("init.json"),
+            serde_json::to_vec(&running).expect("serializes"),
+        )?;
+        self.console_line(
+            &spec.id,
+            &format!(
+                "started as uid {} ({} cpus, {} RAM, {} processes)",
+                a.uid,
+                spec.cpus,
+                vws_model::ByteSize(spec.ram).human(),
+                self.pids
+            ),
+        );
+        self.serve_ports(&spec.id, pid, &spec.forwards).await?;
+        self.watch(&spec.id);
+        Ok(())
+    }
+
+    /// Ends the workspace: SIGTERM to everyone, SIGKILL after `grace`; then
+    /// its cgroup goes (and any process still in it).
+    pub async fn halt(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
+        let cg = self.cgroup(id);
+        if let Some(r) = self.running(id) {
+            let _ = cg.freeze(false);
+            let pid = nix::unistd::Pid::from_raw(r.pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + grace;
+            while self.running(id).is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(self.dir(id).join("init.json"));
+        if let Some(tasks) = self.proxies.lock().await.remove(id) {
+            tasks.iter().for_each(|t| t.abort());
+        }
+        tokio::task::spawn_blocking(move || cg.destroy())
+            .await
+            .map_err(|e| DriverError::Sandbox(e.to_string()))??;
+        self.console_line(id, "stopped");
+        Ok(())
+    }
+
+    fn exec_plan(&self, id: &str, spec: &VmSpec) -> Result<ExecPlan, DriverError> {
+        let r = self
+            .running(id)
+            .ok_or_else(|| DriverError::NotRunning(id.into()))?;
+        let a = spec
+            .account
+            .as_ref()
+            .ok_or_else(|| DriverError::Sandbox(format!("{id} is not an account workspace")))?;
+        let cg = self.cgroup(id);
+        Ok(ExecPlan {
+            init: r.pid,
+            init_start: r.start,
+            uid: a.uid,
+            cgroups: cg.procs_files(),
+            oom_file: Some(cg.oom_file()),
+            ram: spec.ram,
+            argv: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            timeout: None,
+            log: None,
+        })
+    }
+
+    /// Starts a job; its events go to `log`, its end to `done`.
+    pub async fn run_job(
+        &self,
+        spec: &VmSpec,
+        req: vws_model::node::JobRequest,
+        log: PathBuf,
+        done: JobDone,
+    ) -> Result<(), DriverError> {
+        let mut plan = self.exec_plan(&spec.id, spec)?;
+        plan.argv = req.argv;
+        plan.env = req.env;
+        plan.cwd = req.cwd;
+        plan.timeout = req.timeout;
+        plan.log = Some(log.clone());
+        let stdin = req.stdin.map(|s| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .unwrap_or_default()
+        });
+        if stdin.as_ref().is_some_and(|s| !s.is_empty()) {
+            // The helper runs jobs with stdin from /dev/null; a job's input
+            // goes through a file in the workspace instead.
+            return Err(DriverError::Unsupported(
+                "standard input for dynamic-account jobs",
+            ));
+        }
+        let mut child = tokio::process::Command::new(&self.program)
+            .arg("__sandbox")
+            .arg("exec")
+            .arg(serde_json::to_string(&plan).expect("plans serialize"))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let job = req.job.clone();
+        let marker = job_marker(&log);
+        std::fs::write(
+            &marker,
+            serde_json::json!({ "workspace": spec.id, "pid": child.id(),
+                "start": child.id().and_then(|p| start_time(p as i32)) })
+            .to_string(),
+        )?;
+        tokio::spawn(async move {
+            let mut wake = child.stdout.take().expect("piped");
+            let mut buf = [0u8; 256];
+            while let Ok(n) = wake.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                LOG_APPENDED.notify_waiters();
+            }
+            let mut errors = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut errors).await;
+            }
+            let _ = child.wait().await;
+            finish_job(&job, &log, &marker, errors.trim(), &done);
+        });
+        Ok(())
+    }
+
+    /// Runs a program in the workspace as its account, with `stdin`;
+    /// returns its standard output, or its standard error as the failure.
+    pub async fn run_captured(
+        &self,
+        spec: &VmSpec,
+        argv: Vec<String>,
+        stdin: &[u8],
+    ) -> Result<Vec<u8>, DriverError> {
+        use tokio::io::AsyncWriteExt;
+        let mut plan = self.exec_plan(&spec.id, spec)?;
+        plan.argv = argv;
+        let mut child = tokio::process::Command::new(&self.program)
+            .arg("__sandbox")
+            .arg("exec")
+            .arg(serde_json::to_string(&plan).expect("plans serialize"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().expect("piped");
+        let data = stdin.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = input.write_all(&data).await;
+        });
+        let out = child.wait_with_output().await?;
+        let _ = writer.await;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(DriverError::Sandbox(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    }
+
+    /// Signals a job's process group (its pid from the `started` event).
+    pub fn signal_job(&self, log: &Path, signal: nix::sys::signal::Signal) -> bool {
+        let pid = std::fs::read_to_string(log).ok().and_then(|text| {
+            text.lines().find_map(|l| match serde_json::from_str(l) {
+                Ok(JobEvent::Started { pid }) => Some(pid as i32),
+                _ => None,
+            })
+        });
+        match pid {
+            Some(p) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(-p), signal).is_ok(),
+            None => false,
+        }
+    }
+
+    /// After a restart of the node: takes over workspaces whose PID 1
+    /// lives (their ports served again), cleans up those that died, and
+    /// removes cgroups no deployed workspace owns. Returns those adopted.
+    pub async fn adopt(&self) -> Vec<String> {
+        let mut adopted = Vec::new();
+        let mut keep = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.vms) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !e.path().join("init.json").exists() {
+                    continue;
+                }
+                keep.push(id.clone());
+                match self.running(&id) {
+                    Some(r) => {
+                        if let Err(err) = self.serve_ports(&id, r.pid, &r.forwards).await {
+                            tracing::warn!(%id, error = %err, "served ports not restored");
+                        }
+                        self.watch(&id);
+                        self.console_line(&id, "adopted by a restarted node");
+                        adopted.push(id);
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(e.path().join("init.json"));
+                        self.console_line(&id, "ended while the node was down");
+                        keep.pop();
+                    }
+                }
+            }
+        }
+        for name in Cgroup::all(self.layout) {
+            let Some(id) = name.strip_prefix(&format!("{}-", self.tag)) else {
+                continue; // another node's
+            };
+            if !keep.iter().any(|k| k == id) {
+                let cg = self.cgroup(id);
+                if let Err(e) = tokio::task::spawn_blocking(move || cg.destroy()).await {
+                    tracing::warn!(%name, error = %e, "could not remove a stray cgroup");
+                }
+            }
+        }
+        adopted
+    }
+
+    /// After a restart of the node: reports jobs that ended while it was
+    /// down and follows those still running.
+    pub fn adopt_jobs(&self, jobs: &Path, done: &JobDone) -> Vec<(String, String)> {
+        let mut running = Vec::new();
+        let Ok(entries) = std::fs::read_dir(jobs) else {
+            return running;
+        };
+        for e in entries.flatten() {
+            let marker = e.path();
+            if marker.extension().and_then(|x| x.to_str()) != Some("account") {
+                continue;
+            }
+            let Some(job) = marker.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let log = jobs.join(format!("{job}.ndjson"));
+            let info: serde_json::Value = std::fs::read(&marker)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let pid = info["pid"].as_i64().unwrap_or(0) as i32;
+            let start = info["start"].as_u64();
+            let workspace = info["workspace"].as_str().unwrap_or_default().to_string();
+            running.push((job.clone(), workspace));
+            let done = done.clone();
+            tokio::spawn(async move {
+                while pid > 0 && start.is_some() && start_time(pid) == start {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    LOG_APPENDED.notify_waiters();
+                }
+                finish_job(&job, &log, &marker, "", &done);
+            });
+        }
+        running
+    }
+}
+
+/// The PID 1 recorded in a workspace's folder, if it still lives.
+fn running_in(dir: &Path) -> Option<Running> {
+    let r: Running = serde_json::from_slice(&std::fs::read(dir.join("init.json")).ok()?).ok()?;
+    (start_time(r.pid) == Some(r.start)).then_some(r)
+}
+
+/// The file that says a job is a dynamic account's (and which helper runs it).
+fn job_marker(log: &Path) -> PathBuf {
+    log.with_extension("account")
+}
+
+/// Reports a job's end from its log (a helper that died before writing
+/// one is a failure).
+fn finish_job(job: &str, log: &Path, marker: &Path, errors: &str, done: &JobDone) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let last = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<JobEvent>(l).ok())
+        .find(JobEvent::is_final);
+    let ev = match last {
+        Some(ev) => ev,
+        None => {
+            let ev = JobEvent::Failed {
+                message: if errors.is_empty() {
+                    "the job's helper ended without a status (the workspace stopped?)".into()
+                } else {
+                    errors.to_string()
+                },
+            };
+            let mut line = serde_json::to_vec(&ev).expect("serializes");
+            line.push(b'\n');
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+                let _ = f.write_all(&line);
+            }
+            ev
+        }
+    };
+    LOG_APPENDED.notify_waiters();
+    let _ = std::fs::remove_file(marker);
+    let _ = done.send((job.to_string(), ev, crate::manager::log_output_bytes(&text)));
+}
+
+/// Connects to `port` on the loopback of the network namespace `netns`,
+/// from this (blocking-pool) thread, which then returns to its own.
+fn connect_in(netns: &Path, port: u16) -> std::io::Result<std::net::TcpStream> {
+    use nix::sched::{setns, CloneFlags};
+    let mine = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let theirs = std::fs::File::open(netns)?;
+    setns(&theirs, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+    let s = std::net::TcpStream::connect(("127.0.0.1", port));
+    // A thread of the pool must not stay in the workspace's namespace.
+    setns(&mine, CloneFlags::CLONE_NEWNET).expect("returning to the node's network namespace");
+    s
+}
+
+impl Driver for AccountDriver {
+    async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        self.launch(spec).await
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
+        self.halt(id, grace).await
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), DriverError> {
+        if self.running(id).is_none() {
+            return Err(DriverError::NotRunning(id.into()));
+        }
+        let cg = self.cgroup(id);
+        tokio::task::spawn_blocking(move || cg.freeze(true))
+            .await
+            .map_err(|e| DriverError::Sandbox(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), DriverError> {
+        if self.running(id).is_none() {
+            return Err(DriverError::NotRunning(id.into()));
+        }
+        let cg = self.cgroup(id);
+        tokio::task::spawn_blocking(move || cg.freeze(false))
+            .await
+            .map_err(|e| DriverError::Sandbox(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> VmState {
+        match self.running(id) {
+            None => VmState::Shutdown,
+            Some(_) if self.cgroup(id).frozen() => VmState::Paused,
+            Some(_) => VmState::Running,
+        }
+    }
+
+    fn console(&self, id: &str) -> PathBuf {
+        self.dir(id).join("console.log")
+    }
+}

@@ -1,0 +1,286 @@
+//! Control groups for dynamic-account workspaces: the hardware description
+//! enforced by the kernel (RAM, CPU share, process count) and pause by the
+//! freezer. Version 1 (one hierarchy per controller, as on these machines)
+//! and version 2 (one unified hierarchy) are both handled.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// v1 controllers a workspace is placed in.
+const V1: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
+
+/// Which cgroup hierarchy the host has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One hierarchy per controller (`/sys/fs/cgroup/memory`, …).
+    V1,
+    /// The unified hierarchy (`/sys/fs/cgroup/cgroup.controllers`).
+    V2,
+}
+
+impl Layout {
+    /// The host's layout, or why workspaces cannot be confined here.
+    pub fn detect() -> Result<Layout, String> {
+        let root = Path::new(ROOT);
+        if root.join("cgroup.controllers").exists() {
+            let have = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            for c in ["memory", "cpu", "pids"] {
+                if !have.split_whitespace().any(|h| h == c) {
+                    return Err(format!("cgroup v2 controller {c} is not available"));
+                }
+            }
+            return Ok(Layout::V2);
+        }
+        for c in V1 {
+            if !root.join(c).join("cgroup.procs").exists() {
+                return Err(format!(
+                    "cgroup v1 controller {c} is not mounted at {ROOT}/{c}"
+                ));
+            }
+        }
+        Ok(Layout::V1)
+    }
+}
+
+/// What a workspace may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// RAM in bytes (no swap beyond it).
+    pub ram: u64,
+    /// CPUs' worth of time per period.
+    pub cpus: u32,
+    /// Processes and threads.
+    pub pids: u32,
+}
+
+/// One workspace's cgroup (a directory per controller on v1).
+#[derive(Clone, Debug)]
+pub struct Cgroup {
+    layout: Layout,
+    name: String,
+}
+
+fn write(path: &Path, value: &str) -> std::io::Result<()> {
+    std::fs::write(path, value).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+impl Cgroup {
+    /// The cgroup named `vws/<name>` (not created).
+    pub fn new(layout: Layout, name: &str) -> Cgroup {
+        Cgroup {
+            layout,
+            name: name.to_string(),
+        }
+    }
+
+    fn dir(&self, controller: &str) -> PathBuf {
+        match self.layout {
+            Layout::V1 => Path::new(ROOT)
+                .join(controller)
+                .join("vws")
+                .join(&self.name),
+            Layout::V2 => Path::new(ROOT).join("vws").join(&self.name),
+        }
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        match self.layout {
+            Layout::V1 => V1.iter().map(|c| self.dir(c)).collect(),
+            Layout::V2 => vec![self.dir("")],
+        }
+    }
+
+    /// Makes the cgroup and sets its limits.
+    pub fn create(&self, l: Limits) -> std::io::Result<()> {
+        if self.layout == Layout::V2 {
+            // Controllers must be handed down to vws/ and to its children.
+            let _ = write(
+                &Path::new(ROOT).join("cgroup.subtree_control"),
+                "+memory +cpu +pids",
+            );
+            std::fs::create_dir_all(Path::new(ROOT).join("vws"))?;
+            write(
+                &Path::new(ROOT).join("vws/cgroup.subtree_control"),
+                "+memory +cpu +pids",
+            )?;
+        }
+        for d in self.dirs() {
+            std::fs::create_dir_all(&d)?;
+        }
+        let quota = (l.cpus.max(1) as u64) * 100_000;
+        match self.layout {
+            Layout::V1 => {
+                let mem = self.dir("memory");
+                write(&mem.join("memory.limit_in_bytes"), &l.ram.to_string())?;
+                // Without swap accounting the limit alone already holds.
+                if mem.join("memory.memsw.limit_in_bytes").exists() {
+                    write(&mem.join("memory.memsw.limit_in_bytes"), &l.ram.to_string())?;
+                }
+                let cpu = self.dir("cpu");
+                write(&cpu.join("cpu.cfs_period_us"), "100000")?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(
+                    &cpu.join("cpu.shares"),
+                    &(1024 * l.cpus.max(1) as u64).to_string(),
+                )?;
+                write(&self.dir("pids").join("pids.max"), &l.pids.to_string())?;
+            }
+            Layout::V2 => {
+                let d = self.dir("");
+                write(&d.join("memory.max"), &l.ram.to_string())?;
+                let _ = write(&d.join("memory.swap.max"), "0");
+                write(&d.join("cpu.max"), &format!("{quota} 100000"))?;
+                write(&d.join("pids.max"), &l.pids.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether it exists.
+    pub fn exists(&self) -> bool {
+        self.dirs()[0].exists()
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to, to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// The file whose `oom_kill` line counts processes the kernel killed
+    /// for going over the RAM limit.
+    pub fn oom_file(&self) -> PathBuf {
+        match self.layout {
+            Layout::V1 => self.dir("memory").join("memory.oom_control"),
+            Layout::V2 => self.dir("").join("memory.events"),
+        }
+    }
+
+    /// Kills by the RAM limit so far.
+    pub fn oom_kills(&self) -> u64 {
+        oom_kills(&self.oom_file())
+    }
+
+    /// Every process in it (host pids).
+    pub fn pids(&self) -> Vec<i32> {
+        let d = match self.layout {
+            Layout::V1 => self.dir("pids"),
+            Layout::V2 => self.dir(""),
+        };
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Freezes (`true`) or thaws every process in it.
+    pub fn freeze(&self, frozen: bool) -> std::io::Result<()> {
+        match self.layout {
+            Layout::V1 => write(
+                &self.dir("freezer").join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            )?,
+            Layout::V2 => write(
+                &self.dir("").join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            )?,
+        }
+        // The kernel freezes asynchronously: wait until it says so.
+        for _ in 0..500 {
+            if self.frozen() == frozen {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(std::io::Error::other(format!(
+            "cgroup {} did not {} within a second",
+            self.name,
+            if frozen { "freeze" } else { "thaw" }
+        )))
+    }
+
+    /// Whether it is frozen.
+    pub fn frozen(&self) -> bool {
+        match self.layout {
+            Layout::V1 => std::fs::read_to_string(self.dir("freezer").join("freezer.state"))
+                .map(|s| s.trim() == "FROZEN")
+                .unwrap_or(false),
+            Layout::V2 => std::fs::read_to_string(self.dir("").join("cgroup.events"))
+                .map(|s| s.lines().any(|l| l.trim() == "frozen 1"))
+                .unwrap_or(false),
+        }
+    }
+
+    /// Kills every process in it (thawing it so that they can die) and
+    /// removes it. Waits up to five seconds for the processes to go.
+    pub fn destroy(&self) -> std::io::Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        for _ in 0..250 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = self.freeze(false);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for d in self.dirs() {
+            match std::fs::remove_dir(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("removing {}: {e}", d.display()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the workspace cgroups present on this host.
+    pub fn all(layout: Layout) -> Vec<String> {
+        let parent = match layout {
+            Layout::V1 => Path::new(ROOT).join("memory/vws"),
+            Layout::V2 => Path::new(ROOT).join("vws"),
+        };
+        std::fs::read_dir(parent)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Reads the `oom_kill N` line of a v1 `memory.oom_control` or a v2
+/// `memory.events`.
+pub fn oom_kills(file: &Path) -> u64 {
+    parse_oom_kills(&std::fs::read_to_string(file).unwrap_or_default())
+}
+
+/// The `oom_kill N` line's N.
+pub fn parse_oom_kills(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
