@@ -177,6 +177,10 @@ impl Service {
         if orphans > 0 {
             tracing::info!(orphans, "released addresses no record holds");
         }
+        let orphans = self.store.release_orphan_accounts().await?;
+        if orphans > 0 {
+            tracing::info!(orphans, "released account leases of workspaces on no node");
+        }
         let known: std::collections::HashSet<String> =
             self.store.disk_paths().await?.into_iter().collect();
         let mut dir = tokio::fs::read_dir(&self.disks).await?;

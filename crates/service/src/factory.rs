@@ -40,6 +40,61 @@ fn at(form: Form, segs: &[Seg]) -> String {
     DescPath(segs.to_vec()).render(form)
 }
 
+/// A dynamic account's writable layer when the description gives no disk.
+pub const DEFAULT_ACCOUNT_DISK: u64 = 256 << 20;
+
+/// What a `dynamic account` description must be: a filesystem image under
+/// it, loopback networking, no encryption (the node holds the mount).
+fn check_account(d: &Description, image: &ImageRecord, form: Form) -> Result<(), ServiceError> {
+    let mut errors = Vec::new();
+    if image.kind != ImageKind::Disk || image.format.as_deref() != Some("raw") {
+        errors.push(vws_model::FieldError {
+            path: at(form, &[Seg::Key("software"), Seg::Key("image")]),
+            message: format!(
+                "a dynamic account runs on a filesystem image (a raw disk image such as `vws image build debian` makes); {} is a {} image{}",
+                d.software.image,
+                image.kind.as_str(),
+                image.format.as_deref().map(|f| format!(" ({f})")).unwrap_or_default()
+            ),
+        });
+    }
+    for (i, nic) in d.network.nics.iter().enumerate() {
+        if matches!(
+            nic.method,
+            vws_model::NicMethod::Pool | vws_model::NicMethod::Dhcp
+        ) {
+            errors.push(vws_model::FieldError {
+                path: at(
+                    form,
+                    &[Seg::Key("network"), Seg::Key("nics"), Seg::Index(i), Seg::Key("method")],
+                ),
+                message: format!(
+                    "a dynamic account has its own loopback network only (served ports reach it from the host): use method user or none, not {}",
+                    nic.method.as_str()
+                ),
+            });
+        }
+    }
+    if d.hardware.disk.as_ref().is_some_and(|x| x.encrypted) {
+        errors.push(vws_model::FieldError {
+            path: at(
+                form,
+                &[
+                    Seg::Key("hardware"),
+                    Seg::Key("disk"),
+                    Seg::Key("encrypted"),
+                ],
+            ),
+            message: "encrypted disks are only available to category \"vm\"".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidDescription(errors).into())
+    }
+}
+
 impl Service {
     async fn resolve_image(
         &self,
@@ -153,8 +208,9 @@ impl Service {
                 limits.max_lifetime, who.dn
             )));
         }
-        if d.category == Category::Vm || d.hardware.disk.is_some() {
-            self.check_disk_fits(&d, &image, form)?;
+        match d.category {
+            Category::Vm => self.check_disk_fits(&d, &image, form)?,
+            Category::DynamicAccount => check_account(&d, &image, form)?,
         }
         if let Some(m) = &image.machine {
             // A restore needs the machine the memory was saved from.
@@ -377,6 +433,19 @@ impl Service {
     ) -> Result<Option<(String, u64)>, ServiceError> {
         let path = self.disks.join(format!("{id}.qcow2"));
         let result = match image.kind {
+            // A dynamic account's disk is the upper layer over the image:
+            // blank, formatted by the node on first use.
+            _ if d.category == Category::DynamicAccount => {
+                let size = d
+                    .hardware
+                    .disk
+                    .as_ref()
+                    .map_or(DEFAULT_ACCOUNT_DISK, |x| x.size.0);
+                self.templates
+                    .blank(&path, "qcow2", size)
+                    .await
+                    .map(|()| size)
+            }
             ImageKind::Hot if image.file("disk").is_none() => return Ok(None),
             _ if d.hardware.disk.as_ref().is_some_and(|x| x.encrypted) => {
                 // Encrypted at rest: a random passphrase, kept by the service

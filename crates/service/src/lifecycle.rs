@@ -130,12 +130,6 @@ impl Service {
         host: Option<&str>,
     ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Deploy).await?;
-        if r.description.category == vws_model::Category::DynamicAccount {
-            // Said plainly rather than booting it as a VM.
-            return Err(ServiceError::NotImplemented(format!(
-                "workspace {id} is a dynamic account; no node runs that category yet (only vm)"
-            )));
-        }
         let memory_file = self.memory_path(id);
         if r.state == State::Paused && !memory_file.exists() {
             return Err(ServiceError::Conflict(format!(
@@ -167,7 +161,7 @@ impl Service {
             binding.ram = Some(m.ram);
             binding.cpus = Some(m.cpus);
         }
-        let request = self
+        let mut request = self
             .deploy_request(
                 &r,
                 &image,
@@ -192,6 +186,27 @@ impl Service {
                 },
             )
             .await?;
+        let leased = match node.report.accounts {
+            Some(range) if r.description.category == vws_model::Category::DynamicAccount => self
+                .store
+                .lease_account(&node.name, range.first, range.last, id, self.clock.now())
+                .await
+                .map_err(ServiceError::from)
+                .and_then(|uid| {
+                    uid.ok_or_else(|| {
+                        ServiceError::Unavailable(format!(
+                            "node {} has no free account: all {} uids of {}-{} are leased",
+                            node.name,
+                            range.last - range.first + 1,
+                            range.first,
+                            range.last
+                        ))
+                    })
+                })
+                .map(Some),
+            _ => Ok(None),
+        };
+        request.account = leased?.map(|uid| vws_model::node::AccountLease { uid });
         let staged = self
             .call_node(
                 &node,
@@ -208,6 +223,7 @@ impl Service {
                 .and_then(|v| v["moved"].as_u64())
                 .unwrap_or(0),
             Err(e) => {
+                self.store.release_account(id).await?;
                 r.lock_holder = None;
                 r.lock_since = None;
                 r.modified_at = self.clock.now();
@@ -228,13 +244,16 @@ impl Service {
         r.node = Some(node.name.clone());
         r.binding.cpus = binding.cpus;
         r.binding.ram = binding.ram;
-        let detail = format!(
+        let mut detail = format!(
             "on {}: {} cpus, {}; {moved} bytes staged ({})",
             node.name,
             request.cpus,
             vws_model::ByteSize(request.ram).human(),
             vws_model::ByteSize(moved).human()
         );
+        if let Some(a) = request.account {
+            detail.push_str(&format!("; uid {}", a.uid));
+        }
         self.commit(r, Action::Deploy, &who.dn, Some(detail)).await
     }
 
@@ -310,7 +329,8 @@ impl Service {
             blobs,
             disk,
             memory,
-            backing_format: if image.file("disk").is_some() {
+            // A dynamic account's disk is its own upper layer, over nothing.
+            backing_format: if image.file("disk").is_some() && !is_account(r) {
                 image.format.clone()
             } else {
                 None
@@ -334,6 +354,7 @@ impl Service {
             repository: self.public_url.clone(),
             disk_key: std::fs::read_to_string(self.disk_key_path(&r.id)).ok(),
             addresses: self.nic_addresses(r).await?,
+            account: None,
         })
     }
 
@@ -561,6 +582,12 @@ impl Service {
     /// workspace, its memory state), the lock is released.
     pub async fn undeploy(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         let r = self.checked(who, id, Action::Undeploy).await?;
+        if is_account(&r) && r.state != State::Shutdown {
+            return Err(ServiceError::Conflict(format!(
+                "workspace {id} is a dynamic account and {}; stop it before undeploying (an account's processes cannot be checked in)",
+                r.state
+            )));
+        }
         if r.state == State::Shutdown {
             // A memory state from an earlier pause is stale once the workspace has shut down.
             let _ = tokio::fs::remove_file(self.memory_path(id)).await;
@@ -573,6 +600,8 @@ impl Service {
             None,
         )
         .await?;
+        // Every file and process of the account went with the check-in.
+        self.store.release_account(id).await?;
         // Re-read: the disk's return updated nothing in the record, but be exact.
         let mut r = self.record(id).await?;
         let from = r.node.take();
@@ -689,6 +718,7 @@ impl Service {
         // The overlay goes back onto the repository's copy of its backing file.
         let backing = match image
             .as_ref()
+            .filter(|_| !is_account(&r))
             .and_then(|i| i.file("disk").map(|f| (f.digest.clone(), i.format.clone())))
         {
             Some((digest, format)) => Some((
@@ -849,6 +879,7 @@ impl Service {
         let reference =
             ImageRef::tagged(name, tag).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let r = self.checked(who, id, Action::Snapshot).await?;
+        vm_only(&r, "a snapshot")?;
         self.plain_disk_only(id, "a snapshot")?;
         let base = self
             .store
@@ -957,6 +988,7 @@ impl Service {
         to: &str,
     ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Migrate).await?;
+        vm_only(&r, "live migration")?;
         self.plain_disk_only(id, "live migration")?;
         let source = self.node_of(&r).await?;
         if source.name == to {
@@ -1090,4 +1122,21 @@ impl Service {
         self.node_json(&node, &format!("/node/v1/vms/{id}/migration"))
             .await
     }
+}
+
+/// Whether a workspace is a dynamic account (paper §2.1).
+pub(crate) fn is_account(r: &WorkspaceRecord) -> bool {
+    r.description.category == vws_model::Category::DynamicAccount
+}
+
+/// Refuses what only the VM category can do: a dynamic account's
+/// processes live in the host's kernel, with no machine state to save.
+fn vm_only(r: &WorkspaceRecord, what: &str) -> Result<(), ServiceError> {
+    if is_account(r) {
+        return Err(ServiceError::Conflict(format!(
+            "workspace {} is a dynamic account; {what} is only available to category \"vm\" (an account's processes cannot be saved or moved)",
+            r.id
+        )));
+    }
+    Ok(())
 }

@@ -211,8 +211,21 @@ impl Service {
                 "no node is up to deploy on (start one with `vws node --service URL`)".into(),
             ));
         }
+        let account = r.description.category == vws_model::Category::DynamicAccount;
+        if account && candidates.iter().all(|n| n.report.accounts.is_none()) {
+            return Err(ServiceError::Node {
+                node: host.unwrap_or("any").into(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "no_capacity".into(),
+                message: format!(
+                    "{} runs no dynamic accounts (a node needs root and cgroups; see its log)",
+                    host.map_or("no node that is up".to_string(), |h| format!("node {h}"))
+                ),
+            });
+        }
         let mut fitting: Vec<(NodeRecord, Binding)> = candidates
             .into_iter()
+            .filter(|n| !account || n.report.accounts.is_some())
             .filter_map(|n| bind(&r.description, &n.report).map(|b| (n, b)))
             .collect();
         fitting.sort_by_key(|(n, _)| {

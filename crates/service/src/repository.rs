@@ -157,6 +157,10 @@ impl Service {
         if let Err(e) = self.store.release_addresses(&r.id).await {
             tracing::warn!(id = %r.id, error = %e, "could not release addresses (the next start retries)");
         }
+        // Its account was emptied by the node (processes, mounts, cgroups, disk).
+        if let Err(e) = self.store.release_account(&r.id).await {
+            tracing::warn!(id = %r.id, error = %e, "could not release the account lease (the next start retries)");
+        }
         if let Some(p) = &r.disk_path {
             if let Err(e) = tokio::fs::remove_file(p).await {
                 // The record is gone; the next start's garbage collection retries.

@@ -64,14 +64,72 @@ async fn create_clones_the_pool_image_copy_on_write() {
 }
 
 #[tokio::test]
-async fn dynamic_accounts_are_refused_at_deploy_not_run_as_vms() {
+async fn dynamic_accounts_need_a_filesystem_image_and_a_node_that_runs_them() {
     let h = harness(Backend::Sqlite, OPEN).await;
     h.disk_image("base", "1", 8 << 20).await;
-    let mut d = description("base:1", "");
-    d.category = vws_model::Category::DynamicAccount;
-    let ws = h
+    h.kernel_image("kern", "1").await;
+    let account = |image: &str, extra: &str| {
+        let mut d = description(image, extra);
+        d.category = vws_model::Category::DynamicAccount;
+        d
+    };
+    // A kernel image is no root filesystem: the element is named.
+    let err = h
+        .service
+        .create(&alice(), account("kern:1", ""), Form::Toml, None)
+        .await
+        .unwrap_err();
+    let ServiceError::Invalid(inv) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(inv.0[0].path, "software.image");
+    assert!(inv.0[0].message.contains("filesystem image"), "{inv:?}");
+    // Bridged networking and encryption are the VM category's.
+    let mut d = account("base:1", "disk = { size = \"16MiB\", encrypted = true }");
+    d.network.nics.push(vws_model::Nic {
+        name: "eth0".into(),
+        method: vws_model::NicMethod::Pool,
+        network: None,
+    });
+    let err = h
         .service
         .create(&alice(), d, Form::Toml, None)
+        .await
+        .unwrap_err();
+    let ServiceError::Invalid(inv) = err else {
+        panic!("{err:?}")
+    };
+    let paths: Vec<&str> = inv.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["network.nics[0].method", "hardware.disk.encrypted"],
+        "{inv:?}"
+    );
+    // A good one is made with a blank disk (its upper layer) of the size asked.
+    let ws = h
+        .service
+        .create(
+            &alice(),
+            account("base:1", "disk = { size = \"16MiB\" }"),
+            Form::Toml,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ws.record.binding.disk, Some(16 << 20));
+    // A node that cannot run accounts is not chosen, and says so.
+    let report = vws_model::node::NodeReport {
+        cores: 2,
+        ram_free: 8 << 30,
+        accel: "tcg".into(),
+        ..Default::default()
+    };
+    h.service
+        .register_node(vws_model::node::Registration {
+            name: "vmonly".into(),
+            url: "http://127.0.0.1:9".into(),
+            report,
+        })
         .await
         .unwrap();
     let e = h
@@ -79,8 +137,8 @@ async fn dynamic_accounts_are_refused_at_deploy_not_run_as_vms() {
         .deploy(&alice(), &ws.record.id, None)
         .await
         .unwrap_err();
-    assert_eq!(e.status_and_code().0.as_u16(), 501, "{e}");
-    assert!(e.to_string().contains("dynamic account"), "{e}");
+    assert_eq!(e.status_and_code().0.as_u16(), 503, "{e}");
+    assert!(e.to_string().contains("runs no dynamic accounts"), "{e}");
     let r = h
         .service
         .workspace(&alice(), &ws.record.id)
