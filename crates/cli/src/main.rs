@@ -155,6 +155,12 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
+    // The node's namespace helper for dynamic accounts: handled before
+    // anything else starts a thread (it forks and enters namespaces).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__sandbox") {
+        vws_node::sandbox::main(&args[2..]);
+    }
     let cli = Cli::parse();
     let serving = matches!(
         cli.command,

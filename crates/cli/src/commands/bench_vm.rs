@@ -59,6 +59,9 @@ impl Rig {
             stop_grace: Duration::ZERO,
             credentials: crate::commands::pki::node_credentials(&home, "bench")?,
             publish: None,
+            accounts: crate::commands::node::DEFAULT_ACCOUNTS
+                .parse()
+                .expect("the default range parses"),
         })
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;

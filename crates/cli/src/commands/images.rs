@@ -35,6 +35,33 @@ pub enum ImageCommand {
         #[arg(long)]
         sign: bool,
     },
+    /// Build a root filesystem image (raw ext4) and import it as NAME:TAG:
+    /// the image of dynamic-account workspaces
+    #[command(
+        after_help = "Examples:\n  vws image build debian:12 --from debian          # debootstrap, a few minutes\n  vws image build tiny:1 --from busybox            # seconds, from busybox-static"
+    )]
+    Build {
+        /// Name and tag, e.g. debian:12
+        reference: String,
+        /// What to build it from
+        #[arg(long, value_enum, default_value = "debian")]
+        from: crate::commands::image_build::Base,
+        /// Debian suite
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Debian mirror [default: the host's apt source]
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+        /// Extra Debian packages, comma-separated
+        #[arg(long, value_delimiter = ',', value_name = "PKGS")]
+        include: Vec<String>,
+        /// Keep the image file here [default: a temporary file, removed after import]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Sign the image's content id with the certificate this CLI presents
+        #[arg(long)]
+        sign: bool,
+    },
     /// Sign an image's content id with the certificate this CLI presents
     Sign {
         /// Image reference
@@ -162,6 +189,44 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&image)?);
             } else {
                 println!("{}:{}  {}", name, tag, image.id);
+            }
+        }
+        ImageCommand::Build {
+            reference,
+            from,
+            suite,
+            mirror,
+            include,
+            out,
+            sign,
+        } => {
+            let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
+            vws_model::ImageRef::tagged(name, tag)?;
+            let scratch = tempfile::tempdir()?;
+            let file = out.unwrap_or_else(|| scratch.path().join("rootfs.img"));
+            let spec = crate::commands::image_build::Build {
+                base: from,
+                suite,
+                mirror,
+                include,
+                out: file.clone(),
+            };
+            tokio::task::spawn_blocking(move || crate::commands::image_build::build(&spec))
+                .await??;
+            let req = serde_json::json!({ "name": name, "tag": tag,
+                "disk": send(&client, &file, "rootfs", g.json).await? });
+            let mut image = client.import_image(req).await?;
+            if sign {
+                image = sign_image(g, &client, &image.id).await?;
+            }
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&image)?);
+            } else {
+                println!(
+                    "{name}:{tag}  {}  ({} root filesystem)",
+                    image.id,
+                    ByteSize(image.virtual_size).human()
+                );
             }
         }
         ImageCommand::Sign { reference } => {

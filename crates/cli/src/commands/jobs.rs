@@ -109,6 +109,9 @@ async fn stream(
                     if ev["timed_out"] == true {
                         eprintln!("vws: job {job} timed out and was killed");
                     }
+                    if let Some(why) = ev["reason"].as_str() {
+                        eprintln!("vws: job {job} was {why}");
+                    }
                     status = Some(match (ev["code"].as_i64(), ev["signal"].as_i64()) {
                         (Some(c), _) => c as u8,
                         (None, Some(s)) => 128 + s as u8,
@@ -207,7 +210,10 @@ pub async fn list(g: &Globals, a: JobsArgs) -> anyhow::Result<()> {
 fn status_text(j: &vws_store::JobRecord) -> String {
     match (j.exit_code, j.signal, &j.message) {
         (Some(c), _, _) => format!("exit {c}"),
-        (None, Some(s), _) => format!("signal {s}{}", if j.timed_out { " (timeout)" } else { "" }),
+        (None, Some(s), Some(m)) => format!("signal {s} ({m})"),
+        (None, Some(s), None) => {
+            format!("signal {s}{}", if j.timed_out { " (timeout)" } else { "" })
+        }
         (None, None, Some(m)) => m.clone(),
         _ => "-".into(),
     }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_paper;
 pub mod bench_vm;
+pub mod image_build;
 pub mod images;
 pub mod jobs;
 pub mod lifecycle;

@@ -64,7 +64,15 @@ pub struct RunArgs {
     /// node (nftables forwards; turns on IPv4 forwarding) [default: not published]
     #[arg(long, env = "VWS_NODE_PUBLISH", value_name = "ADDR")]
     publish: Option<std::net::IpAddr>,
+    /// The uids (= gids) leased to dynamic-account workspaces, FIRST-LAST;
+    /// none may be an existing account of this host
+    #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = DEFAULT_ACCOUNTS)]
+    accounts: vws_model::node::AccountRange,
 }
+
+/// The account pool unless configured: far above any distribution's
+/// accounts and the usual subordinate-id ranges.
+pub const DEFAULT_ACCOUNTS: &str = "1000000000-1000000999";
 
 /// A node running in this process.
 pub struct RunningNode {
@@ -103,6 +111,8 @@ pub struct NodeLaunch {
     pub credentials: vws_pki::Credentials,
     /// Where to publish bridged workspaces' served ports.
     pub publish: Option<std::net::IpAddr>,
+    /// The account pool for dynamic accounts.
+    pub accounts: vws_model::node::AccountRange,
 }
 
 /// Starts a node: re-adopts running VMs, serves its API, registers.
@@ -116,6 +126,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         stop_grace,
         credentials,
         publish,
+        accounts,
     } = l;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -147,6 +158,16 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     let mut manager = Manager::new(name, home, http, Some(tls_dir), tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
     manager.publish = publish.map(|a| a.to_string());
+    // Dynamic accounts where the host allows (root, cgroups); VMs either way.
+    let program = std::env::current_exe().context("finding the vws executable")?;
+    match manager.enable_accounts(accounts, program) {
+        Ok(()) => tracing::info!(
+            first = accounts.first,
+            last = accounts.last,
+            "dynamic accounts enabled"
+        ),
+        Err(e) => tracing::warn!("dynamic accounts disabled on this node: {e}"),
+    }
     // Incoming migrations listen where the node's API does (loopback stays
     // loopback; a wildcard listen means "any of this host's addresses").
     manager.migration_host = match listen.ip() {
@@ -228,6 +249,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         stop_grace: Duration::from_secs(r.stop_grace),
         credentials,
         publish: r.publish,
+        accounts: r.accounts,
     })
     .await?;
     eprintln!(

@@ -239,6 +239,9 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             stop_grace: Duration::from_secs(5),
             credentials: crate::commands::pki::node_credentials(&g.home, "local")?,
             publish: None,
+            accounts: crate::commands::node::DEFAULT_ACCOUNTS
+                .parse()
+                .expect("the default range parses"),
         })
         .await?;
         eprintln!(

@@ -1,0 +1,378 @@
+//! Dynamic accounts end to end (`vws up`, a busybox root filesystem made by
+//! `vws image build`): the leased uid, isolation, the limits of the
+//! hardware description, pause, served ports, a node killed with -9 and
+//! restarted, and nothing of the account left after destroy. One workspace
+//! serves the assertions that do not end it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VWS: &str = env!("CARGO_BIN_EXE_vws");
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// On the way out (a failed assertion too): kills what the test's
+/// workspaces left running, which outlive `vws up` by design.
+struct Reap(PathBuf);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let ids: Vec<String> = std::fs::read_dir(self.0.join("node/vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for id in ids {
+            let procs = std::fs::read_to_string(cgroup("pids", &id).join("cgroup.procs"));
+            for pid in procs.unwrap_or_default().lines() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+    }
+}
+
+fn vws(home: &Path, args: &[&str]) -> Output {
+    Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = vws(home, args);
+    assert!(
+        out.status.success(),
+        "vws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run(home: &Path, id: &str, script: &str) -> Output {
+    vws(home, &["run", id, "--", "sh", "-c", script])
+}
+
+fn up(home: &Path) -> Up {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("up.log"))
+        .unwrap();
+    let up = Up(Command::new(VWS)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout)
+        .contains("\"up\"")
+    {
+        assert!(Instant::now() < deadline, "vws up did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up
+}
+
+fn create(home: &Path, desc: &Path) -> String {
+    let v: Value =
+        serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// The workspace's cgroup (named `<node tag>-<id>`), or where it would be.
+fn cgroup(controller: &str, id: &str) -> PathBuf {
+    let dir = Path::new("/sys/fs/cgroup").join(controller).join("vws");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("-{id}")))
+        .unwrap_or_else(|| dir.join(id))
+}
+
+/// Host pids whose real uid is `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok())
+                })
+                == Some(uid)
+        })
+        .collect()
+}
+
+fn output_lines(home: &Path, job: &str) -> usize {
+    ok(home, &["job", "output", job]).lines().count()
+}
+
+#[test]
+fn dynamic_accounts_end_to_end() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let mut node = up(home);
+    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
+    let desc = home.join("account.xml");
+    std::fs::write(
+        &desc,
+        r#"<virtualWorkspace xmlns="urn:vws:workspace:1" xmlns:hw="urn:vws:hardware:1"
+    xmlns:net="urn:vws:network:1" xmlns:sw="urn:vws:software:1" xmlns:cap="urn:vws:capability:1">
+  <category>dynamic account</category>
+  <hw:hardware>
+    <hw:cpus min="1" max="1"/>
+    <hw:ram min="128MiB" max="128MiB"/>
+    <hw:disk size="16MiB" type="raw" access="rw"/>
+  </hw:hardware>
+  <net:network><net:nic name="lo" method="user"/></net:network>
+  <sw:software><sw:image>tiny:1</sw:image></sw:software>
+  <cap:capability>
+    <cap:startup>mkdir -p /tmp/www; echo "served by $(hostname)" > /tmp/www/index.html; httpd -p 8080 -h /tmp/www</cap:startup>
+    <cap:service port="8080" protocol="tcp"/>
+  </cap:capability>
+</virtualWorkspace>"#,
+    )
+    .unwrap();
+    let id = create(home, &desc);
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+
+    // The job runs as the leased uid: the host sees the same uid on the
+    // workspace's processes, from the node's range.
+    let out = run(home, &id, "id -u; id -un; hostname");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let uid: u32 = lines[0].parse().unwrap();
+    assert!((1_000_000_000..=1_000_000_999).contains(&uid), "{uid}");
+    assert_eq!(lines[1], "ws");
+    assert_eq!(lines[2], id, "the workspace's own hostname");
+    let procs: Vec<u32> = std::fs::read_to_string(cgroup("pids", &id).join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(!procs.is_empty());
+    for p in &procs {
+        assert!(processes_of(uid).contains(p), "pid {p} runs as {uid}");
+    }
+
+    // Nothing of the host is visible: not its processes, not its files.
+    let host_pid = node.0.id();
+    let out = run(
+        home,
+        &id,
+        &format!(
+            "ls /proc | grep -c '^[0-9]'; test -e /proc/{host_pid}/exe && echo host-pid; \
+             test -e {}/server.json && echo host-file; test -e /sys/fs/cgroup && echo sys; \
+             cat /proc/1/cmdline | tr '\\0' ' '",
+            home.display()
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let count: usize = text.lines().next().unwrap().parse().unwrap();
+    assert!(count < 10, "only the workspace's processes: {text}");
+    assert!(!text.contains("host-file"), "{text}");
+    assert!(!text.contains("sys"), "{text}");
+    assert!(!text.contains(&home.display().to_string()), "{text}");
+    // The served port answers from the host.
+    let show: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
+    let at = show["binding"]["forwards"][0]["host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = Command::new("curl")
+            .args(["-s", "--max-time", "2", &format!("http://{at}/")])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&body.stdout).contains(&format!("served by {id}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "served port {at}: {body:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A memory hog past 128 MiB is killed, and the job says why.
+    let out = run(
+        home,
+        &id,
+        "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    );
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory limit (128 MiB)"), "{err}");
+
+    // Writing past the disk's 16 MiB fails inside the workspace.
+    let out = run(
+        home,
+        &id,
+        "dd if=/dev/zero of=$HOME/big bs=1M count=64 2>&1; rm -f $HOME/big",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("No space left"),
+        "{out:?}"
+    );
+
+    // A fork bomb stops at the pids limit; the node and the workspace go on.
+    ok(
+        home,
+        &[
+            "run",
+            "-d",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "n=0; while [ $n -lt 800 ]; do sleep 5 & n=$((n+1)); done 2>/dev/null; wait",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = std::fs::read_to_string(cgroup("pids", &id).join("pids.events")).unwrap();
+        if events.trim() != "max 0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pids limit was never hit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let current: u32 = std::fs::read_to_string(cgroup("pids", &id).join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 512, "{current} processes");
+    // The shell dies of a failed fork or waits; its sleepers end by themselves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: u32 = std::fs::read_to_string(cgroup("pids", &id).join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if now < 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workspace did not recover: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(run(home, &id, "true").status.success());
+
+    // Pause freezes a running counter; unpause resumes it.
+    let counter = ok(
+        home,
+        &[
+            "run",
+            "-d",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done",
+        ],
+    )
+    .trim()
+    .to_string();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(output_lines(home, &counter) > 3, "the counter counts");
+    ok(home, &["pause", &id]);
+    let frozen = output_lines(home, &counter);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        output_lines(home, &counter),
+        frozen,
+        "paused: the counter stops"
+    );
+    ok(home, &["unpause", &id]);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        output_lines(home, &counter) > frozen + 3,
+        "unpaused: it counts on"
+    );
+
+    // kill -9 of the node (and service) and a restart: the workspace and
+    // its counter are adopted, its lease unchanged.
+    node.0.kill().unwrap();
+    let _ = node.0.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let node = up(home);
+    let out = run(home, &id, "id -u");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uid.to_string());
+    let before = output_lines(home, &counter);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(output_lines(home, &counter) > before, "the counter went on");
+    let show: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
+    assert_eq!(show["state"], "running");
+
+    // Snapshot and migration are refused, saying why.
+    ok(home, &["pause", &id]);
+    let out = vws(home, &["snapshot", &id, "--as", "acct:1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only available to category \"vm\""),
+        "{out:?}"
+    );
+    ok(home, &["unpause", &id]);
+    let out = vws(home, &["migrate", &id, "--to", "local"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only available to category \"vm\""),
+        "{out:?}"
+    );
+
+    // Destroy: no process, no cgroup, no loop device, no file of the uid.
+    ok(home, &["destroy", &id]);
+    // (Killed processes leave the table once the host's init reaps them.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_of(uid).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", processes_of(uid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in ["memory", "cpu", "pids", "freezer"] {
+        assert!(!cgroup(c, &id).exists(), "{c} cgroup left");
+    }
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(&id),
+        "{loops:?}"
+    );
+    let owned = Command::new("find")
+        .arg(home)
+        .args(["-uid", &uid.to_string()])
+        .output()
+        .unwrap();
+    assert!(owned.stdout.is_empty(), "{owned:?}");
+    // The lease went back: the next account gets the same uid.
+    let next = create(home, &desc);
+    ok(home, &["deploy", &next]);
+    ok(home, &["start", &next]);
+    let out = run(home, &next, "id -u");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uid.to_string());
+    ok(home, &["destroy", &next]);
+    drop(node);
+}
