@@ -78,6 +78,11 @@ impl Rig {
         })
     }
 
+    /// The rig's scratch folder.
+    pub(crate) fn home(&self) -> &Path {
+        &self.home
+    }
+
     pub(crate) async fn down(self) -> anyhow::Result<()> {
         for ws in self
             .client
@@ -235,6 +240,7 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             let (ready, job) = hot_runs(&rig.client, mib, a.runs).await?;
             hot.insert(format!("{mib}MiB"), json!({ "hot_start_s": summary(ready), "hot_start_to_job_output_s": summary(job) }));
         }
+        let account = crate::commands::bench_account::start(&rig, a.runs).await?;
         let (c, b) = (summary(cold), summary(bare));
         let ratio = median(&c) / median(&b);
         let hot_small = median(&hot["256MiB"]["hot_start_to_job_output_s"]);
@@ -242,11 +248,12 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         let report = json!({
             "suite": "start",
             "runs": a.runs,
-            "metrics": { "cold_start_s": c, "bare_qemu_boot_s": b, "hot": hot },
+            "metrics": { "cold_start_s": c, "bare_qemu_boot_s": b, "hot": hot, "account": account["metrics"] },
             "ratios": {
                 "cold_over_raw_qemu": ratio,
                 "cold_over_hot_256MiB": median(&c) / hot_small,
                 "hot_2GiB_over_hot_256MiB": hot_big / hot_small,
+                "account_start_over_fork_exec": account["ratios"]["account_start_over_fork_exec"],
             },
             "env": env_json(),
         });
@@ -262,15 +269,18 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
                 ("hot start → first job output, 256 MiB", &m["hot"]["256MiB"]["hot_start_to_job_output_s"]),
                 ("hot start → ready, 2 GiB", &m["hot"]["2048MiB"]["hot_start_s"]),
                 ("hot start → first job output, 2 GiB", &m["hot"]["2048MiB"]["hot_start_to_job_output_s"]),
+                ("dynamic account start → running", &m["account"]["account_start_s"]),
+                ("host fork/exec of true → exit", &m["account"]["host_fork_exec_s"]),
             ] {
                 t.add_row(vec![name.to_string(), format!("{:.3}", v["min"].as_f64().unwrap_or(0.0)), format!("{:.3}", median(v)), format!("{:.3}", v["max"].as_f64().unwrap_or(0.0))]);
             }
             println!("{t}");
             let r = &report["ratios"];
             println!(
-                "cold / bare QEMU = {ratio:.3}; cold / hot (to job output, 256 MiB) = {:.1}x; hot 2 GiB / 256 MiB = {:.2}  ({} runs, {})",
+                "cold / bare QEMU = {ratio:.3}; cold / hot (to job output, 256 MiB) = {:.1}x; hot 2 GiB / 256 MiB = {:.2}; account start / fork-exec = {:.1}x  ({} runs, {})",
                 r["cold_over_hot_256MiB"].as_f64().unwrap_or(0.0),
                 r["hot_2GiB_over_hot_256MiB"].as_f64().unwrap_or(0.0),
+                r["account_start_over_fork_exec"].as_f64().unwrap_or(0.0),
                 a.runs,
                 report["env"]
             );
@@ -422,7 +432,7 @@ async fn hot_runs(client: &Client, mib: u64, runs: usize) -> anyhow::Result<(Vec
 }
 
 /// Time until a job's first stdout byte arrives through the API.
-async fn first_byte(client: &Client, id: &str, argv: &[&str]) -> anyhow::Result<f64> {
+pub(crate) async fn first_byte(client: &Client, id: &str, argv: &[&str]) -> anyhow::Result<f64> {
     use futures::StreamExt;
     let t = Instant::now();
     let job = client.submit_job(id, json!({ "argv": argv })).await?;
@@ -463,10 +473,7 @@ async fn host_first_byte(argv: &[&str]) -> anyhow::Result<f64> {
 /// `vws bench job`: request → first output byte, and a CPU-bound job's slowdown.
 pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let guest = guest_dir(g, a)?;
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("busybox (apt-get install busybox-static) runs the host side of the CPU job")?;
+    let busybox = crate::commands::bench_account::busybox()?;
     let rig = Rig::up().await?;
     let result = async {
         import_guest(&rig.client, &guest).await?;
@@ -492,12 +499,22 @@ pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             anyhow::ensure!(ok.success(), "host loop failed");
             host_cpu.push(t.elapsed().as_secs_f64());
         }
+        rig.client.destroy(&id).await?;
+        let account = crate::commands::bench_account::job(&rig, a.runs, 3_000_000).await?;
         let (v, h, vc, hc) = (summary(vm), summary(host), summary(vm_cpu), summary(host_cpu));
+        let mut metrics = json!({ "run_to_first_byte_s": v, "host_fork_exec_first_byte_s": h, "cpu_job_vm_s": vc, "cpu_job_host_s": hc });
+        for (k, val) in account["metrics"].as_object().into_iter().flatten() {
+            metrics[k] = val.clone();
+        }
         let report = json!({
             "suite": "job",
             "runs": runs,
-            "metrics": { "run_to_first_byte_s": v, "host_fork_exec_first_byte_s": h, "cpu_job_vm_s": vc, "cpu_job_host_s": hc },
-            "ratios": { "first_byte_vm_over_host": median(&v) / median(&h), "cpu_slowdown_vm_over_host": median(&vc) / median(&hc) },
+            "metrics": metrics,
+            "ratios": {
+                "first_byte_vm_over_host": median(&v) / median(&h),
+                "cpu_slowdown_vm_over_host": median(&vc) / median(&hc),
+                "cpu_slowdown_account_over_host": account["ratios"]["cpu_slowdown_account_over_host"],
+            },
             "env": env_json(),
         });
         if g.json {
@@ -509,6 +526,9 @@ pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
                 ("host fork/exec → first byte", "host_fork_exec_first_byte_s"),
                 ("CPU-bound job in the workspace", "cpu_job_vm_s"),
                 ("same job on the host (busybox sh)", "cpu_job_host_s"),
+                ("dynamic account: vws run → first output byte", "account_run_to_first_byte_s"),
+                ("dynamic account: CPU job, 10x longer", "cpu_job_account_s"),
+                ("same 10x job on the host (busybox sh)", "cpu_job_host_long_s"),
             ] {
                 let m = &report["metrics"][key];
                 t.add_row(vec![name.to_string(), format!("{:.4}", m["min"].as_f64().unwrap_or(0.0)), format!("{:.4}", median(m)), format!("{:.4}", m["max"].as_f64().unwrap_or(0.0))]);
