@@ -376,3 +376,78 @@ fn dynamic_accounts_end_to_end() {
     ok(home, &["destroy", &next]);
     drop(node);
 }
+
+/// A Debian root filesystem made by `vws image build --from debian`
+/// (debootstrap from Debian's packages; kept in target/ between runs): the
+/// account works in it, cannot change the image, and its own files survive
+/// a check-in and a new deployment.
+#[test]
+fn debian_root_and_check_in() {
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vws-test-debian.img");
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let _node = up(home);
+    let file = image.to_str().unwrap();
+    if image.exists() {
+        ok(home, &["image", "import", "debian:12", "--disk", file]);
+    } else {
+        ok(
+            home,
+            &[
+                "image",
+                "build",
+                "debian:12",
+                "--from",
+                "debian",
+                "--out",
+                file,
+            ],
+        );
+    }
+    let desc = home.join("account.xml");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/account.xml");
+    std::fs::copy(example, &desc).unwrap();
+    let id = create(home, &desc);
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+    let out = run(
+        home,
+        &id,
+        "cat /etc/debian_version; id -un; apt-get --version | head -1; \
+         touch /usr/x 2>/dev/null && echo wrote-image; echo kept > ~/keep",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("12."), "{text}");
+    assert_eq!(lines[1], "ws", "{text}");
+    assert!(lines[2].starts_with("apt "), "{text}");
+    assert!(!text.contains("wrote-image"), "{text}");
+    // The startup program ran at start, as a job of the account.
+    let jobs: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
+    let startup = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["argv"].to_string().contains("hello from"))
+        .expect("the startup job");
+    let said = ok(home, &["job", "output", startup["id"].as_str().unwrap()]);
+    assert!(
+        said.starts_with(&format!("hello from {id} as ws (")),
+        "{said}"
+    );
+    ok(home, &["stop", &id]);
+    ok(home, &["undeploy", &id]);
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+    let out = run(
+        home,
+        &id,
+        "cat ~/keep; ls -ln ~/keep | awk '{print $3}'; id -u",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "kept", "{text}");
+    assert_eq!(lines[1], lines[2], "the file is the account's: {text}");
+    ok(home, &["destroy", &id]);
+}

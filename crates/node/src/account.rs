@@ -271,17 +271,22 @@ impl AccountDriver {
     /// its cgroup goes (and any process still in it).
     pub async fn halt(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
         let cg = self.cgroup(id);
-        if let Some(r) = self.running(id) {
+        let running = self.running(id);
+        // Gone first: the watcher must not take this stop for a crash.
+        let _ = std::fs::remove_file(self.dir(id).join("init.json"));
+        if let Some(r) = running {
             let _ = cg.freeze(false);
             let pid = nix::unistd::Pid::from_raw(r.pid);
+            let alive = || start_time(r.pid) == Some(r.start);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = tokio::time::Instant::now() + grace;
-            while self.running(id).is_some() && tokio::time::Instant::now() < deadline {
+            while alive() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            if alive() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
-        let _ = std::fs::remove_file(self.dir(id).join("init.json"));
         if let Some(tasks) = self.proxies.lock().await.remove(id) {
             tasks.iter().for_each(|t| t.abort());
         }

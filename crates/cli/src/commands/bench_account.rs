@@ -40,7 +40,12 @@ async fn deployed_account(rig: &Rig) -> anyhow::Result<String> {
         .import_image(json!({ "name": "account-root", "tag": "bench", "disk": digest }))
         .await?;
     let desc = "category = \"dynamic account\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"account-root:bench\"\n";
-    let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
+    let id = rig
+        .client
+        .create(desc.into(), Form::Toml, None)
+        .await?
+        .record
+        .id;
     rig.client.deploy(&id, None).await?;
     Ok(id)
 }
@@ -48,7 +53,10 @@ async fn deployed_account(rig: &Rig) -> anyhow::Result<String> {
 /// Plain fork/exec of `true` on the host, to its exit.
 async fn host_spawn(busybox: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let ok = tokio::process::Command::new(busybox).arg("true").status().await?;
+    let ok = tokio::process::Command::new(busybox)
+        .arg("true")
+        .status()
+        .await?;
     anyhow::ensure!(ok.success(), "busybox true failed");
     Ok(t.elapsed().as_secs_f64())
 }
@@ -103,7 +111,10 @@ pub(crate) async fn job(rig: &Rig, runs: usize, iterations: u64) -> anyhow::Resu
         anyhow::ensure!(ok.success(), "host loop failed");
         host.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let job = rig.client.submit_job(&id, json!({ "argv": ["sh", "-c", script] })).await?;
+        let job = rig
+            .client
+            .submit_job(&id, json!({ "argv": ["sh", "-c", script] }))
+            .await?;
         let out = rig.client.job_output(&job.id, true).await?.bytes().await?;
         inside.push(t.elapsed().as_secs_f64());
         anyhow::ensure!(
