@@ -66,13 +66,19 @@ fn run(home: &Path, id: &str, script: &str) -> Output {
 }
 
 fn up(home: &Path) -> Up {
+    up_with(home, "1000000000-1000000999")
+}
+
+/// `vws up` whose node leases `accounts`: tests running side by side keep
+/// to their own uids.
+fn up_with(home: &Path, accounts: &str) -> Up {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(home.join("up.log"))
         .unwrap();
     let up = Up(Command::new(VWS)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["up", "--listen", "127.0.0.1:0", "--accounts", accounts])
         .env("VWS_HOME", home)
         .stdout(Stdio::null())
         .stderr(log)
@@ -387,7 +393,7 @@ fn debian_root_and_check_in() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
-    let _node = up(home);
+    let _node = up_with(home, "1000001000-1000001999");
     let file = image.to_str().unwrap();
     if image.exists() {
         ok(home, &["image", "import", "debian:12", "--disk", file]);

@@ -469,16 +469,21 @@ impl Manager {
             }
             return Ok(spec.forwards);
         }
+        let t = std::time::Instant::now();
         match &spec.restore {
             Some(memory) => {
                 self.driver.restore(&spec, memory).await?;
+                let restored = t.elapsed();
                 self.refresh_identity(&spec).await?;
+                tracing::debug!(%id, ?restored, identity = ?(t.elapsed() - restored), "restored");
             }
             None => self.driver.start(&spec).await?,
         }
+        let ready = t.elapsed();
         if let Some(c) = credentials {
             self.install_credentials(id, &c).await?;
         }
+        tracing::debug!(%id, ?ready, credentials = ?(t.elapsed() - ready), "started");
         Ok(spec.forwards)
     }
 
@@ -492,19 +497,26 @@ impl Manager {
     ) -> Result<(), NodeError> {
         let agent = self.agent(id).await?;
         let dir = CREDENTIALS_DIR;
-        for (name, text, mode) in [
+        // All three in flight at once: the agent answers each by its id.
+        let writes = [
             ("key.pem", &c.key, 0o600),
             ("cert.pem", &c.cert, 0o644),
             ("ca.pem", &c.ca, 0o644),
-        ] {
-            agent
-                .write_file(&format!("{dir}/{name}"), text.as_bytes(), Some(mode))
-                .await
-                .map_err(|e| {
-                    NodeError::Other(anyhow::anyhow!(
-                        "putting the workspace's credential in the guest: {e}"
-                    ))
-                })?;
+        ]
+        .map(|(name, text, mode)| {
+            let agent = agent.clone();
+            async move {
+                agent
+                    .write_file(&format!("{dir}/{name}"), text.as_bytes(), Some(mode))
+                    .await
+            }
+        });
+        for done in futures::future::join_all(writes).await {
+            done.map_err(|e| {
+                NodeError::Other(anyhow::anyhow!(
+                    "putting the workspace's credential in the guest: {e}"
+                ))
+            })?;
         }
         Ok(())
     }

@@ -65,6 +65,18 @@ fn qemu_err(e: impl std::fmt::Display) -> DriverError {
     DriverError::Qemu(e.to_string())
 }
 
+/// The RFC 7919 `ffdhe2048` Diffie-Hellman group, the `dh-params.pem` of the
+/// node's QEMU TLS folder (public, standard parameters).
+pub const FFDHE2048_PEM: &str = "-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+";
+
 /// A locally administered MAC address derived from the workspace id and the
 /// interface's index: stable for a workspace, different between workspaces
 /// (QEMU would give every guest 52:54:00:12:34:56).

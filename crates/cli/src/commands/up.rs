@@ -37,6 +37,9 @@ pub struct UpArgs {
     /// Seconds between rounds of the lifetime reaper [default: 10]
     #[arg(long, value_name = "SECONDS")]
     reap_interval: Option<u64>,
+    /// The local node's uids for dynamic accounts, FIRST-LAST (`vws up` only)
+    #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = crate::commands::node::DEFAULT_ACCOUNTS)]
+    accounts: vws_model::node::AccountRange,
 }
 
 /// The OS user running the service: the CN of the administrator's
@@ -239,9 +242,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             stop_grace: Duration::from_secs(5),
             credentials: crate::commands::pki::node_credentials(&g.home, "local")?,
             publish: None,
-            accounts: crate::commands::node::DEFAULT_ACCOUNTS
-                .parse()
-                .expect("the default range parses"),
+            accounts: a.accounts,
         })
         .await?;
         eprintln!(
