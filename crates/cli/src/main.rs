@@ -166,7 +166,8 @@ fn main() -> ExitCode {
         cli.command,
         Command::Up(_) | Command::Serve(_) | Command::Node(_)
     );
-    if !serving {
+    // Benchmarks run a service and a node in this process too.
+    if !serving && !matches!(cli.command, Command::Bench(_)) {
         // Only for short-lived client commands: a server must see EPIPE on a
         // peer that went away (a stopped VM's sockets), never die of it.
         default_sigpipe();

@@ -362,6 +362,8 @@ fn dynamic_accounts_end_to_end() {
     for c in ["memory", "cpu", "pids", "freezer"] {
         assert!(!cgroup(c, &id).exists(), "{c} cgroup left");
     }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "{mounts}");
     let loops = Command::new("losetup").arg("-a").output().unwrap();
     assert!(
         !String::from_utf8_lossy(&loops.stdout).contains(&id),

@@ -20,9 +20,8 @@ pub(crate) fn busybox() -> anyhow::Result<&'static str> {
         .context("busybox (apt-get install busybox-static) runs the host side of the comparison")
 }
 
-/// Builds and imports the root filesystem, creates and deploys an account
-/// workspace; returns its id.
-async fn deployed_account(rig: &Rig) -> anyhow::Result<String> {
+/// Builds the busybox root filesystem and imports it as `account-root:bench`.
+pub(crate) async fn import_root(rig: &Rig) -> anyhow::Result<()> {
     let file = rig.home().join("account-root.img");
     let spec = crate::commands::image_build::Build {
         base: crate::commands::image_build::Base::Busybox,
@@ -39,6 +38,13 @@ async fn deployed_account(rig: &Rig) -> anyhow::Result<String> {
     rig.client
         .import_image(json!({ "name": "account-root", "tag": "bench", "disk": digest }))
         .await?;
+    Ok(())
+}
+
+/// Imports the root filesystem, creates and deploys an account workspace;
+/// returns its id.
+async fn deployed_account(rig: &Rig) -> anyhow::Result<String> {
+    import_root(rig).await?;
     let desc = "category = \"dynamic account\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"account-root:bench\"\n";
     let id = rig
         .client

@@ -2,8 +2,9 @@
 //! from a request to the end of one short job, three ways: (a) started
 //! directly on the host, as GRAM would; (b) in a workspace deployed from a
 //! hot image whose environment is already up, the job sent as soon as it
-//! answers; (c) in a workspace configured to start the job at boot. As in
-//! the paper, the images are staged on the node beforehand.
+//! answers; (c) in a workspace configured to start the job at boot; and
+//! (d), beyond the paper's figure, in a dynamic account configured to start
+//! it. As in the paper, the images are staged on the node beforehand.
 
 use std::time::Instant;
 
@@ -22,8 +23,12 @@ use crate::Globals;
 const JOB: &str = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo done $i";
 
 fn description(image: &str, startup: Option<&str>) -> String {
+    described("vm", image, startup)
+}
+
+fn described(category: &str, image: &str, startup: Option<&str>) -> String {
     let mut d = format!(
-        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"{image}\"\n"
+        "category = \"{category}\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"{image}\"\n"
     );
     if let Some(s) = startup {
         d.push_str(&format!(
@@ -66,11 +71,23 @@ async fn hot_run(client: &Client) -> anyhow::Result<f64> {
 /// (c): deploy and boot a workspace whose startup program is the job; wait
 /// for that job's end.
 async fn boot_run(client: &Client) -> anyhow::Result<f64> {
-    let id = client
-        .create(description("minimal:bench", Some(JOB)), Form::Toml, None)
-        .await?
-        .record
-        .id;
+    startup_run(client, description("minimal:bench", Some(JOB))).await
+}
+
+/// (d): the same with a dynamic account (the paper's other category, and
+/// its future work's lighter workspace).
+async fn account_run(client: &Client) -> anyhow::Result<f64> {
+    startup_run(
+        client,
+        described("dynamic account", "account-root:bench", Some(JOB)),
+    )
+    .await
+}
+
+/// Deploys and starts a workspace whose startup program is the job; waits
+/// for that job's end.
+async fn startup_run(client: &Client, desc: String) -> anyhow::Result<f64> {
+    let id = client.create(desc, Form::Toml, None).await?.record.id;
     let t = Instant::now();
     client.deploy(&id, None).await?;
     client.action(&id, "start").await?;
@@ -101,10 +118,7 @@ async fn host_run(busybox: &str) -> anyhow::Result<f64> {
 /// Runs the three scenarios interleaved, prints a table, and draws the plot.
 pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let guest = guest_dir(g, a)?;
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .context("busybox (apt-get install busybox-static) runs the host side of the job")?;
+    let busybox = crate::commands::bench_account::busybox()?;
     let rig = Rig::up().await?;
     let result = async {
         let client = &rig.client;
@@ -116,31 +130,36 @@ pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         client.action(&src, "pause").await?;
         client.snapshot(&src, "env:paper").await?;
         client.destroy(&src).await?;
+        crate::commands::bench_account::import_root(&rig).await?;
         // One untimed round stages everything onto the node.
         hot_run(client).await?;
         boot_run(client).await?;
-        let (mut host, mut hot, mut boot) = (Vec::new(), Vec::new(), Vec::new());
+        account_run(client).await?;
+        let (mut host, mut hot, mut boot, mut account) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..a.runs {
             host.push(host_run(busybox).await?);
             hot.push(hot_run(client).await?);
             boot.push(boot_run(client).await?);
+            account.push(account_run(client).await?);
             eprintln!(
-                "bench paper: run {}/{}: host {:.3} s, hot image {:.3} s, boot with the job {:.3} s",
+                "bench paper: run {}/{}: host {:.3} s, hot image {:.3} s, boot with the job {:.3} s, dynamic account {:.3} s",
                 run + 1,
                 a.runs,
                 host[run],
                 hot[run],
-                boot[run]
+                boot[run],
+                account[run]
             );
         }
-        let (h, w, b) = (summary(host), summary(hot), summary(boot));
+        let (h, w, b, d) = (summary(host), summary(hot), summary(boot), summary(account));
         let report = json!({
             "suite": "paper",
             "runs": a.runs,
-            "metrics": { "a_host_job_s": h, "b_hot_image_then_job_s": w, "c_boot_with_job_s": b },
+            "metrics": { "a_host_job_s": h, "b_hot_image_then_job_s": w, "c_boot_with_job_s": b, "d_dynamic_account_s": d },
             "ratios": {
                 "b_over_a": median(&w) / median(&h),
                 "c_over_b": median(&b) / median(&w),
+                "d_over_a": median(&d) / median(&h),
             },
             "env": env_json(),
         });
@@ -163,9 +182,10 @@ pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             }
             println!("{t}");
             println!(
-                "(b) / (a) = {:.1}; (c) / (b) = {:.1}  ({} runs, {})",
+                "(b) / (a) = {:.1}; (c) / (b) = {:.1}; (d) / (a) = {:.1}  ({} runs, {})",
                 report["ratios"]["b_over_a"].as_f64().unwrap_or(0.0),
                 report["ratios"]["c_over_b"].as_f64().unwrap_or(0.0),
+                report["ratios"]["d_over_a"].as_f64().unwrap_or(0.0),
                 a.runs,
                 report["env"]
             );
@@ -177,12 +197,16 @@ pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     result
 }
 
-const ROWS: [(&str, &str); 3] = [
+const ROWS: [(&str, &str); 4] = [
     ("(a) job on the host", "a_host_job_s"),
     ("(b) hot image, then the job", "b_hot_image_then_job_s"),
     (
         "(c) workspace that starts the job at boot",
         "c_boot_with_job_s",
+    ),
+    (
+        "(d) dynamic account that starts the job",
+        "d_dynamic_account_s",
     ),
 ];
 
