@@ -233,6 +233,63 @@ fn dynamic_accounts_end_to_end() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memory limit (128 MiB)"), "{err}");
 
+    // Standard input reaches the job; files go in and out as the account.
+    let mut child = Command::new(VWS)
+        .args([
+            "run",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z > ~/in.txt; cat ~/in.txt",
+        ])
+        .env("VWS_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(b"from stdin\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "FROM STDIN\n",
+        "{out:?}"
+    );
+    let local = home.join("local.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    ok(
+        home,
+        &[
+            "cp",
+            local.to_str().unwrap(),
+            &format!("{id}:/home/ws/copied.txt"),
+        ],
+    );
+    let out = run(
+        home,
+        &id,
+        "cat ~/copied.txt; ls -ln ~/copied.txt | awk '{print $3}'",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("copied in\n{uid}\n")
+    );
+    let back = home.join("back.txt");
+    ok(
+        home,
+        &[
+            "cp",
+            &format!("{id}:/home/ws/in.txt"),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "FROM STDIN\n");
+
     // Writing past the disk's 16 MiB fails inside the workspace.
     let out = run(
         home,

@@ -317,6 +317,7 @@ impl AccountDriver {
             env: Vec::new(),
             cwd: None,
             timeout: None,
+            stdin: None,
             log: None,
         })
     }
@@ -341,12 +342,19 @@ impl AccountDriver {
                 .decode(s)
                 .unwrap_or_default()
         });
-        if stdin.as_ref().is_some_and(|s| !s.is_empty()) {
-            // The helper runs jobs with stdin from /dev/null; a job's input
-            // goes through a file in the workspace instead.
-            return Err(DriverError::Unsupported(
-                "standard input for dynamic-account jobs",
-            ));
+        // Read by the helper before it enters the workspace; gone with the job.
+        let input = log.with_extension("stdin");
+        if let Some(data) = stdin.filter(|s| !s.is_empty()) {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&input)?
+                .write_all(&data)?;
+            plan.stdin = Some(input.clone());
         }
         let mut child = tokio::process::Command::new(&self.program)
             .arg("__sandbox")
@@ -379,6 +387,7 @@ impl AccountDriver {
                 let _ = e.read_to_string(&mut errors).await;
             }
             let _ = child.wait().await;
+            let _ = std::fs::remove_file(&input);
             finish_job(&job, &log, &marker, errors.trim(), &done);
         });
         Ok(())

@@ -75,6 +75,9 @@ pub struct ExecPlan {
     pub cwd: Option<String>,
     /// Seconds before the job is killed.
     pub timeout: Option<u64>,
+    /// A file to give the job as its standard input (default /dev/null).
+    #[serde(default)]
+    pub stdin: Option<PathBuf>,
     /// The job's event log; without one, the job uses this process's
     /// stdin, stdout and stderr and its exit status becomes ours.
     pub log: Option<PathBuf>,
@@ -521,6 +524,9 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
         ),
         None => None,
     };
+    // Host paths, so opened before entering the workspace.
+    let null = std::fs::File::open(plan.stdin.as_deref().unwrap_or(Path::new("/dev/null")))
+        .map_err(err("the job's standard input"))?;
     join_cgroups(&plan.cgroups)?;
     // Over the RAM limit, the job goes before its helper, the helper before
     // the workspace's PID 1.
@@ -577,7 +583,6 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
         None
     };
     let (fail_r, fail_w) = pipe()?;
-    let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
     // SAFETY: this process is single-threaded, so the child may do
     // anything after fork; it ends in execve or _exit.
     let child = match unsafe { fork() }.map_err(err("fork"))? {
