@@ -204,8 +204,10 @@ fn dynamic_accounts_end_to_end() {
     assert!(!text.contains("host-file"), "{text}");
     assert!(!text.contains("sys"), "{text}");
     assert!(!text.contains(&home.display().to_string()), "{text}");
-    // The served port answers from the host.
+    // The served port answers from the host; the lease is on the record.
     let show: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
+    assert_eq!(show["account"]["uid"], uid, "{show}");
+    assert_eq!(show["account"]["node"], "local", "{show}");
     let at = show["binding"]["forwards"][0]["host"]
         .as_str()
         .unwrap()

@@ -20,6 +20,9 @@ pub struct Workspace {
     /// Addresses it holds from network pools.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<vws_store::Address>,
+    /// The Unix account a dynamic account holds on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<vws_store::AccountLease>,
 }
 
 /// One problem in a refused description.

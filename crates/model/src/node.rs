@@ -346,3 +346,22 @@ pub struct StartRequest {
     #[serde(default)]
     pub credentials: Option<WorkspaceCredentials>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AccountRange;
+
+    #[test]
+    fn account_ranges_parse_and_refuse_nonsense() {
+        assert_eq!(
+            "1000-1999".parse::<AccountRange>(),
+            Ok(AccountRange {
+                first: 1000,
+                last: 1999
+            })
+        );
+        for bad in ["", "5", "10-5", "0-10", "a-b", "1-4294967295", "-3-4"] {
+            assert!(bad.parse::<AccountRange>().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -284,3 +284,15 @@ pub fn parse_oom_kills(text: &str) -> u64 {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn oom_kill_counts_are_read_from_v1_and_v2_files() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(super::parse_oom_kills(v1), 3);
+        assert_eq!(super::parse_oom_kills(v2), 2);
+        assert_eq!(super::parse_oom_kills("oom_kill_disable 1\n"), 0);
+    }
+}

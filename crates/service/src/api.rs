@@ -492,6 +492,7 @@ async fn show(
     s.service.authorize(&who, Class::Read)?;
     let mut ws = s.service.workspace(&who, &id).await?;
     ws.addresses = s.service.store().addresses_of(&id).await?;
+    ws.account = s.service.store().account_of(&id).await?;
     let accept = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())

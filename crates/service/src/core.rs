@@ -77,6 +77,9 @@ pub struct Workspace {
     /// Addresses it holds from network pools (shown by `show`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<vws_store::Address>,
+    /// The Unix account a dynamic account holds on its node (shown by `show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<vws_store::AccountLease>,
 }
 
 impl Workspace {
@@ -154,6 +157,7 @@ impl Service {
             record,
             epr,
             addresses: Vec::new(),
+            account: None,
         }
     }
 

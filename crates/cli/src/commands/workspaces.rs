@@ -247,6 +247,9 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         lines.push(("disk", format!("{size} qcow2 overlay at {disk}")));
     }
+    if let Some(a) = &ws.account {
+        lines.push(("account", format!("uid {} on {}", a.uid, a.node)));
+    }
     for nic in &d.network.nics {
         let addr = ws
             .addresses
