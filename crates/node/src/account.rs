@@ -622,3 +622,22 @@ impl Driver for AccountDriver {
         self.dir(id).join("console.log")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vws_model::node::AccountRange;
+
+    #[test]
+    fn existing_accounts_in_a_range_are_found() {
+        // root (uid 0) is in every /etc/passwd.
+        let found = super::existing_accounts(AccountRange { first: 0, last: 0 });
+        assert!(found
+            .iter()
+            .any(|(who, id)| *id == 0 && who.starts_with("root in /etc/passwd")));
+        let free = super::existing_accounts(AccountRange {
+            first: 4_000_000_000,
+            last: 4_000_000_010,
+        });
+        assert!(free.is_empty(), "{free:?}");
+    }
+}

@@ -444,6 +444,12 @@ impl Manager {
         credentials: Option<vws_model::node::WorkspaceCredentials>,
     ) -> Result<Vec<vws_model::node::Forward>, NodeError> {
         let spec = self.spec_with_forwards(id)?;
+        if spec.account.is_some() && self.accounts.is_none() {
+            return Err(NodeError::Other(anyhow::anyhow!(
+                "workspace {id} is a dynamic account and node {} no longer runs them (see its log)",
+                self.name
+            )));
+        }
         if let Some((driver, _)) = self.account(id) {
             // No agent inside: the credential is written by the account itself.
             driver.start(&spec).await?;
