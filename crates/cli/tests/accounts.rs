@@ -36,7 +36,10 @@ impl Drop for Reap {
         for id in ids {
             let procs = std::fs::read_to_string(cgroup("pids", &id).join("cgroup.procs"));
             for pid in procs.unwrap_or_default().lines() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
+                // The shell's own kill: procps may not be installed.
+                let _ = Command::new("sh")
+                    .args(["-c", &format!("kill -9 {pid}")])
+                    .status();
             }
         }
     }
