@@ -45,7 +45,7 @@ impl Store {
         workspace_id: &str,
         now: OffsetDateTime,
     ) -> Result<Option<u32>, StoreError> {
-        for _ in 0..16 {
+        for attempt in 0..64 {
             if let Some(held) = self.account_of(workspace_id).await? {
                 if held.node == node {
                     return Ok(Some(held.uid));
@@ -62,8 +62,19 @@ impl Store {
             .await?
             .into_iter()
             .collect();
-            let Some(free) = (first as i64..=last as i64).find(|u| !used.contains(u)) else {
+            let free: Vec<i64> = (first as i64..=last as i64)
+                .filter(|u| !used.contains(u))
+                .take(256)
+                .collect();
+            if free.is_empty() {
                 return Ok(None);
+            }
+            // The lowest first; after a lost race, racers spread out over the
+            // free ones instead of all taking the same next one.
+            let free = if attempt == 0 {
+                free[0]
+            } else {
+                free[rand::Rng::gen_range(&mut rand::thread_rng(), 0..free.len())]
             };
             let inserted = sqlx::query(
                 "INSERT INTO account_leases (node, uid, workspace_id, leased_at) VALUES ($1, $2, $3, $4)",

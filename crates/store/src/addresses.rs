@@ -51,7 +51,7 @@ impl Store {
         mac: &str,
         now: OffsetDateTime,
     ) -> Result<Option<String>, StoreError> {
-        for _ in 0..16 {
+        for attempt in 0..64 {
             let used: std::collections::HashSet<String> =
                 sqlx::query_scalar("SELECT address FROM addresses WHERE network = $1")
                     .bind(network)
@@ -59,8 +59,20 @@ impl Store {
                     .await?
                     .into_iter()
                     .collect();
-            let Some(free) = candidates.iter().find(|c| !used.contains(*c)) else {
+            let free: Vec<&String> = candidates
+                .iter()
+                .filter(|c| !used.contains(*c))
+                .take(256)
+                .collect();
+            if free.is_empty() {
                 return Ok(None);
+            }
+            // The first candidate first; after a lost race, racers spread out
+            // over the free ones instead of all taking the same next one.
+            let free = if attempt == 0 {
+                free[0]
+            } else {
+                free[rand::Rng::gen_range(&mut rand::thread_rng(), 0..free.len())]
             };
             let inserted = sqlx::query(&format!(
                 "INSERT INTO addresses ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
