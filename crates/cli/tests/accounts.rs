@@ -443,8 +443,43 @@ fn dynamic_accounts_end_to_end() {
     ok(home, &["start", &next]);
     let out = run(home, &next, "id -u");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uid.to_string());
-    ok(home, &["destroy", &next]);
+
+    // A workspace that dies while the node is down (kill -9 of both) is
+    // cleaned up by the restarted node and marked corrupted; destroying it
+    // still returns its lease.
+    let init = std::fs::read_to_string(cgroup("pids", &next).join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
+        })
+        .expect("the workspace's PID 1")
+        .to_string();
     drop(node);
+    assert!(Command::new("sh")
+        .args(["-c", &format!("kill -9 {init}")])
+        .status()
+        .unwrap()
+        .success());
+    let _node = up(home);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let show: Value = serde_json::from_str(&ok(home, &["show", &next, "--json"])).unwrap();
+        if show["state"] == "corrupted" && !cgroup("pids", &next).exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{show}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(home, &["destroy", &next]);
+    let last = create(home, &desc);
+    ok(home, &["deploy", &last]);
+    let show: Value = serde_json::from_str(&ok(home, &["show", &last, "--json"])).unwrap();
+    assert_eq!(show["account"]["uid"], uid, "{show}");
+    ok(home, &["destroy", &last]);
 }
 
 /// A Debian root filesystem made by `vws image build --from debian`
