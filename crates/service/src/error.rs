@@ -33,9 +33,6 @@ pub enum ServiceError {
     /// The caller did not say who it is.
     #[error("{0}")]
     Unauthenticated(String),
-    /// Asked of a part vws does not have yet.
-    #[error("{0}")]
-    NotImplemented(String),
     /// The body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -141,7 +138,6 @@ impl ServiceError {
             ServiceError::Policy(_) => (StatusCode::FORBIDDEN, "policy_refused"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServiceError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            ServiceError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ServiceError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
