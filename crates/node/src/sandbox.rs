@@ -225,18 +225,15 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
     // where the host grants CAP_SYS_RESOURCE; jobs raise their own score
     // (see `exec`), which needs no privilege, so they go first regardless.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
-    let made = Ok(())
-        .and_then(|()| {
-            unshare(
-                CloneFlags::CLONE_NEWNS
-                    | CloneFlags::CLONE_NEWUTS
-                    | CloneFlags::CLONE_NEWIPC
-                    | CloneFlags::CLONE_NEWNET
-                    | CloneFlags::CLONE_NEWCGROUP,
-            )
-            .map_err(err("unshare"))
-        })
-        .and_then(|()| make_root(plan));
+    let made = unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(err("unshare"))
+    .and_then(|()| make_root(plan));
     if let Err(e) = made {
         let _ = ready.write_all(e.as_bytes());
         return Err(e);
