@@ -204,7 +204,6 @@ impl AccountDriver {
         })?;
         let mounts = self.dir(&spec.id).join("mnt");
         let plan = InitPlan {
-            id: spec.id.clone(),
             image: a.image.clone(),
             upper: a.upper.clone(),
             mounts,

@@ -164,11 +164,6 @@ impl Cgroup {
         }
     }
 
-    /// Kills by the RAM limit so far.
-    pub fn oom_kills(&self) -> u64 {
-        oom_kills(&self.oom_file())
-    }
-
     /// Every process in it (host pids).
     pub fn pids(&self) -> Vec<i32> {
         let d = match self.layout {
@@ -271,13 +266,8 @@ impl Cgroup {
     }
 }
 
-/// Reads the `oom_kill N` line of a v1 `memory.oom_control` or a v2
+/// The `oom_kill N` line's N, from a v1 `memory.oom_control` or a v2
 /// `memory.events`.
-pub fn oom_kills(file: &Path) -> u64 {
-    parse_oom_kills(&std::fs::read_to_string(file).unwrap_or_default())
-}
-
-/// The `oom_kill N` line's N.
 pub fn parse_oom_kills(text: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))

@@ -16,7 +16,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,6 @@ use crate::agent::JobEvent;
 /// How `init` builds a workspace.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InitPlan {
-    /// Workspace id (for messages).
-    pub id: String,
     /// The image: a filesystem image mounted read-only as the lower layer.
     pub image: PathBuf,
     /// The workspace's disk: an ext4 image, the overlay's upper layer.
@@ -211,15 +209,11 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
         .append(true)
         .open(&plan.console)
     {
-        // SAFETY: dup2 onto this process's own standard descriptors.
-        unsafe {
-            libc_dup2(log.as_raw_fd(), 1);
-            libc_dup2(log.as_raw_fd(), 2);
-        }
+        let _ = nix::unistd::dup2_stdout(&log);
+        let _ = nix::unistd::dup2_stderr(&log);
     }
     if let Ok(null) = std::fs::File::open("/dev/null") {
-        // SAFETY: as above.
-        unsafe { libc_dup2(null.as_raw_fd(), 0) };
+        let _ = nix::unistd::dup2_stdin(&null);
     }
     // The holder of the namespaces is never what the RAM limit kills: -1000
     // where the host grants CAP_SYS_RESOURCE; jobs raise their own score
@@ -587,12 +581,9 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
             let _ = nix::unistd::setsid();
             let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
             if let Some(((_, out_w), (_, err_w))) = &pipes {
-                // SAFETY: dup2 onto the standard descriptors of this child.
-                unsafe {
-                    libc_dup2(out_w.as_raw_fd(), 1);
-                    libc_dup2(err_w.as_raw_fd(), 2);
-                    libc_dup2(null.as_raw_fd(), 0);
-                }
+                let _ = nix::unistd::dup2_stdout(out_w);
+                let _ = nix::unistd::dup2_stderr(err_w);
+                let _ = nix::unistd::dup2_stdin(&null);
             }
             let why = match nix::unistd::chdir(cwd.as_str()) {
                 Err(e) => format!("cannot enter {cwd}: {e}"),
@@ -667,17 +658,6 @@ fn read_oom(f: &mut std::fs::File) -> u64 {
     let _ = f.seek(std::io::SeekFrom::Start(0));
     let _ = f.read_to_string(&mut text);
     crate::cgroup::parse_oom_kills(&text)
-}
-
-/// dup2 onto a standard descriptor.
-///
-/// # Safety
-/// `fd` must be open; `to` is replaced.
-unsafe fn libc_dup2(fd: i32, to: i32) {
-    // SAFETY: as the caller promises.
-    unsafe {
-        nix::libc::dup2(fd, to);
-    }
 }
 
 /// Copies the job's output into its log until it ends (and its pipes are

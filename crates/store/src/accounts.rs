@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::db::{from_millis, millis, Store, StoreError};
+use crate::db::{from_millis, millis, pick_free, Store, StoreError};
 
 /// One uid leased to a workspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,19 +62,11 @@ impl Store {
             .await?
             .into_iter()
             .collect();
-            let free: Vec<i64> = (first as i64..=last as i64)
-                .filter(|u| !used.contains(u))
-                .take(256)
-                .collect();
-            if free.is_empty() {
+            let Some(free) = pick_free(
+                (first as i64..=last as i64).filter(|u| !used.contains(u)),
+                attempt,
+            ) else {
                 return Ok(None);
-            }
-            // The lowest first; after a lost race, racers spread out over the
-            // free ones instead of all taking the same next one.
-            let free = if attempt == 0 {
-                free[0]
-            } else {
-                free[rand::Rng::gen_range(&mut rand::thread_rng(), 0..free.len())]
             };
             let inserted = sqlx::query(
                 "INSERT INTO account_leases (node, uid, workspace_id, leased_at) VALUES ($1, $2, $3, $4)",

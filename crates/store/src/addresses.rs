@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::db::{from_millis, millis, Store, StoreError};
+use crate::db::{from_millis, millis, pick_free, Store, StoreError};
 
 /// One address in use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,20 +59,9 @@ impl Store {
                     .await?
                     .into_iter()
                     .collect();
-            let free: Vec<&String> = candidates
-                .iter()
-                .filter(|c| !used.contains(*c))
-                .take(256)
-                .collect();
-            if free.is_empty() {
+            let Some(free) = pick_free(candidates.iter().filter(|c| !used.contains(*c)), attempt)
+            else {
                 return Ok(None);
-            }
-            // The first candidate first; after a lost race, racers spread out
-            // over the free ones instead of all taking the same next one.
-            let free = if attempt == 0 {
-                free[0]
-            } else {
-                free[rand::Rng::gen_range(&mut rand::thread_rng(), 0..free.len())]
             };
             let inserted = sqlx::query(&format!(
                 "INSERT INTO addresses ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"

@@ -134,3 +134,20 @@ impl Store {
         self.pool.close().await;
     }
 }
+
+/// Which free item a pool allocation tries: the first on the first attempt
+/// (so a quiet pool hands out the lowest), a random one of the first 256
+/// after a lost race, so that racers spread out instead of all taking the
+/// same next one. `None` when nothing is free.
+pub(crate) fn pick_free<T>(free: impl Iterator<Item = T>, attempt: usize) -> Option<T> {
+    let mut free: Vec<T> = free.take(256).collect();
+    if free.is_empty() {
+        return None;
+    }
+    let i = if attempt == 0 {
+        0
+    } else {
+        rand::Rng::gen_range(&mut rand::thread_rng(), 0..free.len())
+    };
+    Some(free.swap_remove(i))
+}

@@ -3,22 +3,12 @@
 //! busybox-static, so both sides run the same binary), against a plain
 //! fork/exec on the host.
 
-use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 use vws_model::Form;
 
 use crate::commands::bench_vm::{median, summary, Rig};
-
-/// The host's busybox, which also fills the account's root filesystem.
-pub(crate) fn busybox() -> anyhow::Result<&'static str> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("busybox (apt-get install busybox-static) runs the host side of the comparison")
-}
 
 /// Builds the busybox root filesystem and imports it as `account-root:bench`.
 pub(crate) async fn import_root(rig: &Rig) -> anyhow::Result<()> {
@@ -70,7 +60,7 @@ async fn host_spawn(busybox: &str) -> anyhow::Result<f64> {
 /// `vws bench start`'s account rows: request → running (namespaces,
 /// mounts, cgroups made) against a host fork/exec.
 pub(crate) async fn start(rig: &Rig, runs: usize) -> anyhow::Result<Value> {
-    let busybox = busybox()?;
+    let busybox = crate::commands::image_build::busybox()?;
     let id = deployed_account(rig).await?;
     let (mut start, mut host) = (Vec::new(), Vec::new());
     for run in 0..runs.max(3) {
@@ -97,7 +87,7 @@ pub(crate) async fn start(rig: &Rig, runs: usize) -> anyhow::Result<Value> {
 /// `vws bench job`'s account rows: first output byte, and a CPU-bound
 /// loop long enough (seconds) that the job's submission is noise.
 pub(crate) async fn job(rig: &Rig, runs: usize, iterations: u64) -> anyhow::Result<Value> {
-    let busybox = busybox()?;
+    let busybox = crate::commands::image_build::busybox()?;
     let id = deployed_account(rig).await?;
     rig.client.action(&id, "start").await?;
     let mut first = Vec::new();

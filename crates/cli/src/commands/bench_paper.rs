@@ -118,7 +118,7 @@ async fn host_run(busybox: &str) -> anyhow::Result<f64> {
 /// Runs the three scenarios interleaved, prints a table, and draws the plot.
 pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let guest = guest_dir(g, a)?;
-    let busybox = crate::commands::bench_account::busybox()?;
+    let busybox = crate::commands::image_build::busybox()?;
     let rig = Rig::up().await?;
     let result = async {
         let client = &rig.client;

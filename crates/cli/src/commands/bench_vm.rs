@@ -473,7 +473,7 @@ async fn host_first_byte(argv: &[&str]) -> anyhow::Result<f64> {
 /// `vws bench job`: request → first output byte, and a CPU-bound job's slowdown.
 pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let guest = guest_dir(g, a)?;
-    let busybox = crate::commands::bench_account::busybox()?;
+    let busybox = crate::commands::image_build::busybox()?;
     let rig = Rig::up().await?;
     let result = async {
         import_guest(&rig.client, &guest).await?;

@@ -86,12 +86,16 @@ fn host_mirror() -> Option<String> {
     })
 }
 
-fn busybox_root(dir: &Path) -> anyhow::Result<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+/// The host's busybox (busybox-static).
+pub(crate) fn busybox() -> anyhow::Result<&'static str> {
+    ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .context("busybox is not installed (apt-get install busybox-static)")?;
+        .find(|p| Path::new(p).exists())
+        .context("busybox is not installed (apt-get install busybox-static)")
+}
+
+fn busybox_root(dir: &Path) -> anyhow::Result<()> {
+    let busybox = busybox()?;
     for d in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "home", "root", "proc", "dev",
     ] {

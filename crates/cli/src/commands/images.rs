@@ -159,6 +159,20 @@ async fn sign_image(
         .await?)
 }
 
+/// Registers an image from uploaded blobs, signing it if asked.
+async fn register(
+    g: &Globals,
+    client: &vws_client::Client,
+    req: serde_json::Value,
+    sign: bool,
+) -> anyhow::Result<vws_store::ImageRecord> {
+    let image = client.import_image(req).await?;
+    if sign {
+        return sign_image(g, client, &image.id).await;
+    }
+    Ok(image)
+}
+
 /// Runs an image verb.
 pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
     let client = g.client()?;
@@ -181,10 +195,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 req["kernel"] = send(&client, &k, "kernel", quiet).await?.into();
                 req["initrd"] = send(&client, &i, "initrd", quiet).await?.into();
             }
-            let mut image = client.import_image(req).await?;
-            if sign {
-                image = sign_image(g, &client, &image.id).await?;
-            }
+            let image = register(g, &client, req, sign).await?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&image)?);
             } else {
@@ -215,10 +226,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 .await??;
             let req = serde_json::json!({ "name": name, "tag": tag,
                 "disk": send(&client, &file, "rootfs", g.json).await? });
-            let mut image = client.import_image(req).await?;
-            if sign {
-                image = sign_image(g, &client, &image.id).await?;
-            }
+            let image = register(g, &client, req, sign).await?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&image)?);
             } else {
