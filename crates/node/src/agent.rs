@@ -120,7 +120,7 @@ impl Agent {
             match UnixStream::connect(socket).await {
                 Ok(s) => break s,
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         };
         let (mut rd, mut wr) = stream.into_split();
@@ -259,6 +259,15 @@ impl Agent {
     pub async fn ready(&self, within: Duration) -> Option<Hello> {
         let mut h = self.hello.clone();
         let waited = tokio::time::timeout(within, h.wait_for(|h| h.is_some())).await;
+        waited.ok().and_then(|r| r.ok().and_then(|h| h.clone()))
+    }
+
+    /// Waits for a handshake whose session differs from `old` (the agent
+    /// restarted or took a new identity).
+    pub async fn new_session(&self, old: Option<&str>, within: Duration) -> Option<Hello> {
+        let mut h = self.hello.clone();
+        let seen = h.wait_for(|h| h.as_ref().is_some_and(|h| Some(h.session.as_str()) != old));
+        let waited = tokio::time::timeout(within, seen).await;
         waited.ok().and_then(|r| r.ok().and_then(|h| h.clone()))
     }
 

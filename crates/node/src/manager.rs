@@ -476,20 +476,31 @@ impl Manager {
             return Ok(spec.forwards);
         }
         let t = std::time::Instant::now();
+        let install = |c: Option<vws_model::node::WorkspaceCredentials>| async move {
+            match c {
+                Some(c) => self.install_credentials(id, &c).await,
+                None => Ok(()),
+            }
+        };
         match &spec.restore {
             Some(memory) => {
                 self.driver.restore(&spec, memory).await?;
                 let restored = t.elapsed();
-                self.refresh_identity(&spec).await?;
+                // The credential goes right behind the identity message (the
+                // agent takes messages in order): no round trip between them.
+                let (identity, installed) =
+                    tokio::join!(self.refresh_identity(&spec), install(credentials));
+                identity?;
+                installed?;
                 tracing::debug!(%id, ?restored, identity = ?(t.elapsed() - restored), "restored");
             }
-            None => self.driver.start(&spec).await?,
+            None => {
+                self.driver.start(&spec).await?;
+                let ready = t.elapsed();
+                install(credentials).await?;
+                tracing::debug!(%id, ?ready, credentials = ?(t.elapsed() - ready), "started");
+            }
         }
-        let ready = t.elapsed();
-        if let Some(c) = credentials {
-            self.install_credentials(id, &c).await?;
-        }
-        tracing::debug!(%id, ?ready, credentials = ?(t.elapsed() - ready), "started");
         Ok(spec.forwards)
     }
 
@@ -556,16 +567,15 @@ impl Manager {
         let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
         agent.identity(&spec.hostname, mac, &seed, net);
         // A new agent session is the sign that all of it happened.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while agent.hello().map(|h| h.session) == before {
-            if tokio::time::Instant::now() > deadline {
-                return Err(NodeError::Other(anyhow::anyhow!(
-                    "the restored guest did not take its new identity"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match agent
+            .new_session(before.as_deref(), Duration::from_secs(15))
+            .await
+        {
+            Some(_) => Ok(()),
+            None => Err(NodeError::Other(anyhow::anyhow!(
+                "the restored guest did not take its new identity"
+            ))),
         }
-        Ok(())
     }
 
     /// Saves a paused workspace as a hot image: memory and device state, and

@@ -392,7 +392,9 @@ impl QemuDriver {
                 Err(e) if Instant::now() >= deadline => {
                     return Err(qemu_err(format!("QMP socket {}: {e}", path.display())))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                // QEMU opens its socket ~20 ms after exec: a fine poll keeps
+                // that from becoming 30.
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
     }
@@ -650,6 +652,7 @@ impl QemuDriver {
             }
         };
         let pid = child.id().unwrap_or(0);
+        let t0 = Instant::now();
         let connected = QemuDriver::connect(
             &dir.join("qmp.sock"),
             Instant::now() + Duration::from_secs(10),
@@ -664,6 +667,7 @@ impl QemuDriver {
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
+        tracing::debug!(id = %spec.id, qmp = ?t0.elapsed(), "QEMU spawned");
         let agent = if with_agent {
             match Agent::connect(
                 &dir.join("agent.sock"),
@@ -769,6 +773,7 @@ impl QemuDriver {
     /// a hot image's RAM file, only device state is read: the RAM is mapped.
     pub async fn restore(self: &Arc<Self>, spec: &VmSpec, from: &Path) -> Result<(), DriverError> {
         let incoming = format!("exec:cat '{}'", from.display());
+        let t0 = Instant::now();
         if spec.restore_ram.is_some() {
             self.spawn(
                 spec,
@@ -797,12 +802,14 @@ impl QemuDriver {
             if Instant::now() > deadline {
                 return Err(qemu_err("restoring memory took longer than 300 s"));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let loaded = t0.elapsed();
         vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
         if let Some(agent) = vm.agent() {
             agent.ready(Duration::from_secs(30)).await;
         }
+        tracing::debug!(id = %spec.id, ?loaded, agent = ?t0.elapsed(), "memory state restored");
         match self.status(&spec.id).await {
             VmState::Running => Ok(()),
             state => Err(DriverError::WrongState {

@@ -40,6 +40,12 @@ pub async fn serve_tls(
                 }
             },
         };
+        // Small writes (a response's head, then a stream's events) go out at
+        // once: with Nagle's algorithm, each waited for the peer's delayed
+        // ACK (40 ms on Linux) — the whole of a job's first-byte latency.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%addr, error = %e, "TCP_NODELAY not set");
+        }
         let (acceptor, router, revoked) = (acceptor.clone(), router.clone(), revoked.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
