@@ -556,3 +556,84 @@ fn debian_root_and_check_in() {
     assert_eq!(lines[1], lines[2], "the file is the account's: {text}");
     ok(home, &["destroy", &id]);
 }
+
+/// An image is user input: one whose /etc/passwd, /etc/group and /tmp are
+/// symlinks to host paths must not make the node write there when it sets
+/// up the account's root. The start fails, names the cause, and leaves
+/// nothing behind.
+#[test]
+fn a_hostile_image_cannot_write_on_the_host() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let _node = up_with(home, "1000002000-1000002999");
+    // What the image points at, on the host.
+    let victim = home.join("victim");
+    std::fs::create_dir_all(victim.join("dir")).unwrap();
+    std::fs::set_permissions(victim.join("dir"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(victim.join("passwd"), "untouched\n").unwrap();
+    std::fs::write(victim.join("group"), "untouched\n").unwrap();
+    let tree = home.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    symlink("busybox", tree.join("bin/sh")).unwrap();
+    symlink(victim.join("passwd"), tree.join("etc/passwd")).unwrap();
+    symlink(victim.join("group"), tree.join("etc/group")).unwrap();
+    symlink(victim.join("dir"), tree.join("tmp")).unwrap();
+    let image = home.join("hostile.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let made = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ])
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs, installed by scripts/setup)");
+    assert!(made.status.success(), "{made:?}");
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "hostile:1",
+            "--disk",
+            image.to_str().unwrap(),
+        ],
+    );
+    let desc = home.join("hostile.toml");
+    std::fs::write(
+        &desc,
+        "category = \"dynamic account\"\n[hardware]\nram = \"64MiB\"\ndisk = { size = \"16MiB\", type = \"raw\" }\n\
+         [software]\nimage = \"hostile:1\"\n",
+    )
+    .unwrap();
+    let id = create(home, &desc);
+    ok(home, &["deploy", &id]);
+    let started = vws(home, &["start", &id]);
+    let said = String::from_utf8_lossy(&started.stderr);
+    assert!(!started.status.success(), "{said}");
+    assert!(said.contains("root folders"), "the cause is named: {said}");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("passwd")).unwrap(),
+        "untouched\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.join("group")).unwrap(),
+        "untouched\n"
+    );
+    let mode = std::fs::metadata(victim.join("dir"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "the host folder's mode is unchanged");
+    assert!(!cgroup("pids", &id).exists(), "no cgroup left");
+    ok(home, &["destroy", &id]);
+}

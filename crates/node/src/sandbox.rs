@@ -348,40 +348,10 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
             path(&work)
         )),
     )?;
-    let account = |p: &str| root.join(p.trim_start_matches('/'));
-    for d in ["proc", "dev", "tmp", "etc", HOME] {
-        std::fs::create_dir_all(account(d)).map_err(err("root folders"))?;
-    }
-    let _ = nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        &account("tmp"),
-        nix::sys::stat::Mode::from_bits_truncate(0o1777),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    );
-    let creds = account(crate::manager::CREDENTIALS_DIR);
-    std::fs::create_dir_all(&creds).map_err(err("credentials folder"))?;
-    let id = Some(Uid::from_raw(plan.uid));
-    for d in [account(HOME), creds] {
-        nix::unistd::chown(&d, id, Some(Gid::from_raw(plan.uid))).map_err(err("chown"))?;
-    }
-    add_account(
-        &account("etc/passwd"),
-        &format!("{USER}:x:{0}:{0}:workspace:{HOME}:/bin/sh", plan.uid),
-        plan.uid,
-    )?;
-    add_account(
-        &account("etc/group"),
-        &format!("{USER}:x:{}:", plan.uid),
-        plan.uid,
-    )?;
-    mnt(
-        Some("proc"),
-        &account("proc"),
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    let dev = account("dev");
+    // /dev from the host's device nodes, while they are reachable. (A mount
+    // through a symlink of the image lands in this namespace only.)
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev).map_err(err("/dev"))?;
     mnt(
         Some("tmpfs"),
         &dev,
@@ -423,6 +393,42 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
     nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the host's root"))?;
     nix::unistd::chdir("/").map_err(err("chdir /"))?;
+    // Only now the files: every path below resolves inside the workspace's
+    // root, so an image whose /etc/passwd or /tmp is a symlink to a host
+    // path cannot turn these writes onto the host.
+    let account = |p: &str| Path::new("/").join(p.trim_start_matches('/'));
+    for d in ["proc", "tmp", "etc", HOME] {
+        std::fs::create_dir_all(account(d)).map_err(err("root folders"))?;
+    }
+    let _ = nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &account("tmp"),
+        nix::sys::stat::Mode::from_bits_truncate(0o1777),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    );
+    let creds = account(crate::manager::CREDENTIALS_DIR);
+    std::fs::create_dir_all(&creds).map_err(err("credentials folder"))?;
+    let id = Some(Uid::from_raw(plan.uid));
+    for d in [account(HOME), creds] {
+        nix::unistd::chown(&d, id, Some(Gid::from_raw(plan.uid))).map_err(err("chown"))?;
+    }
+    add_account(
+        &account("etc/passwd"),
+        &format!("{USER}:x:{0}:{0}:workspace:{HOME}:/bin/sh", plan.uid),
+        plan.uid,
+    )?;
+    add_account(
+        &account("etc/group"),
+        &format!("{USER}:x:{}:", plan.uid),
+        plan.uid,
+    )?;
+    mnt(
+        Some("proc"),
+        &account("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     Ok(())
 }
 
