@@ -97,6 +97,37 @@ fn up_with(home: &Path, accounts: &str) -> Up {
     up
 }
 
+/// The host's first global IPv4 address (a test that needs one fails
+/// loudly without).
+fn host_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(String::from)
+        })
+        .expect("this test needs a non-loopback IPv4 address on the host")
+}
+
+/// Answers every HTTP request on `listener` with `body`.
+fn answer(listener: std::net::TcpListener, body: &'static str) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = c.read(&mut request);
+            let _ = c.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{body}\n").as_bytes());
+        }
+    });
+}
+
 fn create(home: &Path, desc: &Path) -> String {
     let v: Value =
         serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
@@ -156,7 +187,7 @@ fn dynamic_accounts_end_to_end() {
     <hw:ram min="128MiB" max="128MiB"/>
     <hw:disk size="16MiB" type="raw" access="rw"/>
   </hw:hardware>
-  <net:network><net:nic name="lo" method="user"/></net:network>
+  <net:network><net:nic name="eth0" method="user"/></net:network>
   <sw:software><sw:image>tiny:1</sw:image></sw:software>
   <cap:capability>
     <cap:startup>mkdir -p /tmp/www; echo "served by $(hostname)" > /tmp/www/index.html; httpd -p 8080 -h /tmp/www</cap:startup>
@@ -185,7 +216,22 @@ fn dynamic_accounts_end_to_end() {
         .map(|l| l.parse().unwrap())
         .collect();
     assert!(!procs.is_empty());
-    for p in &procs {
+    // All of them but the user NIC's network stack (slirp4netns, root on
+    // the host side, in the workspace's cgroups so that pause, stop and
+    // destroy take it too).
+    let comm = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let slirp: Vec<u32> = procs
+        .iter()
+        .copied()
+        .filter(|p| comm(p) == "slirp4netns")
+        .collect();
+    assert_eq!(slirp.len(), 1, "one slirp4netns in the cgroup: {procs:?}");
+    for p in procs.iter().filter(|p| !slirp.contains(p)) {
         assert!(processes_of(uid).contains(p), "pid {p} runs as {uid}");
     }
 
@@ -227,6 +273,34 @@ fn dynamic_accounts_end_to_end() {
         assert!(Instant::now() < deadline, "served port {at}: {body:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Its user NIC reaches out through NAT (slirp4netns), as a VM's does: a
+    // server on the host's own address answers; the host's loopback, behind
+    // 10.0.2.2, does not.
+    let host_ip = host_address();
+    let outside = std::net::TcpListener::bind((host_ip.as_str(), 0)).unwrap();
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (out_port, lo_port) = (
+        outside.local_addr().unwrap().port(),
+        loopback.local_addr().unwrap().port(),
+    );
+    answer(outside, "reached");
+    answer(loopback, "leaked");
+    let out = run(
+        home,
+        &id,
+        &format!(
+            "cat /etc/resolv.conf; wget -q -O - http://{host_ip}:{out_port}/; \
+             wget -q -T 3 -O - http://10.0.2.2:{lo_port}/ || echo refused"
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("nameserver 10.0.2.3"), "{text}");
+    assert!(text.contains("reached"), "{out:?}");
+    assert!(
+        text.contains("refused") && !text.contains("leaked"),
+        "{out:?}"
+    );
 
     // A memory hog past 128 MiB is killed, and the job says why.
     let out = run(
@@ -424,6 +498,11 @@ fn dynamic_accounts_end_to_end() {
     for c in ["memory", "cpu", "pids", "freezer"] {
         assert!(!cgroup(c, &id).exists(), "{c} cgroup left");
     }
+    assert_ne!(
+        comm(&slirp[0]),
+        "slirp4netns",
+        "the network stack ended too"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&id), "{mounts}");
     let loops = Command::new("losetup").arg("-a").output().unwrap();

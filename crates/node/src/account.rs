@@ -37,6 +37,14 @@ struct Running {
     forwards: Vec<Forward>,
 }
 
+/// Name server of a user-mode network (slirp4netns's, as QEMU's).
+const SLIRP_DNS: &str = "10.0.2.3";
+
+/// Whether the workspace has a `user` NIC: outbound access through NAT.
+fn outbound(spec: &VmSpec) -> bool {
+    spec.nics.iter().any(|n| n.method == "user")
+}
+
 /// Processes per workspace unless configured.
 pub const DEFAULT_PIDS: u32 = 512;
 
@@ -212,6 +220,7 @@ impl AccountDriver {
             cgroups: cg.procs_files(),
             shm: (spec.ram / 4).max(1 << 20),
             console: self.console(&spec.id),
+            resolver: outbound(spec).then(|| SLIRP_DNS.to_string()),
         };
         let mut helper = tokio::process::Command::new(&self.program)
             .arg("__sandbox")
@@ -261,9 +270,67 @@ impl AccountDriver {
                 self.pids
             ),
         );
+        if outbound(spec) {
+            if let Err(e) = self.connect_outbound(&spec.id, pid, &cg).await {
+                let _ = self.halt(&spec.id, Duration::ZERO).await;
+                return Err(e);
+            }
+        }
         self.serve_ports(&spec.id, pid, &spec.forwards).await?;
         self.watch(&spec.id);
         Ok(())
+    }
+
+    /// A `user` NIC: slirp4netns (QEMU's user-mode network stack, as a
+    /// process) gives the namespace `eth0`, 10.0.2.100/24 behind NAT with
+    /// gateway 10.0.2.2 and name server 10.0.2.3 — what a VM's user NIC
+    /// sees — and keeps the host's loopback out of reach. It joins the
+    /// workspace's cgroups: pause freezes it, stop and destroy end it, and
+    /// it outlives a restart of the node like PID 1 does.
+    async fn connect_outbound(&self, id: &str, pid: i32, cg: &Cgroup) -> Result<(), DriverError> {
+        let log = self.dir(id).join("slirp4netns.log");
+        let out = std::fs::File::create(&log)?;
+        let netns = format!("/proc/{pid}/ns/net");
+        let mut slirp = tokio::process::Command::new("slirp4netns")
+            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .args(["--netns-type=path", &netns, "eth0"])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| {
+                DriverError::Sandbox(format!(
+                    "cannot run slirp4netns for the workspace's user NIC (apt-get install slirp4netns): {e}"
+                ))
+            })?;
+        if let Some(p) = slirp.id() {
+            for f in cg.procs_files() {
+                std::fs::write(f, p.to_string())?;
+            }
+        }
+        // Ready when the namespace has its default route.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let route = format!("/proc/{pid}/net/route");
+        loop {
+            let table = std::fs::read_to_string(&route).unwrap_or_default();
+            if table
+                .lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
+            {
+                return Ok(());
+            }
+            let ended = slirp.try_wait()?;
+            if ended.is_some() || tokio::time::Instant::now() > deadline {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(DriverError::Sandbox(format!(
+                    "the user NIC's network (slirp4netns) did not come up: {}",
+                    said.trim()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Ends the workspace: SIGTERM to everyone, SIGKILL after `grace`; then

@@ -48,6 +48,10 @@ pub struct InitPlan {
     pub shm: u64,
     /// The workspace's console log: PID 1's output.
     pub console: PathBuf,
+    /// The name server of its user-mode network, if it has one, for
+    /// /etc/resolv.conf.
+    #[serde(default)]
+    pub resolver: Option<String>,
 }
 
 /// How `exec` runs a job.
@@ -422,6 +426,12 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
         &format!("{USER}:x:{}:", plan.uid),
         plan.uid,
     )?;
+    if let Some(ns) = &plan.resolver {
+        // Replaced, not written through: the image's may be a symlink.
+        let conf = account("etc/resolv.conf");
+        let _ = std::fs::remove_file(&conf);
+        std::fs::write(&conf, format!("nameserver {ns}\n")).map_err(err("/etc/resolv.conf"))?;
+    }
     mnt(
         Some("proc"),
         &account("proc"),

@@ -58,21 +58,37 @@ fn check_account(d: &Description, image: &ImageRecord, form: Form) -> Result<(),
             ),
         });
     }
+    let mut user = None;
     for (i, nic) in d.network.nics.iter().enumerate() {
-        if matches!(
-            nic.method,
-            vws_model::NicMethod::Pool | vws_model::NicMethod::Dhcp
-        ) {
-            errors.push(vws_model::FieldError {
-                path: at(
-                    form,
-                    &[Seg::Key("network"), Seg::Key("nics"), Seg::Index(i), Seg::Key("method")],
-                ),
-                message: format!(
-                    "a dynamic account has its own loopback network only (served ports reach it from the host): use method user or none, not {}",
-                    nic.method.as_str()
-                ),
-            });
+        let path = at(
+            form,
+            &[
+                Seg::Key("network"),
+                Seg::Key("nics"),
+                Seg::Index(i),
+                Seg::Key("method"),
+            ],
+        );
+        match nic.method {
+            vws_model::NicMethod::Pool | vws_model::NicMethod::Dhcp => {
+                errors.push(vws_model::FieldError {
+                    path,
+                    message: format!(
+                        "a dynamic account's network is user-mode (outbound through NAT, served ports from the host) or none: use method user or none, not {}",
+                        nic.method.as_str()
+                    ),
+                });
+            }
+            vws_model::NicMethod::User => match user {
+                None => user = Some(i),
+                Some(first) => errors.push(vws_model::FieldError {
+                    path,
+                    message: format!(
+                        "a dynamic account has one user-mode interface (eth0), and nics[{first}] is it already"
+                    ),
+                }),
+            },
+            _ => {}
         }
     }
     if d.hardware.disk.as_ref().is_some_and(|x| x.encrypted) {

@@ -91,6 +91,14 @@ async fn dynamic_accounts_need_a_filesystem_image_and_a_node_that_runs_them() {
         method: vws_model::NicMethod::Pool,
         network: None,
     });
+    // One user-mode interface: a second is refused.
+    for name in ["eth1", "eth2"] {
+        d.network.nics.push(vws_model::Nic {
+            name: name.into(),
+            method: vws_model::NicMethod::User,
+            network: None,
+        });
+    }
     let err = h
         .service
         .create(&alice(), d, Form::Toml, None)
@@ -102,9 +110,14 @@ async fn dynamic_accounts_need_a_filesystem_image_and_a_node_that_runs_them() {
     let paths: Vec<&str> = inv.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["network.nics[0].method", "hardware.disk.encrypted"],
+        [
+            "network.nics[0].method",
+            "network.nics[2].method",
+            "hardware.disk.encrypted"
+        ],
         "{inv:?}"
     );
+    assert!(inv.0[1].message.contains("nics[1]"), "{inv:?}");
     // A good one is made with a blank disk (its upper layer) of the size asked.
     let ws = h
         .service
