@@ -486,8 +486,9 @@ impl Manager {
             Some(memory) => {
                 self.driver.restore(&spec, memory).await?;
                 let restored = t.elapsed();
-                // The credential goes right behind the identity message (the
-                // agent takes messages in order): no round trip between them.
+                // The credential is sent alongside the identity message, not
+                // after its answer: the writes do not depend on it, and the
+                // round trip between them is saved.
                 let (identity, installed) =
                     tokio::join!(self.refresh_identity(&spec), install(credentials));
                 identity?;
