@@ -5,21 +5,13 @@
 //! serves the assertions that do not end it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const VWS: &str = env!("CARGO_BIN_EXE_vws");
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{ok, vws, Kill as Up, VWS};
 
 /// On the way out (a failed assertion too): kills what the test's
 /// workspaces left running, which outlive `vws up` by design.
@@ -43,25 +35,6 @@ impl Drop for Reap {
             }
         }
     }
-}
-
-fn vws(home: &Path, args: &[&str]) -> Output {
-    Command::new(VWS)
-        .args(args)
-        .env("VWS_HOME", home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = vws(home, args);
-    assert!(
-        out.status.success(),
-        "vws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn run(home: &Path, id: &str, script: &str) -> Output {

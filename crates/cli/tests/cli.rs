@@ -3,12 +3,13 @@
 //! nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const VWS: &str = env!("CARGO_BIN_EXE_vws");
+mod common;
+use common::{ok, vws, VWS};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -53,25 +54,6 @@ impl Drop for Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn vws(home: &Path, args: &[&str]) -> Output {
-    Command::new(VWS)
-        .args(args)
-        .env("VWS_HOME", home)
-        .env_remove("VWS_SERVER")
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = vws(home, args);
-    assert!(
-        out.status.success(),
-        "vws {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn json(home: &Path, args: &[&str]) -> Value {

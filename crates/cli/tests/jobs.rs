@@ -2,55 +2,15 @@
 //! `vws run` and friends. One booted guest serves every assertion.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::Digest;
 
-const VWS: &str = env!("CARGO_BIN_EXE_vws");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn vws(home: &Path, args: &[&str]) -> Output {
-    Command::new(VWS)
-        .args(args)
-        .env("VWS_HOME", home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = vws(home, args);
-    assert!(
-        out.status.success(),
-        "vws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refused(home: &Path, args: &[&str]) -> String {
-    let out = vws(home, args);
-    assert!(
-        !out.status.success(),
-        "vws {args:?} should have been refused"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{ok, refused, root, vws, Kill as Up, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];

@@ -8,16 +8,13 @@
 //! QEMU killed by hand corrupting the workspace with a reason.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const VWS: &str = env!("CARGO_BIN_EXE_vws");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{root, vws, Kill as Proc, VWS};
 
 fn guest() -> PathBuf {
     let out = root().join("target/vws-test-guest");
@@ -28,15 +25,6 @@ fn guest() -> PathBuf {
         .success();
     assert!(ok, "building the minimal guest failed");
     out
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn(home: &Path, args: &[&str], log: &str) -> Proc {
@@ -50,14 +38,6 @@ fn spawn(home: &Path, args: &[&str], log: &str) -> Proc {
             .spawn()
             .unwrap(),
     )
-}
-
-fn vws(home: &Path, args: &[&str]) -> Output {
-    Command::new(VWS)
-        .args(args)
-        .env("VWS_HOME", home)
-        .output()
-        .unwrap()
 }
 
 fn ok(home: &Path, args: &[&str]) -> Value {

@@ -333,6 +333,18 @@ impl AccountDriver {
         }
     }
 
+    /// Pause and unpause: the freezer cgroup, for every process of it.
+    async fn freeze(&self, id: &str, frozen: bool) -> Result<(), DriverError> {
+        if self.running(id).is_none() {
+            return Err(DriverError::NotRunning(id.into()));
+        }
+        let cg = self.cgroup(id);
+        tokio::task::spawn_blocking(move || cg.freeze(frozen))
+            .await
+            .map_err(|e| DriverError::Sandbox(e.to_string()))??;
+        Ok(())
+    }
+
     /// Ends the workspace: SIGTERM to everyone, SIGKILL after `grace`; then
     /// its cgroup goes (and any process still in it).
     pub async fn halt(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
@@ -655,25 +667,11 @@ impl Driver for AccountDriver {
     }
 
     async fn pause(&self, id: &str) -> Result<(), DriverError> {
-        if self.running(id).is_none() {
-            return Err(DriverError::NotRunning(id.into()));
-        }
-        let cg = self.cgroup(id);
-        tokio::task::spawn_blocking(move || cg.freeze(true))
-            .await
-            .map_err(|e| DriverError::Sandbox(e.to_string()))??;
-        Ok(())
+        self.freeze(id, true).await
     }
 
     async fn unpause(&self, id: &str) -> Result<(), DriverError> {
-        if self.running(id).is_none() {
-            return Err(DriverError::NotRunning(id.into()));
-        }
-        let cg = self.cgroup(id);
-        tokio::task::spawn_blocking(move || cg.freeze(false))
-            .await
-            .map_err(|e| DriverError::Sandbox(e.to_string()))??;
-        Ok(())
+        self.freeze(id, false).await
     }
 
     async fn status(&self, id: &str) -> VmState {

@@ -1,0 +1,58 @@
+//! What the CLI's end-to-end tests share: the `vws` binary run against a
+//! test's own VWS_HOME, and a guard for the processes they start.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The binary under test.
+pub const VWS: &str = env!("CARGO_BIN_EXE_vws");
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A process (`vws up`, `serve`, `node`) killed when the test lets go of it,
+/// a failed assertion included.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `vws ARGS` with `home` as its VWS_HOME (and no VWS_SERVER from the
+/// caller's environment).
+pub fn vws(home: &Path, args: &[&str]) -> Output {
+    Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .env_remove("VWS_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `vws ARGS`, which must succeed; its standard output.
+pub fn ok(home: &Path, args: &[&str]) -> String {
+    let out = vws(home, args);
+    assert!(
+        out.status.success(),
+        "vws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `vws ARGS`, which must fail; its standard error.
+pub fn refused(home: &Path, args: &[&str]) -> String {
+    let out = vws(home, args);
+    assert!(
+        !out.status.success(),
+        "vws {args:?} should have been refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
