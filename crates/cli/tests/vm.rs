@@ -294,16 +294,29 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
             "--",
             "sh",
             "-c",
-            "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done",
+            // Renamed into place: a reader never sees the file half written.
+            "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.2; done",
         ],
     );
     assert!(out.status.success());
     let count = || -> u64 {
-        let out = vws(home, &["run", &id, "--", "cat", "/tmp/count"]);
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        let out = vws(
+            home,
+            &[
+                "run",
+                &id,
+                "--",
+                "sh",
+                "-c",
+                "cat /tmp/count 2>/dev/null || echo 0",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "vws run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
     wait_until("the memory counter", Duration::from_secs(20), || {
         count() >= 5
