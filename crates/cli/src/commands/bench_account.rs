@@ -31,17 +31,15 @@ pub(crate) async fn import_root(rig: &Rig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Imports the root filesystem, creates and deploys an account workspace;
+/// Creates and deploys an account workspace over the imported root
+/// filesystem, with a user NIC (outbound NAT by slirp4netns) if asked;
 /// returns its id.
-async fn deployed_account(rig: &Rig) -> anyhow::Result<String> {
-    import_root(rig).await?;
-    let desc = "category = \"dynamic account\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"account-root:bench\"\n";
-    let id = rig
-        .client
-        .create(desc.into(), Form::Toml, None)
-        .await?
-        .record
-        .id;
+async fn deployed_account(rig: &Rig, user_nic: bool) -> anyhow::Result<String> {
+    let mut desc = "category = \"dynamic account\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"account-root:bench\"\n".to_string();
+    if user_nic {
+        desc.push_str("[network]\nnics = [{ name = \"eth0\", method = \"user\" }]\n");
+    }
+    let id = rig.client.create(desc, Form::Toml, None).await?.record.id;
     rig.client.deploy(&id, None).await?;
     Ok(id)
 }
@@ -57,29 +55,43 @@ async fn host_spawn(busybox: &str) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Times `start` of a deployed workspace, then stops it again.
+async fn timed_start(rig: &Rig, id: &str) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    rig.client.action(id, "start").await?;
+    let took = t.elapsed().as_secs_f64();
+    rig.client.action(id, "stop").await?;
+    Ok(took)
+}
+
 /// `vws bench start`'s account rows: request → running (namespaces,
-/// mounts, cgroups made) against a host fork/exec.
+/// mounts, cgroups made; with a user NIC, its network up too) against a
+/// host fork/exec.
 pub(crate) async fn start(rig: &Rig, runs: usize) -> anyhow::Result<Value> {
     let busybox = crate::commands::image_build::busybox()?;
-    let id = deployed_account(rig).await?;
-    let (mut start, mut host) = (Vec::new(), Vec::new());
+    import_root(rig).await?;
+    let (plain, nic) = (
+        deployed_account(rig, false).await?,
+        deployed_account(rig, true).await?,
+    );
+    let (mut start, mut with_nic, mut host) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs.max(3) {
         host.push(host_spawn(busybox).await?);
-        let t = Instant::now();
-        rig.client.action(&id, "start").await?;
-        start.push(t.elapsed().as_secs_f64());
-        rig.client.action(&id, "stop").await?;
+        start.push(timed_start(rig, &plain).await?);
+        with_nic.push(timed_start(rig, &nic).await?);
         eprintln!(
-            "bench start: account run {}: {:.4} s (host fork/exec {:.4} s)",
+            "bench start: account run {}: {:.4} s, with a user NIC {:.4} s (host fork/exec {:.4} s)",
             run + 1,
             start[run],
+            with_nic[run],
             host[run]
         );
     }
-    rig.client.destroy(&id).await?;
-    let (s, h) = (summary(start), summary(host));
+    rig.client.destroy(&plain).await?;
+    rig.client.destroy(&nic).await?;
+    let (s, n, h) = (summary(start), summary(with_nic), summary(host));
     Ok(json!({
-        "metrics": { "account_start_s": s, "host_fork_exec_s": h },
+        "metrics": { "account_start_s": s, "account_user_nic_start_s": n, "host_fork_exec_s": h },
         "ratios": { "account_start_over_fork_exec": median(&s) / median(&h) },
     }))
 }
@@ -88,7 +100,8 @@ pub(crate) async fn start(rig: &Rig, runs: usize) -> anyhow::Result<Value> {
 /// loop long enough (seconds) that the job's submission is noise.
 pub(crate) async fn job(rig: &Rig, runs: usize, iterations: u64) -> anyhow::Result<Value> {
     let busybox = crate::commands::image_build::busybox()?;
-    let id = deployed_account(rig).await?;
+    import_root(rig).await?;
+    let id = deployed_account(rig, false).await?;
     rig.client.action(&id, "start").await?;
     let mut first = Vec::new();
     for _ in 0..runs.max(3) * 4 {

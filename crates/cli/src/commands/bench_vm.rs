@@ -270,6 +270,7 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
                 ("hot start → ready, 2 GiB", &m["hot"]["2048MiB"]["hot_start_s"]),
                 ("hot start → first job output, 2 GiB", &m["hot"]["2048MiB"]["hot_start_to_job_output_s"]),
                 ("dynamic account start → running", &m["account"]["account_start_s"]),
+                ("dynamic account with a user NIC start → running", &m["account"]["account_user_nic_start_s"]),
                 ("host fork/exec of true → exit", &m["account"]["host_fork_exec_s"]),
             ] {
                 t.add_row(vec![name.to_string(), format!("{:.3}", v["min"].as_f64().unwrap_or(0.0)), format!("{:.3}", median(v)), format!("{:.3}", v["max"].as_f64().unwrap_or(0.0))]);
