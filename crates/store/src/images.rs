@@ -156,33 +156,31 @@ impl Store {
         name: &str,
         tag: &str,
     ) -> Result<(), StoreError> {
+        // Writes first: a SQLite transaction that reads before it writes
+        // fails at once (SQLITE_BUSY_SNAPSHOT, no busy wait) when another
+        // writer, a node's heartbeat say, commits in between.
         let mut tx = self.pool.begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM images WHERE id = $1")
-            .bind(&r.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            sqlx::query(&format!(
-                "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ))
-            .bind(&r.id)
-            .bind(r.kind.as_str())
-            .bind(r.format.clone())
-            .bind(r.virtual_size as i64)
-            .bind(r.stored_size as i64)
-            .bind(serde_json::to_string(&r.files).expect("files serialize"))
-            .bind(r.cmdline.clone())
-            .bind(&r.owner)
-            .bind(millis(r.created_at))
-            .bind(
-                r.machine
-                    .as_ref()
-                    .map(|m| serde_json::to_string(m).expect("machines serialize")),
-            )
-            .bind(r.signer.clone())
-            .execute(&mut *tx)
-            .await?;
-        }
+        sqlx::query(&format!(
+            "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(&r.id)
+        .bind(r.kind.as_str())
+        .bind(r.format.clone())
+        .bind(r.virtual_size as i64)
+        .bind(r.stored_size as i64)
+        .bind(serde_json::to_string(&r.files).expect("files serialize"))
+        .bind(r.cmdline.clone())
+        .bind(&r.owner)
+        .bind(millis(r.created_at))
+        .bind(
+            r.machine
+                .as_ref()
+                .map(|m| serde_json::to_string(m).expect("machines serialize")),
+        )
+        .bind(r.signer.clone())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO image_tags (name, tag, image_id, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name, tag) DO UPDATE SET image_id = excluded.image_id, created_at = excluded.created_at",

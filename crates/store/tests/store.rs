@@ -572,6 +572,57 @@ async fn account_leases_are_unique_per_node(store: Store) {
     assert!(store.account_leases().await.unwrap().is_empty());
 }
 
+/// Images are registered while another writer (a node's heartbeats) keeps
+/// committing: none of the registrations fails (SQLite refused a
+/// transaction that read before it wrote, "database is locked", at once).
+async fn images_register_beside_other_writers(store: Store) {
+    let t = now();
+    let report = vws_model::node::NodeReport::default();
+    store
+        .register_node("n1", "http://127.0.0.1:1", &report, t)
+        .await
+        .unwrap();
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let beats = {
+        let (store, beating) = (store.clone(), beating.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while beating.load(std::sync::atomic::Ordering::Relaxed) {
+                store.node_heartbeat("n1", &report, t).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for i in 0..200 {
+        let id = format!("sha256:{i:064}");
+        let image = ImageRecord {
+            id: id.clone(),
+            kind: ImageKind::Disk,
+            format: Some("raw".into()),
+            virtual_size: 1 << 20,
+            stored_size: 1 << 20,
+            files: vec![ImageFile {
+                role: "disk".into(),
+                digest: id.clone(),
+                size: 1 << 20,
+            }],
+            cmdline: None,
+            owner: "/CN=admin".into(),
+            created_at: t,
+            tags: vec![],
+            machine: None,
+            signer: None,
+        };
+        // Twice: registering known content again only moves the tag.
+        for tag in ["a", "b"] {
+            store.put_image(&image, &format!("img{i}"), tag).await.unwrap();
+        }
+    }
+    beating.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(beats.await.unwrap() > 0, "the other writer ran meanwhile");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -594,6 +645,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    images_register_beside_other_writers,
     records_round_trip_and_filter,
     pages_cover_everything_once,
     updates_are_versioned_and_history_is_kept,
