@@ -616,7 +616,10 @@ async fn images_register_beside_other_writers(store: Store) {
         };
         // Twice: registering known content again only moves the tag.
         for tag in ["a", "b"] {
-            store.put_image(&image, &format!("img{i}"), tag).await.unwrap();
+            store
+                .put_image(&image, &format!("img{i}"), tag)
+                .await
+                .unwrap();
         }
     }
     beating.store(false, std::sync::atomic::Ordering::Relaxed);
