@@ -547,32 +547,36 @@ fn jobs_in_a_real_workspace() {
     }
     assert_ne!(seen[0].1, seen[1].1, "each clone has its own MAC");
     // Their RAM is the hot image's file, mapped private by both QEMUs: the
-    // pages neither has written are the same page-cache pages.
+    // pages neither has written are the same page-cache pages. (QEMU maps
+    // the initrd from the cache too: the RAM is the largest mapping.)
     let ram_mapping = |w: &str| -> (String, u64) {
         let pid = std::fs::read_to_string(home.join("node/vms").join(w).join("qemu.pid")).unwrap();
         let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", pid.trim())).unwrap();
-        let mut found = None;
+        // (path, mapping size, shared clean bytes) of each cache file mapping.
+        let mut maps: Vec<(String, u64, u64)> = Vec::new();
         let mut in_cache = false;
         for line in smaps.lines() {
             // Mapping headers start with an address range; fields with `Name:`.
-            if line
-                .split_whitespace()
-                .next()
-                .is_some_and(|f| !f.ends_with(':'))
-            {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if !first.ends_with(':') {
                 let path = line.split_whitespace().nth(5).unwrap_or("").to_string();
                 in_cache = path.contains("/node/cache/sha256/");
-                if in_cache && found.is_none() {
-                    found = Some((path, 0));
+                if in_cache {
+                    let (from, to) = first.split_once('-').unwrap();
+                    let size = u64::from_str_radix(to, 16).unwrap()
+                        - u64::from_str_radix(from, 16).unwrap();
+                    maps.push((path, size, 0));
                 }
             } else if in_cache && line.starts_with("Shared_Clean:") {
                 let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-                if let Some((_, shared)) = found.as_mut() {
-                    *shared += kb << 10;
-                }
+                maps.last_mut().expect("a header first").2 += kb << 10;
             }
         }
-        found.expect("a RAM mapping of a file in the node's cache")
+        let (path, _, shared) = maps
+            .into_iter()
+            .max_by_key(|m| m.1)
+            .expect("a RAM mapping of a file in the node's cache");
+        (path, shared)
     };
     let (a, b) = (ram_mapping(&seen[0].0), ram_mapping(&seen[1].0));
     assert_eq!(a.0, b.0, "both map the same hot image RAM file");
