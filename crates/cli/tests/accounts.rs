@@ -120,21 +120,23 @@ fn cgroup(controller: &str, id: &str) -> PathBuf {
 }
 
 /// Host pids whose real uid is `uid`.
+/// The real uid of a process, or None once it is gone.
+fn uid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok())
+        })
+}
+
 fn processes_of(uid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Uid:"))
-                        .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok())
-                })
-                == Some(uid)
-        })
+        .filter(|pid| uid_of(*pid) == Some(uid))
         .collect()
 }
 
@@ -204,8 +206,25 @@ fn dynamic_accounts_end_to_end() {
         .filter(|p| comm(p) == "slirp4netns")
         .collect();
     assert_eq!(slirp.len(), 1, "one slirp4netns in the cgroup: {procs:?}");
+    // A job's helper joins the cgroups as root and drops to the account a
+    // moment later (the startup program's may still be on its way): a
+    // process is judged once that moment has surely passed, and one that
+    // ended meanwhile is not judged.
     for p in procs.iter().filter(|p| !slirp.contains(p)) {
-        assert!(processes_of(uid).contains(p), "pid {p} runs as {uid}");
+        let mut seen = uid_of(*p);
+        if seen != Some(uid) {
+            eprintln!("pid {p} ({}) first seen as uid {seen:?}", comm(p));
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.is_some_and(|u| u != uid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            seen = uid_of(*p);
+        }
+        assert!(
+            seen.is_none() || seen == Some(uid),
+            "pid {p} ({}) runs as {seen:?}, not {uid}",
+            comm(p)
+        );
     }
 
     // Nothing of the host is visible: not its processes, not its files.
