@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{root, Kill as Proc, VWS};
+use common::{root, Kill as Proc, ReapVms, VWS};
 
 struct Netns(String);
 
@@ -192,6 +192,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     let ns = &ns.0.clone();
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
+    let _reap = ReapVms(home.to_path_buf());
     std::fs::write(
         home.join("networks.toml"),
         "[[network]]\nname = \"lab\"\ncidr = \"10.88.0.0/29\"\ngateway = \"10.88.0.1\"\n",

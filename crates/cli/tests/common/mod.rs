@@ -56,3 +56,31 @@ pub fn refused(home: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// On the way out (a failed assertion too): kills every process whose
+/// command line names the test's `home` — its workspaces' QEMUs, which
+/// outlive `vws up` by design, and would otherwise run on after a test
+/// that failed half-way.
+pub struct ReapVms(pub PathBuf);
+
+impl Drop for ReapVms {
+    fn drop(&mut self) {
+        let home = self.0.to_string_lossy().into_owned();
+        let me = std::process::id();
+        for pid in std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| *p != me)
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&home) {
+                // The shell's own kill: procps may not be installed.
+                let _ = Command::new("sh")
+                    .args(["-c", &format!("kill -9 {pid}")])
+                    .status();
+            }
+        }
+    }
+}
