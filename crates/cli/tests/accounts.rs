@@ -11,31 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{ok, vws, Kill as Up, VWS};
-
-/// On the way out (a failed assertion too): kills what the test's
-/// workspaces left running, which outlive `vws up` by design.
-struct Reap(PathBuf);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let ids: Vec<String> = std::fs::read_dir(self.0.join("node/vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        for id in ids {
-            let procs = std::fs::read_to_string(cgroup("pids", &id).join("cgroup.procs"));
-            for pid in procs.unwrap_or_default().lines() {
-                // The shell's own kill: procps may not be installed.
-                let _ = Command::new("sh")
-                    .args(["-c", &format!("kill -9 {pid}")])
-                    .status();
-            }
-        }
-    }
-}
+use common::{ok, vws, Kill as Up, Reap, VWS};
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
     vws(home, &["run", id, "--", "sh", "-c", script])

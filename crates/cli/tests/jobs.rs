@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 mod common;
-use common::{ok, refused, root, vws, Kill as Up, ReapVms, VWS};
+use common::{ok, refused, root, vws, Kill as Up, Reap, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
@@ -100,7 +100,7 @@ fn jobs_in_a_real_workspace() {
         .success());
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let _reap = ReapVms(home.to_path_buf());
+    let _reap = Reap(home.to_path_buf());
     let log = std::fs::File::create(home.join("up.log")).unwrap();
     let _up = Up(Command::new(VWS)
         .args(["up", "--listen", "127.0.0.1:0"])

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{root, Kill as Proc, ReapVms, VWS};
+use common::{root, Kill as Proc, Reap, VWS};
 
 struct Netns(String);
 
@@ -23,6 +23,38 @@ impl Drop for Netns {
 fn in_ns(ns: &str, home: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, VWS])
+        .args(args)
+        .env("VWS_HOME", home)
+        .env_remove("VWS_SERVER");
+    c
+}
+
+/// `ip netns exec` mounts a /sys of the namespace's own, which hides the
+/// host's cgroup hierarchies: the node's command mounts them again (the
+/// same options name the same hierarchies) to confine dynamic accounts.
+fn with_cgroups(ns: &str, home: &Path, args: &[&str]) -> Command {
+    let mut script = String::new();
+    for l in std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+    {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            [_, "/sys/fs/cgroup", "tmpfs", ..] => {
+                script += "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup && "
+            }
+            [_, at, kind @ ("cgroup" | "cgroup2"), opts, ..]
+                if at.starts_with("/sys/fs/cgroup") =>
+            {
+                script += &format!("mkdir -p {at} && mount -t {kind} -o {opts} {kind} {at} && ")
+            }
+            _ => {}
+        }
+    }
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "sh", "-c"])
+        .arg(format!("{script}exec \"$0\" \"$@\""))
+        .arg(VWS)
         .args(args)
         .env("VWS_HOME", home)
         .env_remove("VWS_SERVER");
@@ -46,9 +78,12 @@ fn ok(ns: &str, home: &Path, args: &[&str]) -> Value {
 }
 
 fn spawn(ns: &str, home: &Path, args: &[&str], log: &str) -> Proc {
+    launch(in_ns(ns, home, args), home, log)
+}
+
+fn launch(mut cmd: Command, home: &Path, log: &str) -> Proc {
     Proc(
-        in_ns(ns, home, args)
-            .stdout(Stdio::null())
+        cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(home.join(log)).unwrap())
             .spawn()
             .unwrap(),
@@ -95,22 +130,25 @@ fn node_url(ns: &str, home: &Path) -> String {
 fn start_node(ns: &str, home: &Path) -> Proc {
     // A restarted node registers again at a new address.
     let before = node_url(ns, home);
-    let p = spawn(
-        ns,
+    let p = launch(
+        with_cgroups(
+            ns,
+            home,
+            &[
+                "node",
+                "--name",
+                "n1",
+                "--heartbeat",
+                "1",
+                "--node-home",
+                home.join("n1").to_str().unwrap(),
+                // Served ports of bridged workspaces, published on the node's
+                // address on the "outside" link.
+                "--publish",
+                "10.99.0.1",
+            ],
+        ),
         home,
-        &[
-            "node",
-            "--name",
-            "n1",
-            "--heartbeat",
-            "1",
-            "--node-home",
-            home.join("n1").to_str().unwrap(),
-            // Served ports of bridged workspaces, published on the node's
-            // address on the "outside" link.
-            "--publish",
-            "10.99.0.1",
-        ],
         "node.log",
     );
     wait_until("the node", Duration::from_secs(30), || {
@@ -192,7 +230,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     let ns = &ns.0.clone();
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let _reap = ReapVms(home.to_path_buf());
+    let _reap = Reap(home.to_path_buf());
     std::fs::write(
         home.join("networks.toml"),
         "[[network]]\nname = \"lab\"\ncidr = \"10.88.0.0/29\"\ngateway = \"10.88.0.1\"\n",
@@ -426,6 +464,16 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         hot.push((h, mine));
     }
     assert_ne!(hot[0].1, hot[1].1);
+    // One of them took the DHCP workspace's address, which A still maps
+    // to that one's MAC, yet A reaches it at once: a restored guest is
+    // announced (QEMU's self-announce after an incoming migration has the
+    // guest send gratuitous ARPs for several rounds, past its identity).
+    let recycled = hot.iter().find(|(_, at)| *at == d_addr);
+    let (recycled, _) = recycled.expect("a clone on the released address");
+    assert!(
+        pings(ns, home, &ids[0], &d_addr),
+        "A reaches {recycled} on a recycled address"
+    );
     assert!(
         pings(ns, home, &hot[0].0, &hot[1].1),
         "one clone reaches the other"
@@ -434,19 +482,111 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     assert!(pings(ns, home, &ids[0], &b), "A is unharmed");
     ok(ns, home, &["destroy", &hot[0].0, &hot[1].0]);
 
+    // A dynamic account on the same network: a veth pair instead of a tap,
+    // under the same rules. It serves its owner's VMs, not Bob's, and
+    // cannot take another address: its network namespace is not its own.
+    let built = vws(ns, home, &["image", "build", "tiny:1", "--from", "busybox"]);
+    assert!(built.status.success(), "{built:?}");
+    let acct_desc = home.join("a.toml");
+    std::fs::write(
+        &acct_desc,
+        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[[network.nics]]\nname = \"eth0\"\nmethod = \"pool\"\nnetwork = \"lab\"\n[software]\nimage = \"tiny:1\"\n[capability]\nstartup = \"mkdir -p /tmp/www; echo account > /tmp/www/index.html; httpd -p 8080 -h /tmp/www\"\nservices = [{ port = 8080, protocol = \"tcp\" }]\n",
+    )
+    .unwrap();
+    let acct = ok(ns, home, &["create", acct_desc.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(ns, home, &["deploy", &acct]);
+    ok(ns, home, &["start", &acct]);
+    let acct_addr = addr(&acct);
+    assert!(![a.as_str(), b.as_str(), c.as_str()].contains(&acct_addr.as_str()));
+    let out = vws(
+        ns,
+        home,
+        &["run", &acct, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains(&format!("{acct_addr}/29")), "{out:?}");
+    assert_eq!(ns_links(ns, "vt").len(), 4, "three taps and a veth");
+    let fetch = |from: &str, url: &str| {
+        let out = vws(
+            ns,
+            home,
+            // busybox's own -T crashes (Debian 12's busybox-static)
+            &[
+                "run", from, "--", "timeout", "5", "wget", "-q", "-O", "-", url,
+            ],
+        );
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "account"
+    };
+    let page = format!("http://{acct_addr}:8080/index.html");
+    wait_until(
+        "A fetching the account's page",
+        Duration::from_secs(20),
+        || fetch(&ids[0], &page),
+    );
+    assert!(!fetch(&ids[2], &page), "Bob's VM cannot reach the account");
+    let out = vws(
+        ns,
+        home,
+        &[
+            "run",
+            &acct,
+            "--",
+            "sh",
+            "-c",
+            &format!("wget -q -O - http://{b}:1/ ; ip addr add 10.88.0.6/29 dev eth0"),
+        ],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "the account reaches B (connection refused, not timed out) and cannot add an address: {out:?}"
+    );
+    // Its served port is published on the node's outside address too.
+    let fwd = ok(ns, home, &["show", &acct])["binding"]["forwards"][0]["host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fwd.starts_with("10.99.0.1:"), "{fwd}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &outside.0, "curl", "-s", "--max-time", "5"])
+        .arg(format!("http://{fwd}/index.html"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "account");
+
     // kill -9 of the node: the VMs run on and are adopted with their taps; a
     // stopped one's tap goes; nothing is left after destroy.
     node.0.kill().unwrap();
     node.0.wait().unwrap();
     node = start_node(ns, home);
-    assert_eq!(ns_links(ns, "vt").len(), 3, "adopted VMs keep their taps");
+    assert_eq!(
+        ns_links(ns, "vt").len(),
+        4,
+        "adopted VMs and account keep their taps and veth"
+    );
     assert!(
         pings(ns, home, &ids[0], &b),
         "still connected after the restart"
     );
+    assert!(fetch(&ids[0], &page), "the account too");
     ok(ns, home, &["stop", &ids[1]]);
-    assert_eq!(ns_links(ns, "vt").len(), 2, "a stopped VM's tap is removed");
-    ok(ns, home, &["destroy", &ids[0], &ids[1], &ids[2]]);
+    assert_eq!(ns_links(ns, "vt").len(), 3, "a stopped VM's tap is removed");
+    ok(ns, home, &["stop", &acct]);
+    assert_eq!(
+        ns_links(ns, "vt").len(),
+        2,
+        "a stopped account's veth is removed"
+    );
+    assert_eq!(
+        nft_tables(ns).matches("table bridge vws_").count(),
+        2,
+        "its rules too: {}",
+        nft_tables(ns)
+    );
+    ok(ns, home, &["destroy", &ids[0], &ids[1], &ids[2], &acct]);
     assert!(
         ns_links(ns, "vt").is_empty() && ns_links(ns, "vb").is_empty(),
         "no stray taps or bridges"

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{root, vws, Kill as Proc, ReapVms, VWS};
+use common::{root, vws, Kill as Proc, Reap, VWS};
 
 fn guest() -> PathBuf {
     let out = root().join("target/vws-test-guest");
@@ -144,7 +144,7 @@ fn a_real_workspace_through_its_lifecycle() {
     let image = guest();
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    let _reap = ReapVms(home.to_path_buf());
+    let _reap = Reap(home.to_path_buf());
     let _serve = spawn(home, &["serve", "--listen", "127.0.0.1:0"], "serve.log");
     wait_until("the service", Duration::from_secs(30), || {
         home.join("server.json").exists()

@@ -14,7 +14,7 @@ use vws_model::node::{AccountRange, Forward};
 
 use crate::agent::{JobDone, JobEvent, LOG_APPENDED};
 use crate::cgroup::{Cgroup, Layout, Limits};
-use crate::driver::{Driver, DriverError, VmEvent, VmSpec, VmState};
+use crate::driver::{Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
 use crate::sandbox::{start_time, ExecPlan, InitPlan};
 
 /// What an account workspace is made of on this host.
@@ -35,6 +35,9 @@ struct Running {
     start: u64,
     #[serde(default)]
     forwards: Vec<Forward>,
+    /// Its interfaces: the bridged ones' host ends are removed at its end.
+    #[serde(default)]
+    nics: Vec<NicSpec>,
 }
 
 /// Name server of a user-mode network (slirp4netns's, as QEMU's).
@@ -51,6 +54,8 @@ pub const DEFAULT_PIDS: u32 = 512;
 /// The driver.
 pub struct AccountDriver {
     vms: PathBuf,
+    /// Where the node's bridged networking keeps its files.
+    net_dir: PathBuf,
     program: PathBuf,
     layout: Layout,
     /// The uids this node leases.
@@ -85,6 +90,7 @@ impl AccountDriver {
     /// confine workspaces or where the range holds existing accounts.
     pub fn new(
         vms: PathBuf,
+        net_dir: PathBuf,
         program: PathBuf,
         range: AccountRange,
         events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
@@ -105,6 +111,7 @@ impl AccountDriver {
         };
         Ok(AccountDriver {
             vms,
+            net_dir,
             program,
             layout,
             range,
@@ -171,6 +178,7 @@ impl AccountDriver {
     /// Notices a workspace whose PID 1 ended without being asked.
     fn watch(&self, id: &str) {
         let (dir, cg, events) = (self.dir(id), self.cgroup(id), self.events.clone());
+        let net_dir = self.net_dir.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             loop {
@@ -179,8 +187,12 @@ impl AccountDriver {
                     return; // stopped on purpose
                 }
                 if running_in(&dir).is_none() {
+                    let nics = recorded_in(&dir).map(|r| r.nics).unwrap_or_default();
                     let _ = std::fs::remove_file(dir.join("init.json"));
                     let _ = cg.destroy();
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::net::unplug(&nics, &net_dir))
+                            .await;
                     let _ = events.send(VmEvent {
                         id,
                         reason: "the workspace's first process ended unexpectedly".into(),
@@ -255,6 +267,7 @@ impl AccountDriver {
             pid,
             start: start_time(pid).unwrap_or_default(),
             forwards: spec.forwards.clone(),
+            nics: spec.nics.clone(),
         };
         std::fs::write(
             self.dir(&spec.id).join("init.json"),
@@ -274,6 +287,19 @@ impl AccountDriver {
             if let Err(e) = self.connect_outbound(&spec.id, pid, &cg).await {
                 let _ = self.halt(&spec.id, Duration::ZERO).await;
                 return Err(e);
+            }
+        }
+        if spec.nics.iter().any(|n| n.bridged.is_some()) {
+            // The default route is the user NIC's where there is one.
+            let (nics, dir, route) = (spec.nics.clone(), self.net_dir.clone(), !outbound(spec));
+            let plugged =
+                tokio::task::spawn_blocking(move || crate::net::plug_into(&nics, &dir, pid, route))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+            if let Err(e) = plugged {
+                let _ = self.halt(&spec.id, Duration::ZERO).await;
+                return Err(DriverError::Sandbox(format!("network: {e}")));
             }
         }
         self.serve_ports(&spec.id, pid, &spec.forwards).await?;
@@ -333,6 +359,14 @@ impl AccountDriver {
         }
     }
 
+    /// Removes the host ends of bridged interfaces and their rules.
+    async fn unplug(&self, nics: Vec<NicSpec>) {
+        if nics.iter().any(|n| n.bridged.is_some()) {
+            let dir = self.net_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::net::unplug(&nics, &dir)).await;
+        }
+    }
+
     /// Pause and unpause: the freezer cgroup, for every process of it.
     async fn freeze(&self, id: &str, frozen: bool) -> Result<(), DriverError> {
         if self.running(id).is_none() {
@@ -350,6 +384,7 @@ impl AccountDriver {
     pub async fn halt(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
         let cg = self.cgroup(id);
         let running = self.running(id);
+        let recorded = recorded_in(&self.dir(id));
         // Gone first: the watcher must not take this stop for a crash.
         let _ = std::fs::remove_file(self.dir(id).join("init.json"));
         if let Some(r) = running {
@@ -371,6 +406,9 @@ impl AccountDriver {
         tokio::task::spawn_blocking(move || cg.destroy())
             .await
             .map_err(|e| DriverError::Sandbox(e.to_string()))??;
+        if let Some(r) = recorded {
+            self.unplug(r.nics).await;
+        }
         self.console_line(id, "stopped");
         Ok(())
     }
@@ -543,6 +581,9 @@ impl AccountDriver {
                         adopted.push(id);
                     }
                     None => {
+                        if let Some(r) = recorded_in(&e.path()) {
+                            self.unplug(r.nics).await;
+                        }
                         let _ = std::fs::remove_file(e.path().join("init.json"));
                         self.console_line(&id, "ended while the node was down");
                         keep.pop();
@@ -603,8 +644,12 @@ impl AccountDriver {
 
 /// The PID 1 recorded in a workspace's folder, if it still lives.
 fn running_in(dir: &Path) -> Option<Running> {
-    let r: Running = serde_json::from_slice(&std::fs::read(dir.join("init.json")).ok()?).ok()?;
-    (start_time(r.pid) == Some(r.start)).then_some(r)
+    recorded_in(dir).filter(|r| start_time(r.pid) == Some(r.start))
+}
+
+/// What a workspace's folder records of its PID 1, living or not.
+fn recorded_in(dir: &Path) -> Option<Running> {
+    serde_json::from_slice(&std::fs::read(dir.join("init.json")).ok()?).ok()
 }
 
 /// The file that says a job is a dynamic account's (and which helper runs it).

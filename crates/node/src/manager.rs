@@ -117,8 +117,13 @@ impl Manager {
         range: vws_model::node::AccountRange,
         program: PathBuf,
     ) -> Result<(), String> {
-        let driver =
-            AccountDriver::new(self.home.join("vms"), program, range, self.events.clone())?;
+        let driver = AccountDriver::new(
+            self.home.join("vms"),
+            self.driver.net_dir(),
+            program,
+            range,
+            self.events.clone(),
+        )?;
         self.accounts = Some(Arc::new(driver));
         Ok(())
     }
@@ -633,10 +638,14 @@ impl Manager {
         let user = spec.nics.iter().any(|n| n.method == "user");
         let bridged = spec.nics.iter().any(|n| n.bridged.is_some());
         // A user NIC's ports come from QEMU on loopback; a bridged NIC's,
-        // where the node publishes them, from an nftables forward.
+        // where the node publishes them, from an nftables forward. A
+        // dynamic account's are relayed by the node itself, whatever its
+        // interfaces: on the published address or else on loopback.
+        let account = spec.account.is_some();
         let at = match (&self.publish, user, bridged) {
             (_, true, _) => "127.0.0.1".to_string(),
             (Some(addr), false, true) => addr.clone(),
+            _ if account => "127.0.0.1".to_string(),
             _ => {
                 spec.forwards.clear();
                 return Ok(spec);

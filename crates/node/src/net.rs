@@ -1,6 +1,7 @@
 //! Bridged networking on the node: a bridge per layer-2 segment (a shared
 //! network, or one network's workspaces of one owner), a tap per `pool`
-//! interface, and anti-spoofing rules per tap (nftables, bridge family):
+//! interface of a VM (a veth pair for a dynamic account's), and
+//! anti-spoofing rules per tap (nftables, bridge family):
 //! frames from a tap must carry its MAC, its IPv4 address and ARP claims of
 //! its own; everything else is dropped, as Nimbus did with ebtables.
 //!
@@ -89,28 +90,88 @@ fn rules(b: &Bridged) -> String {
 /// anti-spoofing rules. Undone by [`unplug`].
 pub fn plug(nics: &[NicSpec], dir: &Path) -> Result<(), String> {
     for b in nics.iter().filter_map(|n| n.bridged.as_ref()) {
-        if !exists(&b.bridge) {
-            run("ip", &["link", "add", &b.bridge, "type", "bridge"])?;
+        attach(b, dir, || {
+            run("ip", &["tuntap", "add", "dev", &b.tap, "mode", "tap"]).map(drop)
+        })?;
+    }
+    Ok(())
+}
+
+/// A dynamic account's bridged interfaces: a veth pair per interface, the
+/// host end (named as a VM's tap) on the bridge under the same rules, the
+/// other end in the network namespace of `pid` with the interface's name,
+/// MAC and address (and a default route through the gateway when `route`).
+/// The workspace cannot change that end: its network namespace belongs to
+/// the host, not to the account's user namespace. Undone by [`unplug`]; the
+/// inner end goes with the namespace.
+pub fn plug_into(nics: &[NicSpec], dir: &Path, pid: i32, route: bool) -> Result<(), String> {
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let inside = |args: &[&str]| {
+        let mut a = vec![netns.as_str(), "ip"];
+        a.extend_from_slice(args);
+        run("nsenter", &a).map(drop)
+    };
+    for n in nics {
+        let Some(b) = &n.bridged else { continue };
+        let name = n.name.as_str();
+        let pid = pid.to_string();
+        attach(b, dir, || {
+            run(
+                "ip",
+                &[
+                    "link", "add", &b.tap, "type", "veth", "peer", "name", name, "address", &b.mac,
+                    "netns", &pid,
+                ],
+            )
+            .map(drop)
+        })?;
+        inside(&["addr", "add", &b.address, "dev", name])?;
+        inside(&["link", "set", name, "up"])?;
+        // A gratuitous ARP once it is up: the address may be a recycled one
+        // that neighbours still map to its last holder's MAC. (The kernel's
+        // own, `arp_notify`, goes out at link-up, before the bridge port
+        // carries it.) Busybox's arping: busybox-static is a dependency.
+        let ip = b.address.split('/').next().unwrap_or_default();
+        run(
+            "nsenter",
+            &[&netns, "busybox", "arping", "-U", "-c", "1", "-I", name, ip],
+        )
+        .map_err(|e| format!("announcing {ip}: {e}"))?;
+        if let Some(gw) = b.gateway.as_deref().filter(|_| route) {
+            inside(&["route", "add", "default", "via", gw, "dev", name])?;
         }
-        run("ip", &["link", "set", &b.bridge, "up"])?;
-        if b.dhcp {
-            serve_dhcp(b, dir)?;
-        }
-        if exists(&b.tap) {
-            // A leftover of a crash: start clean.
-            unplug_one(&b.tap);
-        }
-        run("ip", &["tuntap", "add", "dev", &b.tap, "mode", "tap"])?;
-        run("ip", &["link", "set", &b.tap, "master", &b.bridge])?;
-        run("ip", &["link", "set", &b.tap, "up"])?;
-        let path = std::env::temp_dir().join(format!("vws-{}.nft", b.tap));
-        std::fs::write(&path, rules(b)).map_err(|e| e.to_string())?;
-        let loaded = run("nft", &["-f", &path.to_string_lossy()]);
-        let _ = std::fs::remove_file(&path);
-        if let Err(e) = loaded {
-            unplug_one(&b.tap);
-            return Err(format!("anti-spoofing rules for {}: {e}", b.tap));
-        }
+    }
+    Ok(())
+}
+
+/// Puts one interface's host side on its bridge: the bridge (if new), its
+/// DHCP server, the device `make` creates (named `b.tap`), the rules.
+fn attach(
+    b: &Bridged,
+    dir: &Path,
+    make: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    if !exists(&b.bridge) {
+        run("ip", &["link", "add", &b.bridge, "type", "bridge"])?;
+    }
+    run("ip", &["link", "set", &b.bridge, "up"])?;
+    if b.dhcp {
+        serve_dhcp(b, dir)?;
+    }
+    if exists(&b.tap) {
+        // A leftover of a crash: start clean.
+        unplug_one(&b.tap);
+    }
+    make()?;
+    run("ip", &["link", "set", &b.tap, "master", &b.bridge])?;
+    run("ip", &["link", "set", &b.tap, "up"])?;
+    let path = std::env::temp_dir().join(format!("vws-{}.nft", b.tap));
+    std::fs::write(&path, rules(b)).map_err(|e| e.to_string())?;
+    let loaded = run("nft", &["-f", &path.to_string_lossy()]);
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = loaded {
+        unplug_one(&b.tap);
+        return Err(format!("anti-spoofing rules for {}: {e}", b.tap));
     }
     Ok(())
 }

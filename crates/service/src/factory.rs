@@ -70,13 +70,10 @@ fn check_account(d: &Description, image: &ImageRecord, form: Form) -> Result<(),
             ],
         );
         match nic.method {
-            vws_model::NicMethod::Pool | vws_model::NicMethod::Dhcp => {
+            vws_model::NicMethod::Dhcp => {
                 errors.push(vws_model::FieldError {
                     path,
-                    message: format!(
-                        "a dynamic account's network is user-mode (outbound through NAT, served ports from the host) or none: use method user or none, not {}",
-                        nic.method.as_str()
-                    ),
+                    message: "a dynamic account has no DHCP client: use method pool (the same address from the network's pool, set by the node), user or none".into(),
                 });
             }
             vws_model::NicMethod::User => match user {

@@ -217,10 +217,10 @@ impl Service {
                 node: host.unwrap_or("any").into(),
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "no_capacity".into(),
-                message: format!(
-                    "{} runs no dynamic accounts (a node needs root and cgroups; see its log)",
-                    host.map_or("no node that is up".to_string(), |h| format!("node {h}"))
-                ),
+                message: match host {
+                    Some(h) => format!("node {h} runs no dynamic accounts (a node needs root and cgroups; see its log)"),
+                    None => "no node that is up runs dynamic accounts (a node needs root and cgroups; see its log)".into(),
+                },
             });
         }
         let mut fitting: Vec<(NodeRecord, Binding)> = candidates

@@ -84,11 +84,12 @@ async fn dynamic_accounts_need_a_filesystem_image_and_a_node_that_runs_them() {
     };
     assert_eq!(inv.0[0].path, "software.image");
     assert!(inv.0[0].message.contains("filesystem image"), "{inv:?}");
-    // Bridged networking and encryption are the VM category's.
+    // DHCP (an account has no client for it) and encryption are the VM
+    // category's; a pool interface is not.
     let mut d = account("base:1", "disk = { size = \"16MiB\", encrypted = true }");
     d.network.nics.push(vws_model::Nic {
         name: "eth0".into(),
-        method: vws_model::NicMethod::Pool,
+        method: vws_model::NicMethod::Dhcp,
         network: None,
     });
     // One user-mode interface: a second is refused.
@@ -117,6 +118,7 @@ async fn dynamic_accounts_need_a_filesystem_image_and_a_node_that_runs_them() {
         ],
         "{inv:?}"
     );
+    assert!(inv.0[0].message.contains("method pool"), "{inv:?}");
     assert!(inv.0[1].message.contains("nics[1]"), "{inv:?}");
     // A good one is made with a blank disk (its upper layer) of the size asked.
     let ws = h
@@ -151,7 +153,11 @@ async fn dynamic_accounts_need_a_filesystem_image_and_a_node_that_runs_them() {
         .await
         .unwrap_err();
     assert_eq!(e.status_and_code().0.as_u16(), 503, "{e}");
-    assert!(e.to_string().contains("runs no dynamic accounts"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no node that is up runs dynamic accounts"),
+        "{e}"
+    );
     let r = h
         .service
         .workspace(&alice(), &ws.record.id)

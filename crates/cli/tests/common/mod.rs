@@ -57,16 +57,19 @@ pub fn refused(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// On the way out (a failed assertion too): kills every process whose
-/// command line names the test's `home` — its workspaces' QEMUs, which
-/// outlive `vws up` by design, and would otherwise run on after a test
-/// that failed half-way.
-pub struct ReapVms(pub PathBuf);
+/// On the way out (a failed assertion too): kills what the test's
+/// workspaces left running, which outlives `vws up` and `vws node` by
+/// design and would otherwise run on after a test that failed half-way:
+/// every process whose command line names the test's `home` (its VMs'
+/// QEMUs), and every process in the cgroups of a workspace whose folder is
+/// under `home` (its dynamic accounts', in any node's `vms` folder).
+pub struct Reap(pub PathBuf);
 
-impl Drop for ReapVms {
+impl Drop for Reap {
     fn drop(&mut self) {
         let home = self.0.to_string_lossy().into_owned();
         let me = std::process::id();
+        let mut doomed: Vec<String> = Vec::new();
         for pid in std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
@@ -76,11 +79,35 @@ impl Drop for ReapVms {
         {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(&home) {
-                // The shell's own kill: procps may not be installed.
-                let _ = Command::new("sh")
-                    .args(["-c", &format!("kill -9 {pid}")])
-                    .status();
+                doomed.push(pid.to_string());
             }
+        }
+        let ls = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect()
+        };
+        let ids: Vec<String> = ls(&self.0)
+            .into_iter()
+            .map(|node| node.join("vms"))
+            .flat_map(|vms| ls(&vms))
+            .filter_map(|w| Some(w.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        for cg in ls(Path::new("/sys/fs/cgroup/pids/vws")) {
+            let name = cg.file_name().unwrap_or_default().to_string_lossy();
+            if ids.iter().any(|id| name.ends_with(&format!("-{id}"))) {
+                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+                doomed.extend(procs.lines().map(str::to_string));
+            }
+        }
+        if !doomed.is_empty() {
+            // The shell's own kill: procps may not be installed.
+            let _ = Command::new("sh")
+                .args(["-c", &format!("kill -9 {}", doomed.join(" "))])
+                .status();
         }
     }
 }
