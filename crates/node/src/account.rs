@@ -67,8 +67,9 @@ pub struct AccountDriver {
     proxies: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-/// The uids of `range` that are accounts of this host already (from
-/// /etc/passwd and /etc/group).
+/// The ids of `range` that are accounts or groups of this host already: in
+/// /etc/passwd and /etc/group, and through the host's name service (NSS:
+/// LDAP, sssd, …) for each id of the range up to [`NSS_CHECKED`] of them.
 pub fn existing_accounts(range: AccountRange) -> Vec<(String, u32)> {
     let mut found = Vec::new();
     for file in ["/etc/passwd", "/etc/group"] {
@@ -79,6 +80,30 @@ pub fn existing_accounts(range: AccountRange) -> Vec<(String, u32)> {
                     found.push((format!("{} in {file}", f[0]), id));
                 }
             }
+        }
+    }
+    for (who, id) in name_service_accounts(range) {
+        if !found.iter().any(|(_, known)| *known == id) {
+            found.push((who, id));
+        }
+    }
+    found
+}
+
+/// How many ids of a range are looked up one by one in the name service
+/// (a directory answers each over the network; ranges are usually ~1000).
+pub const NSS_CHECKED: u32 = 100_000;
+
+/// The ids of `range` (its first [`NSS_CHECKED`]) that the name service
+/// knows as a user or a group.
+fn name_service_accounts(range: AccountRange) -> Vec<(String, u32)> {
+    let last = range.last.min(range.first.saturating_add(NSS_CHECKED - 1));
+    let mut found = Vec::new();
+    for id in range.first..=last {
+        if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)) {
+            found.push((format!("user {} of the name service", u.name), id));
+        } else if let Ok(Some(g)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)) {
+            found.push((format!("group {} of the name service", g.name), id));
         }
     }
     found
@@ -748,5 +773,19 @@ mod tests {
             last: 4_000_000_010,
         });
         assert!(free.is_empty(), "{free:?}");
+    }
+
+    #[test]
+    fn the_name_service_is_asked_too() {
+        // Through NSS (getpwuid_r/getgrgid_r), whatever its sources.
+        let found = super::name_service_accounts(AccountRange { first: 0, last: 0 });
+        assert_eq!(found, [("user root of the name service".to_string(), 0)]);
+        let t = std::time::Instant::now();
+        let free = super::name_service_accounts(AccountRange {
+            first: 1_000_000_000,
+            last: 1_000_000_999,
+        });
+        assert!(free.is_empty(), "{free:?}");
+        eprintln!("1000 ids looked up in {:?}", t.elapsed());
     }
 }
