@@ -59,6 +59,8 @@ pub struct Limits {
 pub struct Cgroup {
     layout: Layout,
     name: String,
+    /// Where the hierarchies are mounted: /sys/fs/cgroup.
+    root: PathBuf,
 }
 
 fn write(path: &Path, value: &str) -> std::io::Result<()> {
@@ -76,16 +78,25 @@ impl Cgroup {
         Cgroup {
             layout,
             name: name.to_string(),
+            root: PathBuf::from(ROOT),
+        }
+    }
+
+    /// The same under another mount point (tests: a scratch tree, or the
+    /// host's v2 hierarchy where v1 owns the controllers).
+    #[cfg(test)]
+    fn under(root: &Path, layout: Layout, name: &str) -> Cgroup {
+        Cgroup {
+            layout,
+            name: name.to_string(),
+            root: root.to_path_buf(),
         }
     }
 
     fn dir(&self, controller: &str) -> PathBuf {
         match self.layout {
-            Layout::V1 => Path::new(ROOT)
-                .join(controller)
-                .join("vws")
-                .join(&self.name),
-            Layout::V2 => Path::new(ROOT).join("vws").join(&self.name),
+            Layout::V1 => self.root.join(controller).join("vws").join(&self.name),
+            Layout::V2 => self.root.join("vws").join(&self.name),
         }
     }
 
@@ -101,12 +112,12 @@ impl Cgroup {
         if self.layout == Layout::V2 {
             // Controllers must be handed down to vws/ and to its children.
             let _ = write(
-                &Path::new(ROOT).join("cgroup.subtree_control"),
+                &self.root.join("cgroup.subtree_control"),
                 "+memory +cpu +pids",
             );
-            std::fs::create_dir_all(Path::new(ROOT).join("vws"))?;
+            std::fs::create_dir_all(self.root.join("vws"))?;
             write(
-                &Path::new(ROOT).join("vws/cgroup.subtree_control"),
+                &self.root.join("vws/cgroup.subtree_control"),
                 "+memory +cpu +pids",
             )?;
         }
@@ -277,6 +288,67 @@ pub fn parse_oom_kills(text: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::{Cgroup, Layout, Limits};
+    use std::path::Path;
+
+    #[test]
+    fn v2_limits_are_written_as_the_kernel_reads_them() {
+        // A scratch tree: these machines' v2 hierarchy has no controllers.
+        let root = tempfile::tempdir().unwrap();
+        let cg = Cgroup::under(root.path(), Layout::V2, "n-ws-1");
+        cg.create(Limits {
+            ram: 128 << 20,
+            cpus: 2,
+            pids: 64,
+        })
+        .unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.path().join(f)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids");
+        assert_eq!(read("vws/cgroup.subtree_control"), "+memory +cpu +pids");
+        assert_eq!(read("vws/n-ws-1/memory.max"), "134217728");
+        assert_eq!(read("vws/n-ws-1/memory.swap.max"), "0");
+        assert_eq!(read("vws/n-ws-1/cpu.max"), "200000 100000");
+        assert_eq!(read("vws/n-ws-1/pids.max"), "64");
+        assert_eq!(
+            cg.procs_files(),
+            [root.path().join("vws/n-ws-1/cgroup.procs")]
+        );
+        assert_eq!(cg.oom_file(), root.path().join("vws/n-ws-1/memory.events"));
+    }
+
+    #[test]
+    fn v2_freeze_thaw_and_destroy_on_the_hosts_v2_hierarchy() {
+        // The kernel's own v2 hierarchy: at /sys/fs/cgroup on a v2 host, at
+        // /sys/fs/cgroup/unified beside v1 (these machines). Its freezer is
+        // a core feature, there without controllers.
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|r| r.join("cgroup.controllers").exists())
+            .expect(
+                "no cgroup v2 hierarchy mounted (needs /sys/fs/cgroup or /sys/fs/cgroup/unified)",
+            );
+        let cg = Cgroup::under(root, Layout::V2, &format!("test-{}", std::process::id()));
+        std::fs::create_dir_all(cg.dir("")).expect("making a v2 cgroup (needs root)");
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        std::fs::write(&cg.procs_files()[0], child.id().to_string()).unwrap();
+        assert_eq!(cg.pids(), [child.id() as i32]);
+        cg.freeze(true).unwrap();
+        assert!(cg.frozen(), "the kernel says frozen");
+        cg.freeze(false).unwrap();
+        assert!(!cg.frozen());
+        cg.freeze(true).unwrap();
+        // Destroy thaws, kills everyone and removes it.
+        cg.destroy().unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+        assert!(!cg.exists());
+    }
+
     #[test]
     fn oom_kill_counts_are_read_from_v1_and_v2_files() {
         let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
