@@ -434,7 +434,11 @@ fn dynamic_accounts_end_to_end() {
     std::thread::sleep(Duration::from_millis(500));
     let node = up(home);
     let out = run(home, &id, "id -u");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uid.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        uid.to_string(),
+        "{out:?}"
+    );
     let before = output_lines(home, &counter);
     std::thread::sleep(Duration::from_millis(1000));
     assert!(output_lines(home, &counter) > before, "the counter went on");
@@ -489,7 +493,11 @@ fn dynamic_accounts_end_to_end() {
     ok(home, &["deploy", &next]);
     ok(home, &["start", &next]);
     let out = run(home, &next, "id -u");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uid.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        uid.to_string(),
+        "{out:?}"
+    );
 
     // A workspace that dies while the node is down (kill -9 of both) is
     // cleaned up by the restarted node and marked corrupted; destroying it

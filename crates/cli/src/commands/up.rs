@@ -219,18 +219,6 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
     .start()
     .await?;
 
-    let server_file = config::server_file(&g.home);
-    let record = ServerFile {
-        url: running.url.clone(),
-        pid: std::process::id(),
-    };
-    std::fs::write(&server_file, serde_json::to_vec_pretty(&record)?)?;
-    eprintln!(
-        "vws is up at {}  (home {}, database {database})",
-        running.url,
-        g.home.display()
-    );
-
     // `vws up` is the service plus this host's VW Manager; `vws serve` is the service alone.
     let node = if with_node {
         let node = crate::commands::node::launch(crate::commands::node::NodeLaunch {
@@ -245,6 +233,24 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             accounts: a.accounts,
         })
         .await?;
+        // Registered (at this new address, after a restart) before vws
+        // says it is up: a command right after must not find the record of
+        // the node's previous run.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = running.service.nodes().await?;
+            if nodes
+                .iter()
+                .any(|n| n.record.name == "local" && n.record.url == node.url && n.status == "up")
+            {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the local node did not register with the service within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         eprintln!(
             "node local at {} (state {})",
             node.url,
@@ -254,6 +260,19 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
     } else {
         None
     };
+    // The file that tells CLI commands where vws is: written once it is ready.
+    let server_file = config::server_file(&g.home);
+    let record = ServerFile {
+        url: running.url.clone(),
+        pid: std::process::id(),
+    };
+    std::fs::write(&server_file, serde_json::to_vec_pretty(&record)?)?;
+    eprintln!(
+        "vws is up at {}  (home {}, database {database})",
+        running.url,
+        g.home.display()
+    );
+
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&server_file);
