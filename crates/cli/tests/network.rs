@@ -160,13 +160,19 @@ fn start_node(ns: &str, home: &Path) -> Proc {
 
 /// Whether `from` can ping `to` (one packet, two seconds).
 fn pings(ns: &str, home: &Path, from: &str, to: &str) -> bool {
-    vws(
+    let out = vws(
         ns,
         home,
         &["run", from, "--", "ping", "-c", "1", "-W", "2", to],
-    )
-    .status
-    .success()
+    );
+    // Shown with a failed assertion: why it did not.
+    eprintln!(
+        "ping {from} → {to}: {:?} {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out.status.success()
 }
 
 #[test]
@@ -544,6 +550,22 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
             && String::from_utf8_lossy(&out.stderr).contains("refused"),
         "the account reaches B (connection refused, not timed out) and cannot add an address: {out:?}"
     );
+    // A VM booted onto a recycled address announces it too: B still maps
+    // the address to the destroyed clone's MAC, yet reaches the new VM.
+    let e = ok(ns, home, &["create", desc.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(ns, home, &["deploy", &e]);
+    ok(ns, home, &["start", &e]);
+    let e_addr = addr(&e);
+    let b_knew = vws(ns, home, &["run", &ids[1], "--", "cat", "/proc/net/arp"]);
+    assert!(
+        String::from_utf8_lossy(&b_knew.stdout).contains(&format!("{e_addr} ")),
+        "B had an entry for {e_addr} from a clone: {b_knew:?}"
+    );
+    assert!(pings(ns, home, &ids[1], &e_addr), "B reaches {e} at once");
+    ok(ns, home, &["destroy", &e]);
     // Its served port is published on the node's outside address too.
     let fwd = ok(ns, home, &["show", &acct])["binding"]["forwards"][0]["host"]
         .as_str()

@@ -42,6 +42,10 @@ pub enum NodeError {
     Other(#[from] anyhow::Error),
 }
 
+/// How long a job waits for a running guest's agent to answer its
+/// connection (it reconnects after a restart of the node).
+const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
+
 /// Where a workspace's own credential is put inside it.
 pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
 
@@ -985,7 +989,10 @@ impl Manager {
             return Ok(());
         }
         let agent = self.agent(id).await?;
-        if agent.hello().is_none() {
+        // Right after a restart of the node, the adopted guest's agent
+        // answers the new connection within a poll of its port (~0.1 s):
+        // a job sent then waits for it rather than failing.
+        if agent.ready(AGENT_ANSWERS_WITHIN).await.is_none() {
             return Err(NodeError::Driver(DriverError::NotRunning(id.into())));
         }
         if req.argv.is_empty() {
