@@ -158,6 +158,27 @@ fn start_node(ns: &str, home: &Path) -> Proc {
     p
 }
 
+/// A workspace of `desc`, created, deployed and started; its id.
+fn started(ns: &str, home: &Path, desc: &Path) -> String {
+    let id = ok(ns, home, &["create", desc.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(ns, home, &["deploy", &id]);
+    ok(ns, home, &["start", &id]);
+    id
+}
+
+/// The IPv4 addresses on a workspace's eth0, as `ip -4 -o addr` shows them.
+fn eth0(ns: &str, home: &Path, id: &str) -> String {
+    let out = vws(
+        ns,
+        home,
+        &["run", id, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether `from` can ping `to` (one packet, two seconds).
 fn pings(ns: &str, home: &Path, from: &str, to: &str) -> bool {
     let out = vws(
@@ -367,21 +388,11 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[[network.nics]]\nname = \"eth0\"\nmethod = \"dhcp\"\nnetwork = \"lab\"\n[software]\nimage = \"minimal:1\"\n[capability]\nservices = [{ port = 8080, protocol = \"tcp\" }]\n",
     )
     .unwrap();
-    let d = ok(ns, home, &["create", dhcp_desc.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    ok(ns, home, &["deploy", &d]);
-    ok(ns, home, &["start", &d]);
+    let d = started(ns, home, &dhcp_desc);
     let d_addr = addr(&d);
     assert_eq!(d_addr, "10.88.0.5");
     wait_until("the DHCP lease", Duration::from_secs(30), || {
-        let out = vws(
-            ns,
-            home,
-            &["run", &d, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
-        );
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{d_addr}/29"))
+        eth0(ns, home, &d).contains(&format!("{d_addr}/29"))
     });
     assert!(
         pings(ns, home, &ids[0], &d_addr),
@@ -450,19 +461,9 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     .unwrap();
     let mut hot = Vec::new();
     for _ in 0..2 {
-        let h = ok(ns, home, &["create", hot_desc.to_str().unwrap()])["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        ok(ns, home, &["deploy", &h]);
-        ok(ns, home, &["start", &h]);
+        let h = started(ns, home, &hot_desc);
         let mine = addr(&h);
-        let out = vws(
-            ns,
-            home,
-            &["run", &h, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
-        );
-        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        let shown = eth0(ns, home, &h);
         assert!(
             shown.contains(&format!("{mine}/29")) && !shown.contains(&format!("{a}/")),
             "{shown}"
@@ -499,21 +500,11 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[[network.nics]]\nname = \"eth0\"\nmethod = \"pool\"\nnetwork = \"lab\"\n[software]\nimage = \"tiny:1\"\n[capability]\nstartup = \"mkdir -p /tmp/www; echo account > /tmp/www/index.html; httpd -p 8080 -h /tmp/www\"\nservices = [{ port = 8080, protocol = \"tcp\" }]\n",
     )
     .unwrap();
-    let acct = ok(ns, home, &["create", acct_desc.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    ok(ns, home, &["deploy", &acct]);
-    ok(ns, home, &["start", &acct]);
+    let acct = started(ns, home, &acct_desc);
     let acct_addr = addr(&acct);
     assert!(![a.as_str(), b.as_str(), c.as_str()].contains(&acct_addr.as_str()));
-    let out = vws(
-        ns,
-        home,
-        &["run", &acct, "--", "ip", "-4", "-o", "addr", "show", "eth0"],
-    );
-    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(shown.contains(&format!("{acct_addr}/29")), "{out:?}");
+    let shown = eth0(ns, home, &acct);
+    assert!(shown.contains(&format!("{acct_addr}/29")), "{shown}");
     assert_eq!(ns_links(ns, "vt").len(), 4, "three taps and a veth");
     let fetch = |from: &str, url: &str| {
         let out = vws(
@@ -552,12 +543,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     );
     // A VM booted onto a recycled address announces it too: B still maps
     // the address to the destroyed clone's MAC, yet reaches the new VM.
-    let e = ok(ns, home, &["create", desc.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    ok(ns, home, &["deploy", &e]);
-    ok(ns, home, &["start", &e]);
+    let e = started(ns, home, &desc);
     let e_addr = addr(&e);
     let b_knew = vws(ns, home, &["run", &ids[1], "--", "cat", "/proc/net/arp"]);
     assert!(
