@@ -164,6 +164,49 @@ fn certificates_owners_and_access_control() {
         ],
     );
 
+    // Image names have owners: Bob cannot publish under the administrator's
+    // name, nor remove its tag; what admin's name points at is unchanged.
+    let tiny = ok_as(home, None, &["image", "show", "tiny:1"])["id"].clone();
+    let bobs = home.join("bobs.raw");
+    std::fs::write(&bobs, vec![7u8; 1 << 20]).unwrap();
+    let e = refused_as(
+        home,
+        Some(&bob),
+        &[
+            "image",
+            "import",
+            "tiny:1",
+            "--disk",
+            bobs.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("belongs to"), "{e}");
+    let e = refused_as(home, Some(&bob), &["image", "rm", "tiny:1"]);
+    assert!(e.contains("belongs to"), "{e}");
+    assert_eq!(ok_as(home, None, &["image", "show", "tiny:1"])["id"], tiny);
+    // A private image is its owner's: others do not see it or make from it.
+    ok_as(
+        home,
+        Some(&bob),
+        &[
+            "image",
+            "import",
+            "secret:1",
+            "--private",
+            "--disk",
+            bobs.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        ok_as(home, Some(&bob), &["image", "show", "secret:1"])["visibility"],
+        "private"
+    );
+    let e = refused_as(home, Some(&alice), &["image", "show", "secret:1"]);
+    assert!(e.contains("not found"), "{e}");
+    assert!(!ok_as(home, Some(&alice), &["image", "list"])
+        .to_string()
+        .contains("secret:1"));
+
     // Alice owns what she creates.
     let desc = home.join("w.toml");
     std::fs::write(
@@ -356,6 +399,46 @@ fn certificates_owners_and_access_control() {
         "no tampered image cached"
     );
     assert!(!home.join("n1/vms").join(&vid).exists());
+
+    // The node honours revocation: a service certificate it accepted is
+    // refused once revoked (the node fetches the CA's CRL every heartbeat).
+    let nodes = ok_as(home, None, &["node", "list"]);
+    let node_url = nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "n1"))
+        .and_then(|n| n["url"].as_str())
+        .unwrap_or_else(|| panic!("no url for n1 in {nodes}"))
+        .to_string();
+    let svc = issue(home, &["--host", "svc2", "--service"], &certs.join("svc2"));
+    let (done, body) = curl(home, Some(&svc), &[&format!("{node_url}/node/v1/health")]);
+    assert!(done && body.ends_with("200"), "{body}");
+    ok_as(
+        home,
+        None,
+        &["cert", "revoke", svc.join("cert.pem").to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (done, body) = curl(home, Some(&svc), &[&format!("{node_url}/node/v1/health")]);
+        if !done || body.ends_with("401") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node still serves a revoked certificate: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        std::fs::read_to_string(home.join("n1/crl.pem"))
+            .unwrap()
+            .contains("BEGIN X509 CRL"),
+        "the node keeps the list"
+    );
+    assert!(
+        home.join("n1/tls/ca-crl.pem").exists(),
+        "and hands it to QEMU"
+    );
     drop(node);
 
     // A truncated handshake and garbage are dropped; the service goes on.

@@ -13,6 +13,7 @@ pub mod loopdev;
 pub mod manager;
 pub mod net;
 pub mod qemu;
+pub mod revocation;
 pub mod sandbox;
 pub mod staging;
 

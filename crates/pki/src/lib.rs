@@ -470,11 +470,12 @@ pub fn peer_of(der: &[u8]) -> Result<Peer, PkiError> {
     })
 }
 
-/// Serials refused although their certificates verify; re-read when the
-/// file changes.
+/// Serials refused although their certificates verify. Kept in a file
+/// (the CA's `revoked`, re-read when it changes), or in memory, replaced
+/// from a CRL the service signs (nodes, which have no CA key).
 #[derive(Clone)]
 pub struct Revoked {
-    path: PathBuf,
+    path: Option<PathBuf>,
     cache: Arc<Mutex<(Option<std::time::SystemTime>, HashSet<String>)>>,
 }
 
@@ -482,19 +483,41 @@ impl Revoked {
     /// The list kept in `path` (absent: nothing revoked).
     pub fn new(path: PathBuf) -> Self {
         Revoked {
-            path,
+            path: Some(path),
             cache: Arc::default(),
         }
     }
 
-    /// Whether `serial` (hex) is revoked.
-    pub fn contains(&self, serial: &str) -> bool {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+    /// An empty list kept in memory, filled by [`Revoked::replace`].
+    pub fn in_memory() -> Self {
+        Revoked {
+            path: None,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Replaces an in-memory list (serials in hex).
+    pub fn replace(&self, serials: HashSet<String>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.1 = serials
+            .into_iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+    }
+
+    /// Every revoked serial (hex, lower case).
+    pub fn serials(&self) -> HashSet<String> {
+        self.refresh();
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.1.clone()
+    }
+
+    fn refresh(&self) {
+        let Some(path) = &self.path else { return };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != modified {
-            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+            let text = std::fs::read_to_string(path).unwrap_or_default();
             cache.1 = text
                 .lines()
                 .map(|l| l.trim().to_ascii_lowercase())
@@ -502,8 +525,76 @@ impl Revoked {
                 .collect();
             cache.0 = modified;
         }
+    }
+
+    /// Whether `serial` (hex) is revoked.
+    pub fn contains(&self, serial: &str) -> bool {
+        self.refresh();
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.1.contains(&serial.to_ascii_lowercase())
     }
+}
+
+/// How long a CRL the CA signs stays valid (the service signs a new one on
+/// every request; nodes fetch it every few seconds).
+pub const CRL_VALIDITY: time::Duration = time::Duration::days(7);
+
+impl Ca {
+    /// A certificate revocation list (PEM, signed by the CA) of every
+    /// revoked serial: what nodes and QEMU (`ca-crl.pem`) check against.
+    pub fn crl_pem(&self) -> Result<String, PkiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        let mut serials: Vec<String> = self.revoked().serials().into_iter().collect();
+        serials.sort();
+        for serial in serials {
+            let Ok(bytes) = hex::decode(&serial) else {
+                continue;
+            };
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + CRL_VALIDITY,
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer, &self.key)?.pem()?)
+    }
+}
+
+/// The revoked serials of a CRL (PEM), after checking that `ca_pem`'s key
+/// signed it and that it has not expired.
+pub fn crl_serials(ca_pem: &str, crl_pem: &str) -> Result<HashSet<String>, PkiError> {
+    let ca_der = first_cert_der(ca_pem)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+        .map_err(|e| PkiError::Bad(format!("parsing the CA certificate: {e}")))?;
+    let der = rustls_pemfile::read_one(&mut crl_pem.as_bytes())
+        .map_err(|e| PkiError::Bad(format!("reading a CRL: {e}")))?;
+    let Some(rustls_pemfile::Item::Crl(der)) = der else {
+        return Err(PkiError::Bad("the text is not a PEM X509 CRL".into()));
+    };
+    let (_, crl) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| PkiError::Bad(format!("parsing a CRL: {e}")))?;
+    crl.verify_signature(ca.public_key())
+        .map_err(|e| PkiError::Bad(format!("the CRL is not signed by the CA: {e}")))?;
+    if crl
+        .next_update()
+        .is_some_and(|t| t.timestamp() < time::OffsetDateTime::now_utc().unix_timestamp())
+    {
+        return Err(PkiError::Bad("the CRL has expired".into()));
+    }
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| hex(r.raw_serial()))
+        .collect())
 }
 
 /// A certificate, its key and the CA to trust, as PEM text.
@@ -646,6 +737,30 @@ mod tests {
             !format!("{node:?}").contains("PRIVATE"),
             "keys are never printed"
         );
+    }
+
+    #[test]
+    fn the_crl_lists_what_was_revoked_and_only_the_ca_signs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(&dir.path().join("ca"), "test").unwrap();
+        let a = ca.issue(&req("/CN=a", Kind::Client)).unwrap();
+        let b = ca.issue(&req("/CN=b", Kind::Service)).unwrap();
+        let empty = ca.crl_pem().unwrap();
+        assert!(empty.contains("BEGIN X509 CRL"), "{empty}");
+        assert!(crl_serials(ca.cert_pem(), &empty).unwrap().is_empty());
+        ca.revoke(&b.cert_pem).unwrap();
+        let crl = ca.crl_pem().unwrap();
+        let serials = crl_serials(ca.cert_pem(), &crl).unwrap();
+        assert!(serials.contains(&b.serial) && !serials.contains(&a.serial));
+        // Another CA's list is refused, and so is something that is no CRL.
+        let other = Ca::init(&dir.path().join("other"), "other").unwrap();
+        assert!(crl_serials(other.cert_pem(), &crl).is_err());
+        assert!(crl_serials(ca.cert_pem(), ca.cert_pem()).is_err());
+        // An in-memory list takes what the CRL says.
+        let list = Revoked::in_memory();
+        assert!(!list.contains(&b.serial));
+        list.replace(serials);
+        assert!(list.contains(&b.serial.to_uppercase()) && !list.contains(&a.serial));
     }
 
     #[test]

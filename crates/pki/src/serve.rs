@@ -27,6 +27,22 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Checked again on every request: a connection kept alive across a
+    // revocation must not go on being served.
+    let router = match revoked.clone() {
+        Some(list) => router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let list = list.clone();
+                async move {
+                    match req.extensions().get::<Peer>() {
+                        Some(p) if list.contains(&p.serial) => revoked_response(),
+                        _ => next.run(req).await,
+                    }
+                }
+            },
+        )),
+        None => router,
+    };
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -92,4 +108,15 @@ pub async fn serve_tls(
             }
         });
     }
+}
+
+/// 401 in the vws error shape.
+fn revoked_response() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r#"{"error":{"code":"unauthenticated","message":"the client certificate is revoked"}}"#,
+    )
+        .into_response()
 }

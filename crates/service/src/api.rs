@@ -22,7 +22,6 @@ use tower_http::trace::TraceLayer;
 use vws_model::{Category, Form, Identity, State as WsState};
 use vws_store::Filter;
 
-use crate::acl::Class;
 use crate::core::Service;
 use crate::error::{error_response, ServiceError};
 use crate::pool::ImportRequest;
@@ -162,60 +161,12 @@ impl FromRequestParts<AppState> for AnyCaller {
     }
 }
 
-/// Every (method, path) the API serves; the checked-in OpenAPI document must
-/// list exactly these (a test holds them together).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/v1/health"),
-    ("get", "/v1/openapi.json"),
-    ("get", "/v1/workspaces"),
-    ("post", "/v1/workspaces"),
-    ("get", "/v1/workspaces/{id}"),
-    ("delete", "/v1/workspaces/{id}"),
-    ("post", "/v1/workspaces/{id}/clone"),
-    ("post", "/v1/workspaces/{id}/renew"),
-    ("get", "/v1/workspaces/{id}/history"),
-    ("get", "/v1/images"),
-    ("post", "/v1/images"),
-    ("get", "/v1/images/{reference}"),
-    ("delete", "/v1/images/{reference}"),
-    ("post", "/v1/images/{reference}/signature"),
-    ("head", "/v1/blobs/{digest}"),
-    ("put", "/v1/blobs/{digest}"),
-    ("get", "/v1/blobs/{digest}"),
-    ("get", "/v1/blobs/{digest}/chunks"),
-    ("post", "/v1/workspaces/{id}/deploy"),
-    ("post", "/v1/workspaces/{id}/snapshot"),
-    ("post", "/v1/workspaces/{id}/migrate"),
-    ("get", "/v1/workspaces/{id}/migration"),
-    ("post", "/v1/workspaces/{id}/undeploy"),
-    ("post", "/v1/workspaces/{id}/start"),
-    ("post", "/v1/workspaces/{id}/stop"),
-    ("post", "/v1/workspaces/{id}/pause"),
-    ("post", "/v1/workspaces/{id}/unpause"),
-    ("get", "/v1/workspaces/{id}/staging"),
-    ("get", "/v1/workspaces/{id}/console"),
-    ("get", "/v1/workspaces/{id}/disk"),
-    ("put", "/v1/workspaces/{id}/disk"),
-    ("get", "/v1/workspaces/{id}/disk/chunks"),
-    ("get", "/v1/workspaces/{id}/memory"),
-    ("put", "/v1/workspaces/{id}/memory"),
-    ("get", "/v1/workspaces/{id}/memory/chunks"),
-    ("get", "/v1/nodes"),
-    ("get", "/v1/networks"),
-    ("get", "/v1/networks/{name}"),
-    ("post", "/v1/nodes"),
-    ("post", "/v1/nodes/{name}/heartbeat"),
-    ("post", "/v1/nodes/{name}/events"),
-    ("post", "/v1/nodes/{name}/jobs/{job}"),
-    ("get", "/v1/workspaces/{id}/jobs"),
-    ("post", "/v1/workspaces/{id}/jobs"),
-    ("post", "/v1/workspaces/{id}/jobs/batch"),
-    ("get", "/v1/jobs/{job}"),
-    ("get", "/v1/jobs/{job}/output"),
-    ("post", "/v1/jobs/{job}/cancel"),
-    ("get", "/v1/workspaces/{id}/files"),
-    ("put", "/v1/workspaces/{id}/files"),
-];
+/// Every (method, path) the API serves, from the access table
+/// ([`crate::routes::ROUTES`]); the checked-in OpenAPI document must list
+/// exactly these (a test holds them together).
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    crate::routes::ROUTES.iter().map(|r| (r.method, r.path))
+}
 
 /// The OpenAPI document, checked in beside the code.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -262,6 +213,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{job}/output", get(job_output))
         .route("/v1/jobs/{job}/cancel", post(cancel_job))
         .route("/v1/workspaces/{id}/files", get(get_file).put(put_file).layer(DefaultBodyLimit::max(64 << 20)))
+        .route("/v1/pki/crl", get(crl))
+        // Who may call each route is decided here, before any handler runs.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::routes::guard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
@@ -408,7 +362,6 @@ async fn create(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Create)?;
     let b = body(b)?;
     let ct = headers
         .get(CONTENT_TYPE)
@@ -447,7 +400,6 @@ async fn list(
     Caller(who): Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     let state = q
         .state
         .map(|v| {
@@ -489,7 +441,6 @@ async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     let mut ws = s.service.workspace(&who, &id).await?;
     ws.addresses = s.service.store().addresses_of(&id).await?;
     ws.account = s.service.store().account_of(&id).await?;
@@ -512,7 +463,6 @@ async fn destroy(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     s.service.destroy(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -530,7 +480,6 @@ async fn clone(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Create)?;
     let req: Option<CloneRequest> = json_body(&headers, b)?;
     let ws = s
         .service
@@ -553,7 +502,6 @@ async fn renew(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     let req: RenewRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected a body {\"lifetime\": SECONDS}".into())
     })?;
@@ -565,7 +513,6 @@ async fn history(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.history(&who, &id).await?).into_response())
 }
 
@@ -575,7 +522,6 @@ async fn import(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Image)?;
     let req: ImportRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected a JSON body naming the image and its blobs".into())
     })?;
@@ -587,8 +533,7 @@ async fn import(
 }
 
 async fn images(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
-    Ok(Json(s.service.images().await?).into_response())
+    Ok(Json(s.service.images(&who).await?).into_response())
 }
 
 async fn image(
@@ -596,8 +541,7 @@ async fn image(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
-    Ok(Json(s.service.image(&reference).await?).into_response())
+    Ok(Json(s.service.image(&who, &reference).await?).into_response())
 }
 
 async fn remove_image(
@@ -605,7 +549,6 @@ async fn remove_image(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
-    s.service.authorize(&who, Class::Image)?;
     s.service.remove_image(&who, &reference).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -627,13 +570,10 @@ async fn has_blob(
 
 async fn upload(
     State(s): State<AppState>,
-    who: AnyCaller,
+    _who: AnyCaller,
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
-    if let AnyCaller::Client(who) = &who {
-        s.service.authorize(who, Class::Image)?;
-    }
     let stream = request
         .into_body()
         .into_data_stream()
@@ -670,10 +610,13 @@ async fn manifest_of(path: std::path::PathBuf) -> Result<Response, ServiceError>
 
 async fn download(
     State(s): State<AppState>,
-    _who: AnyCaller,
+    who: AnyCaller,
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
+    if let AnyCaller::Client(who) = &who {
+        s.service.check_blob_readable(who, &digest).await?;
+    }
     let d: vws_store::Digest = digest.parse()?;
     if !s.service.blobs().contains(&d).await {
         return Err(ServiceError::NotFound(format!("blob {digest} not found")));
@@ -683,9 +626,12 @@ async fn download(
 
 async fn blob_chunks(
     State(s): State<AppState>,
-    _who: AnyCaller,
+    who: AnyCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ServiceError> {
+    if let AnyCaller::Client(who) = &who {
+        s.service.check_blob_readable(who, &digest).await?;
+    }
     let d: vws_store::Digest = digest.parse()?;
     if !s.service.blobs().contains(&d).await {
         return Err(ServiceError::NotFound(format!("blob {digest} not found")));
@@ -706,7 +652,6 @@ async fn deploy(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     let req: DeployRequest = json_body(&headers, b)?.unwrap_or_default();
     Ok(Json(s.service.deploy(&who, &id, req.host.as_deref()).await?).into_response())
 }
@@ -716,7 +661,6 @@ async fn undeploy(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.undeploy(&who, &id).await?).into_response())
 }
 
@@ -725,7 +669,6 @@ async fn start(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.start(&who, &id).await?).into_response())
 }
 
@@ -734,7 +677,6 @@ async fn stop(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.stop(&who, &id).await?).into_response())
 }
 
@@ -743,7 +685,6 @@ async fn pause(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.pause(&who, &id).await?).into_response())
 }
 
@@ -752,7 +693,6 @@ async fn unpause(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Manage)?;
     Ok(Json(s.service.unpause(&who, &id).await?).into_response())
 }
 
@@ -761,7 +701,6 @@ async fn staging(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.staging(&who, &id).await?).into_response())
 }
 
@@ -778,7 +717,6 @@ async fn console(
     Path(id): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     let resp = s.service.console(&who, &id, q.follow).await?;
     Ok(relay(resp, "text/plain; charset=utf-8"))
 }
@@ -834,8 +772,7 @@ async fn receive_disk(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn nodes(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Admin)?;
+async fn nodes(State(s): State<AppState>, _: Caller) -> Result<Response, ServiceError> {
     Ok(Json(s.service.nodes().await?).into_response())
 }
 
@@ -887,7 +824,6 @@ async fn submit_job(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Run)?;
     let req: crate::jobs::Submit = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"argv\": [...]}".into()))?;
     Ok((
@@ -902,7 +838,6 @@ async fn jobs(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.jobs(&who, &id).await?).into_response())
 }
 
@@ -911,7 +846,6 @@ async fn job(
     Caller(who): Caller,
     Path(job): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.job(&who, &job).await?).into_response())
 }
 
@@ -920,7 +854,6 @@ async fn cancel_job(
     Caller(who): Caller,
     Path(job): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Run)?;
     Ok(Json(s.service.cancel_job(&who, &job).await?).into_response())
 }
 
@@ -930,7 +863,6 @@ async fn job_output(
     Path(job): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     let resp = s.service.job_output(&who, &job, q.follow).await?;
     Ok(relay(resp, "application/x-ndjson"))
 }
@@ -962,7 +894,6 @@ async fn put_file(
     Query(q): Query<FileQuery>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Run)?;
     let data = b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ServiceError::TooLarge("file larger than 64 MiB".into())
@@ -982,7 +913,6 @@ async fn get_file(
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Run)?;
     Ok(s.service
         .get_file(&who, &id, &q.path)
         .await?
@@ -1008,7 +938,6 @@ async fn submit_batch(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Run)?;
     let batch: Batch = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected {\"jobs\": [...], \"concurrency\": N}".into())
     })?;
@@ -1091,7 +1020,6 @@ async fn snapshot(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Move)?;
     let req: SnapshotRequest = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"as\": \"NAME:TAG\"}".into()))?;
     let (name, tag) = req.as_.split_once(':').unwrap_or((&req.as_, "latest"));
@@ -1116,7 +1044,6 @@ async fn migrate(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Move)?;
     let req: MigrateRequest = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"to\": \"NODE\"}".into()))?;
     Ok(Json(s.service.migrate(&who, &id, &req.to).await?).into_response())
@@ -1127,7 +1054,6 @@ async fn migration(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.migration(&who, &id).await?).into_response())
 }
 
@@ -1147,23 +1073,18 @@ async fn sign_image(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Image)?;
     let req: SignRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected {\"certificate\": PEM, \"signature\": BASE64}".into())
     })?;
     Ok(Json(
         s.service
-            .sign_image(&reference, &req.certificate, &req.signature)
+            .sign_image(&who, &reference, &req.certificate, &req.signature)
             .await?,
     )
     .into_response())
 }
 
-async fn networks(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
+async fn networks(State(s): State<AppState>, _: Caller) -> Result<Response, ServiceError> {
     Ok(Json(s.service.networks().await?).into_response())
 }
 
@@ -1172,6 +1093,10 @@ async fn network(
     Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ServiceError> {
-    s.service.authorize(&who, Class::Read)?;
     Ok(Json(s.service.network(&who, &name).await?).into_response())
+}
+
+async fn crl(State(s): State<AppState>) -> Result<Response, ServiceError> {
+    let pem = s.service.crl().await?;
+    Ok(([(CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
 }

@@ -104,6 +104,18 @@ impl Service {
 }
 
 impl Service {
+    /// The CA's revocation list, signed, for nodes and QEMU (503 when this
+    /// service has no CA).
+    pub async fn crl(&self) -> Result<String, ServiceError> {
+        let dir = self.ca_dir.as_ref().ok_or_else(|| {
+            ServiceError::Unavailable("this service has no certificate authority".into())
+        })?;
+        let ca = vws_pki::Ca::open(dir).map_err(anyhow::Error::from)?;
+        Ok(ca.crl_pem().map_err(anyhow::Error::from)?)
+    }
+}
+
+impl Service {
     /// Opens the service's state under `settings.home` on an open store.
     pub async fn open(
         store: Store,

@@ -70,6 +70,9 @@ impl From<StoreError> for ServiceError {
                 ServiceError::Conflict(e.to_string())
             }
             StoreError::BadCursor(_) => ServiceError::BadRequest(e.to_string()),
+            StoreError::NameTaken { .. } => ServiceError::Forbidden(format!(
+                "{e}: only its owner or an administrator may publish under it"
+            )),
             StoreError::Db(vws_store::SqlxError::PoolTimedOut) => {
                 ServiceError::Unavailable("the database is busy; try again".into())
             }

@@ -111,6 +111,7 @@ fn check_account(d: &Description, image: &ImageRecord, form: Form) -> Result<(),
 impl Service {
     async fn resolve_image(
         &self,
+        who: &Identity,
         reference: &str,
         form: Form,
         segs: &[Seg],
@@ -121,7 +122,13 @@ impl Service {
                 .map_err(|e: vws_model::image_ref::ImageRefError| {
                     InvalidDescription::one(at(form, segs), e.to_string())
                 })?;
-        self.store.image(&parsed).await?.ok_or_else(|| {
+        // Someone else's private image reads as absent.
+        let found = self
+            .store
+            .image(&parsed)
+            .await?
+            .filter(|i| i.usable_by(&who.dn, who.is_admin()));
+        found.ok_or_else(|| {
             InvalidDescription::one(
                 at(form, segs),
                 format!("image {reference} is not in the pool (see `vws image list`; add it with `vws image import`)"),
@@ -163,6 +170,7 @@ impl Service {
         }
         let image = self
             .resolve_image(
+                who,
                 &d.software.image,
                 form,
                 &[Seg::Key("software"), Seg::Key("image")],
@@ -176,7 +184,7 @@ impl Service {
                 Seg::Index(i),
                 Seg::Key("image"),
             ];
-            device_images.push(self.resolve_image(&dev.image, form, &segs).await?.id);
+            device_images.push(self.resolve_image(who, &dev.image, form, &segs).await?.id);
         }
 
         // Policy: what this owner may ask for.

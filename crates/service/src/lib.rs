@@ -15,6 +15,7 @@ pub mod nodes;
 pub mod policy;
 pub mod pool;
 pub mod repository;
+pub mod routes;
 
 pub use crate::core::{Service, Settings, Workspace};
 pub use clock::{Clock, ManualClock, SystemClock};

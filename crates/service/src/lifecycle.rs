@@ -881,6 +881,7 @@ impl Service {
         let r = self.checked(who, id, Action::Snapshot).await?;
         vm_only(&r, "a snapshot")?;
         self.plain_disk_only(id, "a snapshot")?;
+        self.check_publisher(who, name).await?;
         let base = self
             .store
             .image(&ImageRef::Digest(r.image_id.clone()))
@@ -949,8 +950,12 @@ impl Service {
             tags: vec![],
             machine: Some(machine),
             signer: None,
+            // It holds the workspace's memory: its owner's alone.
+            visibility: vws_store::Visibility::Private,
         };
-        self.store.put_image(&record, name, tag).await?;
+        self.store
+            .put_image(&record, name, tag, crate::pool::publisher(who))
+            .await?;
         // The image holds the workspace's memory, and with it the workspace's
         // private key: that credential is revoked now, and the workspace gets
         // a new one when it runs again.
@@ -971,7 +976,7 @@ impl Service {
         )
         .await?;
         tracing::info!(%id, image = %record.id, "hot image saved");
-        self.image(&reference.to_string()).await
+        self.image(who, &reference.to_string()).await
     }
 }
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use vws_model::{Identity, ImageRef};
-use vws_store::{Digest, ImageFile, ImageKind, ImageRecord};
+use vws_store::{Digest, ImageFile, ImageKind, ImageRecord, Publisher, Visibility};
 
 use crate::core::Service;
 use crate::error::ServiceError;
@@ -36,6 +36,9 @@ pub struct ImportRequest {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// Who may use it (default: every client).
+    #[serde(default)]
+    pub visibility: Visibility,
 }
 
 fn latest() -> String {
@@ -98,8 +101,9 @@ impl Service {
                 ));
             }
         }
+        self.check_publisher(who, name).await?;
         let now = self.clock.now();
-        let record = match (&req.disk, &req.kernel, &req.initrd) {
+        let mut record = match (&req.disk, &req.kernel, &req.initrd) {
             (Some(disk), None, None) => {
                 let file = self.blob_file("disk", disk).await?;
                 let path = self.blobs.path(&file.digest.parse()?);
@@ -130,6 +134,7 @@ impl Service {
                     tags: vec![],
                     machine: None,
                     signer: None,
+                    visibility: req.visibility,
                 }
             }
             (None, Some(kernel), Some(initrd)) => {
@@ -152,6 +157,7 @@ impl Service {
                     tags: vec![],
                     machine: None,
                     signer: None,
+                    visibility: req.visibility,
                 }
             }
             _ => {
@@ -160,17 +166,59 @@ impl Service {
                 ))
             }
         };
+        // The same content already registered keeps its owner and
+        // visibility; someone else's private content is not theirs to name.
+        if let Some(existing) = self
+            .store
+            .image(&ImageRef::Digest(record.id.clone()))
+            .await?
+        {
+            if !existing.usable_by(&who.dn, who.is_admin()) {
+                return Err(ServiceError::Forbidden(format!(
+                    "that content is a private image of {}",
+                    existing.owner
+                )));
+            }
+            record.visibility = existing.visibility;
+        }
         // Staging manifests are made now, not on the first deploy.
         for f in &record.files {
             self.blobs.manifest(&f.digest.parse()?).await?;
         }
-        self.store.put_image(&record, name, tag).await?;
+        self.store
+            .put_image(&record, name, tag, publisher(who))
+            .await?;
         tracing::info!(image = %record.id, %name, %tag, "image imported");
-        self.image(&reference.to_string()).await
+        self.image(who, &reference.to_string()).await
     }
 
-    /// One image by `name:tag` or digest.
-    pub async fn image(&self, reference: &str) -> Result<ImageRecord, ServiceError> {
+    /// Refuses a publisher of `name` that is not its owner (nor an
+    /// administrator), before any work is done; the store checks it again
+    /// when it writes the tag.
+    pub(crate) async fn check_publisher(
+        &self,
+        who: &Identity,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        match self.store.image_name_owner(name).await? {
+            Some(owner) if owner != who.dn && !who.is_admin() => {
+                Err(vws_store::StoreError::NameTaken {
+                    name: name.into(),
+                    owner,
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One image by `name:tag` or digest, if the caller may use it (others'
+    /// private images are not found).
+    pub async fn image(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<ImageRecord, ServiceError> {
         let r: ImageRef = reference
             .parse()
             .map_err(|e: vws_model::image_ref::ImageRefError| {
@@ -179,24 +227,46 @@ impl Service {
         self.store
             .image(&r)
             .await?
+            .filter(|i| i.usable_by(&who.dn, who.is_admin()))
             .ok_or_else(|| ServiceError::NotFound(format!("image {reference} not found")))
     }
 
-    /// Every image in the pool.
-    pub async fn images(&self) -> Result<Vec<ImageRecord>, ServiceError> {
-        Ok(self.store.list_images().await?)
+    /// Every image in the pool the caller may use.
+    pub async fn images(&self, who: &Identity) -> Result<Vec<ImageRecord>, ServiceError> {
+        let mut all = self.store.list_images().await?;
+        all.retain(|i| i.usable_by(&who.dn, who.is_admin()));
+        Ok(all)
+    }
+
+    /// Whether a client may read a blob: it belongs to an image the client
+    /// may use (nodes read any: they stage every image).
+    pub async fn check_blob_readable(
+        &self,
+        who: &Identity,
+        digest: &str,
+    ) -> Result<(), ServiceError> {
+        let digest = digest.parse::<Digest>()?.to_string();
+        let readable = self.store.list_images().await?.iter().any(|i| {
+            i.usable_by(&who.dn, who.is_admin()) && i.files.iter().any(|f| f.digest == digest)
+        });
+        if readable {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound(format!("blob {digest} not found")))
+        }
     }
 
     /// Adds a signature over an image's content id: the certificate must
     /// be the CA's, valid and not revoked, and the signature its key's.
     pub async fn sign_image(
         &self,
+        who: &Identity,
         reference: &str,
         certificate: &str,
         signature_b64: &str,
     ) -> Result<ImageRecord, ServiceError> {
         use base64::Engine;
-        let image = self.image(reference).await?;
+        let image = self.image(who, reference).await?;
         let ca_dir = self.ca_dir.as_ref().ok_or_else(|| {
             ServiceError::Unavailable("this service has no certificate authority".into())
         })?;
@@ -216,25 +286,30 @@ impl Service {
             .sign_image(&image.id, &signer.identity.dn, signature_b64.trim())
             .await?;
         tracing::info!(image = %image.id, signer = %signer.identity.dn, "image signed");
-        self.image(&image.id).await
+        self.image(who, &image.id).await
     }
 
     /// Removes `name:tag`; the image itself (record and files) goes with its
     /// last tag, or at once when named by digest, unless a workspace uses it.
+    /// A tag is removed by its name's owner, an image by digest by the
+    /// image's owner (administrators may do both).
     pub async fn remove_image(&self, who: &Identity, reference: &str) -> Result<(), ServiceError> {
-        let image = self.image(reference).await?;
-        if image.owner != who.dn && !who.is_admin() {
-            return Err(ServiceError::Forbidden(format!(
-                "image {reference} belongs to {}",
-                image.owner
-            )));
-        }
+        let image = self.image(who, reference).await?;
         let parsed: ImageRef =
             reference
                 .parse()
                 .map_err(|e: vws_model::image_ref::ImageRefError| {
                     ServiceError::BadRequest(e.to_string())
                 })?;
+        let owner = match &parsed {
+            ImageRef::Tag { name, .. } => self.store.image_name_owner(name).await?,
+            ImageRef::Digest(_) => Some(image.owner.clone()),
+        };
+        if let Some(owner) = owner.filter(|o| *o != who.dn && !who.is_admin()) {
+            return Err(ServiceError::Forbidden(format!(
+                "image {reference} belongs to {owner}"
+            )));
+        }
         let last_tag = match &parsed {
             ImageRef::Tag { .. } => image.tags.len() <= 1,
             ImageRef::Digest(_) => true,
@@ -263,5 +338,13 @@ impl Service {
             tracing::info!(image = %image.id, "image removed");
         }
         Ok(())
+    }
+}
+
+/// The store's view of a publisher.
+pub(crate) fn publisher(who: &Identity) -> Publisher<'_> {
+    Publisher {
+        dn: &who.dn,
+        admin: who.is_admin(),
     }
 }

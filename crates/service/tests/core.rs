@@ -610,7 +610,7 @@ async fn images_in_use_stay_and_unused_ones_go_with_their_files() {
     h.service.remove_image(&admin(), "base:1").await.unwrap();
     assert!(!blob.exists());
     assert!(matches!(
-        h.service.image("base:1").await,
+        h.service.image(&admin(), "base:1").await,
         Err(ServiceError::NotFound(_))
     ));
 }
@@ -628,6 +628,7 @@ async fn imports_check_their_content() {
         kernel: None,
         initrd: None,
         cmdline: None,
+        visibility: Default::default(),
     };
     assert_eq!(
         err_status(
@@ -669,6 +670,7 @@ async fn imports_check_their_content() {
         kernel: None,
         initrd: None,
         cmdline: None,
+        visibility: Default::default(),
     };
     let err = h.service.import_image(&admin(), req).await.unwrap_err();
     assert!(err.to_string().contains("backing file"), "{err}");

@@ -33,6 +33,14 @@ pub enum StoreError {
     /// A unique name is taken.
     #[error("{0}")]
     Duplicate(String),
+    /// An image name belongs to someone else.
+    #[error("image name {name} belongs to {owner}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// Its owner's DN.
+        owner: String,
+    },
     /// A stored value could not be decoded.
     #[error("corrupt record {id}: {message}")]
     Corrupt {

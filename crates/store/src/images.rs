@@ -85,9 +85,48 @@ pub struct ImageRecord {
     /// service against the CA when the signature was added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+    /// Who may use it: every client, or its owner and administrators.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// Who may use an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Every client (the site's pool images).
+    #[default]
+    Public,
+    /// Its owner and administrators (the default for hot images, which
+    /// hold a workspace's memory).
+    Private,
+}
+
+impl Visibility {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+}
+
+/// Who publishes under a name, for [`Store::put_image`].
+#[derive(Clone, Copy, Debug)]
+pub struct Publisher<'a> {
+    /// The publisher's DN: the owner of a new name.
+    pub dn: &'a str,
+    /// Administrators may move a name someone else owns (its owner stays).
+    pub admin: bool,
 }
 
 impl ImageRecord {
+    /// Whether `dn` (an administrator if `admin`) may use the image.
+    pub fn usable_by(&self, dn: &str, admin: bool) -> bool {
+        admin || self.visibility == Visibility::Public || self.owner == dn
+    }
+
     /// The file with a role.
     pub fn file(&self, role: &str) -> Option<&ImageFile> {
         self.files.iter().find(|f| f.role == role)
@@ -95,7 +134,7 @@ impl ImageRecord {
 }
 
 const COLUMNS: &str =
-    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine, signer";
+    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine, signer, visibility";
 
 fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     let id: String = row.try_get("id")?;
@@ -127,6 +166,10 @@ fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
             .transpose()
             .map_err(|e| StoreError::corrupt(&id, e))?,
         signer: row.try_get("signer")?,
+        visibility: match row.try_get::<String, _>("visibility")?.as_str() {
+            "private" => Visibility::Private,
+            _ => Visibility::Public,
+        },
         id,
     })
 }
@@ -149,19 +192,23 @@ impl Store {
     }
 
     /// Records an image (no-op if that content is already recorded) and points
-    /// `name:tag` at it, moving the tag if it named another image.
+    /// `name:tag` at it, moving the tag if it named another image. A name
+    /// belongs to whoever first published under it: another publisher gets
+    /// [`StoreError::NameTaken`] (administrators may move it; the name keeps
+    /// its owner), and nothing is written.
     pub async fn put_image(
         &self,
         r: &ImageRecord,
         name: &str,
         tag: &str,
+        by: Publisher<'_>,
     ) -> Result<(), StoreError> {
         // Writes first: a SQLite transaction that reads before it writes
         // fails at once (SQLITE_BUSY_SNAPSHOT, no busy wait) when another
         // writer, a node's heartbeat say, commits in between.
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (id) DO NOTHING"
         ))
         .bind(&r.id)
@@ -179,20 +226,48 @@ impl Store {
                 .map(|m| serde_json::to_string(m).expect("machines serialize")),
         )
         .bind(r.signer.clone())
+        .bind(r.visibility.as_str())
         .execute(&mut *tx)
         .await?;
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT owner FROM image_tags WHERE name = $1 LIMIT 1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let owner = match owner {
+            Some(o) if o != by.dn && !by.admin => {
+                tx.rollback().await?;
+                return Err(StoreError::NameTaken {
+                    name: name.into(),
+                    owner: o,
+                });
+            }
+            Some(o) => o,
+            None => by.dn.to_string(),
+        };
         sqlx::query(
-            "INSERT INTO image_tags (name, tag, image_id, created_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO image_tags (name, tag, image_id, created_at, owner) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name, tag) DO UPDATE SET image_id = excluded.image_id, created_at = excluded.created_at",
         )
         .bind(name)
         .bind(tag)
         .bind(&r.id)
         .bind(millis(r.created_at))
+        .bind(owner)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Who owns an image name (the first to publish under it), if it has tags.
+    pub async fn image_name_owner(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT owner FROM image_tags WHERE name = $1 LIMIT 1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn tags_of(&self, id: &str) -> Result<Vec<String>, StoreError> {

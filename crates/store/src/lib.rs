@@ -18,7 +18,7 @@ pub use accounts::AccountLease;
 pub use addresses::Address;
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
-pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord};
+pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord, Publisher, Visibility};
 pub use jobs::JobRecord;
 pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;

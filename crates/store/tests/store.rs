@@ -345,15 +345,23 @@ async fn images_tags_and_blobs(store: Store) {
             cpus: 1,
         }),
         signer: None,
+        visibility: vws_store::Visibility::Public,
+    };
+    let admin = vws_store::Publisher {
+        dn: "/CN=admin",
+        admin: false,
     };
     let one = image(&format!("sha256:{}", "1".repeat(64)));
     let two = image(&format!("sha256:{}", "2".repeat(64)));
-    store.put_image(&one, "minimal", "1").await.unwrap();
+    store.put_image(&one, "minimal", "1", admin).await.unwrap();
     store
         .sign_image(&one.id, "/O=Grid/CN=Signer", "c2ln")
         .await
         .unwrap();
-    store.put_image(&one, "minimal", "latest").await.unwrap();
+    store
+        .put_image(&one, "minimal", "latest", admin)
+        .await
+        .unwrap();
     let found = store
         .image(&ImageRef::tagged("minimal", "1").unwrap())
         .await
@@ -371,8 +379,47 @@ async fn images_tags_and_blobs(store: Store) {
             .id,
         one.id
     );
+    // A name belongs to its first publisher: someone else cannot move or
+    // add its tags, and nothing is written when refused.
+    let bob = vws_store::Publisher {
+        dn: "/CN=bob",
+        admin: false,
+    };
+    for tag in ["latest", "2"] {
+        let err = store
+            .put_image(&two, "minimal", tag, bob)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, vws_store::StoreError::NameTaken { owner, .. } if owner == "/CN=admin"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        store.list_images().await.unwrap().len(),
+        1,
+        "refused: nothing written"
+    );
+    assert_eq!(
+        store.image_name_owner("minimal").await.unwrap().as_deref(),
+        Some("/CN=admin")
+    );
+    // An administrator may move it; the name keeps its owner.
+    let root = vws_store::Publisher {
+        dn: "/CN=root",
+        admin: true,
+    };
+    store.put_image(&two, "minimal", "2", root).await.unwrap();
+    assert_eq!(
+        store.image_name_owner("minimal").await.unwrap().as_deref(),
+        Some("/CN=admin")
+    );
+    assert!(store.untag_image("minimal", "2").await.unwrap());
     // Re-tagging moves the tag.
-    store.put_image(&two, "minimal", "latest").await.unwrap();
+    store
+        .put_image(&two, "minimal", "latest", admin)
+        .await
+        .unwrap();
     let latest = store
         .image(&"minimal:latest".parse().unwrap())
         .await
@@ -613,11 +660,20 @@ async fn images_register_beside_other_writers(store: Store) {
             tags: vec![],
             machine: None,
             signer: None,
+            visibility: vws_store::Visibility::Public,
         };
         // Twice: registering known content again only moves the tag.
         for tag in ["a", "b"] {
             store
-                .put_image(&image, &format!("img{i}"), tag)
+                .put_image(
+                    &image,
+                    &format!("img{i}"),
+                    tag,
+                    vws_store::Publisher {
+                        dn: "/CN=admin",
+                        admin: false,
+                    },
+                )
                 .await
                 .unwrap();
         }

@@ -34,6 +34,10 @@ pub enum ImageCommand {
         /// Sign the image's content id with the certificate this CLI presents
         #[arg(long)]
         sign: bool,
+        /// Only its owner (and administrators) may see and use it
+        /// [default: every client may]
+        #[arg(long)]
+        private: bool,
     },
     /// Build a root filesystem image (raw ext4) and import it as NAME:TAG:
     /// the image of dynamic-account workspaces
@@ -61,6 +65,10 @@ pub enum ImageCommand {
         /// Sign the image's content id with the certificate this CLI presents
         #[arg(long)]
         sign: bool,
+        /// Only its owner (and administrators) may see and use it
+        /// [default: every client may]
+        #[arg(long)]
+        private: bool,
     },
     /// Sign an image's content id with the certificate this CLI presents
     Sign {
@@ -184,11 +192,13 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             initrd,
             cmdline,
             sign,
+            private,
         } => {
             let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
             vws_model::ImageRef::tagged(name, tag)?;
             let quiet = g.json;
-            let mut req = serde_json::json!({ "name": name, "tag": tag, "cmdline": cmdline });
+            let mut req = serde_json::json!({ "name": name, "tag": tag, "cmdline": cmdline,
+                "visibility": visibility(private) });
             if let Some(d) = disk {
                 req["disk"] = send(&client, &d, "disk", quiet).await?.into();
             } else if let (Some(k), Some(i)) = (kernel, initrd) {
@@ -210,6 +220,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             include,
             out,
             sign,
+            private,
         } => {
             let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
             vws_model::ImageRef::tagged(name, tag)?;
@@ -225,7 +236,8 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || crate::commands::image_build::build(&spec))
                 .await??;
             let req = serde_json::json!({ "name": name, "tag": tag,
-                "disk": send(&client, &file, "rootfs", g.json).await? });
+                "disk": send(&client, &file, "rootfs", g.json).await?,
+                "visibility": visibility(private) });
             let image = register(g, &client, req, sign).await?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&image)?);
@@ -303,6 +315,13 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                     println!("  cmdline  {c}");
                 }
                 println!("    owner  {}", i.owner);
+                println!(
+                    "     used  by {}",
+                    match i.visibility {
+                        vws_store::Visibility::Public => "every client",
+                        vws_store::Visibility::Private => "its owner and administrators",
+                    }
+                );
                 println!(" imported  {}", output::timestamp(i.created_at));
             }
         }
@@ -312,4 +331,12 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn visibility(private: bool) -> &'static str {
+    if private {
+        "private"
+    } else {
+        "public"
+    }
 }

@@ -162,7 +162,12 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
             .open(tls_dir.join(file))?
             .write_all(text.as_bytes())?;
     }
-    let mut manager = Manager::new(name, home, http, Some(tls_dir), tx, jobs_tx)?;
+    // Revocation: the last list saved, then the service's, before serving.
+    let revocation = vws_node::revocation::Revocation::load(&credentials.ca_pem, &home, &tls_dir);
+    if let Err(e) = revocation.refresh(&http, &service).await {
+        tracing::info!(error = %e, "revocation list not fetched yet; will retry");
+    }
+    let mut manager = Manager::new(name, home, http.clone(), Some(tls_dir), tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
     manager.publish = publish.map(|a| a.to_string());
     // Dynamic accounts where the host allows (root, cgroups); VMs either way.
@@ -193,13 +198,23 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut s1 = stop_rx.clone();
     let router = vws_node::api::secured(vws_node::api::router(manager.clone()));
+    let revoked = revocation.list();
     let tls = Arc::new(credentials.server_config()?);
     let api = tokio::spawn(async move {
-        let _ = vws_pki::serve::serve_tls(listener, tls, None, router, async move {
+        let _ = vws_pki::serve::serve_tls(listener, tls, Some(revoked), router, async move {
             let _ = s1.wait_for(|s| *s).await;
         })
         .await;
     });
+    let mut s3 = stop_rx.clone();
+    let crl = tokio::spawn(revocation.keep_fresh(
+        http,
+        service.clone(),
+        heartbeat.max(Duration::from_secs(1)),
+        async move {
+            let _ = s3.wait_for(|s| *s).await;
+        },
+    ));
     let mut s2 = stop_rx;
     let reporter = tokio::spawn(vws_node::manager::report_to_service(
         manager,
@@ -215,7 +230,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     Ok(RunningNode {
         url,
         stop,
-        tasks: vec![api, reporter],
+        tasks: vec![api, reporter, crl],
     })
 }
 

@@ -96,6 +96,7 @@ impl Harness {
             kernel: None,
             initrd: None,
             cmdline: None,
+            visibility: Default::default(),
         };
         self.service.import_image(&admin(), req).await.unwrap()
     }
@@ -115,6 +116,7 @@ impl Harness {
             kernel: Some(digests[0].clone()),
             initrd: Some(digests[1].clone()),
             cmdline: Some("console=ttyS0".into()),
+            visibility: Default::default(),
         };
         self.service.import_image(&admin(), req).await.unwrap()
     }

@@ -1,0 +1,268 @@
+//! Who may call each route: every (method, path) the API serves, with the
+//! caller kinds it admits and the ACL class it needs, in one table. A guard
+//! in front of every route reads the table before any handler runs (and
+//! before anything is read from the repository for the caller); a route
+//! missing from the table answers 500, and a test holds the table equal to
+//! the router, the OpenAPI document and the table in docs/security.md.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::acl::Class;
+use crate::api::{AppState, Auth};
+use crate::error::ServiceError;
+
+/// Who a route admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Any certificate of the CA (health, the OpenAPI document).
+    Open,
+    /// A client certificate allowed the class by the ACL. Workspace-scoped
+    /// routes then show only the caller's own (others' are 404).
+    Client(Class),
+    /// A node speaking for itself: the `{name}` in the path (or in the
+    /// registration) is its certificate's name.
+    SelfNode,
+    /// The node that holds workspace `{id}`: the one it is checked out to,
+    /// deployed on, or being migrated to. Any other caller: 404 for nodes,
+    /// 403 for other kinds.
+    HoldingNode,
+    /// A client allowed the class, or any node (pool blobs: every node
+    /// stages images). What a client may read is then limited to the
+    /// images it may use.
+    ClientOrNode(Class),
+}
+
+impl Rule {
+    /// How the rule reads in docs/security.md's table.
+    pub fn describe(self) -> String {
+        match self {
+            Rule::Open => "any certificate".into(),
+            Rule::Client(c) => format!("client · `{}`", c.as_str()),
+            Rule::SelfNode => "node (itself)".into(),
+            Rule::HoldingNode => "node holding the workspace".into(),
+            Rule::ClientOrNode(c) => format!("client · `{}`, or node", c.as_str()),
+        }
+    }
+}
+
+/// One served route.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    /// Lower-case HTTP method.
+    pub method: &'static str,
+    /// Path as the router and the OpenAPI document spell it.
+    pub path: &'static str,
+    /// Who may call it.
+    pub rule: Rule,
+}
+
+const fn r(method: &'static str, path: &'static str, rule: Rule) -> Route {
+    Route { method, path, rule }
+}
+
+use Class::*;
+use Rule::*;
+
+/// Every route the API serves, with its rule. The router, the OpenAPI
+/// document and docs/security.md list exactly these (tests hold them
+/// together).
+pub const ROUTES: &[Route] = &[
+    r("get", "/v1/health", Open),
+    r("get", "/v1/openapi.json", Open),
+    r("get", "/v1/workspaces", Client(Read)),
+    r("post", "/v1/workspaces", Client(Create)),
+    r("get", "/v1/workspaces/{id}", Client(Read)),
+    r("delete", "/v1/workspaces/{id}", Client(Manage)),
+    r("post", "/v1/workspaces/{id}/clone", Client(Create)),
+    r("post", "/v1/workspaces/{id}/renew", Client(Manage)),
+    r("get", "/v1/workspaces/{id}/history", Client(Read)),
+    r("get", "/v1/images", Client(Read)),
+    r("post", "/v1/images", Client(Image)),
+    r("get", "/v1/images/{reference}", Client(Read)),
+    r("delete", "/v1/images/{reference}", Client(Image)),
+    r("post", "/v1/images/{reference}/signature", Client(Image)),
+    r("head", "/v1/blobs/{digest}", ClientOrNode(Image)),
+    r("put", "/v1/blobs/{digest}", ClientOrNode(Image)),
+    r("get", "/v1/blobs/{digest}", ClientOrNode(Read)),
+    r("get", "/v1/blobs/{digest}/chunks", ClientOrNode(Read)),
+    r("post", "/v1/workspaces/{id}/deploy", Client(Manage)),
+    r("post", "/v1/workspaces/{id}/snapshot", Client(Move)),
+    r("post", "/v1/workspaces/{id}/migrate", Client(Move)),
+    r("get", "/v1/workspaces/{id}/migration", Client(Read)),
+    r("post", "/v1/workspaces/{id}/undeploy", Client(Manage)),
+    r("post", "/v1/workspaces/{id}/start", Client(Manage)),
+    r("post", "/v1/workspaces/{id}/stop", Client(Manage)),
+    r("post", "/v1/workspaces/{id}/pause", Client(Manage)),
+    r("post", "/v1/workspaces/{id}/unpause", Client(Manage)),
+    r("get", "/v1/workspaces/{id}/staging", Client(Read)),
+    r("get", "/v1/workspaces/{id}/console", Client(Read)),
+    r("get", "/v1/workspaces/{id}/disk", HoldingNode),
+    r("put", "/v1/workspaces/{id}/disk", HoldingNode),
+    r("get", "/v1/workspaces/{id}/disk/chunks", HoldingNode),
+    r("get", "/v1/workspaces/{id}/memory", HoldingNode),
+    r("put", "/v1/workspaces/{id}/memory", HoldingNode),
+    r("get", "/v1/workspaces/{id}/memory/chunks", HoldingNode),
+    r("get", "/v1/nodes", Client(Admin)),
+    r("get", "/v1/networks", Client(Read)),
+    r("get", "/v1/networks/{name}", Client(Read)),
+    r("get", "/v1/pki/crl", Open),
+    r("post", "/v1/nodes", SelfNode),
+    r("post", "/v1/nodes/{name}/heartbeat", SelfNode),
+    r("post", "/v1/nodes/{name}/events", SelfNode),
+    r("post", "/v1/nodes/{name}/jobs/{job}", SelfNode),
+    r("get", "/v1/workspaces/{id}/jobs", Client(Read)),
+    r("post", "/v1/workspaces/{id}/jobs", Client(Run)),
+    r("post", "/v1/workspaces/{id}/jobs/batch", Client(Run)),
+    r("get", "/v1/jobs/{job}", Client(Read)),
+    r("get", "/v1/jobs/{job}/output", Client(Read)),
+    r("post", "/v1/jobs/{job}/cancel", Client(Run)),
+    r("get", "/v1/workspaces/{id}/files", Client(Run)),
+    r("put", "/v1/workspaces/{id}/files", Client(Run)),
+];
+
+/// The rule of a matched route (none: the route is not in the table).
+pub fn rule_of(method: &Method, path: &str) -> Option<Rule> {
+    // HEAD requests are also routed to GET handlers by axum.
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method.eq_ignore_ascii_case(method.as_str()))
+        .or_else(|| {
+            (method == Method::HEAD)
+                .then(|| ROUTES.iter().find(|r| r.path == path && r.method == "get"))
+                .flatten()
+        })
+        .map(|r| r.rule)
+}
+
+/// The `name` segment of a `/v1/nodes/{name}/…` path.
+fn node_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/nodes/")?.split('/').next()
+}
+
+/// The `id` segment of a `/v1/workspaces/{id}/…` path.
+fn workspace_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/workspaces/")?.split('/').next()
+}
+
+/// The guard every route is served behind: the caller's kind, its name (for
+/// nodes) and the ACL, from the route's [`Rule`].
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // What the check needs, taken out of the request (whose body is not
+    // Sync, so it cannot be held across the check's awaits).
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let peer = req.extensions().get::<vws_pki::Peer>().cloned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match check(&state, &method, matched, &path, peer.as_ref()).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check(
+    state: &AppState,
+    method: &Method,
+    matched: Option<MatchedPath>,
+    path: &str,
+    peer: Option<&vws_pki::Peer>,
+) -> Result<(), ServiceError> {
+    let Some(matched) = matched else {
+        return Err(ServiceError::Internal(anyhow::anyhow!(
+            "request reached the guard without a matched route"
+        )));
+    };
+    let Some(rule) = rule_of(method, matched.as_str()) else {
+        return Err(ServiceError::Internal(anyhow::anyhow!(
+            "route {method} {} has no access rule",
+            matched.as_str()
+        )));
+    };
+    let peer = match &state.auth {
+        // In-process callers are trusted as the identity they were given,
+        // and as any node (tests of the node-facing routes).
+        Auth::Local(who) => {
+            return match rule {
+                Client(class) | ClientOrNode(class) => state.service.authorize(who, class),
+                _ => Ok(()),
+            }
+        }
+        Auth::Tls => {
+            peer.ok_or_else(|| ServiceError::Unauthenticated("no client certificate".into()))?
+        }
+    };
+    use vws_pki::Kind as K;
+    match (rule, peer.kind) {
+        (Open, _) => Ok(()),
+        (Client(class) | ClientOrNode(class), K::Client) => {
+            state.service.authorize(&peer.identity, class)
+        }
+        (ClientOrNode(_), K::Node) => Ok(()),
+        (SelfNode, K::Node) => {
+            // Registration names the node in its body; the handler checks it.
+            match node_in_path(path) {
+                Some(name) if Some(name) != node_name(peer).as_deref() => {
+                    Err(ServiceError::Forbidden(format!(
+                        "node {} cannot act as node {name}",
+                        node_name(peer).unwrap_or_default()
+                    )))
+                }
+                _ => Ok(()),
+            }
+        }
+        (HoldingNode, K::Node) => {
+            let id = workspace_in_path(path).unwrap_or_default();
+            let holds = match state.service.store().workspace(id).await? {
+                Some(r) => {
+                    let me = node_name(peer);
+                    me.is_some() && (r.lock_holder == me || r.node == me)
+                }
+                None => false,
+            };
+            if holds {
+                Ok(())
+            } else {
+                Err(ServiceError::NotFound(format!(
+                    "workspace {id} is not held by this node"
+                )))
+            }
+        }
+        (Client(_), kind) => Err(ServiceError::Forbidden(format!(
+            "a {} certificate cannot call client actions",
+            kind.as_str()
+        ))),
+        (SelfNode | HoldingNode, kind) => Err(ServiceError::Forbidden(format!(
+            "only nodes may do this, not a {} certificate",
+            kind.as_str()
+        ))),
+        (ClientOrNode(_), kind) => Err(ServiceError::Forbidden(format!(
+            "a {} certificate cannot do this",
+            kind.as_str()
+        ))),
+    }
+}
+
+/// A node's name: its certificate's CN.
+pub fn node_name(peer: &vws_pki::Peer) -> Option<String> {
+    peer.identity
+        .dn
+        .rsplit('/')
+        .find_map(|c| c.strip_prefix("CN="))
+        .map(str::to_string)
+}
+
+/// docs/security.md's table of routes, generated from [`ROUTES`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| method | path | who may call it |\n|---|---|---|\n");
+    for r in ROUTES {
+        out.push_str(&format!(
+            "| {} | `{}` | {} |\n",
+            r.method.to_uppercase(),
+            r.path,
+            r.rule.describe()
+        ));
+    }
+    out
+}
