@@ -29,8 +29,20 @@ fn up_with(home: &Path, accounts: &str) -> Up {
         .append(true)
         .open(home.join("up.log"))
         .unwrap();
-    let up = Up(Command::new(VWS)
-        .args(["up", "--listen", "127.0.0.1:0", "--accounts", accounts])
+    // Started holding descriptors it does not know of, as from a shell
+    // (`exec 8</`): a directory of the host's and a pipe. Jobs must get
+    // none of them.
+    let up = Up(Command::new("sh")
+        .args([
+            "-c",
+            "exec 8</ 9>/dev/null; exec \"$0\" \"$@\"",
+            VWS,
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--accounts",
+            accounts,
+        ])
         .env("VWS_HOME", home)
         .stdout(Stdio::null())
         .stderr(log)
@@ -221,6 +233,72 @@ fn dynamic_accounts_end_to_end() {
     assert!(!text.contains("host-file"), "{text}");
     assert!(!text.contains("sys"), "{text}");
     assert!(!text.contains(&home.display().to_string()), "{text}");
+    // A job gets stdin, stdout and stderr and nothing else of the node's
+    // (it started with fds 8 and 9 open); PID 1's descriptors are out of
+    // reach; no host path shows in the mount table; the host kernel's
+    // command line is masked; and PID 1 does not die of a job's signal.
+    let out = run(
+        home,
+        &id,
+        "ls /proc/self/fd | tr '\\n' ' '; echo; ls /proc/1/fd >/dev/null 2>&1 && echo pid1-fds; \
+         cat /proc/self/mountinfo; echo \"cmdline:$(cat /proc/cmdline)\"; \
+         cat /proc/self/oom_score_adj; kill -TERM 1; kill -HUP 1; sleep 0.3",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let fds: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    // 3 is ls's own handle on the folder it lists.
+    assert!(
+        fds.iter().all(|f| ["0", "1", "2", "3"].contains(f)),
+        "{text}"
+    );
+    assert!(!text.contains("pid1-fds"), "{text}");
+    assert!(!text.contains(&home.display().to_string()), "{text}");
+    assert!(text.contains("cmdline:\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "1000"),
+        "jobs go first under memory pressure: {text}"
+    );
+    let out = run(home, &id, "echo still-running");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still-running"),
+        "PID 1 survived the job's kill: {out:?}"
+    );
+    let show: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
+    assert_eq!(show["state"], "running", "{show}");
+    // A job's argv is not on the helper's command line in the host's ps.
+    let mut sleeper = Command::new(VWS)
+        .args([
+            "run",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "sleep 3; true",
+            "secret-in-argv",
+        ])
+        .env("VWS_HOME", home)
+        .env_remove("VWS_SERVER")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut seen_job = false;
+    while Instant::now() < deadline {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            assert!(
+                !(cmd.contains("__sandbox") && cmd.contains("secret-in-argv")),
+                "the helper shows the job's argv: {cmd}"
+            );
+            seen_job |= cmd.contains("sleep 3; true\0secret-in-argv");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen_job, "the job itself was seen running");
+    let _ = sleeper.wait();
+
     // The served port answers from the host; the lease is on the record.
     let show: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
     assert_eq!(show["account"]["uid"], uid, "{show}");

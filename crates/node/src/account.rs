@@ -497,10 +497,11 @@ impl AccountDriver {
                 .write_all(&data)?;
             plan.stdin = Some(input.clone());
         }
+        let plan_file = write_plan(&self.vms.join(&spec.id), &plan)?;
         let mut child = tokio::process::Command::new(&self.program)
             .arg("__sandbox")
             .arg("exec")
-            .arg(serde_json::to_string(&plan).expect("plans serialize"))
+            .arg(&plan_file)
             .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -545,10 +546,11 @@ impl AccountDriver {
         use tokio::io::AsyncWriteExt;
         let mut plan = self.exec_plan(&spec.id, spec)?;
         plan.argv = argv;
+        let plan_file = write_plan(&self.vms.join(&spec.id), &plan)?;
         let mut child = tokio::process::Command::new(&self.program)
             .arg("__sandbox")
             .arg("exec")
-            .arg(serde_json::to_string(&plan).expect("plans serialize"))
+            .arg(&plan_file)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -757,6 +759,25 @@ impl Driver for AccountDriver {
     }
 }
 
+/// Writes a job's plan for the helper (`vws __sandbox exec FILE`), which
+/// reads and removes it: a job's argv and environment (where users put
+/// secrets) never show on a command line in the host's `ps`, and their size
+/// is not bound by the kernel's per-argument limit (128 KiB).
+fn write_plan(dir: &std::path::Path, plan: &ExecPlan) -> Result<PathBuf, DriverError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dir.join("plans");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{:016x}.json", rand::random::<u64>()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(&serde_json::to_vec(plan).expect("plans serialize"))?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use vws_model::node::AccountRange;
@@ -789,3 +810,4 @@ mod tests {
         eprintln!("1000 ids looked up in {:?}", t.elapsed());
     }
 }
+

@@ -1,6 +1,6 @@
 //! The namespace helper of dynamic-account workspaces. The node runs it as
 //! a separate, single-threaded process (`vws __sandbox init < PLAN`,
-//! `vws __sandbox exec PLAN`),
+//! `vws __sandbox exec PLANFILE`),
 //! because entering namespaces and forking are only sound before any other
 //! thread exists.
 //!
@@ -92,6 +92,10 @@ pub const USER: &str = "ws";
 
 /// Entry point of `vws __sandbox MODE PLAN`: never returns.
 pub fn main(args: &[String]) -> ! {
+    // Nothing the node inherited (from whatever started `vws up`: a
+    // directory, a pipe) reaches the workspace: only stdin, stdout and
+    // stderr stay open.
+    close_from(3, false);
     let result = match (args.first().map(String::as_str), args.get(1)) {
         // From stdin: PID 1's command line is visible inside the workspace.
         (Some("init"), None) => {
@@ -102,10 +106,15 @@ pub fn main(args: &[String]) -> ! {
                 .and_then(|_| serde_json::from_str(&plan).map_err(|e| format!("bad plan: {e}")))
                 .and_then(init)
         }
-        (Some("exec"), Some(plan)) => serde_json::from_str(plan)
-            .map_err(|e| format!("bad plan: {e}"))
+        // From a file the node wrote (0600), removed once read.
+        (Some("exec"), Some(file)) => std::fs::read(file)
+            .map_err(|e| format!("reading the plan {file}: {e}"))
+            .and_then(|text| {
+                let _ = std::fs::remove_file(file);
+                serde_json::from_slice(&text).map_err(|e| format!("bad plan: {e}"))
+            })
             .and_then(exec),
-        _ => Err("usage: vws __sandbox init < PLAN | exec PLAN (run by the node)".into()),
+        _ => Err("usage: vws __sandbox init < PLAN | exec PLANFILE (run by the node)".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -113,6 +122,23 @@ pub fn main(args: &[String]) -> ! {
             eprintln!("vws sandbox: {e}");
             std::process::exit(125)
         }
+    }
+}
+
+/// Closes every descriptor from `first` up (or, with `on_exec`, marks them
+/// close-on-exec, so that a pipe still needed before the exec stays usable).
+fn close_from(first: u32, on_exec: bool) {
+    let flags = if on_exec {
+        nix::libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: close_range(2) takes plain integers; no memory is shared.
+    // Descriptors held by Rust values are not used after this (at entry
+    // there are none; in the job's child only the CLOEXEC failure pipe,
+    // which stays open until the exec).
+    unsafe {
+        nix::libc::syscall(nix::libc::SYS_close_range, first, u32::MAX, flags);
     }
 }
 
@@ -247,8 +273,20 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
     nix::unistd::setresgid(id, id, id).map_err(err("setgid"))?;
     let id = Uid::from_raw(plan.uid);
     nix::unistd::setresuid(id, id, id).map_err(err("setuid"))?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { signal(Signal::SIGTERM, SigHandler::Handler(on_term)) }.map_err(err("signal"))?;
+    // Jobs run as the same uid: they must not trace PID 1 or read its
+    // /proc entries (its descriptors are host files).
+    nix::sys::prctl::set_dumpable(false).map_err(err("dumpable"))?;
+    // The kernel lets processes of its namespace send PID 1 only signals it
+    // handles; the handler then takes SIGTERM only from outside (a sender
+    // in an ancestor namespace has pid 0 here): the node's stop. A job's
+    // `kill 1` does nothing.
+    let on_term = nix::sys::signal::SigAction::new(
+        SigHandler::SigAction(on_term),
+        nix::sys::signal::SaFlags::SA_SIGINFO | nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only reads its siginfo and stores to an atomic.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGTERM, &on_term) }.map_err(err("signal"))?;
     let mut term_at: Option<Instant> = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -274,8 +312,12 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
 
 static TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-extern "C" fn on_term(_: i32) {
-    TERM.store(true, std::sync::atomic::Ordering::Relaxed);
+extern "C" fn on_term(_: i32, info: *mut nix::libc::siginfo_t, _: *mut nix::libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let from = unsafe { info.as_ref().map(|i| i.si_pid()) };
+    if from == Some(0) {
+        TERM.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Whether PID 1 is the only process left in its namespace.
@@ -361,17 +403,15 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
     }
     // Files the account made under an earlier lease become this lease's.
     own_tree(&upper, plan.uid)?;
+    // Relative to the mount points' folder: the options show in the
+    // workspace's /proc/self/mountinfo, and host paths need not.
+    nix::unistd::chdir(&plan.mounts).map_err(err("chdir"))?;
     mnt(
         Some("overlay"),
         &root,
         Some("overlay"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!(
-            "lowerdir={},upperdir={},workdir={}",
-            path(&lower),
-            path(&upper),
-            path(&work)
-        )),
+        Some("lowerdir=lower,upperdir=disk/upper,workdir=disk/work"),
     )?;
     // /dev from the host's device nodes, while they are reachable. (A mount
     // through a symlink of the image lands in this namespace only.)
@@ -458,6 +498,15 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
         &account("proc"),
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    // The host kernel's command line is not the workspace's business; the
+    // mask is locked in place once the user namespace is made.
+    mnt(
+        Some("/dev/null"),
+        &account("proc/cmdline"),
+        None,
+        MsFlags::MS_BIND,
         None,
     )?;
     Ok(())
@@ -556,9 +605,10 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
     let null = std::fs::File::open(plan.stdin.as_deref().unwrap_or(Path::new("/dev/null")))
         .map_err(err("the job's standard input"))?;
     join_cgroups(&plan.cgroups)?;
-    // Over the RAM limit, the job goes before its helper, the helper before
-    // the workspace's PID 1.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "500");
+    // Over the RAM limit the job goes; its helper (which reports how it
+    // ended) and the workspace's PID 1 are never chosen, even when what
+    // fills the limit is tmpfs pages no process holds.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     // Host files are out of reach once inside: the OOM counter is kept open.
     let mut oom = plan
         .oom_file
@@ -616,7 +666,12 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
     let child = match unsafe { fork() }.map_err(err("fork"))? {
         ForkResult::Child => {
             let _ = nix::unistd::setsid();
+            // Changing uid made this process non-dumpable, and its /proc
+            // files root's: dumpable again (as the exec would make it), it
+            // may raise its own OOM score.
+            let _ = nix::sys::prctl::set_dumpable(true);
             let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+            close_from(3, true);
             if let Some(((_, out_w), (_, err_w))) = &pipes {
                 let _ = nix::unistd::dup2_stdout(out_w);
                 let _ = nix::unistd::dup2_stderr(err_w);
