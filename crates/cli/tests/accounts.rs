@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{ok, vws, Kill as Up, Reap, VWS};
+use common::{answer, host_address, ok, vws, Kill as Up, Reap, VWS};
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
     vws(home, &["run", id, "--", "sh", "-c", script])
@@ -56,37 +56,6 @@ fn up_with(home: &Path, accounts: &str) -> Up {
         std::thread::sleep(Duration::from_millis(100));
     }
     up
-}
-
-/// The host's first global IPv4 address (a test that needs one fails
-/// loudly without).
-fn host_address() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.split_whitespace()
-                .nth(3)?
-                .split('/')
-                .next()
-                .map(String::from)
-        })
-        .expect("this test needs a non-loopback IPv4 address on the host")
-}
-
-/// Answers every HTTP request on `listener` with `body`.
-fn answer(listener: std::net::TcpListener, body: &'static str) {
-    use std::io::{Read, Write};
-    std::thread::spawn(move || {
-        for mut c in listener.incoming().flatten() {
-            let mut request = [0u8; 1024];
-            let _ = c.read(&mut request);
-            let _ = c.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{body}\n").as_bytes());
-        }
-    });
 }
 
 fn create(home: &Path, desc: &Path) -> String {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 mod common;
-use common::{ok, refused, root, vws, Kill as Up, Reap, VWS};
+use common::{answer, host_address, ok, refused, root, vws, Kill as Up, Reap, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
@@ -481,6 +481,38 @@ fn jobs_in_a_real_workspace() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(body.trim(), format!("served by {id}"));
+    // (nc: the guest's static busybox wget crashes looking up names.)
+    // Its user NIC reaches out through NAT: a server on the host's own
+    // address answers; the host's loopback, behind 10.0.2.2, does not
+    // (QEMU runs in the node's cgroup, whose new connections to loopback
+    // nftables refuses), while the served port above still answered.
+    let host_ip = host_address();
+    let outside = std::net::TcpListener::bind((host_ip.as_str(), 0)).unwrap();
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (out_port, lo_port) = (
+        outside.local_addr().unwrap().port(),
+        loopback.local_addr().unwrap().port(),
+    );
+    answer(outside, "reached");
+    answer(loopback, "leaked");
+    let out = run(
+        home,
+        &id,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo | nc -w 5 {host_ip} {out_port}; \
+                 echo | nc -w 3 10.0.2.2 {lo_port} || echo refused"
+            ),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("reached"), "{out:?}");
+    assert!(
+        text.contains("refused") && !text.contains("leaked"),
+        "{out:?}"
+    );
     let jobs: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
     assert!(jobs.as_array().unwrap().len() >= 20);
     // A hot image of this workspace: two workspaces restored from it carry

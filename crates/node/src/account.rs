@@ -810,4 +810,3 @@ mod tests {
         eprintln!("1000 ids looked up in {:?}", t.elapsed());
     }
 }
-

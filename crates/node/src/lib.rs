@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod cgroup;
 pub mod driver;
+pub mod loopback;
 pub mod loopdev;
 pub mod manager;
 pub mod net;

@@ -94,6 +94,13 @@ impl Manager {
         if let Some(dir) = tls_dir {
             driver = driver.with_tls(dir);
         }
+        match crate::loopback::LoopbackGuard::install(&QemuDriver::host_tag(&home.join("vms"))) {
+            Ok(guard) => driver = driver.with_loopback_guard(guard),
+            Err(e) => tracing::warn!(
+                "VMs' user NICs can reach this host's loopback services ({e}); \
+                 run the node as root on a host with cgroup v2 and nftables to cut them off"
+            ),
+        }
         let driver = Arc::new(driver);
         Ok(Manager {
             name,

@@ -59,6 +59,8 @@ pub struct QemuDriver {
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     events: mpsc::UnboundedSender<VmEvent>,
     jobs_done: JobDone,
+    /// Keeps user NICs off the host's loopback (none: not confined).
+    loopback: Option<Arc<crate::loopback::LoopbackGuard>>,
 }
 
 fn qemu_err(e: impl std::fmt::Display) -> DriverError {
@@ -133,7 +135,22 @@ impl QemuDriver {
             vms: Mutex::new(HashMap::new()),
             events,
             jobs_done,
+            loopback: None,
         }
+    }
+
+    /// Every QEMU joins `guard`'s cgroup at start, so that its user NICs
+    /// cannot reach the host's loopback (`crate::loopback`).
+    pub fn with_loopback_guard(mut self, guard: crate::loopback::LoopbackGuard) -> Self {
+        self.loopback = Some(Arc::new(guard));
+        self
+    }
+
+    /// The tag of a node's per-host names (RAM folder, cgroup, nftables
+    /// table): a digest of its VMs' folder.
+    pub fn host_tag(root: &Path) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(root.to_string_lossy().as_bytes())[..6])
     }
 
     /// Streams between nodes (migration, disk mirror) use TLS with the
@@ -644,6 +661,14 @@ impl QemuDriver {
             // Its own process group: a signal to the node's group (Ctrl-C)
             // does not take the VMs with it.
             .process_group(0);
+        if let Some(guard) = self.loopback.clone() {
+            // SAFETY: join_self makes only async-signal-safe calls on
+            // memory allocated before the fork.
+            #[allow(unsafe_code)]
+            unsafe {
+                cmd.pre_exec(move || guard.join_self());
+            }
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -1051,6 +1076,17 @@ impl QemuDriver {
     ) -> Result<(), DriverError> {
         let vm = self.vm(id).await?;
         let was_running = self.status(id).await == VmState::Running;
+        // A target on this host's loopback is let through the guard while
+        // the streams run.
+        let _allowed: Vec<_> = match &self.loopback {
+            Some(g) => [Some(migrate_uri), nbd_uri]
+                .into_iter()
+                .flatten()
+                .filter_map(crate::loopback::target_of)
+                .map(|(addr, port)| g.allow(addr, port))
+                .collect(),
+            None => Vec::new(),
+        };
         let sent = self
             .send_state(&vm, migrate_uri, nbd_uri, tls_name, meter)
             .await;

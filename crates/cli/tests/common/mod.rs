@@ -109,5 +109,56 @@ impl Drop for Reap {
                 .args(["-c", &format!("kill -9 {}", doomed.join(" "))])
                 .status();
         }
+        // Each node's loopback guard (its QEMUs' cgroup and nftables
+        // table) outlives it by design, for the VMs it leaves running;
+        // with those gone, so are they.
+        for node in ls(&self.0).into_iter().filter(|d| d.join("vms").is_dir()) {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(node.join("vms").to_string_lossy().as_bytes());
+            let tag = hex::encode(&digest[..6]);
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &format!("vws_lo_{tag}")])
+                .output();
+            for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                let cg = Path::new(root).join(format!("vws-qemu-{tag}"));
+                for _ in 0..40 {
+                    if !cg.exists() || std::fs::remove_dir(&cg).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        }
     }
+}
+
+/// The host's first global IPv4 address (a test that needs one fails
+/// loudly without).
+pub fn host_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(String::from)
+        })
+        .expect("this test needs a non-loopback IPv4 address on the host")
+}
+
+/// Answers every HTTP request on `listener` with `body`.
+pub fn answer(listener: std::net::TcpListener, body: &'static str) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = c.read(&mut request);
+            let _ = c.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{body}\n").as_bytes());
+        }
+    });
 }
