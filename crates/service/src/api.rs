@@ -11,7 +11,7 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, head, post, put, MethodRouter};
 use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
@@ -172,48 +172,76 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Builds the router.
+/// The handler of a route of the table. A route gets into the router only
+/// through the table (so it cannot lack an access rule), and a rule without
+/// a handler here stops the router from being built.
+fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
+    // Uploads stream to disk with limits of their own.
+    let unlimited = DefaultBodyLimit::disable;
+    match (route.method, route.path) {
+        ("get", "/v1/health") => get(health),
+        ("get", "/v1/openapi.json") => get(openapi),
+        ("post", "/v1/workspaces") => post(create),
+        ("get", "/v1/workspaces") => get(list),
+        ("get", "/v1/workspaces/{id}") => get(show),
+        ("delete", "/v1/workspaces/{id}") => delete(destroy),
+        ("post", "/v1/workspaces/{id}/clone") => post(clone),
+        ("post", "/v1/workspaces/{id}/renew") => post(renew),
+        ("get", "/v1/workspaces/{id}/history") => get(history),
+        ("post", "/v1/images") => post(import),
+        ("get", "/v1/images") => get(images),
+        ("get", "/v1/images/{reference}") => get(image),
+        ("delete", "/v1/images/{reference}") => delete(remove_image),
+        ("post", "/v1/images/{reference}/signature") => post(sign_image),
+        ("put", "/v1/blobs/{digest}") => put(upload).layer(unlimited()),
+        ("head", "/v1/blobs/{digest}") => head(has_blob),
+        ("get", "/v1/blobs/{digest}") => get(download),
+        ("get", "/v1/blobs/{digest}/chunks") => get(blob_chunks),
+        ("post", "/v1/workspaces/{id}/deploy") => post(deploy),
+        ("post", "/v1/workspaces/{id}/snapshot") => post(snapshot),
+        ("post", "/v1/workspaces/{id}/migrate") => post(migrate),
+        ("get", "/v1/workspaces/{id}/migration") => get(migration),
+        ("post", "/v1/workspaces/{id}/undeploy") => post(undeploy),
+        ("post", "/v1/workspaces/{id}/start") => post(start),
+        ("post", "/v1/workspaces/{id}/stop") => post(stop),
+        ("post", "/v1/workspaces/{id}/pause") => post(pause),
+        ("post", "/v1/workspaces/{id}/unpause") => post(unpause),
+        ("get", "/v1/workspaces/{id}/staging") => get(staging),
+        ("get", "/v1/workspaces/{id}/console") => get(console),
+        ("get", "/v1/workspaces/{id}/disk") => get(disk),
+        ("put", "/v1/workspaces/{id}/disk") => put(receive_disk).layer(unlimited()),
+        ("get", "/v1/workspaces/{id}/disk/chunks") => get(disk_chunks),
+        ("get", "/v1/workspaces/{id}/memory") => get(memory),
+        ("put", "/v1/workspaces/{id}/memory") => put(receive_memory).layer(unlimited()),
+        ("get", "/v1/workspaces/{id}/memory/chunks") => get(memory_chunks),
+        ("get", "/v1/nodes") => get(nodes),
+        ("post", "/v1/nodes") => post(register_node),
+        ("get", "/v1/networks") => get(networks),
+        ("get", "/v1/networks/{name}") => get(network),
+        ("get", "/v1/pki/crl") => get(crl),
+        ("post", "/v1/nodes/{name}/heartbeat") => post(heartbeat),
+        ("post", "/v1/nodes/{name}/events") => post(node_event),
+        ("post", "/v1/nodes/{name}/jobs/{job}") => post(job_report),
+        ("get", "/v1/workspaces/{id}/jobs") => get(jobs),
+        ("post", "/v1/workspaces/{id}/jobs") => post(submit_job),
+        ("post", "/v1/workspaces/{id}/jobs/batch") => post(submit_batch),
+        ("get", "/v1/jobs/{job}") => get(job),
+        ("get", "/v1/jobs/{job}/output") => get(job_output),
+        ("post", "/v1/jobs/{job}/cancel") => post(cancel_job),
+        ("get", "/v1/workspaces/{id}/files") => get(get_file),
+        ("put", "/v1/workspaces/{id}/files") => {
+            put(put_file).layer(DefaultBodyLimit::max(64 << 20))
+        }
+        (method, path) => panic!("route {method} {path} has an access rule but no handler"),
+    }
+}
+
+/// Builds the router: the routes of the access table, each behind the
+/// guard that checks its rule.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/workspaces", post(create).get(list))
-        .route("/v1/workspaces/{id}", get(show).delete(destroy))
-        .route("/v1/workspaces/{id}/clone", post(clone))
-        .route("/v1/workspaces/{id}/renew", post(renew))
-        .route("/v1/workspaces/{id}/history", get(history))
-        .route("/v1/images", post(import).get(images))
-        .route("/v1/images/{reference}", get(image).delete(remove_image))
-        .route("/v1/images/{reference}/signature", post(sign_image))
-        .route("/v1/blobs/{digest}", put(upload).head(has_blob).get(download).layer(DefaultBodyLimit::disable()))
-        .route("/v1/blobs/{digest}/chunks", get(blob_chunks))
-        .route("/v1/workspaces/{id}/deploy", post(deploy))
-        .route("/v1/workspaces/{id}/snapshot", post(snapshot))
-        .route("/v1/workspaces/{id}/migrate", post(migrate))
-        .route("/v1/workspaces/{id}/migration", get(migration))
-        .route("/v1/workspaces/{id}/undeploy", post(undeploy))
-        .route("/v1/workspaces/{id}/start", post(start))
-        .route("/v1/workspaces/{id}/stop", post(stop))
-        .route("/v1/workspaces/{id}/pause", post(pause))
-        .route("/v1/workspaces/{id}/unpause", post(unpause))
-        .route("/v1/workspaces/{id}/staging", get(staging))
-        .route("/v1/workspaces/{id}/console", get(console))
-        .route("/v1/workspaces/{id}/disk", get(disk).put(receive_disk).layer(DefaultBodyLimit::disable()))
-        .route("/v1/workspaces/{id}/disk/chunks", get(disk_chunks))
-        .route("/v1/workspaces/{id}/memory", get(memory).put(receive_memory).layer(DefaultBodyLimit::disable()))
-        .route("/v1/workspaces/{id}/memory/chunks", get(memory_chunks))
-        .route("/v1/nodes", get(nodes).post(register_node))
-        .route("/v1/networks", get(networks))
-        .route("/v1/networks/{name}", get(network))
-        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
-        .route("/v1/nodes/{name}/events", post(node_event))
-        .route("/v1/nodes/{name}/jobs/{job}", post(job_report))
-        .route("/v1/workspaces/{id}/jobs", get(jobs).post(submit_job))
-        .route("/v1/workspaces/{id}/jobs/batch", post(submit_batch))
-        .route("/v1/jobs/{job}", get(job))
-        .route("/v1/jobs/{job}/output", get(job_output))
-        .route("/v1/jobs/{job}/cancel", post(cancel_job))
-        .route("/v1/workspaces/{id}/files", get(get_file).put(put_file).layer(DefaultBodyLimit::max(64 << 20)))
-        .route("/v1/pki/crl", get(crl))
+    crate::routes::ROUTES
+        .iter()
+        .fold(Router::new(), |router, r| router.route(r.path, handler(r)))
         // Who may call each route is decided here, before any handler runs.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::routes::guard))
         .fallback(no_route)

@@ -1,9 +1,10 @@
 //! Who may call each route: every (method, path) the API serves, with the
 //! caller kinds it admits and the ACL class it needs, in one table. A guard
 //! in front of every route reads the table before any handler runs (and
-//! before anything is read from the repository for the caller); a route
-//! missing from the table answers 500, and a test holds the table equal to
-//! the router, the OpenAPI document and the table in docs/security.md.
+//! before anything is read from the repository for the caller). The router
+//! is built from this table (`api::router`), so no route exists without a
+//! rule; tests hold the table equal to the OpenAPI document and to the
+//! table in docs/security.md.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
