@@ -37,6 +37,8 @@ pub struct ServiceConfig {
     pub public_url: Option<String>,
     /// Seconds between reaper rounds.
     pub reap_interval: Option<u64>,
+    /// The kernel image root filesystems boot with as VMs.
+    pub boot_image: Option<String>,
 }
 
 /// The state folder: `--home`, `VWS_HOME`, or `~/.local/share/vws`.

@@ -590,28 +590,21 @@ fn dynamic_accounts_end_to_end() {
 /// a check-in and a new deployment.
 #[test]
 fn debian_root_and_check_in() {
-    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vws-test-debian.img");
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
     let _node = up_with(home, "1000001000-1000001999");
-    let file = image.to_str().unwrap();
-    if image.exists() {
-        ok(home, &["image", "import", "debian:12", "--disk", file]);
-    } else {
-        ok(
-            home,
-            &[
-                "image",
-                "build",
-                "debian:12",
-                "--from",
-                "debian",
-                "--out",
-                file,
-            ],
-        );
-    }
+    let image = common::debian_image(home);
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "debian:12",
+            "--disk",
+            image.to_str().unwrap(),
+        ],
+    );
     let desc = home.join("account.xml");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/account.xml");
     std::fs::copy(example, &desc).unwrap();

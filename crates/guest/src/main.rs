@@ -75,7 +75,11 @@ fn kill_group(pid: u32, signal: i32) {
     }
 }
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Jobs' PATH unless they give one. `/run/vws/bin` holds busybox's applets
+/// when the guest runs a root filesystem image's userland (guest/init), for
+/// what a minimal Debian lacks (ip, udhcpc, a poweroff without systemd).
+const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/vws/bin";
 
 /// `prog` as the shell would find it on `path`; unchanged when it names a
 /// path or is found nowhere (then spawning it fails with its own error).
@@ -344,7 +348,7 @@ fn new_session() -> String {
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
         .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PATH", DEFAULT_PATH)
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -385,7 +389,7 @@ fn take_identity(hostname: &str, mac: Option<&str>, seed: &str, net: &[vws_guest
                     "-s",
                     "/bin/vws-dhcp",
                 ])
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("PATH", DEFAULT_PATH)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -867,7 +867,13 @@ impl Driver for Arc<QemuDriver> {
             // off), and the ACPI power button for guests that listen to it.
             if let Some(agent) = vm.agent().filter(|a| a.hello().is_some()) {
                 let log = self.dir(id).join("shutdown.ndjson");
-                let argv = vec!["/bin/sh".into(), "-c".into(), "sync; poweroff -f".into()];
+                // busybox's poweroff where the guest runs a root filesystem's
+                // userland (a Debian's may need systemd to act).
+                let argv = vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "sync; if [ -x /run/vws/bin/poweroff ]; then /run/vws/bin/poweroff -f; else poweroff -f; fi".into(),
+                ];
                 agent
                     .exec("shutdown", log, argv, vec![], None, None, None)
                     .await;

@@ -77,6 +77,48 @@ pub async fn info(path: &Path) -> Result<ImageInfo, ImgError> {
     serde_json::from_slice(&out).map_err(|e| ImgError::Output(e.to_string()))
 }
 
+/// What a raw disk image holds, read from its first sectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// A boot sector (MBR signature) or a GPT header: it boots by itself.
+    Bootable,
+    /// An ext2/3/4 filesystem with no partition table: a root filesystem
+    /// (what `vws image build` makes).
+    RootFs,
+    /// Neither.
+    Unknown,
+}
+
+/// Reads what a raw image holds (qcow2 images are not read: they are taken
+/// as bootable disks).
+pub fn content(path: &Path) -> std::io::Result<Content> {
+    use std::io::Read;
+    let mut head = vec![0u8; 2048];
+    let mut f = std::fs::File::open(path)?;
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    head.truncate(got);
+    Ok(classify(&head))
+}
+
+fn classify(head: &[u8]) -> Content {
+    // The ext superblock starts at byte 1024; its magic 0xEF53 at 56 in it.
+    if head.get(1080..1082) == Some(&[0x53, 0xef][..]) {
+        Content::RootFs
+    } else if head.get(510..512) == Some(&[0x55, 0xaa][..])
+        || head.get(512..520) == Some(&b"EFI PART"[..])
+    {
+        Content::Bootable
+    } else {
+        Content::Unknown
+    }
+}
+
 /// Makes a qcow2 overlay backed by `backing` (whose format is given, never
 /// probed). O(1) in the backing image's size. `size`, when larger than the
 /// backing image, grows the overlay's virtual disk.
@@ -325,6 +367,20 @@ impl Templates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contents_are_told_apart_by_their_first_sectors() {
+        let mut ext = vec![0u8; 2048];
+        ext[1080] = 0x53;
+        ext[1081] = 0xef;
+        assert_eq!(classify(&ext), Content::RootFs);
+        let mut mbr = vec![0u8; 2048];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert_eq!(classify(&mbr), Content::Bootable);
+        assert_eq!(classify(&vec![0u8; 2048]), Content::Unknown);
+        assert_eq!(classify(&[]), Content::Unknown);
+    }
 
     #[tokio::test]
     async fn overlay_on_raw_image() {

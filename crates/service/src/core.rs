@@ -33,7 +33,14 @@ pub struct Settings {
     /// The CA that issues workspaces' own credentials (none: workspaces get
     /// none).
     pub ca_dir: Option<PathBuf>,
+    /// The kernel image (`name:tag`) that root-filesystem images boot with
+    /// as VMs ([`DEFAULT_BOOT_IMAGE`] unless configured).
+    pub boot_image: String,
 }
+
+/// The boot image unless configured: the minimal guest, whose kernel,
+/// init and agent then run a root filesystem image's userland.
+pub const DEFAULT_BOOT_IMAGE: &str = "minimal:1";
 
 /// The VW Factory and VW Repository behind one handle.
 pub struct Service {
@@ -48,6 +55,7 @@ pub struct Service {
     pub(crate) acl: crate::acl::Acl,
     pub(crate) networks: crate::network::Networks,
     pub(crate) ca_dir: Option<PathBuf>,
+    pub(crate) boot_image: String,
     pub(crate) home: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) public_url: String,
@@ -135,6 +143,7 @@ impl Service {
             acl: settings.acl,
             networks: settings.networks.clone(),
             ca_dir: settings.ca_dir.clone(),
+            boot_image: settings.boot_image.clone(),
             home: settings.home.clone(),
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),

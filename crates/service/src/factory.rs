@@ -40,6 +40,18 @@ fn at(form: Form, segs: &[Seg]) -> String {
     DescPath(segs.to_vec()).render(form)
 }
 
+/// The kernel command line a root filesystem boots with as a VM: the boot
+/// image's, and `vws.root=vda` (the workspace's overlay of the image is its
+/// first disk; guest/init runs its userland).
+pub(crate) fn rootfs_cmdline(boot: &ImageRecord) -> String {
+    format!(
+        "{} vws.root=vda",
+        boot.cmdline.as_deref().unwrap_or_default()
+    )
+    .trim()
+    .to_string()
+}
+
 /// A dynamic account's writable layer when the description gives no disk.
 pub const DEFAULT_ACCOUNT_DISK: u64 = 256 << 20;
 
@@ -230,7 +242,10 @@ impl Service {
             )));
         }
         match d.category {
-            Category::Vm => self.check_disk_fits(&d, &image, form)?,
+            Category::Vm => {
+                self.check_disk_fits(&d, &image, form)?;
+                self.check_vm_boots(&d, &image, form).await?;
+            }
             Category::DynamicAccount => check_account(&d, &image, form)?,
         }
         if let Some(m) = &image.machine {
@@ -404,6 +419,73 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// A `vm` workspace's image must boot: by itself (a boot sector), as a
+    /// root filesystem under the pool's boot kernel, or as a kernel or hot
+    /// image. Refused at create, naming `sw:image`, rather than 90 s into
+    /// start with "No bootable device".
+    async fn check_vm_boots(
+        &self,
+        d: &Description,
+        image: &ImageRecord,
+        form: Form,
+    ) -> Result<(), ServiceError> {
+        let path = at(form, &[Seg::Key("software"), Seg::Key("image")]);
+        match self.disk_content(image).await? {
+            Some(vws_qemu::img::Content::Unknown) => Err(InvalidDescription::one(
+                path,
+                format!(
+                    "image {} cannot boot as a VM: it has no boot sector and is not a root filesystem (ext2/3/4)",
+                    d.software.image
+                ),
+            )
+            .into()),
+            Some(vws_qemu::img::Content::RootFs) => match self.boot_image().await? {
+                Some(_) => Ok(()),
+                None => Err(InvalidDescription::one(
+                    path,
+                    format!(
+                        "image {} is a root filesystem, which boots as a VM with the kernel of the boot image {}; that image is not in the pool (import it, e.g. as scripts/run does)",
+                        d.software.image, self.boot_image
+                    ),
+                )
+                .into()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// What a raw disk image holds (none: not a raw disk image).
+    pub(crate) async fn disk_content(
+        &self,
+        image: &ImageRecord,
+    ) -> Result<Option<vws_qemu::img::Content>, ServiceError> {
+        if image.kind != ImageKind::Disk || image.format.as_deref() != Some("raw") {
+            return Ok(None);
+        }
+        let Some(file) = image.file("disk") else {
+            return Ok(None);
+        };
+        let path = self.blobs.path(&file.digest.parse()?);
+        let content = tokio::task::spawn_blocking(move || vws_qemu::img::content(&path))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(anyhow::Error::from)?;
+        Ok(Some(content))
+    }
+
+    /// The kernel image root filesystems boot with as VMs, if it is in the
+    /// pool.
+    pub(crate) async fn boot_image(&self) -> Result<Option<ImageRecord>, ServiceError> {
+        let r: ImageRef = self.boot_image.parse().map_err(|e| {
+            ServiceError::Internal(anyhow::anyhow!("boot image {:?}: {e}", self.boot_image))
+        })?;
+        Ok(self
+            .store
+            .image(&r)
+            .await?
+            .filter(|i| i.kind == ImageKind::Kernel))
     }
 
     fn check_disk_fits(

@@ -17,7 +17,7 @@ pub mod pool;
 pub mod repository;
 pub mod routes;
 
-pub use crate::core::{Service, Settings, Workspace};
+pub use crate::core::{Service, Settings, Workspace, DEFAULT_BOOT_IMAGE};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ServiceError;
 pub use policy::Policy;

@@ -314,18 +314,41 @@ impl Service {
         } else {
             None
         };
+        // A root filesystem boots as a VM under the boot image's kernel and
+        // init, with the workspace's overlay of it as the root disk.
+        let rootfs_vm = !is_account(r)
+            && self.disk_content(image).await? == Some(vws_qemu::img::Content::RootFs);
+        let (boot, cmdline) = if rootfs_vm {
+            let kernel = self.boot_image().await?.ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "the boot image {} of root filesystem images is not in the pool",
+                    self.boot_image
+                ))
+            })?;
+            blobs.extend(
+                kernel
+                    .files
+                    .iter()
+                    .filter(|f| f.role == "kernel" || f.role == "initrd")
+                    .map(|f| BlobRef {
+                        role: f.role.clone(),
+                        digest: f.digest.clone(),
+                        size: f.size,
+                    }),
+            );
+            ("kernel", Some(crate::factory::rootfs_cmdline(&kernel)))
+        } else if image.kind == ImageKind::Disk {
+            ("disk", image.cmdline.clone())
+        } else {
+            ("kernel", image.cmdline.clone())
+        };
         Ok(DeployRequest {
             id: r.id.clone(),
             hostname: r.id.clone(),
             cpus,
             ram,
-            boot: if image.kind == ImageKind::Disk {
-                "disk"
-            } else {
-                "kernel"
-            }
-            .into(),
-            cmdline: image.cmdline.clone(),
+            boot: boot.into(),
+            cmdline,
             blobs,
             disk,
             memory,
@@ -889,6 +912,23 @@ impl Service {
             .ok_or_else(|| {
                 ServiceError::Internal(anyhow::anyhow!("image {} is missing", r.image_id))
             })?;
+        // A root filesystem VM ran the boot image's kernel and initrd: the
+        // hot image keeps those, and the command line that chose its root.
+        let base = if self.disk_content(&base).await? == Some(vws_qemu::img::Content::RootFs) {
+            let boot = self.boot_image().await?.ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "the boot image {} of root filesystem images is not in the pool",
+                    self.boot_image
+                ))
+            })?;
+            ImageRecord {
+                files: boot.files.clone(),
+                cmdline: Some(crate::factory::rootfs_cmdline(&boot)),
+                ..base
+            }
+        } else {
+            base
+        };
         let (Some(kernel), Some(initrd)) =
             (base.file("kernel").cloned(), base.file("initrd").cloned())
         else {

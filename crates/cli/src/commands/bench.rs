@@ -163,6 +163,7 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         networks: Default::default(),
         public_url: None,
         reap_every: Duration::from_secs(3600),
+        boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
     }
     .start()
     .await?;

@@ -47,6 +47,7 @@ impl Rig {
             networks: Default::default(),
             public_url: None,
             reap_every: Duration::from_secs(3600),
+            boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
         }
         .start()
         .await?;

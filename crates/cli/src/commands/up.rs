@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// Seconds between rounds of the lifetime reaper [default: 10]
     #[arg(long, value_name = "SECONDS")]
     reap_interval: Option<u64>,
+    /// The kernel image root-filesystem images boot with as VMs
+    /// [default: minimal:1]
+    #[arg(long, env = "VWS_BOOT_IMAGE", value_name = "NAME:TAG")]
+    boot_image: Option<String>,
     /// The local node's uids for dynamic accounts, FIRST-LAST (`vws up` only)
     #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = crate::commands::node::DEFAULT_ACCOUNTS)]
     accounts: vws_model::node::AccountRange,
@@ -88,6 +92,8 @@ pub struct Launch {
     pub public_url: Option<String>,
     /// Reaper period.
     pub reap_every: Duration,
+    /// The kernel image root filesystems boot with as VMs.
+    pub boot_image: String,
 }
 
 impl Launch {
@@ -113,6 +119,7 @@ impl Launch {
         let settings = Settings {
             credentials: Some(credentials),
             ca_dir: Some(crate::commands::pki::ca_dir(&self.home)),
+            boot_image: self.boot_image,
             home: self.home,
             public_url: url.clone(),
             policy: self.policy,
@@ -215,6 +222,10 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         networks,
         public_url: a.public_url.or(file.public_url),
         reap_every,
+        boot_image: a
+            .boot_image
+            .or(file.boot_image)
+            .unwrap_or_else(|| vws_service::DEFAULT_BOOT_IMAGE.into()),
     }
     .start()
     .await?;

@@ -162,3 +162,44 @@ pub fn answer(listener: std::net::TcpListener, body: &'static str) {
         }
     });
 }
+
+/// A Debian root filesystem image made by `vws image build --from debian
+/// --include bc` (debootstrap from Debian's packages; about a minute), kept
+/// in target/ between runs and tests; built under another name and renamed,
+/// so a test never takes a half-built one.
+pub fn debian_image(home: &Path) -> PathBuf {
+    let image = root().join("target/vws-test-debian-bc.img");
+    if !image.exists() {
+        let part = image.with_extension(format!("part-{}", std::process::id()));
+        ok(
+            home,
+            &[
+                "image",
+                "build",
+                "debian-build:1",
+                "--from",
+                "debian",
+                "--include",
+                "bc",
+                "--out",
+                part.to_str().unwrap(),
+            ],
+        );
+        std::fs::rename(&part, &image).unwrap();
+    }
+    image
+}
+
+/// The minimal guest (Debian's cloud kernel, busybox, guest/init and the
+/// agent), built from Debian packages into target/ (rebuilt when the init
+/// or the agent is newer).
+pub fn minimal_guest() -> PathBuf {
+    let out = root().join("target/vws-test-guest");
+    let built = Command::new(root().join("scripts/build-minimal-image"))
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(built, "building the minimal guest failed");
+    out
+}

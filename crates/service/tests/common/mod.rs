@@ -60,6 +60,7 @@ async fn harness_full(
     let settings = Settings {
         credentials: None,
         ca_dir: None,
+        boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
         acl: Default::default(),
         networks,
         home: home.path().to_path_buf(),

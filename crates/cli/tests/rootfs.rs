@@ -1,0 +1,193 @@
+//! One image, both categories: a root filesystem image from `vws image
+//! build` (Debian by debootstrap, with an extra package) runs as a `vm`
+//! workspace — the minimal guest's kernel and init, the image as its root
+//! through the workspace's own copy-on-write overlay — and as a dynamic
+//! account. Steps, in order: an unbootable image is refused at create; a
+//! VM sees Debian and runs the extra package's program; its writes survive
+//! stop, undeploy, deploy and start; a second VM of the image does not see
+//! them and the node's copy of the image is unchanged; the same image runs
+//! as an account; a hot image of the Debian VM gives clones with their own
+//! identity, a job running in each.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{debian_image, minimal_guest, ok, refused, vws, Kill as Up, Reap, VWS};
+
+fn run(home: &Path, id: &str, script: &str) -> Output {
+    vws(home, &["run", id, "--", "sh", "-c", script])
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn create(home: &Path, text: &str, name: &str) -> String {
+    let desc = home.join(format!("{name}.toml"));
+    std::fs::write(&desc, text).unwrap();
+    let v: Value =
+        serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+const VM: &str =
+    "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"debian:12\"\n";
+
+#[test]
+fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
+    let guest = minimal_guest();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let log = std::fs::File::create(home.join("up.log")).unwrap();
+    let _up = Up(Command::new(VWS)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout)
+        .contains("\"up\"")
+    {
+        assert!(Instant::now() < deadline, "vws up did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Step: a root filesystem needs the boot image; without it, and for a
+    // disk that is neither bootable nor a filesystem, create says why.
+    let image = debian_image(home);
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "debian:12",
+            "--disk",
+            image.to_str().unwrap(),
+        ],
+    );
+    let desc = home.join("vm.toml");
+    std::fs::write(&desc, VM).unwrap();
+    let e = refused(home, &["create", desc.to_str().unwrap()]);
+    assert!(
+        e.contains("software.image") && e.contains("boot image minimal:1"),
+        "{e}"
+    );
+    let blank = home.join("blank.raw");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "blank:1",
+            "--disk",
+            blank.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(home.join("blank.toml"), VM.replace("debian:12", "blank:1")).unwrap();
+    let e = refused(home, &["create", home.join("blank.toml").to_str().unwrap()]);
+    assert!(
+        e.contains("software.image") && e.contains("cannot boot as a VM"),
+        "{e}"
+    );
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "minimal:1",
+            "--kernel",
+            guest.join("vmlinuz").to_str().unwrap(),
+            "--initrd",
+            guest.join("initrd.img").to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ],
+    );
+
+    // Step: the VM runs Debian's userland, the extra package's program too.
+    let a = create(home, VM, "a");
+    ok(home, &["deploy", &a]);
+    ok(home, &["start", &a]);
+    let text = stdout(&run(
+        home,
+        &a,
+        "cat /etc/debian_version; echo 6*7 | bc; apt-get --version | head -1; \
+         cat /etc/resolv.conf; echo kept > /root/keep; sync",
+    ));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("12."), "{text}");
+    assert_eq!(lines[1], "42", "bc from the image: {text}");
+    assert!(lines[2].starts_with("apt "), "{text}");
+    assert!(text.contains("nameserver 10.0.2.3"), "{text}");
+
+    // Step: its writes survive stop, undeploy, deploy and start.
+    ok(home, &["stop", &a]);
+    ok(home, &["undeploy", &a]);
+    ok(home, &["deploy", &a]);
+    ok(home, &["start", &a]);
+    assert_eq!(stdout(&run(home, &a, "cat /root/keep")).trim(), "kept");
+
+    // Step: a second VM of the image sees none of it, and the node's copy
+    // of the image is the image.
+    let b = create(home, VM, "b");
+    ok(home, &["deploy", &b]);
+    ok(home, &["start", &b]);
+    let text = stdout(&run(home, &b, "cat /root/keep 2>&1 || echo absent"));
+    assert!(text.contains("absent"), "{text}");
+    let digest: Value =
+        serde_json::from_str(&ok(home, &["image", "show", "debian:12", "--json"])).unwrap();
+    let digest = digest["id"].as_str().unwrap().trim_start_matches("sha256:");
+    let cached = home.join("node/cache/sha256").join(digest);
+    let sum = Command::new("sha256sum").arg(&cached).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&sum.stdout).starts_with(digest),
+        "the cached image is unchanged: {sum:?}"
+    );
+    ok(home, &["destroy", &b]);
+
+    // Step: the same image as a dynamic account.
+    let acct = create(
+        home,
+        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\n[software]\nimage = \"debian:12\"\n",
+        "acct",
+    );
+    ok(home, &["deploy", &acct]);
+    ok(home, &["start", &acct]);
+    let text = stdout(&run(
+        home,
+        &acct,
+        "cat /etc/debian_version; echo 6*7 | bc; id -un",
+    ));
+    assert_eq!(
+        text.lines().collect::<Vec<_>>()[1..],
+        ["42", "ws"],
+        "{text}"
+    );
+    ok(home, &["destroy", &acct]);
+
+    // Step: a hot image of the Debian VM; its clones have their own
+    // identity and run jobs in Debian.
+    ok(home, &["pause", &a]);
+    ok(home, &["snapshot", &a, "--as", "debian-hot:1"]);
+    let mut seen = Vec::new();
+    for n in ["h1", "h2"] {
+        let h = create(home, &VM.replace("debian:12", "debian-hot:1"), n);
+        ok(home, &["deploy", &h]);
+        ok(home, &["start", &h]);
+        let text = stdout(&run(home, &h, "hostname; cat /root/keep; echo 2^10 | bc"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, [h.as_str(), "kept", "1024"], "{text}");
+        seen.push(lines[0].to_string());
+        ok(home, &["destroy", &h]);
+    }
+    assert_ne!(seen[0], seen[1]);
+    ok(home, &["destroy", &a]);
+}
