@@ -361,8 +361,10 @@ impl NicMethod {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Software {
-    /// Pool image: `name:tag` or `sha256:<digest>`.
-    pub image: String,
+    /// Pool image: `name:tag` or `sha256:<digest>`; none: the factory picks
+    /// the best image that meets the requirements below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Operating system the image carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<Os>,
@@ -375,10 +377,12 @@ pub struct Software {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Os {
-    /// Kernel version.
+    /// Kernel version (a prefix by components: `6.1` is met by
+    /// `6.1.0-57-cloud-amd64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
-    /// Distribution.
+    /// Distribution, as os-release's `ID` or `ID-VERSION_ID` (`debian`,
+    /// `debian-12`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution: Option<String>,
 }
@@ -387,11 +391,19 @@ pub struct Os {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Program {
-    /// Program name.
+    /// Program name: a package of the image (dpkg's name), or a busybox
+    /// applet in an image without a package database.
     pub name: String,
-    /// Program version.
+    /// Exact version, or its prefix by components (`6.6` is met by
+    /// `6.6.0+dfsg-12`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Lowest version accepted (Debian's version order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<String>,
+    /// Highest version accepted (Debian's version order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
 }
 
 /// What the running workspace does (paper §2.1).

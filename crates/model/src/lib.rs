@@ -8,6 +8,7 @@ pub mod identity;
 pub mod image_ref;
 pub mod node;
 pub mod size;
+pub mod software;
 pub mod state;
 pub mod validate;
 pub mod xml;

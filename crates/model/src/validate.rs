@@ -386,14 +386,33 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
     }
 
     let sw = root.child(Seg::Key("software"));
-    c.image(&sw.child(Seg::Key("image")), &d.software.image);
+    if let Some(image) = &d.software.image {
+        c.image(&sw.child(Seg::Key("image")), image);
+    }
     if let Some(os) = &d.software.os {
         let p = sw.child(Seg::Key("os"));
         if let Some(k) = &os.kernel {
             c.text(&p.child(Seg::Key("kernel")), k, "kernel");
         }
         if let Some(dist) = &os.distribution {
-            c.text(&p.child(Seg::Key("distribution")), dist, "distribution");
+            let at = p.child(Seg::Key("distribution"));
+            c.text(&at, dist, "distribution");
+            if !crate::software::is_distribution(dist) {
+                c.fail(
+                    &at,
+                    format!("{dist:?} is not a distribution: os-release's ID or ID-VERSION_ID, such as debian or debian-12"),
+                );
+            }
+        }
+        if let Some(k) = os
+            .kernel
+            .as_deref()
+            .filter(|k| !crate::software::is_version(k))
+        {
+            c.fail(
+                &p.child(Seg::Key("kernel")),
+                format!("{k:?} is not a kernel version"),
+            );
         }
     }
     let programs = sw.child(Seg::Key("programs"));
@@ -401,8 +420,26 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
     for (i, prog) in d.software.programs.iter().enumerate() {
         let p = programs.child(Seg::Index(i));
         c.text(&p.child(Seg::Key("name")), &prog.name, "program name");
-        if let Some(v) = &prog.version {
-            c.text(&p.child(Seg::Key("version")), v, "program version");
+        for (key, v) in [
+            ("version", &prog.version),
+            ("min", &prog.min),
+            ("max", &prog.max),
+        ] {
+            if let Some(v) = v {
+                let at = p.child(Seg::Key(key));
+                c.text(&at, v, "program version");
+                if !crate::software::is_version(v) {
+                    c.fail(&at, format!("{v:?} is not a version"));
+                }
+            }
+        }
+        if let (Some(lo), Some(hi)) = (&prog.min, &prog.max) {
+            if crate::software::version_cmp(lo, hi) == Some(std::cmp::Ordering::Greater) {
+                c.fail(
+                    &p.child(Seg::Key("min")),
+                    format!("min {lo} is above max {hi}"),
+                );
+            }
         }
     }
 

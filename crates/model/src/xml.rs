@@ -589,22 +589,18 @@ fn read_software(node: &Node) -> Result<Software, InvalidDescription> {
                 )?;
             }
             (Some(NS_SW), "program") => {
-                c.only_attrs(&["name", "version"])?;
+                c.only_attrs(&["name", "version", "min", "max"])?;
                 c.leaf_text()?;
                 programs.push(Program {
                     name: c.required_attr("name")?.to_string(),
                     version: text_attr(c, "version"),
+                    min: text_attr(c, "min"),
+                    max: text_attr(c, "max"),
                 });
             }
             _ => return Err(c.unknown("sw:image, sw:os, sw:program")),
         }
     }
-    let image = image.ok_or_else(|| {
-        err(
-            &format!("{}/sw:image", node.path),
-            "element sw:image is required",
-        )
-    })?;
     Ok(Software {
         image,
         os,
@@ -730,7 +726,9 @@ pub fn to_xml(d: &Description) -> String {
 
     let sw = &d.software;
     put(Event::Start(BytesStart::new("sw:software")));
-    text_el(&mut put, BytesStart::new("sw:image"), &sw.image);
+    if let Some(image) = &sw.image {
+        text_el(&mut put, BytesStart::new("sw:image"), image);
+    }
     if let Some(os) = &sw.os {
         let mut e = BytesStart::new("sw:os");
         if let Some(k) = &os.kernel {
@@ -744,8 +742,10 @@ pub fn to_xml(d: &Description) -> String {
     for p in &sw.programs {
         let mut e = BytesStart::new("sw:program");
         e.push_attribute(("name", p.name.as_str()));
-        if let Some(v) = &p.version {
-            e.push_attribute(("version", v.as_str()));
+        for (attr, v) in [("version", &p.version), ("min", &p.min), ("max", &p.max)] {
+            if let Some(v) = v {
+                e.push_attribute((attr, v.as_str()));
+            }
         }
         put(Event::Empty(e));
     }

@@ -25,7 +25,7 @@ fn the_architecture_document_parses() {
     );
     assert_eq!(d.hardware.devices[0].image, "data-iso:1");
     assert_eq!(d.network.nics[0].method, NicMethod::Pool);
-    assert_eq!(d.software.image, "minimal:1");
+    assert_eq!(d.software.image.as_deref(), Some("minimal:1"));
     assert_eq!(d.software.programs[0].name, "emboss");
     assert_eq!(
         d.capability.startup.as_deref(),
@@ -267,11 +267,24 @@ fn xml_errors_name_the_element() {
             "/virtualWorkspace/sw:software/sw:image",
             "not an image reference",
         ),
+        // Requirements that cannot mean anything name their element.
         (
-            "<sw:image>minimal:1</sw:image>",
-            "",
-            "/virtualWorkspace/sw:software/sw:image",
-            "required",
+            "<sw:program name=\"emboss\" version=\"6.6\"/>",
+            "<sw:program name=\"emboss\" min=\"six!\"/>",
+            "/virtualWorkspace/sw:software/sw:program[1]/@min",
+            "not a version",
+        ),
+        (
+            "<sw:program name=\"emboss\" version=\"6.6\"/>",
+            "<sw:program name=\"emboss\" min=\"7\" max=\"6.6\"/>",
+            "/virtualWorkspace/sw:software/sw:program[1]/@min",
+            "above max",
+        ),
+        (
+            "distribution=\"debian-12\"",
+            "distribution=\"Debian 12\"",
+            "/virtualWorkspace/sw:software/sw:os/@distribution",
+            "not a distribution",
         ),
         (
             "port=\"8080\"",

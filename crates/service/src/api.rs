@@ -182,6 +182,7 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("get", "/v1/health") => get(health),
         ("get", "/v1/openapi.json") => get(openapi),
         ("post", "/v1/workspaces") => post(create),
+        ("post", "/v1/match") => post(match_description),
         ("get", "/v1/workspaces") => get(list),
         ("get", "/v1/workspaces/{id}") => get(show),
         ("delete", "/v1/workspaces/{id}") => delete(destroy),
@@ -390,6 +391,22 @@ async fn create(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
+    let (d, form) = description_body(&headers, b)?;
+    let ws = s.service.create(&who, d, form, q.name).await?;
+    let location = format!("/v1/workspaces/{}", ws.record.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        Json(ws),
+    )
+        .into_response())
+}
+
+/// A description in the form its Content-Type names.
+fn description_body(
+    headers: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<(vws_model::Description, Form), ServiceError> {
     let b = body(b)?;
     let ct = headers
         .get(CONTENT_TYPE)
@@ -402,15 +419,20 @@ async fn create(
     })?;
     let text = std::str::from_utf8(&b)
         .map_err(|_| ServiceError::BadRequest("the description is not UTF-8".into()))?;
-    let d = vws_model::parse(text, form)?;
-    let ws = s.service.create(&who, d, form, q.name).await?;
-    let location = format!("/v1/workspaces/{}", ws.record.id);
-    Ok((
-        StatusCode::CREATED,
-        [(axum::http::header::LOCATION, location)],
-        Json(ws),
-    )
-        .into_response())
+    Ok((vws_model::parse(text, form)?, form))
+}
+
+/// The images of the pool judged against a description: a dry run of the
+/// factory's choice (the paper's "workspaces can be selected").
+async fn match_description(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let (d, form) = description_body(&headers, b)?;
+    let d = d.without_server_fields();
+    Ok(Json(s.service.match_description(&who, &d, form).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@ use vws_store::{Binding, Change, ImageKind, ImageRecord, WorkspaceRecord};
 
 use crate::core::{Service, Workspace};
 use crate::error::ServiceError;
+use crate::matching::label;
 use crate::policy::glob;
 
 /// Why a name was refused.
@@ -64,7 +65,7 @@ fn check_account(d: &Description, image: &ImageRecord, form: Form) -> Result<(),
             path: at(form, &[Seg::Key("software"), Seg::Key("image")]),
             message: format!(
                 "a dynamic account runs on a filesystem image (a raw disk image such as `vws image build debian` makes); {} is a {} image{}",
-                d.software.image,
+                d.software.image.as_deref().unwrap_or_default(),
                 image.kind.as_str(),
                 image.format.as_deref().map(|f| format!(" ({f})")).unwrap_or_default()
             ),
@@ -175,19 +176,49 @@ impl Service {
         {
             tracing::debug!("ignoring server-owned fields in a submitted description");
         }
-        let d = description.without_server_fields();
+        let mut d = description.without_server_fields();
         vws_model::validate::validate(&d, form)?;
         if let Some(n) = &name {
             check_name(n)?;
         }
-        let image = self
-            .resolve_image(
-                who,
-                &d.software.image,
-                form,
-                &[Seg::Key("software"), Seg::Key("image")],
-            )
-            .await?;
+        // The image named, if it meets the software requirements; or the
+        // best image of the pool that does (paper §2: workspaces found by
+        // what they need), the choice recorded in the history.
+        let (image, chosen) = match d.software.image.clone() {
+            Some(reference) => {
+                let image = self
+                    .resolve_image(
+                        who,
+                        &reference,
+                        form,
+                        &[Seg::Key("software"), Seg::Key("image")],
+                    )
+                    .await?;
+                let unmet = vws_model::software::unmet(
+                    &d.software,
+                    &self.effective_manifest(&d, &image).await?,
+                );
+                if !unmet.is_empty() {
+                    return Err(InvalidDescription(
+                        unmet
+                            .into_iter()
+                            .map(|u| vws_model::FieldError {
+                                path: at(form, &u.at),
+                                message: format!("image {reference}: {}", u.message),
+                            })
+                            .collect(),
+                    )
+                    .into());
+                }
+                (image, None)
+            }
+            None => {
+                let (image, why) = self.choose_image(who, &d, form).await?;
+                d.software.image = Some(label(&image));
+                (image, Some(why))
+            }
+        };
+        let image_name = d.software.image.clone().unwrap_or_default();
         let mut device_images = Vec::new();
         for (i, dev) in d.hardware.devices.iter().enumerate() {
             let segs = [
@@ -223,13 +254,13 @@ impl Service {
         {
             return Err(ServiceError::Policy(format!(
                 "image {} is not allowed for {}",
-                d.software.image, who.dn
+                image_name, who.dn
             )));
         }
         if limits.require_signed_images && image.signer.is_none() {
             return Err(ServiceError::Policy(format!(
                 "image {} is not signed, and the policy requires signed images for {}",
-                d.software.image, who.dn
+                image_name, who.dn
             )));
         }
         let lifetime = d
@@ -256,7 +287,7 @@ impl Service {
                     at(form, &[Seg::Key("hardware"), Seg::Key("ram")]),
                     format!(
                         "hot image {} was saved with {} of RAM, outside this range",
-                        d.software.image,
+                        image_name,
                         vws_model::ByteSize(m.ram)
                     ),
                 )
@@ -275,7 +306,7 @@ impl Service {
         {
             return Err(ServiceError::Conflict(format!(
                 "image {} was removed meanwhile",
-                d.software.image
+                image_name
             )));
         }
         let (count, ram) = self.store.owner_usage(&who.dn).await?;
@@ -333,7 +364,11 @@ impl Service {
         let change = Change {
             action: "create",
             actor: &who.dn,
-            detail: origin.map(|o| format!("clone of {o}")),
+            detail: match (origin, chosen) {
+                (Some(o), Some(c)) => Some(format!("clone of {o}; {c}")),
+                (Some(o), None) => Some(format!("clone of {o}")),
+                (None, c) => c,
+            },
         };
         if let Err(e) = self.store.insert_workspace(&record, change).await {
             // The record is the source of truth: without it the disk and the
@@ -437,7 +472,7 @@ impl Service {
                 path,
                 format!(
                     "image {} cannot boot as a VM: it has no boot sector and is not a root filesystem (ext2/3/4)",
-                    d.software.image
+                    d.software.image.as_deref().unwrap_or_default()
                 ),
             )
             .into()),
@@ -447,7 +482,8 @@ impl Service {
                     path,
                     format!(
                         "image {} is a root filesystem, which boots as a VM with the kernel of the boot image {}; that image is not in the pool (import it, e.g. as scripts/run does)",
-                        d.software.image, self.boot_image
+                        d.software.image.as_deref().unwrap_or_default(),
+                        self.boot_image
                     ),
                 )
                 .into()),
@@ -516,7 +552,7 @@ impl Service {
                     format!(
                         "disk size {} is smaller than image {} ({})",
                         disk.size,
-                        d.software.image,
+                        d.software.image.as_deref().unwrap_or_default(),
                         vws_model::ByteSize(image.virtual_size)
                     ),
                 )

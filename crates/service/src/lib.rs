@@ -4,12 +4,14 @@
 
 pub mod acl;
 pub mod api;
+mod catalogue;
 pub mod clock;
 mod core;
 pub mod error;
 mod factory;
 pub mod jobs;
 mod lifecycle;
+pub mod matching;
 pub mod network;
 pub mod nodes;
 pub mod policy;

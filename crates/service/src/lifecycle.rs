@@ -921,9 +921,12 @@ impl Service {
                     self.boot_image
                 ))
             })?;
+            let mut manifest = base.manifest.clone();
+            manifest.kernel = boot.manifest.kernel.clone();
             ImageRecord {
                 files: boot.files.clone(),
                 cmdline: Some(crate::factory::rootfs_cmdline(&boot)),
+                manifest,
                 ..base
             }
         } else {
@@ -992,6 +995,8 @@ impl Service {
             signer: None,
             // It holds the workspace's memory: its owner's alone.
             visibility: vws_store::Visibility::Private,
+            // What the workspace was made from.
+            manifest: base.manifest.clone(),
         };
         self.store
             .put_image(&record, name, tag, crate::pool::publisher(who))

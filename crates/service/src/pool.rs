@@ -135,6 +135,7 @@ impl Service {
                     machine: None,
                     signer: None,
                     visibility: req.visibility,
+                    manifest: Default::default(),
                 }
             }
             (None, Some(kernel), Some(initrd)) => {
@@ -158,6 +159,7 @@ impl Service {
                     machine: None,
                     signer: None,
                     visibility: req.visibility,
+                    manifest: Default::default(),
                 }
             }
             _ => {
@@ -166,6 +168,7 @@ impl Service {
                 ))
             }
         };
+        record.manifest = self.read_manifest(&record).await?;
         // The same content already registered keeps its owner and
         // visibility; someone else's private content is not theirs to name.
         if let Some(existing) = self
@@ -190,6 +193,37 @@ impl Service {
             .await?;
         tracing::info!(image = %record.id, %name, %tag, "image imported");
         self.image(who, &reference.to_string()).await
+    }
+
+    /// What an image holds, read from its files (the catalogue).
+    async fn read_manifest(
+        &self,
+        record: &ImageRecord,
+    ) -> Result<vws_model::software::Manifest, ServiceError> {
+        let rootfs = self.disk_content(record).await? == Some(vws_qemu::img::Content::RootFs);
+        let path = |role: &str| -> Result<Option<std::path::PathBuf>, ServiceError> {
+            Ok(match record.file(role) {
+                Some(f) => Some(self.blobs.path(&f.digest.parse()?)),
+                None => None,
+            })
+        };
+        let (disk, kernel) = (path("disk")?, path("kernel")?);
+        let manifest = tokio::task::spawn_blocking(move || {
+            let mut m = match (&disk, rootfs) {
+                (Some(d), true) => crate::catalogue::read_rootfs(d),
+                _ => Default::default(),
+            };
+            if let Some(k) = &kernel {
+                m.kernel = crate::catalogue::kernel_version(k);
+                m.arch.get_or_insert_with(|| "amd64".into());
+                m.note
+                    .get_or_insert_with(|| "a kernel and initrd: no package database".into());
+            }
+            m
+        })
+        .await
+        .map_err(anyhow::Error::from)?;
+        Ok(manifest)
     }
 
     /// Refuses a publisher of `name` that is not its owner (nor an

@@ -75,6 +75,7 @@ pub const ROUTES: &[Route] = &[
     r("get", "/v1/openapi.json", Open),
     r("get", "/v1/workspaces", Client(Read)),
     r("post", "/v1/workspaces", Client(Create)),
+    r("post", "/v1/match", Client(Read)),
     r("get", "/v1/workspaces/{id}", Client(Read)),
     r("delete", "/v1/workspaces/{id}", Client(Manage)),
     r("post", "/v1/workspaces/{id}/clone", Client(Create)),

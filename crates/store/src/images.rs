@@ -88,6 +88,10 @@ pub struct ImageRecord {
     /// Who may use it: every client, or its owner and administrators.
     #[serde(default)]
     pub visibility: Visibility,
+    /// What it holds (distribution, packages, C library, kernel), read
+    /// from the image at import.
+    #[serde(default)]
+    pub manifest: vws_model::software::Manifest,
 }
 
 /// Who may use an image.
@@ -134,7 +138,7 @@ impl ImageRecord {
 }
 
 const COLUMNS: &str =
-    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine, signer, visibility";
+    "id, kind, format, virtual_size, stored_size, files, cmdline, owner, created_at, machine, signer, visibility, manifest";
 
 fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     let id: String = row.try_get("id")?;
@@ -170,6 +174,8 @@ fn decode(row: &AnyRow) -> Result<ImageRecord, StoreError> {
             "private" => Visibility::Private,
             _ => Visibility::Public,
         },
+        manifest: serde_json::from_str(&row.try_get::<String, _>("manifest")?)
+            .map_err(|e| StoreError::corrupt(&id, e))?,
         id,
     })
 }
@@ -208,7 +214,7 @@ impl Store {
         // writer, a node's heartbeat say, commits in between.
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (id) DO NOTHING"
         ))
         .bind(&r.id)
@@ -227,6 +233,7 @@ impl Store {
         )
         .bind(r.signer.clone())
         .bind(r.visibility.as_str())
+        .bind(serde_json::to_string(&r.manifest).expect("manifests serialize"))
         .execute(&mut *tx)
         .await?;
         let owner: Option<String> =

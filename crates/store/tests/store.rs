@@ -346,6 +346,7 @@ async fn images_tags_and_blobs(store: Store) {
         }),
         signer: None,
         visibility: vws_store::Visibility::Public,
+        manifest: Default::default(),
     };
     let admin = vws_store::Publisher {
         dn: "/CN=admin",
@@ -661,6 +662,7 @@ async fn images_register_beside_other_writers(store: Store) {
             machine: None,
             signer: None,
             visibility: vws_store::Visibility::Public,
+            manifest: Default::default(),
         };
         // Twice: registering known content again only moves the tag.
         for tag in ["a", "b"] {

@@ -156,7 +156,7 @@ pub async fn list(g: &Globals, a: ListArgs) -> anyhow::Result<()> {
             r.node
                 .clone()
                 .unwrap_or_else(|| r.placement.as_str().to_string()),
-            r.description.software.image.clone(),
+            r.description.software.image.clone().unwrap_or_default(),
             ram,
             r.terminates_at
                 .map(output::relative)
@@ -221,7 +221,14 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
             "EPR",
             format!("{}  (key {})", ws.epr.address, ws.epr.resource_key),
         ),
-        ("image", format!("{}  ({})", d.software.image, r.image_id)),
+        (
+            "image",
+            format!(
+                "{}  ({})",
+                d.software.image.as_deref().unwrap_or("-"),
+                r.image_id
+            ),
+        ),
         (
             "cpus",
             range(

@@ -84,6 +84,14 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         vws_qemu::img::create(&path, "raw", size).await.unwrap();
+        // A boot sector's signature: a disk that boots by itself (a blank
+        // one would be refused for a VM at create).
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.seek(std::io::SeekFrom::Start(510)).unwrap();
+            f.write_all(&[0x55, 0xaa]).unwrap();
+        }
         let bytes = tokio::fs::File::open(&path).await.unwrap();
         let digest = {
             let data = std::fs::read(&path).unwrap();
@@ -105,9 +113,9 @@ impl Harness {
     /// Imports a (fake-content) kernel and initrd pair as `name:tag`.
     pub async fn kernel_image(&self, name: &str, tag: &str) -> vws_store::ImageRecord {
         let mut digests = Vec::new();
-        for content in [format!("kernel {name}"), format!("initrd {name}")] {
-            let d = vws_store::Digest::of(content.as_bytes()).to_string();
-            self.service.put_blob(&d, content.as_bytes()).await.unwrap();
+        for content in [fake_kernel(name), format!("initrd {name}").into_bytes()] {
+            let d = vws_store::Digest::of(&content).to_string();
+            self.service.put_blob(&d, &content[..]).await.unwrap();
             digests.push(d);
         }
         let req = ImportRequest {
@@ -121,6 +129,18 @@ impl Harness {
         };
         self.service.import_image(&admin(), req).await.unwrap()
     }
+}
+
+/// A stand-in kernel: only a bzImage setup header (its version string,
+/// `6.1.0-test`, where the header points), then the image's name.
+pub fn fake_kernel(name: &str) -> Vec<u8> {
+    let mut k = vec![0u8; 0x400];
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    // The version string's offset, less 0x200.
+    k[0x20e..0x210].copy_from_slice(&(0x100u16).to_le_bytes());
+    k[0x300..0x30a].copy_from_slice(b"6.1.0-test");
+    k.extend_from_slice(format!("kernel {name}").as_bytes());
+    k
 }
 
 /// A TOML description using `image`, with extra TOML appended under [hardware].
