@@ -51,6 +51,9 @@ enum Command {
     Serve(commands::up::UpArgs),
     /// Create a workspace from a description (XML, TOML or JSON; `-` reads stdin)
     Create(commands::workspaces::CreateArgs),
+    /// Show which pool images could serve a description, what each lacks,
+    /// and the one create would choose (paper §2: workspaces are selected)
+    Match(commands::workspaces::CreateArgs),
     /// List workspaces
     #[command(alias = "ls")]
     List(commands::workspaces::ListArgs),
@@ -210,6 +213,7 @@ fn main() -> ExitCode {
             Command::Job(c) => commands::jobs::job(&g, c).await,
             Command::Cp(a) => commands::jobs::cp(&g, a).await,
             Command::Create(a) => commands::workspaces::create(&g, a).await,
+            Command::Match(a) => commands::workspaces::match_description(&g, a).await,
             Command::List(a) => commands::workspaces::list(&g, a).await,
             Command::Show(a) => commands::workspaces::show(&g, a).await,
             Command::Clone(a) => commands::workspaces::clone(&g, a).await,

@@ -6,7 +6,11 @@
 //! VM sees Debian and runs the extra package's program; its writes survive
 //! stop, undeploy, deploy and start; a second VM of the image does not see
 //! them and the node's copy of the image is unchanged; the same image runs
-//! as an account; a hot image of the Debian VM gives clones with their own
+//! as an account; the catalogue shows what it holds (`image show`, `image
+//! list --has`); a description naming no image, only Debian 12 and bc,
+//! gets it chosen (`vws match`, the history) as a VM and as an account, and
+//! one needing a program no image holds is refused with the nearest
+//! candidate; a hot image of the Debian VM gives clones with their own
 //! identity, a job running in each.
 
 use std::path::Path;
@@ -172,6 +176,64 @@ fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
         "{text}"
     );
     ok(home, &["destroy", &acct]);
+
+    // Step: the catalogue: what the image holds, read at import.
+    let shown = ok(home, &["image", "show", "debian:12"]);
+    assert!(shown.contains("Debian GNU/Linux 12"), "{shown}");
+    assert!(shown.contains("libc  2.36"), "{shown}");
+    let listed = ok(home, &["image", "list", "--has", "bc"]);
+    assert!(
+        listed.contains("debian:12") && !listed.contains("blank:1"),
+        "{listed}"
+    );
+    // Step: found by what it needs: no image named, a VM and an account
+    // made from the one image that holds bc, running it.
+    let wants = "[software]\nos = { distribution = \"debian-12\" }\nprograms = [{ name = \"bc\", min = \"1.07\" }]\n";
+    let by_need = home.join("need.toml");
+    std::fs::write(
+        &by_need,
+        format!("category = \"vm\"\n[hardware]\nram = \"256MiB\"\n{wants}"),
+    )
+    .unwrap();
+    let m = ok(home, &["match", by_need.to_str().unwrap()]);
+    assert!(
+        m.contains("fits   debian:12") && m.contains("debian:12 chosen"),
+        "{m}"
+    );
+    let v = create(
+        home,
+        &format!("category = \"vm\"\n[hardware]\nram = \"256MiB\"\n{wants}"),
+        "need-vm",
+    );
+    let shown: Value = serde_json::from_str(&ok(home, &["show", &v, "--json"])).unwrap();
+    assert_eq!(shown["description"]["software"]["image"], "debian:12");
+    let history = ok(home, &["show", &v, "--history"]);
+    assert!(history.contains("debian:12 chosen"), "{history}");
+    ok(home, &["deploy", &v]);
+    ok(home, &["start", &v]);
+    assert_eq!(stdout(&run(home, &v, "echo 3^4 | bc")).trim(), "81");
+    ok(home, &["destroy", &v]);
+    let acct = create(
+        home,
+        &format!("category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\n{wants}"),
+        "need-acct",
+    );
+    ok(home, &["deploy", &acct]);
+    ok(home, &["start", &acct]);
+    assert_eq!(stdout(&run(home, &acct, "echo 3^4 | bc")).trim(), "81");
+    ok(home, &["destroy", &acct]);
+    // Nothing holds emboss: refused with the nearest candidates.
+    let none = home.join("none.toml");
+    std::fs::write(
+        &none,
+        "category = \"vm\"\n[software]\nprograms = [{ name = \"emboss\" }]\n",
+    )
+    .unwrap();
+    let e = refused(home, &["create", none.to_str().unwrap()]);
+    assert!(
+        e.contains("no image meets") && e.contains("nearest candidate debian:12"),
+        "{e}"
+    );
 
     // Step: a hot image of the Debian VM; its clones have their own
     // identity and run jobs in Debian.

@@ -229,6 +229,22 @@ impl Client {
         self.json(req, &url).await
     }
 
+    /// The pool's images judged against a description (`POST /v1/match`):
+    /// the candidates, best first, and the one create would choose.
+    pub async fn match_description(
+        &self,
+        text: String,
+        form: Form,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = self.url("/v1/match");
+        let req = self
+            .http
+            .post(&url)
+            .header("content-type", form.content_type())
+            .body(text);
+        self.json(req, &url).await
+    }
+
     /// One page of workspaces.
     pub async fn list(&self, q: &ListQuery) -> Result<Page<Workspace>, ClientError> {
         let url = self.url("/v1/workspaces");

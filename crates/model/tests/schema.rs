@@ -65,3 +65,26 @@ fn the_validator_really_checks() {
     let (ok, _) = xmllint(doc);
     assert!(!ok, "xmllint must refuse an unknown element");
 }
+
+#[test]
+fn every_example_parses_and_its_xml_validates() {
+    let dir = format!("{}/../../examples", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        let form = match path.extension().and_then(|e| e.to_str()) {
+            Some("xml") => Form::Xml,
+            Some("toml") => Form::Toml,
+            Some("json") => Form::Json,
+            _ => continue,
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let d = parse(&text, form).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Requirements without an image, and version ranges, are the
+        // schema's too.
+        let (ok, stderr) = xmllint(&write(&d, Form::Xml));
+        assert!(ok, "{}: {stderr}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 7, "{seen} examples");
+}

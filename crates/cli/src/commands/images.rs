@@ -77,7 +77,11 @@ pub enum ImageCommand {
     },
     /// List the pool
     #[command(alias = "ls")]
-    List,
+    List {
+        /// Only images that hold this package (or busybox applet)
+        #[arg(long, value_name = "PACKAGE")]
+        has: Option<String>,
+    },
     /// Show one image (NAME:TAG or sha256:DIGEST)
     Show {
         /// Image reference
@@ -261,8 +265,11 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        ImageCommand::List => {
-            let images = client.images().await?;
+        ImageCommand::List { has } => {
+            let mut images = client.images().await?;
+            if let Some(p) = &has {
+                images.retain(|i| i.manifest.packages.contains_key(p));
+            }
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&images)?);
             } else if images.is_empty() {
@@ -313,6 +320,31 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 }
                 if let Some(c) = &i.cmdline {
                     println!("  cmdline  {c}");
+                }
+                let m = &i.manifest;
+                if let Some(os) = m.pretty_name.as_ref().or(m.distribution.as_ref()) {
+                    println!("       os  {os}");
+                }
+                for (what, v) in [("arch", &m.arch), ("kernel", &m.kernel), ("libc", &m.libc)] {
+                    if let Some(v) = v {
+                        println!("{what:>9}  {v}");
+                    }
+                }
+                if !m.packages.is_empty() {
+                    let names: Vec<&str> = m.packages.keys().map(String::as_str).take(12).collect();
+                    println!(
+                        " packages  {} ({}{})",
+                        m.packages.len(),
+                        names.join(", "),
+                        if m.packages.len() > 12 {
+                            ", …; --json lists all"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if let Some(n) = &m.note {
+                    println!("     note  {n}");
                 }
                 println!("    owner  {}", i.owner);
                 println!(

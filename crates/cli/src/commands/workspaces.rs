@@ -22,6 +22,10 @@ pub struct CreateArgs {
     /// Form of the description, when the file name does not say [xml, toml, json]
     #[arg(long, value_parser = ["xml", "toml", "json"])]
     form: Option<String>,
+    /// Create nothing: show the images that could serve it, what each
+    /// lacks, and the one create would choose (as `vws match`)
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `vws list`.
@@ -116,8 +120,51 @@ pub async fn create(g: &Globals, a: CreateArgs) -> anyhow::Result<()> {
     // Check locally first: the same parser the service runs, so errors come
     // back at once and name the element.
     vws_model::parse(&text, form).map_err(anyhow::Error::from)?;
+    if a.dry_run {
+        return print_match(g, g.client()?.match_description(text, form).await?);
+    }
     let ws = g.client()?.create(text, form, a.name.as_deref()).await?;
     print_created(g, &ws)
+}
+
+/// `vws match FILE`: `vws create FILE --dry-run`.
+pub async fn match_description(g: &Globals, mut a: CreateArgs) -> anyhow::Result<()> {
+    a.dry_run = true;
+    create(g, a).await
+}
+
+/// The candidates of a match, best first, with what each lacks.
+fn print_match(g: &Globals, m: serde_json::Value) -> anyhow::Result<()> {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let candidates = m["candidates"].as_array().unwrap_or(&empty);
+    for c in candidates {
+        let mark = if c["fits"].as_bool() == Some(true) {
+            "fits "
+        } else {
+            "lacks"
+        };
+        println!(
+            "{mark}  {}  ({})",
+            c["image"].as_str().unwrap_or("-"),
+            c["kind"].as_str().unwrap_or("-")
+        );
+        for l in c["lacks"].as_array().unwrap_or(&empty) {
+            println!(
+                "         {}: {}",
+                l["path"].as_str().unwrap_or(""),
+                l["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!("{}", m["reason"].as_str().unwrap_or(""));
+    if m["chosen"].is_null() {
+        anyhow::bail!("no image meets the description's software requirements");
+    }
+    Ok(())
 }
 
 /// Lists workspaces.
