@@ -28,6 +28,8 @@ pub enum Suite {
     Clone,
     /// the paper's Figure 2: a job on the host, in a workspace from a hot image, in a workspace that starts it at boot
     Paper,
+    /// the paper's EMBOSS experiment (§4): installing EMBOSS, deploying and starting it as a cold VM, a hot VM and an account, water and needle against the host's
+    Emboss,
 }
 
 /// `vws bench`.
@@ -252,5 +254,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Job => crate::commands::bench_vm::job_suite(g, &a).await,
         Suite::Clone => crate::commands::bench_vm::clone_suite(g, &a).await,
         Suite::Paper => crate::commands::bench_paper::paper_suite(g, &a).await,
+        Suite::Emboss => crate::commands::bench_emboss::emboss_suite(g, &a).await,
     }
 }

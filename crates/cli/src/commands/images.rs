@@ -124,7 +124,7 @@ fn hash_file(path: &Path, pb: ProgressBar) -> anyhow::Result<String> {
 }
 
 /// Hashes and, unless the service has it already, uploads one file.
-async fn send(
+pub(crate) async fn send(
     client: &vws_client::Client,
     path: &Path,
     role: &str,

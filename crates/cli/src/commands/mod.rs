@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_account;
+pub mod bench_emboss;
 pub mod bench_paper;
 pub mod bench_vm;
 pub mod image_build;
