@@ -65,7 +65,13 @@ fn json(home: &Path, args: &[&str]) -> Value {
 fn import_kernel(home: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let (k, i) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
-    std::fs::write(&k, vec![7u8; 300_000]).unwrap();
+    // A stand-in kernel whose bzImage header says 6.1.0 (what
+    // examples/minimal.xml requires).
+    let mut kernel = vec![7u8; 300_000];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    kernel[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+    kernel[0x300..0x30b].copy_from_slice(b"6.1.0-fake\0");
+    std::fs::write(&k, kernel).unwrap();
     std::fs::write(&i, vec![9u8; 100_000]).unwrap();
     let image = json(
         home,
@@ -127,6 +133,27 @@ fn the_main_path_through_the_cli() {
     assert_eq!(
         vws(home.path(), &["show", "ws-000000000000"]).status.code(),
         Some(1)
+    );
+    // Ids stay one path segment: `..` and `/` cannot reach other routes
+    // (`vws destroy ../images/minimal:1` removed the image once).
+    for args in [
+        vec!["destroy", "../images/minimal:1"],
+        vec!["show", "../nodes"],
+        vec!["show", "ws-1/../../nodes"],
+        vec!["show", "%2e%2e"],
+    ] {
+        let out = vws(home.path(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not found"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        json(home.path(), &["image", "show", "minimal:1"])["tags"][0],
+        "minimal:1",
+        "the image is still there"
     );
     // A usage error: exit 2.
     assert_eq!(vws(home.path(), &["create"]).status.code(), Some(2));

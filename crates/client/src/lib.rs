@@ -268,13 +268,17 @@ impl Client {
 
     /// One workspace.
     pub async fn show(&self, id: &str) -> Result<Workspace, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/workspaces/{id}", id = seg(id)),
+            None,
+        )
+        .await
     }
 
     /// A workspace's full description in the XML or TOML form.
     pub async fn description(&self, id: &str, form: Form) -> Result<String, ClientError> {
-        let url = self.url(&format!("/v1/workspaces/{id}"));
+        let url = self.url(&format!("/v1/workspaces/{id}", id = seg(id)));
         let resp = self
             .send(
                 self.http.get(&url).header("accept", form.content_type()),
@@ -288,8 +292,12 @@ impl Client {
 
     /// A workspace's history.
     pub async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}/history"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/workspaces/{id}/history", id = seg(id)),
+            None,
+        )
+        .await
     }
 
     /// Clones a workspace.
@@ -300,7 +308,7 @@ impl Client {
     ) -> Result<Workspace, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/clone"),
+            &format!("/v1/workspaces/{id}/clone", id = seg(id)),
             Some(serde_json::json!({ "name": name })),
         )
         .await
@@ -310,7 +318,7 @@ impl Client {
     pub async fn renew(&self, id: &str, seconds: u64) -> Result<Workspace, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/renew"),
+            &format!("/v1/workspaces/{id}/renew", id = seg(id)),
             Some(serde_json::json!({ "lifetime": seconds })),
         )
         .await
@@ -318,7 +326,7 @@ impl Client {
 
     /// Destroys a workspace.
     pub async fn destroy(&self, id: &str) -> Result<(), ClientError> {
-        let url = self.url(&format!("/v1/workspaces/{id}"));
+        let url = self.url(&format!("/v1/workspaces/{id}", id = seg(id)));
         self.send(self.http.delete(&url), &url).await.map(drop)
     }
 
@@ -329,19 +337,26 @@ impl Client {
 
     /// One image.
     pub async fn image(&self, reference: &str) -> Result<ImageRecord, ClientError> {
-        self.call(Method::GET, &format!("/v1/images/{reference}"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/images/{reference}", reference = seg(reference)),
+            None,
+        )
+        .await
     }
 
     /// Removes an image tag (and the image with its last tag).
     pub async fn remove_image(&self, reference: &str) -> Result<(), ClientError> {
-        let url = self.url(&format!("/v1/images/{reference}"));
+        let url = self.url(&format!(
+            "/v1/images/{reference}",
+            reference = seg(reference)
+        ));
         self.send(self.http.delete(&url), &url).await.map(drop)
     }
 
     /// Whether the service already holds a blob.
     pub async fn has_blob(&self, digest: &str) -> Result<bool, ClientError> {
-        let url = self.url(&format!("/v1/blobs/{digest}"));
+        let url = self.url(&format!("/v1/blobs/{digest}", digest = seg(digest)));
         match self.send(self.http.head(&url), &url).await {
             Ok(_) => Ok(true),
             Err(ClientError::Api {
@@ -368,7 +383,7 @@ impl Client {
                     progress(c.len() as u64);
                 }
             });
-        let url = self.url(&format!("/v1/blobs/{digest}"));
+        let url = self.url(&format!("/v1/blobs/{digest}", digest = seg(digest)));
         let req = self
             .http
             .put(&url)
@@ -389,7 +404,7 @@ impl Client {
     pub async fn deploy(&self, id: &str, host: Option<&str>) -> Result<Workspace, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/deploy"),
+            &format!("/v1/workspaces/{id}/deploy", id = seg(id)),
             Some(serde_json::json!({ "host": host })),
         )
         .await
@@ -397,19 +412,27 @@ impl Client {
 
     /// A lifecycle action without arguments: `undeploy`, `start`, `stop`, `pause`, `unpause`.
     pub async fn action(&self, id: &str, verb: &str) -> Result<Workspace, ClientError> {
-        self.call(Method::POST, &format!("/v1/workspaces/{id}/{verb}"), None)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/workspaces/{id}/{verb}", id = seg(id)),
+            None,
+        )
+        .await
     }
 
     /// Staging progress of a deploy in flight: `{done, total, moved}`.
     pub async fn staging(&self, id: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}/staging"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/workspaces/{id}/staging", id = seg(id)),
+            None,
+        )
+        .await
     }
 
     /// The console as a stream of bytes; with `follow`, until the guest shuts down.
     pub async fn console(&self, id: &str, follow: bool) -> Result<reqwest::Response, ClientError> {
-        let url = self.url(&format!("/v1/workspaces/{id}/console"));
+        let url = self.url(&format!("/v1/workspaces/{id}/console", id = seg(id)));
         self.send(self.http.get(&url).query(&[("follow", follow)]), &url)
             .await
     }
@@ -426,8 +449,12 @@ impl Client {
 
     /// One network (with its addresses, for administrators).
     pub async fn network(&self, name: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::GET, &format!("/v1/networks/{name}"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/networks/{name}", name = seg(name)),
+            None,
+        )
+        .await
     }
 
     /// Starts a job; `request` is `{argv, env?, cwd?, stdin? (base64), timeout?}`.
@@ -438,7 +465,7 @@ impl Client {
     ) -> Result<vws_store::JobRecord, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/jobs"),
+            &format!("/v1/workspaces/{id}/jobs", id = seg(id)),
             Some(request),
         )
         .await
@@ -446,20 +473,32 @@ impl Client {
 
     /// One job.
     pub async fn job(&self, job: &str) -> Result<vws_store::JobRecord, ClientError> {
-        self.call(Method::GET, &format!("/v1/jobs/{job}"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/jobs/{job}", job = seg(job)),
+            None,
+        )
+        .await
     }
 
     /// A workspace's jobs.
     pub async fn jobs(&self, id: &str) -> Result<Vec<vws_store::JobRecord>, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}/jobs"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/workspaces/{id}/jobs", id = seg(id)),
+            None,
+        )
+        .await
     }
 
     /// Cancels a job.
     pub async fn cancel_job(&self, job: &str) -> Result<vws_store::JobRecord, ClientError> {
-        self.call(Method::POST, &format!("/v1/jobs/{job}/cancel"), None)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/jobs/{job}/cancel", job = seg(job)),
+            None,
+        )
+        .await
     }
 
     /// A job's events as an NDJSON byte stream.
@@ -468,14 +507,14 @@ impl Client {
         job: &str,
         follow: bool,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = self.url(&format!("/v1/jobs/{job}/output"));
+        let url = self.url(&format!("/v1/jobs/{job}/output", job = seg(job)));
         self.send(self.http.get(&url).query(&[("follow", follow)]), &url)
             .await
     }
 
     /// Writes a file into a running workspace.
     pub async fn put_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<(), ClientError> {
-        let url = self.url(&format!("/v1/workspaces/{id}/files"));
+        let url = self.url(&format!("/v1/workspaces/{id}/files", id = seg(id)));
         self.send(
             self.http.put(&url).query(&[("path", path)]).body(data),
             &url,
@@ -486,7 +525,7 @@ impl Client {
 
     /// Reads a file from a running workspace.
     pub async fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-        let url = self.url(&format!("/v1/workspaces/{id}/files"));
+        let url = self.url(&format!("/v1/workspaces/{id}/files", id = seg(id)));
         let resp = self
             .send(self.http.get(&url).query(&[("path", path)]), &url)
             .await?;
@@ -507,7 +546,10 @@ impl Client {
     ) -> Result<ImageRecord, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/images/{reference}/signature"),
+            &format!(
+                "/v1/images/{reference}/signature",
+                reference = seg(reference)
+            ),
             Some(serde_json::json!({ "certificate": cert_pem, "signature": signature })),
         )
         .await
@@ -517,7 +559,7 @@ impl Client {
     pub async fn migrate(&self, id: &str, to: &str) -> Result<Workspace, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/migrate"),
+            &format!("/v1/workspaces/{id}/migrate", id = seg(id)),
             Some(serde_json::json!({ "to": to })),
         )
         .await
@@ -525,17 +567,46 @@ impl Client {
 
     /// Progress of a migration in flight.
     pub async fn migration(&self, id: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::GET, &format!("/v1/workspaces/{id}/migration"), None)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/workspaces/{id}/migration", id = seg(id)),
+            None,
+        )
+        .await
     }
 
     /// Saves a paused workspace as a hot image `name:tag`.
     pub async fn snapshot(&self, id: &str, as_: &str) -> Result<ImageRecord, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/snapshot"),
+            &format!("/v1/workspaces/{id}/snapshot", id = seg(id)),
             Some(serde_json::json!({ "as": as_ })),
         )
         .await
+    }
+}
+
+/// One path segment, percent-encoded so that an id or reference from the
+/// command line stays one segment of its route: `/`, `%`, `?`, `#` and
+/// every byte outside the unreserved set are encoded, and so are dots, so
+/// that `..` cannot climb to another route (clients normalize `..` before
+/// sending). The service decodes it back.
+pub fn seg(s: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':');
+    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segments_cannot_climb() {
+        assert_eq!(super::seg("../nodes"), "%2E%2E%2Fnodes");
+        assert_eq!(super::seg("minimal:1"), "minimal:1");
+        assert_eq!(super::seg("sha256:ab12"), "sha256:ab12");
+        assert_eq!(super::seg("a b?#%"), "a%20b%3F%23%25");
     }
 }

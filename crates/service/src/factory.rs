@@ -181,6 +181,17 @@ impl Service {
         if let Some(n) = &name {
             check_name(n)?;
         }
+        let mut device_images = Vec::new();
+        for (i, dev) in d.hardware.devices.iter().enumerate() {
+            let segs = [
+                Seg::Key("hardware"),
+                Seg::Key("devices"),
+                Seg::Index(i),
+                Seg::Key("image"),
+            ];
+            device_images.push(self.resolve_image(who, &dev.image, form, &segs).await?.id);
+        }
+
         // The image named, if it meets the software requirements; or the
         // best image of the pool that does (paper §2: workspaces found by
         // what they need), the choice recorded in the history.
@@ -219,17 +230,6 @@ impl Service {
             }
         };
         let image_name = d.software.image.clone().unwrap_or_default();
-        let mut device_images = Vec::new();
-        for (i, dev) in d.hardware.devices.iter().enumerate() {
-            let segs = [
-                Seg::Key("hardware"),
-                Seg::Key("devices"),
-                Seg::Index(i),
-                Seg::Key("image"),
-            ];
-            device_images.push(self.resolve_image(who, &dev.image, form, &segs).await?.id);
-        }
-
         // Policy: what this owner may ask for.
         let limits = self.policy.limits_for(&who.dn);
         if !limits
