@@ -305,11 +305,16 @@ impl Client {
         &self,
         id: &str,
         name: Option<&str>,
+        changes: Option<&serde_json::Value>,
     ) -> Result<Workspace, ClientError> {
+        let mut body = serde_json::json!({ "name": name });
+        if let Some(c) = changes {
+            body["changes"] = c.clone();
+        }
         self.call(
             Method::POST,
             &format!("/v1/workspaces/{id}/clone", id = seg(id)),
-            Some(serde_json::json!({ "name": name })),
+            Some(body),
         )
         .await
     }

@@ -521,6 +521,10 @@ async fn destroy(
 #[serde(deny_unknown_fields)]
 struct CloneRequest {
     name: Option<String>,
+    /// A JSON merge patch (RFC 7386) over the source's description (JSON
+    /// form): the clone's changes, checked as a create's description is.
+    #[serde(default)]
+    changes: Option<serde_json::Value>,
 }
 
 async fn clone(
@@ -531,9 +535,13 @@ async fn clone(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let req: Option<CloneRequest> = json_body(&headers, b)?;
+    let (name, changes) = match req {
+        Some(r) => (r.name, r.changes),
+        None => (None, None),
+    };
     let ws = s
         .service
-        .clone_workspace(&who, &id, req.and_then(|r| r.name))
+        .clone_workspace(&who, &id, name, changes.as_ref())
         .await?;
     Ok((StatusCode::CREATED, Json(ws)).into_response())
 }

@@ -666,9 +666,23 @@ impl Service {
         who: &Identity,
         id: &str,
         name: Option<String>,
+        changes: Option<&serde_json::Value>,
     ) -> Result<Workspace, ServiceError> {
         let source = self.visible(who, id).await?;
-        self.create_with(who, source.description, Form::Json, name, Some(&source.id))
+        let description = match changes {
+            None => source.description,
+            // Refining (paper §2): the source's description with a JSON
+            // merge patch (RFC 7386) applied — narrow a range, add a
+            // requirement, name another image, or drop the image (null) to
+            // have one chosen — then checked as any create is.
+            Some(patch) => {
+                let mut doc = serde_json::to_value(&source.description)
+                    .map_err(|e| ServiceError::Internal(e.into()))?;
+                json_patch::merge(&mut doc, patch);
+                vws_model::parse(&doc.to_string(), Form::Json)?
+            }
+        };
+        self.create_with(who, description, Form::Json, name, Some(&source.id))
             .await
     }
 }

@@ -337,7 +337,7 @@ async fn clone_is_a_new_resource_with_the_same_description() {
         .unwrap();
     let copy = h
         .service
-        .clone_workspace(&alice(), &src.record.id, Some("copy".into()))
+        .clone_workspace(&alice(), &src.record.id, Some("copy".into()), None)
         .await
         .unwrap();
     assert_ne!(copy.record.id, src.record.id);
@@ -351,14 +351,14 @@ async fn clone_is_a_new_resource_with_the_same_description() {
     );
     let dup = h
         .service
-        .clone_workspace(&alice(), &src.record.id, Some("copy".into()))
+        .clone_workspace(&alice(), &src.record.id, Some("copy".into()), None)
         .await
         .unwrap_err();
     assert!(matches!(dup, ServiceError::Conflict(_)), "{dup:?}");
     // Someone else's workspace cannot be cloned, or even seen.
     assert!(matches!(
         h.service
-            .clone_workspace(&bob(), &src.record.id, None)
+            .clone_workspace(&bob(), &src.record.id, None, None)
             .await,
         Err(ServiceError::NotFound(_))
     ));

@@ -217,6 +217,80 @@ async fn catalogue_and_matching(backend: Backend) {
                 && m.contains("nearest candidate emboss:1")),
         "{got:?}"
     );
+    // Refining (paper §2): a clone changes its description on the way and
+    // is checked as a create is.
+    let src = h
+        .service
+        .create(&alice(), xml(Some("emboss:1"), ""), Form::Xml, None)
+        .await
+        .unwrap();
+    let narrowed = h
+        .service
+        .clone_workspace(
+            &alice(),
+            &src.record.id,
+            None,
+            Some(&serde_json::json!({ "hardware": { "ram": { "min": "32MiB" } } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(narrowed.record.description.hardware.ram.min.0, 32 << 20);
+    assert_eq!(narrowed.record.image_id, src.record.image_id);
+    let got = invalid(
+        h.service
+            .clone_workspace(
+                &alice(),
+                &src.record.id,
+                None,
+                Some(&serde_json::json!({ "software": { "programs": [{ "name": "water" }] } })),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(got[0].0, "software.programs[0]", "{got:?}");
+    let other = h
+        .service
+        .clone_workspace(
+            &alice(),
+            &src.record.id,
+            None,
+            Some(&serde_json::json!({ "software": { "image": "emboss-old:1" } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        other.record.description.software.image.as_deref(),
+        Some("emboss-old:1")
+    );
+    let chosen = h
+        .service
+        .clone_workspace(
+            &alice(),
+            &src.record.id,
+            None,
+            Some(&serde_json::json!({ "software": { "image": null,
+                "programs": [{ "name": "emboss", "max": "6.6" }] } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        chosen.record.description.software.image.as_deref(),
+        Some("emboss-old:1"),
+        "only the older one is at most 6.6"
+    );
+    let got = invalid(
+        h.service
+            .clone_workspace(
+                &alice(),
+                &src.record.id,
+                None,
+                Some(&serde_json::json!({ "hardware": { "ram": { "min": "lots" } } })),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(got[0].0, "hardware.ram.min", "{got:?}");
+
     // Neither an image nor a requirement: nothing to go by.
     assert!(invalid(
         h.service

@@ -66,6 +66,12 @@ pub struct CloneArgs {
     /// Name of the clone
     #[arg(long)]
     name: Option<String>,
+    /// Refine the description on the way: a JSON merge patch (RFC 7386)
+    /// over it, or @FILE, e.g. '{"hardware":{"ram":{"max":"512MiB"}}}';
+    /// null removes a field ('{"software":{"image":null}}' lets the
+    /// factory choose). Checked as a create is.
+    #[arg(long, value_name = "JSON")]
+    change: Option<String>,
 }
 
 /// `vws destroy`.
@@ -390,9 +396,21 @@ fn range(min: String, max: String, bound: Option<String>) -> String {
 
 /// Clones a workspace.
 pub async fn clone(g: &Globals, a: CloneArgs) -> anyhow::Result<()> {
+    let changes: Option<serde_json::Value> = match &a.change {
+        None => None,
+        Some(text) => {
+            let text = match text.strip_prefix('@') {
+                Some(file) => {
+                    std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+                }
+                None => text.clone(),
+            };
+            Some(serde_json::from_str(&text).context("--change is not JSON (a merge patch)")?)
+        }
+    };
     let ws = g
         .client()?
-        .clone_workspace(&a.id, a.name.as_deref())
+        .clone_workspace(&a.id, a.name.as_deref(), changes.as_ref())
         .await?;
     print_created(g, &ws)
 }
