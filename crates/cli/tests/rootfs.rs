@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{debian_image, minimal_guest, ok, refused, vws, Kill as Up, Reap, VWS};
+use common::{
+    debian_image, debian_image_with, minimal_guest, ok, refused, vws, Kill as Up, Reap, VWS,
+};
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
     vws(home, &["run", id, "--", "sh", "-c", script])
@@ -234,6 +236,51 @@ fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
         e.contains("no image meets") && e.contains("nearest candidate debian:12"),
         "{e}"
     );
+
+    // Step: the image's own init, when asked for: refused for an image
+    // without systemd, naming the element; systemd as PID 1 where it is.
+    std::fs::write(
+        home.join("sd.toml"),
+        VM.replace(
+            "image = \"debian:12\"",
+            "image = \"debian:12\"\nos = { init = \"systemd\" }",
+        ),
+    )
+    .unwrap();
+    let e = refused(home, &["create", home.join("sd.toml").to_str().unwrap()]);
+    assert!(
+        e.contains("software.os.init") && e.contains("no systemd"),
+        "{e}"
+    );
+    let sd_image = debian_image_with(home, "systemd-sysv,bc");
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "debian-sd:12",
+            "--disk",
+            sd_image.to_str().unwrap(),
+        ],
+    );
+    let sd = create(
+        home,
+        &VM.replace(
+            "image = \"debian:12\"",
+            "image = \"debian-sd:12\"\nos = { init = \"systemd\" }",
+        ),
+        "sd",
+    );
+    ok(home, &["deploy", &sd]);
+    ok(home, &["start", &sd]);
+    let text = stdout(&run(home, &sd, "cat /proc/1/comm; echo 5+5 | bc"));
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["systemd", "10"],
+        "{text}"
+    );
+    ok(home, &["stop", &sd]);
+    ok(home, &["destroy", &sd]);
 
     // Step: a hot image of the Debian VM; its clones have their own
     // identity and run jobs in Debian.

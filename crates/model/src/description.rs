@@ -385,6 +385,11 @@ pub struct Os {
     /// `debian-12`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution: Option<String>,
+    /// What runs as PID 1 of a VM booted from a root filesystem: `vws` (the
+    /// default: the vws guest's init, no systemd, fastest) or `systemd`
+    /// (the image's own `/sbin/init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 /// An installed program.

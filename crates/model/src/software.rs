@@ -112,6 +112,12 @@ pub fn unmet(sw: &Software, m: &Manifest) -> Vec<Unmet> {
                 });
             }
         }
+        if os.init.as_deref() == Some("systemd") && !m.packages.contains_key("systemd") {
+            out.push(Unmet {
+                at: at("init"),
+                message: "systemd as init is required; the image has no systemd package".into(),
+            });
+        }
         if let Some(want) = &os.kernel {
             match &m.kernel {
                 Some(k) if version_has_prefix(k, want) => {}
@@ -229,6 +235,7 @@ mod tests {
             Some(Os {
                 kernel: None,
                 distribution: Some("debian-12".into()),
+                init: None,
             }),
             vec![program("emboss", Some("6.6"), Some("6.5"), Some("7"))],
         );
@@ -237,6 +244,7 @@ mod tests {
             Some(Os {
                 kernel: Some("6.1".into()),
                 distribution: Some("ubuntu".into()),
+                init: None,
             }),
             vec![
                 program("emboss", None, Some("6.7"), None),

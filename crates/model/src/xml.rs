@@ -577,7 +577,7 @@ fn read_software(node: &Node) -> Result<Software, InvalidDescription> {
                 once(&mut image, c, c.leaf_text()?.to_string())?;
             }
             (Some(NS_SW), "os") => {
-                c.only_attrs(&["kernel", "distribution"])?;
+                c.only_attrs(&["kernel", "distribution", "init"])?;
                 c.leaf_text()?;
                 once(
                     &mut os,
@@ -585,6 +585,7 @@ fn read_software(node: &Node) -> Result<Software, InvalidDescription> {
                     Os {
                         kernel: text_attr(c, "kernel"),
                         distribution: text_attr(c, "distribution"),
+                        init: text_attr(c, "init"),
                     },
                 )?;
             }
@@ -736,6 +737,9 @@ pub fn to_xml(d: &Description) -> String {
         }
         if let Some(dist) = &os.distribution {
             e.push_attribute(("distribution", dist.as_str()));
+        }
+        if let Some(init) = &os.init {
+            e.push_attribute(("init", init.as_str()));
         }
         put(Event::Empty(e));
     }

@@ -336,7 +336,18 @@ impl Service {
                         size: f.size,
                     }),
             );
-            ("kernel", Some(crate::factory::rootfs_cmdline(&kernel)))
+            let mut cmdline = crate::factory::rootfs_cmdline(&kernel);
+            if r.description
+                .software
+                .os
+                .as_ref()
+                .and_then(|o| o.init.as_deref())
+                == Some("systemd")
+            {
+                // The image's own init after the root is ready.
+                cmdline.push_str(" vws.init=image");
+            }
+            ("kernel", Some(cmdline))
         } else if image.kind == ImageKind::Disk {
             ("disk", image.cmdline.clone())
         } else {

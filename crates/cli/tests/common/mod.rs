@@ -168,7 +168,15 @@ pub fn answer(listener: std::net::TcpListener, body: &'static str) {
 /// in target/ between runs and tests; built under another name and renamed,
 /// so a test never takes a half-built one.
 pub fn debian_image(home: &Path) -> PathBuf {
-    let image = root().join("target/vws-test-debian-bc.img");
+    debian_image_with(home, "bc")
+}
+
+/// The same with other extra packages (comma-separated).
+pub fn debian_image_with(home: &Path, include: &str) -> PathBuf {
+    let image = root().join(format!(
+        "target/vws-test-debian-{}.img",
+        include.replace(',', "-")
+    ));
     if !image.exists() {
         let part = image.with_extension(format!("part-{}", std::process::id()));
         ok(
@@ -180,7 +188,7 @@ pub fn debian_image(home: &Path) -> PathBuf {
                 "--from",
                 "debian",
                 "--include",
-                "bc",
+                include,
                 "--out",
                 part.to_str().unwrap(),
             ],
