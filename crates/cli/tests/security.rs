@@ -150,10 +150,14 @@ fn certificates_owners_and_access_control() {
     // The administrator's certificate (made on first run) is used by default.
     let me = ok_as(home, None, &["cert", "show"]);
     assert!(me["attributes"].to_string().contains("admin"), "{me}");
+    // A disk that boots by itself as far as vws can tell: a boot sector's
+    // signature (a blank disk is refused for a VM at create).
     let disk = home.join("tiny.raw");
+    let mut tiny = vec![0u8; 1 << 20];
+    tiny[510..512].copy_from_slice(&[0x55, 0xaa]);
     std::fs::File::create(&disk)
         .unwrap()
-        .write_all(&vec![0u8; 1 << 20])
+        .write_all(&tiny)
         .unwrap();
     ok_as(
         home,
@@ -364,9 +368,11 @@ fn certificates_owners_and_access_control() {
         assert!(Instant::now() < deadline, "the node did not register");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let payload: Vec<u8> = (0..(9u32 << 20))
+    let mut payload: Vec<u8> = (0..(9u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
+    payload[510..512].copy_from_slice(&[0x55, 0xaa]);
+    payload[1080] = 0; // and no ext superblock magic by chance
     let big = home.join("big.raw");
     std::fs::write(&big, &payload).unwrap();
     let img = ok_as(

@@ -325,6 +325,7 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
                 f.write_all(&buf)?;
             }
         }
+        mark_bootable(&image)?;
         let digest = vws_store::manifest(&image)?.digest;
         rig.client.upload_blob(&image, &digest, |_| {}).await?;
         rig.client.import_image(json!({ "name": "stage", "tag": "1", "disk": digest })).await?;
@@ -594,6 +595,19 @@ fn write_image(path: &Path, mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives a synthetic disk a boot sector's signature (and no ext superblock
+/// magic), so the factory takes it for a disk that boots by itself: a VM
+/// is refused at create otherwise.
+fn mark_bootable(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.seek(SeekFrom::Start(510))?;
+    f.write_all(&[0x55, 0xaa])?;
+    f.seek(SeekFrom::Start(1080))?;
+    f.write_all(&[0, 0])?;
+    Ok(())
+}
+
 /// `vws bench clone`: creating a workspace is a copy-on-write clone of its
 /// pool image; its time must not grow with the image, unlike `cp`'s.
 pub async fn clone_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
@@ -605,6 +619,7 @@ pub async fn clone_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         for &mib in &a.clone_mib {
             let image = rig.home.join(format!("clone-{mib}.raw"));
             write_image(&image, mib)?;
+            mark_bootable(&image)?;
             let digest = tokio::task::spawn_blocking({
                 let image = image.clone();
                 move || vws_node::staging::file_digest(&image)
