@@ -11,6 +11,7 @@ pub mod size;
 pub mod software;
 pub mod state;
 pub mod validate;
+pub mod version;
 pub mod xml;
 
 pub use description::*;

@@ -7,12 +7,12 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::description::Software;
 use crate::validate::Seg;
+pub use crate::version::{is_distribution, is_version, version_cmp, version_has_prefix};
 
 /// What an image holds, read from the image itself without booting it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,38 +52,6 @@ pub struct Unmet {
     pub at: Vec<Seg>,
     /// What the image has instead.
     pub message: String,
-}
-
-/// Whether `v` is a version Debian's order can compare.
-pub fn is_version(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 128 && debversion::Version::from_str(v).is_ok()
-}
-
-/// Compares two versions in Debian's order (none: one is not a version).
-pub fn version_cmp(a: &str, b: &str) -> Option<Ordering> {
-    let a = debversion::Version::from_str(a).ok()?;
-    let b = debversion::Version::from_str(b).ok()?;
-    Some(a.cmp(&b))
-}
-
-/// Whether `v` is `prefix` or starts with it at a component boundary
-/// (`6.6` is met by `6.6`, `6.6.0+dfsg-12`, `1:6.6-1` but not by `6.60`).
-pub fn version_has_prefix(v: &str, prefix: &str) -> bool {
-    let v = v.split_once(':').map_or(v, |(_, rest)| rest);
-    let prefix = prefix.split_once(':').map_or(prefix, |(_, rest)| rest);
-    v == prefix
-        || v.strip_prefix(prefix)
-            .and_then(|rest| rest.chars().next())
-            .is_some_and(|c| !c.is_ascii_alphanumeric())
-}
-
-/// Whether `d` is an os-release `ID` or `ID-VERSION_ID`.
-pub fn is_distribution(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 64
-        && d.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && d.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 /// Every requirement of `sw` that an image holding `m` does not meet.

@@ -397,7 +397,7 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
         if let Some(dist) = &os.distribution {
             let at = p.child(Seg::Key("distribution"));
             c.text(&at, dist, "distribution");
-            if !crate::software::is_distribution(dist) {
+            if !crate::version::is_distribution(dist) {
                 c.fail(
                     &at,
                     format!("{dist:?} is not a distribution: os-release's ID or ID-VERSION_ID, such as debian or debian-12"),
@@ -407,7 +407,7 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
         if let Some(k) = os
             .kernel
             .as_deref()
-            .filter(|k| !crate::software::is_version(k))
+            .filter(|k| !crate::version::is_version(k))
         {
             c.fail(
                 &p.child(Seg::Key("kernel")),
@@ -428,13 +428,13 @@ pub fn validate(d: &Description, form: Form) -> Result<(), InvalidDescription> {
             if let Some(v) = v {
                 let at = p.child(Seg::Key(key));
                 c.text(&at, v, "program version");
-                if !crate::software::is_version(v) {
+                if !crate::version::is_version(v) {
                     c.fail(&at, format!("{v:?} is not a version"));
                 }
             }
         }
         if let (Some(lo), Some(hi)) = (&prog.min, &prog.max) {
-            if crate::software::version_cmp(lo, hi) == Some(std::cmp::Ordering::Greater) {
+            if crate::version::version_cmp(lo, hi) == Some(std::cmp::Ordering::Greater) {
                 c.fail(
                     &p.child(Seg::Key("min")),
                     format!("min {lo} is above max {hi}"),

@@ -25,6 +25,7 @@ use vws_store::Filter;
 use crate::core::Service;
 use crate::error::{error_response, ServiceError};
 use crate::pool::ImportRequest;
+use crate::routes::Rule;
 
 /// Largest request body outside blob uploads (descriptions, JSON requests).
 pub const MAX_BODY: usize = 1 << 20;
@@ -172,6 +173,123 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Builds the router.
+/// The `name` segment of a `/v1/nodes/{name}/…` path.
+fn node_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/nodes/")?.split('/').next()
+}
+
+/// The `id` segment of a `/v1/workspaces/{id}/…` path.
+fn workspace_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/workspaces/")?.split('/').next()
+}
+
+/// The guard every route is served behind (its rule from
+/// [`crate::routes::ROUTES`]): the caller's kind, its name (for
+/// nodes) and the ACL, from the route's [`Rule`].
+pub async fn guard(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // What the check needs, taken out of the request (whose body is not
+    // Sync, so it cannot be held across the check's awaits).
+    let matched = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let peer = req.extensions().get::<vws_pki::Peer>().cloned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match check(&state, &method, matched, &path, peer.as_ref()).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check(
+    state: &AppState,
+    method: &axum::http::Method,
+    matched: Option<axum::extract::MatchedPath>,
+    path: &str,
+    peer: Option<&vws_pki::Peer>,
+) -> Result<(), ServiceError> {
+    let Some(matched) = matched else {
+        return Err(ServiceError::Internal(anyhow::anyhow!(
+            "request reached the guard without a matched route"
+        )));
+    };
+    let Some(rule) = crate::routes::rule_of(method, matched.as_str()) else {
+        return Err(ServiceError::Internal(anyhow::anyhow!(
+            "route {method} {} has no access rule",
+            matched.as_str()
+        )));
+    };
+    let peer = match &state.auth {
+        // In-process callers are trusted as the identity they were given,
+        // and as any node (tests of the node-facing routes).
+        Auth::Local(who) => {
+            return match rule {
+                Rule::Client(class) | Rule::ClientOrNode(class) => {
+                    state.service.authorize(who, class)
+                }
+                _ => Ok(()),
+            }
+        }
+        Auth::Tls => {
+            peer.ok_or_else(|| ServiceError::Unauthenticated("no client certificate".into()))?
+        }
+    };
+    use vws_pki::Kind as K;
+    match (rule, peer.kind) {
+        (Rule::Open, _) => Ok(()),
+        (Rule::Client(class) | Rule::ClientOrNode(class), K::Client) => {
+            state.service.authorize(&peer.identity, class)
+        }
+        (Rule::ClientOrNode(_), K::Node) => Ok(()),
+        (Rule::SelfNode, K::Node) => {
+            // Registration names the node in its body; the handler checks it.
+            match node_in_path(path) {
+                Some(name) if Some(name) != crate::routes::node_name(peer).as_deref() => {
+                    Err(ServiceError::Forbidden(format!(
+                        "node {} cannot act as node {name}",
+                        crate::routes::node_name(peer).unwrap_or_default()
+                    )))
+                }
+                _ => Ok(()),
+            }
+        }
+        (Rule::HoldingNode, K::Node) => {
+            let id = workspace_in_path(path).unwrap_or_default();
+            let holds = match state.service.store().workspace(id).await? {
+                Some(r) => {
+                    let me = crate::routes::node_name(peer);
+                    me.is_some() && (r.lock_holder == me || r.node == me)
+                }
+                None => false,
+            };
+            if holds {
+                Ok(())
+            } else {
+                Err(ServiceError::NotFound(format!(
+                    "workspace {id} is not held by this node"
+                )))
+            }
+        }
+        (Rule::Client(_), kind) => Err(ServiceError::Forbidden(format!(
+            "a {} certificate cannot call client actions",
+            kind.as_str()
+        ))),
+        (Rule::SelfNode | Rule::HoldingNode, kind) => Err(ServiceError::Forbidden(format!(
+            "only nodes may do this, not a {} certificate",
+            kind.as_str()
+        ))),
+        (Rule::ClientOrNode(_), kind) => Err(ServiceError::Forbidden(format!(
+            "a {} certificate cannot do this",
+            kind.as_str()
+        ))),
+    }
+}
+
 /// The handler of a route of the table. A route gets into the router only
 /// through the table (so it cannot lack an access rule), and a rule without
 /// a handler here stops the router from being built.
@@ -244,7 +362,7 @@ pub fn router(state: AppState) -> Router {
         .iter()
         .fold(Router::new(), |router, r| router.route(r.path, handler(r)))
         // Who may call each route is decided here, before any handler runs.
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::routes::guard))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)

@@ -1,19 +1,14 @@
 //! Who may call each route: every (method, path) the API serves, with the
 //! caller kinds it admits and the ACL class it needs, in one table. A guard
-//! in front of every route reads the table before any handler runs (and
+//! in front of every route (`api::guard`) reads the table before any handler runs (and
 //! before anything is read from the repository for the caller). The router
 //! is built from this table (`api::router`), so no route exists without a
 //! rule; tests hold the table equal to the OpenAPI document and to the
 //! table in docs/security.md.
 
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use crate::acl::Class;
-use crate::api::{AppState, Auth};
-use crate::error::ServiceError;
 
 /// Who a route admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,113 +132,6 @@ pub fn rule_of(method: &Method, path: &str) -> Option<Rule> {
                 .flatten()
         })
         .map(|r| r.rule)
-}
-
-/// The `name` segment of a `/v1/nodes/{name}/…` path.
-fn node_in_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/nodes/")?.split('/').next()
-}
-
-/// The `id` segment of a `/v1/workspaces/{id}/…` path.
-fn workspace_in_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/workspaces/")?.split('/').next()
-}
-
-/// The guard every route is served behind: the caller's kind, its name (for
-/// nodes) and the ACL, from the route's [`Rule`].
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // What the check needs, taken out of the request (whose body is not
-    // Sync, so it cannot be held across the check's awaits).
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let peer = req.extensions().get::<vws_pki::Peer>().cloned();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    match check(&state, &method, matched, &path, peer.as_ref()).await {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn check(
-    state: &AppState,
-    method: &Method,
-    matched: Option<MatchedPath>,
-    path: &str,
-    peer: Option<&vws_pki::Peer>,
-) -> Result<(), ServiceError> {
-    let Some(matched) = matched else {
-        return Err(ServiceError::Internal(anyhow::anyhow!(
-            "request reached the guard without a matched route"
-        )));
-    };
-    let Some(rule) = rule_of(method, matched.as_str()) else {
-        return Err(ServiceError::Internal(anyhow::anyhow!(
-            "route {method} {} has no access rule",
-            matched.as_str()
-        )));
-    };
-    let peer = match &state.auth {
-        // In-process callers are trusted as the identity they were given,
-        // and as any node (tests of the node-facing routes).
-        Auth::Local(who) => {
-            return match rule {
-                Client(class) | ClientOrNode(class) => state.service.authorize(who, class),
-                _ => Ok(()),
-            }
-        }
-        Auth::Tls => {
-            peer.ok_or_else(|| ServiceError::Unauthenticated("no client certificate".into()))?
-        }
-    };
-    use vws_pki::Kind as K;
-    match (rule, peer.kind) {
-        (Open, _) => Ok(()),
-        (Client(class) | ClientOrNode(class), K::Client) => {
-            state.service.authorize(&peer.identity, class)
-        }
-        (ClientOrNode(_), K::Node) => Ok(()),
-        (SelfNode, K::Node) => {
-            // Registration names the node in its body; the handler checks it.
-            match node_in_path(path) {
-                Some(name) if Some(name) != node_name(peer).as_deref() => {
-                    Err(ServiceError::Forbidden(format!(
-                        "node {} cannot act as node {name}",
-                        node_name(peer).unwrap_or_default()
-                    )))
-                }
-                _ => Ok(()),
-            }
-        }
-        (HoldingNode, K::Node) => {
-            let id = workspace_in_path(path).unwrap_or_default();
-            let holds = match state.service.store().workspace(id).await? {
-                Some(r) => {
-                    let me = node_name(peer);
-                    me.is_some() && (r.lock_holder == me || r.node == me)
-                }
-                None => false,
-            };
-            if holds {
-                Ok(())
-            } else {
-                Err(ServiceError::NotFound(format!(
-                    "workspace {id} is not held by this node"
-                )))
-            }
-        }
-        (Client(_), kind) => Err(ServiceError::Forbidden(format!(
-            "a {} certificate cannot call client actions",
-            kind.as_str()
-        ))),
-        (SelfNode | HoldingNode, kind) => Err(ServiceError::Forbidden(format!(
-            "only nodes may do this, not a {} certificate",
-            kind.as_str()
-        ))),
-        (ClientOrNode(_), kind) => Err(ServiceError::Forbidden(format!(
-            "a {} certificate cannot do this",
-            kind.as_str()
-        ))),
-    }
 }
 
 /// A node's name: its certificate's CN.
