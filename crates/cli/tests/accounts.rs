@@ -317,6 +317,20 @@ fn dynamic_accounts_end_to_end() {
         "{out:?}"
     );
 
+    // A job's arguments are not bound by the kernel's 128 KiB limit on one
+    // exec argument (the helper's plan used to be one): 600 arguments of
+    // 1000 bytes reach the job.
+    let big: Vec<String> = (0..600).map(|i| format!("{i:0>1000}")).collect();
+    let mut args = vec!["run", &id, "--", "sh", "-c", "echo $# ${#1}", "sh"];
+    args.extend(big.iter().map(String::as_str));
+    let out = vws(home, &args);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "600 1000",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A memory hog past 128 MiB is killed, and the job says why.
     let out = run(
         home,
