@@ -642,7 +642,26 @@ fn jobs_in_a_real_workspace() {
     assert_ne!(clone_key, key);
     let out = run(home, &seen[0].0, &["cat", "/etc/vws/credentials/key.pem"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), clone_key);
+    let ran: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
+    let logs: Vec<std::path::PathBuf> = ran
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            home.join("node/jobs")
+                .join(format!("{}.ndjson", j["id"].as_str().unwrap()))
+        })
+        .collect();
+    assert!(
+        logs.len() >= 20 && logs.iter().all(|l| l.exists()),
+        "{logs:?}"
+    );
     ok(home, &["destroy", &seen[0].0, &seen[1].0, &id]);
+    // Its jobs' logs go with it (they grew without bound before).
+    assert!(
+        logs.iter().all(|l| !l.exists()),
+        "job logs left after destroy"
+    );
     // The credential is gone from the host with the workspace, and no file
     // under VWS_HOME (logs included) holds its key.
     assert!(!clone_held.exists(), "credentials removed at destroy");

@@ -772,6 +772,7 @@ impl Manager {
         for h in done.jobs {
             let path = self.job_log(&h.job);
             std::fs::write(&path, &h.log)?;
+            self.note_job(id, &h.job);
             self.jobs.lock().await.insert(h.job.clone(), id.to_string());
             jobs.push((h.job, path, h.bytes));
         }
@@ -955,6 +956,20 @@ impl Manager {
             self.driver.stop(id, Duration::ZERO).await?;
         }
         let _ = std::fs::remove_file(self.driver.key_file(id));
+        // Its jobs' logs go with it (they were kept across stop and
+        // undeploy, for `vws job output`).
+        let list = self.jobs_list(id);
+        for job in std::fs::read_to_string(&list).unwrap_or_default().lines() {
+            let log = self.job_log(job);
+            for f in [
+                log.with_extension("stdin"),
+                log.with_extension("account"),
+                log,
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        let _ = std::fs::remove_file(list);
         match std::fs::remove_dir_all(self.vm_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -966,6 +981,26 @@ impl Manager {
             .agent(id)
             .await
             .ok_or_else(|| NodeError::Driver(DriverError::NotRunning(id.into())))
+    }
+
+    /// The jobs a workspace ran on this node, one id a line (kept across
+    /// stop and undeploy, as their logs are).
+    fn jobs_list(&self, id: &str) -> PathBuf {
+        self.home.join("jobs").join(format!("{id}.list"))
+    }
+
+    /// Records that `job` ran in workspace `id`, so that its log goes when
+    /// the workspace is removed from this node.
+    fn note_job(&self, id: &str, job: &str) {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.jobs_list(id))
+            .and_then(|mut f| writeln!(f, "{job}"));
+        if let Err(e) = written {
+            tracing::warn!(%id, %job, error = %e, "job not recorded for removal with its workspace");
+        }
     }
 
     /// The event log of a job.
@@ -987,6 +1022,7 @@ impl Manager {
             }
             let log = self.job_log(&req.job);
             tokio::fs::write(&log, b"").await?;
+            self.note_job(id, &req.job);
             let job = req.job.clone();
             self.jobs.lock().await.insert(job.clone(), id.to_string());
             if let Err(e) = a.run_job(&spec, req, log, self.jobs_done.clone()).await {
@@ -1009,6 +1045,7 @@ impl Manager {
         }
         let log = self.job_log(&req.job);
         tokio::fs::write(&log, b"").await?;
+        self.note_job(id, &req.job);
         self.jobs
             .lock()
             .await
