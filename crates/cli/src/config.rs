@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub reap_interval: Option<u64>,
     /// The kernel image root filesystems boot with as VMs.
     pub boot_image: Option<String>,
+    /// Where /metrics is served (`off`: nowhere).
+    pub metrics_listen: Option<String>,
 }
 
 /// The state folder: `--home`, `VWS_HOME`, or `~/.local/share/vws`.
@@ -70,6 +72,9 @@ pub struct ServerFile {
     pub url: String,
     /// Process id of the service.
     pub pid: u32,
+    /// Where Prometheus scrapes it, if metrics are served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Path of the server file.

@@ -116,20 +116,7 @@ fn jobs_in_a_real_workspace() {
         assert!(Instant::now() < deadline, "vws up did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    ok(
-        home,
-        &[
-            "image",
-            "import",
-            "minimal:1",
-            "--kernel",
-            image.join("vmlinuz").to_str().unwrap(),
-            "--initrd",
-            image.join("initrd.img").to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0 quiet",
-        ],
-    );
+    common::import_minimal(home, &image);
     let desc = root().join("examples/minimal.xml");
     let id = ok(home, &["create", desc.to_str().unwrap()])
         .lines()

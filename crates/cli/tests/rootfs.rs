@@ -21,7 +21,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    debian_image, debian_image_with, minimal_guest, ok, refused, vws, Kill as Up, Reap, VWS,
+    debian_image, debian_image_with, import_minimal, minimal_guest, ok, refused, vws, Kill as Up,
+    Reap, VWS,
 };
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
@@ -103,20 +104,7 @@ fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
         e.contains("software.image") && e.contains("cannot boot as a VM"),
         "{e}"
     );
-    ok(
-        home,
-        &[
-            "image",
-            "import",
-            "minimal:1",
-            "--kernel",
-            guest.join("vmlinuz").to_str().unwrap(),
-            "--initrd",
-            guest.join("initrd.img").to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0 quiet",
-        ],
-    );
+    import_minimal(home, &guest);
 
     // Step: the VM runs Debian's userland, the extra package's program too.
     let a = create(home, VM, "a");

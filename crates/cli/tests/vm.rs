@@ -153,20 +153,7 @@ fn a_real_workspace_through_its_lifecycle() {
     let mut node = start_node(home, "n1", t0);
     let mut node2 = start_node(home, "n2", t0);
 
-    ok(
-        home,
-        &[
-            "image",
-            "import",
-            "minimal:1",
-            "--kernel",
-            image.join("vmlinuz").to_str().unwrap(),
-            "--initrd",
-            image.join("initrd.img").to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0 quiet",
-        ],
-    );
+    common::import_minimal(home, &image);
     let desc = home.join("w.toml");
     std::fs::write(
         &desc,

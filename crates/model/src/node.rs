@@ -154,6 +154,19 @@ pub struct NodeReport {
     /// node cannot run that category.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accounts: Option<AccountRange>,
+    /// What each running workspace uses, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, Usage>,
+}
+
+/// What a running workspace uses, as its node measures it: its QEMU
+/// process (VMs) or its cgroup (dynamic accounts).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    /// CPU time used since it started, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// Node → service: here I am.

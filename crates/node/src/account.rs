@@ -152,6 +152,11 @@ impl AccountDriver {
     }
 
     /// `<node tag>-<id>`: nodes sharing a host keep to their own cgroups.
+    /// The processes of a workspace (its cgroup's).
+    pub fn pids(&self, id: &str) -> Vec<i32> {
+        self.cgroup(id).pids()
+    }
+
     fn cgroup(&self, id: &str) -> Cgroup {
         Cgroup::new(self.layout, &format!("{}-{id}", self.tag))
     }

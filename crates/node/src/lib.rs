@@ -17,5 +17,6 @@ pub mod qemu;
 pub mod revocation;
 pub mod sandbox;
 pub mod staging;
+pub mod usage;
 
 pub use manager::{Manager, NodeError};

@@ -1166,6 +1166,24 @@ impl Manager {
                 }
             }
         }
+        let mut usage = BTreeMap::new();
+        for (id, state) in &workspaces {
+            if state == "shutdown" {
+                continue;
+            }
+            // A VM is its QEMU process; an account, its cgroup's processes.
+            let pids: Vec<i32> = match self.account(id) {
+                Some((a, _)) => a.pids(id),
+                None => std::fs::read_to_string(self.vm_dir(id).join("qemu.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
+                    .into_iter()
+                    .collect(),
+            };
+            if !pids.is_empty() {
+                usage.insert(id.clone(), crate::usage::of_processes(&pids));
+            }
+        }
         let images = std::fs::read_dir(self.home.join("cache/sha256"))
             .map(|d| {
                 d.flatten()
@@ -1186,6 +1204,7 @@ impl Manager {
             workspaces,
             health: "ok".into(),
             accounts: self.accounts.as_ref().map(|a| a.range),
+            usage,
         }
     }
 }

@@ -290,6 +290,50 @@ async fn check(
     }
 }
 
+/// Counts and times each request by its route (the matched path, so ids
+/// do not make labels of their own).
+async fn observe(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state
+        .service
+        .metrics()
+        .observe(&route, &method, resp.status().as_u16(), started);
+    resp
+}
+
+/// The metrics endpoint, served on its own listener (docs/metrics.md).
+pub fn metrics_router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<Service>>| async move {
+                match s.metrics_text().await {
+                    Ok(text) => (
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(e) => e.into_response(),
+                }
+            }),
+        )
+        .with_state(service)
+}
+
 /// The handler of a route of the table. A route gets into the router only
 /// through the table (so it cannot lack an access rule), and a rule without
 /// a handler here stops the router from being built.
@@ -363,6 +407,8 @@ pub fn router(state: AppState) -> Router {
         .fold(Router::new(), |router, r| router.route(r.path, handler(r)))
         // Who may call each route is decided here, before any handler runs.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        // Counted and timed, refusals included (docs/metrics.md).
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)

@@ -64,6 +64,8 @@ pub struct Service {
     pub(crate) admission: Mutex<()>,
     /// Client for calls to nodes.
     pub(crate) node_http: reqwest::Client,
+    /// Request counts and durations (docs/metrics.md).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Service {
@@ -149,6 +151,7 @@ impl Service {
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),
             node_http: Service::node_client(settings.credentials.as_ref())?,
+            metrics: Default::default(),
         };
         service.collect_garbage().await?;
         Ok(service)
@@ -179,6 +182,27 @@ impl Service {
             epr,
             addresses: Vec::new(),
             account: None,
+        }
+    }
+
+    /// Every workspace record, page by page.
+    pub(crate) async fn all_workspaces(&self) -> Result<Vec<WorkspaceRecord>, ServiceError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_workspaces(&vws_store::Filter {
+                    limit: Some(1000),
+                    after,
+                    ..Default::default()
+                })
+                .await?;
+            all.extend(page.items);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
         }
     }
 

@@ -12,6 +12,7 @@ mod factory;
 pub mod jobs;
 mod lifecycle;
 pub mod matching;
+pub mod metrics;
 pub mod network;
 pub mod nodes;
 pub mod policy;

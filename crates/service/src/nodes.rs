@@ -87,33 +87,17 @@ impl Service {
             .register_node(&reg.name, &reg.url, &reg.report, self.clock.now())
             .await?;
         tracing::info!(node = %reg.name, url = %reg.url, accel = %reg.report.accel, "node registered");
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list_workspaces(&vws_store::Filter {
-                    limit: Some(1000),
-                    after,
-                    ..Default::default()
-                })
-                .await?;
-            for r in page.items {
-                if r.node.as_deref() != Some(reg.name.as_str())
-                    || !matches!(r.state, State::Running | State::Paused)
-                {
-                    continue;
-                }
-                let there = reg.report.workspaces.get(&r.id).map(String::as_str);
-                if !matches!(there, Some("running" | "paused")) {
-                    let reason =
-                        format!("node {} restarted and the workspace's VM is gone", reg.name);
-                    self.corrupt(&r.id, &reason, &format!("node:{}", reg.name))
-                        .await?;
-                }
+        for r in self.all_workspaces().await? {
+            if r.node.as_deref() != Some(reg.name.as_str())
+                || !matches!(r.state, State::Running | State::Paused)
+            {
+                continue;
             }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
+            let there = reg.report.workspaces.get(&r.id).map(String::as_str);
+            if !matches!(there, Some("running" | "paused")) {
+                let reason = format!("node {} restarted and the workspace's VM is gone", reg.name);
+                self.corrupt(&r.id, &reason, &format!("node:{}", reg.name))
+                    .await?;
             }
         }
         Ok(())

@@ -122,6 +122,14 @@ impl Store {
         Ok(())
     }
 
+    /// How many jobs are running now.
+    pub async fn running_jobs(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
     /// One job.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))

@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// Seconds between rounds of the lifetime reaper [default: 10]
     #[arg(long, value_name = "SECONDS")]
     reap_interval: Option<u64>,
+    /// Where Prometheus scrapes /metrics: plain HTTP, for loopback
+    /// (docs/metrics.md) [default: 127.0.0.1:7481; "off" for none]
+    #[arg(long, env = "VWS_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// The kernel image root-filesystem images boot with as VMs
     /// [default: minimal:1]
     #[arg(long, env = "VWS_BOOT_IMAGE", value_name = "NAME:TAG")]
@@ -45,6 +49,9 @@ pub struct UpArgs {
     #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = crate::commands::node::DEFAULT_ACCOUNTS)]
     accounts: vws_model::node::AccountRange,
 }
+
+/// Where metrics are served unless configured.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7481";
 
 /// The OS user running the service: the CN of the administrator's
 /// certificate made on first run.
@@ -271,11 +278,38 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
     } else {
         None
     };
+    // Metrics on a listener of their own (plain HTTP, loopback by default):
+    // a scraper needs no client certificate. Taken port: said, not fatal.
+    let metrics_at = a
+        .metrics_listen
+        .or(file.metrics_listen)
+        .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+    let metrics = if metrics_at == "off" {
+        None
+    } else {
+        let addr: SocketAddr = metrics_at
+            .parse()
+            .with_context(|| format!("--metrics-listen {metrics_at:?} is not an address"))?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let url = format!("http://{}/metrics", listener.local_addr()?);
+                let router = vws_service::api::metrics_router(running.service.clone());
+                tokio::spawn(async move { axum::serve(listener, router).await });
+                eprintln!("metrics at {url}");
+                Some(url)
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "metrics not served: the address is taken");
+                None
+            }
+        }
+    };
     // The file that tells CLI commands where vws is: written once it is ready.
     let server_file = config::server_file(&g.home);
     let record = ServerFile {
         url: running.url.clone(),
         pid: std::process::id(),
+        metrics,
     };
     std::fs::write(&server_file, serde_json::to_vec_pretty(&record)?)?;
     eprintln!(

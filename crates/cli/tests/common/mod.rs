@@ -211,3 +211,21 @@ pub fn minimal_guest() -> PathBuf {
     assert!(built, "building the minimal guest failed");
     out
 }
+
+/// Imports the minimal guest (from [`minimal_guest`]) as `minimal:1`.
+pub fn import_minimal(home: &Path, guest: &Path) {
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "minimal:1",
+            "--kernel",
+            guest.join("vmlinuz").to_str().unwrap(),
+            "--initrd",
+            guest.join("initrd.img").to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ],
+    );
+}

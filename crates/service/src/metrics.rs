@@ -1,0 +1,136 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text): the API's
+//! requests, counted and timed as they are served, and at each scrape what
+//! the repository knows — workspaces by state and category, nodes by
+//! status, running jobs — and what each node last reported of its running
+//! workspaces (CPU seconds, resident memory). docs/metrics.md.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::core::Service;
+use crate::error::ServiceError;
+
+type Labels = Vec<(String, String)>;
+
+/// The metrics kept between scrapes.
+#[derive(Clone)]
+pub struct Metrics {
+    requests: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            // 1 ms to ~16 s.
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 15))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics { .. }")
+    }
+}
+
+impl Metrics {
+    /// Counts and times one served request.
+    pub fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
+        let route = vec![
+            ("route".to_string(), route.to_string()),
+            ("method".to_string(), method.to_string()),
+        ];
+        let mut with_status = route.clone();
+        with_status.push(("status".into(), status.to_string()));
+        self.requests.get_or_create(&with_status).inc();
+        self.durations
+            .get_or_create(&route)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Service {
+    /// The metrics (kept between scrapes).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Every metric in the OpenMetrics text format, as of now.
+    pub async fn metrics_text(&self) -> Result<String, ServiceError> {
+        let mut registry = Registry::default();
+        registry.register(
+            "vws_http_requests",
+            "API requests served, by route, method and status",
+            self.metrics.requests.clone(),
+        );
+        registry.register(
+            "vws_http_request_duration_seconds",
+            "Time to serve an API request, by route and method",
+            self.metrics.durations.clone(),
+        );
+
+        let workspaces = Family::<Labels, Gauge>::default();
+        for w in self.all_workspaces().await? {
+            workspaces
+                .get_or_create(&labels(&[
+                    ("state", w.state.as_str()),
+                    ("category", w.description.category.as_str()),
+                ]))
+                .inc();
+        }
+        registry.register(
+            "vws_workspaces",
+            "Workspaces in the repository, by state and category",
+            workspaces,
+        );
+
+        let nodes = Family::<Labels, Gauge>::default();
+        let cpu = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let memory = Family::<Labels, Gauge>::default();
+        for n in self.nodes().await? {
+            nodes
+                .get_or_create(&labels(&[("status", n.status.as_str())]))
+                .inc();
+            for (id, u) in &n.record.report.usage {
+                let l = labels(&[("workspace", id), ("node", &n.record.name)]);
+                cpu.get_or_create(&l).inc_by(u.cpu_seconds);
+                memory.get_or_create(&l).set(u.memory_bytes as i64);
+            }
+        }
+        registry.register("vws_nodes", "Nodes, by status", nodes);
+        registry.register(
+            "vws_workspace_cpu_seconds",
+            "CPU time a running workspace has used (its QEMU, or its account's processes), as its node last reported",
+            cpu,
+        );
+        registry.register(
+            "vws_workspace_memory_bytes",
+            "Resident memory of a running workspace, as its node last reported",
+            memory,
+        );
+        let running = Gauge::<i64>::default();
+        running.set(self.store.running_jobs().await? as i64);
+        registry.register("vws_jobs_running", "Jobs running now", running);
+
+        let mut out = String::new();
+        encode(&mut out, &registry).map_err(|e| ServiceError::Internal(anyhow::anyhow!("{e}")))?;
+        Ok(out)
+    }
+}
