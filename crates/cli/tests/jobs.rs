@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 mod common;
-use common::{answer, host_address, ok, refused, root, vws, Kill as Up, Reap, VWS};
+use common::{ok, refused, root, vws, Reap, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
@@ -101,21 +101,7 @@ fn jobs_in_a_real_workspace() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
-    let log = std::fs::File::create(home.join("up.log")).unwrap();
-    let _up = Up(Command::new(VWS)
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .env("VWS_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout)
-        .contains("\"up\"")
-    {
-        assert!(Instant::now() < deadline, "vws up did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _up = common::vws_up(home, &[]);
     common::import_minimal(home, &image);
     let desc = root().join("examples/minimal.xml");
     let id = ok(home, &["create", desc.to_str().unwrap()])
@@ -473,15 +459,7 @@ fn jobs_in_a_real_workspace() {
     // address answers; the host's loopback, behind 10.0.2.2, does not
     // (QEMU runs in the node's cgroup, whose new connections to loopback
     // nftables refuses), while the served port above still answered.
-    let host_ip = host_address();
-    let outside = std::net::TcpListener::bind((host_ip.as_str(), 0)).unwrap();
-    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (out_port, lo_port) = (
-        outside.local_addr().unwrap().port(),
-        loopback.local_addr().unwrap().port(),
-    );
-    answer(outside, "reached");
-    answer(loopback, "leaked");
+    let (host_ip, out_port, lo_port) = common::nat_targets();
     let out = run(
         home,
         &id,
@@ -494,12 +472,7 @@ fn jobs_in_a_real_workspace() {
             ),
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("reached"), "{out:?}");
-    assert!(
-        text.contains("refused") && !text.contains("leaked"),
-        "{out:?}"
-    );
+    common::assert_nat_not_loopback(&out);
     let jobs: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
     assert!(jobs.as_array().unwrap().len() >= 20);
     // A hot image of this workspace: two workspaces restored from it carry

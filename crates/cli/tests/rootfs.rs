@@ -14,15 +14,13 @@
 //! identity, a job running in each.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
 mod common;
 use common::{
-    debian_image, debian_image_with, import_minimal, minimal_guest, ok, refused, vws, Kill as Up,
-    Reap, VWS,
+    debian_image, debian_image_with, import_minimal, minimal_guest, ok, refused, vws, Reap,
 };
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
@@ -51,21 +49,7 @@ fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
-    let log = std::fs::File::create(home.join("up.log")).unwrap();
-    let _up = Up(Command::new(VWS)
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .env("VWS_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout)
-        .contains("\"up\"")
-    {
-        assert!(Instant::now() < deadline, "vws up did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _up = common::vws_up(home, &[]);
     // Step: a root filesystem needs the boot image; without it, and for a
     // disk that is neither bootable nor a filesystem, create says why.
     let image = debian_image(home);

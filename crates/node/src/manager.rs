@@ -1211,11 +1211,7 @@ impl Manager {
 
 /// Whether a file holds an ext2/3/4 filesystem (the superblock's magic).
 fn is_ext4(path: &std::path::Path) -> std::io::Result<bool> {
-    use std::io::{Read, Seek};
-    let mut f = std::fs::File::open(path)?;
-    let mut magic = [0u8; 2];
-    f.seek(std::io::SeekFrom::Start(1024 + 56))?;
-    Ok(f.read_exact(&mut magic).is_ok() && magic == [0x53, 0xEF])
+    Ok(vws_qemu::img::content(path)? == vws_qemu::img::Content::RootFs)
 }
 
 /// Output bytes recorded in a job's event log.

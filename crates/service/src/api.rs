@@ -100,12 +100,6 @@ impl NodeCaller {
     }
 }
 
-fn common_name(dn: &str) -> Option<String> {
-    dn.rsplit('/')
-        .find_map(|c| c.strip_prefix("CN="))
-        .map(str::to_string)
-}
-
 impl FromRequestParts<AppState> for NodeCaller {
     type Rejection = ServiceError;
 
@@ -118,7 +112,9 @@ impl FromRequestParts<AppState> for NodeCaller {
             Auth::Tls => {
                 let p = peer(parts)?;
                 match p.kind {
-                    vws_pki::Kind::Node => Ok(NodeCaller(common_name(&p.identity.dn))),
+                    vws_pki::Kind::Node => {
+                        Ok(NodeCaller(crate::routes::common_name(&p.identity.dn)))
+                    }
                     kind => Err(ServiceError::Forbidden(format!(
                         "only nodes may do this, not a {} certificate",
                         kind.as_str()

@@ -65,7 +65,7 @@ pub struct Service {
     /// Client for calls to nodes.
     pub(crate) node_http: reqwest::Client,
     /// Request counts and durations (docs/metrics.md).
-    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) metrics: crate::request_metrics::Metrics,
 }
 
 impl std::fmt::Debug for Service {

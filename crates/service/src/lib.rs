@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod policy;
 pub mod pool;
 pub mod repository;
+mod request_metrics;
 pub mod routes;
 
 pub use crate::core::{Service, Settings, Workspace, DEFAULT_BOOT_IMAGE};

@@ -4,60 +4,16 @@
 //! status, running jobs — and what each node last reported of its running
 //! workspaces (CPU seconds, resident memory). docs/metrics.md.
 
-use std::time::Instant;
-
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::core::Service;
 use crate::error::ServiceError;
-
-type Labels = Vec<(String, String)>;
-
-/// The metrics kept between scrapes.
-#[derive(Clone)]
-pub struct Metrics {
-    requests: Family<Labels, Counter>,
-    durations: Family<Labels, Histogram>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            requests: Family::default(),
-            // 1 ms to ~16 s.
-            durations: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 15))
-            }),
-        }
-    }
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics { .. }")
-    }
-}
-
-impl Metrics {
-    /// Counts and times one served request.
-    pub fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
-        let route = vec![
-            ("route".to_string(), route.to_string()),
-            ("method".to_string(), method.to_string()),
-        ];
-        let mut with_status = route.clone();
-        with_status.push(("status".into(), status.to_string()));
-        self.requests.get_or_create(&with_status).inc();
-        self.durations
-            .get_or_create(&route)
-            .observe(started.elapsed().as_secs_f64());
-    }
-}
+use crate::request_metrics::Labels;
+pub use crate::request_metrics::Metrics;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -78,12 +34,12 @@ impl Service {
         registry.register(
             "vws_http_requests",
             "API requests served, by route, method and status",
-            self.metrics.requests.clone(),
+            self.metrics.requests(),
         );
         registry.register(
             "vws_http_request_duration_seconds",
             "Time to serve an API request, by route and method",
-            self.metrics.durations.clone(),
+            self.metrics.durations(),
         );
 
         let workspaces = Family::<Labels, Gauge>::default();

@@ -136,9 +136,12 @@ pub fn rule_of(method: &Method, path: &str) -> Option<Rule> {
 
 /// A node's name: its certificate's CN.
 pub fn node_name(peer: &vws_pki::Peer) -> Option<String> {
-    peer.identity
-        .dn
-        .rsplit('/')
+    common_name(&peer.identity.dn)
+}
+
+/// The CN of a slash-form DN.
+pub fn common_name(dn: &str) -> Option<String> {
+    dn.rsplit('/')
         .find_map(|c| c.strip_prefix("CN="))
         .map(str::to_string)
 }

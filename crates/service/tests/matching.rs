@@ -76,6 +76,17 @@ fn xml(image: Option<&str>, requirements: &str) -> vws_model::Description {
     vws_model::parse(&text, Form::Xml).unwrap()
 }
 
+/// A clone of `id` refined by a merge patch.
+async fn refine(
+    h: &Harness,
+    id: &str,
+    patch: serde_json::Value,
+) -> Result<vws_service::Workspace, ServiceError> {
+    h.service
+        .clone_workspace(&alice(), id, None, Some(&patch))
+        .await
+}
+
 fn invalid(e: ServiceError) -> Vec<(String, String)> {
     match e {
         ServiceError::Invalid(i) => i.0.into_iter().map(|f| (f.path, f.message)).collect(),
@@ -224,70 +235,57 @@ async fn catalogue_and_matching(backend: Backend) {
         .create(&alice(), xml(Some("emboss:1"), ""), Form::Xml, None)
         .await
         .unwrap();
-    let narrowed = h
-        .service
-        .clone_workspace(
-            &alice(),
-            &src.record.id,
-            None,
-            Some(&serde_json::json!({ "hardware": { "ram": { "min": "32MiB" } } })),
-        )
-        .await
-        .unwrap();
+    let narrowed = refine(
+        &h,
+        &src.record.id,
+        serde_json::json!({ "hardware": { "ram": { "min": "32MiB" } } }),
+    )
+    .await
+    .unwrap();
     assert_eq!(narrowed.record.description.hardware.ram.min.0, 32 << 20);
     assert_eq!(narrowed.record.image_id, src.record.image_id);
     let got = invalid(
-        h.service
-            .clone_workspace(
-                &alice(),
-                &src.record.id,
-                None,
-                Some(&serde_json::json!({ "software": { "programs": [{ "name": "water" }] } })),
-            )
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(got[0].0, "software.programs[0]", "{got:?}");
-    let other = h
-        .service
-        .clone_workspace(
-            &alice(),
+        refine(
+            &h,
             &src.record.id,
-            None,
-            Some(&serde_json::json!({ "software": { "image": "emboss-old:1" } })),
+            serde_json::json!({ "software": { "programs": [{ "name": "water" }] } }),
         )
         .await
-        .unwrap();
+        .unwrap_err(),
+    );
+    assert_eq!(got[0].0, "software.programs[0]", "{got:?}");
+    let other = refine(
+        &h,
+        &src.record.id,
+        serde_json::json!({ "software": { "image": "emboss-old:1" } }),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         other.record.description.software.image.as_deref(),
         Some("emboss-old:1")
     );
-    let chosen = h
-        .service
-        .clone_workspace(
-            &alice(),
-            &src.record.id,
-            None,
-            Some(&serde_json::json!({ "software": { "image": null,
-                "programs": [{ "name": "emboss", "max": "6.6" }] } })),
-        )
-        .await
-        .unwrap();
+    let chosen = refine(
+        &h,
+        &src.record.id,
+        serde_json::json!({ "software": { "image": null,
+                "programs": [{ "name": "emboss", "max": "6.6" }] } }),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         chosen.record.description.software.image.as_deref(),
         Some("emboss-old:1"),
         "only the older one is at most 6.6"
     );
     let got = invalid(
-        h.service
-            .clone_workspace(
-                &alice(),
-                &src.record.id,
-                None,
-                Some(&serde_json::json!({ "hardware": { "ram": { "min": "lots" } } })),
-            )
-            .await
-            .unwrap_err(),
+        refine(
+            &h,
+            &src.record.id,
+            serde_json::json!({ "hardware": { "ram": { "min": "lots" } } }),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(got[0].0, "hardware.ram.min", "{got:?}");
 

@@ -229,3 +229,62 @@ pub fn import_minimal(home: &Path, guest: &Path) {
         ],
     );
 }
+
+/// Waits until `vws up` in `home` has its local node up.
+pub fn wait_until_up(home: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !String::from_utf8_lossy(&vws(home, &["node", "list", "--json"]).stdout)
+        .contains("\"up\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vws up did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `vws up` on a free port with `extra` arguments, its log in `home/up.log`,
+/// once its local node is up.
+pub fn vws_up(home: &Path, extra: &[&str]) -> Kill {
+    let log = std::fs::File::create(home.join("up.log")).unwrap();
+    let up = Kill(
+        Command::new(VWS)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("VWS_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_up(home);
+    up
+}
+
+/// Two servers for a workspace's user NIC to try: one on the host's own
+/// address, answering `reached`, and one on its 127.0.0.1, answering
+/// `leaked`. Returns (host address, its port, the loopback port).
+pub fn nat_targets() -> (String, u16, u16) {
+    let host_ip = host_address();
+    let outside = std::net::TcpListener::bind((host_ip.as_str(), 0)).unwrap();
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (out_port, lo_port) = (
+        outside.local_addr().unwrap().port(),
+        loopback.local_addr().unwrap().port(),
+    );
+    answer(outside, "reached");
+    answer(loopback, "leaked");
+    (host_ip, out_port, lo_port)
+}
+
+/// The outside was reached, the host's loopback was not (the job printed
+/// `refused` when it failed to connect there).
+pub fn assert_nat_not_loopback(out: &Output) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("reached"), "{out:?}");
+    assert!(
+        text.contains("refused") && !text.contains("leaked"),
+        "{out:?}"
+    );
+}
