@@ -96,12 +96,10 @@ pub static LOG_APPENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 async fn append(path: &Path, ev: &JobEvent) {
     let mut line = serde_json::to_vec(ev).expect("events serialize");
     line.push(b'\n');
-    if let Ok(mut f) = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-    {
+    // Never created here: run_job made the log, and an event that comes
+    // after its workspace was removed (a job lost with its VM) must not
+    // bring the log back.
+    if let Ok(mut f) = tokio::fs::OpenOptions::new().append(true).open(path).await {
         let _ = f.write_all(&line).await;
     }
     LOG_APPENDED.notify_waiters();

@@ -593,9 +593,10 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
     let user = ns("user")?;
     let mut log = match &plan.log {
         Some(p) => Some(
+            // Made by the node before the job started; not re-created if
+            // the workspace was removed meanwhile.
             std::fs::OpenOptions::new()
                 .append(true)
-                .create(true)
                 .open(p)
                 .map_err(err("opening the job log"))?,
         ),
