@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 use vws_model::{Category, Form, Identity, State as WsState};
 use vws_store::Filter;
 
+use crate::command::{Command, Reply, Verb};
 use crate::core::Service;
 use crate::error::{error_response, ServiceError};
 use crate::pool::ImportRequest;
@@ -180,8 +181,9 @@ fn workspace_in_path(path: &str) -> Option<&str> {
 }
 
 /// The guard every route is served behind (its rule from
-/// [`crate::routes::ROUTES`]): the caller's kind, its name (for
-/// nodes) and the ACL, from the route's [`Rule`].
+/// [`crate::routes::ROUTES`]): the caller's kind and its name (for
+/// nodes), from the route's [`Rule`]. The ACL class is the command's to
+/// check, at the core's door ([`Service::execute`]).
 pub async fn guard(
     State(state): State<AppState>,
     req: axum::extract::Request,
@@ -223,14 +225,7 @@ async fn check(
     let peer = match &state.auth {
         // In-process callers are trusted as the identity they were given,
         // and as any node (tests of the node-facing routes).
-        Auth::Local(who) => {
-            return match rule {
-                Rule::Client(class) | Rule::ClientOrNode(class) => {
-                    state.service.authorize(who, class)
-                }
-                _ => Ok(()),
-            }
-        }
+        Auth::Local(_) => return Ok(()),
         Auth::Tls => {
             peer.ok_or_else(|| ServiceError::Unauthenticated("no client certificate".into()))?
         }
@@ -238,9 +233,8 @@ async fn check(
     use vws_pki::Kind as K;
     match (rule, peer.kind) {
         (Rule::Open, _) => Ok(()),
-        (Rule::Client(class) | Rule::ClientOrNode(class), K::Client) => {
-            state.service.authorize(&peer.identity, class)
-        }
+        // The command checks the ACL class at the core's door.
+        (Rule::Client(_) | Rule::ClientOrNode(_), K::Client) => Ok(()),
         (Rule::ClientOrNode(_), K::Node) => Ok(()),
         (Rule::SelfNode, K::Node) => {
             // Registration names the node in its body; the handler checks it.
@@ -360,11 +354,14 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("post", "/v1/workspaces/{id}/snapshot") => post(snapshot),
         ("post", "/v1/workspaces/{id}/migrate") => post(migrate),
         ("get", "/v1/workspaces/{id}/migration") => get(migration),
-        ("post", "/v1/workspaces/{id}/undeploy") => post(undeploy),
-        ("post", "/v1/workspaces/{id}/start") => post(start),
-        ("post", "/v1/workspaces/{id}/stop") => post(stop),
-        ("post", "/v1/workspaces/{id}/pause") => post(pause),
-        ("post", "/v1/workspaces/{id}/unpause") => post(unpause),
+        ("post", path) if verb_of(path).is_some() => {
+            let verb = verb_of(path).expect("matched");
+            post(
+                move |State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>| {
+                    transition(s, who, id, verb)
+                },
+            )
+        }
         ("get", "/v1/workspaces/{id}/staging") => get(staging),
         ("get", "/v1/workspaces/{id}/console") => get(console),
         ("get", "/v1/workspaces/{id}/disk") => get(disk),
@@ -392,6 +389,52 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
             put(put_file).layer(DefaultBodyLimit::max(64 << 20))
         }
         (method, path) => panic!("route {method} {path} has an access rule but no handler"),
+    }
+}
+
+/// The verb of a `/v1/workspaces/{id}/VERB` route, for the lifecycle
+/// verbs.
+fn verb_of(path: &str) -> Option<Verb> {
+    use strum::IntoEnumIterator;
+    let verb = path.strip_prefix("/v1/workspaces/{id}/")?;
+    Verb::iter().find(|v| v.as_str() == verb)
+}
+
+impl AppState {
+    /// Runs a command as `who` through the core's door.
+    async fn run(&self, who: &Identity, command: Command) -> Result<Reply, ServiceError> {
+        self.service.execute(who, command).await
+    }
+
+    /// Runs a command and renders its reply.
+    async fn reply(&self, who: &Identity, command: Command) -> Result<Response, ServiceError> {
+        Ok(self.run(who, command).await?.into_response())
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self {
+            Reply::Workspace(ws) => Json(ws).into_response(),
+            Reply::Workspaces(page) => Json(page).into_response(),
+            Reply::Match(m) => Json(m).into_response(),
+            Reply::History(h) => Json(h).into_response(),
+            Reply::Document(v) => Json(v).into_response(),
+            Reply::Stream { body, content_type } => relay(body, content_type),
+            Reply::Jobs(j) => Json(j).into_response(),
+            Reply::Job(j) => Json(j).into_response(),
+            Reply::Bytes(b) => b.into_response(),
+            Reply::Image(i) => Json(i).into_response(),
+            Reply::Images(i) => Json(i).into_response(),
+            Reply::Blob { digest, size } => {
+                Json(serde_json::json!({ "digest": digest, "size": size })).into_response()
+            }
+            // Served with ranges by its handler, which has the request.
+            Reply::File(_) => unexpected().into_response(),
+            Reply::Chunks(m) => Json(m).into_response(),
+            Reply::Nodes(n) => Json(n).into_response(),
+            Reply::Done => StatusCode::NO_CONTENT.into_response(),
+        }
     }
 }
 
@@ -551,8 +594,18 @@ async fn create(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let (d, form) = description_body(&headers, b)?;
-    let ws = s.service.create(&who, d, form, q.name).await?;
+    let (description, form) = description_body(&headers, b)?;
+    let ws = s
+        .run(
+            &who,
+            Command::Create {
+                description,
+                form,
+                name: q.name,
+            },
+        )
+        .await?
+        .into_workspace()?;
     let location = format!("/v1/workspaces/{}", ws.record.id);
     Ok((
         StatusCode::CREATED,
@@ -591,8 +644,8 @@ async fn match_description(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let (d, form) = description_body(&headers, b)?;
-    let d = d.without_server_fields();
-    Ok(Json(s.service.match_description(&who, &d, form).await?).into_response())
+    let description = d.without_server_fields();
+    s.reply(&who, Command::Match { description, form }).await
 }
 
 #[derive(Deserialize)]
@@ -629,20 +682,14 @@ async fn list(
             "limit must be between 1 and 1000".into(),
         ));
     }
-    let page = s
-        .service
-        .list(
-            &who,
-            Filter {
-                owner: q.owner,
-                state,
-                category,
-                limit: q.limit,
-                after: q.after,
-            },
-        )
-        .await?;
-    Ok(Json(page).into_response())
+    let filter = Filter {
+        owner: q.owner,
+        state,
+        category,
+        limit: q.limit,
+        after: q.after,
+    };
+    s.reply(&who, Command::ListWorkspaces(filter)).await
 }
 
 async fn show(
@@ -651,9 +698,10 @@ async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
-    let mut ws = s.service.workspace(&who, &id).await?;
-    ws.addresses = s.service.store().addresses_of(&id).await?;
-    ws.account = s.service.store().account_of(&id).await?;
+    let ws = s
+        .run(&who, Command::ShowWorkspace { id })
+        .await?
+        .into_workspace()?;
     let accept = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -673,7 +721,7 @@ async fn destroy(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
-    s.service.destroy(&who, &id).await?;
+    s.run(&who, Command::Destroy { id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -699,11 +747,8 @@ async fn clone(
         Some(r) => (r.name, r.changes),
         None => (None, None),
     };
-    let ws = s
-        .service
-        .clone_workspace(&who, &id, name, changes.as_ref())
-        .await?;
-    Ok((StatusCode::CREATED, Json(ws)).into_response())
+    let reply = s.run(&who, Command::Clone { id, name, changes }).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 #[derive(Deserialize)]
@@ -723,7 +768,8 @@ async fn renew(
     let req: RenewRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected a body {\"lifetime\": SECONDS}".into())
     })?;
-    Ok(Json(s.service.renew(&who, &id, req.lifetime).await?).into_response())
+    let lifetime = req.lifetime;
+    s.reply(&who, Command::Renew { id, lifetime }).await
 }
 
 async fn history(
@@ -731,7 +777,7 @@ async fn history(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.history(&who, &id).await?).into_response())
+    s.reply(&who, Command::History { id }).await
 }
 
 async fn import(
@@ -743,15 +789,12 @@ async fn import(
     let req: ImportRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected a JSON body naming the image and its blobs".into())
     })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(s.service.import_image(&who, req).await?),
-    )
-        .into_response())
+    let reply = s.run(&who, Command::ImportImage(req)).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 async fn images(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.images(&who).await?).into_response())
+    s.reply(&who, Command::Images).await
 }
 
 async fn image(
@@ -759,7 +802,7 @@ async fn image(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.image(&who, &reference).await?).into_response())
+    s.reply(&who, Command::Image { reference }).await
 }
 
 async fn remove_image(
@@ -767,28 +810,41 @@ async fn remove_image(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
-    s.service.remove_image(&who, &reference).await?;
+    s.run(&who, Command::RemoveImage { reference }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn has_blob(
     State(s): State<AppState>,
-    _who: AnyCaller,
+    who: AnyCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ServiceError> {
-    match s.service.has_blob(&digest).await? {
-        Some(size) => Ok((
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_LENGTH, size.to_string())],
-        )
-            .into_response()),
-        None => Err(ServiceError::NotFound(format!("blob {digest} not found"))),
-    }
+    let size = match who {
+        AnyCaller::Client(who) => match s.run(&who, Command::HasBlob { digest }).await? {
+            Reply::Blob { size, .. } => size,
+            _ => return Err(unexpected()),
+        },
+        AnyCaller::Node => s
+            .service
+            .has_blob(&digest)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("blob {digest} not found")))?,
+    };
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_LENGTH, size.to_string())],
+    )
+        .into_response())
+}
+
+/// A reply of another kind than the command's (a bug in the core).
+fn unexpected() -> ServiceError {
+    ServiceError::Internal(anyhow::anyhow!("the command answered an unexpected reply"))
 }
 
 async fn upload(
     State(s): State<AppState>,
-    _who: AnyCaller,
+    who: AnyCaller,
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
@@ -796,13 +852,18 @@ async fn upload(
         .into_body()
         .into_data_stream()
         .map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(stream);
-    let (d, size) = s.service.put_blob(&digest, reader).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "digest": d.to_string(), "size": size })),
-    )
-        .into_response())
+    let body = Box::new(tokio_util::io::StreamReader::new(stream));
+    let reply = match who {
+        AnyCaller::Client(who) => s.run(&who, Command::PutBlob { digest, body }).await?,
+        AnyCaller::Node => {
+            let (d, size) = s.service.put_blob(&digest, body).await?;
+            Reply::Blob {
+                digest: d.to_string(),
+                size,
+            }
+        }
+    };
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 /// Serves a file with HTTP Range support (staging fetches chunks by range).
@@ -832,14 +893,14 @@ async fn download(
     Path(digest): Path<String>,
     request: Request<axum::body::Body>,
 ) -> Result<Response, ServiceError> {
-    if let AnyCaller::Client(who) = &who {
-        s.service.check_blob_readable(who, &digest).await?;
-    }
-    let d: vws_store::Digest = digest.parse()?;
-    if !s.service.blobs().contains(&d).await {
-        return Err(ServiceError::NotFound(format!("blob {digest} not found")));
-    }
-    serve_file(s.service.blobs().path(&d), request).await
+    let path = match who {
+        AnyCaller::Client(who) => match s.run(&who, Command::ReadBlob { digest }).await? {
+            Reply::File(path) => path,
+            _ => return Err(unexpected()),
+        },
+        AnyCaller::Node => s.service.blob_path(&digest).await?,
+    };
+    serve_file(path, request).await
 }
 
 async fn blob_chunks(
@@ -847,14 +908,10 @@ async fn blob_chunks(
     who: AnyCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ServiceError> {
-    if let AnyCaller::Client(who) = &who {
-        s.service.check_blob_readable(who, &digest).await?;
+    match who {
+        AnyCaller::Client(who) => s.reply(&who, Command::BlobChunks { digest }).await,
+        AnyCaller::Node => Ok(Json(s.service.blob_manifest(&digest).await?).into_response()),
     }
-    let d: vws_store::Digest = digest.parse()?;
-    if !s.service.blobs().contains(&d).await {
-        return Err(ServiceError::NotFound(format!("blob {digest} not found")));
-    }
-    Ok(Json(s.service.blobs().manifest(&d).await?).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -871,47 +928,19 @@ async fn deploy(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let req: DeployRequest = json_body(&headers, b)?.unwrap_or_default();
-    Ok(Json(s.service.deploy(&who, &id, req.host.as_deref()).await?).into_response())
+    let host = req.host;
+    s.reply(&who, Command::Deploy { id, host }).await
 }
 
-async fn undeploy(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(id): Path<String>,
+/// Start, stop, pause, unpause and undeploy: one handler, the verb from
+/// the route.
+async fn transition(
+    s: AppState,
+    who: Identity,
+    id: String,
+    verb: Verb,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.undeploy(&who, &id).await?).into_response())
-}
-
-async fn start(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.start(&who, &id).await?).into_response())
-}
-
-async fn stop(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.stop(&who, &id).await?).into_response())
-}
-
-async fn pause(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.pause(&who, &id).await?).into_response())
-}
-
-async fn unpause(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.unpause(&who, &id).await?).into_response())
+    s.reply(&who, Command::Transition { id, verb }).await
 }
 
 async fn staging(
@@ -919,7 +948,7 @@ async fn staging(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.staging(&who, &id).await?).into_response())
+    s.reply(&who, Command::Staging { id }).await
 }
 
 #[derive(Deserialize)]
@@ -935,8 +964,8 @@ async fn console(
     Path(id): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
-    let resp = s.service.console(&who, &id, q.follow).await?;
-    Ok(relay(resp, "text/plain; charset=utf-8"))
+    let follow = q.follow;
+    s.reply(&who, Command::Console { id, follow }).await
 }
 
 /// Passes a node's streamed answer on to the client as it arrives.
@@ -990,8 +1019,8 @@ async fn receive_disk(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn nodes(State(s): State<AppState>, _: Caller) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.nodes().await?).into_response())
+async fn nodes(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::Nodes).await
 }
 
 async fn register_node(
@@ -1042,13 +1071,10 @@ async fn submit_job(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let req: crate::jobs::Submit = json_body(&headers, b)?
+    let job: crate::jobs::Submit = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"argv\": [...]}".into()))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(s.service.submit_job(&who, &id, req).await?),
-    )
-        .into_response())
+    let reply = s.run(&who, Command::SubmitJob { id, job }).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 async fn jobs(
@@ -1056,7 +1082,7 @@ async fn jobs(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.jobs(&who, &id).await?).into_response())
+    s.reply(&who, Command::Jobs { id }).await
 }
 
 async fn job(
@@ -1064,7 +1090,7 @@ async fn job(
     Caller(who): Caller,
     Path(job): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.job(&who, &job).await?).into_response())
+    s.reply(&who, Command::Job { job }).await
 }
 
 async fn cancel_job(
@@ -1072,7 +1098,7 @@ async fn cancel_job(
     Caller(who): Caller,
     Path(job): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.cancel_job(&who, &job).await?).into_response())
+    s.reply(&who, Command::CancelJob { job }).await
 }
 
 async fn job_output(
@@ -1081,8 +1107,8 @@ async fn job_output(
     Path(job): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> Result<Response, ServiceError> {
-    let resp = s.service.job_output(&who, &job, q.follow).await?;
-    Ok(relay(resp, "application/x-ndjson"))
+    let follow = q.follow;
+    s.reply(&who, Command::JobOutput { job, follow }).await
 }
 
 async fn job_report(
@@ -1119,10 +1145,8 @@ async fn put_file(
             ServiceError::BadRequest(e.to_string())
         }
     })?;
-    s.service
-        .put_file(&who, &id, &q.path, data.to_vec())
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let (path, data) = (q.path, data.to_vec());
+    s.reply(&who, Command::PutFile { id, path, data }).await
 }
 
 async fn get_file(
@@ -1131,10 +1155,8 @@ async fn get_file(
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ServiceError> {
-    Ok(s.service
-        .get_file(&who, &id, &q.path)
-        .await?
-        .into_response())
+    let path = q.path;
+    s.reply(&who, Command::GetFile { id, path }).await
 }
 
 #[derive(Deserialize)]
@@ -1159,15 +1181,18 @@ async fn submit_batch(
     let batch: Batch = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected {\"jobs\": [...], \"concurrency\": N}".into())
     })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            s.service
-                .submit_batch(&who, &id, batch.jobs, batch.concurrency)
-                .await?,
-        ),
-    )
-        .into_response())
+    let (jobs, concurrency) = (batch.jobs, batch.concurrency);
+    let reply = s
+        .run(
+            &who,
+            Command::SubmitBatch {
+                id,
+                jobs,
+                concurrency,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 async fn memory_file(s: &AppState, id: &str) -> Result<std::path::PathBuf, ServiceError> {
@@ -1241,11 +1266,9 @@ async fn snapshot(
     let req: SnapshotRequest = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"as\": \"NAME:TAG\"}".into()))?;
     let (name, tag) = req.as_.split_once(':').unwrap_or((&req.as_, "latest"));
-    Ok((
-        StatusCode::CREATED,
-        Json(s.service.snapshot(&who, &id, name, tag).await?),
-    )
-        .into_response())
+    let (name, tag) = (name.to_string(), tag.to_string());
+    let reply = s.run(&who, Command::Snapshot { id, name, tag }).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 #[derive(Deserialize)]
@@ -1264,7 +1287,8 @@ async fn migrate(
 ) -> Result<Response, ServiceError> {
     let req: MigrateRequest = json_body(&headers, b)?
         .ok_or_else(|| ServiceError::BadRequest("expected {\"to\": \"NODE\"}".into()))?;
-    Ok(Json(s.service.migrate(&who, &id, &req.to).await?).into_response())
+    let to = req.to;
+    s.reply(&who, Command::Migrate { id, to }).await
 }
 
 async fn migration(
@@ -1272,7 +1296,7 @@ async fn migration(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.migration(&who, &id).await?).into_response())
+    s.reply(&who, Command::Migration { id }).await
 }
 
 #[derive(Deserialize)]
@@ -1294,16 +1318,20 @@ async fn sign_image(
     let req: SignRequest = json_body(&headers, b)?.ok_or_else(|| {
         ServiceError::BadRequest("expected {\"certificate\": PEM, \"signature\": BASE64}".into())
     })?;
-    Ok(Json(
-        s.service
-            .sign_image(&who, &reference, &req.certificate, &req.signature)
-            .await?,
-    )
-    .into_response())
+    let (certificate, signature) = (req.certificate, req.signature);
+    let sign = Command::SignImage {
+        reference,
+        certificate,
+        signature,
+    };
+    s.reply(&who, sign).await
 }
 
-async fn networks(State(s): State<AppState>, _: Caller) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.networks().await?).into_response())
+async fn networks(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::Networks).await
 }
 
 async fn network(
@@ -1311,7 +1339,7 @@ async fn network(
     Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ServiceError> {
-    Ok(Json(s.service.network(&who, &name).await?).into_response())
+    s.reply(&who, Command::Network { name }).await
 }
 
 async fn crl(State(s): State<AppState>) -> Result<Response, ServiceError> {

@@ -152,7 +152,7 @@ impl Service {
 
     /// Creates a workspace from a description (paper §3.1): the accepted
     /// record, or the reason it was refused.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         who: &Identity,
         description: Description,
@@ -661,7 +661,7 @@ impl Service {
 
     /// Clones a workspace (paper §2.1): a new name, a new resource with its own
     /// disk cloned from the same pool image, and a copy of the description.
-    pub async fn clone_workspace(
+    pub(crate) async fn clone_workspace(
         &self,
         who: &Identity,
         id: &str,

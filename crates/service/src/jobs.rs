@@ -31,7 +31,7 @@ pub struct Submit {
 
 impl Service {
     /// Starts a job in a running workspace.
-    pub async fn submit_job(
+    pub(crate) async fn submit_job(
         &self,
         who: &Identity,
         id: &str,
@@ -116,7 +116,7 @@ impl Service {
     /// Runs a list of jobs in one workspace (the paper's "mapping groups of
     /// jobs to one workspace"), at most `concurrency` at a time. Every job is
     /// recorded at once as `queued`; the batch then feeds them to the node.
-    pub async fn submit_batch(
+    pub(crate) async fn submit_batch(
         self: &std::sync::Arc<Self>,
         who: &Identity,
         id: &str,
@@ -169,7 +169,7 @@ impl Service {
     }
 
     /// One job the caller may see.
-    pub async fn job(&self, who: &Identity, job: &str) -> Result<JobRecord, ServiceError> {
+    pub(crate) async fn job(&self, who: &Identity, job: &str) -> Result<JobRecord, ServiceError> {
         match self.store.job(job).await? {
             Some(j) if j.owner == who.dn || who.is_admin() => Ok(j),
             _ => Err(ServiceError::NotFound(format!("job {job} not found"))),
@@ -177,13 +177,21 @@ impl Service {
     }
 
     /// A workspace's jobs.
-    pub async fn jobs(&self, who: &Identity, id: &str) -> Result<Vec<JobRecord>, ServiceError> {
+    pub(crate) async fn jobs(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Vec<JobRecord>, ServiceError> {
         self.visible(who, id).await?;
         Ok(self.store.jobs_of(id).await?)
     }
 
     /// Cancels a running job.
-    pub async fn cancel_job(&self, who: &Identity, job: &str) -> Result<JobRecord, ServiceError> {
+    pub(crate) async fn cancel_job(
+        &self,
+        who: &Identity,
+        job: &str,
+    ) -> Result<JobRecord, ServiceError> {
         let mut j = self.job(who, job).await?;
         if j.state != "running" {
             return Err(ServiceError::Conflict(format!("job {job} is {}", j.state)));
@@ -202,7 +210,7 @@ impl Service {
     }
 
     /// The job's output events (NDJSON) from the start, following if asked.
-    pub async fn job_output(
+    pub(crate) async fn job_output(
         &self,
         who: &Identity,
         job: &str,
@@ -249,7 +257,7 @@ impl Service {
     }
 
     /// Copies a file into a running workspace.
-    pub async fn put_file(
+    pub(crate) async fn put_file(
         &self,
         who: &Identity,
         id: &str,
@@ -276,7 +284,7 @@ impl Service {
     }
 
     /// Copies a file out of a running workspace.
-    pub async fn get_file(
+    pub(crate) async fn get_file(
         &self,
         who: &Identity,
         id: &str,

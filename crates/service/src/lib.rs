@@ -6,6 +6,7 @@ pub mod acl;
 pub mod api;
 mod catalogue;
 pub mod clock;
+pub mod command;
 mod core;
 pub mod error;
 mod factory;

@@ -123,7 +123,7 @@ impl Service {
 
     /// Check-out (paper §3.1): places the workspace on a node (or `host`),
     /// locks it, and has the node stage the image and the disk.
-    pub async fn deploy(
+    pub(crate) async fn deploy(
         &self,
         who: &Identity,
         id: &str,
@@ -393,7 +393,7 @@ impl Service {
     }
 
     /// Staging progress of a deploy in flight.
-    pub async fn staging(
+    pub(crate) async fn staging(
         &self,
         who: &Identity,
         id: &str,
@@ -562,7 +562,7 @@ impl Service {
 
     /// Boots a deployed workspace; returns once its guest agent answers,
     /// with where its served ports are reachable.
-    pub async fn start(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+    pub(crate) async fn start(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Start).await?;
         r.binding.forwards = self
             .launch_on_node(&r, Action::Start)
@@ -592,19 +592,23 @@ impl Service {
     }
 
     /// Shuts a workspace down (gracefully, then hard).
-    pub async fn stop(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+    pub(crate) async fn stop(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         self.simple(who, id, Action::Stop).await
     }
 
     /// Freezes a running workspace.
-    pub async fn pause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+    pub(crate) async fn pause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
         self.simple(who, id, Action::Pause).await
     }
 
     /// Thaws a paused workspace. One deployed from the repository while
     /// paused is restored from its memory state: its computation goes on
     /// where it stopped.
-    pub async fn unpause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+    pub(crate) async fn unpause(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Unpause).await?;
         if let Some(forwards) = self.launch_on_node(&r, Action::Unpause).await? {
             r.binding.forwards = forwards;
@@ -614,7 +618,11 @@ impl Service {
 
     /// Check-in (paper §3.1): the node sends the disk back (and, for a paused
     /// workspace, its memory state), the lock is released.
-    pub async fn undeploy(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+    pub(crate) async fn undeploy(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Workspace, ServiceError> {
         let r = self.checked(who, id, Action::Undeploy).await?;
         if is_account(&r) && r.state != State::Shutdown {
             return Err(ServiceError::Conflict(format!(
@@ -686,7 +694,7 @@ impl Service {
     }
 
     /// The workspace's console, as a byte stream (following it if asked).
-    pub async fn console(
+    pub(crate) async fn console(
         &self,
         who: &Identity,
         id: &str,
@@ -903,7 +911,7 @@ impl Service {
     /// Saves a paused workspace as a hot image `name:tag` in the pool: its
     /// memory and device state, its disk flattened, and its kernel and
     /// initrd. Workspaces created from it are restored, not booted.
-    pub async fn snapshot(
+    pub(crate) async fn snapshot(
         &self,
         who: &Identity,
         id: &str,
@@ -1042,7 +1050,7 @@ impl Service {
     /// over NBD, then memory and device state over TCP — and hands its
     /// running jobs over. Any failure before the switch-over leaves it
     /// running on its node as before.
-    pub async fn migrate(
+    pub(crate) async fn migrate(
         &self,
         who: &Identity,
         id: &str,
@@ -1173,7 +1181,7 @@ impl Service {
     }
 
     /// Progress of a migration in flight, as its source node reports it.
-    pub async fn migration(
+    pub(crate) async fn migration(
         &self,
         who: &Identity,
         id: &str,

@@ -115,7 +115,7 @@ impl Service {
     }
 
     /// Every image the owner could use for `d`, judged, best first.
-    pub async fn match_description(
+    pub(crate) async fn match_description(
         &self,
         who: &Identity,
         d: &Description,

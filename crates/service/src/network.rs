@@ -186,7 +186,9 @@ impl Networks {
 
 impl crate::core::Service {
     /// Every network with its pool's size and use.
-    pub async fn networks(&self) -> Result<Vec<serde_json::Value>, crate::error::ServiceError> {
+    pub(crate) async fn networks(
+        &self,
+    ) -> Result<Vec<serde_json::Value>, crate::error::ServiceError> {
         let mut out = Vec::new();
         for n in &self.networks.0 {
             let size = n.candidates().map(|c| c.len()).unwrap_or(0);
@@ -197,7 +199,7 @@ impl crate::core::Service {
     }
 
     /// One network; administrators also see who holds which address.
-    pub async fn network(
+    pub(crate) async fn network(
         &self,
         who: &vws_model::Identity,
         name: &str,

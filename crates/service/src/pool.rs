@@ -69,6 +69,27 @@ impl Service {
         }
     }
 
+    /// Where a stored blob is (404 when the pool lacks it).
+    pub(crate) async fn blob_path(&self, digest: &str) -> Result<std::path::PathBuf, ServiceError> {
+        let d: Digest = digest.parse()?;
+        if !self.blobs.contains(&d).await {
+            return Err(ServiceError::NotFound(format!("blob {digest} not found")));
+        }
+        Ok(self.blobs.path(&d))
+    }
+
+    /// A stored blob's chunk manifest (404 when the pool lacks it).
+    pub(crate) async fn blob_manifest(
+        &self,
+        digest: &str,
+    ) -> Result<vws_model::node::Manifest, ServiceError> {
+        let d: Digest = digest.parse()?;
+        if !self.blobs.contains(&d).await {
+            return Err(ServiceError::NotFound(format!("blob {digest} not found")));
+        }
+        Ok(self.blobs.manifest(&d).await?)
+    }
+
     async fn blob_file(&self, role: &str, digest: &str) -> Result<ImageFile, ServiceError> {
         let d: Digest = digest.parse()?;
         match self.has_blob(digest).await? {
@@ -84,7 +105,7 @@ impl Service {
     }
 
     /// Registers an image from uploaded blobs and names it `name:tag`.
-    pub async fn import_image(
+    pub(crate) async fn import_image(
         &self,
         who: &Identity,
         req: ImportRequest,
@@ -248,7 +269,7 @@ impl Service {
 
     /// One image by `name:tag` or digest, if the caller may use it (others'
     /// private images are not found).
-    pub async fn image(
+    pub(crate) async fn image(
         &self,
         who: &Identity,
         reference: &str,
@@ -266,7 +287,7 @@ impl Service {
     }
 
     /// Every image in the pool the caller may use.
-    pub async fn images(&self, who: &Identity) -> Result<Vec<ImageRecord>, ServiceError> {
+    pub(crate) async fn images(&self, who: &Identity) -> Result<Vec<ImageRecord>, ServiceError> {
         let mut all = self.store.list_images().await?;
         all.retain(|i| i.usable_by(&who.dn, who.is_admin()));
         Ok(all)
@@ -274,7 +295,7 @@ impl Service {
 
     /// Whether a client may read a blob: it belongs to an image the client
     /// may use (nodes read any: they stage every image).
-    pub async fn check_blob_readable(
+    pub(crate) async fn check_blob_readable(
         &self,
         who: &Identity,
         digest: &str,
@@ -292,7 +313,7 @@ impl Service {
 
     /// Adds a signature over an image's content id: the certificate must
     /// be the CA's, valid and not revoked, and the signature its key's.
-    pub async fn sign_image(
+    pub(crate) async fn sign_image(
         &self,
         who: &Identity,
         reference: &str,
@@ -327,7 +348,11 @@ impl Service {
     /// last tag, or at once when named by digest, unless a workspace uses it.
     /// A tag is removed by its name's owner, an image by digest by the
     /// image's owner (administrators may do both).
-    pub async fn remove_image(&self, who: &Identity, reference: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn remove_image(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<(), ServiceError> {
         let image = self.image(who, reference).await?;
         let parsed: ImageRef =
             reference

@@ -2,7 +2,7 @@
 //! workspaces, apply lifecycle transitions, and reap expired ones.
 
 use time::Duration;
-use vws_model::{transition, Action, Identity, Outcome, State};
+use vws_model::{transition, Action, Identity};
 use vws_store::{Change, Filter, Page, TransitionRecord};
 
 use crate::core::{Service, Workspace};
@@ -13,12 +13,16 @@ pub const REAPER: &str = "reaper";
 
 impl Service {
     /// One workspace the caller may see.
-    pub async fn workspace(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+    pub(crate) async fn workspace(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Workspace, ServiceError> {
         Ok(self.view(self.visible(who, id).await?))
     }
 
     /// Workspaces the caller may see: their own, or everyone's for an admin.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         who: &Identity,
         mut filter: Filter,
@@ -42,7 +46,7 @@ impl Service {
     }
 
     /// The workspace's history of transitions.
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         who: &Identity,
         id: &str,
@@ -53,7 +57,7 @@ impl Service {
 
     /// Sets a new termination time, `seconds` from now, within the owner's
     /// maximum lifetime.
-    pub async fn renew(
+    pub(crate) async fn renew(
         &self,
         who: &Identity,
         id: &str,
@@ -98,6 +102,9 @@ impl Service {
     /// Applies a lifecycle action to the record: checked against the
     /// transition table first, written only as the action's result. Drivers
     /// call this after the action really happened. `None` means destroyed.
+    /// Only tests call it directly (feature `testing`): everything else
+    /// changes a workspace through a [`crate::command::Command`].
+    #[cfg(feature = "testing")]
     pub async fn record_transition(
         &self,
         who: &Identity,
@@ -107,12 +114,12 @@ impl Service {
     ) -> Result<Option<Workspace>, ServiceError> {
         let mut r = self.visible(who, id).await?;
         match transition(r.state, r.placement, action)? {
-            Outcome::Gone => {
+            vws_model::Outcome::Gone => {
                 self.remove(&r, &who.dn).await?;
                 Ok(None)
             }
-            Outcome::To(state, _) => {
-                r.reason = if state == State::Corrupted {
+            vws_model::Outcome::To(state, _) => {
+                r.reason = if state == vws_model::State::Corrupted {
                     detail.clone()
                 } else {
                     None
@@ -124,7 +131,7 @@ impl Service {
 
     /// Destroys a workspace: the record goes first (so no record ever points
     /// at a missing disk), then its disk.
-    pub async fn destroy(&self, who: &Identity, id: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn destroy(&self, who: &Identity, id: &str) -> Result<(), ServiceError> {
         let r = self.visible(who, id).await?;
         self.remove(&r, &who.dn).await
     }

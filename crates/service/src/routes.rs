@@ -8,16 +8,17 @@
 
 use axum::http::Method;
 
-use crate::acl::Class;
+use crate::command::CommandKind;
 
 /// Who a route admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
     /// Any certificate of the CA (health, the OpenAPI document).
     Open,
-    /// A client certificate allowed the class by the ACL. Workspace-scoped
-    /// routes then show only the caller's own (others' are 404).
-    Client(Class),
+    /// A client certificate, running the command (which checks the ACL
+    /// class it needs, [`CommandKind::class`]). Workspace-scoped commands
+    /// then show only the caller's own (others' are 404).
+    Client(CommandKind),
     /// A node speaking for itself: the `{name}` in the path (or in the
     /// registration) is its certificate's name.
     SelfNode,
@@ -25,10 +26,10 @@ pub enum Rule {
     /// deployed on, or being migrated to. Any other caller: 404 for nodes,
     /// 403 for other kinds.
     HoldingNode,
-    /// A client allowed the class, or any node (pool blobs: every node
+    /// A client running the command, or any node (pool blobs: every node
     /// stages images). What a client may read is then limited to the
     /// images it may use.
-    ClientOrNode(Class),
+    ClientOrNode(CommandKind),
 }
 
 impl Rule {
@@ -36,10 +37,14 @@ impl Rule {
     pub fn describe(self) -> String {
         match self {
             Rule::Open => "any certificate".into(),
-            Rule::Client(c) => format!("client · `{}`", c.as_str()),
+            Rule::Client(c) => format!("client · `{}` ({})", c.class().as_str(), c.as_str()),
             Rule::SelfNode => "node (itself)".into(),
             Rule::HoldingNode => "node holding the workspace".into(),
-            Rule::ClientOrNode(c) => format!("client · `{}`, or node", c.as_str()),
+            Rule::ClientOrNode(c) => format!(
+                "client · `{}` ({}), or node",
+                c.class().as_str(),
+                c.as_str()
+            ),
         }
     }
 }
@@ -59,7 +64,7 @@ const fn r(method: &'static str, path: &'static str, rule: Rule) -> Route {
     Route { method, path, rule }
 }
 
-use Class::*;
+use CommandKind::*;
 use Rule::*;
 
 /// Every route the API serves, with its rule. The router, the OpenAPI
@@ -68,56 +73,64 @@ use Rule::*;
 pub const ROUTES: &[Route] = &[
     r("get", "/v1/health", Open),
     r("get", "/v1/openapi.json", Open),
-    r("get", "/v1/workspaces", Client(Read)),
+    r("get", "/v1/workspaces", Client(ListWorkspaces)),
     r("post", "/v1/workspaces", Client(Create)),
-    r("post", "/v1/match", Client(Read)),
-    r("get", "/v1/workspaces/{id}", Client(Read)),
-    r("delete", "/v1/workspaces/{id}", Client(Manage)),
-    r("post", "/v1/workspaces/{id}/clone", Client(Create)),
-    r("post", "/v1/workspaces/{id}/renew", Client(Manage)),
-    r("get", "/v1/workspaces/{id}/history", Client(Read)),
-    r("get", "/v1/images", Client(Read)),
-    r("post", "/v1/images", Client(Image)),
-    r("get", "/v1/images/{reference}", Client(Read)),
-    r("delete", "/v1/images/{reference}", Client(Image)),
-    r("post", "/v1/images/{reference}/signature", Client(Image)),
-    r("head", "/v1/blobs/{digest}", ClientOrNode(Image)),
-    r("put", "/v1/blobs/{digest}", ClientOrNode(Image)),
-    r("get", "/v1/blobs/{digest}", ClientOrNode(Read)),
-    r("get", "/v1/blobs/{digest}/chunks", ClientOrNode(Read)),
-    r("post", "/v1/workspaces/{id}/deploy", Client(Manage)),
-    r("post", "/v1/workspaces/{id}/snapshot", Client(Move)),
-    r("post", "/v1/workspaces/{id}/migrate", Client(Move)),
-    r("get", "/v1/workspaces/{id}/migration", Client(Read)),
-    r("post", "/v1/workspaces/{id}/undeploy", Client(Manage)),
-    r("post", "/v1/workspaces/{id}/start", Client(Manage)),
-    r("post", "/v1/workspaces/{id}/stop", Client(Manage)),
-    r("post", "/v1/workspaces/{id}/pause", Client(Manage)),
-    r("post", "/v1/workspaces/{id}/unpause", Client(Manage)),
-    r("get", "/v1/workspaces/{id}/staging", Client(Read)),
-    r("get", "/v1/workspaces/{id}/console", Client(Read)),
+    r("post", "/v1/match", Client(Match)),
+    r("get", "/v1/workspaces/{id}", Client(ShowWorkspace)),
+    r("delete", "/v1/workspaces/{id}", Client(Destroy)),
+    r("post", "/v1/workspaces/{id}/clone", Client(Clone)),
+    r("post", "/v1/workspaces/{id}/renew", Client(Renew)),
+    r("get", "/v1/workspaces/{id}/history", Client(History)),
+    r("get", "/v1/images", Client(Images)),
+    r("post", "/v1/images", Client(ImportImage)),
+    r("get", "/v1/images/{reference}", Client(Image)),
+    r("delete", "/v1/images/{reference}", Client(RemoveImage)),
+    r(
+        "post",
+        "/v1/images/{reference}/signature",
+        Client(SignImage),
+    ),
+    r("head", "/v1/blobs/{digest}", ClientOrNode(HasBlob)),
+    r("put", "/v1/blobs/{digest}", ClientOrNode(PutBlob)),
+    r("get", "/v1/blobs/{digest}", ClientOrNode(ReadBlob)),
+    r("get", "/v1/blobs/{digest}/chunks", ClientOrNode(BlobChunks)),
+    r("post", "/v1/workspaces/{id}/deploy", Client(Deploy)),
+    r("post", "/v1/workspaces/{id}/snapshot", Client(Snapshot)),
+    r("post", "/v1/workspaces/{id}/migrate", Client(Migrate)),
+    r("get", "/v1/workspaces/{id}/migration", Client(Migration)),
+    r("post", "/v1/workspaces/{id}/undeploy", Client(Transition)),
+    r("post", "/v1/workspaces/{id}/start", Client(Transition)),
+    r("post", "/v1/workspaces/{id}/stop", Client(Transition)),
+    r("post", "/v1/workspaces/{id}/pause", Client(Transition)),
+    r("post", "/v1/workspaces/{id}/unpause", Client(Transition)),
+    r("get", "/v1/workspaces/{id}/staging", Client(Staging)),
+    r("get", "/v1/workspaces/{id}/console", Client(Console)),
     r("get", "/v1/workspaces/{id}/disk", HoldingNode),
     r("put", "/v1/workspaces/{id}/disk", HoldingNode),
     r("get", "/v1/workspaces/{id}/disk/chunks", HoldingNode),
     r("get", "/v1/workspaces/{id}/memory", HoldingNode),
     r("put", "/v1/workspaces/{id}/memory", HoldingNode),
     r("get", "/v1/workspaces/{id}/memory/chunks", HoldingNode),
-    r("get", "/v1/nodes", Client(Admin)),
-    r("get", "/v1/networks", Client(Read)),
-    r("get", "/v1/networks/{name}", Client(Read)),
+    r("get", "/v1/nodes", Client(Nodes)),
+    r("get", "/v1/networks", Client(Networks)),
+    r("get", "/v1/networks/{name}", Client(Network)),
     r("get", "/v1/pki/crl", Open),
     r("post", "/v1/nodes", SelfNode),
     r("post", "/v1/nodes/{name}/heartbeat", SelfNode),
     r("post", "/v1/nodes/{name}/events", SelfNode),
     r("post", "/v1/nodes/{name}/jobs/{job}", SelfNode),
-    r("get", "/v1/workspaces/{id}/jobs", Client(Read)),
-    r("post", "/v1/workspaces/{id}/jobs", Client(Run)),
-    r("post", "/v1/workspaces/{id}/jobs/batch", Client(Run)),
-    r("get", "/v1/jobs/{job}", Client(Read)),
-    r("get", "/v1/jobs/{job}/output", Client(Read)),
-    r("post", "/v1/jobs/{job}/cancel", Client(Run)),
-    r("get", "/v1/workspaces/{id}/files", Client(Run)),
-    r("put", "/v1/workspaces/{id}/files", Client(Run)),
+    r("get", "/v1/workspaces/{id}/jobs", Client(Jobs)),
+    r("post", "/v1/workspaces/{id}/jobs", Client(SubmitJob)),
+    r(
+        "post",
+        "/v1/workspaces/{id}/jobs/batch",
+        Client(SubmitBatch),
+    ),
+    r("get", "/v1/jobs/{job}", Client(Job)),
+    r("get", "/v1/jobs/{job}/output", Client(JobOutput)),
+    r("post", "/v1/jobs/{job}/cancel", Client(CancelJob)),
+    r("get", "/v1/workspaces/{id}/files", Client(GetFile)),
+    r("put", "/v1/workspaces/{id}/files", Client(PutFile)),
 ];
 
 /// The rule of a matched route (none: the route is not in the table).

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use vws_model::Identity;
+use vws_service::command::{Command, Reply};
 use vws_service::pool::ImportRequest;
-use vws_service::{Clock, ManualClock, Policy, Service, Settings};
+use vws_service::{Clock, ManualClock, Policy, Service, ServiceError, Settings, Workspace};
 use vws_store::testing::{fresh, TestDb};
 use vws_store::Backend;
 
@@ -38,7 +39,15 @@ pub async fn harness(backend: Backend, policy: &str) -> Harness {
 }
 
 pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Harness {
-    harness_full(db, home, policy, Default::default()).await
+    harness_full(db, home, policy, Default::default(), Default::default()).await
+}
+
+/// A harness whose service enforces the access control list `acl` (TOML).
+pub async fn harness_acl(backend: Backend, acl: &str) -> Harness {
+    let db = fresh(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    let acl = vws_service::acl::Acl::from_toml(acl).unwrap();
+    harness_full(db, home, "", Default::default(), acl).await
 }
 
 /// A harness with networks of its own.
@@ -47,7 +56,7 @@ pub async fn harness_networks(backend: Backend, networks: &str) -> Harness {
     let db = fresh(backend).await;
     let home = tempfile::tempdir().unwrap();
     let networks = vws_service::network::Networks::from_toml(networks).unwrap();
-    harness_full(db, home, "", networks).await
+    harness_full(db, home, "", networks, Default::default()).await
 }
 
 async fn harness_full(
@@ -55,13 +64,14 @@ async fn harness_full(
     home: tempfile::TempDir,
     policy: &str,
     networks: vws_service::network::Networks,
+    acl: vws_service::acl::Acl,
 ) -> Harness {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let settings = Settings {
         credentials: None,
         ca_dir: None,
         boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
-        acl: Default::default(),
+        acl,
         networks,
         home: home.path().to_path_buf(),
         public_url: "http://127.0.0.1:7480".into(),
@@ -166,4 +176,153 @@ pub async fn serve_api(h: &Harness, who: Identity) -> String {
         std::time::Duration::from_secs(1),
     ));
     base
+}
+
+/// The core's commands as the tests call them: each goes through
+/// [`Service::execute`], the one door (ACL class first), as a front-end's
+/// would.
+#[allow(async_fn_in_trait)]
+pub trait Commands {
+    async fn run(&self, who: &Identity, c: Command) -> Result<Reply, ServiceError>;
+
+    async fn create(
+        &self,
+        who: &Identity,
+        description: vws_model::Description,
+        form: vws_model::Form,
+        name: Option<String>,
+    ) -> Result<Workspace, ServiceError> {
+        self.run(
+            who,
+            Command::Create {
+                description,
+                form,
+                name,
+            },
+        )
+        .await?
+        .into_workspace()
+    }
+
+    async fn clone_workspace(
+        &self,
+        who: &Identity,
+        id: &str,
+        name: Option<String>,
+        changes: Option<&serde_json::Value>,
+    ) -> Result<Workspace, ServiceError> {
+        let (id, changes) = (id.to_string(), changes.cloned());
+        self.run(who, Command::Clone { id, name, changes })
+            .await?
+            .into_workspace()
+    }
+
+    async fn deploy(
+        &self,
+        who: &Identity,
+        id: &str,
+        host: Option<&str>,
+    ) -> Result<Workspace, ServiceError> {
+        let (id, host) = (id.to_string(), host.map(str::to_string));
+        self.run(who, Command::Deploy { id, host })
+            .await?
+            .into_workspace()
+    }
+
+    async fn workspace(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
+        let id = id.to_string();
+        self.run(who, Command::ShowWorkspace { id })
+            .await?
+            .into_workspace()
+    }
+
+    async fn renew(
+        &self,
+        who: &Identity,
+        id: &str,
+        lifetime: u64,
+    ) -> Result<Workspace, ServiceError> {
+        let id = id.to_string();
+        self.run(who, Command::Renew { id, lifetime })
+            .await?
+            .into_workspace()
+    }
+
+    async fn destroy(&self, who: &Identity, id: &str) -> Result<(), ServiceError> {
+        let id = id.to_string();
+        self.run(who, Command::Destroy { id }).await.map(drop)
+    }
+
+    async fn history(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Vec<vws_store::TransitionRecord>, ServiceError> {
+        let id = id.to_string();
+        match self.run(who, Command::History { id }).await? {
+            Reply::History(h) => Ok(h),
+            _ => panic!("History answers a history"),
+        }
+    }
+
+    async fn list(
+        &self,
+        who: &Identity,
+        filter: vws_store::Filter,
+    ) -> Result<vws_store::Page<Workspace>, ServiceError> {
+        match self.run(who, Command::ListWorkspaces(filter)).await? {
+            Reply::Workspaces(p) => Ok(p),
+            _ => panic!("ListWorkspaces answers a page"),
+        }
+    }
+
+    async fn import_image(
+        &self,
+        who: &Identity,
+        req: ImportRequest,
+    ) -> Result<vws_store::ImageRecord, ServiceError> {
+        image_of(self.run(who, Command::ImportImage(req)).await?)
+    }
+
+    async fn image(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<vws_store::ImageRecord, ServiceError> {
+        let reference = reference.to_string();
+        image_of(self.run(who, Command::Image { reference }).await?)
+    }
+
+    async fn remove_image(&self, who: &Identity, reference: &str) -> Result<(), ServiceError> {
+        let reference = reference.to_string();
+        self.run(who, Command::RemoveImage { reference })
+            .await
+            .map(drop)
+    }
+
+    async fn match_description(
+        &self,
+        who: &Identity,
+        description: &vws_model::Description,
+        form: vws_model::Form,
+    ) -> Result<vws_service::matching::Match, ServiceError> {
+        let description = description.clone();
+        match self.run(who, Command::Match { description, form }).await? {
+            Reply::Match(m) => Ok(m),
+            _ => panic!("Match answers a match"),
+        }
+    }
+}
+
+fn image_of(r: Reply) -> Result<vws_store::ImageRecord, ServiceError> {
+    match r {
+        Reply::Image(i) => Ok(*i),
+        _ => panic!("an image command answers an image"),
+    }
+}
+
+impl Commands for Arc<Service> {
+    async fn run(&self, who: &Identity, c: Command) -> Result<Reply, ServiceError> {
+        self.execute(who, c).await
+    }
 }
