@@ -4,6 +4,7 @@
 mod commands;
 mod config;
 mod output;
+mod shutdown;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,19 +14,9 @@ use vws_model::node::{AccountRange, Forward};
 
 use crate::agent::{JobDone, JobEvent, LOG_APPENDED};
 use crate::cgroup::{Cgroup, Layout, Limits};
+pub use crate::driver::AccountSpec;
 use crate::driver::{Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
 use crate::sandbox::{start_time, ExecPlan, InitPlan};
-
-/// What an account workspace is made of on this host.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AccountSpec {
-    /// The leased uid (= gid).
-    pub uid: u32,
-    /// The image: a filesystem image, the read-only lower layer.
-    pub image: PathBuf,
-    /// The workspace's own disk: an ext4 image, the upper layer.
-    pub upper: PathBuf,
-}
 
 /// A running workspace's PID 1 and where its served ports are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -718,7 +708,7 @@ fn finish_job(job: &str, log: &Path, marker: &Path, errors: &str, done: &JobDone
     };
     LOG_APPENDED.notify_waiters();
     let _ = std::fs::remove_file(marker);
-    let _ = done.send((job.to_string(), ev, crate::manager::log_output_bytes(&text)));
+    let _ = done.send((job.to_string(), ev, crate::agent::log_output_bytes(&text)));
 }
 
 /// Connects to `port` on the loopback of the network namespace `netns`,

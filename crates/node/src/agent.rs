@@ -420,3 +420,19 @@ impl Agent {
         .map(Option::unwrap_or_default)
     }
 }
+
+/// Output bytes recorded in a job's event log.
+pub(crate) fn log_output_bytes(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<JobEvent>(l).ok())
+        .map(|ev| match ev {
+            JobEvent::Stdout { data } | JobEvent::Stderr { data } => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map(|d| d.len() as u64)
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        })
+        .sum()
+}

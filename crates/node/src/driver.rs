@@ -97,7 +97,7 @@ pub struct VmSpec {
     /// Set for a `dynamic account` workspace: run by the account driver,
     /// not as a VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<crate::account::AccountSpec>,
+    pub account: Option<AccountSpec>,
 }
 
 /// What a driver reports about a VM.
@@ -202,3 +202,19 @@ pub trait Driver: Send + Sync + 'static {
         async { Err(DriverError::Unsupported("migration")) }
     }
 }
+
+/// What an account workspace is made of on this host (a dynamic account's
+/// part of a [`VmSpec`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AccountSpec {
+    /// The leased uid (= gid).
+    pub uid: u32,
+    /// The image: a filesystem image, the read-only lower layer.
+    pub image: PathBuf,
+    /// The workspace's own disk: an ext4 image, the upper layer.
+    pub upper: PathBuf,
+}
+
+/// Where a workspace's own credential is put inside it (the agent writes it
+/// in a VM; the account's own job, in a dynamic account).
+pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";

@@ -46,8 +46,7 @@ pub enum NodeError {
 /// connection (it reconnects after a restart of the node).
 const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
 
-/// Where a workspace's own credential is put inside it.
-pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
+pub use crate::driver::CREDENTIALS_DIR;
 
 /// One host's manager.
 pub struct Manager {
@@ -750,7 +749,7 @@ impl Manager {
             let path = self.job_log(&job);
             let log = std::fs::read_to_string(&path).unwrap_or_default();
             let _ = std::fs::remove_file(&path);
-            let bytes = log_output_bytes(&log);
+            let bytes = crate::agent::log_output_bytes(&log);
             done.jobs
                 .push(vws_model::node::JobHandoff { job, log, bytes });
         }
@@ -1212,23 +1211,6 @@ impl Manager {
 /// Whether a file holds an ext2/3/4 filesystem (the superblock's magic).
 fn is_ext4(path: &std::path::Path) -> std::io::Result<bool> {
     Ok(vws_qemu::img::content(path)? == vws_qemu::img::Content::RootFs)
-}
-
-/// Output bytes recorded in a job's event log.
-pub(crate) fn log_output_bytes(log: &str) -> u64 {
-    use base64::Engine;
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<JobEvent>(l).ok())
-        .map(|ev| match ev {
-            JobEvent::Stdout { data } | JobEvent::Stderr { data } => {
-                base64::engine::general_purpose::STANDARD
-                    .decode(data)
-                    .map(|d| d.len() as u64)
-                    .unwrap_or(0)
-            }
-            _ => 0,
-        })
-        .sum()
 }
 
 /// Registers with the service, then heartbeats every `every` and forwards

@@ -471,7 +471,7 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
         nix::sys::stat::Mode::from_bits_truncate(0o1777),
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     );
-    let creds = account(crate::manager::CREDENTIALS_DIR);
+    let creds = account(crate::driver::CREDENTIALS_DIR);
     std::fs::create_dir_all(&creds).map_err(err("credentials folder"))?;
     let id = Some(Uid::from_raw(plan.uid));
     for d in [account(HOME), creds] {

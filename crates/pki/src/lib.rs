@@ -26,6 +26,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use vws_model::Identity;
 
+pub mod home;
 pub mod serve;
 
 /// OID of the vws attributes extension (a private arc).

@@ -15,12 +15,14 @@ mod lifecycle;
 pub mod matching;
 pub mod metrics;
 pub mod network;
+mod network_views;
 pub mod nodes;
 pub mod policy;
 pub mod pool;
 pub mod repository;
 mod request_metrics;
 pub mod routes;
+pub mod server;
 
 pub use crate::core::{Service, Settings, Workspace, DEFAULT_BOOT_IMAGE};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -1,10 +1,6 @@
 //! One module per group of verbs.
 
 pub mod bench;
-pub mod bench_account;
-pub mod bench_emboss;
-pub mod bench_paper;
-pub mod bench_vm;
 pub mod image_build;
 pub mod images;
 pub mod jobs;

@@ -1,101 +1,13 @@
-//! `vws ca` and `vws cert`, and the certificates `vws up`, `vws serve` and
-//! `vws node` make for themselves on first run, under `VWS_HOME/pki`:
-//!
-//! ```text
-//! pki/ca/         ca.pem, ca.key (0600), revoked (deny list of serials)
-//! pki/service/    the service's certificate (cert.pem, key.pem, ca.pem)
-//! pki/nodes/NAME/ each local node's certificate
-//! pki/admin/      the administrator's client certificate the CLI uses by default
-//! pki/issued/CN/  what `vws cert issue` wrote when no --out was given
-//! ```
+//! `vws ca` and `vws cert`. The certificates `vws up`, `vws serve` and
+//! `vws node` make for themselves are `vws_pki::home`'s.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use vws_pki::{Ca, Credentials, Issued, Kind, Request};
+use vws_pki::{Ca, Credentials, Kind, Request};
 
 use crate::Globals;
-
-/// Validity of the certificates made on first run.
-const DAYS: u32 = 825;
-
-/// The CA folder.
-pub fn ca_dir(home: &Path) -> PathBuf {
-    home.join("pki/ca")
-}
-
-fn write(issued: &Issued, ca: &Ca, dir: &Path) -> anyhow::Result<Credentials> {
-    issued.write(dir, ca.cert_pem())?;
-    Ok(Credentials::from_dir(dir)?)
-}
-
-/// The service's credentials; on first run makes the CA, the service's
-/// certificate and the administrator's client certificate.
-pub fn provision_service(home: &Path, hosts: &[String]) -> anyhow::Result<Credentials> {
-    let (ca, made) = Ca::open_or_init(&ca_dir(home)).context("the certificate authority")?;
-    if made {
-        eprintln!(
-            "made a certificate authority in {} (keep ca.key private)",
-            ca_dir(home).display()
-        );
-    }
-    let admin = home.join("pki/admin");
-    if !admin.join("cert.pem").exists() {
-        let issued = ca.issue(&Request {
-            dn: format!(
-                "/O=vws/OU=local/CN={}",
-                crate::commands::up::local_user_name()
-            ),
-            attributes: vec![("role".into(), "admin".into())],
-            kind: Kind::Client,
-            hosts: vec![],
-            days: DAYS,
-        })?;
-        write(&issued, &ca, &admin)?;
-    }
-    let dir = home.join("pki/service");
-    if dir.join("cert.pem").exists() {
-        return Ok(Credentials::from_dir(&dir)?);
-    }
-    let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    all.extend(hosts.iter().cloned());
-    all.sort();
-    all.dedup();
-    let issued = ca.issue(&Request {
-        dn: "/O=vws/OU=services/CN=vws".into(),
-        attributes: vec![],
-        kind: Kind::Service,
-        hosts: all,
-        days: DAYS,
-    })?;
-    write(&issued, &ca, &dir)
-}
-
-/// A local node's credentials: `pki/nodes/NAME`, issued by the local CA on
-/// first use. A node on another host is given its files with `--cert`,
-/// `--key` and `--ca` (from `vws cert issue --host NAME --out DIR`).
-pub fn node_credentials(home: &Path, name: &str) -> anyhow::Result<Credentials> {
-    let dir = home.join("pki/nodes").join(name);
-    if dir.join("cert.pem").exists() {
-        return Ok(Credentials::from_dir(&dir)?);
-    }
-    let ca = Ca::open(&ca_dir(home)).with_context(|| {
-        format!("no certificate for node {name}: give one with --cert/--key/--ca, or run the node where the CA is (VWS_HOME)")
-    })?;
-    let issued = ca.issue(&node_request(name))?;
-    write(&issued, &ca, &dir)
-}
-
-fn node_request(name: &str) -> Request {
-    Request {
-        dn: format!("/O=vws/OU=nodes/CN={name}"),
-        attributes: vec![],
-        kind: Kind::Node,
-        hosts: vec![name.to_string(), "localhost".into(), "127.0.0.1".into()],
-        days: DAYS,
-    }
-}
 
 /// The credentials a client command presents: `--cert`/`--key` (with
 /// `--ca`, or the `ca.pem` beside the certificate, or the local CA), else
@@ -114,7 +26,7 @@ pub fn client_credentials(g: &Globals) -> anyhow::Result<Credentials> {
         if beside.exists() {
             beside
         } else {
-            ca_dir(&g.home).join("ca.pem")
+            vws_pki::home::ca_dir(&g.home).join("ca.pem")
         }
     });
     Credentials::read(&cert, &key, &ca).with_context(|| {
@@ -180,16 +92,16 @@ pub struct IssueArgs {
 pub fn ca(g: &Globals, c: CaCommand) -> anyhow::Result<()> {
     match c {
         CaCommand::Init { name } => {
-            let ca = Ca::init(&ca_dir(&g.home), &name)?;
+            let ca = Ca::init(&vws_pki::home::ca_dir(&g.home), &name)?;
             if g.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "dir": ca_dir(&g.home), "cert": ca.cert_pem() })
+                    serde_json::json!({ "dir": vws_pki::home::ca_dir(&g.home), "cert": ca.cert_pem() })
                 );
             } else {
                 eprintln!(
                     "certificate authority made in {}",
-                    ca_dir(&g.home).display()
+                    vws_pki::home::ca_dir(&g.home).display()
                 );
             }
             Ok(())
@@ -202,7 +114,7 @@ pub fn cert(g: &Globals, c: CertCommand) -> anyhow::Result<()> {
     match c {
         CertCommand::Issue(a) => issue(g, a),
         CertCommand::Revoke { what } => {
-            let ca = Ca::open(&ca_dir(&g.home))?;
+            let ca = Ca::open(&vws_pki::home::ca_dir(&g.home))?;
             let text = match std::fs::read_to_string(&what) {
                 Ok(t) => t,
                 Err(_) => what.clone(),
@@ -235,9 +147,9 @@ pub fn cert(g: &Globals, c: CertCommand) -> anyhow::Result<()> {
 }
 
 fn issue(g: &Globals, a: IssueArgs) -> anyhow::Result<()> {
-    let ca = Ca::open(&ca_dir(&g.home))?;
+    let ca = Ca::open(&vws_pki::home::ca_dir(&g.home))?;
     let mut req = match &a.host {
-        Some(h) => node_request(h),
+        Some(h) => vws_pki::home::node_request(h),
         None => Request {
             dn: a.dn.clone().unwrap_or_default(),
             attributes: vec![],

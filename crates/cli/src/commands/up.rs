@@ -1,13 +1,12 @@
 //! `vws up` / `vws serve`: the service on this machine.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use vws_service::api::{self, AppState, Auth};
-use vws_service::{Policy, Service, Settings, SystemClock};
+use vws_service::server::Launch;
+use vws_service::Policy;
 
 use crate::config::{self, ServerFile, DEFAULT_LISTEN};
 use crate::Globals;
@@ -46,7 +45,7 @@ pub struct UpArgs {
     #[arg(long, env = "VWS_BOOT_IMAGE", value_name = "NAME:TAG")]
     boot_image: Option<String>,
     /// The local node's uids for dynamic accounts, FIRST-LAST (`vws up` only)
-    #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = crate::commands::node::DEFAULT_ACCOUNTS)]
+    #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = vws_node::server::DEFAULT_ACCOUNTS)]
     accounts: vws_model::node::AccountRange,
 }
 
@@ -66,117 +65,6 @@ pub fn local_user_name() -> String {
     from_passwd
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| format!("uid-{uid}"))
-}
-
-/// A service started in this process.
-pub struct Running {
-    /// Base URL of its API.
-    pub url: String,
-    /// The administrator's credentials (made on first run).
-    pub admin: vws_pki::Credentials,
-    /// The core.
-    pub service: Arc<Service>,
-    stop: tokio::sync::watch::Sender<bool>,
-    served: tokio::task::JoinHandle<std::io::Result<()>>,
-    reaper: tokio::task::JoinHandle<()>,
-}
-
-/// Where and how to run a service.
-pub struct Launch {
-    /// State folder.
-    pub home: std::path::PathBuf,
-    /// Address to bind.
-    pub addr: SocketAddr,
-    /// Database URL.
-    pub database: String,
-    /// Factory policy.
-    pub policy: Policy,
-    /// Access control list.
-    pub acl: vws_service::acl::Acl,
-    /// Networks and their address pools.
-    pub networks: vws_service::network::Networks,
-    /// URL for EPRs, if not `http://` + the bound address.
-    pub public_url: Option<String>,
-    /// Reaper period.
-    pub reap_every: Duration,
-    /// The kernel image root filesystems boot with as VMs.
-    pub boot_image: String,
-}
-
-impl Launch {
-    /// Opens the database and starts the API and the reaper.
-    pub async fn start(self) -> anyhow::Result<Running> {
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("listening on {}", self.addr))?;
-        let bound = listener.local_addr()?;
-        let url = self
-            .public_url
-            .unwrap_or_else(|| format!("https://{bound}"));
-        let hosts = [bound.ip().to_string()];
-        let credentials = crate::commands::pki::provision_service(&self.home, &hosts)?;
-        let admin = vws_pki::Credentials::from_dir(&self.home.join("pki/admin"))?;
-        let tls = Arc::new(credentials.server_config()?);
-        let revoked = vws_pki::Ca::open(&crate::commands::pki::ca_dir(&self.home))
-            .ok()
-            .map(|ca| ca.revoked());
-        let store = vws_store::Store::open(&self.database)
-            .await
-            .with_context(|| format!("opening the database {}", self.database))?;
-        let settings = Settings {
-            credentials: Some(credentials),
-            ca_dir: Some(crate::commands::pki::ca_dir(&self.home)),
-            boot_image: self.boot_image,
-            home: self.home,
-            public_url: url.clone(),
-            policy: self.policy,
-            acl: self.acl,
-            networks: self.networks,
-        };
-        let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut reaper_stop = stop_rx.clone();
-        let reaper = tokio::spawn(vws_service::repository::run_reaper(
-            service.clone(),
-            self.reap_every,
-            async move {
-                let _ = reaper_stop.wait_for(|s| *s).await;
-            },
-        ));
-        let state = AppState {
-            service: service.clone(),
-            auth: Auth::Tls,
-        };
-        let mut server_stop = stop_rx;
-        let served = tokio::spawn(vws_pki::serve::serve_tls(
-            listener,
-            tls,
-            revoked,
-            api::router(state),
-            async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            },
-        ));
-        Ok(Running {
-            url,
-            admin,
-            service,
-            stop,
-            served,
-            reaper,
-        })
-    }
-}
-
-impl Running {
-    /// Stops accepting, drains requests, stops the reaper, closes the database.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        let served = self.served.await?;
-        let _ = self.reaper.await;
-        self.service.store().close().await;
-        served.context("serving the API")
-    }
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -220,9 +108,13 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
     };
     let reap_every =
         Duration::from_secs(a.reap_interval.or(file.reap_interval).unwrap_or(10).max(1));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     let running = Launch {
         home: g.home.clone(),
-        addr,
+        listener,
+        admin_name: local_user_name(),
         database: database.clone(),
         policy,
         acl,
@@ -239,14 +131,14 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
 
     // `vws up` is the service plus this host's VW Manager; `vws serve` is the service alone.
     let node = if with_node {
-        let node = crate::commands::node::launch(crate::commands::node::NodeLaunch {
+        let node = vws_node::server::launch(vws_node::server::NodeLaunch {
             name: "local".into(),
             home: g.home.join("node"),
             service: running.url.clone(),
-            listen: "127.0.0.1:0".parse()?,
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
             heartbeat: Duration::from_secs(2),
             stop_grace: Duration::from_secs(5),
-            credentials: crate::commands::pki::node_credentials(&g.home, "local")?,
+            credentials: vws_pki::home::node_credentials(&g.home, "local")?,
             publish: None,
             accounts: a.accounts,
         })
@@ -318,21 +210,11 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         g.home.display()
     );
 
-    wait_for_signal().await?;
+    crate::shutdown::signalled().await?;
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&server_file);
     if let Some(n) = node {
         n.stop().await;
     }
     running.stop().await
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

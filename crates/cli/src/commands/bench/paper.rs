@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use vws_client::Client;
 use vws_model::Form;
 
-use crate::commands::bench::BenchArgs;
-use crate::commands::bench_vm::{env_json, guest_dir, import_guest, median, summary, Rig};
+use super::args::BenchArgs;
+use super::rig::{env_json, guest_dir, import_guest, median, summary, Rig};
 use crate::output::table;
 use crate::Globals;
 
@@ -130,7 +130,7 @@ pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         client.action(&src, "pause").await?;
         client.snapshot(&src, "env:paper").await?;
         client.destroy(&src).await?;
-        crate::commands::bench_account::import_root(&rig).await?;
+        super::account::import_root(&rig).await?;
         // One untimed round stages everything onto the node.
         hot_run(client).await?;
         boot_run(client).await?;

@@ -17,10 +17,8 @@ use serde_json::{json, Value};
 use vws_client::Client;
 use vws_model::Form;
 
-use crate::commands::bench::BenchArgs;
-use crate::commands::bench_vm::{
-    env_json, guest_dir, hot_runs_of, import_guest, median, summary, Rig,
-};
+use super::args::BenchArgs;
+use super::rig::{env_json, guest_dir, hot_runs_of, import_guest, median, summary, Rig};
 use crate::output::table;
 use crate::Globals;
 

@@ -6,114 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::json;
 use vws_client::Client;
 use vws_model::Form;
 
-use crate::commands::bench::BenchArgs;
-use crate::commands::node::{launch, RunningNode};
-use crate::commands::up::{Launch, Running};
+use super::args::BenchArgs;
+use super::rig::{
+    env_json, first_byte, guest_dir, hot_runs_of, import_guest, median, summary, Rig,
+};
 use crate::output::table;
 use crate::Globals;
-
-/// min / median / max of samples.
-pub(crate) fn summary(mut v: Vec<f64>) -> Value {
-    v.sort_by(|a, b| a.total_cmp(b));
-    json!({ "min": v[0], "median": v[v.len() / 2], "max": v[v.len() - 1], "n": v.len() })
-}
-
-pub(crate) fn median(v: &Value) -> f64 {
-    v["median"].as_f64().unwrap_or(f64::NAN)
-}
-
-pub(crate) struct Rig {
-    home: PathBuf,
-    running: Running,
-    node: RunningNode,
-    pub(crate) client: Client,
-}
-
-impl Rig {
-    pub(crate) async fn up() -> anyhow::Result<Rig> {
-        let home = std::env::temp_dir().join(format!("vws-bench-vm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home)?;
-        let running = Launch {
-            home: home.clone(),
-            addr: "127.0.0.1:0".parse()?,
-            database: format!("sqlite:{}", home.join("vws.db").display()),
-            policy: vws_service::Policy::default(),
-            acl: Default::default(),
-            networks: Default::default(),
-            public_url: None,
-            reap_every: Duration::from_secs(3600),
-            // The benches import the minimal guest under this tag.
-            boot_image: "minimal:bench".into(),
-        }
-        .start()
-        .await?;
-        let node = launch(crate::commands::node::NodeLaunch {
-            name: "bench".into(),
-            home: home.join("node"),
-            service: running.url.clone(),
-            listen: "127.0.0.1:0".parse()?,
-            heartbeat: Duration::from_millis(500),
-            stop_grace: Duration::ZERO,
-            credentials: crate::commands::pki::node_credentials(&home, "bench")?,
-            publish: None,
-            accounts: crate::commands::node::DEFAULT_ACCOUNTS
-                .parse()
-                .expect("the default range parses"),
-        })
-        .await?;
-        let client = Client::with_credentials(&running.url, &running.admin)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.nodes().await?.is_empty() {
-            anyhow::ensure!(Instant::now() < deadline, "the bench node did not register");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Rig {
-            home,
-            running,
-            node,
-            client,
-        })
-    }
-
-    /// The rig's scratch folder.
-    pub(crate) fn home(&self) -> &Path {
-        &self.home
-    }
-
-    pub(crate) async fn down(self) -> anyhow::Result<()> {
-        for ws in self
-            .client
-            .list_all(&Default::default())
-            .await
-            .unwrap_or_default()
-        {
-            let _ = self.client.destroy(&ws.record.id).await;
-        }
-        self.node.stop().await;
-        self.running.stop().await?;
-        let _ = std::fs::remove_dir_all(&self.home);
-        Ok(())
-    }
-}
-
-pub(crate) fn guest_dir(g: &Globals, a: &BenchArgs) -> anyhow::Result<PathBuf> {
-    let dir = a
-        .guest
-        .clone()
-        .unwrap_or_else(|| g.home.join("build/minimal"));
-    anyhow::ensure!(
-        dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(),
-        "no guest image in {}: build one with `scripts/build-minimal-image {}` (scripts/bench does)",
-        dir.display(),
-        dir.display()
-    );
-    Ok(dir)
-}
 
 fn tsc_arg() -> String {
     vws_node::accel::tsc_khz()
@@ -175,49 +77,15 @@ fn bare_qemu_boot(guest: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
     ready
 }
 
-pub(crate) async fn import_guest(client: &Client, guest: &Path) -> anyhow::Result<()> {
-    let mut req = json!({ "name": "minimal", "tag": "bench", "cmdline": "console=ttyS0 quiet" });
-    for (role, file) in [("kernel", "vmlinuz"), ("initrd", "initrd.img")] {
-        let path = guest.join(file);
-        let digest = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(
-                &path
-            )?))
-        );
-        if !client.has_blob(&digest).await? {
-            client.upload_blob(&path, &digest, |_| {}).await?;
-        }
-        req[role] = digest.into();
-    }
-    client.import_image(req).await?;
-    Ok(())
-}
-
-pub(crate) fn env_json() -> Value {
-    let qemu = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(3)
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    json!({ "accel": vws_node::accel::detect().0.as_str(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "qemu": qemu })
-}
-
 /// `vws bench start`: cold start, request → guest ready, against bare QEMU.
 pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let guest = guest_dir(g, a)?;
     let rig = Rig::up().await?;
     let result = async {
         import_guest(&rig.client, &guest).await?;
-        std::fs::create_dir_all(guest_for(&rig.home))?;
+        std::fs::create_dir_all(guest_for(rig.home()))?;
         for f in ["vmlinuz", "initrd.img"] {
-            std::fs::copy(guest.join(f), guest_for(&rig.home).join(f))?;
+            std::fs::copy(guest.join(f), guest_for(rig.home()).join(f))?;
         }
         let desc = "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:bench\"\n";
         let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
@@ -225,7 +93,7 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         let (mut cold, mut bare) = (Vec::new(), Vec::new());
         for run in 0..a.runs {
             // Interleaved, so both see the same machine conditions.
-            let work = rig.home.clone();
+            let work = rig.home().to_path_buf();
             bare.push(tokio::task::spawn_blocking(move || bare_qemu_boot(&guest_for(&work), &work, run)).await??);
             let t = Instant::now();
             rig.client.action(&id, "start").await?;
@@ -243,7 +111,7 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             let (ready, job) = hot_runs(&rig.client, mib, nic, a.runs).await?;
             hot.insert(key.into(), json!({ "hot_start_s": summary(ready), "hot_start_to_job_output_s": summary(job) }));
         }
-        let account = crate::commands::bench_account::start(&rig, a.runs).await?;
+        let account = super::account::start(&rig, a.runs).await?;
         let (c, b) = (summary(cold), summary(bare));
         let ratio = median(&c) / median(&b);
         let hot_small = median(&hot["256MiB"]["hot_start_to_job_output_s"]);
@@ -308,7 +176,7 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let rig = Rig::up().await?;
     let result = async {
         let size = a.stage_mib << 20;
-        let image = rig.home.join("stage.raw");
+        let image = rig.home().join("stage.raw");
         {
             // Incompressible content, so no layer can cheat.
             use std::io::Write;
@@ -331,12 +199,12 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         rig.client.import_image(json!({ "name": "stage", "tag": "1", "disk": digest })).await?;
         let desc = "category = \"vm\"\n[software]\nimage = \"stage:1\"\n";
         let url = format!("{}/v1/blobs/{digest}", rig.running.url);
-        let cache = rig.home.join("node/cache/sha256").join(digest.trim_start_matches("sha256:"));
+        let cache = rig.home().join("node/cache/sha256").join(digest.trim_start_matches("sha256:"));
         let (mut vws, mut curl, mut cp) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..a.runs {
-            let out = rig.home.join("curl.out");
+            let out = rig.home().join("curl.out");
             let t = Instant::now();
-            let ok = tokio::process::Command::new("curl").args(["-sf", "-o"]).arg(&out).arg("--cacert").arg(rig.home.join("pki/ca/ca.pem")).arg("--cert").arg(rig.home.join("pki/admin/cert.pem")).arg("--key").arg(rig.home.join("pki/admin/key.pem")).arg(&url).status().await.context("running curl")?;
+            let ok = tokio::process::Command::new("curl").args(["-sf", "-o"]).arg(&out).arg("--cacert").arg(rig.home().join("pki/ca/ca.pem")).arg("--cert").arg(rig.home().join("pki/admin/cert.pem")).arg("--key").arg(rig.home().join("pki/admin/key.pem")).arg(&url).status().await.context("running curl")?;
             anyhow::ensure!(ok.success(), "curl failed");
             curl.push(size as f64 / t.elapsed().as_secs_f64() / 1048576.0);
             let t = Instant::now();
@@ -411,81 +279,6 @@ async fn hot_runs(
     hot_runs_of(client, "minimal:bench", mib, nic, runs).await
 }
 
-/// Hot starts of workspaces from a hot image of a booted workspace of
-/// `image`: to ready, and to a job's first output.
-pub(crate) async fn hot_runs_of(
-    client: &Client,
-    image: &str,
-    mib: u64,
-    nic: bool,
-    runs: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let net = if nic {
-        "[network]\nnics = [{ name = \"eth0\", method = \"user\" }]\n"
-    } else {
-        ""
-    };
-    let desc = format!(
-        "category = \"vm\"\n[hardware]\nram = \"{mib}MiB\"\n{net}[software]\nimage = \"{image}\"\n"
-    );
-    let src = client.create(desc, Form::Toml, None).await?.record.id;
-    client.deploy(&src, None).await?;
-    client.action(&src, "start").await?;
-    client.action(&src, "pause").await?;
-    let tag = format!(
-        "hot-{}-{mib}{}:bench",
-        image.split(':').next().unwrap_or("image"),
-        if nic { "-nic" } else { "" }
-    );
-    client.snapshot(&src, &tag).await?;
-    client.destroy(&src).await?;
-    let hot_desc = format!(
-        "category = \"vm\"\n[hardware]\nram = \"{mib}MiB\"\n{net}[software]\nimage = \"{tag}\"\n"
-    );
-    let (mut ready, mut job) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        let w = client
-            .create(hot_desc.clone(), Form::Toml, None)
-            .await?
-            .record
-            .id;
-        client.deploy(&w, None).await?;
-        let t = Instant::now();
-        client.action(&w, "start").await?;
-        ready.push(t.elapsed().as_secs_f64());
-        let out = first_byte(client, &w, &["echo", "hi"]).await?;
-        job.push(ready[run] + out);
-        client.destroy(&w).await?;
-        eprintln!(
-            "bench start: hot {mib} MiB{} run {}/{runs}: ready {:.3} s, job output {:.3} s",
-            if nic { " user NIC" } else { "" },
-            run + 1,
-            ready[run],
-            job[run]
-        );
-    }
-    Ok((ready, job))
-}
-
-/// Time until a job's first stdout byte arrives through the API.
-pub(crate) async fn first_byte(client: &Client, id: &str, argv: &[&str]) -> anyhow::Result<f64> {
-    use futures::StreamExt;
-    let t = Instant::now();
-    let job = client.submit_job(id, json!({ "argv": argv })).await?;
-    let mut body = client.job_output(&job.id, true).await?.bytes_stream();
-    let mut seen = Vec::new();
-    while let Some(chunk) = body.next().await {
-        seen.extend_from_slice(&chunk?);
-        let marker: &[u8] = b"\"event\":\"stdout\"";
-        if seen.windows(marker.len()).any(|w| w == marker) {
-            let at = t.elapsed().as_secs_f64();
-            while body.next().await.is_some() {}
-            return Ok(at);
-        }
-    }
-    anyhow::bail!("job {} ended without output", job.id)
-}
-
 /// The same on the host: fork/exec and read the first byte.
 async fn host_first_byte(argv: &[&str]) -> anyhow::Result<f64> {
     use tokio::io::AsyncReadExt;
@@ -536,7 +329,7 @@ pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             host_cpu.push(t.elapsed().as_secs_f64());
         }
         rig.client.destroy(&id).await?;
-        let account = crate::commands::bench_account::job(&rig, a.runs, 3_000_000).await?;
+        let account = super::account::job(&rig, a.runs, 3_000_000).await?;
         let (v, h, vc, hc) = (summary(vm), summary(host), summary(vm_cpu), summary(host_cpu));
         let mut metrics = json!({ "run_to_first_byte_s": v, "host_fork_exec_first_byte_s": h, "cpu_job_vm_s": vc, "cpu_job_host_s": hc });
         for (k, val) in account["metrics"].as_object().into_iter().flatten() {
@@ -617,7 +410,7 @@ pub async fn clone_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         let mut ratios = serde_json::Map::new();
         let mut rows = Vec::new();
         for &mib in &a.clone_mib {
-            let image = rig.home.join(format!("clone-{mib}.raw"));
+            let image = rig.home().join(format!("clone-{mib}.raw"));
             write_image(&image, mib)?;
             mark_bootable(&image)?;
             let digest = tokio::task::spawn_blocking({
@@ -635,7 +428,7 @@ pub async fn clone_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
                 let ws = rig.client.create(desc.clone(), Form::Toml, None).await?;
                 clone.push(t.elapsed().as_secs_f64());
                 rig.client.destroy(&ws.record.id).await?;
-                let out = rig.home.join("copy.raw");
+                let out = rig.home().join("copy.raw");
                 let t = Instant::now();
                 let ok = tokio::process::Command::new("cp").arg(&image).arg(&out).status().await?;
                 anyhow::ensure!(ok.success(), "cp failed");

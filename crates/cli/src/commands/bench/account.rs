@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use vws_model::Form;
 
-use crate::commands::bench_vm::{median, summary, Rig};
+use super::rig::{median, summary, Rig};
 
 /// Builds the busybox root filesystem and imports it as `account-root:bench`.
 pub(crate) async fn import_root(rig: &Rig) -> anyhow::Result<()> {
@@ -105,7 +105,7 @@ pub(crate) async fn job(rig: &Rig, runs: usize, iterations: u64) -> anyhow::Resu
     rig.client.action(&id, "start").await?;
     let mut first = Vec::new();
     for _ in 0..runs.max(3) * 4 {
-        first.push(crate::commands::bench_vm::first_byte(&rig.client, &id, &["echo", "hi"]).await?);
+        first.push(super::rig::first_byte(&rig.client, &id, &["echo", "hi"]).await?);
     }
     let script = format!("i=0; while [ $i -lt {iterations} ]; do i=$((i+1)); done; echo $i");
     let (mut inside, mut host) = (Vec::new(), Vec::new());

@@ -1,67 +1,17 @@
-//! `vws bench`: the measuring harness. Output follows BENCHMARKS.md: a human
-//! table, or with `--json` one object with min/median/max per metric.
+//! `vws bench api`: create, list and show latency and throughput as the
+//! record count grows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use vws_client::{Client, ListQuery};
 use vws_model::Form;
 
-use crate::commands::up::Launch;
+use super::args::BenchArgs;
+use super::rig::local_service;
 use crate::output::table;
 use crate::Globals;
-
-/// Which suite to run.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Suite {
-    /// create/list/show latency and throughput as the record count grows
-    Api,
-    /// request → workspace ready (cold boot), against bare QEMU booting the same guest
-    Start,
-    /// staging throughput onto a node, against curl and cp of the same bytes; re-staging
-    Stage,
-    /// `vws run` → first output byte, and a CPU-bound job's slowdown, against the host
-    Job,
-    /// creating a workspace (a copy-on-write clone of its image) at several image sizes, against cp
-    Clone,
-    /// the paper's Figure 2: a job on the host, in a workspace from a hot image, in a workspace that starts it at boot
-    Paper,
-    /// the paper's EMBOSS experiment (§4): installing EMBOSS, deploying and starting it as a cold VM, a hot VM and an account, water and needle against the host's
-    Emboss,
-}
-
-/// `vws bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// The suite
-    pub(crate) suite: Suite,
-    /// Record counts to measure at (api suite)
-    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
-    pub(crate) sizes: Vec<usize>,
-    /// Requests timed per operation at each size
-    #[arg(long, default_value_t = 200)]
-    pub(crate) samples: usize,
-    /// Database for the service under test [default: SQLite in a temporary folder]
-    #[arg(long, value_name = "URL")]
-    pub(crate) database: Option<String>,
-    /// Repetitions (start and stage suites)
-    #[arg(long, default_value_t = 5)]
-    pub(crate) runs: usize,
-    /// Folder with the minimal guest's vmlinuz and initrd.img [default: VWS_HOME/build/minimal]
-    #[arg(long, value_name = "DIR")]
-    pub(crate) guest: Option<std::path::PathBuf>,
-    /// Size of the image the stage suite moves, in MiB
-    #[arg(long, default_value_t = 512)]
-    pub(crate) stage_mib: u64,
-    /// Image sizes of the clone suite, in MiB
-    #[arg(long, value_delimiter = ',', default_value = "8,1024,8192")]
-    pub(crate) clone_mib: Vec<u64>,
-    /// Where the paper suite writes its plot (SVG)
-    #[arg(long, value_name = "FILE")]
-    pub(crate) plot: Option<std::path::PathBuf>,
-}
 
 /// min, median, p99 and max of samples, in milliseconds.
 pub(crate) fn stats(mut ms: Vec<f64>) -> Value {
@@ -146,7 +96,7 @@ async fn show_throughput(client: &Client, ids: &[String], window: Duration) -> a
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
+pub(super) async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let home = std::env::temp_dir().join(format!("vws-bench-{}", std::process::id()));
     std::fs::create_dir_all(&home)?;
     let database = a
@@ -156,19 +106,7 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let policy = vws_service::Policy::from_toml(
         "[defaults]\nmax_workspaces = 1000000\nmax_total_ram = \"1000TiB\"",
     )?;
-    let running = Launch {
-        home: home.clone(),
-        addr: "127.0.0.1:0".parse()?,
-        database: database.clone(),
-        policy,
-        acl: Default::default(),
-        networks: Default::default(),
-        public_url: None,
-        reap_every: Duration::from_secs(3600),
-        boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
-    }
-    .start()
-    .await?;
+    let running = local_service(&home, &database, policy, vws_service::DEFAULT_BOOT_IMAGE).await?;
     let client = Client::with_credentials(&running.url, &running.admin)?;
     let result = async {
         // A kernel image: creating its workspaces needs no disk, so this
@@ -243,17 +181,4 @@ async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     running.stop().await?;
     let _ = std::fs::remove_dir_all(&home);
     result
-}
-
-/// Runs a suite.
-pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
-    match a.suite {
-        Suite::Api => api_suite(g, &a).await,
-        Suite::Start => crate::commands::bench_vm::start_suite(g, &a).await,
-        Suite::Stage => crate::commands::bench_vm::stage_suite(g, &a).await,
-        Suite::Job => crate::commands::bench_vm::job_suite(g, &a).await,
-        Suite::Clone => crate::commands::bench_vm::clone_suite(g, &a).await,
-        Suite::Paper => crate::commands::bench_paper::paper_suite(g, &a).await,
-        Suite::Emboss => crate::commands::bench_emboss::emboss_suite(g, &a).await,
-    }
 }

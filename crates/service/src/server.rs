@@ -1,0 +1,122 @@
+//! A service in this process: the wiring `vws up`, `vws serve`, the bench
+//! and the tests share. The CLI only parses arguments into a [`Launch`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::{self, AppState, Auth};
+use crate::{Policy, Service, Settings, SystemClock};
+
+/// A service started in this process.
+pub struct Running {
+    /// Base URL of its API.
+    pub url: String,
+    /// The administrator's credentials (made on first run).
+    pub admin: vws_pki::Credentials,
+    /// The core.
+    pub service: Arc<Service>,
+    stop: tokio::sync::watch::Sender<bool>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    reaper: tokio::task::JoinHandle<()>,
+}
+
+/// Where and how to run a service.
+pub struct Launch {
+    /// State folder.
+    pub home: std::path::PathBuf,
+    /// Where the API listens (mutual TLS).
+    pub listener: tokio::net::TcpListener,
+    /// The CN of the administrator's certificate made on first run.
+    pub admin_name: String,
+    /// Database URL.
+    pub database: String,
+    /// Factory policy.
+    pub policy: Policy,
+    /// Access control list.
+    pub acl: crate::acl::Acl,
+    /// Networks and their address pools.
+    pub networks: crate::network::Networks,
+    /// URL for EPRs, if not `http://` + the bound address.
+    pub public_url: Option<String>,
+    /// Reaper period.
+    pub reap_every: Duration,
+    /// The kernel image root filesystems boot with as VMs.
+    pub boot_image: String,
+}
+
+impl Launch {
+    /// Opens the database (making the CA and the service's certificates on
+    /// first run) and starts the API and the reaper.
+    pub async fn start(self) -> anyhow::Result<Running> {
+        let listener = self.listener;
+        let bound = listener.local_addr()?;
+        let url = self
+            .public_url
+            .unwrap_or_else(|| format!("https://{bound}"));
+        let hosts = [bound.ip().to_string()];
+        let credentials = vws_pki::home::provision_service(&self.home, &hosts, &self.admin_name)?;
+        let admin = vws_pki::Credentials::from_dir(&self.home.join("pki/admin"))?;
+        let tls = Arc::new(credentials.server_config()?);
+        let revoked = vws_pki::Ca::open(&vws_pki::home::ca_dir(&self.home))
+            .ok()
+            .map(|ca| ca.revoked());
+        let store = vws_store::Store::open(&self.database)
+            .await
+            .with_context(|| format!("opening the database {}", self.database))?;
+        let settings = Settings {
+            credentials: Some(credentials),
+            ca_dir: Some(vws_pki::home::ca_dir(&self.home)),
+            boot_image: self.boot_image,
+            home: self.home,
+            public_url: url.clone(),
+            policy: self.policy,
+            acl: self.acl,
+            networks: self.networks,
+        };
+        let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut reaper_stop = stop_rx.clone();
+        let reaper = tokio::spawn(crate::repository::run_reaper(
+            service.clone(),
+            self.reap_every,
+            async move {
+                let _ = reaper_stop.wait_for(|s| *s).await;
+            },
+        ));
+        let state = AppState {
+            service: service.clone(),
+            auth: Auth::Tls,
+        };
+        let mut server_stop = stop_rx;
+        let served = tokio::spawn(vws_pki::serve::serve_tls(
+            listener,
+            tls,
+            revoked,
+            api::router(state),
+            async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            },
+        ));
+        Ok(Running {
+            url,
+            admin,
+            service,
+            stop,
+            served,
+            reaper,
+        })
+    }
+}
+
+impl Running {
+    /// Stops accepting, drains requests, stops the reaper, closes the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.served.await?;
+        let _ = self.reaper.await;
+        self.service.store().close().await;
+        served.context("serving the API")
+    }
+}
