@@ -6,24 +6,9 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use vws_model::{Epr, Form};
-use vws_store::{ImageRecord, Page, TransitionRecord, WorkspaceRecord};
-
-/// A workspace as the API returns it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Workspace {
-    /// The record.
-    #[serde(flatten)]
-    pub record: WorkspaceRecord,
-    /// Its endpoint reference.
-    pub epr: Epr,
-    /// Addresses it holds from network pools.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<vws_store::Address>,
-    /// The Unix account a dynamic account holds on its node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<vws_store::AccountLease>,
-}
+pub use vws_model::records::Workspace;
+use vws_model::records::{ImageRecord, JobRecord, Page, TransitionRecord};
+use vws_model::Form;
 
 /// One problem in a refused description.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -467,7 +452,7 @@ impl Client {
         &self,
         id: &str,
         request: serde_json::Value,
-    ) -> Result<vws_store::JobRecord, ClientError> {
+    ) -> Result<JobRecord, ClientError> {
         self.call(
             Method::POST,
             &format!("/v1/workspaces/{id}/jobs", id = seg(id)),
@@ -477,7 +462,7 @@ impl Client {
     }
 
     /// One job.
-    pub async fn job(&self, job: &str) -> Result<vws_store::JobRecord, ClientError> {
+    pub async fn job(&self, job: &str) -> Result<JobRecord, ClientError> {
         self.call(
             Method::GET,
             &format!("/v1/jobs/{job}", job = seg(job)),
@@ -487,7 +472,7 @@ impl Client {
     }
 
     /// A workspace's jobs.
-    pub async fn jobs(&self, id: &str) -> Result<Vec<vws_store::JobRecord>, ClientError> {
+    pub async fn jobs(&self, id: &str) -> Result<Vec<JobRecord>, ClientError> {
         self.call(
             Method::GET,
             &format!("/v1/workspaces/{id}/jobs", id = seg(id)),
@@ -497,7 +482,7 @@ impl Client {
     }
 
     /// Cancels a job.
-    pub async fn cancel_job(&self, job: &str) -> Result<vws_store::JobRecord, ClientError> {
+    pub async fn cancel_job(&self, job: &str) -> Result<JobRecord, ClientError> {
         self.call(
             Method::POST,
             &format!("/v1/jobs/{job}/cancel", job = seg(job)),

@@ -7,6 +7,7 @@ pub mod form;
 pub mod identity;
 pub mod image_ref;
 pub mod node;
+pub mod records;
 pub mod size;
 pub mod software;
 pub mod state;

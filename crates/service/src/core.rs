@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::Mutex;
-use vws_model::{Description, Epr, Identity};
+use vws_model::{Epr, Identity};
 use vws_store::{BlobStore, Store, WorkspaceRecord};
 
 use crate::clock::Clock;
@@ -76,34 +75,7 @@ impl std::fmt::Debug for Service {
     }
 }
 
-/// A workspace as clients see it: its record and its endpoint reference.
-#[derive(Clone, Debug, Serialize)]
-pub struct Workspace {
-    /// The record.
-    #[serde(flatten)]
-    pub record: WorkspaceRecord,
-    /// Endpoint reference.
-    pub epr: Epr,
-    /// Addresses it holds from network pools (shown by `show`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<vws_store::Address>,
-    /// The Unix account a dynamic account holds on its node (shown by `show`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<vws_store::AccountLease>,
-}
-
-impl Workspace {
-    /// The description with every server-owned field filled in, as the XML
-    /// form shows it.
-    pub fn full_description(&self) -> Description {
-        let mut d = self.record.description.clone();
-        d.state = Some(self.record.state);
-        d.epr = Some(self.epr.clone());
-        d.creation_time = Some(self.record.created_at);
-        d.last_modified = Some(self.record.modified_at);
-        d
-    }
-}
+pub use vws_model::records::Workspace;
 
 impl Service {
     /// Checks the access control list for a class of action (403 naming

@@ -3,25 +3,11 @@
 //! relies on the primary key to refuse a second holder, retrying on a lost
 //! race (as for addresses).
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use time::OffsetDateTime;
 
 use crate::db::{from_millis, millis, pick_free, Store, StoreError};
-
-/// One uid leased to a workspace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountLease {
-    /// Node the uid is on.
-    pub node: String,
-    /// The uid (and gid).
-    pub uid: u32,
-    /// Holder.
-    pub workspace_id: String,
-    /// Since when.
-    #[serde(with = "time::serde::rfc3339")]
-    pub leased_at: OffsetDateTime,
-}
+pub use vws_model::records::AccountLease;
 
 fn decode(row: &sqlx::any::AnyRow) -> Result<AccountLease, StoreError> {
     let uid: i64 = row.try_get("uid")?;

@@ -2,29 +2,11 @@
 //! network. Allocation picks the lowest free candidate and relies on the
 //! primary key to refuse a second holder, retrying on a lost race.
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use time::OffsetDateTime;
 
 use crate::db::{from_millis, millis, pick_free, Store, StoreError};
-
-/// One address in use.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Address {
-    /// Network name.
-    pub network: String,
-    /// The address (IPv4, dotted).
-    pub address: String,
-    /// Holder.
-    pub workspace_id: String,
-    /// Interface name in the workspace.
-    pub nic: String,
-    /// Its MAC address.
-    pub mac: String,
-    /// When it was allocated.
-    #[serde(with = "time::serde::rfc3339")]
-    pub allocated_at: OffsetDateTime,
-}
+pub use vws_model::records::Address;
 
 fn decode(row: &sqlx::any::AnyRow) -> Result<Address, StoreError> {
     Ok(Address {

@@ -1,120 +1,11 @@
 //! The image pool's records: images by content id, and `name:tag` tags.
 
-use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use time::OffsetDateTime;
 use vws_model::ImageRef;
 
 use crate::db::{from_millis, millis, Store, StoreError};
-
-/// What an image holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageKind {
-    /// A bootable disk image (raw or qcow2).
-    Disk,
-    /// A kernel and an initrd, booted directly.
-    Kernel,
-    /// A hot image: a paused workspace's memory and disk with its kernel and
-    /// initrd; workspaces made from it are restored, not booted.
-    Hot,
-}
-
-/// The machine a hot image was saved from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HotMachine {
-    /// RAM in bytes.
-    pub ram: u64,
-    /// vCPUs.
-    pub cpus: u32,
-}
-
-impl ImageKind {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageKind::Disk => "disk",
-            ImageKind::Kernel => "kernel",
-            ImageKind::Hot => "hot",
-        }
-    }
-}
-
-/// One file of an image.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageFile {
-    /// `disk`, `kernel` or `initrd`.
-    pub role: String,
-    /// Its blob.
-    pub digest: String,
-    /// Its size in bytes.
-    pub size: u64,
-}
-
-/// An image in the pool.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ImageRecord {
-    /// Content id (`sha256:…`): the disk's digest, or the digest of the
-    /// kernel/initrd manifest.
-    pub id: String,
-    /// What it holds.
-    pub kind: ImageKind,
-    /// Disk format (`raw`, `qcow2`), for disk images.
-    pub format: Option<String>,
-    /// Size the guest sees (disk images), or 0.
-    pub virtual_size: u64,
-    /// Bytes stored.
-    pub stored_size: u64,
-    /// Its files.
-    pub files: Vec<ImageFile>,
-    /// Kernel command line, for kernel images.
-    pub cmdline: Option<String>,
-    /// Who imported it.
-    pub owner: String,
-    /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// Its `name:tag` names.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// For hot images: the machine they were saved from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine: Option<HotMachine>,
-    /// DN of whoever signed its content id, if anyone did (verified by the
-    /// service against the CA when the signature was added).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
-    /// Who may use it: every client, or its owner and administrators.
-    #[serde(default)]
-    pub visibility: Visibility,
-    /// What it holds (distribution, packages, C library, kernel), read
-    /// from the image at import.
-    #[serde(default)]
-    pub manifest: vws_model::software::Manifest,
-}
-
-/// Who may use an image.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Every client (the site's pool images).
-    #[default]
-    Public,
-    /// Its owner and administrators (the default for hot images, which
-    /// hold a workspace's memory).
-    Private,
-}
-
-impl Visibility {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Public => "public",
-            Visibility::Private => "private",
-        }
-    }
-}
+pub use vws_model::records::{HotMachine, ImageFile, ImageKind, ImageRecord, Visibility};
 
 /// Who publishes under a name, for [`Store::put_image`].
 #[derive(Clone, Copy, Debug)]
@@ -123,18 +14,6 @@ pub struct Publisher<'a> {
     pub dn: &'a str,
     /// Administrators may move a name someone else owns (its owner stays).
     pub admin: bool,
-}
-
-impl ImageRecord {
-    /// Whether `dn` (an administrator if `admin`) may use the image.
-    pub fn usable_by(&self, dn: &str, admin: bool) -> bool {
-        admin || self.visibility == Visibility::Public || self.owner == dn
-    }
-
-    /// The file with a role.
-    pub fn file(&self, role: &str) -> Option<&ImageFile> {
-        self.files.iter().find(|f| f.role == role)
-    }
 }
 
 const COLUMNS: &str =

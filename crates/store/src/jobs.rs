@@ -1,46 +1,10 @@
 //! Job records.
 
-use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use time::OffsetDateTime;
 
 use crate::db::{from_millis, millis, Store, StoreError};
-
-/// A job as the repository keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct JobRecord {
-    /// Job id (`job-…`).
-    pub id: String,
-    /// Workspace it runs in.
-    pub workspace_id: String,
-    /// Who submitted it.
-    pub owner: String,
-    /// Node it ran on.
-    pub node: String,
-    /// Program and arguments.
-    pub argv: Vec<String>,
-    /// `running`, `exited`, `failed` or `cancelled`.
-    pub state: String,
-    /// Exit code.
-    pub exit_code: Option<i32>,
-    /// Killing signal.
-    pub signal: Option<i32>,
-    /// Killed by its timeout.
-    pub timed_out: bool,
-    /// Why it failed.
-    pub message: Option<String>,
-    /// A cancel was asked for.
-    pub cancelled: bool,
-    /// Bytes of output.
-    pub output_bytes: u64,
-    /// Submission time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// End time.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub ended_at: Option<OffsetDateTime>,
-}
+pub use vws_model::records::JobRecord;
 
 const COLUMNS: &str =
     "id, workspace_id, owner, node, argv, state, exit_code, signal, timed_out, message, cancelled, output_bytes, created_at, ended_at";

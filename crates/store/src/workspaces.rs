@@ -1,104 +1,13 @@
 //! Workspace records and their history of transitions.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use time::OffsetDateTime;
-use vws_model::{Category, Description, Placement, State};
+use vws_model::{Category, Placement, State};
 
 use crate::db::{from_millis, millis, Store, StoreError};
-
-/// Values the factory or a node chose within the description's ranges.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Binding {
-    /// Bound vCPUs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
-    /// Bound RAM in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ram: Option<u64>,
-    /// Virtual size of the workspace disk in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk: Option<u64>,
-    /// Where each served port is reachable while the workspace runs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub forwards: Vec<vws_model::node::Forward>,
-}
-
-/// A workspace as the repository keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WorkspaceRecord {
-    /// Workspace id (`ws-…`).
-    pub id: String,
-    /// Name, unique per owner.
-    pub name: String,
-    /// Owner's distinguished name.
-    pub owner: String,
-    /// The accepted description, without server-owned fields.
-    pub description: Description,
-    /// Values bound within the description's ranges.
-    pub binding: Binding,
-    /// Current state.
-    pub state: State,
-    /// In the repository or on a host.
-    pub placement: Placement,
-    /// The host it is deployed on.
-    pub node: Option<String>,
-    /// Who holds the check-out lock.
-    pub lock_holder: Option<String>,
-    /// Since when.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub lock_since: Option<OffsetDateTime>,
-    /// The pool image it was cloned from (`sha256:…`).
-    pub image_id: String,
-    /// Its disk overlay in the repository, if it has one.
-    pub disk_path: Option<String>,
-    /// Why it is corrupted, when it is.
-    pub reason: Option<String>,
-    /// Creation time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// When the reaper destroys it.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub terminates_at: Option<OffsetDateTime>,
-    /// Last change.
-    #[serde(with = "time::serde::rfc3339")]
-    pub modified_at: OffsetDateTime,
-    /// Optimistic-concurrency counter, bumped by every update.
-    pub version: i64,
-    /// Pool images this workspace depends on besides `image_id` (devices).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub device_images: Vec<String>,
-}
-
-impl WorkspaceRecord {
-    /// RAM counted against the owner's quota: the top of the requested range.
-    pub fn ram_quota(&self) -> u64 {
-        self.description.hardware.ram.max.0
-    }
-}
-
-/// One entry of a workspace's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TransitionRecord {
-    /// Order within the workspace's history, from 1.
-    pub seq: i64,
-    /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    /// What was done (`create`, `deploy`, `destroy`, …).
-    pub action: String,
-    /// State before, if any.
-    pub from_state: Option<String>,
-    /// State after, if the workspace still exists.
-    pub to_state: Option<String>,
-    /// Placement after.
-    pub placement: Option<String>,
-    /// Who asked (a DN, or `reaper`).
-    pub actor: String,
-    /// Anything worth keeping (reason, node, …).
-    pub detail: Option<String>,
-}
+pub use vws_model::records::{Binding, Page, TransitionRecord, WorkspaceRecord};
 
 /// List filters.
 #[derive(Clone, Debug, Default)]
@@ -113,15 +22,6 @@ pub struct Filter {
     pub limit: Option<u32>,
     /// Continue after this cursor (from a previous page).
     pub after: Option<String>,
-}
-
-/// One page of a list.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Page<T> {
-    /// The records.
-    pub items: Vec<T>,
-    /// Cursor for the next page, if there is one.
-    pub next: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, owner, category, description, binding, state, placement, node, lock_holder, \
