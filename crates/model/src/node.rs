@@ -378,3 +378,121 @@ mod tests {
         }
     }
 }
+
+/// Node → service: a deploy's answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Deployed {
+    /// Bytes that crossed the network (the rest was in the node's cache).
+    pub moved: u64,
+}
+
+/// Node → service: the answer to a lifecycle verb.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Transitioned {
+    /// The workspace's state on the node afterwards (`running`, …).
+    #[serde(default)]
+    pub state: String,
+    /// Where its served ports are reachable, when the verb launched QEMU
+    /// (start, and an unpause that restored it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwards: Option<Vec<Forward>>,
+}
+
+/// A file a node uploaded to the repository's blob store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SentBlob {
+    /// Its digest (`sha256:…`).
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Node → service: what a snapshot (hot image) uploaded.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The device state (and RAM, unless `ram` holds it).
+    pub memory: SentBlob,
+    /// The guest RAM as a file of its own (shared-memory machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<SentBlob>,
+    /// The disk, flattened, if the workspace has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<SentBlob>,
+}
+
+/// The node API's routes, in the router's syntax: the node serves exactly
+/// these and the service calls them through [`path`].
+pub mod routes {
+    /// Capacity and health.
+    pub const HEALTH: &str = "/node/v1/health";
+    /// A workspace on the node (`GET` its state, `DELETE` removes it).
+    pub const VM: &str = "/node/v1/vms/{id}";
+    /// Stage a workspace.
+    pub const DEPLOY: &str = "/node/v1/vms/{id}/deploy";
+    /// Staging progress.
+    pub const STAGING: &str = "/node/v1/vms/{id}/staging";
+    /// Lifecycle verbs.
+    pub const START: &str = "/node/v1/vms/{id}/start";
+    /// Shut down.
+    pub const STOP: &str = "/node/v1/vms/{id}/stop";
+    /// Pause.
+    pub const PAUSE: &str = "/node/v1/vms/{id}/pause";
+    /// Resume.
+    pub const UNPAUSE: &str = "/node/v1/vms/{id}/unpause";
+    /// Check the disk (and memory) back in, leave the node.
+    pub const UNDEPLOY: &str = "/node/v1/vms/{id}/undeploy";
+    /// The console log.
+    pub const CONSOLE: &str = "/node/v1/vms/{id}/console";
+    /// Start a job.
+    pub const JOBS: &str = "/node/v1/vms/{id}/jobs";
+    /// A hot image.
+    pub const SNAPSHOT: &str = "/node/v1/vms/{id}/snapshot";
+    /// Files in and out of a running workspace.
+    pub const FILES: &str = "/node/v1/vms/{id}/files";
+    /// Migration target: get ready.
+    pub const INCOMING: &str = "/node/v1/vms/{id}/incoming";
+    /// Migration target: take over.
+    pub const INCOMING_FINISH: &str = "/node/v1/vms/{id}/incoming/finish";
+    /// Migration source: send.
+    pub const MIGRATE: &str = "/node/v1/vms/{id}/migrate";
+    /// Migration progress.
+    pub const MIGRATION: &str = "/node/v1/vms/{id}/migration";
+    /// A job's output.
+    pub const JOB_OUTPUT: &str = "/node/v1/jobs/{job}/output";
+    /// Cancel a job.
+    pub const CANCEL_JOB: &str = "/node/v1/jobs/{job}/cancel";
+
+    /// A route with its one parameter (`{id}` or `{job}`) filled in.
+    /// Parameters are the service's own ids (`ws-…`, `job-…`); anything
+    /// else that could leave its segment is refused.
+    pub fn path(route: &str, param: &str) -> Option<String> {
+        let ok = !param.is_empty()
+            && param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let start = route.find('{')?;
+        let end = route[start..].find('}')? + start;
+        ok.then(|| format!("{}{param}{}", &route[..start], &route[end + 1..]))
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::routes::*;
+
+    #[test]
+    fn paths_fill_their_parameter_and_refuse_what_leaves_it() {
+        assert_eq!(
+            path(INCOMING_FINISH, "ws-1a").as_deref(),
+            Some("/node/v1/vms/ws-1a/incoming/finish")
+        );
+        assert_eq!(
+            path(CANCEL_JOB, "job-9").as_deref(),
+            Some("/node/v1/jobs/job-9/cancel")
+        );
+        for bad in ["", "..", "a/b", "ws-1?x=1", "ws 1", "%2e"] {
+            assert_eq!(path(VM, bad), None, "{bad:?}");
+        }
+        assert_eq!(path(HEALTH, "ws-1"), None);
+    }
+}

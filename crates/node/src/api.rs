@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use vws_model::node::DeployRequest;
+use vws_model::node::{routes, DeployRequest, Deployed, Transitioned};
 
 use crate::driver::{DriverError, VmState};
 use crate::manager::{Manager, NodeError};
@@ -57,33 +57,33 @@ impl IntoResponse for NodeError {
     }
 }
 
-/// The node's router.
+/// The node's router: the routes of [`vws_model::node::routes`].
 pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
-        .route("/node/v1/health", get(health))
-        .route("/node/v1/vms/{id}/deploy", post(deploy))
-        .route("/node/v1/vms/{id}/staging", get(staging))
-        .route("/node/v1/vms/{id}/start", post(start))
-        .route("/node/v1/vms/{id}/stop", post(stop))
-        .route("/node/v1/vms/{id}/pause", post(pause))
-        .route("/node/v1/vms/{id}/unpause", post(unpause))
-        .route("/node/v1/vms/{id}/undeploy", post(undeploy))
-        .route("/node/v1/vms/{id}", get(status).delete(remove))
-        .route("/node/v1/vms/{id}/console", get(console))
-        .route("/node/v1/vms/{id}/jobs", post(run_job))
-        .route("/node/v1/vms/{id}/snapshot", post(snapshot))
+        .route(routes::HEALTH, get(health))
+        .route(routes::DEPLOY, post(deploy))
+        .route(routes::STAGING, get(staging))
+        .route(routes::START, post(start))
+        .route(routes::STOP, post(stop))
+        .route(routes::PAUSE, post(pause))
+        .route(routes::UNPAUSE, post(unpause))
+        .route(routes::UNDEPLOY, post(undeploy))
+        .route(routes::VM, get(status).delete(remove))
+        .route(routes::CONSOLE, get(console))
+        .route(routes::JOBS, post(run_job))
+        .route(routes::SNAPSHOT, post(snapshot))
         .route(
-            "/node/v1/vms/{id}/files",
+            routes::FILES,
             get(get_file)
                 .put(put_file)
                 .layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
         )
-        .route("/node/v1/vms/{id}/incoming", post(incoming))
-        .route("/node/v1/vms/{id}/incoming/finish", post(finish_incoming))
-        .route("/node/v1/vms/{id}/migrate", post(migrate_out))
-        .route("/node/v1/vms/{id}/migration", get(migration))
-        .route("/node/v1/jobs/{job}/output", get(job_output))
-        .route("/node/v1/jobs/{job}/cancel", post(cancel_job))
+        .route(routes::INCOMING, post(incoming))
+        .route(routes::INCOMING_FINISH, post(finish_incoming))
+        .route(routes::MIGRATE, post(migrate_out))
+        .route(routes::MIGRATION, get(migration))
+        .route(routes::JOB_OUTPUT, get(job_output))
+        .route(routes::CANCEL_JOB, post(cancel_job))
         .with_state(manager)
 }
 
@@ -103,7 +103,7 @@ async fn deploy(
         )));
     }
     let moved = m.deploy(req).await?;
-    Ok(Json(serde_json::json!({ "moved": moved })).into_response())
+    Ok(Json(Deployed { moved }).into_response())
 }
 
 async fn staging(
@@ -158,7 +158,15 @@ async fn migration(
 }
 
 fn state_json(s: VmState) -> Response {
-    Json(serde_json::json!({ "state": s })).into_response()
+    transitioned(s, None)
+}
+
+fn transitioned(s: VmState, forwards: Option<Vec<vws_model::node::Forward>>) -> Response {
+    let state = serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Json(Transitioned { state, forwards }).into_response()
 }
 
 fn start_request(body: &[u8]) -> Result<vws_model::node::StartRequest, NodeError> {
@@ -175,10 +183,7 @@ async fn start(
 ) -> Result<Response, NodeError> {
     let req = start_request(&body)?;
     let forwards = m.start(&id, req.credentials).await?;
-    Ok(
-        Json(serde_json::json!({ "state": m.status(&id).await, "forwards": forwards }))
-            .into_response(),
-    )
+    Ok(transitioned(m.status(&id).await, Some(forwards)))
 }
 
 async fn stop(
@@ -207,10 +212,7 @@ async fn unpause(
     if let Some(c) = req.credentials {
         m.install_credentials(&id, &c).await?;
     }
-    Ok(
-        Json(serde_json::json!({ "state": m.status(&id).await, "forwards": forwards }))
-            .into_response(),
-    )
+    Ok(transitioned(m.status(&id).await, forwards))
 }
 
 async fn undeploy(

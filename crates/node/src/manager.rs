@@ -597,7 +597,7 @@ impl Manager {
     /// Saves a paused workspace as a hot image: memory and device state, and
     /// its disk flattened to one standalone qcow2, sent to the repository as
     /// blobs. The workspace stays paused.
-    pub async fn snapshot(&self, id: &str) -> Result<serde_json::Value, NodeError> {
+    pub async fn snapshot(&self, id: &str) -> Result<vws_model::node::Snapshot, NodeError> {
         self.spec(id)?;
         if self.account(id).is_some() {
             return Err(DriverError::Unsupported("snapshot of a dynamic account").into());
@@ -609,17 +609,20 @@ impl Manager {
         let disk = dir.join("snapshot-disk.qcow2");
         let result = async {
             let ram = self.driver.snapshot_memory(id, &memory).await?;
-            let mut out =
-                serde_json::json!({ "memory": self.send_blob(&repository, &memory).await? });
+            let mut out = vws_model::node::Snapshot {
+                memory: self.send_blob(&repository, &memory).await?,
+                ram: None,
+                disk: None,
+            };
             if let Some(ram) = ram {
                 // Read while the VM stays paused: the file is its RAM.
-                out["ram"] = self.send_blob(&repository, &ram).await?;
+                out.ram = Some(self.send_blob(&repository, &ram).await?);
             }
             if dir.join("disk.qcow2").exists() {
                 vws_qemu::img::flatten(&dir.join("disk.qcow2"), &disk, "qcow2")
                     .await
                     .map_err(|e| NodeError::Other(e.into()))?;
-                out["disk"] = self.send_blob(&repository, &disk).await?;
+                out.disk = Some(self.send_blob(&repository, &disk).await?);
             }
             Ok::<_, NodeError>(out)
         }
@@ -629,16 +632,16 @@ impl Manager {
         result
     }
 
-    /// Uploads a file to the repository's blob store; returns `{digest, size}`.
+    /// Uploads a file to the repository's blob store.
     async fn send_blob(
         &self,
         repository: &str,
         path: &std::path::Path,
-    ) -> Result<serde_json::Value, NodeError> {
+    ) -> Result<vws_model::node::SentBlob, NodeError> {
         let (digest, size) = self
             .upload(path, |d| format!("{repository}/v1/blobs/{d}"))
             .await?;
-        Ok(serde_json::json!({ "digest": digest, "size": size }))
+        Ok(vws_model::node::SentBlob { digest, size })
     }
 
     /// The spec with a free loopback port for each served port, chosen at

@@ -419,6 +419,8 @@ impl IntoResponse for Reply {
             Reply::Workspaces(page) => Json(page).into_response(),
             Reply::Match(m) => Json(m).into_response(),
             Reply::History(h) => Json(h).into_response(),
+            Reply::Staging(p) => Json(p).into_response(),
+            Reply::Migration(p) => Json(p).into_response(),
             Reply::Document(v) => Json(v).into_response(),
             Reply::Stream { body, content_type } => relay(body, content_type),
             Reply::Jobs(j) => Json(j).into_response(),

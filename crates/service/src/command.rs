@@ -333,7 +333,11 @@ pub enum Reply {
     Match(Match),
     /// A workspace's transitions.
     History(Vec<TransitionRecord>),
-    /// A progress or summary document (staging, migration, networks).
+    /// How far a deploy's staging has come.
+    Staging(vws_model::node::StagingProgress),
+    /// How far a live migration has come.
+    Migration(vws_model::node::MigrationProgress),
+    /// A summary document (networks).
     Document(serde_json::Value),
     /// A node's streamed answer (console, job output).
     Stream {
@@ -431,7 +435,7 @@ impl Service {
                 Verb::Unpause => self.unpause(who, &id).await?,
                 Verb::Undeploy => self.undeploy(who, &id).await?,
             }),
-            C::Staging { id } => Reply::Document(self.staging(who, &id).await?),
+            C::Staging { id } => Reply::Staging(self.staging(who, &id).await?),
             C::Console { id, follow } => Reply::Stream {
                 body: self.console(who, &id, follow).await?,
                 content_type: "text/plain; charset=utf-8",
@@ -440,7 +444,7 @@ impl Service {
                 Reply::Image(Box::new(self.snapshot(who, &id, &name, &tag).await?))
             }
             C::Migrate { id, to } => workspace(self.migrate(who, &id, &to).await?),
-            C::Migration { id } => Reply::Document(self.migration(who, &id).await?),
+            C::Migration { id } => Reply::Migration(self.migration(who, &id).await?),
             C::SubmitJob { id, job } => Reply::Job(self.submit_job(who, &id, job).await?),
             C::SubmitBatch {
                 id,

@@ -61,8 +61,8 @@ pub struct Service {
     /// Admission (quota check, then insert) is serialized so concurrent
     /// creates cannot both slip under a limit.
     pub(crate) admission: Mutex<()>,
-    /// Client for calls to nodes.
-    pub(crate) node_http: reqwest::Client,
+    /// The node protocol (HTTPS; a fake node in tests).
+    pub(crate) nodes: Arc<dyn crate::node_client::NodeClient>,
     /// Request counts and durations (docs/metrics.md).
     pub(crate) metrics: crate::request_metrics::Metrics,
 }
@@ -122,11 +122,21 @@ impl Service {
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),
-            node_http: Service::node_client(settings.credentials.as_ref())?,
+            nodes: Arc::new(crate::node_client::HttpNodes::new(
+                settings.credentials.as_ref(),
+            )?),
             metrics: Default::default(),
         };
         service.collect_garbage().await?;
         Ok(service)
+    }
+
+    /// The same service speaking to its nodes through `nodes` (tests put a
+    /// fake node here).
+    #[cfg(feature = "testing")]
+    pub fn with_nodes(mut self, nodes: Arc<dyn crate::node_client::NodeClient>) -> Service {
+        self.nodes = nodes;
+        self
     }
 
     /// The repository database.

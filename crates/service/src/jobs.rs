@@ -92,10 +92,7 @@ impl Service {
                 stdin: s.stdin,
                 timeout: s.timeout,
             };
-            let body = serde_json::to_value(&req).map_err(anyhow::Error::from)?;
-            let path = format!("/node/v1/vms/{}/jobs", job.workspace_id);
-            self.call_node(&node, reqwest::Method::POST, &path, Some(body))
-                .await
+            self.nodes.run_job(&node, &job.workspace_id, &req).await
         }
         .await;
         if let Err(e) = result {
@@ -199,13 +196,7 @@ impl Service {
         j.cancelled = true;
         self.store.update_job(&j).await?;
         let node = self.live_node(&j.node).await?;
-        self.call_node(
-            &node,
-            reqwest::Method::POST,
-            &format!("/node/v1/jobs/{job}/cancel"),
-            None,
-        )
-        .await?;
+        self.nodes.cancel_job(&node, job).await?;
         Ok(j)
     }
 
@@ -218,13 +209,7 @@ impl Service {
     ) -> Result<reqwest::Response, ServiceError> {
         let j = self.job(who, job).await?;
         let node = self.live_node(&j.node).await?;
-        self.call_node(
-            &node,
-            reqwest::Method::GET,
-            &format!("/node/v1/jobs/{job}/output?follow={follow}"),
-            None,
-        )
-        .await
+        self.nodes.job_output(&node, job, follow).await
     }
 
     /// A node reports that a job ended.
@@ -265,22 +250,14 @@ impl Service {
         data: Vec<u8>,
     ) -> Result<(), ServiceError> {
         let (node, path) = self.file_target(who, id, path).await?;
-        let url = format!("{}/node/v1/vms/{id}/files", node.url);
-        let resp = self
-            .node_http
-            .put(url)
-            .query(&[("path", &path)])
-            .body(data)
-            .send()
+        self.nodes
+            .put_file(&node, id, &path, data)
             .await
-            .map_err(anyhow::Error::from)?;
-        if !resp.status().is_success() {
-            return Err(ServiceError::BadRequest(format!(
-                "writing {path} in {id}: {}",
-                resp.text().await.unwrap_or_default()
-            )));
-        }
-        Ok(())
+            .map_err(|e| {
+                in_guest(e, |m| {
+                    ServiceError::BadRequest(format!("writing {path} in {id}: {m}"))
+                })
+            })
     }
 
     /// Copies a file out of a running workspace.
@@ -291,21 +268,11 @@ impl Service {
         path: &str,
     ) -> Result<Vec<u8>, ServiceError> {
         let (node, path) = self.file_target(who, id, path).await?;
-        let url = format!("{}/node/v1/vms/{id}/files", node.url);
-        let resp = self
-            .node_http
-            .get(url)
-            .query(&[("path", &path)])
-            .send()
-            .await
-            .map_err(anyhow::Error::from)?;
-        if !resp.status().is_success() {
-            return Err(ServiceError::NotFound(format!(
-                "reading {path} in {id}: {}",
-                resp.text().await.unwrap_or_default()
-            )));
-        }
-        Ok(resp.bytes().await.map_err(anyhow::Error::from)?.to_vec())
+        self.nodes.get_file(&node, id, &path).await.map_err(|e| {
+            in_guest(e, |m| {
+                ServiceError::NotFound(format!("reading {path} in {id}: {m}"))
+            })
+        })
     }
 
     async fn file_target(
@@ -333,5 +300,17 @@ impl Service {
                 .await?,
             path.to_string(),
         ))
+    }
+}
+
+/// A file copy the guest refused (no such file, no room, …) is the
+/// client's problem, as `as_client` says; a node that cannot be reached
+/// stays a bad gateway.
+fn in_guest(e: ServiceError, as_client: impl FnOnce(&str) -> ServiceError) -> ServiceError {
+    match &e {
+        ServiceError::Node { code, message, .. } if code != "node_unreachable" => {
+            as_client(message)
+        }
+        _ => e,
     }
 }

@@ -16,6 +16,7 @@ pub mod matching;
 pub mod metrics;
 pub mod network;
 mod network_views;
+pub mod node_client;
 pub mod nodes;
 pub mod policy;
 pub mod pool;

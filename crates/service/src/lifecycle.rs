@@ -2,80 +2,16 @@
 //! is checked against the transition table, carried out by the workspace's
 //! node, and only then written to the record.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use vws_model::node::{BlobRef, DeployRequest};
 use vws_model::{transition, Action, Identity, ImageRef, Placement, State};
 use vws_store::{Change, ImageKind, ImageRecord, NodeRecord, WorkspaceRecord};
 
+use crate::command::Verb;
 use crate::core::{Service, Workspace};
 use crate::error::ServiceError;
 
 impl Service {
-    fn node_http(&self) -> reqwest::Client {
-        self.node_http.clone()
-    }
-
-    /// Calls a node; its refusals become [`ServiceError::Node`].
-    pub(crate) async fn call_node(
-        &self,
-        node: &NodeRecord,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<reqwest::Response, ServiceError> {
-        let url = format!("{}{path}", node.url);
-        let mut req = self.node_http().request(method, &url);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| ServiceError::Node {
-            node: node.name.clone(),
-            status: StatusCode::BAD_GATEWAY,
-            code: "node_unreachable".into(),
-            message: format!("cannot reach {url}: {e}"),
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        let code = v["error"]["code"]
-            .as_str()
-            .unwrap_or("node_failed")
-            .to_string();
-        let message = v["error"]["message"]
-            .as_str()
-            .unwrap_or("the node failed")
-            .to_string();
-        let status = match status.as_u16() {
-            409 => StatusCode::CONFLICT,
-            422 | 504 | 507 => status,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        Err(ServiceError::Node {
-            node: node.name.clone(),
-            status,
-            code,
-            message,
-        })
-    }
-
-    /// GETs a node's JSON answer (progress of staging or migration).
-    async fn node_json(
-        &self,
-        node: &NodeRecord,
-        path: &str,
-    ) -> Result<serde_json::Value, ServiceError> {
-        Ok(self
-            .call_node(node, reqwest::Method::GET, path, None)
-            .await?
-            .json()
-            .await
-            .map_err(anyhow::Error::from)?)
-    }
-
     async fn checked(
         &self,
         who: &Identity,
@@ -207,21 +143,9 @@ impl Service {
             _ => Ok(None),
         };
         request.account = leased?.map(|uid| vws_model::node::AccountLease { uid });
-        let staged = self
-            .call_node(
-                &node,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/deploy"),
-                Some(serde_json::to_value(&request).map_err(anyhow::Error::from)?),
-            )
-            .await;
+        let staged = self.nodes.deploy(&node, &request).await;
         let moved = match staged {
-            Ok(resp) => resp
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["moved"].as_u64())
-                .unwrap_or(0),
+            Ok(d) => d.moved,
             Err(e) => {
                 self.store.release_account(id).await?;
                 r.lock_holder = None;
@@ -397,31 +321,25 @@ impl Service {
         &self,
         who: &Identity,
         id: &str,
-    ) -> Result<serde_json::Value, ServiceError> {
+    ) -> Result<vws_model::node::StagingProgress, ServiceError> {
         let r = self.visible(who, id).await?;
         let holder = r.lock_holder.clone().ok_or_else(|| {
             ServiceError::NotFound(format!("workspace {id} is not being deployed"))
         })?;
         let node = self.live_node(&holder).await?;
-        self.node_json(&node, &format!("/node/v1/vms/{id}/staging"))
-            .await
+        self.nodes.staging(&node, id).await
     }
 
     async fn simple(
         &self,
         who: &Identity,
         id: &str,
-        action: Action,
+        verb: Verb,
     ) -> Result<Workspace, ServiceError> {
+        let action = verb.action();
         let mut r = self.checked(who, id, action).await?;
         let node = self.node_of(&r).await?;
-        self.call_node(
-            &node,
-            reqwest::Method::POST,
-            &format!("/node/v1/vms/{id}/{}", action.as_str()),
-            None,
-        )
-        .await?;
+        self.nodes.transition(&node, id, verb, None).await?;
         if action == Action::Stop {
             // Forwards live as long as the VM.
             r.binding.forwards.clear();
@@ -437,23 +355,24 @@ impl Service {
         action: Action,
     ) -> Result<Option<Vec<vws_model::node::Forward>>, ServiceError> {
         let node = self.node_of(r).await?;
-        let path = format!("/node/v1/vms/{}/{}", r.id, action.as_str());
+        let verb = match action {
+            Action::Start => Verb::Start,
+            _ => Verb::Unpause,
+        };
         // At start, and at an unpause after a snapshot rotated the old one.
         let rotated = !self.credentials_dir(&r.id).join("cert.pem").exists();
-        let body = match action {
-            Action::Start | Action::Unpause if action == Action::Start || rotated => Some(
-                serde_json::to_value(vws_model::node::StartRequest {
-                    credentials: self.workspace_credentials(r).await?,
-                })
-                .map_err(anyhow::Error::from)?,
-            ),
-            _ => None,
+        let body = if verb == Verb::Start || rotated {
+            Some(vws_model::node::StartRequest {
+                credentials: self.workspace_credentials(r).await?,
+            })
+        } else {
+            None
         };
-        let resp = self
-            .call_node(&node, reqwest::Method::POST, &path, body)
+        let done = self
+            .nodes
+            .transition(&node, &r.id, verb, body.as_ref())
             .await?;
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        Ok(serde_json::from_value(v["forwards"].clone()).unwrap_or_default())
+        Ok(done.forwards)
     }
 
     /// A workspace's own certificate and key (paper §3.2), issued by the
@@ -593,12 +512,12 @@ impl Service {
 
     /// Shuts a workspace down (gracefully, then hard).
     pub(crate) async fn stop(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
-        self.simple(who, id, Action::Stop).await
+        self.simple(who, id, Verb::Stop).await
     }
 
     /// Freezes a running workspace.
     pub(crate) async fn pause(&self, who: &Identity, id: &str) -> Result<Workspace, ServiceError> {
-        self.simple(who, id, Action::Pause).await
+        self.simple(who, id, Verb::Pause).await
     }
 
     /// Thaws a paused workspace. One deployed from the repository while
@@ -635,13 +554,9 @@ impl Service {
             let _ = tokio::fs::remove_file(self.memory_path(id)).await;
         }
         let node = self.node_of(&r).await?;
-        self.call_node(
-            &node,
-            reqwest::Method::POST,
-            &format!("/node/v1/vms/{id}/undeploy"),
-            None,
-        )
-        .await?;
+        self.nodes
+            .transition(&node, id, Verb::Undeploy, None)
+            .await?;
         // Every file and process of the account went with the check-in.
         self.store.release_account(id).await?;
         // Re-read: the disk's return updated nothing in the record, but be exact.
@@ -668,24 +583,14 @@ impl Service {
             return Ok(());
         };
         match self.live_node(name).await {
-            Ok(node) => {
-                match self
-                    .call_node(
-                        &node,
-                        reqwest::Method::DELETE,
-                        &format!("/node/v1/vms/{}", r.id),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(ServiceError::Node {
-                        status: StatusCode::BAD_GATEWAY,
-                        ..
-                    }) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
+            Ok(node) => match self.nodes.remove(&node, &r.id).await {
+                Ok(_) => Ok(()),
+                Err(ServiceError::Node {
+                    status: StatusCode::BAD_GATEWAY,
+                    ..
+                }) => Ok(()),
+                Err(e) => Err(e),
+            },
             Err(e) => {
                 tracing::warn!(id = %r.id, error = %e, "destroying a workspace whose node is unreachable");
                 Ok(())
@@ -707,13 +612,7 @@ impl Service {
             )));
         }
         let node = self.node_of(&r).await?;
-        self.call_node(
-            &node,
-            reqwest::Method::GET,
-            &format!("/node/v1/vms/{id}/console?follow={follow}"),
-            None,
-        )
-        .await
+        self.nodes.console(&node, id, follow).await
     }
 
     /// The disk a node stages (served while the workspace is checked out).
@@ -856,17 +755,6 @@ impl Service {
         }
         result
     }
-
-    /// How long nodes may take: staging is bounded by the node's own checks.
-    pub(crate) fn node_client(
-        credentials: Option<&vws_pki::Credentials>,
-    ) -> anyhow::Result<reqwest::Client> {
-        let builder = match credentials {
-            Some(c) => c.http_client()?,
-            None => reqwest::Client::builder(),
-        };
-        Ok(builder.connect_timeout(Duration::from_secs(5)).build()?)
-    }
 }
 
 /// Hashes what passes through it.
@@ -959,28 +847,16 @@ impl Service {
             ));
         };
         let node = self.node_of(&r).await?;
-        let resp = self
-            .call_node(
-                &node,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/snapshot"),
-                None,
-            )
-            .await?;
-        let v: serde_json::Value = resp.json().await.map_err(anyhow::Error::from)?;
-        let file = |role: &str, v: &serde_json::Value| -> Option<vws_store::ImageFile> {
-            Some(vws_store::ImageFile {
-                role: role.into(),
-                digest: v["digest"].as_str()?.to_string(),
-                size: v["size"].as_u64()?,
-            })
+        let saved = self.nodes.snapshot(&node, id).await?;
+        let file = |role: &str, b: vws_model::node::SentBlob| vws_store::ImageFile {
+            role: role.into(),
+            digest: b.digest,
+            size: b.size,
         };
-        let memory = file("memory", &v["memory"])
-            .ok_or_else(|| anyhow::anyhow!("the node returned no memory state"))?;
-        let mut files = vec![kernel, initrd, memory];
-        files.extend(file("ram", &v["ram"]));
+        let mut files = vec![kernel, initrd, file("memory", saved.memory)];
+        files.extend(saved.ram.map(|b| file("ram", b)));
         let mut virtual_size = 0;
-        if let Some(disk) = file("disk", &v["disk"]) {
+        if let Some(disk) = saved.disk.map(|b| file("disk", b)) {
             let info = vws_qemu::img::info(&self.blobs.path(&disk.digest.parse()?))
                 .await
                 .map_err(anyhow::Error::from)?;
@@ -1102,37 +978,13 @@ impl Service {
             deploy: self.deploy_request(&r, &image, cpus, ram, false).await?,
             disk_size,
         };
-        let target_at: vws_model::node::MigrationTarget = self
-            .call_node(
-                &target,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/incoming"),
-                Some(serde_json::to_value(&incoming).map_err(anyhow::Error::from)?),
-            )
-            .await?
-            .json()
-            .await
-            .map_err(anyhow::Error::from)?;
-        let sent = self
-            .call_node(
-                &source,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/migrate"),
-                Some(serde_json::to_value(&target_at).map_err(anyhow::Error::from)?),
-            )
-            .await;
-        let done: vws_model::node::MigrationDone = match sent {
-            Ok(resp) => resp.json().await.map_err(anyhow::Error::from)?,
+        let target_at = self.nodes.incoming(&target, &incoming).await?;
+        let sent = self.nodes.migrate(&source, id, &target_at).await;
+        let done = match sent {
+            Ok(done) => done,
             Err(e) => {
                 // Rolled back on the source; the target's waiting QEMU goes.
-                let _ = self
-                    .call_node(
-                        &target,
-                        reqwest::Method::DELETE,
-                        &format!("/node/v1/vms/{id}"),
-                        None,
-                    )
-                    .await;
+                let _ = self.nodes.remove(&target, id).await;
                 r.modified_at = self.clock.now();
                 let detail = Some(format!("to {to}: {e}"));
                 let change = Change {
@@ -1144,14 +996,7 @@ impl Service {
                 return Err(e);
             }
         };
-        let finished = self
-            .call_node(
-                &target,
-                reqwest::Method::POST,
-                &format!("/node/v1/vms/{id}/incoming/finish"),
-                Some(serde_json::to_value(&done).map_err(anyhow::Error::from)?),
-            )
-            .await;
+        let finished = self.nodes.finish_incoming(&target, id, &done).await;
         if let Err(e) = finished {
             // Past the switch-over there is no way back: the source has let go.
             r.node = Some(to.to_string());
@@ -1185,11 +1030,10 @@ impl Service {
         &self,
         who: &Identity,
         id: &str,
-    ) -> Result<serde_json::Value, ServiceError> {
+    ) -> Result<vws_model::node::MigrationProgress, ServiceError> {
         let r = self.visible(who, id).await?;
         let node = self.node_of(&r).await?;
-        self.node_json(&node, &format!("/node/v1/vms/{id}/migration"))
-            .await
+        self.nodes.migration(&node, id).await
     }
 }
 

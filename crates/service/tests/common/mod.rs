@@ -1,6 +1,8 @@
 //! A service on a fresh database and state folder, with images in its pool.
 #![allow(dead_code)]
 
+pub mod fake_node;
+
 use std::sync::Arc;
 
 use vws_model::Identity;
@@ -39,7 +41,33 @@ pub async fn harness(backend: Backend, policy: &str) -> Harness {
 }
 
 pub async fn harness_on(db: TestDb, home: tempfile::TempDir, policy: &str) -> Harness {
-    harness_full(db, home, policy, Default::default(), Default::default()).await
+    harness_full(
+        db,
+        home,
+        policy,
+        Default::default(),
+        Default::default(),
+        None,
+    )
+    .await
+}
+
+/// A harness whose service speaks to its nodes through `nodes`.
+pub async fn harness_nodes(
+    backend: Backend,
+    nodes: Arc<dyn vws_service::node_client::NodeClient>,
+) -> Harness {
+    let db = fresh(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    harness_full(
+        db,
+        home,
+        "",
+        Default::default(),
+        Default::default(),
+        Some(nodes),
+    )
+    .await
 }
 
 /// A harness whose service enforces the access control list `acl` (TOML).
@@ -47,7 +75,7 @@ pub async fn harness_acl(backend: Backend, acl: &str) -> Harness {
     let db = fresh(backend).await;
     let home = tempfile::tempdir().unwrap();
     let acl = vws_service::acl::Acl::from_toml(acl).unwrap();
-    harness_full(db, home, "", Default::default(), acl).await
+    harness_full(db, home, "", Default::default(), acl, None).await
 }
 
 /// A harness with networks of its own.
@@ -56,7 +84,7 @@ pub async fn harness_networks(backend: Backend, networks: &str) -> Harness {
     let db = fresh(backend).await;
     let home = tempfile::tempdir().unwrap();
     let networks = vws_service::network::Networks::from_toml(networks).unwrap();
-    harness_full(db, home, "", networks, Default::default()).await
+    harness_full(db, home, "", networks, Default::default(), None).await
 }
 
 async fn harness_full(
@@ -65,6 +93,7 @@ async fn harness_full(
     policy: &str,
     networks: vws_service::network::Networks,
     acl: vws_service::acl::Acl,
+    nodes: Option<Arc<dyn vws_service::node_client::NodeClient>>,
 ) -> Harness {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let settings = Settings {
@@ -77,9 +106,12 @@ async fn harness_full(
         public_url: "http://127.0.0.1:7480".into(),
         policy: Policy::from_toml(policy).unwrap(),
     };
-    let service = Service::open(db.store().await, settings, clock.clone() as Arc<dyn Clock>)
+    let mut service = Service::open(db.store().await, settings, clock.clone() as Arc<dyn Clock>)
         .await
         .unwrap();
+    if let Some(nodes) = nodes {
+        service = service.with_nodes(nodes);
+    }
     Harness {
         service: Arc::new(service),
         clock,
