@@ -165,6 +165,14 @@ impl QemuDriver {
         self.tls_dir.is_some()
     }
 
+    /// The TSC frequency the guest kernel is told (`tsc_early_khz`, which
+    /// saves it a calibration at boot); none lets it calibrate. The host's,
+    /// where it can be read, unless set.
+    pub fn with_tsc_khz(mut self, khz: Option<u64>) -> Self {
+        self.tsc_khz = khz;
+        self
+    }
+
     /// How long a boot may take to report ready.
     pub fn with_boot_timeout(mut self, t: Duration) -> Self {
         self.boot_timeout = t;
