@@ -199,12 +199,20 @@ fn main() -> ExitCode {
             Command::Serve(a) => commands::up::run(&g, a, false).await,
             Command::Deploy(a) => commands::lifecycle::deploy(&g, a).await,
             Command::Undeploy(a) => {
-                commands::lifecycle::action(&g, a, "undeploy", "undeployed").await
+                commands::lifecycle::action(&g, a, vws_model::Verb::Undeploy, "undeployed").await
             }
-            Command::Start(a) => commands::lifecycle::action(&g, a, "start", "started").await,
-            Command::Stop(a) => commands::lifecycle::action(&g, a, "stop", "stopped").await,
-            Command::Pause(a) => commands::lifecycle::action(&g, a, "pause", "paused").await,
-            Command::Unpause(a) => commands::lifecycle::action(&g, a, "unpause", "unpaused").await,
+            Command::Start(a) => {
+                commands::lifecycle::action(&g, a, vws_model::Verb::Start, "started").await
+            }
+            Command::Stop(a) => {
+                commands::lifecycle::action(&g, a, vws_model::Verb::Stop, "stopped").await
+            }
+            Command::Pause(a) => {
+                commands::lifecycle::action(&g, a, vws_model::Verb::Pause, "paused").await
+            }
+            Command::Unpause(a) => {
+                commands::lifecycle::action(&g, a, vws_model::Verb::Unpause, "unpaused").await
+            }
             Command::Console(a) => commands::lifecycle::console(&g, a).await,
             Command::Snapshot(a) => commands::lifecycle::snapshot(&g, a).await,
             Command::Migrate(a) => commands::lifecycle::migrate(&g, a).await,

@@ -401,10 +401,10 @@ impl Client {
     }
 
     /// A lifecycle action without arguments: `undeploy`, `start`, `stop`, `pause`, `unpause`.
-    pub async fn action(&self, id: &str, verb: &str) -> Result<Workspace, ClientError> {
+    pub async fn action(&self, id: &str, verb: vws_model::Verb) -> Result<Workspace, ClientError> {
         self.call(
             Method::POST,
-            &format!("/v1/workspaces/{id}/{verb}", id = seg(id)),
+            &format!("/v1/workspaces/{id}/{}", verb.as_str(), id = seg(id)),
             None,
         )
         .await

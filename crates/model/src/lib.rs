@@ -20,5 +20,5 @@ pub use form::{parse, write};
 pub use identity::{resource_key, Identity};
 pub use image_ref::{is_digest, ImageRef};
 pub use size::ByteSize;
-pub use state::{transition, Action, IllegalTransition, Outcome, Placement, State};
+pub use state::{transition, Action, IllegalTransition, Outcome, Placement, State, Verb};
 pub use validate::{FieldError, Form, InvalidDescription};

@@ -4,15 +4,66 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// What a file of an image or a deployment is.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobRole {
+    /// A disk image (the image's, booting by itself or a root filesystem).
+    Disk,
+    /// A kernel, booted directly.
+    Kernel,
+    /// Its initrd.
+    Initrd,
+    /// A read-only CD-ROM image.
+    Cdrom,
+    /// A workspace's own disk overlay, staged from the repository.
+    Workspace,
+    /// Saved device (and RAM) state of a paused workspace or hot image.
+    Memory,
+    /// A hot image's guest RAM as a file of its own.
+    Ram,
+}
+
+impl BlobRole {
+    /// Its name on the wire and in the repository.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobRole::Disk => "disk",
+            BlobRole::Kernel => "kernel",
+            BlobRole::Initrd => "initrd",
+            BlobRole::Cdrom => "cdrom",
+            BlobRole::Workspace => "workspace",
+            BlobRole::Memory => "memory",
+            BlobRole::Ram => "ram",
+        }
+    }
+}
+
+impl std::fmt::Display for BlobRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A file the node must have, by digest.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BlobRef {
-    /// `kernel`, `initrd`, `disk` or `cdrom`.
-    pub role: String,
+    /// What it is.
+    pub role: BlobRole,
     /// Content digest.
     pub digest: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// How a VM workspace boots.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BootKind {
+    /// A kernel and initrd given to QEMU (microvm).
+    Kernel,
+    /// The disk boots by itself (q35 with firmware).
+    Disk,
 }
 
 /// Service → node: stage this workspace here.
@@ -26,8 +77,8 @@ pub struct DeployRequest {
     pub cpus: u32,
     /// Bound RAM in bytes.
     pub ram: u64,
-    /// `kernel` (microvm) or `disk` (boots by itself).
-    pub boot: String,
+    /// How it boots.
+    pub boot: BootKind,
     /// Kernel command line of a kernel image.
     #[serde(default)]
     pub cmdline: Option<String>,
@@ -44,7 +95,7 @@ pub struct DeployRequest {
     pub backing_format: Option<String>,
     /// Network interfaces: (name, method).
     #[serde(default)]
-    pub nics: Vec<(String, String)>,
+    pub nics: Vec<(String, crate::NicMethod)>,
     /// Startup program.
     #[serde(default)]
     pub startup: Option<String>,

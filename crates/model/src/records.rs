@@ -145,8 +145,8 @@ impl ImageKind {
 /// One file of an image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageFile {
-    /// `disk`, `kernel` or `initrd`.
-    pub role: String,
+    /// What it is.
+    pub role: crate::node::BlobRole,
     /// Its blob.
     pub digest: String,
     /// Its size in bytes.
@@ -224,7 +224,7 @@ impl ImageRecord {
     }
 
     /// The file with a role.
-    pub fn file(&self, role: &str) -> Option<&ImageFile> {
+    pub fn file(&self, role: crate::node::BlobRole) -> Option<&ImageFile> {
         self.files.iter().find(|f| f.role == role)
     }
 }
@@ -242,8 +242,8 @@ pub struct JobRecord {
     pub node: String,
     /// Program and arguments.
     pub argv: Vec<String>,
-    /// `running`, `exited`, `failed` or `cancelled`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: JobState,
     /// Exit code.
     pub exit_code: Option<i32>,
     /// Killing signal.
@@ -322,5 +322,54 @@ impl Workspace {
         d.creation_time = Some(self.record.created_at);
         d.last_modified = Some(self.record.modified_at);
         d
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted in a batch, not yet sent to its node.
+    Queued,
+    /// Sent to its node and not ended.
+    Running,
+    /// Its program exited (with a code or a signal).
+    Exited,
+    /// It could not run, or was lost with its workspace.
+    Failed,
+    /// It ended after a cancel was asked for.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in the order of a job's life.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Exited,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// Its name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Exited => "exited",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

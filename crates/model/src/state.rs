@@ -352,3 +352,49 @@ mod tests {
         );
     }
 }
+
+/// The lifecycle verbs that take a deployed workspace from one state to
+/// another on its node (the paper's start, pause, shutdown and their
+/// inverses), each one lifecycle action. Each is a route of its own
+/// (`POST /v1/workspaces/{id}/VERB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    /// Boots it (or restores its saved memory).
+    Start,
+    /// Shuts it down.
+    Stop,
+    /// Pauses it in memory.
+    Pause,
+    /// Resumes it.
+    Unpause,
+    /// Checks its disk (and memory, when paused) back into the repository.
+    Undeploy,
+}
+
+impl Verb {
+    /// Every verb.
+    pub const ALL: [Verb; 5] = [
+        Verb::Start,
+        Verb::Stop,
+        Verb::Pause,
+        Verb::Unpause,
+        Verb::Undeploy,
+    ];
+
+    /// The verb's name in paths and messages.
+    pub fn as_str(self) -> &'static str {
+        self.action().as_str()
+    }
+
+    /// The lifecycle action it records.
+    pub fn action(self) -> Action {
+        match self {
+            Verb::Start => Action::Start,
+            Verb::Stop => Action::Stop,
+            Verb::Pause => Action::Pause,
+            Verb::Unpause => Action::Unpause,
+            Verb::Undeploy => Action::Undeploy,
+        }
+    }
+}

@@ -35,7 +35,9 @@ const SLIRP_DNS: &str = "10.0.2.3";
 
 /// Whether the workspace has a `user` NIC: outbound access through NAT.
 fn outbound(spec: &VmSpec) -> bool {
-    spec.nics.iter().any(|n| n.method == "user")
+    spec.nics
+        .iter()
+        .any(|n| n.method == vws_model::NicMethod::User)
 }
 
 /// Processes per workspace unless configured.

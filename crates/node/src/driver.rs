@@ -28,8 +28,8 @@ pub enum Boot {
 pub struct NicSpec {
     /// Name inside the guest.
     pub name: String,
-    /// `user`, `pool` or `none`.
-    pub method: String,
+    /// How it gets its address.
+    pub method: vws_model::NicMethod,
     /// For `pool`: the tap device, its bridge, MAC, address (CIDR form) and
     /// gateway.
     #[serde(default)]

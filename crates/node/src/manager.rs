@@ -239,7 +239,10 @@ impl Manager {
         }
         let dir = self.vm_dir(&req.id);
         std::fs::create_dir_all(&dir)?;
-        let backing = req.blobs.iter().find(|b| b.role == "disk");
+        let backing = req
+            .blobs
+            .iter()
+            .find(|b| b.role == vws_model::node::BlobRole::Disk);
         if req.account.is_some() && self.accounts.is_none() {
             return Err(NodeError::Other(anyhow::anyhow!(
                 "node {} does not run dynamic accounts",
@@ -320,21 +323,21 @@ impl Manager {
             )
             .await?;
         }
-        let find = |role: &str| {
+        let find = |role: vws_model::node::BlobRole| {
             req.blobs
                 .iter()
                 .find(|b| b.role == role)
                 .map(|b| self.blob_path(&b.digest))
         };
-        let boot = match req.boot.as_str() {
-            "kernel" => Boot::Kernel {
-                kernel: find("kernel")
+        let boot = match req.boot {
+            vws_model::node::BootKind::Kernel => Boot::Kernel {
+                kernel: find(vws_model::node::BlobRole::Kernel)
                     .ok_or_else(|| anyhow::anyhow!("no kernel in the deploy request"))?,
-                initrd: find("initrd")
+                initrd: find(vws_model::node::BlobRole::Initrd)
                     .ok_or_else(|| anyhow::anyhow!("no initrd in the deploy request"))?,
                 cmdline: req.cmdline.clone().unwrap_or_default(),
             },
-            _ => Boot::Disk,
+            vws_model::node::BootKind::Disk => Boot::Disk,
         };
         let spec = VmSpec {
             id: req.id.clone(),
@@ -346,7 +349,7 @@ impl Manager {
             cdroms: req
                 .blobs
                 .iter()
-                .filter(|b| b.role == "cdrom")
+                .filter(|b| b.role == vws_model::node::BlobRole::Cdrom)
                 .map(|b| self.blob_path(&b.digest))
                 .collect(),
             nics: req
@@ -354,7 +357,7 @@ impl Manager {
                 .iter()
                 .map(|(name, method)| NicSpec {
                     name: name.clone(),
-                    method: method.clone(),
+                    method: *method,
                     bridged: req.addresses.iter().find(|a| &a.nic == name).map(|a| {
                         crate::driver::Bridged {
                             tap: crate::net::tap_name(&req.id, name),
@@ -381,12 +384,12 @@ impl Manager {
             restore: req
                 .blobs
                 .iter()
-                .find(|b| b.role == "memory")
+                .find(|b| b.role == vws_model::node::BlobRole::Memory)
                 .map(|b| self.blob_path(&b.digest)),
             restore_ram: req
                 .blobs
                 .iter()
-                .find(|b| b.role == "ram")
+                .find(|b| b.role == vws_model::node::BlobRole::Ram)
                 .map(|b| self.blob_path(&b.digest)),
             disk_key: key_file,
             account: None,
@@ -648,7 +651,10 @@ impl Manager {
     /// each launch of QEMU.
     fn spec_with_forwards(&self, id: &str) -> Result<VmSpec, NodeError> {
         let mut spec = self.spec(id)?;
-        let user = spec.nics.iter().any(|n| n.method == "user");
+        let user = spec
+            .nics
+            .iter()
+            .any(|n| n.method == vws_model::NicMethod::User);
         let bridged = spec.nics.iter().any(|n| n.bridged.is_some());
         // A user NIC's ports come from QEMU on loopback; a bridged NIC's,
         // where the node publishes them, from an nftables forward. A

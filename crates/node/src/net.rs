@@ -380,7 +380,12 @@ pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), String> {
     let Some(b) = spec.nics.iter().find_map(|n| n.bridged.as_ref()) else {
         return Ok(());
     };
-    if spec.forwards.is_empty() || spec.nics.iter().any(|n| n.method == "user") {
+    if spec.forwards.is_empty()
+        || spec
+            .nics
+            .iter()
+            .any(|n| n.method == vws_model::NicMethod::User)
+    {
         return Ok(());
     }
     let gw = b.gateway.as_deref().ok_or(

@@ -280,14 +280,16 @@ impl QemuDriver {
             }
             // How the guest's init configures each interface.
             for (i, nic) in spec.nics.iter().enumerate() {
-                match (&nic.bridged, nic.method.as_str()) {
+                match (&nic.bridged, nic.method) {
                     (Some(b), _) if b.dhcp => append.push_str(&format!(" vws.net{i}=dhcp")),
                     (Some(b), _) => append.push_str(&format!(
                         " vws.net{i}=static:{}:{}",
                         b.address,
                         b.gateway.as_deref().unwrap_or("")
                     )),
-                    (None, "user") => append.push_str(&format!(" vws.net{i}=user")),
+                    (None, vws_model::NicMethod::User) => {
+                        append.push_str(&format!(" vws.net{i}=user"))
+                    }
                     _ => append.push_str(&format!(" vws.net{i}=none")),
                 }
             }
@@ -343,7 +345,7 @@ impl QemuDriver {
                     "-device",
                     &format!("{net},netdev=n{i},mac={}", b.mac),
                 ]);
-            } else if nic.method == "user" {
+            } else if nic.method == vws_model::NicMethod::User {
                 let mac = mac_address(&spec.id, i);
                 // Served ports reach the first user-mode NIC from the host's loopback.
                 let mut netdev = format!("user,id=n{i}");

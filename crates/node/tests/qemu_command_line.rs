@@ -52,7 +52,7 @@ fn kernel() -> Boot {
 fn user_nic() -> NicSpec {
     NicSpec {
         name: "eth0".into(),
-        method: "user".into(),
+        method: vws_model::NicMethod::User,
         bridged: None,
     }
 }
@@ -112,7 +112,7 @@ fn a_disk_booted_q35_with_an_encrypted_disk_a_cdrom_and_a_bridged_nic_over_tls()
     s.cdroms = vec!["/node/cache/sha256/cd".into()];
     s.nics = vec![NicSpec {
         name: "eth0".into(),
-        method: "pool".into(),
+        method: vws_model::NicMethod::Pool,
         bridged: Some(Bridged {
             tap: "vwst0".into(),
             bridge: "vwsbr0".into(),
@@ -133,12 +133,12 @@ fn a_hot_start_maps_the_images_ram_privately() {
     s.nics = vec![
         NicSpec {
             name: "eth0".into(),
-            method: "none".into(),
+            method: vws_model::NicMethod::None,
             bridged: None,
         },
         NicSpec {
             name: "eth1".into(),
-            method: "pool".into(),
+            method: vws_model::NicMethod::Pool,
             bridged: Some(Bridged {
                 tap: "vwst1".into(),
                 bridge: "vwsbr0".into(),

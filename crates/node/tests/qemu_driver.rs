@@ -40,7 +40,7 @@ fn spec(id: &str, startup: &str) -> VmSpec {
         cdroms: vec![],
         nics: vec![NicSpec {
             name: "eth0".into(),
-            method: "user".into(),
+            method: vws_model::NicMethod::User,
             bridged: None,
         }],
         startup: Some(startup.into()),

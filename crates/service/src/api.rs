@@ -395,9 +395,8 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
 /// The verb of a `/v1/workspaces/{id}/VERB` route, for the lifecycle
 /// verbs.
 fn verb_of(path: &str) -> Option<Verb> {
-    use strum::IntoEnumIterator;
     let verb = path.strip_prefix("/v1/workspaces/{id}/")?;
-    Verb::iter().find(|v| v.as_str() == verb)
+    Verb::ALL.into_iter().find(|v| v.as_str() == verb)
 }
 
 impl AppState {

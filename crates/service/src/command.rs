@@ -25,42 +25,7 @@ use crate::matching::Match;
 use crate::nodes::NodeView;
 use crate::pool::ImportRequest;
 
-/// The lifecycle verbs that take a deployed workspace from one state to
-/// another on its node (the paper's start, pause, shutdown and their
-/// inverses), each one lifecycle action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
-#[strum(serialize_all = "lowercase")]
-pub enum Verb {
-    /// Boots it (or restores its saved memory).
-    Start,
-    /// Shuts it down.
-    Stop,
-    /// Pauses it in memory.
-    Pause,
-    /// Resumes it.
-    Unpause,
-    /// Checks its disk (and memory, when paused) back into the repository.
-    Undeploy,
-}
-
-impl Verb {
-    /// The verb's name in paths and messages.
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
-    /// The lifecycle action it records.
-    pub fn action(self) -> vws_model::Action {
-        use vws_model::Action as A;
-        match self {
-            Verb::Start => A::Start,
-            Verb::Stop => A::Stop,
-            Verb::Pause => A::Pause,
-            Verb::Unpause => A::Unpause,
-            Verb::Undeploy => A::Undeploy,
-        }
-    }
-}
+pub use vws_model::Verb;
 
 /// Everything a client can ask the core to do.
 #[derive(strum::EnumDiscriminants)]

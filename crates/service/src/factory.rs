@@ -500,7 +500,7 @@ impl Service {
         if image.kind != ImageKind::Disk || image.format.as_deref() != Some("raw") {
             return Ok(None);
         }
-        let Some(file) = image.file("disk") else {
+        let Some(file) = image.file(vws_model::node::BlobRole::Disk) else {
             return Ok(None);
         };
         let path = self.blobs.path(&file.digest.parse()?);
@@ -585,7 +585,9 @@ impl Service {
                     .await
                     .map(|()| size)
             }
-            ImageKind::Hot if image.file("disk").is_none() => return Ok(None),
+            ImageKind::Hot if image.file(vws_model::node::BlobRole::Disk).is_none() => {
+                return Ok(None)
+            }
             _ if d.hardware.disk.as_ref().is_some_and(|x| x.encrypted) => {
                 // Encrypted at rest: a random passphrase, kept by the service
                 // only (0600), handed to a node only while deployed.
@@ -602,7 +604,7 @@ impl Service {
                     .as_ref()
                     .map_or(0, |x| x.size.0)
                     .max(image.virtual_size);
-                let backing = match image.file("disk") {
+                let backing = match image.file(vws_model::node::BlobRole::Disk) {
                     Some(f) => Some((
                         self.blobs.path(&f.digest.parse()?),
                         image.format.clone().unwrap_or_else(|| "raw".into()),
@@ -624,7 +626,7 @@ impl Service {
             }
             ImageKind::Disk | ImageKind::Hot => {
                 let file = image
-                    .file("disk")
+                    .file(vws_model::node::BlobRole::Disk)
                     .ok_or_else(|| anyhow::anyhow!("image {} has no disk file", image.id))?;
                 let backing = self.blobs.path(&file.digest.parse()?);
                 let format = image.format.as_deref().unwrap_or("raw");

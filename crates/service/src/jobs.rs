@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use vws_model::node::{JobReport, JobRequest};
+use vws_model::records::JobState;
 use vws_model::{Identity, State};
 use vws_store::JobRecord;
 
@@ -37,7 +38,7 @@ impl Service {
         id: &str,
         s: Submit,
     ) -> Result<JobRecord, ServiceError> {
-        let job = self.new_job(who, id, &s, "running").await?;
+        let job = self.new_job(who, id, &s, JobState::Running).await?;
         self.store.insert_job(&job).await?;
         self.dispatch(job, s).await
     }
@@ -48,7 +49,7 @@ impl Service {
         who: &Identity,
         id: &str,
         s: &Submit,
-        state: &str,
+        state: JobState,
     ) -> Result<JobRecord, ServiceError> {
         let r = self.visible(who, id).await?;
         if r.state != State::Running {
@@ -68,7 +69,7 @@ impl Service {
             owner: who.dn.clone(),
             node: r.node.clone().unwrap_or_default(),
             argv: s.argv.clone(),
-            state: state.into(),
+            state,
             exit_code: None,
             signal: None,
             timed_out: false,
@@ -96,14 +97,14 @@ impl Service {
         }
         .await;
         if let Err(e) = result {
-            job.state = "failed".into();
+            job.state = JobState::Failed;
             job.message = Some(e.to_string());
             job.ended_at = Some(self.clock.now());
             self.store.update_job(&job).await?;
             return Err(e);
         }
-        if job.state != "running" {
-            job.state = "running".into();
+        if job.state != JobState::Running {
+            job.state = JobState::Running;
             self.store.update_job(&job).await?;
         }
         tracing::info!(job = %job.id, workspace = %job.workspace_id, "job started");
@@ -132,7 +133,7 @@ impl Service {
         }
         let mut queued = Vec::with_capacity(jobs.len());
         for s in &jobs {
-            let job = self.new_job(who, id, s, "queued").await?;
+            let job = self.new_job(who, id, s, JobState::Queued).await?;
             queued.push(job);
         }
         for job in &queued {
@@ -152,7 +153,7 @@ impl Service {
                     if me.dispatch(job, s).await.is_ok() {
                         // Hold the slot until the job ends.
                         while let Ok(Some(j)) = me.store.job(&id).await {
-                            if j.state != "running" {
+                            if j.state != JobState::Running {
                                 break;
                             }
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -190,7 +191,7 @@ impl Service {
         job: &str,
     ) -> Result<JobRecord, ServiceError> {
         let mut j = self.job(who, job).await?;
-        if j.state != "running" {
+        if j.state != JobState::Running {
             return Err(ServiceError::Conflict(format!("job {job} is {}", j.state)));
         }
         j.cancelled = true;
@@ -222,15 +223,14 @@ impl Service {
         let Some(mut j) = self.store.job(job).await? else {
             return Ok(());
         };
-        if j.node != node || j.state != "running" {
+        if j.node != node || j.state != JobState::Running {
             return Ok(());
         }
         j.state = match (rep.outcome.as_str(), j.cancelled) {
-            ("exited", true) => "cancelled",
-            ("exited", false) => "exited",
-            _ => "failed",
-        }
-        .into();
+            ("exited", true) => JobState::Cancelled,
+            ("exited", false) => JobState::Exited,
+            _ => JobState::Failed,
+        };
         j.exit_code = rep.code;
         j.signal = rep.signal;
         j.timed_out = rep.timed_out;

@@ -3,7 +3,7 @@
 //! node, and only then written to the record.
 
 use axum::http::StatusCode;
-use vws_model::node::{BlobRef, DeployRequest};
+use vws_model::node::{BlobRef, BootKind, DeployRequest};
 use vws_model::{transition, Action, Identity, ImageRef, Placement, State};
 use vws_store::{Change, ImageKind, ImageRecord, NodeRecord, WorkspaceRecord};
 
@@ -195,7 +195,7 @@ impl Service {
             .files
             .iter()
             .map(|f| BlobRef {
-                role: f.role.clone(),
+                role: f.role,
                 digest: f.digest.clone(),
                 size: f.size,
             })
@@ -203,7 +203,7 @@ impl Service {
         for dev in &r.device_images {
             if let Some(cd) = self.store.image(&ImageRef::Digest(dev.clone())).await? {
                 blobs.extend(cd.files.iter().map(|f| BlobRef {
-                    role: "cdrom".into(),
+                    role: vws_model::node::BlobRole::Cdrom,
                     digest: f.digest.clone(),
                     size: f.size,
                 }));
@@ -217,7 +217,7 @@ impl Service {
                     .map_err(anyhow::Error::from)?
                     .map_err(anyhow::Error::from)?;
                 Some(BlobRef {
-                    role: "workspace".into(),
+                    role: vws_model::node::BlobRole::Workspace,
                     digest: m.digest,
                     size: m.size,
                 })
@@ -231,7 +231,7 @@ impl Service {
                 .map_err(anyhow::Error::from)?
                 .map_err(anyhow::Error::from)?;
             Some(BlobRef {
-                role: "memory".into(),
+                role: vws_model::node::BlobRole::Memory,
                 digest: m.digest,
                 size: m.size,
             })
@@ -253,9 +253,12 @@ impl Service {
                 kernel
                     .files
                     .iter()
-                    .filter(|f| f.role == "kernel" || f.role == "initrd")
+                    .filter(|f| {
+                        f.role == vws_model::node::BlobRole::Kernel
+                            || f.role == vws_model::node::BlobRole::Initrd
+                    })
                     .map(|f| BlobRef {
-                        role: f.role.clone(),
+                        role: f.role,
                         digest: f.digest.clone(),
                         size: f.size,
                     }),
@@ -271,24 +274,26 @@ impl Service {
                 // The image's own init after the root is ready.
                 cmdline.push_str(" vws.init=image");
             }
-            ("kernel", Some(cmdline))
+            (BootKind::Kernel, Some(cmdline))
         } else if image.kind == ImageKind::Disk {
-            ("disk", image.cmdline.clone())
+            (BootKind::Disk, image.cmdline.clone())
         } else {
-            ("kernel", image.cmdline.clone())
+            (BootKind::Kernel, image.cmdline.clone())
         };
         Ok(DeployRequest {
             id: r.id.clone(),
             hostname: r.id.clone(),
             cpus,
             ram,
-            boot: boot.into(),
+            boot,
             cmdline,
             blobs,
             disk,
             memory,
             // A dynamic account's disk is its own upper layer, over nothing.
-            backing_format: if image.file("disk").is_some() && !is_account(r) {
+            backing_format: if image.file(vws_model::node::BlobRole::Disk).is_some()
+                && !is_account(r)
+            {
                 image.format.clone()
             } else {
                 None
@@ -298,7 +303,7 @@ impl Service {
                 .network
                 .nics
                 .iter()
-                .map(|n| (n.name.clone(), n.method.as_str().to_string()))
+                .map(|n| (n.name.clone(), n.method))
                 .collect(),
             // Runs as a job once the agent answers (see `start`), not from the kernel command line.
             startup: None,
@@ -657,11 +662,10 @@ impl Service {
             .image(&ImageRef::Digest(r.image_id.clone()))
             .await?;
         // The overlay goes back onto the repository's copy of its backing file.
-        let backing = match image
-            .as_ref()
-            .filter(|_| !is_account(&r))
-            .and_then(|i| i.file("disk").map(|f| (f.digest.clone(), i.format.clone())))
-        {
+        let backing = match image.as_ref().filter(|_| !is_account(&r)).and_then(|i| {
+            i.file(vws_model::node::BlobRole::Disk)
+                .map(|f| (f.digest.clone(), i.format.clone()))
+        }) {
             Some((digest, format)) => Some((
                 self.blobs.path(&digest.parse()?),
                 format.unwrap_or_else(|| "raw".into()),
@@ -839,24 +843,30 @@ impl Service {
         } else {
             base
         };
-        let (Some(kernel), Some(initrd)) =
-            (base.file("kernel").cloned(), base.file("initrd").cloned())
-        else {
+        let (Some(kernel), Some(initrd)) = (
+            base.file(vws_model::node::BlobRole::Kernel).cloned(),
+            base.file(vws_model::node::BlobRole::Initrd).cloned(),
+        ) else {
             return Err(ServiceError::Conflict(
                 "hot images are made from workspaces that boot a kernel and initrd".into(),
             ));
         };
         let node = self.node_of(&r).await?;
         let saved = self.nodes.snapshot(&node, id).await?;
-        let file = |role: &str, b: vws_model::node::SentBlob| vws_store::ImageFile {
-            role: role.into(),
-            digest: b.digest,
-            size: b.size,
-        };
-        let mut files = vec![kernel, initrd, file("memory", saved.memory)];
-        files.extend(saved.ram.map(|b| file("ram", b)));
+        let file =
+            |role: vws_model::node::BlobRole, b: vws_model::node::SentBlob| vws_store::ImageFile {
+                role,
+                digest: b.digest,
+                size: b.size,
+            };
+        let mut files = vec![
+            kernel,
+            initrd,
+            file(vws_model::node::BlobRole::Memory, saved.memory),
+        ];
+        files.extend(saved.ram.map(|b| file(vws_model::node::BlobRole::Ram, b)));
         let mut virtual_size = 0;
-        if let Some(disk) = saved.disk.map(|b| file("disk", b)) {
+        if let Some(disk) = saved.disk.map(|b| file(vws_model::node::BlobRole::Disk, b)) {
             let info = vws_qemu::img::info(&self.blobs.path(&disk.digest.parse()?))
                 .await
                 .map_err(anyhow::Error::from)?;
@@ -877,7 +887,7 @@ impl Service {
             kind: ImageKind::Hot,
             format: files
                 .iter()
-                .any(|f| f.role == "disk")
+                .any(|f| f.role == vws_model::node::BlobRole::Disk)
                 .then(|| "qcow2".to_string()),
             virtual_size,
             stored_size: files.iter().map(|f| f.size).sum(),

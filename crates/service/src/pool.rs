@@ -90,11 +90,15 @@ impl Service {
         Ok(self.blobs.manifest(&d).await?)
     }
 
-    async fn blob_file(&self, role: &str, digest: &str) -> Result<ImageFile, ServiceError> {
+    async fn blob_file(
+        &self,
+        role: vws_model::node::BlobRole,
+        digest: &str,
+    ) -> Result<ImageFile, ServiceError> {
         let d: Digest = digest.parse()?;
         match self.has_blob(digest).await? {
             Some(size) => Ok(ImageFile {
-                role: role.into(),
+                role,
                 digest: d.to_string(),
                 size,
             }),
@@ -126,7 +130,9 @@ impl Service {
         let now = self.clock.now();
         let mut record = match (&req.disk, &req.kernel, &req.initrd) {
             (Some(disk), None, None) => {
-                let file = self.blob_file("disk", disk).await?;
+                let file = self
+                    .blob_file(vws_model::node::BlobRole::Disk, disk)
+                    .await?;
                 let path = self.blobs.path(&file.digest.parse()?);
                 let info = vws_qemu::img::info(&path).await.map_err(|e| {
                     ServiceError::BadRequest(format!("not a disk image qemu-img can read: {e}"))
@@ -161,8 +167,10 @@ impl Service {
             }
             (None, Some(kernel), Some(initrd)) => {
                 let files = vec![
-                    self.blob_file("kernel", kernel).await?,
-                    self.blob_file("initrd", initrd).await?,
+                    self.blob_file(vws_model::node::BlobRole::Kernel, kernel)
+                        .await?,
+                    self.blob_file(vws_model::node::BlobRole::Initrd, initrd)
+                        .await?,
                 ];
                 // The image's id names its whole content: both files and the command line.
                 let manifest = serde_json::json!({ "kernel": files[0].digest, "initrd": files[1].digest, "cmdline": req.cmdline });
@@ -222,13 +230,17 @@ impl Service {
         record: &ImageRecord,
     ) -> Result<vws_model::software::Manifest, ServiceError> {
         let rootfs = self.disk_content(record).await? == Some(vws_qemu::img::Content::RootFs);
-        let path = |role: &str| -> Result<Option<std::path::PathBuf>, ServiceError> {
-            Ok(match record.file(role) {
-                Some(f) => Some(self.blobs.path(&f.digest.parse()?)),
-                None => None,
-            })
-        };
-        let (disk, kernel) = (path("disk")?, path("kernel")?);
+        let path =
+            |role: vws_model::node::BlobRole| -> Result<Option<std::path::PathBuf>, ServiceError> {
+                Ok(match record.file(role) {
+                    Some(f) => Some(self.blobs.path(&f.digest.parse()?)),
+                    None => None,
+                })
+            };
+        let (disk, kernel) = (
+            path(vws_model::node::BlobRole::Disk)?,
+            path(vws_model::node::BlobRole::Kernel)?,
+        );
         let manifest = tokio::task::spawn_blocking(move || {
             let mut m = match (&disk, rootfs) {
                 (Some(d), true) => crate::catalogue::read_rootfs(d),

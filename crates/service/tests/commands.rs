@@ -167,7 +167,7 @@ fn every_command_has_a_class_and_a_route() {
         all.len() - 7
     );
     // The five lifecycle verbs are one command, each with its own route.
-    for verb in Verb::iter() {
+    for verb in Verb::ALL {
         let path = format!("/v1/workspaces/{{id}}/{}", verb.as_str());
         assert!(
             ROUTES

@@ -274,7 +274,7 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
                     owner: OWNER.into(),
                     node: "node-a".into(),
                     argv: vec!["true".into()],
-                    state: "exited".into(),
+                    state: vws_model::records::JobState::Exited,
                     exit_code: Some(0),
                     signal: None,
                     timed_out: false,

@@ -17,7 +17,11 @@ fn decode(row: &AnyRow) -> Result<JobRecord, StoreError> {
         owner: row.try_get("owner")?,
         node: row.try_get("node")?,
         argv: serde_json::from_str(&argv).map_err(|e| StoreError::corrupt(&id, e))?,
-        state: row.try_get("state")?,
+        state: {
+            let state: String = row.try_get("state")?;
+            vws_model::records::JobState::parse(&state)
+                .ok_or_else(|| StoreError::corrupt(&id, format!("{state:?} is not a job state")))?
+        },
         exit_code: row
             .try_get::<Option<i64>, _>("exit_code")?
             .map(|v| v as i32),
@@ -41,7 +45,7 @@ impl Store {
             .bind(&j.owner)
             .bind(&j.node)
             .bind(serde_json::to_string(&j.argv).expect("argv serializes"))
-            .bind(&j.state)
+            .bind(j.state.as_str())
             .bind(j.exit_code.map(i64::from))
             .bind(j.signal.map(i64::from))
             .bind(j.timed_out as i64)
@@ -61,7 +65,7 @@ impl Store {
             "UPDATE jobs SET state = $1, exit_code = $2, signal = $3, timed_out = $4, message = $5, cancelled = $6, \
              output_bytes = $7, ended_at = $8 WHERE id = $9",
         )
-        .bind(&j.state)
+        .bind(j.state.as_str())
         .bind(j.exit_code.map(i64::from))
         .bind(j.signal.map(i64::from))
         .bind(j.timed_out as i64)

@@ -326,12 +326,12 @@ async fn images_tags_and_blobs(store: Store) {
         stored_size: 30,
         files: vec![
             ImageFile {
-                role: "kernel".into(),
+                role: vws_model::node::BlobRole::Kernel,
                 digest: format!("{id}-k"),
                 size: 20,
             },
             ImageFile {
-                role: "initrd".into(),
+                role: vws_model::node::BlobRole::Initrd,
                 digest: format!("{id}-i"),
                 size: 10,
             },
@@ -369,7 +369,10 @@ async fn images_tags_and_blobs(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(found.tags, ["minimal:1", "minimal:latest"]);
-    assert_eq!(found.file("initrd").unwrap().size, 10);
+    assert_eq!(
+        found.file(vws_model::node::BlobRole::Initrd).unwrap().size,
+        10
+    );
     assert_eq!(found.signer.as_deref(), Some("/O=Grid/CN=Signer"));
     assert_eq!(
         store
@@ -529,7 +532,7 @@ async fn nodes_and_jobs(store: Store) {
         owner: "/CN=a".into(),
         node: "n1".into(),
         argv: vec!["sh".into(), "-c".into(), "echo 'quoted' \"too\"".into()],
-        state: "running".into(),
+        state: vws_model::records::JobState::Running,
         exit_code: None,
         signal: None,
         timed_out: false,
@@ -541,7 +544,7 @@ async fn nodes_and_jobs(store: Store) {
     };
     store.insert_job(&job).await.unwrap();
     assert_eq!(store.job("job-1").await.unwrap(), Some(job.clone()));
-    job.state = "cancelled".into();
+    job.state = vws_model::records::JobState::Cancelled;
     job.signal = Some(15);
     job.cancelled = true;
     job.timed_out = true;
@@ -651,7 +654,7 @@ async fn images_register_beside_other_writers(store: Store) {
             virtual_size: 1 << 20,
             stored_size: 1 << 20,
             files: vec![ImageFile {
-                role: "disk".into(),
+                role: vws_model::node::BlobRole::Disk,
                 digest: id.clone(),
                 size: 1 << 20,
             }],

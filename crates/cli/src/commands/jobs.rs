@@ -196,7 +196,7 @@ pub async fn list(g: &Globals, a: JobsArgs) -> anyhow::Result<()> {
     for j in jobs {
         t.add_row(vec![
             j.id.clone(),
-            j.state.clone(),
+            j.state.to_string(),
             status_text(&j),
             vws_model::ByteSize(j.output_bytes).human(),
             output::relative(j.created_at),

@@ -116,7 +116,12 @@ pub async fn deploy(g: &Globals, a: DeployArgs) -> anyhow::Result<()> {
 }
 
 /// A lifecycle action without arguments.
-pub async fn action(g: &Globals, a: IdArgs, verb: &str, done: &str) -> anyhow::Result<()> {
+pub async fn action(
+    g: &Globals,
+    a: IdArgs,
+    verb: vws_model::Verb,
+    done: &str,
+) -> anyhow::Result<()> {
     let ws = g.client()?.action(&a.id, verb).await?;
     print_state(g, &ws, done)
 }

@@ -58,9 +58,9 @@ async fn host_spawn(busybox: &str) -> anyhow::Result<f64> {
 /// Times `start` of a deployed workspace, then stops it again.
 async fn timed_start(rig: &Rig, id: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
-    rig.client.action(id, "start").await?;
+    rig.client.action(id, vws_model::Verb::Start).await?;
     let took = t.elapsed().as_secs_f64();
-    rig.client.action(id, "stop").await?;
+    rig.client.action(id, vws_model::Verb::Stop).await?;
     Ok(took)
 }
 
@@ -102,7 +102,7 @@ pub(crate) async fn job(rig: &Rig, runs: usize, iterations: u64) -> anyhow::Resu
     let busybox = crate::commands::image_build::busybox()?;
     import_root(rig).await?;
     let id = deployed_account(rig, false).await?;
-    rig.client.action(&id, "start").await?;
+    rig.client.action(&id, vws_model::Verb::Start).await?;
     let mut first = Vec::new();
     for _ in 0..runs.max(3) * 4 {
         first.push(super::rig::first_byte(&rig.client, &id, &["echo", "hi"]).await?);

@@ -139,7 +139,7 @@ async fn deploy_start_align(client: &Client, id: &str) -> anyhow::Result<(Value,
     client.deploy(id, None).await?;
     let deploy_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    client.action(id, "start").await?;
+    client.action(id, vws_model::Verb::Start).await?;
     let start_s = t.elapsed().as_secs_f64();
     let mut outs = Vec::new();
     for p in ["water", "needle"] {
@@ -159,9 +159,9 @@ async fn cold_starts(client: &Client, image: &str, runs: usize) -> anyhow::Resul
     let mut out = Vec::new();
     for run in 0..runs {
         let t = Instant::now();
-        client.action(&id, "start").await?;
+        client.action(&id, vws_model::Verb::Start).await?;
         out.push(t.elapsed().as_secs_f64());
-        client.action(&id, "stop").await?;
+        client.action(&id, vws_model::Verb::Stop).await?;
         eprintln!(
             "bench emboss: {image} cold start {}/{runs}: {:.3} s",
             run + 1,
@@ -196,7 +196,7 @@ pub async fn emboss_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         let (times, outs) = deploy_start_align(client, &id).await?;
         rows.push(("cold VM", times, outs));
         // Hot VM: a hot image of it, and a workspace restored from it.
-        client.action(&id, "pause").await?;
+        client.action(&id, vws_model::Verb::Pause).await?;
         client.snapshot(&id, "emboss-hot:bench").await?;
         client.destroy(&id).await?;
         let h = client.create(vm("emboss-hot:bench", 512), Form::Toml, None).await?.record.id;

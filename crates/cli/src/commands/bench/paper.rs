@@ -58,7 +58,7 @@ async fn hot_run(client: &Client) -> anyhow::Result<f64> {
         .id;
     let t = Instant::now();
     client.deploy(&id, None).await?;
-    client.action(&id, "start").await?;
+    client.action(&id, vws_model::Verb::Start).await?;
     let job = client
         .submit_job(&id, json!({ "argv": ["sh", "-c", JOB] }))
         .await?;
@@ -90,7 +90,7 @@ async fn startup_run(client: &Client, desc: String) -> anyhow::Result<f64> {
     let id = client.create(desc, Form::Toml, None).await?.record.id;
     let t = Instant::now();
     client.deploy(&id, None).await?;
-    client.action(&id, "start").await?;
+    client.action(&id, vws_model::Verb::Start).await?;
     let job = client
         .jobs(&id)
         .await?
@@ -126,8 +126,8 @@ pub async fn paper_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         // The hot image: a booted workspace with its environment up, paused.
         let src = client.create(description("minimal:bench", None), Form::Toml, None).await?.record.id;
         client.deploy(&src, None).await?;
-        client.action(&src, "start").await?;
-        client.action(&src, "pause").await?;
+        client.action(&src, vws_model::Verb::Start).await?;
+        client.action(&src, vws_model::Verb::Pause).await?;
         client.snapshot(&src, "env:paper").await?;
         client.destroy(&src).await?;
         super::account::import_root(&rig).await?;

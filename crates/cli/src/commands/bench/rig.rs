@@ -177,8 +177,8 @@ pub(crate) async fn hot_runs_of(
     );
     let src = client.create(desc, Form::Toml, None).await?.record.id;
     client.deploy(&src, None).await?;
-    client.action(&src, "start").await?;
-    client.action(&src, "pause").await?;
+    client.action(&src, vws_model::Verb::Start).await?;
+    client.action(&src, vws_model::Verb::Pause).await?;
     let tag = format!(
         "hot-{}-{mib}{}:bench",
         image.split(':').next().unwrap_or("image"),
@@ -198,7 +198,7 @@ pub(crate) async fn hot_runs_of(
             .id;
         client.deploy(&w, None).await?;
         let t = Instant::now();
-        client.action(&w, "start").await?;
+        client.action(&w, vws_model::Verb::Start).await?;
         ready.push(t.elapsed().as_secs_f64());
         let out = first_byte(client, &w, &["echo", "hi"]).await?;
         job.push(ready[run] + out);

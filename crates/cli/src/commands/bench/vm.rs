@@ -96,9 +96,9 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             let work = rig.home().to_path_buf();
             bare.push(tokio::task::spawn_blocking(move || bare_qemu_boot(&guest_for(&work), &work, run)).await??);
             let t = Instant::now();
-            rig.client.action(&id, "start").await?;
+            rig.client.action(&id, vws_model::Verb::Start).await?;
             cold.push(t.elapsed().as_secs_f64());
-            rig.client.action(&id, "stop").await?;
+            rig.client.action(&id, vws_model::Verb::Stop).await?;
             eprintln!("bench start: run {}/{}: vws {:.3} s, bare QEMU {:.3} s", run + 1, a.runs, cold[run], bare[run]);
         }
         rig.client.destroy(&id).await?;
@@ -309,7 +309,7 @@ pub async fn job_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         let desc = "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:bench\"\n";
         let id = rig.client.create(desc.into(), Form::Toml, None).await?.record.id;
         rig.client.deploy(&id, None).await?;
-        rig.client.action(&id, "start").await?;
+        rig.client.action(&id, vws_model::Verb::Start).await?;
         let runs = a.runs.max(3) * 4;
         let (mut vm, mut host) = (Vec::new(), Vec::new());
         for _ in 0..runs {
