@@ -86,8 +86,8 @@ pub struct TransitionRecord {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// What was done (`create`, `deploy`, `destroy`, …).
-    pub action: String,
+    /// What was done.
+    pub action: HistoryAction,
     /// State before, if any.
     pub from_state: Option<String>,
     /// State after, if the workspace still exists.
@@ -369,6 +369,114 @@ impl JobState {
 }
 
 impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a history entry records: a lifecycle action, or a step of one
+/// that the record keeps (a check-out, a failed deploy or migration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HistoryAction {
+    /// The workspace was made (factory).
+    Create,
+    /// The check-out lock was taken for a deploy.
+    Checkout,
+    /// A deploy failed; the lock was released.
+    CheckoutFailed,
+    /// The lifecycle action of that name.
+    Deploy,
+    /// The lifecycle action of that name.
+    Undeploy,
+    /// The lifecycle action of that name.
+    Start,
+    /// The lifecycle action of that name.
+    Stop,
+    /// The lifecycle action of that name.
+    Pause,
+    /// The lifecycle action of that name.
+    Unpause,
+    /// The lifecycle action of that name.
+    Snapshot,
+    /// The lifecycle action of that name.
+    Migrate,
+    /// A migration failed before its switch-over; the workspace stayed.
+    MigrateFailed,
+    /// A new termination time.
+    Renew,
+    /// The lifecycle action of that name.
+    Corrupt,
+    /// The lifecycle action of that name.
+    Destroy,
+}
+
+impl HistoryAction {
+    /// Every entry kind.
+    pub const ALL: [HistoryAction; 15] = [
+        HistoryAction::Create,
+        HistoryAction::Checkout,
+        HistoryAction::CheckoutFailed,
+        HistoryAction::Deploy,
+        HistoryAction::Undeploy,
+        HistoryAction::Start,
+        HistoryAction::Stop,
+        HistoryAction::Pause,
+        HistoryAction::Unpause,
+        HistoryAction::Snapshot,
+        HistoryAction::Migrate,
+        HistoryAction::MigrateFailed,
+        HistoryAction::Renew,
+        HistoryAction::Corrupt,
+        HistoryAction::Destroy,
+    ];
+
+    /// Its name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryAction::Create => "create",
+            HistoryAction::Checkout => "checkout",
+            HistoryAction::CheckoutFailed => "checkout-failed",
+            HistoryAction::Deploy => "deploy",
+            HistoryAction::Undeploy => "undeploy",
+            HistoryAction::Start => "start",
+            HistoryAction::Stop => "stop",
+            HistoryAction::Pause => "pause",
+            HistoryAction::Unpause => "unpause",
+            HistoryAction::Snapshot => "snapshot",
+            HistoryAction::Migrate => "migrate",
+            HistoryAction::MigrateFailed => "migrate-failed",
+            HistoryAction::Renew => "renew",
+            HistoryAction::Corrupt => "corrupt",
+            HistoryAction::Destroy => "destroy",
+        }
+    }
+
+    /// The entry kind named `s`.
+    pub fn parse(s: &str) -> Option<HistoryAction> {
+        HistoryAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl From<crate::Action> for HistoryAction {
+    fn from(a: crate::Action) -> Self {
+        use crate::Action as A;
+        match a {
+            A::Deploy => HistoryAction::Deploy,
+            A::Undeploy => HistoryAction::Undeploy,
+            A::Start => HistoryAction::Start,
+            A::Stop => HistoryAction::Stop,
+            A::Pause => HistoryAction::Pause,
+            A::Unpause => HistoryAction::Unpause,
+            A::Snapshot => HistoryAction::Snapshot,
+            A::Migrate => HistoryAction::Migrate,
+            A::Corrupt => HistoryAction::Corrupt,
+            A::Destroy => HistoryAction::Destroy,
+        }
+    }
+}
+
+impl std::fmt::Display for HistoryAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

@@ -362,7 +362,7 @@ impl Service {
             id,
         };
         let change = Change {
-            action: "create",
+            action: vws_model::records::HistoryAction::Create,
             actor: &who.dn,
             detail: match (origin, chosen) {
                 (Some(o), Some(c)) => Some(format!("clone of {o}; {c}")),

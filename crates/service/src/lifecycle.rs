@@ -48,7 +48,7 @@ impl Service {
             .update_workspace(
                 &mut r,
                 Change {
-                    action: action.as_str(),
+                    action: action.into(),
                     actor,
                     detail,
                 },
@@ -116,7 +116,7 @@ impl Service {
             .update_workspace(
                 &mut r,
                 Change {
-                    action: "checkout",
+                    action: vws_model::records::HistoryAction::Checkout,
                     actor: &who.dn,
                     detail: Some(format!("to {}", node.name)),
                 },
@@ -156,7 +156,7 @@ impl Service {
                     .update_workspace(
                         &mut r,
                         Change {
-                            action: "checkout-failed",
+                            action: vws_model::records::HistoryAction::CheckoutFailed,
                             actor: &who.dn,
                             detail,
                         },
@@ -998,7 +998,7 @@ impl Service {
                 r.modified_at = self.clock.now();
                 let detail = Some(format!("to {to}: {e}"));
                 let change = Change {
-                    action: "migrate-failed",
+                    action: vws_model::records::HistoryAction::MigrateFailed,
                     actor: &who.dn,
                     detail,
                 };
@@ -1013,7 +1013,7 @@ impl Service {
             r.lock_holder = Some(to.to_string());
             r.modified_at = self.clock.now();
             let change = Change {
-                action: "migrate",
+                action: vws_model::records::HistoryAction::Migrate,
                 actor: &who.dn,
                 detail: Some(format!("switched over to {to}")),
             };

@@ -152,7 +152,7 @@ impl Service {
                 .update_workspace(
                     &mut r,
                     Change {
-                        action: "corrupt",
+                        action: vws_model::records::HistoryAction::Corrupt,
                         actor,
                         detail: Some(reason.to_string()),
                     },

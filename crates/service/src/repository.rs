@@ -90,7 +90,7 @@ impl Service {
             .update_workspace(
                 &mut r,
                 Change {
-                    action: "renew",
+                    action: vws_model::records::HistoryAction::Renew,
                     actor: &who.dn,
                     detail,
                 },
@@ -150,7 +150,7 @@ impl Service {
                 r,
                 now,
                 Change {
-                    action: "destroy",
+                    action: vws_model::records::HistoryAction::Destroy,
                     actor,
                     detail: None,
                 },

@@ -52,7 +52,7 @@ async fn record(h: &Harness, id: &str) -> vws_store::WorkspaceRecord {
 
 async fn actions(h: &Harness, id: &str) -> Vec<String> {
     let trail = h.service.store().history(id).await.unwrap();
-    trail.into_iter().map(|t| t.action).collect()
+    trail.into_iter().map(|t| t.action.to_string()).collect()
 }
 
 fn status(e: &ServiceError) -> u16 {

@@ -256,7 +256,7 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
                 .update_workspace(
                     &mut r,
                     Change {
-                        action: "deploy",
+                        action: vws_model::records::HistoryAction::Deploy,
                         actor: "test",
                         detail: None,
                     },

@@ -86,7 +86,7 @@ fn json<T: Serialize>(v: &T) -> String {
 #[derive(Clone, Debug)]
 pub struct Change<'a> {
     /// What happened.
-    pub action: &'a str,
+    pub action: vws_model::records::HistoryAction,
     /// Who asked.
     pub actor: &'a str,
     /// Anything worth keeping.
@@ -355,7 +355,12 @@ impl Store {
                 Ok(TransitionRecord {
                     seq: row.try_get("seq")?,
                     at: from_millis(row.try_get("at")?),
-                    action: row.try_get("action")?,
+                    action: {
+                        let a: String = row.try_get("action")?;
+                        vws_model::records::HistoryAction::parse(&a).ok_or_else(|| {
+                            StoreError::corrupt(id, format!("{a:?} is not a history entry"))
+                        })?
+                    },
                     from_state: row.try_get("from_state")?,
                     to_state: row.try_get("to_state")?,
                     placement: row.try_get("placement")?,
@@ -414,7 +419,7 @@ async fn insert_transition(
     id: &str,
     seq: i64,
     at: OffsetDateTime,
-    action: &str,
+    action: vws_model::records::HistoryAction,
     from: Option<String>,
     to: Option<&WorkspaceRecord>,
     actor: &str,
@@ -427,7 +432,7 @@ async fn insert_transition(
     .bind(id)
     .bind(seq)
     .bind(millis(at))
-    .bind(action)
+    .bind(action.as_str())
     .bind(from)
     .bind(to.map(|r| r.state.as_str().to_string()))
     .bind(to.map(|r| r.placement.as_str().to_string()))

@@ -48,9 +48,9 @@ fn record(id: &str, owner: &str, name: &str, created: OffsetDateTime) -> Workspa
     }
 }
 
-fn change(action: &str) -> Change<'_> {
+fn change(action: &str) -> Change<'static> {
     Change {
-        action,
+        action: vws_model::records::HistoryAction::parse(action).expect("a history entry"),
         actor: "/CN=test",
         detail: None,
     }
@@ -63,7 +63,7 @@ async fn records_round_trip_and_filter(store: Store) {
         .insert_workspace(
             &a,
             Change {
-                action: "create",
+                action: vws_model::records::HistoryAction::Create,
                 actor: "/CN=alice",
                 detail: None,
             },
@@ -79,7 +79,7 @@ async fn records_round_trip_and_filter(store: Store) {
         .insert_workspace(
             &b,
             Change {
-                action: "create",
+                action: vws_model::records::HistoryAction::Create,
                 actor: "/CN=bob",
                 detail: None,
             },
@@ -93,7 +93,7 @@ async fn records_round_trip_and_filter(store: Store) {
             .insert_workspace(
                 &dup,
                 Change {
-                    action: "create",
+                    action: vws_model::records::HistoryAction::Create,
                     actor: "/CN=alice",
                     detail: None
                 }
@@ -153,7 +153,7 @@ async fn pages_cover_everything_once(store: Store) {
             .insert_workspace(
                 &r,
                 Change {
-                    action: "create",
+                    action: vws_model::records::HistoryAction::Create,
                     actor: "/CN=p",
                     detail: None,
                 },
@@ -201,7 +201,7 @@ async fn updates_are_versioned_and_history_is_kept(store: Store) {
         .insert_workspace(
             &a,
             Change {
-                action: "create",
+                action: vws_model::records::HistoryAction::Create,
                 actor: "/CN=alice",
                 detail: None,
             },
@@ -281,7 +281,7 @@ async fn expiry_is_found_by_time(store: Store) {
         .insert_workspace(
             &short,
             Change {
-                action: "create",
+                action: vws_model::records::HistoryAction::Create,
                 actor: "/CN=a",
                 detail: None,
             },
@@ -292,7 +292,7 @@ async fn expiry_is_found_by_time(store: Store) {
         .insert_workspace(
             &forever,
             Change {
-                action: "create",
+                action: vws_model::records::HistoryAction::Create,
                 actor: "/CN=a",
                 detail: None,
             },
@@ -461,7 +461,7 @@ async fn concurrent_inserts_lose_nothing(store: Store) {
                     .insert_workspace(
                         &r,
                         Change {
-                            action: "create",
+                            action: vws_model::records::HistoryAction::Create,
                             actor: "/CN=c",
                             detail: None,
                         },

@@ -371,7 +371,7 @@ pub async fn show(g: &Globals, a: ShowArgs) -> anyhow::Result<()> {
             t.add_row(vec![
                 e.seq.to_string(),
                 output::timestamp(e.at),
-                e.action,
+                e.action.to_string(),
                 e.to_state.unwrap_or_else(|| "-".into()),
                 e.actor,
                 e.detail.unwrap_or_default(),

@@ -228,7 +228,7 @@ pub async fn stage_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
         let restaged = history
             .iter()
             .rev()
-            .find(|h| h.action == "deploy")
+            .find(|h| h.action == vws_model::records::HistoryAction::Deploy)
             .and_then(|h| h.detail.as_deref())
             .and_then(|d| d.split("; ").nth(1))
             .and_then(|d| d.split(' ').next())
