@@ -61,6 +61,9 @@ pub struct Service {
     /// Admission (quota check, then insert) is serialized so concurrent
     /// creates cannot both slip under a limit.
     pub(crate) admission: Mutex<()>,
+    /// This process among the service's runs: intents it wrote are its own
+    /// to finish (`Store::set_pending`).
+    pub(crate) instance: String,
     /// The node protocol (HTTPS; a fake node in tests).
     pub(crate) nodes: Arc<dyn crate::node_client::NodeClient>,
     /// Request counts and durations (docs/metrics.md).
@@ -122,6 +125,7 @@ impl Service {
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),
+            instance: hex::encode(rand::random::<[u8; 8]>()),
             nodes: Arc::new(crate::node_client::HttpNodes::new(
                 settings.credentials.as_ref(),
             )?),

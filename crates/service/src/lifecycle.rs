@@ -12,6 +12,24 @@ use crate::core::{Service, Workspace};
 use crate::error::ServiceError;
 
 impl Service {
+    /// Asks a node for `verb` with the intent recorded around the call: a
+    /// crash before the result is written leaves the intent for
+    /// [`Service::reconcile`] to finish or forget by what the node reports.
+    /// The change recording the result clears it; a refusal clears it here.
+    async fn intent<T>(
+        &self,
+        id: &str,
+        verb: Verb,
+        call: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        self.store.set_pending(id, verb, &self.instance).await?;
+        let out = call.await;
+        if out.is_err() {
+            self.store.clear_pending(id).await?;
+        }
+        out
+    }
+
     async fn checked(
         &self,
         who: &Identity,
@@ -344,7 +362,8 @@ impl Service {
         let action = verb.action();
         let mut r = self.checked(who, id, action).await?;
         let node = self.node_of(&r).await?;
-        self.nodes.transition(&node, id, verb, None).await?;
+        self.intent(id, verb, self.nodes.transition(&node, id, verb, None))
+            .await?;
         if action == Action::Stop {
             // Forwards live as long as the VM.
             r.binding.forwards.clear();
@@ -373,10 +392,8 @@ impl Service {
         } else {
             None
         };
-        let done = self
-            .nodes
-            .transition(&node, &r.id, verb, body.as_ref())
-            .await?;
+        let asked = self.nodes.transition(&node, &r.id, verb, body.as_ref());
+        let done = self.intent(&r.id, verb, asked).await?;
         Ok(done.forwards)
     }
 

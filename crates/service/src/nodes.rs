@@ -87,6 +87,7 @@ impl Service {
             .register_node(&reg.name, &reg.url, &reg.report, self.clock.now())
             .await?;
         tracing::info!(node = %reg.name, url = %reg.url, accel = %reg.report.accel, "node registered");
+        self.reconcile(&reg.name, &reg.report).await?;
         for r in self.all_workspaces().await? {
             if r.node.as_deref() != Some(reg.name.as_str())
                 || !matches!(r.state, State::Running | State::Paused)
@@ -110,7 +111,7 @@ impl Service {
             .node_heartbeat(name, &report, self.clock.now())
             .await?
         {
-            Ok(())
+            self.reconcile(name, &report).await
         } else {
             Err(ServiceError::NotFound(format!(
                 "node {name} is not registered"
@@ -118,10 +119,76 @@ impl Service {
         }
     }
 
+    /// Finishes or forgets the actions a killed service process left in
+    /// flight on `node`'s workspaces, by what the node reports: a start or
+    /// unpause whose workspace runs, a pause whose workspace is paused, a
+    /// stop whose workspace is shut down happened, and is recorded now;
+    /// anything else did not, and the record stays as it was.
+    pub(crate) async fn reconcile(
+        &self,
+        node: &str,
+        report: &NodeReport,
+    ) -> Result<(), ServiceError> {
+        use vws_model::Verb;
+        for (id, verb) in self.store.orphaned_intents(node, &self.instance).await? {
+            let Some(mut r) = self.store.workspace(&id).await? else {
+                continue;
+            };
+            let there = report.workspaces.get(&id).map(String::as_str);
+            if verb == Verb::Stop && there == Some("running") {
+                // The guest was asked to power off and may still do so: the
+                // node's word that it ended (`node_event`) is then a stop.
+                continue;
+            }
+            let done = match verb {
+                Verb::Start | Verb::Unpause => there == Some("running"),
+                Verb::Pause => there == Some("paused"),
+                Verb::Stop => there == Some("shutdown"),
+                Verb::Undeploy => false,
+            };
+            if !done || vws_model::transition(r.state, r.placement, verb.action()).is_err() {
+                tracing::info!(%id, verb = verb.as_str(), ?there, "an interrupted action did not happen; forgotten");
+                self.store.clear_pending(&id).await?;
+                continue;
+            }
+            if verb == Verb::Stop {
+                r.binding.forwards.clear();
+            }
+            let detail = format!(
+                "{} finished on node {node} while the service was down",
+                verb.as_str()
+            );
+            tracing::info!(%id, verb = verb.as_str(), "an interrupted action happened; recorded");
+            match self
+                .commit(r, verb.action(), "reconciler", Some(detail))
+                .await
+            {
+                // Changed meanwhile: that change ended the intent.
+                Ok(_) | Err(ServiceError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// A node reports that a workspace's VM died unasked.
+    /// One whose stop a killed service process had asked for ended as
+    /// that stop, not as a corruption.
     pub async fn node_event(&self, name: &str, ev: NodeEvent) -> Result<(), ServiceError> {
         match self.store.workspace(&ev.id).await? {
-            Some(r) if r.node.as_deref() == Some(name) => {
+            Some(mut r) if r.node.as_deref() == Some(name) => {
+                let stopping = self.store.pending(&ev.id).await?;
+                let orphaned_stop =
+                    matches!(&stopping, Some((vws_model::Verb::Stop, by)) if *by != self.instance);
+                if orphaned_stop && r.state == State::Running {
+                    r.binding.forwards.clear();
+                    let detail =
+                        format!("the stop ended on node {name} while the service was down");
+                    return self
+                        .commit(r, Action::Stop, "reconciler", Some(detail))
+                        .await
+                        .map(drop);
+                }
                 self.corrupt(&ev.id, &ev.reason, &format!("node:{name}"))
                     .await
             }

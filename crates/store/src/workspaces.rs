@@ -264,8 +264,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE workspaces SET name = $1, binding = $2, state = $3, placement = $4, node = $5, lock_holder = $6, \
-             lock_since = $7, disk_path = $8, reason = $9, terminates_at = $10, modified_at = $11, version = version + 1 \
-             WHERE id = $12 AND version = $13",
+             lock_since = $7, disk_path = $8, reason = $9, terminates_at = $10, modified_at = $11, version = version + 1, \
+             pending = NULL, pending_by = NULL WHERE id = $12 AND version = $13",
         )
         .bind(&next.name)
         .bind(json(&next.binding))
@@ -339,6 +339,76 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records that `verb` is being asked of the workspace's node by the
+    /// service process `by` (the change recording its result clears it).
+    pub async fn set_pending(
+        &self,
+        id: &str,
+        verb: vws_model::Verb,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET pending = $1, pending_by = $2 WHERE id = $3")
+            .bind(verb.as_str())
+            .bind(by)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets an action in flight that did not happen.
+    pub async fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET pending = NULL, pending_by = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The action in flight on a workspace, and the service process that
+    /// asked for it.
+    pub async fn pending(&self, id: &str) -> Result<Option<(vws_model::Verb, String)>, StoreError> {
+        let row = sqlx::query("SELECT pending, pending_by FROM workspaces WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let pending: Option<String> = row.try_get("pending")?;
+        let by: Option<String> = row.try_get("pending_by")?;
+        Ok(pending.and_then(|p| {
+            let verb = vws_model::Verb::ALL.into_iter().find(|v| v.as_str() == p)?;
+            Some((verb, by.unwrap_or_default()))
+        }))
+    }
+
+    /// Actions in flight on `node`'s workspaces written by another service
+    /// process than `by` (one that was killed before it could record them).
+    pub async fn orphaned_intents(
+        &self,
+        node: &str,
+        by: &str,
+    ) -> Result<Vec<(String, vws_model::Verb)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pending FROM workspaces WHERE node = $1 AND pending IS NOT NULL \
+             AND (pending_by IS NULL OR pending_by <> $2) ORDER BY id",
+        )
+        .bind(node)
+        .bind(by)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let pending: String = row.try_get("pending")?;
+            let verb = vws_model::Verb::ALL
+                .into_iter()
+                .find(|v| v.as_str() == pending)
+                .ok_or_else(|| StoreError::corrupt(&id, format!("{pending:?} is not a verb")))?;
+            out.push((id, verb));
+        }
+        Ok(out)
     }
 
     /// A workspace's history, oldest first (also after it was destroyed).

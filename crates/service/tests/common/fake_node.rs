@@ -25,7 +25,8 @@ pub struct FakeNode {
 impl FakeNode {
     /// Makes `op` (`deploy`, `start`, `snapshot`, `incoming`, `migrate`,
     /// `finish_incoming`, `remove`, …) fail from now on; `unreachable`
-    /// in front (`unreachable remove`) fails it as a lost connection.
+    /// in front (`unreachable remove`) fails it as a lost connection,
+    /// `hang` in front never answers.
     pub fn fail(&self, op: &str) {
         self.failing.lock().unwrap().insert(op.to_string());
     }
@@ -40,11 +41,16 @@ impl FakeNode {
         self.calls.lock().unwrap().clone()
     }
 
-    fn call(&self, op: &str, node: &NodeRecord, id: &str) -> Result<(), ServiceError> {
+    async fn call(&self, op: &str, node: &NodeRecord, id: &str) -> Result<(), ServiceError> {
         self.calls
             .lock()
             .unwrap()
             .push(format!("{op} {} {id}", node.name));
+        let hangs = self.failing.lock().unwrap().contains(&format!("hang {op}"));
+        if hangs {
+            // A node that never answers: the caller is killed meanwhile.
+            std::future::pending::<()>().await;
+        }
         let failing = self.failing.lock().unwrap();
         if failing.contains(&format!("unreachable {op}")) {
             return Err(ServiceError::Node {
@@ -79,12 +85,12 @@ impl NodeClient for FakeNode {
         node: &NodeRecord,
         req: &DeployRequest,
     ) -> Result<Deployed, ServiceError> {
-        self.call("deploy", node, &req.id)?;
+        self.call("deploy", node, &req.id).await?;
         Ok(Deployed { moved: 4096 })
     }
 
     async fn staging(&self, node: &NodeRecord, id: &str) -> Result<StagingProgress, ServiceError> {
-        self.call("staging", node, id)?;
+        self.call("staging", node, id).await?;
         Ok(StagingProgress::default())
     }
 
@@ -95,7 +101,7 @@ impl NodeClient for FakeNode {
         verb: Verb,
         _req: Option<&StartRequest>,
     ) -> Result<Transitioned, ServiceError> {
-        self.call(verb.as_str(), node, id)?;
+        self.call(verb.as_str(), node, id).await?;
         let forwards = (verb == Verb::Start).then(|| {
             vec![Forward {
                 port: 80,
@@ -110,7 +116,7 @@ impl NodeClient for FakeNode {
     }
 
     async fn remove(&self, node: &NodeRecord, id: &str) -> Result<(), ServiceError> {
-        self.call("remove", node, id)
+        self.call("remove", node, id).await
     }
 
     async fn console(
@@ -119,7 +125,7 @@ impl NodeClient for FakeNode {
         id: &str,
         _follow: bool,
     ) -> Result<reqwest::Response, ServiceError> {
-        self.call("console", node, id)?;
+        self.call("console", node, id).await?;
         Ok(stream())
     }
 
@@ -129,11 +135,11 @@ impl NodeClient for FakeNode {
         id: &str,
         _req: &JobRequest,
     ) -> Result<(), ServiceError> {
-        self.call("run_job", node, id)
+        self.call("run_job", node, id).await
     }
 
     async fn cancel_job(&self, node: &NodeRecord, job: &str) -> Result<(), ServiceError> {
-        self.call("cancel_job", node, job)
+        self.call("cancel_job", node, job).await
     }
 
     async fn job_output(
@@ -142,12 +148,12 @@ impl NodeClient for FakeNode {
         job: &str,
         _follow: bool,
     ) -> Result<reqwest::Response, ServiceError> {
-        self.call("job_output", node, job)?;
+        self.call("job_output", node, job).await?;
         Ok(stream())
     }
 
     async fn snapshot(&self, node: &NodeRecord, id: &str) -> Result<Snapshot, ServiceError> {
-        self.call("snapshot", node, id)?;
+        self.call("snapshot", node, id).await?;
         Err(ServiceError::Internal(anyhow::anyhow!(
             "the fake node uploads no memory state"
         )))
@@ -158,7 +164,7 @@ impl NodeClient for FakeNode {
         node: &NodeRecord,
         req: &IncomingRequest,
     ) -> Result<MigrationTarget, ServiceError> {
-        self.call("incoming", node, &req.deploy.id)?;
+        self.call("incoming", node, &req.deploy.id).await?;
         Ok(MigrationTarget {
             migrate_uri: "tcp:127.0.0.1:1".into(),
             nbd_uri: None,
@@ -173,7 +179,7 @@ impl NodeClient for FakeNode {
         id: &str,
         _to: &MigrationTarget,
     ) -> Result<MigrationDone, ServiceError> {
-        self.call("migrate", node, id)?;
+        self.call("migrate", node, id).await?;
         Ok(MigrationDone {
             jobs: Vec::new(),
             running: true,
@@ -186,7 +192,7 @@ impl NodeClient for FakeNode {
         id: &str,
         _done: &MigrationDone,
     ) -> Result<(), ServiceError> {
-        self.call("finish_incoming", node, id)
+        self.call("finish_incoming", node, id).await
     }
 
     async fn migration(
@@ -194,7 +200,7 @@ impl NodeClient for FakeNode {
         node: &NodeRecord,
         id: &str,
     ) -> Result<MigrationProgress, ServiceError> {
-        self.call("migration", node, id)?;
+        self.call("migration", node, id).await?;
         Ok(MigrationProgress::default())
     }
 
@@ -205,7 +211,7 @@ impl NodeClient for FakeNode {
         _path: &str,
         _data: Vec<u8>,
     ) -> Result<(), ServiceError> {
-        self.call("put_file", node, id)
+        self.call("put_file", node, id).await
     }
 
     async fn get_file(
@@ -214,7 +220,7 @@ impl NodeClient for FakeNode {
         id: &str,
         _path: &str,
     ) -> Result<Vec<u8>, ServiceError> {
-        self.call("get_file", node, id)?;
+        self.call("get_file", node, id).await?;
         Ok(b"fake file".to_vec())
     }
 }

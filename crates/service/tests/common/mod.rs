@@ -121,6 +121,30 @@ async fn harness_full(
 }
 
 impl Harness {
+    /// The same repository and state folder opened by a new service
+    /// process, as after the first was killed (the first is left as it
+    /// was, mid-call if it was).
+    pub async fn reopened(
+        &self,
+        nodes: Arc<dyn vws_service::node_client::NodeClient>,
+    ) -> Arc<Service> {
+        let settings = Settings {
+            credentials: None,
+            ca_dir: None,
+            boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
+            acl: Default::default(),
+            networks: Default::default(),
+            home: self.home.path().to_path_buf(),
+            public_url: "http://127.0.0.1:7480".into(),
+            policy: Policy::default(),
+        };
+        let clock = self.clock.clone() as Arc<dyn Clock>;
+        let service = Service::open(self.db.store().await, settings, clock)
+            .await
+            .unwrap();
+        Arc::new(service.with_nodes(nodes))
+    }
+
     /// Imports a raw disk image of `size` bytes as `name:tag`.
     pub async fn disk_image(&self, name: &str, tag: &str, size: u64) -> vws_store::ImageRecord {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,104 @@
+//! `kill -9` of `vws up` while a real VM starts or stops: after the
+//! restart the record says what the node has (never `corrupted` for an
+//! action that was asked for), and the workspace can be driven on.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn state(home: &std::path::Path, id: &str) -> String {
+    let v: Value = serde_json::from_str(&ok(home, &["show", id, "--json"])).unwrap();
+    v["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits for the record to settle after a restart (the node registers,
+/// then reports each heartbeat); it must never say `corrupted`.
+fn settled(home: &std::path::Path, id: &str, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = state(home, id);
+        assert_ne!(s, "corrupted", "{}", ok(home, &["history", id]));
+        if want.contains(&s.as_str()) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{id} stayed {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `vws VERB ID` and kills `vws up` (-9) `after` into it.
+fn killed_during(home: &std::path::Path, up: Kill, verb: &str, id: &str, after: Duration) {
+    let mut asked = Command::new(VWS)
+        .args([verb, id])
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    drop(up);
+    let _ = asked.kill();
+    let _ = asked.wait();
+}
+
+fn echoes(home: &std::path::Path, id: &str) {
+    let out = vws(home, &["run", id, "--", "echo", "still-here"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "still-here\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kill_9_during_a_start_or_a_stop_leaves_the_workspace_drivable() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let guest = minimal_guest();
+    let mut up = vws_up(home, &[]);
+    import_minimal(home, &guest);
+    let desc = root().join("examples/minimal.xml");
+    let id = ok(home, &["create", desc.to_str().unwrap()])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    ok(home, &["deploy", &id]);
+
+    // Killed early in a start (QEMU launched or not yet) and late (the
+    // guest booting): either it runs and is recorded so, or it did not
+    // start and can be started.
+    for after in [Duration::from_millis(300), Duration::from_millis(1500)] {
+        killed_during(home, up, "start", &id, after);
+        up = vws_up(home, &[]);
+        if settled(home, &id, &["running", "shutdown"]) == "shutdown" {
+            ok(home, &["start", &id]);
+        }
+        echoes(home, &id);
+        ok(home, &["stop", &id]);
+    }
+
+    // Killed during a stop: it ends shut down (the stop that was asked
+    // for), or still runs if the guest had not gone; never corrupted.
+    ok(home, &["start", &id]);
+    killed_during(home, up, "stop", &id, Duration::from_millis(200));
+    up = vws_up(home, &[]);
+    if settled(home, &id, &["running", "shutdown"]) == "running" {
+        // The guest may still finish the power-off it was asked for.
+        std::thread::sleep(Duration::from_secs(3));
+        if state(home, &id) == "running" {
+            ok(home, &["stop", &id]);
+        }
+    }
+    assert_eq!(settled(home, &id, &["shutdown"]), "shutdown");
+    ok(home, &["start", &id]);
+    echoes(home, &id);
+    ok(home, &["destroy", &id]);
+    drop(up);
+}
