@@ -100,7 +100,11 @@ async fn append(path: &Path, ev: &JobEvent) {
     // after its workspace was removed (a job lost with its VM) must not
     // bring the log back.
     if let Ok(mut f) = tokio::fs::OpenOptions::new().append(true).open(path).await {
+        // Flushed before the next event's append opens the file again: a
+        // tokio file writes in the background, and two handles' writes
+        // could land out of order (stdout lines were seen swapped).
         let _ = f.write_all(&line).await;
+        let _ = f.flush().await;
     }
     LOG_APPENDED.notify_waiters();
 }

@@ -198,6 +198,16 @@ pub async fn guard(
     let peer = req.extensions().get::<vws_pki::Peer>().cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // Every path parameter matches its grammar before anything reads it.
+    let (mut parts, body) = req.into_parts();
+    if let Ok(params) = axum::extract::RawPathParams::from_request_parts(&mut parts, &state).await {
+        for (name, value) in &params {
+            if let Err(m) = crate::routes::check_param(name, value) {
+                return ServiceError::BadRequest(m).into_response();
+            }
+        }
+    }
+    let req = Request::from_parts(parts, body);
     match check(&state, &method, matched, &path, peer.as_ref()).await {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),

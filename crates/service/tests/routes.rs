@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use reqwest::StatusCode;
+use serde_json::Value;
 use vws_pki::{Ca, Credentials, Kind, Request};
 use vws_service::acl::Class;
 use vws_service::api::{self, AppState, Auth};
@@ -396,5 +397,56 @@ fn every_routed_path_has_a_rule_and_the_rules_are_the_documented_ones() {
             || r.path.contains("/memory/")
     }) {
         assert_eq!(r.rule, Rule::HoldingNode, "{} {}", r.method, r.path);
+    }
+}
+
+#[test]
+fn path_parameters_are_documented_with_the_grammar_the_server_checks() {
+    let doc: Value = serde_json::from_str(vws_service::api::OPENAPI).unwrap();
+    let samples = [
+        ("id", "ws-0123456789ab"),
+        ("job", "job-0123456789ab"),
+        ("digest", &*format!("sha256:{}", "a".repeat(64))),
+        ("name", "node-1.lab_a"),
+        ("reference", "debian:12"),
+    ];
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method];
+        let params: Vec<&Value> = doc["paths"][r.path]["parameters"]
+            .as_array()
+            .into_iter()
+            .chain(op["parameters"].as_array())
+            .flatten()
+            .filter(|p| p["in"] == "path")
+            .collect();
+        if !r.path.contains('{') {
+            continue;
+        }
+        assert!(
+            op["responses"]["400"].is_object(),
+            "{} {} answers 400 for a malformed parameter",
+            r.method,
+            r.path
+        );
+        for p in params {
+            let name = p["name"].as_str().unwrap();
+            let (_, good) = samples.iter().find(|(n, _)| *n == name).unwrap();
+            assert_eq!(vws_service::routes::check_param(name, good), Ok(()));
+            for bad in ["..", "a/b", "", "x\0"] {
+                assert!(
+                    vws_service::routes::check_param(name, bad).is_err(),
+                    "{name} {bad:?}"
+                );
+            }
+            if name != "reference" {
+                let pattern = p["schema"]["pattern"].as_str().unwrap_or_default();
+                assert!(
+                    pattern.starts_with('^') && pattern.ends_with('$'),
+                    "{} {}: {{{name}}} has its pattern in the document",
+                    r.method,
+                    r.path
+                );
+            }
+        }
     }
 }
