@@ -81,12 +81,43 @@ where
     serde_path_to_error::deserialize(de).map_err(|e| serde_error(e.path().to_string(), e.inner()))
 }
 
+/// A TOML error the parser raised before any field was read (a number
+/// too large for its type, say) names the key on the line it points at,
+/// under the table above it, rather than the whole document.
+fn toml_key(text: &str, mut e: InvalidDescription) -> InvalidDescription {
+    let Some(first) = e.0.first_mut() else {
+        return e;
+    };
+    // Reparsed as a plain table for the parser's own location.
+    let span = text.parse::<toml::Table>().err().and_then(|er| er.span());
+    let (true, Some(span)) = (first.path == "(document)", span) else {
+        return e;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.rsplit('\n').next().unwrap_or("");
+    if let Some((key, _)) = line.split_once('=') {
+        let table = before
+            .lines()
+            .rev()
+            .skip(1)
+            .map(str::trim)
+            .find(|l| l.starts_with('[') && l.ends_with(']'))
+            .map(|t| t.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        let key = key.trim().trim_matches('"');
+        first.path = match table {
+            Some(t) => format!("{t}.{key}"),
+            None => key.to_string(),
+        };
+    }
+    e
+}
+
 /// Parses a description in the given form and validates it.
 pub fn parse(text: &str, form: Form) -> Result<Description, InvalidDescription> {
     let d = match form {
         Form::Xml => xml::from_xml(text)?,
         Form::Json => from_serde(&mut serde_json::Deserializer::from_str(text))?,
-        Form::Toml => from_serde(toml::Deserializer::new(text))?,
+        Form::Toml => from_serde(toml::Deserializer::new(text)).map_err(|e| toml_key(text, e))?,
     };
     validate(&d, form)?;
     Ok(d)

@@ -13,8 +13,14 @@ pub struct ByteSize(pub u64);
 
 /// A size string that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a size: expected a number with an optional unit (B, KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB, TB), e.g. \"256MiB\"")]
-pub struct SizeError(pub String);
+pub enum SizeError {
+    /// Not a number with a unit.
+    #[error("{0:?} is not a size: expected a number with an optional unit (B, KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB, TB), e.g. \"256MiB\"")]
+    Malformed(String),
+    /// A size, but more bytes than can be counted.
+    #[error("{0:?} is too large: sizes go up to 16 EiB (2^64 - 1 bytes)")]
+    TooLarge(String),
+}
 
 const UNITS: &[(&str, u64)] = &[
     ("", 1),
@@ -67,7 +73,8 @@ impl FromStr for ByteSize {
     type Err = SizeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || SizeError(s.to_string());
+        let bad = || SizeError::Malformed(s.to_string());
+        let huge = || SizeError::TooLarge(s.to_string());
         let trimmed = s.trim();
         let split = trimmed
             .find(|c: char| !c.is_ascii_digit())
@@ -76,14 +83,15 @@ impl FromStr for ByteSize {
         if number.is_empty() {
             return Err(bad());
         }
-        let number: u64 = number.parse().map_err(|_| bad())?;
+        // Digits only by now: a number that does not parse overflowed.
+        let number: u64 = number.parse().map_err(|_| huge())?;
         let unit = unit.trim();
         let factor = UNITS
             .iter()
             .find(|(name, _)| *name == unit)
             .map(|(_, f)| *f)
             .ok_or_else(bad)?;
-        number.checked_mul(factor).map(ByteSize).ok_or_else(bad)
+        number.checked_mul(factor).map(ByteSize).ok_or_else(huge)
     }
 }
 
@@ -162,6 +170,24 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn an_overflow_is_called_too_large_not_malformed() {
+        for huge in ["1000000000000GiB", "99999999999TiB", "99999999999999999999"] {
+            assert_eq!(
+                huge.parse::<ByteSize>(),
+                Err(SizeError::TooLarge(huge.into())),
+                "{huge}"
+            );
+        }
+        assert!(matches!(
+            "12 parsecs".parse::<ByteSize>(),
+            Err(SizeError::Malformed(_))
+        ));
+        assert!(SizeError::TooLarge("x".into())
+            .to_string()
+            .contains("too large"));
     }
 
     #[test]

@@ -554,3 +554,38 @@ fn encrypted_disks_in_every_form() {
     let (path, _) = xml_error(r#"access="rw"/>"#, r#"access="rw" encrypted="maybe"/>"#);
     assert_eq!(path, "/virtualWorkspace/hw:hardware/hw:disk/@encrypted");
 }
+
+#[test]
+fn numbers_too_large_for_their_field_name_the_field() {
+    for (text, form, path) in [
+        (
+            "category = \"vm\"\nlifeCycle = 18446744073709551615\n[software]\nimage = \"k:1\"\n",
+            Form::Toml,
+            "lifeCycle",
+        ),
+        (
+            "category = \"vm\"\n[hardware]\nram = 99999999999999999999\n",
+            Form::Toml,
+            "hardware.ram",
+        ),
+        (
+            r#"{"category":"vm","lifeCycle":18446744073709551615,"software":{"image":"k:1"}}"#,
+            Form::Json,
+            "lifeCycle",
+        ),
+        (
+            "category = \"vm\"\n[hardware]\nram = \"1000000000000GiB\"\n",
+            Form::Toml,
+            "hardware.ram",
+        ),
+    ] {
+        let e = parse(text, form).unwrap_err();
+        assert_eq!(e.0[0].path, path, "{text}: {e}");
+    }
+    let e = parse(
+        "category = \"vm\"\n[hardware]\nram = \"1000000000000GiB\"\n",
+        Form::Toml,
+    )
+    .unwrap_err();
+    assert!(e.0[0].message.contains("too large"), "{e}");
+}

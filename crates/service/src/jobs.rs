@@ -298,8 +298,40 @@ impl Service {
         Ok((
             self.live_node(r.node.as_deref().unwrap_or_default())
                 .await?,
-            path.to_string(),
+            normalized(path),
         ))
+    }
+}
+
+/// An absolute path with `.`, `..` and repeated slashes resolved as the
+/// guest would (never above `/`), so that the path a copy names is the one
+/// it reaches: `/tmp/../etc/x` is `/etc/x`.
+fn normalized(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_are_resolved_as_the_guest_would() {
+        for (given, want) in [
+            ("/tmp/../etc/x", "/etc/x"),
+            ("/../../etc//passwd", "/etc/passwd"),
+            ("/a/./b/", "/a/b"),
+            ("/", "/"),
+        ] {
+            assert_eq!(super::normalized(given), want, "{given}");
+        }
     }
 }
 
