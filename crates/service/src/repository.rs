@@ -193,9 +193,59 @@ impl Service {
                 }
             }
         }
+        if let Err(e) = self.collect_orphan_blobs().await {
+            tracing::warn!(error = %e, "reaper could not collect unused blobs");
+        }
         Ok(gone)
     }
+
+    /// Removes pool blobs no image names that are older than
+    /// [`ORPHAN_BLOB_GRACE`]: what an interrupted upload or snapshot left
+    /// (a blob uploaded for an import that has not come yet is younger).
+    /// Returns how many went.
+    pub async fn collect_orphan_blobs(&self) -> Result<usize, ServiceError> {
+        let used: std::collections::HashSet<String> = self
+            .store
+            .list_images()
+            .await?
+            .into_iter()
+            .flat_map(|i| i.files.into_iter().map(|f| f.digest))
+            .collect();
+        let now = self.clock.now();
+        let mut removed = 0;
+        for d in self.blobs.list().await? {
+            if used.contains(d.as_str()) {
+                continue;
+            }
+            let modified = match tokio::fs::metadata(self.blobs.path(&d)).await {
+                Ok(m) => m.modified().map(time::OffsetDateTime::from),
+                Err(_) => continue,
+            };
+            let Ok(modified) = modified else { continue };
+            if now - modified < ORPHAN_BLOB_GRACE {
+                continue;
+            }
+            // Named by an image meanwhile (an import of an hour-old upload
+            // racing this round)?
+            let named = self
+                .store
+                .list_images()
+                .await?
+                .iter()
+                .any(|i| i.files.iter().any(|f| f.digest == d.as_str()));
+            if named {
+                continue;
+            }
+            tracing::info!(digest = %d, "removing a blob no image names");
+            self.blobs.remove(&d).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
 }
+
+/// How old a blob no image names must be before the reaper removes it.
+pub const ORPHAN_BLOB_GRACE: time::Duration = time::Duration::hours(1);
 
 /// Runs the reaper every `every` until `shutdown` resolves.
 pub async fn run_reaper(

@@ -757,3 +757,31 @@ async fn nodes_are_lost_when_heartbeats_stop_and_nothing_is_placed_on_them() {
         Err(ServiceError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn blobs_no_image_names_are_collected_after_an_hour() {
+    let h = harness(Backend::Sqlite, OPEN).await;
+    let image = h.kernel_image("k", "1").await;
+    // What an interrupted snapshot or upload leaves: a blob no image names.
+    let stray = b"half of a hot image".to_vec();
+    let d = vws_store::Digest::of(&stray).to_string();
+    h.service.put_blob(&d, &stray[..]).await.unwrap();
+    assert_eq!(
+        h.service.collect_orphan_blobs().await.unwrap(),
+        0,
+        "too young"
+    );
+    assert_eq!(
+        h.service.has_blob(&d).await.unwrap(),
+        Some(stray.len() as u64)
+    );
+    h.clock.advance(time::Duration::minutes(61));
+    h.service.reap().await.unwrap();
+    assert_eq!(h.service.has_blob(&d).await.unwrap(), None, "collected");
+    for f in &image.files {
+        assert!(
+            h.service.has_blob(&f.digest).await.unwrap().is_some(),
+            "an image's blob stays"
+        );
+    }
+}
