@@ -320,6 +320,18 @@ fn normalized(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// A file copy the guest refused (no such file, no room, …) is the
+/// client's problem, as `as_client` says; a node that cannot be reached
+/// stays a bad gateway.
+fn in_guest(e: ServiceError, as_client: impl FnOnce(&str) -> ServiceError) -> ServiceError {
+    match &e {
+        ServiceError::Node { code, message, .. } if code != "node_unreachable" => {
+            as_client(message)
+        }
+        _ => e,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -332,17 +344,5 @@ mod tests {
         ] {
             assert_eq!(super::normalized(given), want, "{given}");
         }
-    }
-}
-
-/// A file copy the guest refused (no such file, no room, …) is the
-/// client's problem, as `as_client` says; a node that cannot be reached
-/// stays a bad gateway.
-fn in_guest(e: ServiceError, as_client: impl FnOnce(&str) -> ServiceError) -> ServiceError {
-    match &e {
-        ServiceError::Node { code, message, .. } if code != "node_unreachable" => {
-            as_client(message)
-        }
-        _ => e,
     }
 }
