@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 mod common;
-use common::{ok, refused, root, vws, Reap, VWS};
+use common::{ok, refused, root, vws, Reap, Steps, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
@@ -92,6 +92,7 @@ fn encrypted_disk(home: &Path) {
 
 #[test]
 fn jobs_in_a_real_workspace() {
+    let steps = Steps::new("boot a workspace");
     let image = root().join("target/vws-test-guest");
     assert!(Command::new(root().join("scripts/build-minimal-image"))
         .arg(&image)
@@ -112,6 +113,7 @@ fn jobs_in_a_real_workspace() {
     ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
 
+    steps.at("the workspace's own credential is in the guest");
     // The workspace's own credential (paper §3.2) is in the guest, the key
     // private to root; the service keeps it until destroy.
     let out = run(
@@ -137,6 +139,7 @@ fn jobs_in_a_real_workspace() {
         "the guest has its key"
     );
 
+    steps.at("Exit codes and signals come back exactly");
     // Exit codes and signals come back exactly.
     for code in [0, 1, 7] {
         assert_eq!(
@@ -154,6 +157,7 @@ fn jobs_in_a_real_workspace() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot run"));
 
+    steps.at("10 MB of stdout arrives intact and in order");
     // 10 MB of stdout arrives intact and in order.
     let hash = run(
         home,
@@ -174,6 +178,7 @@ fn jobs_in_a_real_workspace() {
     assert_eq!(big.stdout.len(), 10_000_000);
     assert_eq!(hex::encode(sha2::Sha256::digest(&big.stdout)), want);
 
+    steps.at("Interleaved stdout and stderr stay separate, each in order");
     // Interleaved stdout and stderr stay separate, each in order.
     let mixed = run(
         home,
@@ -199,6 +204,7 @@ fn jobs_in_a_real_workspace() {
         errs
     );
 
+    steps.at("Standard input is delivered");
     // Standard input is delivered.
     let mut child = Command::new(VWS)
         .args(["run", &id, "--", "sh", "-c", "tr a-z A-Z; echo done"])
@@ -216,6 +222,7 @@ fn jobs_in_a_real_workspace() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO STDIN\ndone\n");
 
+    steps.at("Cancel kills the process in the guest");
     // Cancel kills the process in the guest.
     let job = ok(
         home,
@@ -254,6 +261,7 @@ fn jobs_in_a_real_workspace() {
         "late readers get the output from the start"
     );
 
+    steps.at("Ctrl-C on `vws run` cancels the job in the guest and exits with its status");
     // Ctrl-C on `vws run` cancels the job in the guest and exits with its status.
     let child = Command::new(VWS)
         .args([
@@ -285,6 +293,7 @@ fn jobs_in_a_real_workspace() {
     let last = listed.as_array().unwrap().last().unwrap();
     assert_eq!(last["state"], "cancelled");
 
+    steps.at("A timeout fires");
     // A timeout fires.
     let t = Instant::now();
     let slow = vws(home, &["run", "--timeout", "1", &id, "--", "sleep", "30"]);
@@ -292,6 +301,7 @@ fn jobs_in_a_real_workspace() {
     assert!(String::from_utf8_lossy(&slow.stderr).contains("timed out"));
     assert!(t.elapsed() < Duration::from_secs(20));
 
+    steps.at("Eight jobs at once in one workspace, each with its own output");
     // Eight jobs at once in one workspace, each with its own output.
     let children: Vec<(usize, Child)> = (0..8)
         .map(|i| {
@@ -318,6 +328,7 @@ fn jobs_in_a_real_workspace() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("job{i}\n"));
     }
 
+    steps.at("A batch runs every job, never more than its concurrency at once");
     // A batch runs every job, never more than its concurrency at once.
     let server: Value =
         serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
@@ -386,6 +397,7 @@ fn jobs_in_a_real_workspace() {
         .unwrap();
     assert!(most <= 2, "at most 2 at once, saw {most}: {spans:?}");
 
+    steps.at("Files copied in and back out are byte-identical");
     // Files copied in and back out are byte-identical.
     let local = home.join("payload.bin");
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
@@ -409,6 +421,7 @@ fn jobs_in_a_real_workspace() {
     );
     assert_eq!(std::fs::read(&back).unwrap(), payload);
 
+    steps.at("An agent killed inside the guest comes back, and new jobs work");
     // An agent killed inside the guest comes back, and new jobs work.
     let _ = run(home, &id, &["sh", "-c", "killall vws-agent"]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -421,6 +434,7 @@ fn jobs_in_a_real_workspace() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    steps.at("The startup program ran at start as a job: its output and status are visible");
     // The startup program ran at start as a job: its output and status are visible.
     let listed: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
     let startup = &listed[0];
@@ -434,6 +448,7 @@ fn jobs_in_a_real_workspace() {
             .contains(&format!("hello from {id}"))
     );
 
+    steps.at("The served port answers an HTTP request from the host, where `vws show` says");
     // The served port answers an HTTP request from the host, where `vws show` says.
     let shown: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
     let at = shown["binding"]["forwards"][0]["host"]
@@ -454,6 +469,7 @@ fn jobs_in_a_real_workspace() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(body.trim(), format!("served by {id}"));
+    steps.at("the user NIC reaches out through NAT, not to the host's loopback");
     // (nc: the guest's static busybox wget crashes looking up names.)
     // Its user NIC reaches out through NAT: a server on the host's own
     // address answers; the host's loopback, behind 10.0.2.2, does not
@@ -475,6 +491,7 @@ fn jobs_in_a_real_workspace() {
     common::assert_nat_not_loopback(&out);
     let jobs: Value = serde_json::from_str(&ok(home, &["jobs", &id, "--json"])).unwrap();
     assert!(jobs.as_array().unwrap().len() >= 20);
+    steps.at("two workspaces restored from a hot image of it");
     // A hot image of this workspace: two workspaces restored from it carry
     // its memory and disk, yet each has its own hostname, MAC and files.
     ok(
@@ -492,6 +509,7 @@ fn jobs_in_a_real_workspace() {
     let old_cert = home.join("old-cert.pem");
     std::fs::copy(held.join("cert.pem"), &old_cert).unwrap();
     ok(home, &["snapshot", &id, "--as", "ready:1"]);
+    steps.at("the hot image's credential is revoked; each clone gets its own");
     // The hot image holds the workspace's memory, its key with it: that
     // credential is revoked, and the workspace gets a new one when it runs.
     assert!(!held.exists(), "the old credential is gone");
@@ -539,6 +557,7 @@ fn jobs_in_a_real_workspace() {
         seen.push((w, fields[1].clone()));
     }
     assert_ne!(seen[0].1, seen[1].1, "each clone has its own MAC");
+    steps.at("the clones share the hot image's RAM pages");
     // Their RAM is the hot image's file, mapped private by both QEMUs: the
     // pages neither has written are the same page-cache pages. (QEMU maps
     // the initrd from the cache too: the RAM is the largest mapping.)
@@ -596,6 +615,7 @@ fn jobs_in_a_real_workspace() {
         &["sh", "-c", "cat /tmp/a 2>/dev/null || echo absent"],
     );
     assert_eq!(String::from_utf8_lossy(&other.stdout), "absent\n");
+    steps.at("Each clone has a credential of its own (not the image's)");
     // Each clone has a credential of its own (not the image's).
     let clone_held = home.join("credentials").join(&seen[0].0);
     let clone_key = std::fs::read_to_string(clone_held.join("key.pem")).unwrap();
@@ -617,9 +637,11 @@ fn jobs_in_a_real_workspace() {
         "{logs:?}"
     );
     ok(home, &["destroy", &seen[0].0, &seen[1].0, &id]);
+    steps.at("Its jobs' logs go with it (they grew without bound before)");
     // Its jobs' logs go with it (they grew without bound before).
     let left: Vec<_> = logs.iter().filter(|l| l.exists()).collect();
     assert!(left.is_empty(), "job logs left after destroy: {left:?}");
+    steps.at("nothing of the workspace's key is left on the host");
     // The credential is gone from the host with the workspace, and no file
     // under VWS_HOME (logs included) holds its key.
     assert!(!clone_held.exists(), "credentials removed at destroy");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{root, Kill as Proc, Reap, VWS};
+use common::{root, Kill as Proc, Reap, Steps, VWS};
 
 struct Netns(String);
 
@@ -198,6 +198,7 @@ fn pings(ns: &str, home: &Path, from: &str, to: &str) -> bool {
 
 #[test]
 fn bridged_workspaces_reach_each_other_and_nothing_else() {
+    let steps = Steps::new("service and node in a network namespace");
     let guest = root().join("target/vws-test-guest");
     assert!(Command::new(root().join("scripts/build-minimal-image"))
         .arg(&guest)
@@ -217,6 +218,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         .args(["-n", &ns.0, "link", "set", "lo", "up"])
         .status()
         .unwrap();
+    steps.at("\"Outside\": another namespace joined to the node's by a veth pair");
     // "Outside": another namespace joined to the node's by a veth pair.
     let outside = Netns(format!("vwso{}", std::process::id()));
     for args in [
@@ -342,15 +344,18 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     assert_eq!(ok(ns, home, &["network", "show", "lab"])["used"], 3);
     assert_eq!(ns_links(ns, "vt").len(), 3, "one tap per interface");
 
+    steps.at("One owner's workspaces reach each other");
     // One owner's workspaces reach each other.
     assert!(pings(ns, home, &ids[0], &b), "A reaches B");
     assert!(pings(ns, home, &ids[1], &a), "B reaches A");
+    steps.at("Another owner's are on another segment");
     // Another owner's are on another segment.
     assert!(
         !pings(ns, home, &ids[0], &c),
         "A cannot reach Bob's workspace"
     );
 
+    steps.at("Spoofing: another address, or another MAC, reaches no one");
     // Spoofing: another address, or another MAC, reaches no one.
     let sh = |script: &str| {
         vws(ns, home, &["run", &ids[0], "--", "sh", "-c", script])
@@ -380,6 +385,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         "its own MAC works again"
     );
 
+    steps.at("DHCP: the node's dnsmasq hands out the address the pool gave");
     // DHCP: the node's dnsmasq hands out the address the pool gave; the
     // bridge then holds the gateway, so the host reaches a served port.
     let dhcp_desc = home.join("d.toml");
@@ -424,6 +430,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
             String::from_utf8_lossy(&out.stdout).trim() == "served"
         },
     );
+    steps.at("Published: from outside the node, through the node's forward");
     // Published: from outside the node, through the node's forward.
     let fwd = ok(ns, home, &["show", &d])["binding"]["forwards"][0]["host"]
         .as_str()
@@ -448,6 +455,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         "the forward goes with the workspace"
     );
 
+    steps.at("A hot image of A");
     // A hot image of A: workspaces restored from it take their own pool
     // addresses and MACs, not A's, and reach the segment.
     ok(ns, home, &["pause", &ids[0]]);
@@ -471,6 +479,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         hot.push((h, mine));
     }
     assert_ne!(hot[0].1, hot[1].1);
+    steps.at("One of them took the DHCP workspace's address");
     // One of them took the DHCP workspace's address, which A still maps
     // to that one's MAC, yet A reaches it at once: a restored guest is
     // announced (QEMU's self-announce after an incoming migration has the
@@ -489,6 +498,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     assert!(pings(ns, home, &ids[0], &b), "A is unharmed");
     ok(ns, home, &["destroy", &hot[0].0, &hot[1].0]);
 
+    steps.at("A dynamic account on the same network");
     // A dynamic account on the same network: a veth pair instead of a tap,
     // under the same rules. It serves its owner's VMs, not Bob's, and
     // cannot take another address: its network namespace is not its own.
@@ -541,6 +551,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
             && String::from_utf8_lossy(&out.stderr).contains("refused"),
         "the account reaches B (connection refused, not timed out) and cannot add an address: {out:?}"
     );
+    steps.at("A VM booted onto a recycled address announces it too");
     // A VM booted onto a recycled address announces it too: B still maps
     // the address to the destroyed clone's MAC, yet reaches the new VM.
     let e = started(ns, home, &desc);
@@ -552,6 +563,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
     );
     assert!(pings(ns, home, &ids[1], &e_addr), "B reaches {e} at once");
     ok(ns, home, &["destroy", &e]);
+    steps.at("Its served port is published on the node's outside address too");
     // Its served port is published on the node's outside address too.
     let fwd = ok(ns, home, &["show", &acct])["binding"]["forwards"][0]["host"]
         .as_str()
@@ -565,6 +577,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "account");
 
+    steps.at("kill -9 of the node");
     // kill -9 of the node: the VMs run on and are adopted with their taps; a
     // stopped one's tap goes; nothing is left after destroy.
     node.0.kill().unwrap();
@@ -599,6 +612,7 @@ fn bridged_workspaces_reach_each_other_and_nothing_else() {
         ns_links(ns, "vt").is_empty() && ns_links(ns, "vb").is_empty(),
         "no stray taps or bridges"
     );
+    steps.at("What stays is the node's own");
     // What stays is the node's own: the guard keeping its VMs off the
     // host's loopback, one table for as long as its QEMUs may run.
     let tables = nft_tables(ns);

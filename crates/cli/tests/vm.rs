@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{root, vws, Kill as Proc, Reap, VWS};
+use common::{root, vws, Kill as Proc, Reap, Steps, VWS};
 
 fn guest() -> PathBuf {
     let out = root().join("target/vws-test-guest");
@@ -141,6 +141,7 @@ fn start_node(home: &Path, name: &str, registered_after: time::OffsetDateTime) -
 
 #[test]
 fn a_real_workspace_through_its_lifecycle() {
+    let steps = Steps::new("service, node and image");
     let image = guest();
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
@@ -173,6 +174,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         .unwrap()
         .to_string();
 
+    steps.at("Illegal transitions are refused and name the state");
     // Illegal transitions are refused and name the state.
     assert!(refused(home, &["start", &id]).contains("in the repository"));
     let ws = ok(home, &["deploy", &id, "--host", "n1"]);
@@ -196,6 +198,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
     );
     assert!(refused(home, &["undeploy", &id]).contains("stop or pause it first"));
 
+    steps.at("kill -9 of the node: the VM keeps running, the restarted node adopts it");
     // kill -9 of the node: the VM keeps running, the restarted node adopts it.
     let pidfile = home.join("n1/vms").join(&id).join("qemu.pid");
     let qemu_pid = std::fs::read_to_string(&pidfile)
@@ -215,6 +218,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         "running",
         "re-adopted, not corrupted"
     );
+    steps.at("Still controllable: a counter started now freezes while paused and goes on after");
     // Still controllable: a counter started now freezes while paused and goes on after.
     let out = vws(
         home,
@@ -250,6 +254,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         counter() > frozen
     });
 
+    steps.at("Disk contents survive a round trip through the repository");
     // Disk contents survive a round trip through the repository.
     assert_eq!(ok(home, &["stop", &id])["state"], "shutdown");
     let ws = ok(home, &["undeploy", &id]);
@@ -263,6 +268,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
     );
     ok(home, &["deploy", &id, "--host", "n1"]);
     ok(home, &["start", &id]);
+    steps.at("The disk written by the first boot came back");
     // The disk written by the first boot came back.
     wait_until(
         "boots=2 from the startup job",
@@ -270,6 +276,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         || job_output(home, &id, "boots").contains("boots=2"),
     );
 
+    steps.at("Undeploy from paused keeps the memory");
     // Undeploy from paused keeps the memory: deployed again, on another
     // node, and unpaused, a process's computation goes on from where it was
     // (a fresh boot would have no /tmp/count at all).
@@ -329,6 +336,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         || count() > after,
     );
 
+    steps.at("Live migration n2 → n1 with a job running");
     // Live migration n2 → n1 with a job running: its output goes on without
     // a gap (lines before the move were logged on n2, lines after on n1),
     // and the disk written on n2 came along.
@@ -389,6 +397,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
     let out = vws(home, &["run", &id, "--", "cat", "/data/m"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "moved-disk");
 
+    steps.at("A migration to a node that cannot take it fails and changes nothing");
     // A migration to a node that cannot take it fails and changes nothing.
     node2.0.kill().unwrap();
     node2.0.wait().unwrap();
@@ -403,6 +412,7 @@ startup = "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /da
         seq().len() > still
     });
 
+    steps.at("QEMU killed by hand: the workspace is corrupted, with a reason");
     // QEMU killed by hand: the workspace is corrupted, with a reason.
     let qemu_pid = std::fs::read_to_string(&pidfile)
         .unwrap()

@@ -288,3 +288,46 @@ pub fn assert_nat_not_loopback(out: &Output) {
         "{out:?}"
     );
 }
+
+/// The named steps of a long end-to-end test. Each step says when it
+/// starts (on stderr, with the time since the test began), and a failure
+/// names the step it happened in, so a broken assertion deep in a shared
+/// guest's session reads as "failed in step: …" rather than only a line
+/// number.
+pub struct Steps {
+    started: std::time::Instant,
+    current: std::cell::RefCell<String>,
+}
+
+impl Steps {
+    /// The first step.
+    pub fn new(first: &str) -> Steps {
+        let s = Steps {
+            started: std::time::Instant::now(),
+            current: std::cell::RefCell::new(String::new()),
+        };
+        s.at(first);
+        s
+    }
+
+    /// Begins the next step.
+    pub fn at(&self, name: &str) {
+        eprintln!(
+            "step [{:6.1} s] {name}",
+            self.started.elapsed().as_secs_f64()
+        );
+        *self.current.borrow_mut() = name.to_string();
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the test failed in step: {} ({:.1} s in)",
+                self.current.borrow(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
