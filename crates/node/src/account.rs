@@ -317,11 +317,11 @@ impl AccountDriver {
             let plugged =
                 tokio::task::spawn_blocking(move || crate::net::plug_into(&nics, &dir, pid, route))
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
+                    .map_err(|e| DriverError::Sandbox(e.to_string()))
+                    .and_then(|r| r.map_err(DriverError::Network));
             if let Err(e) = plugged {
                 let _ = self.halt(&spec.id, Duration::ZERO).await;
-                return Err(DriverError::Sandbox(format!("network: {e}")));
+                return Err(e);
             }
         }
         self.serve_ports(&spec.id, pid, &spec.forwards).await?;

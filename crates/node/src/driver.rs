@@ -153,6 +153,9 @@ pub enum DriverError {
     /// The namespace helper of a dynamic account failed.
     #[error("dynamic account: {0}")]
     Sandbox(String),
+    /// The workspace's host network could not be set up.
+    #[error("network: {0}")]
+    Network(#[from] crate::net::NetError),
     /// This driver cannot do that.
     #[error("{0} is not supported by this driver")]
     Unsupported(&'static str),

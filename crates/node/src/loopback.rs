@@ -16,6 +16,8 @@ use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use crate::net::NetError;
+
 /// The cgroup and the table of one node.
 #[derive(Debug)]
 pub struct LoopbackGuard {
@@ -33,7 +35,7 @@ fn v2_root() -> Option<&'static Path> {
         .find(|r| r.join("cgroup.controllers").exists())
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), NetError> {
     let mut cmd = std::process::Command::new("nft");
     cmd.args(args);
     run_nft(cmd, args, stdin)
@@ -44,7 +46,7 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
 /// is elsewhere (/sys/fs/cgroup/unified beside v1) nft runs in a mount
 /// namespace of its own where it is bound there. The rule keeps the
 /// cgroup's id, not its path.
-fn nft_load(ruleset: &str, root: &Path) -> Result<(), String> {
+fn nft_load(ruleset: &str, root: &Path) -> Result<(), NetError> {
     if root == Path::new("/sys/fs/cgroup") {
         return nft(&["-f", "-"], Some(ruleset));
     }
@@ -65,31 +67,30 @@ fn run_nft(
     mut cmd: std::process::Command,
     args: &[&str],
     stdin: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), NetError> {
     use std::io::Write;
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
+        .map_err(NetError::io("nft"))?;
     if let Some(text) = stdin {
         child
             .stdin
             .take()
             .expect("piped")
             .write_all(text.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
+            .map_err(NetError::io("nft's ruleset"))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let out = child.wait_with_output().map_err(NetError::io("nft"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(NetError::Command {
+            command: format!("nft {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -121,16 +122,18 @@ impl LoopbackGuard {
     /// Makes (or takes over, after a restart) the cgroup `vws-qemu-TAG` and
     /// the table `inet vws_lo_TAG`. Fails, saying why, where the host has no
     /// cgroup v2 hierarchy or no nftables, or the node is not root.
-    pub fn install(tag: &str) -> Result<LoopbackGuard, String> {
-        let root = v2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
+    pub fn install(tag: &str) -> Result<LoopbackGuard, NetError> {
+        let root = v2_root().ok_or(NetError::Config("no cgroup v2 hierarchy is mounted"))?;
         let name = format!("vws-qemu-{tag}");
         let cgroup = root.join(&name);
-        std::fs::create_dir_all(&cgroup)
-            .map_err(|e| format!("making the cgroup {}: {e}", cgroup.display()))?;
+        std::fs::create_dir_all(&cgroup).map_err(NetError::io(format!(
+            "making the cgroup {}",
+            cgroup.display()
+        )))?;
         let table = format!("vws_lo_{tag}");
         nft_load(&ruleset(&table, &name), root)?;
         let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned())
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| NetError::Config("the cgroup's path holds a NUL byte"))?;
         Ok(LoopbackGuard {
             cgroup,
             table,

@@ -47,19 +47,65 @@ pub fn bridge_name(segment: &str) -> String {
     short(BRIDGE_PREFIX, segment)
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
+/// What setting up a workspace's host network can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A tool (`ip`, `nft`, `dnsmasq`, `nsenter`) refused.
+    #[error("{command}: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A file or a program could not be reached.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A step failed; `source` says how.
+    #[error("{what}: {source}")]
+    Step {
+        /// The step.
+        what: String,
+        /// Its failure.
+        source: Box<NetError>,
+    },
+    /// The network's configuration cannot do what was asked.
+    #[error("{0}")]
+    Config(&'static str),
+}
+
+impl NetError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
+        let what = what.into();
+        move |source| NetError::Io { what, source }
+    }
+
+    fn during(what: impl Into<String>) -> impl FnOnce(NetError) -> NetError {
+        let what = what.into();
+        move |e| NetError::Step {
+            what,
+            source: Box::new(e),
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| format!("{program}: {e}"))?;
+        .map_err(NetError::io(program))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(NetError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -88,7 +134,7 @@ fn rules(b: &Bridged) -> String {
 
 /// Makes the host side of a VM's bridged interfaces: bridge (if new), tap,
 /// anti-spoofing rules. Undone by [`unplug`].
-pub fn plug(nics: &[NicSpec], dir: &Path) -> Result<(), String> {
+pub fn plug(nics: &[NicSpec], dir: &Path) -> Result<(), NetError> {
     for b in nics.iter().filter_map(|n| n.bridged.as_ref()) {
         attach(b, dir, || {
             run("ip", &["tuntap", "add", "dev", &b.tap, "mode", "tap"]).map(drop)
@@ -104,7 +150,7 @@ pub fn plug(nics: &[NicSpec], dir: &Path) -> Result<(), String> {
 /// The workspace cannot change that end: its network namespace belongs to
 /// the host, not to the account's user namespace. Undone by [`unplug`]; the
 /// inner end goes with the namespace.
-pub fn plug_into(nics: &[NicSpec], dir: &Path, pid: i32, route: bool) -> Result<(), String> {
+pub fn plug_into(nics: &[NicSpec], dir: &Path, pid: i32, route: bool) -> Result<(), NetError> {
     let netns = format!("--net=/proc/{pid}/ns/net");
     let inside = |args: &[&str]| {
         let mut a = vec![netns.as_str(), "ip"];
@@ -136,7 +182,7 @@ pub fn plug_into(nics: &[NicSpec], dir: &Path, pid: i32, route: bool) -> Result<
             "nsenter",
             &[&netns, "busybox", "arping", "-U", "-c", "1", "-I", name, ip],
         )
-        .map_err(|e| format!("announcing {ip}: {e}"))?;
+        .map_err(NetError::during(format!("announcing {ip}")))?;
         if let Some(gw) = b.gateway.as_deref().filter(|_| route) {
             inside(&["route", "add", "default", "via", gw, "dev", name])?;
         }
@@ -149,8 +195,8 @@ pub fn plug_into(nics: &[NicSpec], dir: &Path, pid: i32, route: bool) -> Result<
 fn attach(
     b: &Bridged,
     dir: &Path,
-    make: impl FnOnce() -> Result<(), String>,
-) -> Result<(), String> {
+    make: impl FnOnce() -> Result<(), NetError>,
+) -> Result<(), NetError> {
     if !exists(&b.bridge) {
         run("ip", &["link", "add", &b.bridge, "type", "bridge"])?;
     }
@@ -166,12 +212,15 @@ fn attach(
     run("ip", &["link", "set", &b.tap, "master", &b.bridge])?;
     run("ip", &["link", "set", &b.tap, "up"])?;
     let path = std::env::temp_dir().join(format!("vws-{}.nft", b.tap));
-    std::fs::write(&path, rules(b)).map_err(|e| e.to_string())?;
+    std::fs::write(&path, rules(b)).map_err(NetError::io(path.display().to_string()))?;
     let loaded = run("nft", &["-f", &path.to_string_lossy()]);
     let _ = std::fs::remove_file(&path);
     if let Err(e) = loaded {
         unplug_one(&b.tap);
-        return Err(format!("anti-spoofing rules for {}: {e}", b.tap));
+        return Err(NetError::during(format!(
+            "anti-spoofing rules for {}",
+            b.tap
+        ))(e));
     }
     Ok(())
 }
@@ -222,11 +271,10 @@ fn signal_dnsmasq(bridge: &str, dir: &Path, sig: rustix::process::Signal) {
 
 /// Gives the bridge the gateway address, records the MAC's address, and
 /// makes sure the bridge's dnsmasq runs (and re-reads its hosts).
-fn serve_dhcp(b: &Bridged, dir: &Path) -> Result<(), String> {
-    let gw = b
-        .gateway
-        .as_deref()
-        .ok_or("a dhcp network needs a gateway (the bridge's address, where dnsmasq answers)")?;
+fn serve_dhcp(b: &Bridged, dir: &Path) -> Result<(), NetError> {
+    let gw = b.gateway.as_deref().ok_or(NetError::Config(
+        "a dhcp network needs a gateway (the bridge's address, where dnsmasq answers)",
+    ))?;
     let len = b.address.split('/').nth(1).unwrap_or("24");
     let have = run("ip", &["-o", "addr", "show", "dev", &b.bridge]).unwrap_or_default();
     if !have.contains(&format!(" {gw}/")) {
@@ -235,7 +283,7 @@ fn serve_dhcp(b: &Bridged, dir: &Path) -> Result<(), String> {
             &["addr", "add", &format!("{gw}/{len}"), "dev", &b.bridge],
         )?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(NetError::io(dir.display().to_string()))?;
     let hosts = dir.join(format!("{}.hosts", b.bridge));
     let ip = b.address.split('/').next().unwrap_or_default();
     let mut lines: Vec<String> = std::fs::read_to_string(&hosts)
@@ -245,12 +293,11 @@ fn serve_dhcp(b: &Bridged, dir: &Path) -> Result<(), String> {
         .map(str::to_string)
         .collect();
     lines.push(format!("{},{ip}", b.mac));
-    std::fs::write(&hosts, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
-    std::fs::write(
-        dir.join(format!("{}.net", b.bridge)),
-        format!("{gw}/{len}\n"),
-    )
-    .map_err(|e| e.to_string())?;
+    std::fs::write(&hosts, lines.join("\n") + "\n")
+        .map_err(NetError::io(hosts.display().to_string()))?;
+    let net = dir.join(format!("{}.net", b.bridge));
+    std::fs::write(&net, format!("{gw}/{len}\n"))
+        .map_err(NetError::io(net.display().to_string()))?;
     if pid_of(&b.bridge, dir).is_some() {
         signal_dnsmasq(&b.bridge, dir, rustix::process::Signal::HUP);
         return Ok(());
@@ -258,7 +305,7 @@ fn serve_dhcp(b: &Bridged, dir: &Path) -> Result<(), String> {
     start_dnsmasq(&b.bridge, gw, len, dir)
 }
 
-fn start_dnsmasq(bridge: &str, gw: &str, len: &str, dir: &Path) -> Result<(), String> {
+fn start_dnsmasq(bridge: &str, gw: &str, len: &str, dir: &Path) -> Result<(), NetError> {
     let bits: u32 = len.parse().unwrap_or(24);
     let mask = std::net::Ipv4Addr::from(u32::MAX << (32 - bits));
     let f = |ext: &str| {
@@ -376,7 +423,7 @@ pub fn sweep(keep: &[String], dir: &Path) -> Vec<String> {
 /// gateway address (the node must be on the segment to forward to it), and
 /// IPv4 forwarding is turned on — only nodes started with `--publish` do
 /// this. Removed with the tap (`vws_fwd_<tap>`).
-pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), String> {
+pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), NetError> {
     let Some(b) = spec.nics.iter().find_map(|n| n.bridged.as_ref()) else {
         return Ok(());
     };
@@ -388,9 +435,9 @@ pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), String> {
     {
         return Ok(());
     }
-    let gw = b.gateway.as_deref().ok_or(
+    let gw = b.gateway.as_deref().ok_or(NetError::Config(
         "publishing ports needs the network's gateway (the node's address on the segment)",
-    )?;
+    ))?;
     let len = b.address.split('/').nth(1).unwrap_or("24");
     let have = run("ip", &["-o", "addr", "show", "dev", &b.bridge]).unwrap_or_default();
     if !have.contains(&format!(" {gw}/")) {
@@ -399,7 +446,7 @@ pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), String> {
             &["addr", "add", &format!("{gw}/{len}"), "dev", &b.bridge],
         )?;
     }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| format!("ip_forward: {e}"))?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::io("ip_forward"))?;
     let guest = b.address.split('/').next().unwrap_or_default();
     let mut pre = String::new();
     let mut post = String::new();
@@ -422,7 +469,7 @@ pub fn publish(spec: &crate::driver::VmSpec) -> Result<(), String> {
          \tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{post}\t}}\n}}\n"
     );
     let path = std::env::temp_dir().join(format!("vws-fwd-{tap}.nft"));
-    std::fs::write(&path, table).map_err(|e| e.to_string())?;
+    std::fs::write(&path, table).map_err(NetError::io(path.display().to_string()))?;
     let loaded = run("nft", &["-f", &path.to_string_lossy()]);
     let _ = std::fs::remove_file(&path);
     loaded.map(drop)

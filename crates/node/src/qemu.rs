@@ -660,7 +660,7 @@ impl QemuDriver {
             .and_then(|()| crate::net::publish(spec))
             .map_err(|e| {
                 crate::net::unplug(&spec.nics, &self.net_dir());
-                qemu_err(format!("network: {e}"))
+                DriverError::Network(e)
             })?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(self.command_line(spec))
