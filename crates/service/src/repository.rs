@@ -196,6 +196,14 @@ impl Service {
         if let Err(e) = self.collect_orphan_blobs().await {
             tracing::warn!(error = %e, "reaper could not collect unused blobs");
         }
+        match self.store.prune_history(now - HISTORY_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                "removed the history of long-destroyed workspaces"
+            ),
+            Err(e) => tracing::warn!(error = %e, "reaper could not prune history"),
+        }
         Ok(gone)
     }
 
@@ -243,6 +251,10 @@ impl Service {
         Ok(removed)
     }
 }
+
+/// How long the history of a destroyed workspace is kept (then the reaper
+/// removes it). Live workspaces keep all of theirs.
+pub const HISTORY_RETENTION: time::Duration = time::Duration::days(30);
 
 /// How old a blob no image names must be before the reaper removes it.
 pub const ORPHAN_BLOB_GRACE: time::Duration = time::Duration::hours(1);

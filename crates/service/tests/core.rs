@@ -785,3 +785,58 @@ async fn blobs_no_image_names_are_collected_after_an_hour() {
         );
     }
 }
+
+#[tokio::test]
+async fn jobs_go_with_their_workspace_and_history_after_thirty_days() {
+    let h = harness(Backend::Sqlite, "[defaults]\nmax_lifetime = 31536000\n").await;
+    h.kernel_image("k", "1").await;
+    let d = || description("k:1", "");
+    let gone = h
+        .service
+        .create(&alice(), d(), Form::Toml, None)
+        .await
+        .unwrap()
+        .record
+        .id;
+    // A year's lifetime: the reaper leaves it alone through the test.
+    let long = "category = \"vm\"\nlifeCycle = 31536000\n[software]\nimage = \"k:1\"\n";
+    let long = vws_model::parse(long, Form::Toml).unwrap();
+    let kept = h
+        .service
+        .create(&alice(), long, Form::Toml, None)
+        .await
+        .unwrap()
+        .record
+        .id;
+    let job = vws_store::JobRecord {
+        id: "job-0123456789ab".into(),
+        workspace_id: gone.clone(),
+        owner: alice().dn,
+        node: "n1".into(),
+        argv: vec!["true".into()],
+        state: vws_model::records::JobState::Exited,
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        message: None,
+        cancelled: false,
+        output_bytes: 0,
+        created_at: time::OffsetDateTime::now_utc(),
+        ended_at: None,
+    };
+    h.service.store().insert_job(&job).await.unwrap();
+    h.service.destroy(&alice(), &gone).await.unwrap();
+    assert!(
+        h.service.store().job(&job.id).await.unwrap().is_none(),
+        "the job went with it"
+    );
+    // Its history is kept for thirty days after the destroy, then pruned;
+    // a live workspace keeps all of its own.
+    h.clock.advance(time::Duration::days(29));
+    h.service.reap().await.unwrap();
+    assert_eq!(h.service.store().history(&gone).await.unwrap().len(), 2);
+    h.clock.advance(time::Duration::days(2));
+    h.service.reap().await.unwrap();
+    assert!(h.service.store().history(&gone).await.unwrap().is_empty());
+    assert_eq!(h.service.store().history(&kept).await.unwrap().len(), 1);
+}

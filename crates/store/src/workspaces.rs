@@ -324,6 +324,11 @@ impl Store {
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;
+        // Its jobs go with it, as their logs on the node do.
+        sqlx::query("DELETE FROM jobs WHERE workspace_id = $1")
+            .bind(&r.id)
+            .execute(&mut *tx)
+            .await?;
         let seq = next_seq(&mut tx, &r.id).await?;
         insert_transition(
             &mut tx,
@@ -339,6 +344,23 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Removes the history of workspaces destroyed before `before` (their
+    /// last entry is older): what the retention rule keeps is the history
+    /// of live workspaces and of those destroyed since. Returns how many
+    /// entries went.
+    pub async fn prune_history(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM transitions WHERE workspace_id IN ( \
+               SELECT t.workspace_id FROM transitions t \
+               WHERE NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = t.workspace_id) \
+               GROUP BY t.workspace_id HAVING MAX(t.at) < $1)",
+        )
+        .bind(millis(before))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Records that `verb` is being asked of the workspace's node by the

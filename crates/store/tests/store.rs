@@ -269,6 +269,18 @@ async fn updates_are_versioned_and_history_is_kept(store: Store) {
     );
     assert_eq!(h[1].detail.as_deref(), Some("node-1"));
     assert_eq!(h[2].from_state.as_deref(), Some("shutdown"));
+    // Retention: the history of a workspace destroyed before the cut goes;
+    // one destroyed after it stays.
+    let destroyed = t + Duration::seconds(2);
+    assert_eq!(store.prune_history(destroyed).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .prune_history(destroyed + Duration::seconds(1))
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(store.history("ws-h").await.unwrap().is_empty());
 }
 
 async fn expiry_is_found_by_time(store: Store) {
