@@ -99,6 +99,30 @@ fn kill_9_during_a_start_or_a_stop_leaves_the_workspace_drivable() {
     assert_eq!(settled(home, &id, &["shutdown"]), "shutdown");
     ok(home, &["start", &id]);
     echoes(home, &id);
-    ok(home, &["destroy", &id]);
+
+    // Killed during a destroy: it is finished after the restart (or, if
+    // the kill came first, the workspace is as it was and can be destroyed).
+    killed_during(home, up, "destroy", &id, Duration::from_millis(100));
+    let up = vws_up(home, &[]);
+    // The restarted node registers at once; ten seconds is ample.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = vws(home, &["show", &id, "--json"]);
+        if !shown.status.success() {
+            assert!(
+                String::from_utf8_lossy(&shown.stderr).contains("not found"),
+                "{}",
+                String::from_utf8_lossy(&shown.stderr)
+            );
+            break;
+        }
+        let s = state(home, &id);
+        assert_ne!(s, "corrupted", "{}", ok(home, &["history", &id]));
+        if Instant::now() > deadline {
+            ok(home, &["destroy", &id]);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(up);
 }

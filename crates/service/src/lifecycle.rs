@@ -22,7 +22,9 @@ impl Service {
         verb: Verb,
         call: impl std::future::Future<Output = Result<T, ServiceError>>,
     ) -> Result<T, ServiceError> {
-        self.store.set_pending(id, verb, &self.instance).await?;
+        self.store
+            .set_pending(id, verb.action().into(), &self.instance)
+            .await?;
         let out = call.await;
         if out.is_err() {
             self.store.clear_pending(id).await?;

@@ -123,10 +123,30 @@ impl Service {
         node: &str,
         report: &NodeReport,
     ) -> Result<(), ServiceError> {
+        use vws_model::records::HistoryAction as H;
         use vws_model::Verb;
-        for (id, verb) in self.store.orphaned_intents(node, &self.instance).await? {
+        for (id, intent) in self.store.orphaned_intents(node, &self.instance).await? {
             let Some(mut r) = self.store.workspace(&id).await? else {
                 continue;
+            };
+            if intent == H::Destroy {
+                // Asked for and half done: finish it.
+                tracing::info!(%id, "finishing a destroy that was interrupted");
+                match self.finish_destroy(&r).await {
+                    Ok(()) | Err(ServiceError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let verb = match intent {
+                H::Start => Verb::Start,
+                H::Stop => Verb::Stop,
+                H::Pause => Verb::Pause,
+                H::Unpause => Verb::Unpause,
+                _ => {
+                    self.store.clear_pending(&id).await?;
+                    continue;
+                }
             };
             let there = report.workspaces.get(&id).map(String::as_str);
             if verb == Verb::Stop && there == Some("running") {
@@ -172,8 +192,7 @@ impl Service {
         match self.store.workspace(&ev.id).await? {
             Some(mut r) if r.node.as_deref() == Some(name) => {
                 let stopping = self.store.pending(&ev.id).await?;
-                let orphaned_stop =
-                    matches!(&stopping, Some((vws_model::Verb::Stop, by)) if *by != self.instance);
+                let orphaned_stop = matches!(&stopping, Some((vws_model::records::HistoryAction::Stop, by)) if *by != self.instance);
                 if orphaned_stop && r.state == State::Running {
                     r.binding.forwards.clear();
                     let detail =

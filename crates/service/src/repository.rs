@@ -142,10 +142,41 @@ impl Service {
         actor: &str,
     ) -> Result<(), ServiceError> {
         transition(r.state, r.placement, Action::Destroy)?;
-        // Off its node first: a running VM must not outlive its record.
-        self.unstage_for_destroy(r).await?;
-        let now = self.clock.now();
+        // An intent first: a service killed while the node removes it
+        // finishes the destroy at its next start (`reconcile`), rather than
+        // finding the workspace gone from its node and calling it corrupted.
         self.store
+            .set_pending(
+                &r.id,
+                vws_model::records::HistoryAction::Destroy,
+                &self.instance,
+            )
+            .await?;
+        self.finish_destroy_as(r, actor).await
+    }
+
+    /// The rest of a destroy whose intent is recorded (by this process, or
+    /// by one that was killed).
+    pub(crate) async fn finish_destroy(
+        &self,
+        r: &vws_store::WorkspaceRecord,
+    ) -> Result<(), ServiceError> {
+        self.finish_destroy_as(r, "reconciler").await
+    }
+
+    async fn finish_destroy_as(
+        &self,
+        r: &vws_store::WorkspaceRecord,
+        actor: &str,
+    ) -> Result<(), ServiceError> {
+        // Off its node first: a running VM must not outlive its record.
+        if let Err(e) = self.unstage_for_destroy(r).await {
+            self.store.clear_pending(&r.id).await?;
+            return Err(e);
+        }
+        let now = self.clock.now();
+        let deleted = self
+            .store
             .delete_workspace(
                 r,
                 now,
@@ -155,7 +186,12 @@ impl Service {
                     detail: None,
                 },
             )
-            .await?;
+            .await;
+        if let Err(e) = deleted {
+            // Changed meanwhile: the caller decides again, no intent left.
+            self.store.clear_pending(&r.id).await?;
+            return Err(e.into());
+        }
         let _ = tokio::fs::remove_file(self.memory_path(&r.id)).await;
         // Its credential ends with it.
         let _ = tokio::fs::remove_dir_all(self.credentials_dir(&r.id)).await;

@@ -224,3 +224,40 @@ async fn a_stop_still_under_way_ends_as_a_stop_when_the_node_says_the_guest_went
     next.node_event("a", ev).await.unwrap();
     assert_eq!(record(&next, &id).await.state, State::Corrupted);
 }
+
+#[tokio::test]
+async fn a_destroy_interrupted_while_the_node_removes_it_is_finished() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    let id = deployed(&h, &fake, State::Running).await;
+    fake.fail("hang remove");
+    let s = h.service.clone();
+    let id2 = id.clone();
+    let call = tokio::spawn(async move { s.destroy(&alice(), &id2).await });
+    while !fake.calls().iter().any(|c| c.starts_with("remove")) {
+        tokio::task::yield_now().await;
+    }
+    call.abort();
+    let _ = call.await;
+    fake.heal();
+    assert!(
+        record_of(&h.service, &id).await.is_some(),
+        "killed before the record went"
+    );
+    // The node has removed it; the next service finishes the destroy
+    // instead of finding it gone and calling it corrupted.
+    let next = h.reopened(fake.clone()).await;
+    register(&next, &[]).await;
+    assert!(record_of(&next, &id).await.is_none());
+    let trail = next.store().history(&id).await.unwrap();
+    let last = trail.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.actor.as_str()),
+        ("destroy", "reconciler")
+    );
+    assert!(!trail.iter().any(|t| t.action.as_str() == "corrupt"));
+}
+
+async fn record_of(s: &Service, id: &str) -> Option<vws_store::WorkspaceRecord> {
+    s.store().workspace(id).await.unwrap()
+}

@@ -363,16 +363,17 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Records that `verb` is being asked of the workspace's node by the
-    /// service process `by` (the change recording its result clears it).
+    /// Records that `action` (a lifecycle verb, or a destroy) is being
+    /// carried out by the service process `by` (the change recording its
+    /// result clears it).
     pub async fn set_pending(
         &self,
         id: &str,
-        verb: vws_model::Verb,
+        action: vws_model::records::HistoryAction,
         by: &str,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE workspaces SET pending = $1, pending_by = $2 WHERE id = $3")
-            .bind(verb.as_str())
+            .bind(action.as_str())
             .bind(by)
             .bind(id)
             .execute(&self.pool)
@@ -391,7 +392,10 @@ impl Store {
 
     /// The action in flight on a workspace, and the service process that
     /// asked for it.
-    pub async fn pending(&self, id: &str) -> Result<Option<(vws_model::Verb, String)>, StoreError> {
+    pub async fn pending(
+        &self,
+        id: &str,
+    ) -> Result<Option<(vws_model::records::HistoryAction, String)>, StoreError> {
         let row = sqlx::query("SELECT pending, pending_by FROM workspaces WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -400,8 +404,8 @@ impl Store {
         let pending: Option<String> = row.try_get("pending")?;
         let by: Option<String> = row.try_get("pending_by")?;
         Ok(pending.and_then(|p| {
-            let verb = vws_model::Verb::ALL.into_iter().find(|v| v.as_str() == p)?;
-            Some((verb, by.unwrap_or_default()))
+            let action = vws_model::records::HistoryAction::parse(&p)?;
+            Some((action, by.unwrap_or_default()))
         }))
     }
 
@@ -411,7 +415,7 @@ impl Store {
         &self,
         node: &str,
         by: &str,
-    ) -> Result<Vec<(String, vws_model::Verb)>, StoreError> {
+    ) -> Result<Vec<(String, vws_model::records::HistoryAction)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, pending FROM workspaces WHERE node = $1 AND pending IS NOT NULL \
              AND (pending_by IS NULL OR pending_by <> $2) ORDER BY id",
@@ -424,11 +428,9 @@ impl Store {
         for row in rows {
             let id: String = row.try_get("id")?;
             let pending: String = row.try_get("pending")?;
-            let verb = vws_model::Verb::ALL
-                .into_iter()
-                .find(|v| v.as_str() == pending)
-                .ok_or_else(|| StoreError::corrupt(&id, format!("{pending:?} is not a verb")))?;
-            out.push((id, verb));
+            let action = vws_model::records::HistoryAction::parse(&pending)
+                .ok_or_else(|| StoreError::corrupt(&id, format!("{pending:?} is not an action")))?;
+            out.push((id, action));
         }
         Ok(out)
     }
