@@ -1,4 +1,5 @@
-//! `kill -9` of `vws up` while a real VM starts or stops: after the
+//! `kill -9` of `vws up` while a real VM starts, stops, undeploys or is
+//! destroyed: after the
 //! restart the record says what the node has (never `corrupted` for an
 //! action that was asked for), and the workspace can be driven on.
 
@@ -56,7 +57,7 @@ fn echoes(home: &std::path::Path, id: &str) {
 }
 
 #[test]
-fn kill_9_during_a_start_or_a_stop_leaves_the_workspace_drivable() {
+fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
@@ -97,6 +98,22 @@ fn kill_9_during_a_start_or_a_stop_leaves_the_workspace_drivable() {
         }
     }
     assert_eq!(settled(home, &id, &["shutdown"]), "shutdown");
+    ok(home, &["start", &id]);
+    echoes(home, &id);
+
+    // Killed during an undeploy (the disk going back to the repository):
+    // after the restart it is in the repository, or still on its node and
+    // can be undeployed again; then it deploys and runs.
+    ok(home, &["stop", &id]);
+    killed_during(home, up, "undeploy", &id, Duration::from_millis(300));
+    let up = vws_up(home, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let v: Value = serde_json::from_str(&ok(home, &["show", &id, "--json"])).unwrap();
+    assert_ne!(v["state"], "corrupted", "{}", ok(home, &["history", &id]));
+    if v["placement"] == "host" {
+        ok(home, &["undeploy", &id]);
+    }
+    ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
     echoes(home, &id);
 

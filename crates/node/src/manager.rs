@@ -66,6 +66,10 @@ pub struct Manager {
     /// Where served ports of bridged interfaces are published (nftables
     /// forwards), if anywhere.
     pub publish: Option<String>,
+    /// The service this node reports to, where check-ins and snapshots go
+    /// (the URL a deploy named is used when none is set). A service that
+    /// restarted at another address is reached where it is now.
+    pub service: Option<String>,
     migrations: Mutex<HashMap<String, Arc<crate::qemu::MigrationMeter>>>,
     /// The dynamic-account driver, where this host can run accounts.
     accounts: Option<Arc<AccountDriver>>,
@@ -112,6 +116,7 @@ impl Manager {
             stop_grace: Duration::from_secs(5),
             migration_host: "127.0.0.1".into(),
             publish: None,
+            service: None,
             migrations: Mutex::new(HashMap::new()),
             accounts: None,
             events,
@@ -165,6 +170,16 @@ impl Manager {
             tracing::info!(?swept, "removed taps no running workspace uses");
         }
         adopted
+    }
+
+    /// Where a deployed workspace's files go back to.
+    fn repository_for(&self, dir: &std::path::Path) -> Result<String, NodeError> {
+        if let Some(s) = &self.service {
+            return Ok(s.clone());
+        }
+        std::fs::read_to_string(dir.join("repository"))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| NodeError::CheckIn(e.to_string()))
     }
 
     fn vm_dir(&self, id: &str) -> PathBuf {
@@ -606,8 +621,7 @@ impl Manager {
             return Err(DriverError::Unsupported("snapshot of a dynamic account").into());
         }
         let dir = self.vm_dir(id);
-        let repository = std::fs::read_to_string(dir.join("repository"))
-            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+        let repository = self.repository_for(&dir)?;
         let memory = dir.join("snapshot-memory.state");
         let disk = dir.join("snapshot-disk.qcow2");
         let result = async {
@@ -897,8 +911,7 @@ impl Manager {
                 }))
             }
         }
-        let repository = std::fs::read_to_string(dir.join("repository"))
-            .map_err(|e| NodeError::CheckIn(e.to_string()))?;
+        let repository = self.repository_for(&dir)?;
         for (file, what) in [("disk.qcow2", "disk"), ("memory.state", "memory")] {
             if dir.join(file).exists() {
                 self.check_in(&repository, id, what, &dir.join(file))

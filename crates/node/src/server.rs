@@ -111,6 +111,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     let mut manager = Manager::new(name, home, http.clone(), Some(tls_dir), tx, jobs_tx)?;
     manager.stop_grace = stop_grace;
     manager.publish = publish.map(|a| a.to_string());
+    manager.service = Some(service.clone());
     // Dynamic accounts where the host allows (root, cgroups); VMs either way.
     let program = std::env::current_exe().context("finding the vws executable")?;
     match manager.enable_accounts(accounts, program) {

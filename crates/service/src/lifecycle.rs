@@ -578,9 +578,18 @@ impl Service {
             let _ = tokio::fs::remove_file(self.memory_path(id)).await;
         }
         let node = self.node_of(&r).await?;
-        self.nodes
-            .transition(&node, id, Verb::Undeploy, None)
-            .await?;
+        let asked = self.nodes.transition(&node, id, Verb::Undeploy, None);
+        self.intent(id, Verb::Undeploy, asked).await?;
+        self.finish_undeploy(id, &who.dn).await
+    }
+
+    /// Records a check-in the node completed (its disk, and memory when
+    /// paused, are back in the repository, and it let the workspace go).
+    pub(crate) async fn finish_undeploy(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<Workspace, ServiceError> {
         // Every file and process of the account went with the check-in.
         self.store.release_account(id).await?;
         // Re-read: the disk's return updated nothing in the record, but be exact.
@@ -591,7 +600,7 @@ impl Service {
         self.commit(
             r,
             Action::Undeploy,
-            &who.dn,
+            actor,
             from.map(|n| format!("from {n}")),
         )
         .await

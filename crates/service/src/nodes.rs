@@ -138,6 +138,21 @@ impl Service {
                 }
                 continue;
             }
+            if intent == H::Undeploy {
+                // The node lets a workspace go only once its disk (and
+                // memory) are checked in: gone from its report, the check-in
+                // happened; still there, it did not.
+                if report.workspaces.contains_key(&id) {
+                    self.store.clear_pending(&id).await?;
+                } else {
+                    tracing::info!(%id, "an interrupted undeploy happened; recorded");
+                    match self.finish_undeploy(&id, "reconciler").await {
+                        Ok(_) | Err(ServiceError::Conflict(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            }
             let verb = match intent {
                 H::Start => Verb::Start,
                 H::Stop => Verb::Stop,

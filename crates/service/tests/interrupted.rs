@@ -261,3 +261,37 @@ async fn a_destroy_interrupted_while_the_node_removes_it_is_finished() {
 async fn record_of(s: &Service, id: &str) -> Option<vws_store::WorkspaceRecord> {
     s.store().workspace(id).await.unwrap()
 }
+
+#[tokio::test]
+async fn an_undeploy_is_recorded_once_the_node_let_the_workspace_go() {
+    for node_kept_it in [false, true] {
+        let fake = Arc::new(FakeNode::default());
+        let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+        let id = deployed(&h, &fake, State::Shutdown).await;
+        killed_during(&h, &fake, &id, Verb::Undeploy).await;
+        let next = h.reopened(fake.clone()).await;
+        let report: &[(&str, &str)] = if node_kept_it {
+            &[(&id, "shutdown")]
+        } else {
+            &[]
+        };
+        register(&next, report).await;
+        let r = record(&next, &id).await;
+        if node_kept_it {
+            // Not checked in: still on its node, and undeploy works again.
+            assert_eq!(
+                (r.placement, r.node.as_deref()),
+                (Placement::Host, Some("a"))
+            );
+            let ws = verb(&next, &id, Verb::Undeploy).await.unwrap();
+            assert_eq!(ws.record.placement, Placement::Repository);
+        } else {
+            assert_eq!(
+                (r.state, r.placement, r.node, r.lock_holder),
+                (State::Shutdown, Placement::Repository, None, None)
+            );
+            // Drivable: deployed again.
+            next.deploy(&alice(), &id, None).await.unwrap();
+        }
+    }
+}
