@@ -1,7 +1,7 @@
 //! `kill -9` of `vws up` while a real VM starts, stops, undeploys or is
-//! destroyed: after the
-//! restart the record says what the node has (never `corrupted` for an
-//! action that was asked for), and the workspace can be driven on.
+//! destroyed: after the restart the record says what the node has (never
+//! `corrupted` for an action that was asked for), and the workspace can be
+//! driven on.
 
 mod common;
 
