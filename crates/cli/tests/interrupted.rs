@@ -143,3 +143,45 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     }
     drop(up);
 }
+
+#[test]
+fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let mut up = vws_up(home, &[]);
+    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
+    let desc = home.join("account.toml");
+    std::fs::write(
+        &desc,
+        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
+    )
+    .unwrap();
+    let id = ok(home, &["create", desc.to_str().unwrap()])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    ok(home, &["deploy", &id]);
+    // An account starts in tens of milliseconds: killed at 30 ms it may
+    // or may not have begun.
+    for after in [Duration::from_millis(30), Duration::from_millis(300)] {
+        killed_during(home, up, "start", &id, after);
+        up = vws_up(home, &[]);
+        if settled(home, &id, &["running", "shutdown"]) == "shutdown" {
+            ok(home, &["start", &id]);
+        }
+        echoes(home, &id);
+        ok(home, &["stop", &id]);
+    }
+    ok(home, &["start", &id]);
+    killed_during(home, up, "stop", &id, Duration::from_millis(100));
+    let up = vws_up(home, &[]);
+    if settled(home, &id, &["running", "shutdown"]) == "running" {
+        ok(home, &["stop", &id]);
+    }
+    ok(home, &["start", &id]);
+    echoes(home, &id);
+    ok(home, &["destroy", &id]);
+    drop(up);
+}
