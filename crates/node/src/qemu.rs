@@ -767,6 +767,15 @@ impl QemuDriver {
                 state: self.status(id).await,
             });
         }
+        // After an earlier save QEMU is in `postmigrate`, from which it
+        // refuses to migrate again ("paused due to previous migration"):
+        // back to an ordinary pause first (the guest runs for the moment
+        // between the two commands).
+        let status = vm.qmp.execute(QueryStatus {}).await.map_err(qemu_err)?;
+        if status["status"].as_str() == Some("postmigrate") {
+            vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
+            vm.qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
+        }
         let uri = format!("exec:cat > '{}'", to.display());
         vm.qmp
             .execute(qapi::qmp::migrate {

@@ -87,6 +87,17 @@ async fn lifecycle_of_a_real_guest() {
     assert!(frozen > 0, "the startup program ran");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(ticks(&console), frozen, "no tick while paused");
+    // Saving its memory twice in a row (a retried snapshot) works, and it
+    // stays paused.
+    for n in 0..2 {
+        let to = dir.path().join(format!("memory-{n}.state"));
+        driver.snapshot_memory("ws-drv", &to).await.unwrap();
+        assert!(std::fs::metadata(&to).unwrap().len() > 0, "snapshot {n}");
+        assert_eq!(driver.status("ws-drv").await, VmState::Paused);
+    }
+    // (The second save resumes the guest for the moment between QEMU's
+    // `cont` and `stop`: a tick may land there, no more.)
+    assert!(ticks(&console) <= frozen + 1, "the guest stayed paused");
     driver.unpause("ws-drv").await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(ticks(&console) > frozen, "ticks resume after unpause");
