@@ -182,6 +182,20 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
     }
     ok(home, &["start", &id]);
     echoes(home, &id);
+    // A copy the account's own permissions refuse says so (403), not
+    // "bad request" or "not found".
+    let file = home.join("x.txt");
+    std::fs::write(&file, "x").unwrap();
+    let refused = vws(
+        home,
+        &["cp", file.to_str().unwrap(), &format!("{id}:/etc/x")],
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("permissions refuse") && said.contains("[forbidden]"),
+        "{said}"
+    );
     ok(home, &["destroy", &id]);
     drop(up);
 }

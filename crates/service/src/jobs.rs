@@ -321,12 +321,17 @@ fn normalized(path: &str) -> String {
 }
 
 /// A file copy the guest refused (no such file, no room, …) is the
-/// client's problem, as `as_client` says; a node that cannot be reached
-/// stays a bad gateway.
+/// client's problem, as `as_client` says; one the workspace's own
+/// permissions refused is 403; a node that cannot be reached stays a bad
+/// gateway.
 fn in_guest(e: ServiceError, as_client: impl FnOnce(&str) -> ServiceError) -> ServiceError {
     match &e {
         ServiceError::Node { code, message, .. } if code != "node_unreachable" => {
-            as_client(message)
+            if message.to_ascii_lowercase().contains("permission denied") {
+                ServiceError::Forbidden(format!("the workspace's permissions refuse it: {message}"))
+            } else {
+                as_client(message)
+            }
         }
         _ => e,
     }
@@ -334,6 +339,34 @@ fn in_guest(e: ServiceError, as_client: impl FnOnce(&str) -> ServiceError) -> Se
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn node(code: &str, message: &str) -> ServiceError {
+        ServiceError::Node {
+            node: "n1".into(),
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_guests_refusal_is_the_clients_and_its_permissions_are_403() {
+        let not_found = |m: &str| ServiceError::NotFound(m.into());
+        let e = in_guest(
+            node("node_error", "cat: /x: No such file or directory"),
+            not_found,
+        );
+        assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
+        let e = in_guest(
+            node("node_error", "sh: can't create /etc/x: Permission denied"),
+            not_found,
+        );
+        assert_eq!(e.status_and_code().0.as_u16(), 403, "{e:?}");
+        let e = in_guest(node("node_unreachable", "cannot reach node n1"), not_found);
+        assert_eq!(e.status_and_code().0.as_u16(), 502, "{e:?}");
+    }
+
     #[test]
     fn paths_are_resolved_as_the_guest_would() {
         for (given, want) in [
@@ -342,7 +375,7 @@ mod tests {
             ("/a/./b/", "/a/b"),
             ("/", "/"),
         ] {
-            assert_eq!(super::normalized(given), want, "{given}");
+            assert_eq!(normalized(given), want, "{given}");
         }
     }
 }
