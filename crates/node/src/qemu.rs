@@ -771,6 +771,24 @@ impl QemuDriver {
         // refuses to migrate again ("paused due to previous migration"):
         // back to an ordinary pause first (the guest runs for the moment
         // between the two commands).
+        // A save a killed node left running (its migration still active)
+        // is cancelled first: QEMU runs one migration at a time.
+        let info = vm.qmp.execute(QueryMigrate {}).await.map_err(qemu_err)?;
+        if matches!(info["status"].as_str(), Some("setup" | "active" | "device")) {
+            let _ = vm.qmp.execute(MigrateCancel(serde_json::json!({}))).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let info = vm.qmp.execute(QueryMigrate {}).await.map_err(qemu_err)?;
+                match info["status"].as_str() {
+                    Some("setup" | "active" | "device" | "cancelling")
+                        if Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    _ => break,
+                }
+            }
+        }
         let status = vm.qmp.execute(QueryStatus {}).await.map_err(qemu_err)?;
         if status["status"].as_str() == Some("postmigrate") {
             vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
