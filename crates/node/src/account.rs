@@ -18,6 +18,27 @@ pub use crate::driver::AccountSpec;
 use crate::driver::{Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
 use crate::sandbox::{start_time, ExecPlan, InitPlan};
 
+/// Why this node cannot run dynamic accounts (it runs VMs either way).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsUnavailable {
+    /// Leasing uids and building namespaces needs root.
+    #[error("dynamic accounts need the node to run as root")]
+    NotRoot,
+    /// Workspaces could not be confined.
+    #[error(transparent)]
+    Cgroups(#[from] crate::cgroup::CgroupUnavailable),
+    /// The uids to lease include an account of this host.
+    #[error("the account range {}-{} holds an existing account ({who}, uid {uid}); choose another with --accounts", range.first, range.last)]
+    RangeTaken {
+        /// The range asked for.
+        range: AccountRange,
+        /// Where the account was found.
+        who: String,
+        /// Its uid.
+        uid: u32,
+    },
+}
+
 /// A running workspace's PID 1 and where its served ports are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Running {
@@ -111,16 +132,17 @@ impl AccountDriver {
         program: PathBuf,
         range: AccountRange,
         events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
-    ) -> Result<AccountDriver, String> {
+    ) -> Result<AccountDriver, AccountsUnavailable> {
         if !nix::unistd::geteuid().is_root() {
-            return Err("dynamic accounts need the node to run as root".into());
+            return Err(AccountsUnavailable::NotRoot);
         }
         let layout = Layout::detect()?;
-        if let Some((who, id)) = existing_accounts(range).first() {
-            return Err(format!(
-                "the account range {}-{} holds an existing account ({who}, uid {id}); choose another with --accounts",
-                range.first, range.last
-            ));
+        if let Some((who, uid)) = existing_accounts(range).first() {
+            return Err(AccountsUnavailable::RangeTaken {
+                range,
+                who: who.clone(),
+                uid: *uid,
+            });
         }
         let tag = {
             use sha2::Digest;
@@ -778,6 +800,31 @@ fn write_plan(dir: &std::path::Path, plan: &ExecPlan) -> Result<PathBuf, DriverE
 #[cfg(test)]
 mod tests {
     use vws_model::node::AccountRange;
+
+    #[test]
+    fn a_range_holding_an_account_of_the_host_is_refused_by_name() {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let dir = std::env::temp_dir();
+        let range = AccountRange { first: 0, last: 0 };
+        let Err(refused) = super::AccountDriver::new(dir.clone(), dir.clone(), dir, range, events)
+        else {
+            panic!("a range holding root's uid was accepted");
+        };
+        if nix::unistd::geteuid().is_root() {
+            assert!(
+                matches!(
+                    &refused,
+                    super::AccountsUnavailable::RangeTaken { uid: 0, .. }
+                ) || matches!(&refused, super::AccountsUnavailable::Cgroups(_)),
+                "{refused}"
+            );
+        } else {
+            assert!(
+                matches!(refused, super::AccountsUnavailable::NotRoot),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn existing_accounts_in_a_range_are_found() {

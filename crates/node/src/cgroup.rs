@@ -19,24 +19,33 @@ pub enum Layout {
     V2,
 }
 
+/// Why this host's cgroups cannot confine workspaces.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupUnavailable {
+    /// The v2 hierarchy lacks a controller workspaces need.
+    #[error("cgroup v2 controller {0} is not available")]
+    V2Controller(&'static str),
+    /// A v1 controller is not mounted where it is looked for.
+    #[error("cgroup v1 controller {0} is not mounted at /sys/fs/cgroup/{0}")]
+    V1Controller(&'static str),
+}
+
 impl Layout {
     /// The host's layout, or why workspaces cannot be confined here.
-    pub fn detect() -> Result<Layout, String> {
+    pub fn detect() -> Result<Layout, CgroupUnavailable> {
         let root = Path::new(ROOT);
         if root.join("cgroup.controllers").exists() {
             let have = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
             for c in ["memory", "cpu", "pids"] {
                 if !have.split_whitespace().any(|h| h == c) {
-                    return Err(format!("cgroup v2 controller {c} is not available"));
+                    return Err(CgroupUnavailable::V2Controller(c));
                 }
             }
             return Ok(Layout::V2);
         }
         for c in V1 {
             if !root.join(c).join("cgroup.procs").exists() {
-                return Err(format!(
-                    "cgroup v1 controller {c} is not mounted at {ROOT}/{c}"
-                ));
+                return Err(CgroupUnavailable::V1Controller(c));
             }
         }
         Ok(Layout::V1)

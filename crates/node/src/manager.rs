@@ -131,7 +131,7 @@ impl Manager {
         &mut self,
         range: vws_model::node::AccountRange,
         program: PathBuf,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::account::AccountsUnavailable> {
         let driver = AccountDriver::new(
             self.home.join("vms"),
             self.driver.net_dir(),
