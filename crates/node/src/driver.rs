@@ -1,5 +1,6 @@
 //! The seam between the VW Manager and a workspace implementation (paper
-//! §2.2): what any driver must do, with room for snapshot and migration.
+//! §2.2): what any driver must do. Saving memory and live migration are
+//! QEMU's alone (`qemu::QemuDriver`), not defaults of the trait.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -188,22 +189,6 @@ pub trait Driver: Send + Sync + 'static {
     fn status(&self, id: &str) -> impl std::future::Future<Output = VmState> + Send;
     /// Its serial console log.
     fn console(&self, id: &str) -> PathBuf;
-    /// Saves a paused workspace's memory and device state.
-    fn snapshot(
-        &self,
-        _id: &str,
-        _to: &std::path::Path,
-    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
-        async { Err(DriverError::Unsupported("snapshot")) }
-    }
-    /// Moves a running workspace to another host.
-    fn migrate(
-        &self,
-        _id: &str,
-        _to: &str,
-    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
-        async { Err(DriverError::Unsupported("migration")) }
-    }
 }
 
 /// What an account workspace is made of on this host (a dynamic account's
