@@ -156,7 +156,7 @@ pub enum DriverError {
     Sandbox(String),
     /// The workspace's host network could not be set up.
     #[error("network: {0}")]
-    Network(#[from] crate::net::NetError),
+    Network(#[from] NetError),
     /// This driver cannot do that.
     #[error("{0} is not supported by this driver")]
     Unsupported(&'static str),
@@ -206,3 +206,50 @@ pub struct AccountSpec {
 /// Where a workspace's own credential is put inside it (the agent writes it
 /// in a VM; the account's own job, in a dynamic account).
 pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
+
+/// What setting up a workspace's host network can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A tool (`ip`, `nft`, `dnsmasq`, `nsenter`) refused.
+    #[error("{command}: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A file or a program could not be reached.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A step failed; `source` says how.
+    #[error("{what}: {source}")]
+    Step {
+        /// The step.
+        what: String,
+        /// Its failure.
+        source: Box<NetError>,
+    },
+    /// The network's configuration cannot do what was asked.
+    #[error("{0}")]
+    Config(&'static str),
+}
+
+impl NetError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
+        let what = what.into();
+        move |source| NetError::Io { what, source }
+    }
+
+    pub(crate) fn during(what: impl Into<String>) -> impl FnOnce(NetError) -> NetError {
+        let what = what.into();
+        move |e| NetError::Step {
+            what,
+            source: Box::new(e),
+        }
+    }
+}

@@ -19,6 +19,7 @@ use std::process::Command;
 
 use sha2::Digest;
 
+pub use crate::driver::NetError;
 use crate::driver::{Bridged, NicSpec};
 
 /// Prefix of the taps this node makes.
@@ -45,53 +46,6 @@ pub fn tap_name(id: &str, nic: &str) -> String {
 /// The bridge of a segment.
 pub fn bridge_name(segment: &str) -> String {
     short(BRIDGE_PREFIX, segment)
-}
-
-/// What setting up a workspace's host network can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    /// A tool (`ip`, `nft`, `dnsmasq`, `nsenter`) refused.
-    #[error("{command}: {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// What it said.
-        stderr: String,
-    },
-    /// A file or a program could not be reached.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// A step failed; `source` says how.
-    #[error("{what}: {source}")]
-    Step {
-        /// The step.
-        what: String,
-        /// Its failure.
-        source: Box<NetError>,
-    },
-    /// The network's configuration cannot do what was asked.
-    #[error("{0}")]
-    Config(&'static str),
-}
-
-impl NetError {
-    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
-        let what = what.into();
-        move |source| NetError::Io { what, source }
-    }
-
-    fn during(what: impl Into<String>) -> impl FnOnce(NetError) -> NetError {
-        let what = what.into();
-        move |e| NetError::Step {
-            what,
-            source: Box::new(e),
-        }
-    }
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, NetError> {

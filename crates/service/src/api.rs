@@ -202,7 +202,7 @@ pub async fn guard(
     let (mut parts, body) = req.into_parts();
     if let Ok(params) = axum::extract::RawPathParams::from_request_parts(&mut parts, &state).await {
         for (name, value) in &params {
-            if let Err(m) = crate::routes::check_param(name, value) {
+            if let Err(m) = crate::path_params::check_param(name, value) {
                 return ServiceError::BadRequest(m).into_response();
             }
         }

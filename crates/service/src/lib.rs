@@ -18,6 +18,7 @@ pub mod network;
 mod network_views;
 pub mod node_client;
 pub mod nodes;
+pub mod path_params;
 pub mod policy;
 pub mod pool;
 pub mod repository;

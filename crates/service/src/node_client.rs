@@ -14,9 +14,9 @@ use vws_model::node::{
     routes, DeployRequest, Deployed, IncomingRequest, JobRequest, MigrationDone, MigrationProgress,
     MigrationTarget, Snapshot, StagingProgress, StartRequest, Transitioned,
 };
+use vws_model::Verb;
 use vws_store::NodeRecord;
 
-use crate::command::Verb;
 use crate::error::ServiceError;
 
 /// What the service asks of a node.

@@ -71,7 +71,7 @@ impl Service {
     /// or paused but which it no longer has are corrupted: their VM did not
     /// survive whatever restarted the node.
     pub async fn register_node(&self, reg: Registration) -> Result<(), ServiceError> {
-        if crate::routes::check_param("name", &reg.name).is_err() {
+        if crate::path_params::check_param("name", &reg.name).is_err() {
             return Err(ServiceError::BadRequest(format!(
                 "{:?} is not a node name (1 to 63 letters, digits, '.', '_' or '-', from a letter or digit)",
                 reg.name

@@ -1,0 +1,48 @@
+//! The grammar of the API's path parameters (workspace and job ids,
+//! digests, image references, node and network names), checked before
+//! anything reads them.
+
+/// Checks a path parameter against its grammar before anything else reads
+/// it: workspace ids (`ws-` and 12 hex digits), job ids (`job-` and 12),
+/// digests (`sha256:` and 64), image references (`name:tag` or a digest),
+/// node and network names (1–63 of letters, digits, `.`, `_`, `-`, the
+/// first a letter or digit). The
+/// message names the parameter and its grammar (400 `bad_request`).
+pub fn check_param(name: &str, value: &str) -> Result<(), String> {
+    let hex_id = |prefix: &str| {
+        value.strip_prefix(prefix).is_some_and(|h| {
+            h.len() == 12
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    };
+    let (ok, grammar) = match name {
+        "id" => (hex_id("ws-"), "a workspace id (ws- and 12 hex digits)"),
+        "job" => (hex_id("job-"), "a job id (job- and 12 hex digits)"),
+        "digest" => (
+            vws_model::is_digest(value),
+            "a digest (sha256: and 64 hex digits)",
+        ),
+        "reference" => (
+            value.parse::<vws_model::ImageRef>().is_ok(),
+            "an image reference (NAME:TAG or sha256:…)",
+        ),
+        "name" => (
+            value.len() <= 63
+                && value
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "a name (1 to 63 letters, digits, '.', '_' or '-', from a letter or digit)",
+        ),
+        _ => (true, ""),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{{{name}}} {value:?} is not {grammar}"))
+    }
+}
