@@ -102,7 +102,7 @@ impl Service {
                 digest: d.to_string(),
                 size,
             }),
-            None => Err(ServiceError::BadRequest(format!(
+            None => Err(ServiceError::NotFound(format!(
                 "{role} blob {digest} has not been uploaded"
             ))),
         }
@@ -120,7 +120,7 @@ impl Service {
             unreachable!("tagged() builds a tag")
         };
         if let Some(c) = &req.cmdline {
-            if c.len() > 4096 || c.contains(['\0', '\n']) {
+            if c.chars().count() > 4096 || c.contains(['\0', '\n']) {
                 return Err(ServiceError::BadRequest(
                     "cmdline must be one line of at most 4096 characters".into(),
                 ));

@@ -209,7 +209,7 @@ fn cases(w: &str) -> Vec<Case> {
             "/v1/images",
             JSON,
             r#"{"name":"x","tag":"1","disk":"sha256:1111111111111111111111111111111111111111111111111111111111111111"}"#,
-            400,
+            404,
         ),
         case(
             "image kernel without initrd",
