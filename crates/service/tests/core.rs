@@ -630,6 +630,7 @@ async fn imports_check_their_content() {
         cmdline: None,
         visibility: Default::default(),
     };
+    // The blob was never stored (it did not match its digest): not found.
     assert_eq!(
         err_status(
             h.service
@@ -637,7 +638,7 @@ async fn imports_check_their_content() {
                 .await
                 .unwrap_err()
         ),
-        400
+        404
     );
     let bad_name = vws_service::pool::ImportRequest {
         name: "../etc".into(),
