@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{ok, vws, Kill as Up, Reap, VWS};
+use common::{create, ok, vws, Kill as Up, Reap, VWS};
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
     vws(home, &["run", id, "--", "sh", "-c", script])
@@ -50,12 +50,6 @@ fn up_with(home: &Path, accounts: &str) -> Up {
         .unwrap());
     common::wait_until_up(home);
     up
-}
-
-fn create(home: &Path, desc: &Path) -> String {
-    let v: Value =
-        serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
-    v["id"].as_str().unwrap().to_string()
 }
 
 /// The workspace's cgroup (named `<node tag>-<id>`), or where it would be.

@@ -56,6 +56,41 @@ fn echoes(home: &std::path::Path, id: &str) {
     );
 }
 
+/// Kills `vws up` the given milliseconds into a start, for each delay:
+/// after each restart the workspace runs (the start happened) or is shut
+/// down (it did not, and starts now), then runs a job and stops. Returns
+/// the `vws up` running at the end.
+fn starts_despite_kills(home: &std::path::Path, mut up: Kill, id: &str, afters: &[u64]) -> Kill {
+    for after in afters {
+        killed_during(home, up, "start", id, Duration::from_millis(*after));
+        up = vws_up(home, &[]);
+        if settled(home, id, &["running", "shutdown"]) == "shutdown" {
+            ok(home, &["start", id]);
+        }
+        echoes(home, id);
+        ok(home, &["stop", id]);
+    }
+    up
+}
+
+/// Starts the workspace and kills `vws up` `after` ms into its stop: after
+/// the restart it ends shut down (the stop that was asked for), or still
+/// runs if the guest had not gone (and may yet finish powering off), and
+/// then stops; never corrupted.
+fn stops_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) -> Kill {
+    ok(home, &["start", id]);
+    killed_during(home, up, "stop", id, Duration::from_millis(after));
+    let up = vws_up(home, &[]);
+    if settled(home, id, &["running", "shutdown"]) == "running" {
+        std::thread::sleep(Duration::from_secs(3));
+        if state(home, id) == "running" {
+            ok(home, &["stop", id]);
+        }
+    }
+    assert_eq!(settled(home, id, &["shutdown"]), "shutdown");
+    up
+}
+
 #[test]
 fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() {
     let home = tempfile::tempdir().unwrap();
@@ -65,39 +100,15 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     let mut up = vws_up(home, &[]);
     import_minimal(home, &guest);
     let desc = root().join("examples/minimal.xml");
-    let id = ok(home, &["create", desc.to_str().unwrap()])
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = create(home, &desc);
     ok(home, &["deploy", &id]);
 
     // Killed early in a start (QEMU launched or not yet) and late (the
-    // guest booting): either it runs and is recorded so, or it did not
-    // start and can be started.
-    for after in [Duration::from_millis(300), Duration::from_millis(1500)] {
-        killed_during(home, up, "start", &id, after);
-        up = vws_up(home, &[]);
-        if settled(home, &id, &["running", "shutdown"]) == "shutdown" {
-            ok(home, &["start", &id]);
-        }
-        echoes(home, &id);
-        ok(home, &["stop", &id]);
-    }
+    // guest booting).
+    up = starts_despite_kills(home, up, &id, &[300, 1500]);
 
-    // Killed during a stop: it ends shut down (the stop that was asked
-    // for), or still runs if the guest had not gone; never corrupted.
-    ok(home, &["start", &id]);
-    killed_during(home, up, "stop", &id, Duration::from_millis(200));
-    up = vws_up(home, &[]);
-    if settled(home, &id, &["running", "shutdown"]) == "running" {
-        // The guest may still finish the power-off it was asked for.
-        std::thread::sleep(Duration::from_secs(3));
-        if state(home, &id) == "running" {
-            ok(home, &["stop", &id]);
-        }
-    }
-    assert_eq!(settled(home, &id, &["shutdown"]), "shutdown");
+    // Killed during a stop.
+    up = stops_despite_a_kill(home, up, &id, 200);
     ok(home, &["start", &id]);
     echoes(home, &id);
 
@@ -157,29 +168,12 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
         "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
     )
     .unwrap();
-    let id = ok(home, &["create", desc.to_str().unwrap()])
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = create(home, &desc);
     ok(home, &["deploy", &id]);
     // An account starts in tens of milliseconds: killed at 30 ms it may
     // or may not have begun.
-    for after in [Duration::from_millis(30), Duration::from_millis(300)] {
-        killed_during(home, up, "start", &id, after);
-        up = vws_up(home, &[]);
-        if settled(home, &id, &["running", "shutdown"]) == "shutdown" {
-            ok(home, &["start", &id]);
-        }
-        echoes(home, &id);
-        ok(home, &["stop", &id]);
-    }
-    ok(home, &["start", &id]);
-    killed_during(home, up, "stop", &id, Duration::from_millis(100));
-    let up = vws_up(home, &[]);
-    if settled(home, &id, &["running", "shutdown"]) == "running" {
-        ok(home, &["stop", &id]);
-    }
+    up = starts_despite_kills(home, up, &id, &[30, 300]);
+    let up = stops_despite_a_kill(home, up, &id, 100);
     ok(home, &["start", &id]);
     echoes(home, &id);
     // A copy the account's own permissions refuse says so (403), not

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 mod common;
-use common::{ok, refused, root, vws, Reap, Steps, VWS};
+use common::{create, ok, refused, root, vws, Reap, Steps, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
@@ -32,11 +32,7 @@ fn encrypted_disk(home: &Path) {
         "category = \"vm\"\n[hardware]\nram = \"256MiB\"\ndisk = { size = \"32MiB\", encrypted = true }\n[software]\nimage = \"minimal:1\"\n",
     )
     .unwrap();
-    let id = ok(home, &["create", desc.to_str().unwrap()])
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = create(home, &desc);
     let disk = home.join("disks").join(format!("{id}.qcow2"));
     let info = Command::new("qemu-img")
         .arg("info")
@@ -105,11 +101,7 @@ fn jobs_in_a_real_workspace() {
     let _up = common::vws_up(home, &[]);
     common::import_minimal(home, &image);
     let desc = root().join("examples/minimal.xml");
-    let id = ok(home, &["create", desc.to_str().unwrap()])
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = create(home, &desc);
     ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
 

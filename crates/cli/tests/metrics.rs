@@ -71,9 +71,7 @@ fn prometheus_scrapes_a_workspaces_cpu_seconds() {
         "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:1\"\n",
     )
     .unwrap();
-    let created: Value =
-        serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
+    let id = common::create(home, &desc);
     ok(home, &["deploy", &id]);
     ok(home, &["start", &id]);
 

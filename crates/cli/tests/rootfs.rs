@@ -35,9 +35,7 @@ fn stdout(o: &Output) -> String {
 fn create(home: &Path, text: &str, name: &str) -> String {
     let desc = home.join(format!("{name}.toml"));
     std::fs::write(&desc, text).unwrap();
-    let v: Value =
-        serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
-    v["id"].as_str().unwrap().to_string()
+    common::create(home, &desc)
 }
 
 const VM: &str =

@@ -60,7 +60,8 @@ impl Class {
         }
     }
 
-    const ALL: [Class; 7] = [
+    /// Every class.
+    pub const ALL: [Class; 7] = [
         Class::Read,
         Class::Create,
         Class::Manage,

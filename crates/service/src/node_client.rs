@@ -213,6 +213,18 @@ impl HttpNodes {
         let req = self.http.get(Self::url(node, route, param)?).query(query);
         self.send(node, req).await
     }
+
+    /// A log the node streams (console, job output), followed if asked.
+    async fn stream(
+        &self,
+        node: &NodeRecord,
+        route: &str,
+        param: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, ServiceError> {
+        let follow = follow.to_string();
+        self.get(node, route, param, &[("follow", &follow)]).await
+    }
 }
 
 /// Reads a node's JSON answer (a malformed one is the node's failure).
@@ -281,9 +293,7 @@ impl NodeClient for HttpNodes {
         id: &str,
         follow: bool,
     ) -> Result<reqwest::Response, ServiceError> {
-        let follow = follow.to_string();
-        self.get(node, routes::CONSOLE, id, &[("follow", &follow)])
-            .await
+        self.stream(node, routes::CONSOLE, id, follow).await
     }
 
     async fn run_job(
@@ -307,9 +317,7 @@ impl NodeClient for HttpNodes {
         job: &str,
         follow: bool,
     ) -> Result<reqwest::Response, ServiceError> {
-        let follow = follow.to_string();
-        self.get(node, routes::JOB_OUTPUT, job, &[("follow", &follow)])
-            .await
+        self.stream(node, routes::JOB_OUTPUT, job, follow).await
     }
 
     async fn snapshot(&self, node: &NodeRecord, id: &str) -> Result<Snapshot, ServiceError> {

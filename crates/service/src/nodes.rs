@@ -132,7 +132,7 @@ impl Service {
             if intent == H::Destroy {
                 // Asked for and half done: finish it.
                 tracing::info!(%id, "finishing a destroy that was interrupted");
-                match self.finish_destroy(&r).await {
+                match self.finish_destroy(&r, "reconciler").await {
                     Ok(()) | Err(ServiceError::Conflict(_)) => {}
                     Err(e) => return Err(e),
                 }

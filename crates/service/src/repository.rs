@@ -152,19 +152,12 @@ impl Service {
                 &self.instance,
             )
             .await?;
-        self.finish_destroy_as(r, actor).await
+        self.finish_destroy(r, actor).await
     }
 
     /// The rest of a destroy whose intent is recorded (by this process, or
     /// by one that was killed).
     pub(crate) async fn finish_destroy(
-        &self,
-        r: &vws_store::WorkspaceRecord,
-    ) -> Result<(), ServiceError> {
-        self.finish_destroy_as(r, "reconciler").await
-    }
-
-    async fn finish_destroy_as(
         &self,
         r: &vws_store::WorkspaceRecord,
         actor: &str,

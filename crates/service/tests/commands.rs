@@ -125,16 +125,6 @@ fn sample(kind: CommandKind) -> Command {
     }
 }
 
-const CLASSES: [Class; 7] = [
-    Class::Read,
-    Class::Create,
-    Class::Manage,
-    Class::Run,
-    Class::Move,
-    Class::Image,
-    Class::Admin,
-];
-
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
@@ -180,7 +170,7 @@ fn every_command_has_a_class_and_a_route() {
 
 #[tokio::test]
 async fn execute_checks_the_class_before_anything_else() {
-    for denied in CLASSES {
+    for denied in Class::ALL {
         // Bob may do everything (admin included) but one class.
         let acl = format!(
             r#"

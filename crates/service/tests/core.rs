@@ -809,22 +809,7 @@ async fn jobs_go_with_their_workspace_and_history_after_thirty_days() {
         .unwrap()
         .record
         .id;
-    let job = vws_store::JobRecord {
-        id: "job-0123456789ab".into(),
-        workspace_id: gone.clone(),
-        owner: alice().dn,
-        node: "n1".into(),
-        argv: vec!["true".into()],
-        state: vws_model::records::JobState::Exited,
-        exit_code: Some(0),
-        signal: None,
-        timed_out: false,
-        message: None,
-        cancelled: false,
-        output_bytes: 0,
-        created_at: time::OffsetDateTime::now_utc(),
-        ended_at: None,
-    };
+    let job = exited_job("job-0123456789ab", &gone, &alice().dn, "n1");
     h.service.store().insert_job(&job).await.unwrap();
     h.service.destroy(&alice(), &gone).await.unwrap();
     assert!(

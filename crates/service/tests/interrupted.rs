@@ -11,33 +11,17 @@ use std::sync::Arc;
 
 use common::fake_node::FakeNode;
 use common::*;
-use vws_model::node::{NodeReport, Registration};
+use vws_model::node::Registration;
 use vws_model::{Form, Placement, State, Verb};
 use vws_service::command::Command;
 use vws_service::{Service, ServiceError, Workspace};
 use vws_store::Backend;
 
-fn report(workspaces: &[(&str, &str)]) -> NodeReport {
-    NodeReport {
-        cores: 4,
-        ram_total: 16 << 30,
-        ram_free: 16 << 30,
-        disk_free: 100 << 30,
-        accel: "tcg".into(),
-        health: "ok".into(),
-        workspaces: workspaces
-            .iter()
-            .map(|(id, s)| (id.to_string(), s.to_string()))
-            .collect(),
-        ..Default::default()
-    }
-}
-
 async fn register(s: &Service, workspaces: &[(&str, &str)]) {
     let reg = Registration {
         name: "a".into(),
         url: "https://a.invalid".into(),
-        report: report(workspaces),
+        report: node_report(workspaces),
     };
     s.register_node(reg).await.unwrap();
 }
@@ -121,8 +105,13 @@ async fn a_start_the_node_never_made_is_forgotten_and_can_be_asked_again() {
     let id = deployed(&h, &fake, State::Shutdown).await;
     killed_during(&h, &fake, &id, Verb::Start).await;
     let next = h.reopened(fake.clone()).await;
+    assert!(
+        next.store().pending(&id).await.unwrap().is_some(),
+        "the intent outlived the kill"
+    );
     register(&next, &[(&id, "shutdown")]).await;
     assert_eq!(record(&next, &id).await.state, State::Shutdown);
+    assert_eq!(next.store().pending(&id).await.unwrap(), None, "forgotten");
     let ws = verb(&next, &id, Verb::Start).await.unwrap();
     assert_eq!(ws.record.state, State::Running);
 }
@@ -153,7 +142,7 @@ async fn a_pause_and_an_unpause_are_finished_at_the_next_heartbeat() {
     // The node stayed up (`vws serve` apart from `vws node`): no new
     // registration, its heartbeat says how things are.
     let next = h.reopened(fake.clone()).await;
-    next.node_heartbeat("a", report(&[(&id, "paused")]))
+    next.node_heartbeat("a", node_report(&[(&id, "paused")]))
         .await
         .unwrap();
     assert_eq!(record(&next, &id).await.state, State::Paused);
@@ -169,7 +158,7 @@ async fn a_pause_and_an_unpause_are_finished_at_the_next_heartbeat() {
     fake.heal();
     let third = h.reopened(fake.clone()).await;
     third
-        .node_heartbeat("a", report(&[(&id, "running")]))
+        .node_heartbeat("a", node_report(&[(&id, "running")]))
         .await
         .unwrap();
     assert_eq!(record(&third, &id).await.state, State::Running);
@@ -190,7 +179,7 @@ async fn an_action_in_flight_in_this_process_is_left_to_it() {
         tokio::task::yield_now().await;
     }
     h.service
-        .node_heartbeat("a", report(&[(&id, "running")]))
+        .node_heartbeat("a", node_report(&[(&id, "running")]))
         .await
         .unwrap();
     assert_eq!(record(&h.service, &id).await.state, State::Shutdown);

@@ -19,15 +19,7 @@ async fn with_nodes(fake: &Arc<FakeNode>, names: &[&str]) -> Harness {
     let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
     h.kernel_image("k", "1").await;
     for name in names {
-        let report = vws_model::node::NodeReport {
-            cores: 4,
-            ram_total: 16 << 30,
-            ram_free: 16 << 30,
-            disk_free: 100 << 30,
-            accel: "tcg".into(),
-            health: "ok".into(),
-            ..Default::default()
-        };
+        let report = node_report(&[]);
         let url = format!("https://{name}.invalid");
         let reg = vws_model::node::Registration {
             name: name.to_string(),

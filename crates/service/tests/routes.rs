@@ -269,22 +269,7 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
             let job = format!("job-{}", &id[3..]);
             h.service
                 .store()
-                .insert_job(&vws_store::JobRecord {
-                    id: job.clone(),
-                    workspace_id: id.clone(),
-                    owner: OWNER.into(),
-                    node: "node-a".into(),
-                    argv: vec!["true".into()],
-                    state: vws_model::records::JobState::Exited,
-                    exit_code: Some(0),
-                    signal: None,
-                    timed_out: false,
-                    message: None,
-                    cancelled: false,
-                    output_bytes: 0,
-                    created_at: time::OffsetDateTime::now_utc(),
-                    ended_at: None,
-                })
+                .insert_job(&exited_job(&job, &id, OWNER, "node-a"))
                 .await
                 .unwrap();
             let path = route

@@ -47,6 +47,13 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Creates a workspace from the description file `desc`; its id.
+pub fn create(home: &Path, desc: &Path) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(home, &["create", desc.to_str().unwrap(), "--json"])).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
 /// `vws ARGS`, which must fail; its standard error.
 pub fn refused(home: &Path, args: &[&str]) -> String {
     let out = vws(home, args);

@@ -197,6 +197,44 @@ impl Harness {
     }
 }
 
+/// A healthy node's report with room for a few workspaces, holding
+/// `workspaces` (id, state as the node sees it).
+pub fn node_report(workspaces: &[(&str, &str)]) -> vws_model::node::NodeReport {
+    vws_model::node::NodeReport {
+        cores: 4,
+        ram_total: 16 << 30,
+        ram_free: 16 << 30,
+        disk_free: 100 << 30,
+        accel: "tcg".into(),
+        health: "ok".into(),
+        workspaces: workspaces
+            .iter()
+            .map(|(id, s)| (id.to_string(), s.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A job of `owner`'s that ran in `workspace` on `node` and exited 0.
+pub fn exited_job(id: &str, workspace: &str, owner: &str, node: &str) -> vws_store::JobRecord {
+    vws_store::JobRecord {
+        id: id.into(),
+        workspace_id: workspace.into(),
+        owner: owner.into(),
+        node: node.into(),
+        argv: vec!["true".into()],
+        state: vws_model::records::JobState::Exited,
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        message: None,
+        cancelled: false,
+        output_bytes: 0,
+        created_at: time::OffsetDateTime::now_utc(),
+        ended_at: None,
+    }
+}
+
 /// A stand-in kernel: only a bzImage setup header (its version string,
 /// `6.1.0-test`, where the header points), then the image's name.
 pub fn fake_kernel(name: &str) -> Vec<u8> {
