@@ -7,15 +7,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
-use vws_model::node::{AccountRange, Forward};
+use vws_model::node::{AccountRange, Forward, JobRequest, WorkspaceCredentials};
+use vws_model::Category;
 
 use crate::agent::{JobDone, JobEvent, LOG_APPENDED};
 use crate::cgroup::{Cgroup, Layout, Limits};
 pub use crate::driver::AccountSpec;
-use crate::driver::{Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
+use crate::driver::{
+    Adopted, Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState, CREDENTIALS_DIR,
+};
 use crate::sandbox::{start_time, ExecPlan, InitPlan};
 
 /// Why this node cannot run dynamic accounts (it runs VMs either way).
@@ -77,6 +81,7 @@ pub struct AccountDriver {
     pub pids: u32,
     tag: String,
     events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+    jobs_done: JobDone,
     proxies: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -132,6 +137,7 @@ impl AccountDriver {
         program: PathBuf,
         range: AccountRange,
         events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
+        jobs_done: JobDone,
     ) -> Result<AccountDriver, AccountsUnavailable> {
         if !nix::unistd::geteuid().is_root() {
             return Err(AccountsUnavailable::NotRoot);
@@ -157,6 +163,7 @@ impl AccountDriver {
             pids: DEFAULT_PIDS,
             tag,
             events,
+            jobs_done,
             proxies: Mutex::new(HashMap::new()),
         })
     }
@@ -166,11 +173,6 @@ impl AccountDriver {
     }
 
     /// `<node tag>-<id>`: nodes sharing a host keep to their own cgroups.
-    /// The processes of a workspace (its cgroup's).
-    pub fn pids(&self, id: &str) -> Vec<i32> {
-        self.cgroup(id).pids()
-    }
-
     fn cgroup(&self, id: &str) -> Cgroup {
         Cgroup::new(self.layout, &format!("{}-{id}", self.tag))
     }
@@ -482,14 +484,14 @@ impl AccountDriver {
         })
     }
 
-    /// Starts a job; its events go to `log`, its end to `done`.
-    pub async fn run_job(
+    /// Starts a job; its events go to `log`, its end to the job channel.
+    async fn exec_job(
         &self,
         spec: &VmSpec,
         req: vws_model::node::JobRequest,
         log: PathBuf,
-        done: JobDone,
     ) -> Result<(), DriverError> {
+        let done = self.jobs_done.clone();
         let mut plan = self.exec_plan(&spec.id, spec)?;
         plan.argv = req.argv;
         plan.env = req.env;
@@ -556,7 +558,7 @@ impl AccountDriver {
 
     /// Runs a program in the workspace as its account, with `stdin`;
     /// returns its standard output, or its standard error as the failure.
-    pub async fn run_captured(
+    async fn run_captured(
         &self,
         spec: &VmSpec,
         argv: Vec<String>,
@@ -591,7 +593,7 @@ impl AccountDriver {
     }
 
     /// Signals a job's process group (its pid from the `started` event).
-    pub fn signal_job(&self, log: &Path, signal: nix::sys::signal::Signal) -> bool {
+    fn signal_group(log: &Path, signal: nix::sys::signal::Signal) -> bool {
         let pid = std::fs::read_to_string(log).ok().and_then(|text| {
             text.lines().find_map(|l| match serde_json::from_str(l) {
                 Ok(JobEvent::Started { pid }) => Some(pid as i32),
@@ -607,7 +609,7 @@ impl AccountDriver {
     /// After a restart of the node: takes over workspaces whose PID 1
     /// lives (their ports served again), cleans up those that died, and
     /// removes cgroups no deployed workspace owns. Returns those adopted.
-    pub async fn adopt(&self) -> Vec<String> {
+    async fn adopt_workspaces(&self) -> Vec<String> {
         let mut adopted = Vec::new();
         let mut keep = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&self.vms) {
@@ -653,7 +655,8 @@ impl AccountDriver {
 
     /// After a restart of the node: reports jobs that ended while it was
     /// down and follows those still running.
-    pub fn adopt_jobs(&self, jobs: &Path, done: &JobDone) -> Vec<(String, String)> {
+    fn adopt_jobs(&self, jobs: &Path) -> Vec<(String, String)> {
+        let done = &self.jobs_done;
         let mut running = Vec::new();
         let Ok(entries) = std::fs::read_dir(jobs) else {
             return running;
@@ -748,13 +751,122 @@ fn connect_in(netns: &Path, port: u16) -> std::io::Result<std::net::TcpStream> {
     s
 }
 
+#[async_trait::async_trait]
 impl Driver for AccountDriver {
-    async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
-        self.launch(spec).await
+    fn category(&self) -> Category {
+        Category::DynamicAccount
+    }
+
+    fn leases(&self) -> Option<AccountRange> {
+        Some(self.range)
+    }
+
+    async fn adopt(&self, jobs: &Path) -> Adopted {
+        Adopted {
+            workspaces: self.adopt_workspaces().await,
+            jobs: self.adopt_jobs(jobs),
+        }
+    }
+
+    /// The upper layer: the staged qcow2 disk turned into a raw ext4 image
+    /// (sparse), formatted on first use.
+    async fn prepare(
+        &self,
+        spec: &mut VmSpec,
+        lease: Option<vws_model::node::AccountLease>,
+        image: Option<PathBuf>,
+    ) -> Result<(), DriverError> {
+        let lease = lease.ok_or(DriverError::Disk(
+            "a dynamic account needs a leased uid".into(),
+        ))?;
+        let image = image.ok_or(DriverError::Disk(
+            "a dynamic account needs a filesystem image".into(),
+        ))?;
+        let dir = self.dir(&spec.id);
+        let upper = dir.join("upper.img");
+        let qcow = dir.join("disk.qcow2");
+        if !qcow.exists() {
+            return Err(DriverError::Disk(
+                "a dynamic account needs a workspace disk (its upper layer)".into(),
+            ));
+        }
+        vws_qemu::img::flatten(&qcow, &upper, "raw")
+            .await
+            .map_err(|e| DriverError::Disk(e.to_string()))?;
+        std::fs::remove_file(&qcow)?;
+        if vws_qemu::img::content(&upper)? != vws_qemu::img::Content::RootFs {
+            let out = tokio::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-L", "vws-upper"])
+                .arg(&upper)
+                .output()
+                .await?;
+            if !out.status.success() {
+                return Err(DriverError::Disk(format!(
+                    "mkfs.ext4: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        spec.account = Some(AccountSpec {
+            uid: lease.uid,
+            image,
+            upper,
+        });
+        Ok(())
+    }
+
+    async fn prepare_check_in(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        if let Some(acc) = &spec.account {
+            vws_qemu::img::flatten(&acc.upper, &self.dir(&spec.id).join("disk.qcow2"), "qcow2")
+                .await
+                .map_err(|e| DriverError::Disk(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        spec: &VmSpec,
+        credentials: Option<&WorkspaceCredentials>,
+    ) -> Result<(), DriverError> {
+        self.launch(spec).await?;
+        if let Some(c) = credentials {
+            self.install_credentials(spec, c).await?;
+        }
+        Ok(())
+    }
+
+    /// No agent inside: the credential is written by the account itself.
+    async fn install_credentials(
+        &self,
+        spec: &VmSpec,
+        c: &WorkspaceCredentials,
+    ) -> Result<(), DriverError> {
+        let dir = CREDENTIALS_DIR;
+        for (name, text, mode) in [
+            ("key.pem", &c.key, "600"),
+            ("cert.pem", &c.cert, "644"),
+            ("ca.pem", &c.ca, "644"),
+        ] {
+            let path = format!("{dir}/{name}");
+            let script =
+                format!("umask 077 && mkdir -p {dir} && cat > {path} && chmod {mode} {path}");
+            self.run_captured(
+                spec,
+                vec!["/bin/sh".into(), "-c".into(), script],
+                text.as_bytes(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
         self.halt(id, grace).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DriverError> {
+        self.halt(id, Duration::ZERO).await
     }
 
     async fn pause(&self, id: &str) -> Result<(), DriverError> {
@@ -775,6 +887,41 @@ impl Driver for AccountDriver {
 
     fn console(&self, id: &str) -> PathBuf {
         self.dir(id).join("console.log")
+    }
+
+    /// A workspace's processes are its cgroup's.
+    async fn pids(&self, id: &str) -> Vec<i32> {
+        self.cgroup(id).pids()
+    }
+
+    async fn run_job(
+        &self,
+        spec: &VmSpec,
+        req: JobRequest,
+        log: PathBuf,
+    ) -> Result<(), DriverError> {
+        self.exec_job(spec, req, log).await
+    }
+
+    async fn signal_job(&self, _id: &str, _job: &str, log: &Path, signal: Signal) {
+        AccountDriver::signal_group(log, signal);
+    }
+
+    /// Written by the account itself: its permissions apply.
+    async fn write_file(&self, spec: &VmSpec, path: &str, data: &[u8]) -> Result<(), DriverError> {
+        let argv = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat > \"$1\"".into(),
+            "sh".into(),
+            path.into(),
+        ];
+        self.run_captured(spec, argv, data).await.map(drop)
+    }
+
+    async fn read_file(&self, spec: &VmSpec, path: &str) -> Result<Vec<u8>, DriverError> {
+        let argv = vec!["cat".into(), "--".into(), path.into()];
+        self.run_captured(spec, argv, b"").await
     }
 }
 
@@ -804,10 +951,11 @@ mod tests {
     #[test]
     fn a_range_holding_an_account_of_the_host_is_refused_by_name() {
         let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let (jobs, _) = tokio::sync::mpsc::unbounded_channel();
         let dir = std::env::temp_dir();
         let range = AccountRange { first: 0, last: 0 };
-        let Err(refused) = super::AccountDriver::new(dir.clone(), dir.clone(), dir, range, events)
-        else {
+        let made = super::AccountDriver::new(dir.clone(), dir.clone(), dir, range, events, jobs);
+        let Err(refused) = made else {
             panic!("a range holding root's uid was accepted");
         };
         if nix::unistd::geteuid().is_root() {

@@ -109,6 +109,23 @@ async fn append(path: &Path, ev: &JobEvent) {
     LOG_APPENDED.notify_waiters();
 }
 
+/// How long a file read or write in the guest may take.
+const AGENT_FILE_WITHIN: Duration = Duration::from_secs(60);
+
+/// What a request to the guest agent can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The guest did it and failed (its message, e.g. a permission refused).
+    #[error("{0}")]
+    Refused(String),
+    /// No answer in time (the guest is gone or hung).
+    #[error("the guest agent did not answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The answer was not valid base64.
+    #[error("the guest agent's answer was garbled: {0}")]
+    Garbled(base64::DecodeError),
+}
+
 impl Agent {
     /// Connects to the agent socket (retrying until `deadline`) and keeps the
     /// connection served; ended jobs are reported on `done`.
@@ -371,20 +388,17 @@ impl Agent {
         self.jobs.lock().await.contains_key(job)
     }
 
-    async fn file(&self, req: String, msg: ToAgent) -> Result<Option<Vec<u8>>, String> {
+    async fn file(&self, req: String, msg: ToAgent) -> Result<Option<Vec<u8>>, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.files.lock().await.insert(req, tx);
         let _ = self.out.send(msg);
-        match tokio::time::timeout(Duration::from_secs(60), rx).await {
-            Ok(Ok(FromAgent::FileDone { error: Some(e), .. })) => Err(e),
+        match tokio::time::timeout(AGENT_FILE_WITHIN, rx).await {
+            Ok(Ok(FromAgent::FileDone { error: Some(e), .. })) => Err(AgentError::Refused(e)),
             Ok(Ok(FromAgent::FileDone { data, .. })) => data
-                .map(|d| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(d)
-                        .map_err(|e| e.to_string())
-                })
-                .transpose(),
-            _ => Err("the guest agent did not answer".into()),
+                .map(|d| base64::engine::general_purpose::STANDARD.decode(d))
+                .transpose()
+                .map_err(AgentError::Garbled),
+            _ => Err(AgentError::NoAnswer(AGENT_FILE_WITHIN)),
         }
     }
 
@@ -394,7 +408,7 @@ impl Agent {
         path: &str,
         data: &[u8],
         mode: Option<u32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AgentError> {
         let req = format!("w{}", rand::random::<u64>());
         let data = base64::engine::general_purpose::STANDARD.encode(data);
         self.file(
@@ -411,7 +425,7 @@ impl Agent {
     }
 
     /// Reads a file from the guest.
-    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
         let req = format!("r{}", rand::random::<u64>());
         self.file(
             req.clone(),

@@ -37,7 +37,7 @@ impl NodeError {
             NodeError::Driver(DriverError::BootTimeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "boot_timeout")
             }
-            NodeError::Driver(DriverError::Unsupported(_)) => {
+            NodeError::Driver(DriverError::Unsupported { .. } | DriverError::NoDriver(_)) => {
                 (StatusCode::NOT_IMPLEMENTED, "unsupported")
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "node_error"),

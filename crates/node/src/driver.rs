@@ -1,11 +1,17 @@
 //! The seam between the VW Manager and a workspace implementation (paper
-//! §2.2): what any driver must do. Saving memory and live migration are
-//! QEMU's alone (`qemu::QemuDriver`), not defaults of the trait.
+//! §2.2): what any driver must do ([`Driver`]), what only some can
+//! ([`SavesMemory`], [`Migrates`]), and the registry that picks one by the
+//! workspace's category ([`Drivers`]).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
+use vws_model::node::{JobRequest, WorkspaceCredentials};
+use vws_model::Category;
 
 /// How a VM boots.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -101,6 +107,16 @@ pub struct VmSpec {
     pub account: Option<AccountSpec>,
 }
 
+impl VmSpec {
+    /// The workspace's category, which picks its driver.
+    pub fn category(&self) -> Category {
+        match self.account {
+            Some(_) => Category::DynamicAccount,
+            None => Category::Vm,
+        }
+    }
+}
+
 /// What a driver reports about a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,37 +174,223 @@ pub enum DriverError {
     #[error("network: {0}")]
     Network(#[from] NetError),
     /// This driver cannot do that.
-    #[error("{0} is not supported by this driver")]
-    Unsupported(&'static str),
+    #[error("{what} is not supported for a {} workspace", category.as_str())]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// The workspace's category.
+        category: Category,
+    },
+    /// This node does not run workspaces of the category.
+    #[error("this node does not run {} workspaces", .0.as_str())]
+    NoDriver(Category),
+    /// The workspace's credential could not be put in.
+    #[error("putting the workspace's credential in the guest: {0}")]
+    Credential(crate::agent::AgentError),
+    /// The workspace's disk could not be converted.
+    #[error("the workspace's disk: {0}")]
+    Disk(String),
+    /// The guest refused or did not answer.
+    #[error("{0}")]
+    Guest(#[from] crate::agent::AgentError),
     /// Files or processes.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A workspace implementation (the paper's VMM, or a dynamic account).
+/// A workspace implementation (the paper's VMM, or a dynamic account): one
+/// per category, chosen once per workspace from [`Drivers`]. What not every
+/// driver can do is a capability trait ([`SavesMemory`], [`Migrates`]) that
+/// the driver hands out, not a default that fails.
+#[async_trait::async_trait]
 pub trait Driver: Send + Sync + 'static {
-    /// Starts (boots) the workspace and waits until it reports ready.
-    fn start(
+    /// The category of workspace it runs.
+    fn category(&self) -> Category;
+    /// After a restart of the node: takes over the workspaces a previous
+    /// run left running (and the jobs in them, whose event logs are in
+    /// `jobs`), and cleans up after those that ended meanwhile.
+    async fn adopt(&self, jobs: &Path) -> Adopted;
+    /// Readies a freshly staged workspace's own disk for this driver (an
+    /// account's upper layer is a raw ext4 image). Most need nothing.
+    async fn prepare(
+        &self,
+        _spec: &mut VmSpec,
+        _lease: Option<vws_model::node::AccountLease>,
+        _image: Option<PathBuf>,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Returns the workspace's own disk to the repository's form
+    /// (`disk.qcow2` in its folder) before a check-in. Most need nothing.
+    async fn prepare_check_in(&self, _spec: &VmSpec) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Starts (boots, or restores a hot image as a new workspace), waits
+    /// until it reports ready, and puts its credential in.
+    async fn start(
         &self,
         spec: &VmSpec,
-    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+        credentials: Option<&WorkspaceCredentials>,
+    ) -> Result<(), DriverError>;
+    /// Puts the workspace's own credential under [`CREDENTIALS_DIR`].
+    async fn install_credentials(
+        &self,
+        spec: &VmSpec,
+        credentials: &WorkspaceCredentials,
+    ) -> Result<(), DriverError>;
     /// Shuts it down: gracefully within `grace`, then hard.
-    fn stop(
-        &self,
-        id: &str,
-        grace: Duration,
-    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError>;
+    /// Ends it at once, whatever its state, leaving nothing of it running
+    /// on the host (it is being destroyed).
+    async fn remove(&self, id: &str) -> Result<(), DriverError>;
     /// Freezes it.
-    fn pause(&self, id: &str) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    async fn pause(&self, id: &str) -> Result<(), DriverError>;
     /// Thaws it.
-    fn unpause(
-        &self,
-        id: &str,
-    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send;
+    async fn unpause(&self, id: &str) -> Result<(), DriverError>;
     /// Its state as the implementation sees it.
-    fn status(&self, id: &str) -> impl std::future::Future<Output = VmState> + Send;
+    async fn status(&self, id: &str) -> VmState;
     /// Its serial console log.
     fn console(&self, id: &str) -> PathBuf;
+    /// Its processes on the host, for usage figures.
+    async fn pids(&self, id: &str) -> Vec<i32>;
+    /// Starts a job; its events go to `log`, its end to the node's job channel.
+    async fn run_job(
+        &self,
+        spec: &VmSpec,
+        job: JobRequest,
+        log: PathBuf,
+    ) -> Result<(), DriverError>;
+    /// Signals a running job's process group.
+    async fn signal_job(&self, id: &str, job: &str, log: &Path, signal: Signal);
+    /// Writes a file inside the running workspace (with its permissions).
+    async fn write_file(&self, spec: &VmSpec, path: &str, data: &[u8]) -> Result<(), DriverError>;
+    /// Reads a file inside the running workspace.
+    async fn read_file(&self, spec: &VmSpec, path: &str) -> Result<Vec<u8>, DriverError>;
+    /// The uids it leases to workspaces, if it does (reported to the
+    /// service, which leases them).
+    fn leases(&self) -> Option<vws_model::node::AccountRange> {
+        None
+    }
+    /// Saving and restoring memory, where the driver can.
+    fn memory(&self) -> Option<&dyn SavesMemory> {
+        None
+    }
+    /// Live migration between nodes, where the driver can.
+    fn migration(&self) -> Option<&dyn Migrates> {
+        None
+    }
+}
+
+/// What a driver took over at a restart of the node.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    /// Workspaces still running.
+    pub workspaces: Vec<String>,
+    /// Jobs still running: (job, workspace).
+    pub jobs: Vec<(String, String)>,
+}
+
+/// A driver that can save a paused workspace's memory and bring it back.
+#[async_trait::async_trait]
+pub trait SavesMemory: Send + Sync {
+    /// Saves a paused workspace's memory and device state to `to`, then
+    /// ends it (a check-in of a paused workspace).
+    async fn save_memory(&self, id: &str, to: &Path) -> Result<(), DriverError>;
+    /// Saves a paused workspace's device state (and RAM, unless it is a
+    /// file of its own, which is returned) to `to`; it stays paused.
+    async fn snapshot_memory(&self, id: &str, to: &Path) -> Result<Option<PathBuf>, DriverError>;
+    /// Brings a workspace back from saved state, running, as itself.
+    async fn restore(&self, spec: &VmSpec, from: &Path) -> Result<(), DriverError>;
+}
+
+/// A driver that can move a running workspace to another node.
+#[async_trait::async_trait]
+pub trait Migrates: Send + Sync {
+    /// Whether streams between nodes use TLS.
+    fn tls(&self) -> bool;
+    /// Target side: starts the workspace waiting for its state on `host`;
+    /// returns the migration URI and, with a disk, its NBD export's URI.
+    async fn incoming(
+        &self,
+        spec: &VmSpec,
+        host: &str,
+    ) -> Result<(String, Option<String>), DriverError>;
+    /// Source side: sends the workspace to a waiting target, its progress
+    /// in `meter`; on failure it goes on here.
+    async fn migrate_out(
+        &self,
+        id: &str,
+        migrate_uri: &str,
+        nbd_uri: Option<&str>,
+        tls_name: Option<&str>,
+        meter: &MigrationMeter,
+    ) -> Result<(), DriverError>;
+    /// Target side, last step: takes over the handed-over jobs
+    /// (job, log, output bytes) and resumes the workspace if it was running.
+    async fn finish_incoming(
+        &self,
+        id: &str,
+        jobs: Vec<(String, PathBuf, u64)>,
+        running: bool,
+    ) -> Result<(), DriverError>;
+}
+
+/// Live-migration progress of one outgoing workspace, shared with whoever asks.
+#[derive(Default)]
+pub struct MigrationMeter {
+    /// `disk`, `memory`, `done` or `failed`.
+    pub phase: std::sync::Mutex<String>,
+    /// Bytes done in the phase.
+    pub done: std::sync::atomic::AtomicU64,
+    /// Bytes in the phase.
+    pub total: std::sync::atomic::AtomicU64,
+}
+
+impl MigrationMeter {
+    pub(crate) fn set(&self, phase: &str, done: u64, total: u64) {
+        if let Ok(mut p) = self.phase.lock() {
+            if *p != phase {
+                *p = phase.to_string();
+            }
+        }
+        self.done.store(done, std::sync::atomic::Ordering::Relaxed);
+        self.total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The drivers of one node, keyed by the category each runs.
+#[derive(Clone, Default)]
+pub struct Drivers(HashMap<Category, Arc<dyn Driver>>);
+
+impl Drivers {
+    /// Adds a driver for its category (replacing one registered before).
+    pub fn register(&mut self, driver: Arc<dyn Driver>) {
+        self.0.insert(driver.category(), driver);
+    }
+
+    /// The driver of a category, if this node runs it.
+    pub fn get(&self, category: Category) -> Option<&Arc<dyn Driver>> {
+        self.0.get(&category)
+    }
+
+    /// Every registered driver.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
+        self.0.values()
+    }
+}
+
+/// Where a node keeps what must never touch its disk (guest RAM files, an
+/// encrypted disk's passphrase): tmpfs where there is one, one folder per
+/// node home (its VMs' folder `root`).
+pub fn tmpfs_dir(root: &Path) -> PathBuf {
+    use sha2::Digest;
+    let tag = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
+    if Path::new("/dev/shm").is_dir() {
+        PathBuf::from(format!("/dev/shm/vws-{}", hex::encode(&tag[..6])))
+    } else {
+        root.join(".ram")
+    }
 }
 
 /// What an account workspace is made of on this host (a dynamic account's

@@ -1,6 +1,7 @@
 //! The VW Manager: this host's workspaces. Stages them from the repository
-//! (check-out), starts, stops, pauses and unpauses them through the driver,
-//! and sends them back (check-in). Reports capacity and health by heartbeat.
+//! (check-out), starts, stops, pauses and unpauses them through the driver
+//! of their category, and sends them back (check-in). Reports capacity and
+//! health by heartbeat.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -10,10 +11,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use vws_model::node::{DeployRequest, NodeEvent, NodeReport, Registration, StagingProgress};
 
-use crate::account::{AccountDriver, AccountSpec};
-use crate::agent::{Agent, JobDone, JobEvent};
-use crate::driver::{Boot, Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState};
-use crate::qemu::QemuDriver;
+use crate::agent::JobEvent;
+use crate::driver::{
+    Boot, Driver, DriverError, Drivers, MigrationMeter, NicSpec, VmEvent, VmSpec, VmState,
+};
 use crate::staging::{self, Progress, StageError};
 
 /// What a node action can fail with.
@@ -42,10 +43,6 @@ pub enum NodeError {
     Other(#[from] anyhow::Error),
 }
 
-/// How long a job waits for a running guest's agent to answer its
-/// connection (it reconnects after a restart of the node).
-const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
-
 pub use crate::driver::CREDENTIALS_DIR;
 
 /// One host's manager.
@@ -53,7 +50,7 @@ pub struct Manager {
     /// Node name.
     pub name: String,
     home: PathBuf,
-    driver: Arc<QemuDriver>,
+    drivers: Drivers,
     http: reqwest::Client,
     accel: (crate::accel::Accel, String),
     progress: Mutex<HashMap<String, Arc<Progress>>>,
@@ -70,47 +67,28 @@ pub struct Manager {
     /// (the URL a deploy named is used when none is set). A service that
     /// restarted at another address is reached where it is now.
     pub service: Option<String>,
-    migrations: Mutex<HashMap<String, Arc<crate::qemu::MigrationMeter>>>,
-    /// The dynamic-account driver, where this host can run accounts.
-    accounts: Option<Arc<AccountDriver>>,
-    events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
-    jobs_done: JobDone,
+    migrations: Mutex<HashMap<String, Arc<MigrationMeter>>>,
 }
 
 impl Manager {
-    /// A manager keeping its state under `home`; unexpected VM exits go to `events`.
-    /// `http` is how it reaches the repository (with the node's certificate).
+    /// A manager keeping its state under `home` and running workspaces
+    /// through `drivers` (one per category it runs). `http` is how it
+    /// reaches the repository (with the node's certificate).
     pub fn new(
         name: String,
         home: PathBuf,
         http: reqwest::Client,
-        tls_dir: Option<PathBuf>,
-        events: tokio::sync::mpsc::UnboundedSender<VmEvent>,
-        jobs_done: JobDone,
+        drivers: Drivers,
     ) -> anyhow::Result<Manager> {
         std::fs::create_dir_all(home.join("cache/sha256"))?;
-        std::fs::create_dir_all(home.join("vms"))?;
+        std::fs::create_dir_all(vms_dir(&home))?;
         std::fs::create_dir_all(home.join("jobs"))?;
-        let accel = crate::accel::detect();
-        let mut driver =
-            QemuDriver::new(home.join("vms"), accel.0, events.clone(), jobs_done.clone());
-        if let Some(dir) = tls_dir {
-            driver = driver.with_tls(dir);
-        }
-        match crate::loopback::LoopbackGuard::install(&QemuDriver::host_tag(&home.join("vms"))) {
-            Ok(guard) => driver = driver.with_loopback_guard(guard),
-            Err(e) => tracing::warn!(
-                "VMs' user NICs can reach this host's loopback services ({e}); \
-                 run the node as root on a host with cgroup v2 and nftables to cut them off"
-            ),
-        }
-        let driver = Arc::new(driver);
         Ok(Manager {
             name,
             home,
-            driver,
+            drivers,
             http,
-            accel,
+            accel: crate::accel::detect(),
             progress: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             stop_grace: Duration::from_secs(5),
@@ -118,54 +96,39 @@ impl Manager {
             publish: None,
             service: None,
             migrations: Mutex::new(HashMap::new()),
-            accounts: None,
-            events,
-            jobs_done,
         })
     }
 
-    /// Lets this node run `dynamic account` workspaces with uids from
-    /// `range`, using `program __sandbox` as the namespace helper (the
-    /// `vws` executable). Fails, saying why, where the host cannot.
-    pub fn enable_accounts(
-        &mut self,
-        range: vws_model::node::AccountRange,
-        program: PathBuf,
-    ) -> Result<(), crate::account::AccountsUnavailable> {
-        let driver = AccountDriver::new(
-            self.home.join("vms"),
-            self.driver.net_dir(),
-            program,
-            range,
-            self.events.clone(),
-        )?;
-        self.accounts = Some(Arc::new(driver));
-        Ok(())
+    /// The driver of a category, or why this node cannot run it.
+    fn driver_of(&self, category: vws_model::Category) -> Result<&Arc<dyn Driver>, NodeError> {
+        self.drivers
+            .get(category)
+            .ok_or(NodeError::Driver(DriverError::NoDriver(category)))
     }
 
-    /// The account driver if `id` is a dynamic account deployed here.
-    fn account(&self, id: &str) -> Option<(Arc<AccountDriver>, VmSpec)> {
-        let spec = self.spec(id).ok()?;
-        spec.account.as_ref()?;
-        Some((self.accounts.clone()?, spec))
+    /// A deployed workspace's spec and driver.
+    fn deployed_with_driver(&self, id: &str) -> Result<(VmSpec, &Arc<dyn Driver>), NodeError> {
+        let spec = self.spec(id)?;
+        let driver = self.driver_of(spec.category())?;
+        Ok((spec, driver))
     }
 
-    /// Takes over VMs a previous run of this node left running, and removes
-    /// the taps and rules of those that did not survive.
+    /// Takes over workspaces a previous run of this node left running (and
+    /// their jobs), and removes the taps and rules of those that did not
+    /// survive.
     pub async fn adopt(&self) -> Vec<String> {
-        let mut adopted = self.driver.adopt().await;
-        if let Some(a) = &self.accounts {
-            adopted.extend(a.adopt().await);
-            for (job, ws) in a.adopt_jobs(&self.home.join("jobs"), &self.jobs_done) {
-                self.jobs.lock().await.insert(job, ws);
-            }
+        let mut adopted = Vec::new();
+        for driver in self.drivers.all() {
+            let found = driver.adopt(&self.home.join("jobs")).await;
+            adopted.extend(found.workspaces);
+            self.jobs.lock().await.extend(found.jobs);
         }
         let keep: Vec<String> = adopted
             .iter()
             .filter_map(|id| self.spec(id).ok())
             .flat_map(|s| s.nics.into_iter().filter_map(|n| n.bridged.map(|b| b.tap)))
             .collect();
-        let swept = crate::net::sweep(&keep, &self.driver.net_dir());
+        let swept = crate::net::sweep(&keep, &net_dir(&self.home));
         if !swept.is_empty() {
             tracing::info!(?swept, "removed taps no running workspace uses");
         }
@@ -183,7 +146,13 @@ impl Manager {
     }
 
     fn vm_dir(&self, id: &str) -> PathBuf {
-        self.home.join("vms").join(id)
+        vms_dir(&self.home).join(id)
+    }
+
+    /// Where an encrypted disk's passphrase is kept while deployed: tmpfs,
+    /// never the node's disk.
+    fn key_file(&self, id: &str) -> PathBuf {
+        crate::driver::tmpfs_dir(&vms_dir(&self.home)).join(format!("{id}.key"))
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -227,7 +196,7 @@ impl Manager {
         if result.is_err() {
             // Nothing half-made stays usable: the spec is what makes a deploy real.
             let _ = std::fs::remove_dir_all(self.vm_dir(&req.id));
-            let _ = std::fs::remove_file(self.driver.key_file(&req.id));
+            let _ = std::fs::remove_file(self.key_file(&req.id));
         }
         result
     }
@@ -258,18 +227,17 @@ impl Manager {
             .blobs
             .iter()
             .find(|b| b.role == vws_model::node::BlobRole::Disk);
-        if req.account.is_some() && self.accounts.is_none() {
-            return Err(NodeError::Other(anyhow::anyhow!(
-                "node {} does not run dynamic accounts",
-                self.name
-            )));
-        }
+        let driver = self.driver_of(if req.account.is_some() {
+            vws_model::Category::DynamicAccount
+        } else {
+            vws_model::Category::Vm
+        })?;
         // An encrypted disk's passphrase lives on tmpfs while deployed.
         let key_file = match &req.disk_key {
             Some(key) => {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
-                let path = self.driver.key_file(&req.id);
+                let path = self.key_file(&req.id);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
@@ -410,9 +378,13 @@ impl Manager {
             account: None,
         };
         let mut spec = spec;
-        if let Some(lease) = req.account {
-            spec.account = Some(self.account_disk(&spec, lease, backing).await?);
-        }
+        driver
+            .prepare(
+                &mut spec,
+                req.account,
+                backing.map(|b| self.blob_path(&b.digest)),
+            )
+            .await?;
         // Written last, atomically: a deploy is real only once this exists.
         let tmp = dir.join("spec.json.tmp");
         std::fs::write(
@@ -425,50 +397,6 @@ impl Manager {
         Ok(moved)
     }
 
-    /// A dynamic account's upper layer: the staged qcow2 disk turned into
-    /// a raw ext4 image (sparse), formatted on first use.
-    async fn account_disk(
-        &self,
-        spec: &VmSpec,
-        lease: vws_model::node::AccountLease,
-        image: Option<&vws_model::node::BlobRef>,
-    ) -> Result<AccountSpec, NodeError> {
-        let image = image
-            .map(|b| self.blob_path(&b.digest))
-            .ok_or_else(|| anyhow::anyhow!("a dynamic account needs a filesystem image"))?;
-        let dir = self.vm_dir(&spec.id);
-        let upper = dir.join("upper.img");
-        let qcow = dir.join("disk.qcow2");
-        if qcow.exists() {
-            vws_qemu::img::flatten(&qcow, &upper, "raw")
-                .await
-                .map_err(|e| NodeError::Other(e.into()))?;
-            std::fs::remove_file(&qcow)?;
-        } else {
-            return Err(NodeError::Other(anyhow::anyhow!(
-                "a dynamic account needs a workspace disk (its upper layer)"
-            )));
-        }
-        if !is_ext4(&upper)? {
-            let out = tokio::process::Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-m", "0", "-L", "vws-upper"])
-                .arg(&upper)
-                .output()
-                .await?;
-            if !out.status.success() {
-                return Err(NodeError::Other(anyhow::anyhow!(
-                    "mkfs.ext4 on the workspace disk: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-        }
-        Ok(AccountSpec {
-            uid: lease.uid,
-            image,
-            upper,
-        })
-    }
-
     /// Boots a deployed workspace and waits for it to report ready; returns
     /// where its served ports are reachable.
     pub async fn start(
@@ -477,155 +405,38 @@ impl Manager {
         credentials: Option<vws_model::node::WorkspaceCredentials>,
     ) -> Result<Vec<vws_model::node::Forward>, NodeError> {
         let spec = self.spec_with_forwards(id)?;
-        if spec.account.is_some() && self.accounts.is_none() {
-            return Err(NodeError::Other(anyhow::anyhow!(
-                "workspace {id} is a dynamic account and node {} no longer runs them (see its log)",
-                self.name
-            )));
-        }
-        if let Some((driver, _)) = self.account(id) {
-            // No agent inside: the credential is written by the account itself.
-            driver.start(&spec).await?;
-            if let Some(c) = credentials {
-                let dir = CREDENTIALS_DIR;
-                for (name, text, mode) in [
-                    ("key.pem", &c.key, "600"),
-                    ("cert.pem", &c.cert, "644"),
-                    ("ca.pem", &c.ca, "644"),
-                ] {
-                    let path = format!("{dir}/{name}");
-                    let script = format!(
-                        "umask 077 && mkdir -p {dir} && cat > {path} && chmod {mode} {path}"
-                    );
-                    driver
-                        .run_captured(
-                            &spec,
-                            vec!["/bin/sh".into(), "-c".into(), script],
-                            text.as_bytes(),
-                        )
-                        .await?;
-                }
-            }
-            return Ok(spec.forwards);
-        }
-        let t = std::time::Instant::now();
-        let install = |c: Option<vws_model::node::WorkspaceCredentials>| async move {
-            match c {
-                Some(c) => self.install_credentials(id, &c).await,
-                None => Ok(()),
-            }
-        };
-        match &spec.restore {
-            Some(memory) => {
-                self.driver.restore(&spec, memory).await?;
-                let restored = t.elapsed();
-                // The credential is sent alongside the identity message, not
-                // after its answer: the writes do not depend on it, and the
-                // round trip between them is saved.
-                let (identity, installed) =
-                    tokio::join!(self.refresh_identity(&spec), install(credentials));
-                identity?;
-                installed?;
-                tracing::debug!(%id, ?restored, identity = ?(t.elapsed() - restored), "restored");
-            }
-            None => {
-                self.driver.start(&spec).await?;
-                let ready = t.elapsed();
-                install(credentials).await?;
-                tracing::debug!(%id, ?ready, credentials = ?(t.elapsed() - ready), "started");
-            }
-        }
+        let driver = self.driver_of(spec.category())?;
+        driver.start(&spec, credentials.as_ref()).await?;
         Ok(spec.forwards)
     }
 
-    /// Puts the workspace's own credential into the guest, under
-    /// `/etc/vws/credentials` (the key readable by root only). Nothing is
-    /// written on this host.
+    /// Puts the workspace's own credential into it, under
+    /// `/etc/vws/credentials` (the key readable by its owner only). Nothing
+    /// is written on this host.
     pub async fn install_credentials(
         &self,
         id: &str,
         c: &vws_model::node::WorkspaceCredentials,
     ) -> Result<(), NodeError> {
-        let agent = self.agent(id).await?;
-        let dir = CREDENTIALS_DIR;
-        // All three in flight at once: the agent answers each by its id.
-        let writes = [
-            ("key.pem", &c.key, 0o600),
-            ("cert.pem", &c.cert, 0o644),
-            ("ca.pem", &c.ca, 0o644),
-        ]
-        .map(|(name, text, mode)| {
-            let agent = agent.clone();
-            async move {
-                agent
-                    .write_file(&format!("{dir}/{name}"), text.as_bytes(), Some(mode))
-                    .await
-            }
-        });
-        for done in futures::future::join_all(writes).await {
-            done.map_err(|e| {
-                NodeError::Other(anyhow::anyhow!(
-                    "putting the workspace's credential in the guest: {e}"
-                ))
-            })?;
-        }
-        Ok(())
-    }
-
-    /// A workspace restored from a hot image wakes up as the image's source:
-    /// give it its own hostname, MAC, entropy and agent session.
-    async fn refresh_identity(&self, spec: &VmSpec) -> Result<(), NodeError> {
-        let agent = self.agent(&spec.id).await?;
-        let before = agent.hello().map(|h| h.session);
-        // eth0's MAC for a user NIC; bridged NICs get theirs with their
-        // addresses.
-        let mac = spec
-            .nics
-            .first()
-            .filter(|n| n.bridged.is_none())
-            .map(|_| crate::qemu::mac_address(&spec.id, 0));
-        let net = spec
-            .nics
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                n.bridged.as_ref().map(|b| vws_guest::NetConfig {
-                    dev: format!("eth{i}"),
-                    mac: b.mac.clone(),
-                    address: (!b.dhcp).then(|| b.address.clone()),
-                    gateway: b.gateway.clone(),
-                    dhcp: b.dhcp,
-                })
-            })
-            .collect();
-        let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-        agent.identity(&spec.hostname, mac, &seed, net);
-        // A new agent session is the sign that all of it happened.
-        match agent
-            .new_session(before.as_deref(), Duration::from_secs(15))
-            .await
-        {
-            Some(_) => Ok(()),
-            None => Err(NodeError::Other(anyhow::anyhow!(
-                "the restored guest did not take its new identity"
-            ))),
-        }
+        let (spec, driver) = self.deployed_with_driver(id)?;
+        Ok(driver.install_credentials(&spec, c).await?)
     }
 
     /// Saves a paused workspace as a hot image: memory and device state, and
     /// its disk flattened to one standalone qcow2, sent to the repository as
     /// blobs. The workspace stays paused.
     pub async fn snapshot(&self, id: &str) -> Result<vws_model::node::Snapshot, NodeError> {
-        self.spec(id)?;
-        if self.account(id).is_some() {
-            return Err(DriverError::Unsupported("snapshot of a dynamic account").into());
-        }
+        let (spec, driver) = self.deployed_with_driver(id)?;
+        let saver = driver.memory().ok_or(DriverError::Unsupported {
+            what: "a snapshot",
+            category: spec.category(),
+        })?;
         let dir = self.vm_dir(id);
         let repository = self.repository_for(&dir)?;
         let memory = dir.join("snapshot-memory.state");
         let disk = dir.join("snapshot-disk.qcow2");
         let result = async {
-            let ram = self.driver.snapshot_memory(id, &memory).await?;
+            let ram = saver.snapshot_memory(id, &memory).await?;
             let mut out = vws_model::node::Snapshot {
                 memory: self.send_blob(&repository, &memory).await?,
                 ram: None,
@@ -699,9 +510,18 @@ impl Manager {
     ) -> Result<vws_model::node::MigrationTarget, NodeError> {
         let mut deploy = req.deploy;
         let id = deploy.id.clone();
-        if deploy.account.is_some() {
-            return Err(DriverError::Unsupported("migration of a dynamic account").into());
-        }
+        let category = if deploy.account.is_some() {
+            vws_model::Category::DynamicAccount
+        } else {
+            vws_model::Category::Vm
+        };
+        let migrates = self
+            .driver_of(category)?
+            .migration()
+            .ok_or(DriverError::Unsupported {
+                what: "live migration",
+                category,
+            })?;
         if self.deployed(&id) {
             return Err(NodeError::AlreadyDeployed(id));
         }
@@ -714,12 +534,12 @@ impl Manager {
             let mut spec = self.spec_with_forwards(&id)?;
             spec.restore = None;
             spec.restore_ram = None;
-            let (migrate_uri, nbd_uri) = self.driver.incoming(&spec, &self.migration_host).await?;
+            let (migrate_uri, nbd_uri) = migrates.incoming(&spec, &self.migration_host).await?;
             Ok::<_, NodeError>(vws_model::node::MigrationTarget {
                 migrate_uri,
                 nbd_uri,
                 forwards: spec.forwards,
-                tls_name: self.driver.tls().then(|| self.name.clone()),
+                tls_name: migrates.tls().then(|| self.name.clone()),
             })
         }
         .await;
@@ -737,16 +557,19 @@ impl Manager {
         id: &str,
         to: vws_model::node::MigrationTarget,
     ) -> Result<vws_model::node::MigrationDone, NodeError> {
-        self.spec(id)?;
-        let running = self.driver.status(id).await == VmState::Running;
+        let (spec, driver) = self.deployed_with_driver(id)?;
+        let migrates = driver.migration().ok_or(DriverError::Unsupported {
+            what: "live migration",
+            category: spec.category(),
+        })?;
+        let running = driver.status(id).await == VmState::Running;
         tracing::info!(%id, to = %to.migrate_uri, tls = to.tls_name.is_some(), "migrating out");
-        let meter = Arc::new(crate::qemu::MigrationMeter::default());
+        let meter = Arc::new(MigrationMeter::default());
         self.migrations
             .lock()
             .await
             .insert(id.to_string(), meter.clone());
-        let sent = self
-            .driver
+        let sent = migrates
             .migrate_out(
                 id,
                 &to.migrate_uri,
@@ -789,7 +612,11 @@ impl Manager {
         id: &str,
         done: vws_model::node::MigrationDone,
     ) -> Result<(), NodeError> {
-        self.spec(id)?;
+        let (spec, driver) = self.deployed_with_driver(id)?;
+        let migrates = driver.migration().ok_or(DriverError::Unsupported {
+            what: "live migration",
+            category: spec.category(),
+        })?;
         let mut jobs = Vec::new();
         for h in done.jobs {
             let path = self.job_log(&h.job);
@@ -798,7 +625,7 @@ impl Manager {
             self.jobs.lock().await.insert(h.job.clone(), id.to_string());
             jobs.push((h.job, path, h.bytes));
         }
-        self.driver.finish_incoming(id, jobs, done.running).await?;
+        migrates.finish_incoming(id, jobs, done.running).await?;
         tracing::info!(%id, "workspace migrated here");
         Ok(())
     }
@@ -818,25 +645,20 @@ impl Manager {
 
     /// Shuts a workspace down.
     pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
-        self.spec(id)?;
-        if let Some((a, _)) = self.account(id) {
-            return Ok(a.stop(id, self.stop_grace).await?);
-        }
+        let (_, driver) = self.deployed_with_driver(id)?;
         let memory = self.vm_dir(id).join("memory.state");
-        if self.driver.status(id).await == VmState::Shutdown && memory.exists() {
+        if driver.status(id).await == VmState::Shutdown && memory.exists() {
             // A saved paused state that was never resumed: stopping discards it.
             std::fs::remove_file(&memory)?;
             return Ok(());
         }
-        Ok(self.driver.stop(id, self.stop_grace).await?)
+        Ok(driver.stop(id, self.stop_grace).await?)
     }
 
     /// Freezes a workspace.
     pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
-        if let Some((a, _)) = self.account(id) {
-            return Ok(a.pause(id).await?);
-        }
-        Ok(self.driver.pause(id).await?)
+        let (_, driver) = self.deployed_with_driver(id)?;
+        Ok(driver.pause(id).await?)
     }
 
     /// Thaws a workspace; one deployed from the repository while paused is
@@ -845,65 +667,53 @@ impl Manager {
         &self,
         id: &str,
     ) -> Result<Option<Vec<vws_model::node::Forward>>, NodeError> {
-        if let Some((a, _)) = self.account(id) {
-            a.unpause(id).await?;
-            return Ok(None);
-        }
+        let (spec, driver) = self.deployed_with_driver(id)?;
         let memory = self.vm_dir(id).join("memory.state");
-        if self.driver.status(id).await == VmState::Shutdown && memory.exists() {
+        if driver.status(id).await == VmState::Shutdown && memory.exists() {
+            let saver = driver.memory().ok_or(DriverError::Unsupported {
+                what: "restoring saved memory",
+                category: spec.category(),
+            })?;
             let spec = self.spec_with_forwards(id)?;
-            self.driver.restore(&spec, &memory).await?;
+            saver.restore(&spec, &memory).await?;
             let _ = std::fs::remove_file(&memory);
             return Ok(Some(spec.forwards));
         }
-        self.driver.unpause(id).await?;
+        driver.unpause(id).await?;
         Ok(None)
     }
 
-    /// The driver's view of a workspace.
+    /// The driver's view of a workspace (shut down if it is not deployed).
     pub async fn status(&self, id: &str) -> VmState {
-        if let Some((a, _)) = self.account(id) {
-            return a.status(id).await;
+        match self.deployed_with_driver(id) {
+            Ok((_, driver)) => driver.status(id).await,
+            Err(_) => VmState::Shutdown,
         }
-        self.driver.status(id).await
     }
 
     /// Its console log.
     pub fn console(&self, id: &str) -> PathBuf {
-        if let Some((a, _)) = self.account(id) {
-            return a.console(id);
+        match self.deployed_with_driver(id) {
+            Ok((_, driver)) => driver.console(id),
+            Err(_) => self.vm_dir(id).join("console.log"),
         }
-        self.driver.console(id)
     }
 
     /// Check-in: sends the workspace's disk back to the repository (verified
     /// there by digest) and removes it from this host. Refused while it runs.
     pub async fn undeploy(&self, id: &str) -> Result<(), NodeError> {
-        self.spec(id)?;
+        let (spec, driver) = self.deployed_with_driver(id)?;
         let dir = self.vm_dir(id);
-        if let Some((a, spec)) = self.account(id) {
-            // An account's processes cannot leave this host: stop it first.
-            let state = a.status(id).await;
-            if state != VmState::Shutdown {
-                return Err(NodeError::Driver(DriverError::WrongState {
-                    id: id.into(),
-                    state,
-                }));
-            }
-            if let Some(acc) = &spec.account {
-                vws_qemu::img::flatten(&acc.upper, &dir.join("disk.qcow2"), "qcow2")
-                    .await
-                    .map_err(|e| NodeError::Other(e.into()))?;
-            }
-        }
-        match self.status(id).await {
+        match driver.status(id).await {
             VmState::Shutdown => {}
-            // A paused workspace keeps its memory: QEMU saves it, then ends.
-            VmState::Paused => {
-                self.driver
-                    .save_memory(id, &dir.join("memory.state"))
-                    .await?
+            // A paused workspace keeps its memory where the driver can save
+            // it: saved, then ended.
+            VmState::Paused if driver.memory().is_some() => {
+                if let Some(saver) = driver.memory() {
+                    saver.save_memory(id, &dir.join("memory.state")).await?
+                }
             }
+            // An account's processes cannot leave this host: stop it first.
             state => {
                 return Err(NodeError::Driver(DriverError::WrongState {
                     id: id.into(),
@@ -911,6 +721,7 @@ impl Manager {
                 }))
             }
         }
+        driver.prepare_check_in(&spec).await?;
         let repository = self.repository_for(&dir)?;
         for (file, what) in [("disk.qcow2", "disk"), ("memory.state", "memory")] {
             if dir.join(file).exists() {
@@ -919,7 +730,7 @@ impl Manager {
             }
         }
         std::fs::remove_dir_all(&dir)?;
-        let _ = std::fs::remove_file(self.driver.key_file(id));
+        let _ = std::fs::remove_file(self.key_file(id));
         tracing::info!(%id, "workspace checked in");
         Ok(())
     }
@@ -971,12 +782,10 @@ impl Manager {
     /// Ends a workspace here at once, whatever its state, without checking
     /// its disk back in (the workspace is being destroyed).
     pub async fn remove(&self, id: &str) -> Result<(), NodeError> {
-        if let Some((a, _)) = self.account(id) {
-            a.stop(id, Duration::ZERO).await?;
-        } else if self.driver.status(id).await != VmState::Shutdown {
-            self.driver.stop(id, Duration::ZERO).await?;
+        if let Ok((_, driver)) = self.deployed_with_driver(id) {
+            driver.remove(id).await?;
         }
-        let _ = std::fs::remove_file(self.driver.key_file(id));
+        let _ = std::fs::remove_file(self.key_file(id));
         // Its jobs' logs go with it (they were kept across stop and
         // undeploy, for `vws job output`).
         let list = self.jobs_list(id);
@@ -995,13 +804,6 @@ impl Manager {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
-    }
-
-    async fn agent(&self, id: &str) -> Result<Arc<Agent>, NodeError> {
-        self.driver
-            .agent(id)
-            .await
-            .ok_or_else(|| NodeError::Driver(DriverError::NotRunning(id.into())))
     }
 
     /// The jobs a workspace ran on this node, one id a line (kept across
@@ -1029,36 +831,13 @@ impl Manager {
         self.home.join("jobs").join(format!("{job}.ndjson"))
     }
 
-    /// Starts a job in a running workspace through its agent.
+    /// Starts a job in a running workspace.
     pub async fn run_job(
         &self,
         id: &str,
         req: vws_model::node::JobRequest,
     ) -> Result<(), NodeError> {
-        if let Some((a, spec)) = self.account(id) {
-            if req.argv.is_empty() {
-                return Err(NodeError::Other(anyhow::anyhow!(
-                    "a job needs a program to run"
-                )));
-            }
-            let log = self.job_log(&req.job);
-            tokio::fs::write(&log, b"").await?;
-            self.note_job(id, &req.job);
-            let job = req.job.clone();
-            self.jobs.lock().await.insert(job.clone(), id.to_string());
-            if let Err(e) = a.run_job(&spec, req, log, self.jobs_done.clone()).await {
-                self.jobs.lock().await.remove(&job);
-                return Err(e.into());
-            }
-            return Ok(());
-        }
-        let agent = self.agent(id).await?;
-        // Right after a restart of the node, the adopted guest's agent
-        // answers the new connection within a poll of its port (~0.1 s):
-        // a job sent then waits for it rather than failing.
-        if agent.ready(AGENT_ANSWERS_WITHIN).await.is_none() {
-            return Err(NodeError::Driver(DriverError::NotRunning(id.into())));
-        }
+        let (spec, driver) = self.deployed_with_driver(id)?;
         if req.argv.is_empty() {
             return Err(NodeError::Other(anyhow::anyhow!(
                 "a job needs a program to run"
@@ -1067,26 +846,19 @@ impl Manager {
         let log = self.job_log(&req.job);
         tokio::fs::write(&log, b"").await?;
         self.note_job(id, &req.job);
-        self.jobs
-            .lock()
-            .await
-            .insert(req.job.clone(), id.to_string());
-        agent
-            .exec(
-                &req.job,
-                log,
-                req.argv,
-                req.env,
-                req.cwd,
-                req.stdin,
-                req.timeout.map(|t| t.saturating_mul(1000)),
-            )
-            .await;
+        let job = req.job.clone();
+        self.jobs.lock().await.insert(job.clone(), id.to_string());
+        if let Err(e) = driver.run_job(&spec, req, log).await {
+            self.jobs.lock().await.remove(&job);
+            return Err(e.into());
+        }
         Ok(())
     }
 
-    /// Cancels a job: SIGTERM to its process group, SIGKILL two seconds later.
+    /// Cancels a job: SIGTERM to its process group, SIGKILL two seconds
+    /// later if it has not ended.
     pub async fn cancel_job(self: &Arc<Self>, job: &str) -> Result<(), NodeError> {
+        use nix::sys::signal::Signal;
         let id = self
             .jobs
             .lock()
@@ -1094,27 +866,16 @@ impl Manager {
             .get(job)
             .cloned()
             .ok_or_else(|| NodeError::NotDeployed(format!("job {job}")))?;
-        if let Some((a, _)) = self.account(&id) {
-            use nix::sys::signal::Signal;
-            let log = self.job_log(job);
-            a.signal_job(&log, Signal::SIGTERM);
-            let me = self.clone();
-            let job = job.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if me.jobs.lock().await.contains_key(&job) {
-                    a.signal_job(&log, Signal::SIGKILL);
-                }
-            });
-            return Ok(());
-        }
-        let agent = self.agent(&id).await?;
-        agent.signal(job, 15);
+        let (_, driver) = self.deployed_with_driver(&id)?;
+        let driver = driver.clone();
+        let log = self.job_log(job);
+        driver.signal_job(&id, job, &log, Signal::SIGTERM).await;
+        let me = self.clone();
         let job = job.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if agent.running(&job).await {
-                agent.signal(&job, 9);
+            if me.jobs.lock().await.contains_key(&job) {
+                driver.signal_job(&id, &job, &log, Signal::SIGKILL).await;
             }
         });
         Ok(())
@@ -1127,41 +888,19 @@ impl Manager {
 
     /// Writes a file into a running workspace.
     pub async fn put_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), NodeError> {
-        if let Some((a, spec)) = self.account(id) {
-            // Written by the account itself: its permissions apply.
-            let argv = vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "cat > \"$1\"".into(),
-                "sh".into(),
-                path.into(),
-            ];
-            a.run_captured(&spec, argv, data).await?;
-            return Ok(());
-        }
-        self.agent(id)
-            .await?
-            .write_file(path, data, None)
-            .await
-            .map_err(|e| NodeError::Other(anyhow::anyhow!(e)))
+        let (spec, driver) = self.deployed_with_driver(id)?;
+        Ok(driver.write_file(&spec, path, data).await?)
     }
 
     /// Reads a file from a running workspace.
     pub async fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, NodeError> {
-        if let Some((a, spec)) = self.account(id) {
-            let argv = vec!["cat".into(), "--".into(), path.into()];
-            return Ok(a.run_captured(&spec, argv, b"").await?);
-        }
-        self.agent(id)
-            .await?
-            .read_file(path)
-            .await
-            .map_err(|e| NodeError::Other(anyhow::anyhow!(e)))
+        let (spec, driver) = self.deployed_with_driver(id)?;
+        Ok(driver.read_file(&spec, path).await?)
     }
 
     /// Capacity, cache, workspaces and health.
     pub async fn report(&self) -> NodeReport {
-        crate::net::supervise(&self.driver.net_dir());
+        crate::net::supervise(&net_dir(&self.home));
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let kib = |key: &str| {
             meminfo
@@ -1173,7 +912,7 @@ impl Manager {
                 * 1024
         };
         let mut workspaces = BTreeMap::new();
-        if let Ok(entries) = std::fs::read_dir(self.home.join("vms")) {
+        if let Ok(entries) = std::fs::read_dir(vms_dir(&self.home)) {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if e.path().join("spec.json").exists() {
@@ -1192,14 +931,9 @@ impl Manager {
             if state == "shutdown" {
                 continue;
             }
-            // A VM is its QEMU process; an account, its cgroup's processes.
-            let pids: Vec<i32> = match self.account(id) {
-                Some((a, _)) => a.pids(id),
-                None => std::fs::read_to_string(self.vm_dir(id).join("qemu.pid"))
-                    .ok()
-                    .and_then(|p| p.trim().parse().ok())
-                    .into_iter()
-                    .collect(),
+            let pids = match self.deployed_with_driver(id) {
+                Ok((_, driver)) => driver.pids(id).await,
+                Err(_) => Vec::new(),
             };
             if !pids.is_empty() {
                 usage.insert(id.clone(), crate::usage::of_processes(&pids));
@@ -1224,15 +958,20 @@ impl Manager {
             images,
             workspaces,
             health: "ok".into(),
-            accounts: self.accounts.as_ref().map(|a| a.range),
+            accounts: self.drivers.all().find_map(|d| d.leases()),
             usage,
         }
     }
 }
 
-/// Whether a file holds an ext2/3/4 filesystem (the superblock's magic).
-fn is_ext4(path: &std::path::Path) -> std::io::Result<bool> {
-    Ok(vws_qemu::img::content(path)? == vws_qemu::img::Content::RootFs)
+/// Where a node home keeps its deployed workspaces, one folder each.
+pub fn vms_dir(home: &std::path::Path) -> PathBuf {
+    home.join("vms")
+}
+
+/// Where a node home's network helpers (dnsmasq) keep their files.
+pub fn net_dir(home: &std::path::Path) -> PathBuf {
+    home.join("net")
 }
 
 /// Registers with the service, then heartbeats every `every` and forwards

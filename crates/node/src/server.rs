@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::account::AccountDriver;
+use crate::driver::Drivers;
+use crate::qemu::QemuDriver;
 use crate::Manager;
 
 /// The account pool unless configured: far above any distribution's
@@ -108,20 +111,29 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     if let Err(e) = revocation.refresh(&http, &service).await {
         tracing::info!(error = %e, "revocation list not fetched yet; will retry");
     }
-    let mut manager = Manager::new(name, home, http.clone(), Some(tls_dir), tx, jobs_tx)?;
+    // One driver per category: VMs always, dynamic accounts where the host
+    // allows (root, cgroups).
+    let mut drivers = Drivers::default();
+    let vms = crate::manager::vms_dir(&home);
+    let qemu = QemuDriver::for_node(vms.clone(), tx.clone(), jobs_tx.clone()).with_tls(tls_dir);
+    drivers.register(Arc::new(Arc::new(qemu)));
+    let program = std::env::current_exe().context("finding the vws executable")?;
+    let net = crate::manager::net_dir(&home);
+    match AccountDriver::new(vms, net, program, accounts, tx, jobs_tx) {
+        Ok(driver) => {
+            drivers.register(Arc::new(driver));
+            tracing::info!(
+                first = accounts.first,
+                last = accounts.last,
+                "dynamic accounts enabled"
+            );
+        }
+        Err(e) => tracing::warn!("dynamic accounts disabled on this node: {e}"),
+    }
+    let mut manager = Manager::new(name, home, http.clone(), drivers)?;
     manager.stop_grace = stop_grace;
     manager.publish = publish.map(|a| a.to_string());
     manager.service = Some(service.clone());
-    // Dynamic accounts where the host allows (root, cgroups); VMs either way.
-    let program = std::env::current_exe().context("finding the vws executable")?;
-    match manager.enable_accounts(accounts, program) {
-        Ok(()) => tracing::info!(
-            first = accounts.first,
-            last = accounts.last,
-            "dynamic accounts enabled"
-        ),
-        Err(e) => tracing::warn!("dynamic accounts disabled on this node: {e}"),
-    }
     // Incoming migrations listen where the node's API does (loopback stays
     // loopback; a wildcard listen means "any of this host's addresses").
     let listen = listener.local_addr()?;

@@ -73,7 +73,7 @@ async fn lifecycle_of_a_real_guest() {
         "ws-drv",
         "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
     );
-    driver.start(&s).await.unwrap();
+    driver.start(&s, None).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Running);
     let console = driver.console("ws-drv");
     let log = std::fs::read_to_string(&console).unwrap();
@@ -123,7 +123,7 @@ async fn lifecycle_of_a_real_guest() {
             .status()
             .unwrap();
     });
-    let meter = vws_node::qemu::MigrationMeter::default();
+    let meter = vws_node::driver::MigrationMeter::default();
     let err = driver
         .migrate_out("ws-drv", &uri, None, None, &meter)
         .await
@@ -147,7 +147,10 @@ async fn lifecycle_of_a_real_guest() {
     );
 
     // A QEMU killed from outside is reported with a reason.
-    driver.start(&spec("ws-victim", "true")).await.unwrap();
+    driver
+        .start(&spec("ws-victim", "true"), None)
+        .await
+        .unwrap();
     let pid = driver.pid("ws-victim").await.unwrap();
     Command::new("kill")
         .args(["-9", &pid.to_string()])

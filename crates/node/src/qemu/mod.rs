@@ -4,6 +4,9 @@
 //! the node finds it again from its pidfile and QMP socket (`adopt`). One
 //! owner task per VM watches the process: an exit nobody asked for is
 //! reported as an event with the exit status and the console's last lines.
+//! The driver seam's side of it is in `driver`.
+
+mod driver;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::accel::Accel;
 use crate::agent::{Agent, JobDone};
-use crate::driver::{Boot, Driver, DriverError, VmEvent, VmSpec, VmState};
+use crate::driver::{Boot, Driver, DriverError, MigrationMeter, VmEvent, VmSpec, VmState};
 
 type Qmp = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
 
@@ -112,19 +115,10 @@ impl QemuDriver {
         events: mpsc::UnboundedSender<VmEvent>,
         jobs_done: JobDone,
     ) -> Self {
-        use sha2::Digest;
         // Guest RAM is a shared file mapping, so a snapshot can hand it over
         // without copying it through the migration stream. On tmpfs it is
-        // memory like any other; one folder per node home.
-        let tag = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
-        let ram_dir = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from(format!(
-                "/dev/shm/vws-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-                tag[0], tag[1], tag[2], tag[3], tag[4], tag[5]
-            ))
-        } else {
-            root.join(".ram")
-        };
+        // memory like any other.
+        let ram_dir = crate::driver::tmpfs_dir(&root);
         QemuDriver {
             root,
             ram_dir,
@@ -136,6 +130,29 @@ impl QemuDriver {
             events,
             jobs_done,
             loopback: None,
+        }
+    }
+
+    /// The driver of a node's VMs under `root`, with the host's
+    /// accelerator, and each VM's user NICs cut off from the host's
+    /// loopback where the host allows (else a warning says why not).
+    pub fn for_node(
+        root: PathBuf,
+        events: mpsc::UnboundedSender<VmEvent>,
+        jobs_done: JobDone,
+    ) -> Self {
+        let accel = crate::accel::detect();
+        let tag = QemuDriver::host_tag(&root);
+        let driver = QemuDriver::new(root, accel.0, events, jobs_done);
+        match crate::loopback::LoopbackGuard::install(&tag) {
+            Ok(guard) => driver.with_loopback_guard(guard),
+            Err(e) => {
+                tracing::warn!(
+                    "VMs' user NICs can reach this host's loopback services ({e}); \
+                     run the node as root on a host with cgroup v2 and nftables to cut them off"
+                );
+                driver
+            }
         }
     }
 
@@ -456,7 +473,7 @@ impl QemuDriver {
     /// Finds VMs a previous node process left running (pidfile + QMP socket)
     /// and takes them over; cleans up after ones that died meanwhile.
     /// Returns the ids adopted.
-    pub async fn adopt(self: &Arc<Self>) -> Vec<String> {
+    pub async fn adopt_vms(self: &Arc<Self>) -> Vec<String> {
         let mut adopted = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return adopted;
@@ -882,92 +899,6 @@ impl QemuDriver {
     }
 }
 
-impl Driver for Arc<QemuDriver> {
-    async fn start(&self, spec: &VmSpec) -> Result<(), DriverError> {
-        self.spawn(spec, &[], true).await?;
-        let vm = self.vm(&spec.id).await?;
-        if let Err(e) = self.wait_ready(&spec.id, &vm).await {
-            vm.expected.store(true, Ordering::SeqCst);
-            QemuDriver::kill(&vm).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
-        let vm = self.vm(id).await?;
-        vm.expected.store(true, Ordering::SeqCst);
-        // A paused guest cannot react to anything: wake it first.
-        let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
-        if grace > Duration::ZERO {
-            // The guest shuts itself down: through its agent (sync, then power
-            // off), and the ACPI power button for guests that listen to it.
-            if let Some(agent) = vm.agent().filter(|a| a.hello().is_some()) {
-                let log = self.dir(id).join("shutdown.ndjson");
-                // busybox's poweroff where the guest runs a root filesystem's
-                // userland (a Debian's may need systemd to act).
-                let argv = vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "sync; if [ -x /run/vws/bin/poweroff ]; then /run/vws/bin/poweroff -f; else poweroff -f; fi".into(),
-                ];
-                agent
-                    .exec("shutdown", log, argv, vec![], None, None, None)
-                    .await;
-            }
-            let _ = vm.qmp.execute(qapi::qmp::system_powerdown {}).await;
-        }
-        if QemuDriver::wait_gone(&vm, grace).await {
-            return Ok(());
-        }
-        let _ = vm.qmp.execute(qapi::qmp::quit {}).await;
-        if QemuDriver::wait_gone(&vm, Duration::from_secs(5)).await {
-            return Ok(());
-        }
-        QemuDriver::kill(&vm).await;
-        Ok(())
-    }
-
-    async fn pause(&self, id: &str) -> Result<(), DriverError> {
-        let vm = self.vm(id).await?;
-        vm.qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
-        match self.status(id).await {
-            VmState::Paused => Ok(()),
-            state => Err(DriverError::WrongState {
-                id: id.into(),
-                state,
-            }),
-        }
-    }
-
-    async fn unpause(&self, id: &str) -> Result<(), DriverError> {
-        let vm = self.vm(id).await?;
-        vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
-        match self.status(id).await {
-            VmState::Running => Ok(()),
-            state => Err(DriverError::WrongState {
-                id: id.into(),
-                state,
-            }),
-        }
-    }
-
-    async fn status(&self, id: &str) -> VmState {
-        let Ok(vm) = self.vm(id).await else {
-            return VmState::Shutdown;
-        };
-        match vm.qmp.execute(qapi::qmp::query_status {}).await {
-            Ok(s) if s.running => VmState::Running,
-            Ok(_) => VmState::Paused,
-            Err(_) => VmState::Shutdown,
-        }
-    }
-
-    fn console(&self, id: &str) -> PathBuf {
-        self.dir(id).join("console.log")
-    }
-}
-
 /// Declares a QMP command sent with free-form JSON arguments and answered as
 /// raw JSON: the block and migration commands of Debian's QEMU 7.2 differ from
 /// the qapi crate's newer schema.
@@ -1017,29 +948,6 @@ async fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), DriverError> {
 /// A free TCP port on `host` (bound, read, released: QEMU binds it next).
 fn free_port(host: &str) -> Result<u16, DriverError> {
     Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
-}
-
-/// Live-migration progress of one outgoing VM, shared with whoever asks.
-#[derive(Default)]
-pub struct MigrationMeter {
-    /// `disk`, `memory`, `done` or `failed`.
-    pub phase: std::sync::Mutex<String>,
-    /// Bytes done in the phase.
-    pub done: std::sync::atomic::AtomicU64,
-    /// Bytes in the phase.
-    pub total: std::sync::atomic::AtomicU64,
-}
-
-impl MigrationMeter {
-    fn set(&self, phase: &str, done: u64, total: u64) {
-        if let Ok(mut p) = self.phase.lock() {
-            if *p != phase {
-                *p = phase.to_string();
-            }
-        }
-        self.done.store(done, Ordering::Relaxed);
-        self.total.store(total, Ordering::Relaxed);
-    }
 }
 
 impl QemuDriver {
