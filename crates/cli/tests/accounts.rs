@@ -64,7 +64,6 @@ fn cgroup(controller: &str, id: &str) -> PathBuf {
         .unwrap_or_else(|| dir.join(id))
 }
 
-/// Host pids whose real uid is `uid`.
 /// The real uid of a process, or None once it is gone.
 fn uid_of(pid: u32) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -76,6 +75,7 @@ fn uid_of(pid: u32) -> Option<u32> {
         })
 }
 
+/// Host pids whose real uid is `uid` (zombies included).
 fn processes_of(uid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -83,6 +83,31 @@ fn processes_of(uid: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| uid_of(*pid) == Some(uid))
         .collect()
+}
+
+/// The host pid of a running account's PID 1.
+fn init_of(id: &str) -> String {
+    std::fs::read_to_string(cgroup("pids", id).join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
+        })
+        .expect("the workspace's PID 1")
+        .to_string()
+}
+
+fn parent_of(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .expect("a parent")
+        .trim()
+        .to_string()
 }
 
 fn output_lines(home: &Path, job: &str) -> usize {
@@ -496,13 +521,34 @@ fn dynamic_accounts_end_to_end() {
         "{out:?}"
     );
 
-    // Destroy: no process, no cgroup, no loop device, no file of the uid.
+    // Destroy: the moment it returns, no process (not even a zombie), no
+    // cgroup, no loop device, no file of the uid; PID 1's reaper is gone too.
+    let init = init_of(&id);
+    let reaper = parent_of(&init);
     ok(home, &["destroy", &id]);
-    // (Killed processes leave the table once the host's init reaps them.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_of(uid).is_empty() {
-        assert!(Instant::now() < deadline, "{:?}", processes_of(uid));
-        std::thread::sleep(Duration::from_millis(100));
+    let left: Vec<String> = processes_of(uid)
+        .iter()
+        .map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_string()
+            };
+            format!(
+                "{p} {} {} ppid {}",
+                field("Name:"),
+                field("State:"),
+                field("PPid:")
+            )
+        })
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "processes of the uid are left");
+    for pid in [&init, &reaper] {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{pid} left");
     }
     for c in ["memory", "cpu", "pids", "freezer"] {
         assert!(!cgroup(c, &id).exists(), "{c} cgroup left");
@@ -539,17 +585,7 @@ fn dynamic_accounts_end_to_end() {
     // A workspace that dies while the node is down (kill -9 of both) is
     // cleaned up by the restarted node and marked corrupted; destroying it
     // still returns its lease.
-    let init = std::fs::read_to_string(cgroup("pids", &next).join("cgroup.procs"))
-        .unwrap()
-        .lines()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/status"))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
-        })
-        .expect("the workspace's PID 1")
-        .to_string();
+    let init = init_of(&next);
     drop(node);
     assert!(Command::new("sh")
         .args(["-c", &format!("kill -9 {init}")])

@@ -1,7 +1,7 @@
-//! `kill -9` of `vws up` while a real VM starts, stops, undeploys or is
-//! destroyed: after the restart the record says what the node has (never
-//! `corrupted` for an action that was asked for), and the workspace can be
-//! driven on.
+//! `kill -9` of `vws up` while a real VM starts, stops, runs jobs, undeploys
+//! or is destroyed: after the restart the record says what the node has
+//! (never `corrupted` for an action that was asked for), jobs are followed
+//! again, and the workspace can be driven on.
 
 mod common;
 
@@ -91,6 +91,68 @@ fn stops_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) 
     up
 }
 
+fn job_state(home: &std::path::Path, job: &str) -> Value {
+    serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
+}
+
+fn detached(home: &std::path::Path, id: &str, script: &str) -> String {
+    ok(home, &["run", "--detach", id, "--", "sh", "-c", script])
+        .trim()
+        .to_string()
+}
+
+fn ended(home: &std::path::Path, job: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = job_state(home, job);
+        if j["state"] != "running" {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {job} stayed running: {j}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills `vws up` (-9) while two jobs run in the workspace: one ends while
+/// nothing is up, the other runs on. After the restart the first is
+/// recorded with its real exit status and all its output, and the second
+/// is followed again: its output goes on and a cancel reaches it.
+fn jobs_survive_a_kill(home: &std::path::Path, up: Kill, id: &str) -> Kill {
+    let short = detached(home, id, "echo before; sleep 2; echo after; exit 3");
+    let long = detached(
+        home,
+        id,
+        "echo waiting; sleep 4; echo still; exec sleep 1000",
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    drop(up);
+    std::thread::sleep(Duration::from_millis(2500));
+    let up = vws_up(home, &[]);
+    let j = ended(home, &short);
+    assert_eq!(
+        (j["state"].as_str(), j["exit_code"].as_i64()),
+        (Some("exited"), Some(3)),
+        "{j}"
+    );
+    assert_eq!(ok(home, &["job", "output", &short]), "before\nafter\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ok(home, &["job", "output", &long]) != "waiting\nstill\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the running job's output stopped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(home, &["job", "cancel", &long]);
+    let j = ended(home, &long);
+    assert_eq!(
+        (j["state"].as_str(), j["signal"].as_i64()),
+        (Some("cancelled"), Some(15)),
+        "{j}"
+    );
+    up
+}
+
 #[test]
 fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() {
     let home = tempfile::tempdir().unwrap();
@@ -111,6 +173,9 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     up = stops_despite_a_kill(home, up, &id, 200);
     ok(home, &["start", &id]);
     echoes(home, &id);
+
+    // Killed while jobs run.
+    up = jobs_survive_a_kill(home, up, &id);
 
     // Killed during an undeploy (the disk going back to the repository):
     // after the restart it is in the repository, or still on its node and
@@ -176,6 +241,7 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
     let up = stops_despite_a_kill(home, up, &id, 100);
     ok(home, &["start", &id]);
     echoes(home, &id);
+    let up = jobs_survive_a_kill(home, up, &id);
     // A copy the account's own permissions refuse says so (403), not
     // "bad request" or "not found".
     let file = home.join("x.txt");

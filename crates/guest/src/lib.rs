@@ -119,6 +119,11 @@ pub enum FromAgent {
         hostname: String,
         /// Random per agent start, so a restart is visible.
         session: String,
+        /// The jobs running now: a node that reconnects (after its own
+        /// restart) learns which of the jobs it knew ended unseen. Absent
+        /// from agents older than this field (in images built before it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        running: Option<Vec<String>>,
     },
     /// A job's process started.
     Started {

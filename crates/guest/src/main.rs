@@ -271,16 +271,18 @@ fn serve(port: &str) -> std::io::Result<()> {
         .open(port)?;
     let writer: Writer = Arc::new(Mutex::new(reader.try_clone()?));
     let jobs: Jobs = Arc::new(Mutex::new(HashMap::new()));
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let mut hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
         .trim()
         .to_string();
-    let mut hello = FromAgent::Hello {
+    let mut session = new_session();
+    let hello = |hostname: &str, session: &str| FromAgent::Hello {
         version: VERSION,
-        hostname,
-        session: new_session(),
+        hostname: hostname.to_string(),
+        session: session.to_string(),
+        running: jobs.lock().ok().map(|j| j.keys().cloned().collect()),
     };
-    send(&writer, &hello);
+    send(&writer, &hello(&hostname, &session));
     loop {
         let msg: ToAgent = match read_frame(&mut reader) {
             Ok(Some(m)) => m,
@@ -296,20 +298,17 @@ fn serve(port: &str) -> std::io::Result<()> {
             Err(e) => return Err(e),
         };
         match msg {
-            ToAgent::Ping => send(&writer, &hello),
+            ToAgent::Ping => send(&writer, &hello(&hostname, &session)),
             ToAgent::Identity {
-                hostname,
+                hostname: name,
                 mac,
                 seed,
                 net,
             } => {
-                take_identity(&hostname, mac.as_deref(), &seed, &net);
-                hello = FromAgent::Hello {
-                    version: VERSION,
-                    hostname,
-                    session: new_session(),
-                };
-                send(&writer, &hello);
+                take_identity(&name, mac.as_deref(), &seed, &net);
+                hostname = name;
+                session = new_session();
+                send(&writer, &hello(&hostname, &session));
             }
             ToAgent::Exec {
                 job,

@@ -53,6 +53,46 @@ struct Running {
     /// Its interfaces: the bridged ones' host ends are removed at its end.
     #[serde(default)]
     nics: Vec<NicSpec>,
+    /// The leased uid (absent in records of older nodes).
+    #[serde(default)]
+    uid: Option<u32>,
+}
+
+/// How long a stop or destroy waits for the last processes of the uid to
+/// be reaped (an orphaned job helper of a node that was killed is the
+/// host init's to reap), and a start for a uid's previous holder to be gone.
+const UID_CLEARS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Host processes (zombies included) whose real uid is `uid`.
+fn processes_of(uid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    let line = s.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+                    line.split_whitespace().next()?.parse::<u32>().ok()
+                })
+                == Some(uid)
+        })
+        .collect()
+}
+
+/// Waits until no process of `uid` is left; returns those still there.
+async fn uid_cleared(uid: u32, within: Duration) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = processes_of(uid);
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Name server of a user-mode network (slirp4netns's, as QEMU's).
@@ -261,6 +301,15 @@ impl AccountDriver {
                 state: VmState::Running,
             });
         }
+        // A uid is used again only when nothing of its previous holder is
+        // left, not even a zombie.
+        let left = uid_cleared(a.uid, UID_CLEARS_WITHIN).await;
+        if !left.is_empty() {
+            return Err(DriverError::Sandbox(format!(
+                "uid {} still has processes of its previous holder: {left:?}",
+                a.uid
+            )));
+        }
         let cg = self.cgroup(&spec.id);
         cg.destroy()?;
         cg.create(Limits {
@@ -296,15 +345,22 @@ impl AccountDriver {
                 .write_all(&serde_json::to_vec(&plan).expect("plans serialize"))
                 .await?;
         }
-        let out = helper.wait_with_output().await?;
-        let said: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
-        let pid = said
-            .as_ref()
-            .and_then(|v| v["pid"].as_i64())
-            .filter(|_| out.status.success());
+        // The helper stays, as PID 1's reaper, once it has said PID 1's pid
+        // and closed its output; it ends (with an error) if it cannot.
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        let (mut so, mut se) = (
+            helper.stdout.take().expect("piped"),
+            helper.stderr.take().expect("piped"),
+        );
+        let (o, e) = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut errors));
+        o?;
+        e?;
+        let said: Option<serde_json::Value> = serde_json::from_slice(&out).ok();
+        let pid = said.as_ref().and_then(|v| v["pid"].as_i64());
         let Some(pid) = pid else {
+            let _ = helper.wait().await;
             let _ = cg.destroy();
-            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let why = String::from_utf8_lossy(&errors).trim().to_string();
             self.console_line(&spec.id, &format!("start failed: {why}"));
             return Err(DriverError::Sandbox(why));
         };
@@ -314,6 +370,7 @@ impl AccountDriver {
             start: start_time(pid).unwrap_or_default(),
             forwards: spec.forwards.clone(),
             nics: spec.nics.clone(),
+            uid: Some(a.uid),
         };
         std::fs::write(
             self.dir(&spec.id).join("init.json"),
@@ -445,6 +502,13 @@ impl AccountDriver {
             if alive() {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
+            // Gone means reaped by its helper, which happens only once every
+            // process of its namespace is: the cgroup (helper included) goes
+            // after that, so nothing is left as an orphan or a zombie.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while alive() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         if let Some(tasks) = self.proxies.lock().await.remove(id) {
             tasks.iter().for_each(|t| t.abort());
@@ -453,6 +517,12 @@ impl AccountDriver {
             .await
             .map_err(|e| DriverError::Sandbox(e.to_string()))??;
         if let Some(r) = recorded {
+            if let Some(uid) = r.uid {
+                let left = uid_cleared(uid, UID_CLEARS_WITHIN).await;
+                if !left.is_empty() {
+                    tracing::warn!(%id, uid, ?left, "processes of the workspace's uid outlived it");
+                }
+            }
             self.unplug(r.nics).await;
         }
         self.console_line(id, "stopped");

@@ -60,6 +60,26 @@ impl JobEvent {
     }
 }
 
+/// The file beside a job's log that says, while the job runs, which VM
+/// runs it (its content is the workspace id): a restarted node finds the
+/// jobs to follow again from these.
+pub fn running_marker(log: &Path) -> PathBuf {
+    log.with_extension("vm")
+}
+
+/// Why a job failed whose workspace ended under it.
+pub const STOPPED_UNDER_JOB: &str = "the workspace stopped while the job ran";
+
+/// Ends a job as failed: logged, its running marker gone, and reported.
+pub(crate) async fn fail_job(done: &JobDone, job: String, log: &Path, bytes: u64, why: &str) {
+    let ev = JobEvent::Failed {
+        message: why.into(),
+    };
+    append(log, &ev).await;
+    let _ = std::fs::remove_file(running_marker(log));
+    let _ = done.send((job, ev, bytes));
+}
+
 /// Who hears that a job ended.
 pub type JobDone = mpsc::UnboundedSender<(String, JobEvent, u64)>;
 
@@ -128,11 +148,16 @@ pub enum AgentError {
 
 impl Agent {
     /// Connects to the agent socket (retrying until `deadline`) and keeps the
-    /// connection served; ended jobs are reported on `done`.
+    /// connection served; ended jobs are reported on `done`. `jobs` (job,
+    /// log, output bytes so far) are jobs already running in the guest
+    /// (after a migration, or a restart of the node): known before the first
+    /// frame is read, so none of their events is missed. Those the guest's
+    /// first `Hello` does not list as running ended unseen.
     pub async fn connect(
         socket: &Path,
         within: Duration,
         done: JobDone,
+        jobs: Vec<(String, PathBuf, u64)>,
     ) -> std::io::Result<Arc<Agent>> {
         let deadline = tokio::time::Instant::now() + within;
         let stream = loop {
@@ -146,10 +171,16 @@ impl Agent {
         let (out, mut out_rx) = mpsc::unbounded_channel::<ToAgent>();
         let (hello_tx, hello) = watch::channel(None);
         let (closed_tx, closed) = watch::channel(false);
+        let mut unconfirmed: Option<Vec<String>> =
+            (!jobs.is_empty()).then(|| jobs.iter().map(|(j, _, _)| j.clone()).collect());
+        let known = jobs
+            .into_iter()
+            .map(|(job, path, bytes)| (job, JobLog { path, bytes }))
+            .collect();
         let agent = Arc::new(Agent {
             out,
             hello,
-            jobs: Arc::default(),
+            jobs: Arc::new(Mutex::new(known)),
             files: Arc::default(),
             handed_off: Arc::default(),
             closed,
@@ -193,6 +224,7 @@ impl Agent {
                         version,
                         hostname,
                         session,
+                        running,
                     } => {
                         if version != VERSION {
                             tracing::error!(version, "agent speaks another protocol version");
@@ -206,11 +238,32 @@ impl Agent {
                             // Its jobs died with it.
                             let lost: Vec<(String, JobLog)> = jobs.lock().await.drain().collect();
                             for (job, log) in lost {
-                                let ev = JobEvent::Failed {
-                                    message: "the guest agent restarted".into(),
-                                };
-                                append(&log.path, &ev).await;
-                                let _ = done.send((job, ev, log.bytes));
+                                fail_job(
+                                    &done,
+                                    job,
+                                    &log.path,
+                                    log.bytes,
+                                    "the guest agent restarted",
+                                )
+                                .await;
+                            }
+                        }
+                        // Frames go in order: a job whose end the guest sent
+                        // before this answer has been logged by now.
+                        // An older agent does not say: its jobs are
+                        // followed until they end or the VM does.
+                        let Some(running) = running else {
+                            unconfirmed = None;
+                            let _ = hello_tx.send(Some(Hello { hostname, session }));
+                            continue;
+                        };
+                        for job in unconfirmed.take().unwrap_or_default() {
+                            if running.contains(&job) {
+                                continue;
+                            }
+                            if let Some(log) = jobs.lock().await.remove(&job) {
+                                let lost = "the job ended while the node was down, and its exit status was lost";
+                                fail_job(&done, job, &log.path, log.bytes, lost).await;
                             }
                         }
                         let _ = hello_tx.send(Some(Hello { hostname, session }));
@@ -251,6 +304,7 @@ impl Agent {
                 append(&log.path, &ev).await;
                 if ev.is_final() {
                     let log = guard.remove(&job).expect("present");
+                    let _ = std::fs::remove_file(running_marker(&log.path));
                     let _ = done.send((job, ev, log.bytes));
                 }
             }
@@ -262,11 +316,7 @@ impl Agent {
                 return;
             }
             for (job, log) in left.drain() {
-                let ev = JobEvent::Failed {
-                    message: "the workspace stopped while the job ran".into(),
-                };
-                append(&log.path, &ev).await;
-                let _ = done.send((job, ev, log.bytes));
+                fail_job(&done, job, &log.path, log.bytes, STOPPED_UNDER_JOB).await;
             }
             let _ = closed_tx.send(true);
         });
@@ -347,15 +397,6 @@ impl Agent {
             .iter()
             .map(|(j, l)| (j.clone(), l.path.clone(), l.bytes))
             .collect()
-    }
-
-    /// Takes over a job that runs in the guest already (after a migration):
-    /// its further events go to `log`.
-    pub async fn adopt_job(&self, job: &str, log: PathBuf, bytes: u64) {
-        self.jobs
-            .lock()
-            .await
-            .insert(job.to_string(), JobLog { path: log, bytes });
     }
 
     /// Gives a restored guest its own identity; the agent answers with a

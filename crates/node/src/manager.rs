@@ -594,7 +594,7 @@ impl Manager {
             map.remove(&job);
             let path = self.job_log(&job);
             let log = std::fs::read_to_string(&path).unwrap_or_default();
-            let _ = std::fs::remove_file(&path);
+            self.remove_job_files(&[job.as_str()]);
             let bytes = crate::agent::log_output_bytes(&log);
             done.jobs
                 .push(vws_model::node::JobHandoff { job, log, bytes });
@@ -789,16 +789,8 @@ impl Manager {
         // Its jobs' logs go with it (they were kept across stop and
         // undeploy, for `vws job output`).
         let list = self.jobs_list(id);
-        for job in std::fs::read_to_string(&list).unwrap_or_default().lines() {
-            let log = self.job_log(job);
-            for f in [
-                log.with_extension("stdin"),
-                log.with_extension("account"),
-                log,
-            ] {
-                let _ = std::fs::remove_file(f);
-            }
-        }
+        let jobs = std::fs::read_to_string(&list).unwrap_or_default();
+        self.remove_job_files(&jobs.lines().collect::<Vec<_>>());
         let _ = std::fs::remove_file(list);
         match std::fs::remove_dir_all(self.vm_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -823,6 +815,25 @@ impl Manager {
             .and_then(|mut f| writeln!(f, "{job}"));
         if let Err(e) = written {
             tracing::warn!(%id, %job, error = %e, "job not recorded for removal with its workspace");
+        }
+    }
+
+    /// Removes jobs' logs and whatever their drivers kept beside them
+    /// (`<job>.*`: input, running markers).
+    fn remove_job_files(&self, jobs: &[&str]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.home.join("jobs")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let stem = name.split_once('.').map_or(&*name, |(stem, _)| stem);
+            if jobs.contains(&stem) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 

@@ -146,10 +146,11 @@ fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// Moves this process into the workspace's cgroups ("0": the writer,
+/// whatever its pid namespace calls it).
 fn join_cgroups(files: &[PathBuf]) -> Result<(), String> {
-    let me = std::process::id().to_string();
     for f in files {
-        std::fs::write(f, &me).map_err(err(&format!("joining {}", f.display())))?;
+        std::fs::write(f, "0").map_err(err(&format!("joining {}", f.display())))?;
     }
     Ok(())
 }
@@ -160,7 +161,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 fn init(plan: InitPlan) -> Result<i32, String> {
-    join_cgroups(&plan.cgroups)?;
     // The PID namespace takes effect for the child; the others are the
     // child's own (this process keeps the host's /proc to map its ids).
     unshare(CloneFlags::CLONE_NEWPID).map_err(err("unshare pid"))?;
@@ -203,7 +203,21 @@ fn init(plan: InitPlan) -> Result<i32, String> {
                 .map_err(err("releasing the workspace"))?;
             drop(go);
             println!("{}", serde_json::json!({ "pid": child.as_raw() }));
-            Ok(0)
+            // This process stays as PID 1's parent and reaps it the moment
+            // it ends (its namespace's processes are gone by then): nothing
+            // of the workspace waits as a zombie for the host's init. The
+            // node has read all it needs: our output goes.
+            if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+                let _ = std::io::stdout().flush();
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
+            loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => return Ok(0),
+                }
+            }
         }
     }
 }
@@ -249,15 +263,20 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
     // where the host grants CAP_SYS_RESOURCE; jobs raise their own score
     // (see `exec`), which needs no privilege, so they go first regardless.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
-    let made = unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(err("unshare"))
-    .and_then(|()| make_root(plan));
+    // PID 1 joins the workspace's cgroups, and what it starts with it; its
+    // parent (which reaps it) stays out.
+    let made = join_cgroups(&plan.cgroups)
+        .and_then(|()| {
+            unshare(
+                CloneFlags::CLONE_NEWNS
+                    | CloneFlags::CLONE_NEWUTS
+                    | CloneFlags::CLONE_NEWIPC
+                    | CloneFlags::CLONE_NEWNET
+                    | CloneFlags::CLONE_NEWCGROUP,
+            )
+            .map_err(err("unshare"))
+        })
+        .and_then(|()| make_root(plan));
     if let Err(e) = made {
         let _ = ready.write_all(e.as_bytes());
         return Err(e);

@@ -18,6 +18,26 @@ use crate::driver::{
     CREDENTIALS_DIR,
 };
 
+/// The jobs that ran in VM `id` when the node last saw it (their running
+/// markers in `jobs`): (job, log, output bytes so far).
+pub(super) fn marked_jobs(jobs: &Path, id: &str) -> Vec<(String, PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(jobs) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "vm"))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|w| w == id))
+        .filter_map(|marker| {
+            let job = marker.file_stem()?.to_string_lossy().into_owned();
+            let log = marker.with_extension("ndjson");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Some((job, log, crate::agent::log_output_bytes(&text)))
+        })
+        .collect()
+}
+
 /// How long a job waits for a running guest's agent to answer its
 /// connection (it reconnects after a restart of the node).
 const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
@@ -86,11 +106,9 @@ impl Driver for Arc<QemuDriver> {
         Category::Vm
     }
 
-    async fn adopt(&self, _jobs: &Path) -> Adopted {
-        Adopted {
-            workspaces: self.adopt_vms().await,
-            jobs: Vec::new(),
-        }
+    async fn adopt(&self, jobs: &Path) -> Adopted {
+        let (workspaces, jobs) = self.adopt_vms(jobs).await;
+        Adopted { workspaces, jobs }
     }
 
     async fn start(
@@ -179,6 +197,8 @@ impl Driver for Arc<QemuDriver> {
         if agent.ready(AGENT_ANSWERS_WITHIN).await.is_none() {
             return Err(DriverError::NotRunning(spec.id.clone()));
         }
+        // Kept while the job runs: a restarted node follows it again.
+        std::fs::write(crate::agent::running_marker(&log), &spec.id)?;
         agent
             .exec(
                 &req.job,

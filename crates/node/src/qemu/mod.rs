@@ -471,10 +471,11 @@ impl QemuDriver {
     }
 
     /// Finds VMs a previous node process left running (pidfile + QMP socket)
-    /// and takes them over; cleans up after ones that died meanwhile.
-    /// Returns the ids adopted.
-    pub async fn adopt_vms(self: &Arc<Self>) -> Vec<String> {
-        let mut adopted = Vec::new();
+    /// and takes them over with the jobs they ran (their logs and running
+    /// markers in `jobs`); cleans up after ones that died meanwhile, whose
+    /// jobs fail. Returns the ids adopted and their jobs (job, workspace).
+    pub async fn adopt_vms(self: &Arc<Self>, jobs: &Path) -> (Vec<String>, Vec<(String, String)>) {
+        let mut adopted = (Vec::new(), Vec::new());
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return adopted;
         };
@@ -487,8 +488,13 @@ impl QemuDriver {
             else {
                 continue;
             };
+            let marked = driver::marked_jobs(jobs, &id);
             if !alive(pid) {
                 tracing::warn!(%id, pid, "QEMU of a workspace died while the node was down");
+                for (job, log, bytes) in marked {
+                    let why = crate::agent::STOPPED_UNDER_JOB;
+                    crate::agent::fail_job(&self.jobs_done, job, &log, bytes, why).await;
+                }
                 let expected = AtomicBool::new(false);
                 self.report_exit(
                     &id,
@@ -504,10 +510,15 @@ impl QemuDriver {
             .await
             {
                 Ok((qmp, stream)) => {
+                    let followed: Vec<(String, String)> = marked
+                        .iter()
+                        .map(|(j, _, _)| (j.clone(), id.clone()))
+                        .collect();
                     let agent = Agent::connect(
                         &dir.join("agent.sock"),
                         Duration::from_secs(5),
                         self.jobs_done.clone(),
+                        marked,
                     )
                     .await
                     .ok();
@@ -518,8 +529,9 @@ impl QemuDriver {
                         .unwrap_or_default();
                     self.watch(id.clone(), qmp, agent, pid, WatchOn::Stream(stream), nics)
                         .await;
-                    tracing::info!(%id, pid, "re-adopted a running workspace");
-                    adopted.push(id);
+                    tracing::info!(%id, pid, jobs = followed.len(), "re-adopted a running workspace");
+                    adopted.0.push(id);
+                    adopted.1.extend(followed);
                 }
                 Err(e) => tracing::warn!(%id, error = %e, "cannot re-adopt a workspace"),
             }
@@ -725,6 +737,7 @@ impl QemuDriver {
                 &dir.join("agent.sock"),
                 Duration::from_secs(10),
                 self.jobs_done.clone(),
+                Vec::new(),
             )
             .await
             {
@@ -1236,15 +1249,16 @@ impl QemuDriver {
             ))
             .await;
         let _ = vm.qmp.execute(NbdServerStop(serde_json::json!({}))).await;
+        for (_, log, _) in &jobs {
+            std::fs::write(crate::agent::running_marker(log), id)?;
+        }
         let agent = Agent::connect(
             &self.dir(id).join("agent.sock"),
             Duration::from_secs(10),
             self.jobs_done.clone(),
+            jobs,
         )
         .await?;
-        for (job, log, bytes) in jobs {
-            agent.adopt_job(&job, log, bytes).await;
-        }
         if let Ok(mut a) = vm.agent.write() {
             *a = Some(agent.clone());
         }
