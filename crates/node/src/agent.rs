@@ -399,6 +399,15 @@ impl Agent {
             .collect()
     }
 
+    /// Follows jobs that run in the guest already (job, log, output bytes
+    /// so far): their further events go to their logs.
+    pub async fn follow(&self, jobs: Vec<(String, PathBuf, u64)>) {
+        let mut known = self.jobs.lock().await;
+        for (job, path, bytes) in jobs {
+            known.insert(job, JobLog { path, bytes });
+        }
+    }
+
     /// Gives a restored guest its own identity; the agent answers with a
     /// `Hello` of a new session.
     pub fn identity(

@@ -117,6 +117,7 @@ impl Manager {
     /// their jobs), and removes the taps and rules of those that did not
     /// survive.
     pub async fn adopt(&self) -> Vec<String> {
+        self.sweep_partial_deploys();
         let mut adopted = Vec::new();
         for driver in self.drivers.all() {
             let found = driver.adopt(&self.home.join("jobs")).await;
@@ -133,6 +134,24 @@ impl Manager {
             tracing::info!(?swept, "removed taps no running workspace uses");
         }
         adopted
+    }
+
+    /// Removes what deploys a killed node left half-staged (a folder
+    /// without the spec that makes a deploy real); their blobs stay in the
+    /// cache, where a later deploy resumes them.
+    fn sweep_partial_deploys(&self) {
+        let Ok(entries) = std::fs::read_dir(vms_dir(&self.home)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.path().is_dir() || e.path().join("spec.json").exists() {
+                continue;
+            }
+            tracing::info!(id = %name, "removing a deploy a previous run left half-staged");
+            let _ = std::fs::remove_dir_all(e.path());
+            let _ = std::fs::remove_file(self.key_file(&name));
+        }
     }
 
     /// Where a deployed workspace's files go back to.

@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod path_params;
 pub mod policy;
 pub mod pool;
+mod recovery;
 pub mod repository;
 mod request_metrics;
 pub mod routes;

@@ -23,13 +23,46 @@ impl Service {
         call: impl std::future::Future<Output = Result<T, ServiceError>>,
     ) -> Result<T, ServiceError> {
         self.store
-            .set_pending(id, verb.action().into(), &self.instance)
+            .set_pending(id, self.intent_of(verb.action().into()))
             .await?;
         let out = call.await;
         if out.is_err() {
             self.store.clear_pending(id).await?;
         }
         out
+    }
+
+    /// An intent of this service process.
+    pub(crate) fn intent_of(
+        &self,
+        action: vws_model::records::HistoryAction,
+    ) -> vws_store::Intent<'_> {
+        vws_store::Intent {
+            action,
+            by: &self.instance,
+            to: None,
+        }
+    }
+
+    /// Ends a check-out that did not happen: the lock and the account
+    /// lease go, and the history says why.
+    pub(crate) async fn checkout_failed(
+        &self,
+        mut r: WorkspaceRecord,
+        actor: &str,
+        why: String,
+    ) -> Result<(), ServiceError> {
+        self.store.release_account(&r.id).await?;
+        r.lock_holder = None;
+        r.lock_since = None;
+        r.modified_at = self.clock.now();
+        let change = Change {
+            action: vws_model::records::HistoryAction::CheckoutFailed,
+            actor,
+            detail: Some(why),
+        };
+        self.store.update_workspace(&mut r, change).await?;
+        Ok(())
     }
 
     async fn checked(
@@ -127,19 +160,22 @@ impl Service {
             )
             .await?;
 
-        // The check-out lock goes on before anything moves.
+        // The check-out lock goes on before anything moves, with the
+        // deploy's intent: a service killed while the node stages leaves it
+        // for the next one to roll back (`reconcile`).
         let now = self.clock.now();
         r.lock_holder = Some(node.name.clone());
         r.lock_since = Some(now);
         r.modified_at = now;
         self.store
-            .update_workspace(
+            .update_workspace_intending(
                 &mut r,
                 Change {
                     action: vws_model::records::HistoryAction::Checkout,
                     actor: &who.dn,
                     detail: Some(format!("to {}", node.name)),
                 },
+                Some(self.intent_of(vws_model::records::HistoryAction::Deploy)),
             )
             .await?;
         let leased = match node.report.accounts {
@@ -167,21 +203,7 @@ impl Service {
         let moved = match staged {
             Ok(d) => d.moved,
             Err(e) => {
-                self.store.release_account(id).await?;
-                r.lock_holder = None;
-                r.lock_since = None;
-                r.modified_at = self.clock.now();
-                let detail = Some(e.to_string());
-                self.store
-                    .update_workspace(
-                        &mut r,
-                        Change {
-                            action: vws_model::records::HistoryAction::CheckoutFailed,
-                            actor: &who.dn,
-                            detail,
-                        },
-                    )
-                    .await?;
+                self.checkout_failed(r, &who.dn, e.to_string()).await?;
                 return Err(e);
             }
         };
@@ -1016,7 +1038,20 @@ impl Service {
             deploy: self.deploy_request(&r, &image, cpus, ram, false).await?,
             disk_size,
         };
-        let target_at = self.nodes.incoming(&target, &incoming).await?;
+        // The intent names the target: a service killed from here on leaves
+        // the next one to roll back or finish on both nodes (`reconcile`).
+        let intent = vws_store::Intent {
+            to: Some(to),
+            ..self.intent_of(vws_model::records::HistoryAction::Migrate)
+        };
+        self.store.set_pending(id, intent).await?;
+        let target_at = match self.nodes.incoming(&target, &incoming).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.store.clear_pending(id).await?;
+                return Err(e);
+            }
+        };
         let sent = self.nodes.migrate(&source, id, &target_at).await;
         let done = match sent {
             Ok(done) => done,

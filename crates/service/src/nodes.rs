@@ -67,9 +67,10 @@ impl Service {
         Ok(view.record)
     }
 
-    /// A node (re)registers. Workspaces the records place on it as running
-    /// or paused but which it no longer has are corrupted: their VM did not
-    /// survive whatever restarted the node.
+    /// A node (re)registers. Interrupted actions are settled first; then
+    /// workspaces the records place on it as running or paused but which it
+    /// no longer has (and no unsettled action explains) are corrupted:
+    /// their VM did not survive whatever restarted the node.
     pub async fn register_node(&self, reg: Registration) -> Result<(), ServiceError> {
         if crate::path_params::check_param("name", &reg.name).is_err() {
             return Err(ServiceError::BadRequest(format!(
@@ -89,7 +90,11 @@ impl Service {
                 continue;
             }
             let there = reg.report.workspaces.get(&r.id).map(String::as_str);
-            if !matches!(there, Some("running" | "paused")) {
+            // One with an action still in flight (a migration that could not
+            // be settled yet) is the reconciler's to decide.
+            if !matches!(there, Some("running" | "paused"))
+                && self.store.pending(&r.id).await?.is_none()
+            {
                 let reason = format!("node {} restarted and the workspace's VM is gone", reg.name);
                 self.corrupt(&r.id, &reason, &format!("node:{}", reg.name))
                     .await?;
@@ -111,93 +116,6 @@ impl Service {
                 "node {name} is not registered"
             )))
         }
-    }
-
-    /// Finishes or forgets the actions a killed service process left in
-    /// flight on `node`'s workspaces, by what the node reports: a start or
-    /// unpause whose workspace runs, a pause whose workspace is paused, a
-    /// stop whose workspace is shut down happened, and is recorded now;
-    /// anything else did not, and the record stays as it was.
-    pub(crate) async fn reconcile(
-        &self,
-        node: &str,
-        report: &NodeReport,
-    ) -> Result<(), ServiceError> {
-        use vws_model::records::HistoryAction as H;
-        use vws_model::Verb;
-        for (id, intent) in self.store.orphaned_intents(node, &self.instance).await? {
-            let Some(mut r) = self.store.workspace(&id).await? else {
-                continue;
-            };
-            if intent == H::Destroy {
-                // Asked for and half done: finish it.
-                tracing::info!(%id, "finishing a destroy that was interrupted");
-                match self.finish_destroy(&r, "reconciler").await {
-                    Ok(()) | Err(ServiceError::Conflict(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                continue;
-            }
-            if intent == H::Undeploy {
-                // The node lets a workspace go only once its disk (and
-                // memory) are checked in: gone from its report, the check-in
-                // happened; still there, it did not.
-                if report.workspaces.contains_key(&id) {
-                    self.store.clear_pending(&id).await?;
-                } else {
-                    tracing::info!(%id, "an interrupted undeploy happened; recorded");
-                    match self.finish_undeploy(&id, "reconciler").await {
-                        Ok(_) | Err(ServiceError::Conflict(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                continue;
-            }
-            let verb = match intent {
-                H::Start => Verb::Start,
-                H::Stop => Verb::Stop,
-                H::Pause => Verb::Pause,
-                H::Unpause => Verb::Unpause,
-                _ => {
-                    self.store.clear_pending(&id).await?;
-                    continue;
-                }
-            };
-            let there = report.workspaces.get(&id).map(String::as_str);
-            if verb == Verb::Stop && there == Some("running") {
-                // The guest was asked to power off and may still do so: the
-                // node's word that it ended (`node_event`) is then a stop.
-                continue;
-            }
-            let done = match verb {
-                Verb::Start | Verb::Unpause => there == Some("running"),
-                Verb::Pause => there == Some("paused"),
-                Verb::Stop => there == Some("shutdown"),
-                Verb::Undeploy => false,
-            };
-            if !done || vws_model::transition(r.state, r.placement, verb.action()).is_err() {
-                tracing::info!(%id, verb = verb.as_str(), ?there, "an interrupted action did not happen; forgotten");
-                self.store.clear_pending(&id).await?;
-                continue;
-            }
-            if verb == Verb::Stop {
-                r.binding.forwards.clear();
-            }
-            let detail = format!(
-                "{} finished on node {node} while the service was down",
-                verb.as_str()
-            );
-            tracing::info!(%id, verb = verb.as_str(), "an interrupted action happened; recorded");
-            match self
-                .commit(r, verb.action(), "reconciler", Some(detail))
-                .await
-            {
-                // Changed meanwhile: that change ended the intent.
-                Ok(_) | Err(ServiceError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// A node reports that a workspace's VM died unasked.

@@ -148,8 +148,7 @@ impl Service {
         self.store
             .set_pending(
                 &r.id,
-                vws_model::records::HistoryAction::Destroy,
-                &self.instance,
+                self.intent_of(vws_model::records::HistoryAction::Destroy),
             )
             .await?;
         self.finish_destroy(r, actor).await

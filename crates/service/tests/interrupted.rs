@@ -284,3 +284,192 @@ async fn an_undeploy_is_recorded_once_the_node_let_the_workspace_go() {
         }
     }
 }
+
+async fn register_as(s: &Service, name: &str, workspaces: &[(&str, &str)]) {
+    let reg = Registration {
+        name: name.into(),
+        url: format!("https://{name}.invalid"),
+        report: node_report(workspaces),
+    };
+    s.register_node(reg).await.unwrap();
+}
+
+/// Runs `call` on the first service and kills it (drops the call) once
+/// the node has been asked for `op`, which never answers.
+async fn killed_while<T: Send + 'static>(
+    fake: &Arc<FakeNode>,
+    op: &str,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) {
+    fake.fail(&format!("hang {op}"));
+    let call = tokio::spawn(call);
+    while !fake
+        .calls()
+        .iter()
+        .any(|c| c.starts_with(&format!("{op} ")))
+    {
+        tokio::task::yield_now().await;
+    }
+    call.abort();
+    let _ = call.await;
+    fake.heal();
+}
+
+async fn created(h: &Harness) -> String {
+    h.kernel_image("k", "1").await;
+    let d = description("k:1", "ram = \"256MiB\"");
+    h.service
+        .create(&alice(), d, Form::Toml, None)
+        .await
+        .unwrap()
+        .record
+        .id
+}
+
+async fn last_action(s: &Service, id: &str) -> (String, String) {
+    let trail = s.store().history(id).await.unwrap();
+    let last = trail.last().unwrap();
+    (last.action.to_string(), last.actor.clone())
+}
+
+#[tokio::test]
+async fn a_deploy_the_node_finished_is_rolled_back_and_can_be_asked_again() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    register(&h.service, &[]).await;
+    let id = created(&h).await;
+    let (s, i) = (h.service.clone(), id.clone());
+    killed_while(&fake, "deploy", async move {
+        s.deploy(&alice(), &i, None).await
+    })
+    .await;
+    let r = record(&h.service, &id).await;
+    assert_eq!(r.lock_holder.as_deref(), Some("a"), "locked while staging");
+    let next = h.reopened(fake.clone()).await;
+    // The node staged it meanwhile: what it staged goes, the lock too.
+    register(&next, &[(&id, "shutdown")]).await;
+    assert!(
+        fake.calls().contains(&format!("remove a {id}")),
+        "{:?}",
+        fake.calls()
+    );
+    let r = record(&next, &id).await;
+    assert_eq!(
+        (r.placement, r.lock_holder, r.node),
+        (Placement::Repository, None, None)
+    );
+    assert_eq!(
+        last_action(&next, &id).await,
+        ("checkout-failed".to_string(), "reconciler".to_string())
+    );
+    assert_eq!(next.store().pending(&id).await.unwrap(), None);
+    let ws = next.deploy(&alice(), &id, None).await.unwrap();
+    assert_eq!(ws.record.placement, Placement::Host);
+}
+
+#[tokio::test]
+async fn a_deploy_still_staging_is_left_to_finish_then_rolled_back() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    register(&h.service, &[]).await;
+    let id = created(&h).await;
+    let (s, i) = (h.service.clone(), id.clone());
+    killed_while(&fake, "deploy", async move {
+        s.deploy(&alice(), &i, None).await
+    })
+    .await;
+    let next = h.reopened(fake.clone()).await;
+    // The fake answers staging progress: still staging, so it waits.
+    register(&next, &[]).await;
+    assert!(next.store().pending(&id).await.unwrap().is_some());
+    assert_eq!(record(&next, &id).await.lock_holder.as_deref(), Some("a"));
+    // Staging ended without a deploy (none in the report, no progress):
+    // rolled back at the next heartbeat, nothing to remove.
+    fake.fail("staging");
+    next.node_heartbeat("a", node_report(&[])).await.unwrap();
+    let r = record(&next, &id).await;
+    assert_eq!((r.lock_holder, r.placement), (None, Placement::Repository));
+    assert!(!fake.calls().iter().any(|c| c.starts_with("remove")));
+    fake.heal();
+    next.deploy(&alice(), &id, None).await.unwrap();
+}
+
+async fn running_on_a(h: &Harness) -> String {
+    register_as(&h.service, "a", &[]).await;
+    register_as(&h.service, "b", &[]).await;
+    let id = created(h).await;
+    h.service.deploy(&alice(), &id, Some("a")).await.unwrap();
+    verb(&h.service, &id, Verb::Start).await.unwrap();
+    id
+}
+
+async fn migrate(s: Arc<Service>, id: String) {
+    let cmd = Command::Migrate { id, to: "b".into() };
+    let _ = s.execute(&alice(), cmd).await;
+}
+
+#[tokio::test]
+async fn a_migration_whose_source_still_holds_the_guest_is_rolled_back() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    let id = running_on_a(&h).await;
+    killed_while(&fake, "migrate", migrate(h.service.clone(), id.clone())).await;
+    let next = h.reopened(fake.clone()).await;
+    // The target is back; the source's guest ended paused (its QEMU's
+    // migration completed on its own, or the node stopped it).
+    register_as(&next, "b", &[(&id, "paused")]).await;
+    register_as(&next, "a", &[(&id, "paused")]).await;
+    let calls = fake.calls();
+    assert!(calls.contains(&format!("remove b {id}")), "{calls:?}");
+    assert!(calls.contains(&format!("unpause a {id}")), "{calls:?}");
+    let r = record(&next, &id).await;
+    assert_eq!((r.state, r.node.as_deref()), (State::Running, Some("a")));
+    assert_eq!(
+        last_action(&next, &id).await,
+        ("migrate-failed".to_string(), "reconciler".to_string())
+    );
+    // Drivable: it migrates when asked again.
+    let cmd = Command::Migrate {
+        id: id.clone(),
+        to: "b".into(),
+    };
+    let ws = next
+        .execute(&alice(), cmd)
+        .await
+        .unwrap()
+        .into_workspace()
+        .unwrap();
+    assert_eq!(ws.record.node.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn a_migration_past_its_switch_over_is_finished_on_the_target() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    let id = running_on_a(&h).await;
+    let mut job = exited_job("job-1", &id, &alice().dn, "a");
+    job.state = vws_model::records::JobState::Running;
+    h.service.store().insert_job(&job).await.unwrap();
+    killed_while(&fake, "migrate", migrate(h.service.clone(), id.clone())).await;
+    let next = h.reopened(fake.clone()).await;
+    // The target does not answer yet: nothing is decided, and the source
+    // registers all the same.
+    fake.fail("unreachable finish_incoming");
+    register_as(&next, "a", &[]).await;
+    assert!(next.store().pending(&id).await.unwrap().is_some());
+    assert_eq!(record(&next, &id).await.node.as_deref(), Some("a"));
+    // With the target back, the source no longer holding the guest: the
+    // switch-over happened, and is finished on the target.
+    fake.heal();
+    register_as(&next, "b", &[(&id, "paused")]).await;
+    next.node_heartbeat("a", node_report(&[])).await.unwrap();
+    assert!(fake.calls().contains(&format!("finish_incoming b {id}")));
+    let r = record(&next, &id).await;
+    assert_eq!((r.state, r.node.as_deref()), (State::Running, Some("b")));
+    assert_eq!(next.store().pending(&id).await.unwrap(), None);
+    let j = next.store().job("job-1").await.unwrap().unwrap();
+    assert_eq!(j.state, vws_model::records::JobState::Failed);
+    assert!(j.message.unwrap_or_default().contains("migration"));
+    let ws = verb(&next, &id, Verb::Stop).await.unwrap();
+    assert_eq!(ws.record.state, State::Shutdown);
+}

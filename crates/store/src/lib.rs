@@ -22,7 +22,9 @@ pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord, Publisher, Visib
 pub use jobs::JobRecord;
 pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;
-pub use workspaces::{Binding, Change, Filter, Page, TransitionRecord, WorkspaceRecord};
+pub use workspaces::{
+    Binding, Change, Filter, Intent, OrphanedIntent, Page, TransitionRecord, WorkspaceRecord,
+};
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -93,6 +93,29 @@ pub struct Change<'a> {
     pub detail: Option<String>,
 }
 
+/// An action in flight on a workspace: written before its node is asked,
+/// cleared by the change that records its result.
+#[derive(Clone, Copy, Debug)]
+pub struct Intent<'a> {
+    /// The action.
+    pub action: vws_model::records::HistoryAction,
+    /// The service process that asked for it.
+    pub by: &'a str,
+    /// The node it moves the workspace to, for a migration.
+    pub to: Option<&'a str>,
+}
+
+/// An action in flight left by a service process that is gone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrphanedIntent {
+    /// The workspace.
+    pub id: String,
+    /// The action.
+    pub action: vws_model::records::HistoryAction,
+    /// The node it was moving the workspace to, for a migration.
+    pub to: Option<String>,
+}
+
 impl Store {
     /// Inserts a new record and its `create` history entry, atomically.
     pub async fn insert_workspace(
@@ -246,6 +269,18 @@ impl Store {
         next: &mut WorkspaceRecord,
         change: Change<'_>,
     ) -> Result<(), StoreError> {
+        self.update_workspace_intending(next, change, None).await
+    }
+
+    /// [`Store::update_workspace`] that also records an action now in
+    /// flight (see [`Store::set_pending`]) in the same write: a crash
+    /// cannot come between the change and its intent.
+    pub async fn update_workspace_intending(
+        &self,
+        next: &mut WorkspaceRecord,
+        change: Change<'_>,
+        intent: Option<Intent<'_>>,
+    ) -> Result<(), StoreError> {
         let before = next.version;
         // Read before the transaction, with the version: a read inside a
         // deferred SQLite transaction followed by a write fails with
@@ -265,7 +300,7 @@ impl Store {
         let done = sqlx::query(
             "UPDATE workspaces SET name = $1, binding = $2, state = $3, placement = $4, node = $5, lock_holder = $6, \
              lock_since = $7, disk_path = $8, reason = $9, terminates_at = $10, modified_at = $11, version = version + 1, \
-             pending = NULL, pending_by = NULL WHERE id = $12 AND version = $13",
+             pending = $14, pending_by = $15, pending_to = NULL WHERE id = $12 AND version = $13",
         )
         .bind(&next.name)
         .bind(json(&next.binding))
@@ -280,6 +315,8 @@ impl Store {
         .bind(millis(next.modified_at))
         .bind(&next.id)
         .bind(before)
+        .bind(intent.map(|i| i.action.as_str()))
+        .bind(intent.map(|i| i.by))
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -366,24 +403,24 @@ impl Store {
     /// Records that `action` (a lifecycle verb, or a destroy) is being
     /// carried out by the service process `by` (the change recording its
     /// result clears it).
-    pub async fn set_pending(
-        &self,
-        id: &str,
-        action: vws_model::records::HistoryAction,
-        by: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspaces SET pending = $1, pending_by = $2 WHERE id = $3")
-            .bind(action.as_str())
-            .bind(by)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn set_pending(&self, id: &str, intent: Intent<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workspaces SET pending = $1, pending_by = $2, pending_to = $3 WHERE id = $4",
+        )
+        .bind(intent.action.as_str())
+        .bind(intent.by)
+        .bind(intent.to)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Forgets an action in flight that did not happen.
     pub async fn clear_pending(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspaces SET pending = NULL, pending_by = NULL WHERE id = $1")
+        sqlx::query(
+            "UPDATE workspaces SET pending = NULL, pending_by = NULL, pending_to = NULL WHERE id = $1",
+        )
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -409,15 +446,18 @@ impl Store {
         }))
     }
 
-    /// Actions in flight on `node`'s workspaces written by another service
-    /// process than `by` (one that was killed before it could record them).
+    /// Actions in flight on `node`'s workspaces (and on those it was
+    /// checking out) written by another service process than `by` (one
+    /// that was killed before it could record them), with the node each
+    /// moves its workspace to, if any.
     pub async fn orphaned_intents(
         &self,
         node: &str,
         by: &str,
-    ) -> Result<Vec<(String, vws_model::records::HistoryAction)>, StoreError> {
+    ) -> Result<Vec<OrphanedIntent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, pending FROM workspaces WHERE node = $1 AND pending IS NOT NULL \
+            "SELECT id, pending, pending_to FROM workspaces \
+             WHERE (node = $1 OR (node IS NULL AND lock_holder = $1)) AND pending IS NOT NULL \
              AND (pending_by IS NULL OR pending_by <> $2) ORDER BY id",
         )
         .bind(node)
@@ -430,7 +470,8 @@ impl Store {
             let pending: String = row.try_get("pending")?;
             let action = vws_model::records::HistoryAction::parse(&pending)
                 .ok_or_else(|| StoreError::corrupt(&id, format!("{pending:?} is not an action")))?;
-            out.push((id, action));
+            let to: Option<String> = row.try_get("pending_to")?;
+            out.push(OrphanedIntent { id, action, to });
         }
         Ok(out)
     }

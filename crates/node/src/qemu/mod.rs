@@ -529,6 +529,11 @@ impl QemuDriver {
                         .unwrap_or_default();
                     self.watch(id.clone(), qmp, agent, pid, WatchOn::Stream(stream), nics)
                         .await;
+                    // A migration the killed node drove is over: the service
+                    // rolls it back or finishes it by what each node holds.
+                    if let Ok(vm) = self.vm(&id).await {
+                        QemuDriver::abandon_migration(&vm, self.tls()).await;
+                    }
                     tracing::info!(%id, pid, jobs = followed.len(), "re-adopted a running workspace");
                     adopted.0.push(id);
                     adopted.1.extend(followed);
@@ -1026,6 +1031,37 @@ impl QemuDriver {
         prepared
     }
 
+    /// Stops an outgoing migration and its disk mirror, and goes back to
+    /// plain streams (`tls`: they were TLS), for a later save to a file.
+    /// Nothing of it need be in flight.
+    async fn abandon_migration(vm: &Vm, tls: bool) {
+        let _ = vm.qmp.execute(MigrateCancel(serde_json::json!({}))).await;
+        let _ = vm
+            .qmp
+            .execute(BlockJobCancel(
+                serde_json::json!({ "device": "migration-mirror", "force": true }),
+            ))
+            .await;
+        // The mirror's target goes once its job has ended.
+        let attempts = if tls { 50 } else { 1 };
+        for _ in 0..attempts {
+            let del = vm
+                .qmp
+                .execute(BlockdevDel(
+                    serde_json::json!({ "node-name": "migration-target" }),
+                ))
+                .await;
+            if del.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = vm
+            .qmp
+            .execute(MigrateSetParameters(serde_json::json!({ "tls-creds": "" })))
+            .await;
+    }
+
     /// Sends a running (or paused) VM to a waiting target: mirrors its disk
     /// to the target's NBD export, then migrates memory and device state over
     /// TCP; on success ends this QEMU (the target now runs the guest). On
@@ -1057,32 +1093,7 @@ impl QemuDriver {
         if let Err(e) = sent {
             meter.set("failed", 0, 0);
             // Rollback: stop whatever is in flight; the guest resumes here.
-            let _ = vm.qmp.execute(MigrateCancel(serde_json::json!({}))).await;
-            let _ = vm
-                .qmp
-                .execute(BlockJobCancel(
-                    serde_json::json!({ "device": "migration-mirror", "force": true }),
-                ))
-                .await;
-            if tls_name.is_some() {
-                // Back to plain streams for a later save to a file.
-                for _ in 0..50 {
-                    let del = vm
-                        .qmp
-                        .execute(BlockdevDel(
-                            serde_json::json!({ "node-name": "migration-target" }),
-                        ))
-                        .await;
-                    if del.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let _ = vm
-                    .qmp
-                    .execute(MigrateSetParameters(serde_json::json!({ "tls-creds": "" })))
-                    .await;
-            }
+            QemuDriver::abandon_migration(&vm, tls_name.is_some()).await;
             if was_running && self.status(id).await != VmState::Running {
                 let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
             }
@@ -1252,13 +1263,23 @@ impl QemuDriver {
         for (_, log, _) in &jobs {
             std::fs::write(crate::agent::running_marker(log), id)?;
         }
-        let agent = Agent::connect(
-            &self.dir(id).join("agent.sock"),
-            Duration::from_secs(10),
-            self.jobs_done.clone(),
-            jobs,
-        )
-        .await?;
+        // Connected already if this node restarted and adopted the waiting
+        // VM (the service then finishes a migration it was killed during).
+        let agent = match vm.agent() {
+            Some(agent) => {
+                agent.follow(jobs).await;
+                agent
+            }
+            None => {
+                Agent::connect(
+                    &self.dir(id).join("agent.sock"),
+                    Duration::from_secs(10),
+                    self.jobs_done.clone(),
+                    jobs,
+                )
+                .await?
+            }
+        };
         if let Ok(mut a) = vm.agent.write() {
             *a = Some(agent.clone());
         }
