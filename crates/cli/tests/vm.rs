@@ -8,13 +8,13 @@
 //! QEMU killed by hand corrupting the workspace with a reason.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{root, vws, Kill as Proc, Reap, Steps, VWS};
+use common::{root, spawn, start_node, vws, wait_until, Reap, Steps};
 
 fn guest() -> PathBuf {
     let out = root().join("target/vws-test-guest");
@@ -25,19 +25,6 @@ fn guest() -> PathBuf {
         .success();
     assert!(ok, "building the minimal guest failed");
     out
-}
-
-fn spawn(home: &Path, args: &[&str], log: &str) -> Proc {
-    let log = std::fs::File::create(home.join(log)).unwrap();
-    Proc(
-        Command::new(VWS)
-            .args(args)
-            .env("VWS_HOME", home)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
 }
 
 fn ok(home: &Path, args: &[&str]) -> Value {
@@ -56,21 +43,6 @@ fn refused(home: &Path, args: &[&str]) -> String {
     let out = vws(home, args);
     assert_eq!(out.status.code(), Some(1), "vws {args:?} should be refused");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn node_up(home: &Path) -> bool {
-    let out = vws(home, &["node", "list", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .is_some_and(|a| a.iter().any(|n| n["name"] == "n1" && n["status"] == "up"))
 }
 
 fn console(home: &Path, id: &str) -> String {
@@ -99,44 +71,6 @@ fn job_output(home: &Path, id: &str, marker: &str) -> String {
         }
         None => String::new(),
     }
-}
-
-fn start_node(home: &Path, name: &str, registered_after: time::OffsetDateTime) -> Proc {
-    let node_home = home.join(name);
-    let p = spawn(
-        home,
-        &[
-            "node",
-            "--name",
-            name,
-            "--node-home",
-            node_home.to_str().unwrap(),
-            "--heartbeat",
-            "1",
-        ],
-        &format!("{name}.log"),
-    );
-    wait_until("the node to register", Duration::from_secs(30), || {
-        let v: Value = serde_json::from_slice(&vws(home, &["node", "list", "--json"]).stdout)
-            .unwrap_or(Value::Null);
-        v.as_array().is_some_and(|a| {
-            a.iter().any(|n| {
-                n["name"] == name
-                    && n["registered_at"]
-                        .as_str()
-                        .and_then(|s| {
-                            time::OffsetDateTime::parse(
-                                s,
-                                &time::format_description::well_known::Rfc3339,
-                            )
-                            .ok()
-                        })
-                        .is_some_and(|t| t >= registered_after)
-            })
-        })
-    });
-    assert!(node_up(home));
-    p
 }
 
 #[test]

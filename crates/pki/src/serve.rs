@@ -12,6 +12,29 @@ use tower::ServiceExt;
 
 use crate::{peer_of, Peer, Revoked};
 
+/// Runs each request's handler in a task of its own, so that a client
+/// that goes away (killed, timed out) does not cut an action in half: a
+/// start, a deploy or a migration goes on to its end and records it,
+/// whether or not anyone reads the answer.
+async fn to_completion(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "a request's handler panicked");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({ "error": { "code": "internal",
+                    "message": "the request's handler failed; see the server's log" } })),
+            )
+                .into_response()
+        }
+    }
+}
+
 /// How long a client may take to finish the TLS handshake (a truncated or
 /// stalled handshake is dropped after this).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +50,7 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = router.layer(axum::middleware::from_fn(to_completion));
     // Checked again on every request: a connection kept alive across a
     // revocation must not go on being served.
     let router = match revoked.clone() {

@@ -130,6 +130,12 @@ impl From<&FieldError> for Detail {
 }
 
 impl ServiceError {
+    /// Whether a node could not be reached or did not answer: what it was
+    /// asked may or may not have happened.
+    pub fn node_unreachable(&self) -> bool {
+        matches!(self, ServiceError::Node { code, .. } if code == "node_unreachable")
+    }
+
     /// HTTP status and stable code of each error.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {

@@ -15,7 +15,8 @@ impl Service {
     /// Asks a node for `verb` with the intent recorded around the call: a
     /// crash before the result is written leaves the intent for
     /// [`Service::reconcile`] to finish or forget by what the node reports.
-    /// The change recording the result clears it; a refusal clears it here.
+    /// The change recording the result clears it; a refusal clears it here,
+    /// and a node that could not answer leaves it to the reconciler.
     async fn intent<T>(
         &self,
         id: &str,
@@ -26,8 +27,12 @@ impl Service {
             .set_pending(id, self.intent_of(verb.action().into()))
             .await?;
         let out = call.await;
-        if out.is_err() {
-            self.store.clear_pending(id).await?;
+        match &out {
+            // The node may have done it before it went: what it reports
+            // when it is back decides.
+            Err(e) if e.node_unreachable() => self.store.disown_pending(id).await?,
+            Err(_) => self.store.clear_pending(id).await?,
+            Ok(_) => {}
         }
         out
     }

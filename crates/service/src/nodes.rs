@@ -83,6 +83,7 @@ impl Service {
             .await?;
         tracing::info!(node = %reg.name, url = %reg.url, accel = %reg.report.accel, "node registered");
         self.reconcile(&reg.name, &reg.report).await?;
+        self.remove_strays(&reg).await;
         for r in self.all_workspaces().await? {
             if r.node.as_deref() != Some(reg.name.as_str())
                 || !matches!(r.state, State::Running | State::Paused)
@@ -101,6 +102,34 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Removes what a node holds that no record places there and no action
+    /// in flight explains: a deploy rolled back while the node was down, a
+    /// workspace destroyed meanwhile. The records are the truth.
+    async fn remove_strays(&self, reg: &Registration) {
+        for id in reg.report.workspaces.keys() {
+            let stray = match self.store.workspace(id).await {
+                Ok(None) => true,
+                Ok(Some(r)) => {
+                    r.node.as_deref() != Some(reg.name.as_str())
+                        && r.lock_holder.as_deref() != Some(reg.name.as_str())
+                        && matches!(self.store.pending(id).await, Ok(None))
+                }
+                Err(_) => false,
+            };
+            if !stray {
+                continue;
+            }
+            tracing::info!(%id, node = %reg.name, "removing a workspace no record places on the node");
+            let removed = match self.live_node(&reg.name).await {
+                Ok(node) => self.nodes.remove(&node, id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(%id, node = %reg.name, error = %e, "could not remove a stray workspace");
+            }
+        }
     }
 
     /// A node's heartbeat.

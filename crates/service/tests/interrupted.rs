@@ -473,3 +473,62 @@ async fn a_migration_past_its_switch_over_is_finished_on_the_target() {
     let ws = verb(&next, &id, Verb::Stop).await.unwrap();
     assert_eq!(ws.record.state, State::Shutdown);
 }
+
+#[tokio::test]
+async fn a_start_whose_node_went_away_is_settled_by_what_the_node_says_when_back() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    let id = deployed(&h, &fake, State::Shutdown).await;
+    // The node dies while starting the guest (whose QEMU lives on).
+    fake.fail("unreachable start");
+    let e = verb(&h.service, &id, Verb::Start).await.unwrap_err();
+    assert!(e.node_unreachable(), "{e}");
+    fake.heal();
+    assert!(
+        h.service.store().pending(&id).await.unwrap().is_some(),
+        "the outcome is unknown: the intent stays"
+    );
+    // The same service hears from the restarted node: the guest runs.
+    register(&h.service, &[(&id, "running")]).await;
+    let r = record(&h.service, &id).await;
+    assert_eq!(r.state, State::Running);
+    assert_eq!(
+        last_action(&h.service, &id).await,
+        ("start".to_string(), "reconciler".to_string())
+    );
+    verb(&h.service, &id, Verb::Stop).await.unwrap();
+}
+
+#[tokio::test]
+async fn what_a_node_holds_that_no_record_places_there_is_removed_when_it_registers() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    let id = deployed(&h, &fake, State::Running).await;
+    let undeployed = created(&h).await;
+    register(
+        &h.service,
+        &[
+            (&id, "running"),
+            ("ws-000000000001", "running"),
+            (&undeployed, "shutdown"),
+        ],
+    )
+    .await;
+    let removed: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("remove"))
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            format!("remove a {undeployed}"),
+            "remove a ws-000000000001".to_string()
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(record(&h.service, &id).await.state, State::Running);
+}

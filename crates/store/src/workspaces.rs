@@ -427,6 +427,18 @@ impl Store {
         Ok(())
     }
 
+    /// Leaves an action whose outcome is unknown (its node could not
+    /// answer) to the reconciler: no process owns it any more.
+    pub async fn disown_pending(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workspaces SET pending_by = NULL WHERE id = $1 AND pending IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The action in flight on a workspace, and the service process that
     /// asked for it.
     pub async fn pending(

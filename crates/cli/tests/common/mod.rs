@@ -338,3 +338,87 @@ impl Drop for Steps {
         }
     }
 }
+
+/// `vws ARGS` started in the background, its standard error in
+/// `home/LOG`.
+pub fn spawn(home: &Path, args: &[&str], log: &str) -> Kill {
+    let log = std::fs::File::create(home.join(log)).unwrap();
+    Kill(
+        Command::new(VWS)
+            .args(args)
+            .env("VWS_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Polls `f` every 0.1 s until it holds; fails naming `what` after `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `vws serve` on `listen` (`127.0.0.1:0`: a free port), its log in
+/// `home/serve.log`, once it has written its server file.
+pub fn start_service(home: &Path, listen: &str) -> Kill {
+    let _ = std::fs::remove_file(home.join("server.json"));
+    let p = spawn(home, &["serve", "--listen", listen], "serve.log");
+    wait_until("the service", std::time::Duration::from_secs(30), || {
+        home.join("server.json").exists()
+    });
+    p
+}
+
+/// `vws node --name NAME` with its own home under `home`, heartbeating
+/// every second, once the service lists it as registered after
+/// `registered_after`.
+pub fn start_node(home: &Path, name: &str, registered_after: time::OffsetDateTime) -> Kill {
+    let node_home = home.join(name);
+    let p = spawn(
+        home,
+        &[
+            "node",
+            "--name",
+            name,
+            "--node-home",
+            node_home.to_str().unwrap(),
+            "--heartbeat",
+            "1",
+        ],
+        &format!("{name}.log"),
+    );
+    wait_until(
+        "the node to register",
+        std::time::Duration::from_secs(30),
+        || {
+            let v: serde_json::Value =
+                serde_json::from_slice(&vws(home, &["node", "list", "--json"]).stdout)
+                    .unwrap_or(serde_json::Value::Null);
+            v.as_array().is_some_and(|a| {
+                a.iter().any(|n| {
+                    n["name"] == name
+                        && n["status"] == "up"
+                        && n["registered_at"]
+                            .as_str()
+                            .and_then(|s| {
+                                time::OffsetDateTime::parse(
+                                    s,
+                                    &time::format_description::well_known::Rfc3339,
+                                )
+                                .ok()
+                            })
+                            .is_some_and(|t| t >= registered_after)
+                })
+            })
+        },
+    );
+    p
+}

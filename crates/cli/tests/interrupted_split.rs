@@ -1,0 +1,209 @@
+//! `vws serve` and two `vws node`s as separate processes, each killed (-9)
+//! on its own in the middle of what a real VM is doing: a node during a
+//! start and while jobs run, the service during a deploy and during live
+//! migrations. After each restart the record says what the nodes hold
+//! (never `corrupted` for an action that was asked for), nothing is left
+//! locked, and the workspace is driven on with the ordinary commands. One
+//! guest is shared by the steps, in order.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn show(home: &Path, id: &str) -> Value {
+    serde_json::from_str(&ok(home, &["show", id, "--json"])).unwrap()
+}
+
+/// Waits for the record to settle (the restarted side registers, then
+/// reports each heartbeat) with nothing in flight: in one of `want` and
+/// never `corrupted`. Returns it.
+fn settled(home: &Path, id: &str, want: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let v = show(home, id);
+        assert_ne!(v["state"], "corrupted", "{}", ok(home, &["history", id]));
+        let s = v["state"].as_str().unwrap_or_default();
+        if want.contains(&s) && v["lock_holder"] == v["node"] {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} stayed {v}\n{}",
+            ok(home, &["history", id])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `vws ARGS` and kills `victim` (-9) `after` into it.
+fn killed_during(home: &Path, victim: Kill, args: &[&str], after: Duration) {
+    let mut asked = Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    drop(victim);
+    let _ = asked.kill();
+    let _ = asked.wait();
+}
+
+fn echoes(home: &Path, id: &str) {
+    let out = vws(home, &["run", id, "--", "echo", "still-here"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "still-here\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn job(home: &Path, job: &str) -> Value {
+    serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
+}
+
+/// A time before the registration that follows (not before the one that
+/// came before: a restarted node is waited for, not its earlier run).
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() - time::Duration::milliseconds(50)
+}
+
+#[test]
+fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
+    let steps = Steps::new("service, two nodes and a VM");
+    let guest = minimal_guest();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let mut serve = start_service(home, "127.0.0.1:0");
+    let server: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
+    // Restarted where the nodes report to.
+    let listen = server["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_string();
+    let mut n1 = start_node(home, "n1", now());
+    let _n2 = start_node(home, "n2", now());
+    import_minimal(home, &guest);
+    let id = create(home, &root().join("examples/minimal.xml"));
+    ok(home, &["deploy", &id, "--host", "n1"]);
+
+    steps.at("The node killed during a start");
+    for after in [300, 1500] {
+        killed_during(home, n1, &["start", &id], Duration::from_millis(after));
+        n1 = start_node(home, "n1", now());
+        let v = settled(home, &id, &["running", "shutdown"]);
+        if v["state"] == "shutdown" {
+            ok(home, &["start", &id]);
+        }
+        echoes(home, &id);
+        ok(home, &["stop", &id]);
+    }
+
+    steps.at("The node killed while jobs run");
+    ok(home, &["start", &id]);
+    let short = ok(
+        home,
+        &[
+            "run",
+            "--detach",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo a; sleep 2; echo b",
+        ],
+    )
+    .trim()
+    .to_string();
+    let long = ok(
+        home,
+        &[
+            "run",
+            "--detach",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo w; exec sleep 1000",
+        ],
+    )
+    .trim()
+    .to_string();
+    std::thread::sleep(Duration::from_millis(700));
+    drop(n1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let _n1 = start_node(home, "n1", now());
+    wait_until("the short job to end", Duration::from_secs(30), || {
+        job(home, &short)["state"] != "running"
+    });
+    assert_eq!(job(home, &short)["exit_code"], 0, "{}", job(home, &short));
+    assert_eq!(ok(home, &["job", "output", &short]), "a\nb\n");
+    ok(home, &["job", "cancel", &long]);
+    wait_until(
+        "the long job to be cancelled",
+        Duration::from_secs(30),
+        || job(home, &long)["state"] == "cancelled",
+    );
+
+    steps.at("The service killed during live migrations");
+    // Early (the target getting ready, or the disk mirror) and late (the
+    // memory stream or the switch-over): it ends on one node or the other,
+    // running, and then migrates when asked.
+    for (after, to) in [(400, "n2"), (2500, "n1"), (1200, "n2")] {
+        let from = show(home, &id)["node"].as_str().unwrap().to_string();
+        let to = if from == to {
+            if to == "n1" {
+                "n2"
+            } else {
+                "n1"
+            }
+        } else {
+            to
+        };
+        killed_during(
+            home,
+            serve,
+            &["migrate", &id, "--to", to],
+            Duration::from_millis(after),
+        );
+        serve = start_service(home, &listen);
+        let v = settled(home, &id, &["running"]);
+        echoes(home, &id);
+        let at = v["node"].as_str().unwrap().to_string();
+        assert!(at == from || at == to, "{v}");
+        eprintln!("killed {after} ms into a migration {from} → {to}: it runs on {at}");
+        let other = if at == "n1" { "n2" } else { "n1" };
+        // Nothing of it is left on the node it is not on.
+        wait_until("the other node to let go", Duration::from_secs(20), || {
+            !home.join(other).join("vms").join(&id).exists()
+        });
+        let moved =
+            serde_json::from_str::<Value>(&ok(home, &["migrate", &id, "--to", other, "--json"]))
+                .unwrap();
+        assert_eq!(moved["node"], other, "{moved}");
+        echoes(home, &id);
+    }
+
+    steps.at("The service killed during a deploy");
+    ok(home, &["stop", &id]);
+    ok(home, &["undeploy", &id]);
+    killed_during(home, serve, &["deploy", &id], Duration::from_millis(150));
+    let _serve = start_service(home, &listen);
+    let v = settled(home, &id, &["shutdown"]);
+    if v["placement"] == "repository" {
+        ok(home, &["deploy", &id]);
+    }
+    ok(home, &["start", &id]);
+    echoes(home, &id);
+    ok(home, &["destroy", &id]);
+}
