@@ -1,7 +1,7 @@
-//! `vws serve` and two `vws node`s as separate processes, each killed (-9)
-//! on its own in the middle of what a real VM is doing: a node during a
-//! start and while jobs run, the service during a deploy and during live
-//! migrations. After each restart the record says what the nodes hold
+//! `vws serve` and two `vws node`s as separate processes, killed (-9) in
+//! the middle of what a real VM is doing: a node during a start and while
+//! jobs run, the service during live migrations and a deploy, and the
+//! service with the source node during a migration. After each restart the record says what the nodes hold
 //! (never `corrupted` for an action that was asked for), nothing is left
 //! locked, and the workspace is driven on with the ordinary commands. One
 //! guest is shared by the steps, in order.
@@ -92,7 +92,7 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
         .trim_start_matches("https://")
         .to_string();
     let mut n1 = start_node(home, "n1", now());
-    let _n2 = start_node(home, "n2", now());
+    let n2 = start_node(home, "n2", now());
     import_minimal(home, &guest);
     let id = create(home, &root().join("examples/minimal.xml"));
     ok(home, &["deploy", &id, "--host", "n1"]);
@@ -142,7 +142,7 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
     std::thread::sleep(Duration::from_millis(700));
     drop(n1);
     std::thread::sleep(Duration::from_millis(2500));
-    let _n1 = start_node(home, "n1", now());
+    n1 = start_node(home, "n1", now());
     wait_until("the short job to end", Duration::from_secs(30), || {
         job(home, &short)["state"] != "running"
     });
@@ -177,8 +177,21 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
             Duration::from_millis(after),
         );
         serve = start_service(home, &listen);
+        // Until both nodes have reported the migration is being settled,
+        // and a job is refused saying so.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = vws(home, &["run", &id, "--", "echo", "still-here"]);
+            if out.status.success() {
+                assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
+                break;
+            }
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(said.contains("being settled"), "{said}");
+            assert!(Instant::now() < deadline, "{said}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let v = settled(home, &id, &["running"]);
-        echoes(home, &id);
         let at = v["node"].as_str().unwrap().to_string();
         assert!(at == from || at == to, "{v}");
         eprintln!("killed {after} ms into a migration {from} → {to}: it runs on {at}");
@@ -194,11 +207,54 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
         echoes(home, &id);
     }
 
+    steps.at("The service and the source node killed together during a migration");
+    // The source's migration dies with it (the restarted node abandons
+    // what its QEMU was still sending): rolled back, unless the guest had
+    // already gone over.
+    let from = show(home, &id)["node"].as_str().unwrap().to_string();
+    let to = if from == "n1" { "n2" } else { "n1" };
+    let mut asked = Command::new(VWS)
+        .args(["migrate", &id, "--to", to])
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut nodes = vec![n1, n2];
+    let source = usize::from(from == "n2");
+    std::thread::sleep(Duration::from_millis(900));
+    drop(serve);
+    drop(nodes.remove(source));
+    let _ = asked.kill();
+    let _ = asked.wait();
+    let t = now();
+    serve = start_service(home, &listen);
+    nodes.insert(source, start_node(home, &from, t));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = vws(home, &["run", &id, "--", "echo", "still-here"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = settled(home, &id, &["running"]);
+    eprintln!(
+        "service and {from} killed during a migration to {to}: it runs on {}",
+        v["node"]
+    );
+
     steps.at("The service killed during a deploy");
     ok(home, &["stop", &id]);
     ok(home, &["undeploy", &id]);
     killed_during(home, serve, &["deploy", &id], Duration::from_millis(150));
     let _serve = start_service(home, &listen);
+    let _nodes = nodes;
     let v = settled(home, &id, &["shutdown"]);
     if v["placement"] == "repository" {
         ok(home, &["deploy", &id]);

@@ -208,6 +208,11 @@ pub struct NodeReport {
     /// What each running workspace uses, by id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usage: BTreeMap<String, Usage>,
+    /// Workspaces the node is acting on now (id → the action: deploy,
+    /// start, migrate, …). A service that restarted leaves their
+    /// interrupted actions alone until the node is done with them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub busy: BTreeMap<String, String>,
 }
 
 /// What a running workspace uses, as its node measures it: its QEMU

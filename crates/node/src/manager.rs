@@ -68,6 +68,22 @@ pub struct Manager {
     /// restarted at another address is reached where it is now.
     pub service: Option<String>,
     migrations: Mutex<HashMap<String, Arc<MigrationMeter>>>,
+    /// The action under way on each workspace, for the report.
+    busy: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>>,
+}
+
+/// Marks a workspace as acted on until dropped.
+struct Busy {
+    map: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>>,
+    id: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&self.id);
+        }
+    }
 }
 
 impl Manager {
@@ -96,7 +112,19 @@ impl Manager {
             publish: None,
             service: None,
             migrations: Mutex::new(HashMap::new()),
+            busy: Arc::default(),
         })
+    }
+
+    /// Notes that `action` is under way on `id` until the guard goes.
+    fn busy(&self, id: &str, action: &'static str) -> Busy {
+        if let Ok(mut m) = self.busy.lock() {
+            m.insert(id.to_string(), action);
+        }
+        Busy {
+            map: self.busy.clone(),
+            id: id.to_string(),
+        }
     }
 
     /// The driver of a category, or why this node cannot run it.
@@ -202,6 +230,7 @@ impl Manager {
     /// Check-out: stages the pool files (skipping those already cached) and
     /// the workspace's disk, then records the spec. Returns bytes moved.
     pub async fn deploy(&self, req: DeployRequest) -> Result<u64, NodeError> {
+        let _busy = self.busy(&req.id, "deploy");
         if self.deployed(&req.id) {
             return Err(NodeError::AlreadyDeployed(req.id));
         }
@@ -423,6 +452,7 @@ impl Manager {
         id: &str,
         credentials: Option<vws_model::node::WorkspaceCredentials>,
     ) -> Result<Vec<vws_model::node::Forward>, NodeError> {
+        let _busy = self.busy(id, "start");
         let spec = self.spec_with_forwards(id)?;
         let driver = self.driver_of(spec.category())?;
         driver.start(&spec, credentials.as_ref()).await?;
@@ -445,6 +475,7 @@ impl Manager {
     /// its disk flattened to one standalone qcow2, sent to the repository as
     /// blobs. The workspace stays paused.
     pub async fn snapshot(&self, id: &str) -> Result<vws_model::node::Snapshot, NodeError> {
+        let _busy = self.busy(id, "snapshot");
         let (spec, driver) = self.deployed_with_driver(id)?;
         let saver = driver.memory().ok_or(DriverError::Unsupported {
             what: "a snapshot",
@@ -529,6 +560,7 @@ impl Manager {
     ) -> Result<vws_model::node::MigrationTarget, NodeError> {
         let mut deploy = req.deploy;
         let id = deploy.id.clone();
+        let _busy = self.busy(&id, "incoming");
         let category = if deploy.account.is_some() {
             vws_model::Category::DynamicAccount
         } else {
@@ -576,6 +608,7 @@ impl Manager {
         id: &str,
         to: vws_model::node::MigrationTarget,
     ) -> Result<vws_model::node::MigrationDone, NodeError> {
+        let _busy = self.busy(id, "migrate");
         let (spec, driver) = self.deployed_with_driver(id)?;
         let migrates = driver.migration().ok_or(DriverError::Unsupported {
             what: "live migration",
@@ -631,6 +664,7 @@ impl Manager {
         id: &str,
         done: vws_model::node::MigrationDone,
     ) -> Result<(), NodeError> {
+        let _busy = self.busy(id, "finish_incoming");
         let (spec, driver) = self.deployed_with_driver(id)?;
         let migrates = driver.migration().ok_or(DriverError::Unsupported {
             what: "live migration",
@@ -664,6 +698,7 @@ impl Manager {
 
     /// Shuts a workspace down.
     pub async fn stop(&self, id: &str) -> Result<(), NodeError> {
+        let _busy = self.busy(id, "stop");
         let (_, driver) = self.deployed_with_driver(id)?;
         let memory = self.vm_dir(id).join("memory.state");
         if driver.status(id).await == VmState::Shutdown && memory.exists() {
@@ -676,6 +711,7 @@ impl Manager {
 
     /// Freezes a workspace.
     pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
+        let _busy = self.busy(id, "pause");
         let (_, driver) = self.deployed_with_driver(id)?;
         Ok(driver.pause(id).await?)
     }
@@ -686,6 +722,7 @@ impl Manager {
         &self,
         id: &str,
     ) -> Result<Option<Vec<vws_model::node::Forward>>, NodeError> {
+        let _busy = self.busy(id, "unpause");
         let (spec, driver) = self.deployed_with_driver(id)?;
         let memory = self.vm_dir(id).join("memory.state");
         if driver.status(id).await == VmState::Shutdown && memory.exists() {
@@ -721,6 +758,7 @@ impl Manager {
     /// Check-in: sends the workspace's disk back to the repository (verified
     /// there by digest) and removes it from this host. Refused while it runs.
     pub async fn undeploy(&self, id: &str) -> Result<(), NodeError> {
+        let _busy = self.busy(id, "undeploy");
         let (spec, driver) = self.deployed_with_driver(id)?;
         let dir = self.vm_dir(id);
         match driver.status(id).await {
@@ -801,6 +839,7 @@ impl Manager {
     /// Ends a workspace here at once, whatever its state, without checking
     /// its disk back in (the workspace is being destroyed).
     pub async fn remove(&self, id: &str) -> Result<(), NodeError> {
+        let _busy = self.busy(id, "remove");
         if let Ok((_, driver)) = self.deployed_with_driver(id) {
             driver.remove(id).await?;
         }
@@ -989,6 +1028,11 @@ impl Manager {
             workspaces,
             health: "ok".into(),
             accounts: self.drivers.all().find_map(|d| d.leases()),
+            busy: self
+                .busy
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+                .unwrap_or_default(),
             usage,
         }
     }

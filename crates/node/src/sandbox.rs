@@ -102,19 +102,21 @@ pub fn main(args: &[String]) -> ! {
             let mut plan = String::new();
             std::io::stdin()
                 .read_to_string(&mut plan)
-                .map_err(|e| format!("reading the plan: {e}"))
-                .and_then(|_| serde_json::from_str(&plan).map_err(|e| format!("bad plan: {e}")))
+                .map_err(err("reading the plan"))
+                .and_then(|_| serde_json::from_str(&plan).map_err(err("the plan")))
                 .and_then(init)
         }
         // From a file the node wrote (0600), removed once read.
         (Some("exec"), Some(file)) => std::fs::read(file)
-            .map_err(|e| format!("reading the plan {file}: {e}"))
+            .map_err(err(format!("reading the plan {file}")))
             .and_then(|text| {
                 let _ = std::fs::remove_file(file);
-                serde_json::from_slice(&text).map_err(|e| format!("bad plan: {e}"))
+                serde_json::from_slice(&text).map_err(err("the plan"))
             })
             .and_then(exec),
-        _ => Err("usage: vws __sandbox init < PLAN | exec PLANFILE (run by the node)".into()),
+        _ => Err(SandboxError::Refused(
+            "usage: vws __sandbox init < PLAN | exec PLANFILE (run by the node)",
+        )),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -142,13 +144,81 @@ fn close_from(first: u32, on_exec: bool) {
     }
 }
 
-fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{what}: {e}")
+/// Why the helper could not build or enter a workspace. It crosses to the
+/// node as the helper's standard error (the node reports it as the
+/// driver's failure), so each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A step failed on a system call or a file.
+    #[error("{what}: {cause}")]
+    Step {
+        /// The step.
+        what: String,
+        /// Why.
+        cause: Cause,
+    },
+    /// A program the helper ran refused.
+    #[error("{command}: {stderr}")]
+    Command {
+        /// Its command line.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// What the workspace's side said went wrong (its first process
+    /// building the root, or a job's program failing to start).
+    #[error("{0}")]
+    Inside(String),
+    /// The request cannot be done.
+    #[error("{0}")]
+    Refused(&'static str),
+    /// A step of a larger one failed.
+    #[error("{what}: {inner}")]
+    During {
+        /// The larger step.
+        what: &'static str,
+        /// How it failed.
+        inner: Box<SandboxError>,
+    },
+}
+
+/// Names the larger step a failure happened in.
+fn during(what: &'static str) -> impl FnOnce(SandboxError) -> SandboxError {
+    move |e| SandboxError::During {
+        what,
+        inner: Box::new(e),
+    }
+}
+
+/// The failure under a [`SandboxError::Step`].
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// A system call.
+    #[error(transparent)]
+    Sys(#[from] nix::Error),
+    /// A file.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A plan that does not parse.
+    #[error(transparent)]
+    Plan(#[from] serde_json::Error),
+    /// A string with a NUL byte where the kernel takes a C string.
+    #[error(transparent)]
+    Nul(#[from] std::ffi::NulError),
+}
+
+/// Names the step a failure happened in.
+fn err<E: Into<Cause>>(what: impl Into<String>) -> impl FnOnce(E) -> SandboxError {
+    let what = what.into();
+    move |e| SandboxError::Step {
+        what,
+        cause: e.into(),
+    }
 }
 
 /// Moves this process into the workspace's cgroups ("0": the writer,
 /// whatever its pid namespace calls it).
-fn join_cgroups(files: &[PathBuf]) -> Result<(), String> {
+fn join_cgroups(files: &[PathBuf]) -> Result<(), SandboxError> {
     for f in files {
         std::fs::write(f, "0").map_err(err(&format!("joining {}", f.display())))?;
     }
@@ -156,11 +226,11 @@ fn join_cgroups(files: &[PathBuf]) -> Result<(), String> {
 }
 
 /// A pipe whose ends are closed on exec.
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err("pipe"))
 }
 
-fn init(plan: InitPlan) -> Result<i32, String> {
+fn init(plan: InitPlan) -> Result<i32, SandboxError> {
     // The PID namespace takes effect for the child; the others are the
     // child's own (this process keeps the host's /proc to map its ids).
     unshare(CloneFlags::CLONE_NEWPID).map_err(err("unshare pid"))?;
@@ -188,11 +258,11 @@ fn init(plan: InitPlan) -> Result<i32, String> {
             let said = read_all(ready_r);
             if said != "userns" {
                 let _ = waitpid(child, None);
-                return Err(if said.is_empty() {
+                return Err(SandboxError::Inside(if said.is_empty() {
                     "the workspace's first process died while setting up".into()
                 } else {
                     said
-                });
+                }));
             }
             let map = format!("{0} {0} 1\n", plan.uid);
             let proc = PathBuf::from(format!("/proc/{child}"));
@@ -228,7 +298,7 @@ fn read_all(fd: OwnedFd) -> String {
     s
 }
 
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
+fn run(program: &str, args: &[&str]) -> Result<(), SandboxError> {
     let out = std::process::Command::new(program)
         .args(args)
         .output()
@@ -236,16 +306,15 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(SandboxError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// PID 1 of the workspace: builds its root, then holds the namespaces.
-fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
+fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), SandboxError> {
     let mut ready = std::fs::File::from(ready);
     // The node reads our parent's output to its end: PID 1 must not hold it.
     if let Ok(log) = std::fs::OpenOptions::new()
@@ -278,14 +347,14 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), String> {
         })
         .and_then(|()| make_root(plan));
     if let Err(e) = made {
-        let _ = ready.write_all(e.as_bytes());
+        let _ = ready.write_all(e.to_string().as_bytes());
         return Err(e);
     }
     unshare(CloneFlags::CLONE_NEWUSER).map_err(err("unshare user"))?;
     ready.write_all(b"userns").map_err(err("ready"))?;
     drop(ready);
     if read_all(go) != "go" {
-        return Err("the node did not map the account".into());
+        return Err(SandboxError::Refused("the node did not map the account"));
     }
     let id = Gid::from_raw(plan.uid);
     nix::unistd::setgroups(&[id]).map_err(err("setgroups"))?;
@@ -357,17 +426,15 @@ fn mnt(
     fstype: Option<&str>,
     flags: MsFlags,
     data: Option<&str>,
-) -> Result<(), String> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
-        format!(
-            "mounting {} on {}: {e}",
-            fstype.or(src).unwrap_or("-"),
-            target.display()
-        )
-    })
+) -> Result<(), SandboxError> {
+    mount(src, target, fstype, flags, data).map_err(err(format!(
+        "mounting {} on {}",
+        fstype.or(src).unwrap_or("-"),
+        target.display()
+    )))
 }
 
-fn make_root(plan: &InitPlan) -> Result<(), String> {
+fn make_root(plan: &InitPlan) -> Result<(), SandboxError> {
     // Nothing mounted here propagates to the host, and all of it goes
     // away with the namespace (the loop devices are released by autoclear).
     mnt(
@@ -387,7 +454,7 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
     // Loop devices made and mounted by the kernel's own calls (mount(8)
     // costs ~8 ms a time); the kernel releases them at unmount (autoclear).
     let image = crate::loopdev::attach(&plan.image, true)
-        .map_err(|e| format!("the image cannot be put on a loop device: {e}"))?;
+        .map_err(err("the image cannot be put on a loop device"))?;
     let ext = mount(
         Some(&image.path),
         &lower,
@@ -402,10 +469,12 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
             "mount",
             &["-o", "loop,ro", &path(&plan.image), &path(&lower)],
         )
-        .map_err(|e| format!("the image cannot be mounted (a filesystem image is needed): {e}"))?;
+        .map_err(during(
+            "the image cannot be mounted (a filesystem image is needed)",
+        ))?;
     }
     let upper_disk = crate::loopdev::attach(&plan.upper, false)
-        .map_err(|e| format!("the workspace disk cannot be put on a loop device: {e}"))?;
+        .map_err(err("the workspace disk cannot be put on a loop device"))?;
     mnt(
         Some(&upper_disk.path.to_string_lossy()),
         &disk,
@@ -413,7 +482,7 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )
-    .map_err(|e| format!("the workspace disk cannot be mounted: {e}"))?;
+    .map_err(during("the workspace disk cannot be mounted"))?;
     drop(upper_disk);
     let upper = disk.join("upper");
     let work = disk.join("work");
@@ -533,7 +602,7 @@ fn make_root(plan: &InitPlan) -> Result<(), String> {
 
 /// Appends an account line to /etc/passwd or /etc/group unless the uid is
 /// there already.
-fn add_account(file: &Path, line: &str, uid: u32) -> Result<(), String> {
+fn add_account(file: &Path, line: &str, uid: u32) -> Result<(), SandboxError> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let field = format!(":{uid}:");
     if text.lines().any(|l| l.contains(&field)) {
@@ -550,7 +619,7 @@ fn add_account(file: &Path, line: &str, uid: u32) -> Result<(), String> {
 
 /// Gives every file not owned by root in the upper layer to `uid`: only
 /// the account (or root, copying up from the image) ever writes there.
-fn own_tree(dir: &Path, uid: u32) -> Result<(), String> {
+fn own_tree(dir: &Path, uid: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::MetadataExt;
     let entries = std::fs::read_dir(dir).map_err(err(&format!("reading {}", dir.display())))?;
     for e in entries.flatten() {
@@ -592,9 +661,9 @@ fn append(log: &mut std::fs::File, ev: &JobEvent) {
     let _ = std::io::stdout().flush();
 }
 
-fn exec(plan: ExecPlan) -> Result<i32, String> {
+fn exec(plan: ExecPlan) -> Result<i32, SandboxError> {
     if start_time(plan.init) != Some(plan.init_start) {
-        return Err("the workspace is not running".into());
+        return Err(SandboxError::Refused("the workspace is not running"));
     }
     // Opened before any setns: /proc changes meaning after the mount one.
     let ns = |name: &str| {
@@ -653,7 +722,7 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
         .map(|a| CString::new(a.as_str()).map_err(err("argument")))
         .collect::<Result<_, _>>()?;
     if argv.is_empty() {
-        return Err("a job needs a program to run".into());
+        return Err(SandboxError::Refused("a job needs a program to run"));
     }
     let mut env: Vec<(String, String)> = vec![
         (
@@ -715,7 +784,7 @@ fn exec(plan: ExecPlan) -> Result<i32, String> {
     let Some(mut log) = log.take() else {
         // Captured mode: our stdio was the job's.
         if !failed.is_empty() {
-            return Err(failed);
+            return Err(SandboxError::Inside(failed));
         }
         return Ok(match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, c)) => c,

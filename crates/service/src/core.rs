@@ -64,6 +64,9 @@ pub struct Service {
     /// This process among the service's runs: intents it wrote are its own
     /// to finish (`Store::set_pending`).
     pub(crate) instance: String,
+    /// When this process opened the repository: a node not heard from
+    /// since may be at another address now.
+    pub(crate) opened_at: time::OffsetDateTime,
     /// The node protocol (HTTPS; a fake node in tests).
     pub(crate) nodes: Arc<dyn crate::node_client::NodeClient>,
     /// Request counts and durations (docs/metrics.md).
@@ -110,6 +113,8 @@ impl Service {
         let blobs = BlobStore::open(settings.home.join("images")).await?;
         let disks = settings.home.join("disks");
         tokio::fs::create_dir_all(&disks).await?;
+        // At the repository's precision (ms), as heartbeats are kept.
+        let opened_at = vws_store::from_millis(vws_store::millis(clock.now()));
         let service = Service {
             store,
             blobs,
@@ -126,6 +131,7 @@ impl Service {
             public_url: settings.public_url.trim_end_matches('/').to_string(),
             admission: Mutex::new(()),
             instance: hex::encode(rand::random::<[u8; 8]>()),
+            opened_at,
             nodes: Arc::new(crate::node_client::HttpNodes::new(
                 settings.credentials.as_ref(),
             )?),

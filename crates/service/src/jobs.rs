@@ -58,6 +58,7 @@ impl Service {
                 r.state
             )));
         }
+        self.settled(&r).await?;
         if s.argv.is_empty() || s.argv.len() > 4096 || s.argv.iter().any(|a| a.contains('\0')) {
             return Err(ServiceError::BadRequest(
                 "argv must hold 1 to 4096 arguments without NUL".into(),
@@ -295,11 +296,7 @@ impl Service {
                 r.state
             )));
         }
-        Ok((
-            self.live_node(r.node.as_deref().unwrap_or_default())
-                .await?,
-            normalized(path),
-        ))
+        Ok((self.node_of(&r).await?, normalized(path)))
     }
 }
 

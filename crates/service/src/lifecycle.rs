@@ -81,11 +81,28 @@ impl Service {
         Ok(r)
     }
 
-    async fn node_of(&self, r: &WorkspaceRecord) -> Result<NodeRecord, ServiceError> {
+    /// The live node a deployed workspace is on.
+    pub(crate) async fn node_of(&self, r: &WorkspaceRecord) -> Result<NodeRecord, ServiceError> {
         let name = r.node.as_deref().ok_or_else(|| {
             ServiceError::Conflict(format!("workspace {} is not on a node", r.id))
         })?;
+        self.settled(r).await?;
         self.live_node(name).await
+    }
+
+    /// Refuses to act on a workspace whose place is in doubt: a migration
+    /// a killed service process left is settled (rolled back or finished)
+    /// when both its nodes report, within seconds.
+    pub(crate) async fn settled(&self, r: &WorkspaceRecord) -> Result<(), ServiceError> {
+        match self.store.pending(&r.id).await? {
+            Some((vws_model::records::HistoryAction::Migrate, by)) if by != self.instance => {
+                Err(ServiceError::Conflict(format!(
+                    "workspace {} was being migrated when the service stopped; that migration is being settled with its nodes, retry in a moment",
+                    r.id
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Writes the outcome of an action that happened.

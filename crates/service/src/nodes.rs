@@ -12,6 +12,10 @@ use vws_store::{Binding, Change, NodeRecord, WorkspaceRecord};
 use crate::core::Service;
 use crate::error::ServiceError;
 
+/// How long a call waits, right after the service started, for a node to
+/// report before it is called at the address it had.
+pub const NODE_REPORTS_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A node is lost when it has not sent a heartbeat for this long.
 pub const LOST_AFTER: Duration = Duration::from_secs(10);
 
@@ -50,13 +54,23 @@ impl Service {
             .collect())
     }
 
-    /// A live node by name.
+    /// A live node by name. Right after this service started, a node not
+    /// heard from since is waited for (up to [`NODE_REPORTS_WITHIN`]): one
+    /// that restarted with it (`vws up`) is at a new address, which its
+    /// registration brings.
     pub(crate) async fn live_node(&self, name: &str) -> Result<NodeRecord, ServiceError> {
-        let record = self
-            .store
-            .node(name)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("node {name} not found")))?;
+        let read = || async {
+            self.store
+                .node(name)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("node {name} not found")))
+        };
+        let mut record = read().await?;
+        let deadline = tokio::time::Instant::now() + NODE_REPORTS_WITHIN;
+        while record.last_seen < self.opened_at && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            record = read().await?;
+        }
         let view = self.node_view(record);
         if view.status == "lost" {
             return Err(ServiceError::Unavailable(format!(

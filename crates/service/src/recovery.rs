@@ -26,6 +26,12 @@ impl Service {
         report: &NodeReport,
     ) -> Result<(), ServiceError> {
         for o in self.store.orphaned_intents(node, &self.instance).await? {
+            if let Some(action) = report.busy.get(&o.id) {
+                // Still at it (its requests run to their end): settled
+                // once the node is done.
+                tracing::debug!(id = %o.id, %action, "the node is still acting on it");
+                continue;
+            }
             let Some(r) = self.store.workspace(&o.id).await? else {
                 continue;
             };
@@ -147,8 +153,14 @@ impl Service {
         let (Some(source), Some(to)) = (r.node.clone(), o.to.clone()) else {
             return Ok(self.store.clear_pending(&r.id).await?);
         };
-        // Both nodes must answer; until the target is back this waits.
+        // Both nodes must answer and be done with it; until then this waits.
         let target = self.live_node(&to).await?;
+        if target.last_seen < self.opened_at || target.report.busy.contains_key(&r.id) {
+            return Err(ServiceError::Unavailable(format!(
+                "node {to} has not reported since the service started, or is still receiving {}",
+                r.id
+            )));
+        }
         let running = r.state == State::Running;
         let held = matches!(
             report.workspaces.get(&r.id).map(String::as_str),

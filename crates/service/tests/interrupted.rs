@@ -458,6 +458,14 @@ async fn a_migration_past_its_switch_over_is_finished_on_the_target() {
     register_as(&next, "a", &[]).await;
     assert!(next.store().pending(&id).await.unwrap().is_some());
     assert_eq!(record(&next, &id).await.node.as_deref(), Some("a"));
+    // Meanwhile nothing is sent to where it may no longer be.
+    let job = Command::SubmitJob {
+        id: id.clone(),
+        job: serde_json::from_value(serde_json::json!({ "argv": ["true"] })).unwrap(),
+    };
+    let refused = next.execute(&alice(), job).await.err().unwrap();
+    assert!(refused.to_string().contains("being settled"), "{refused}");
+    assert_eq!(refused.status_and_code().0.as_u16(), 409);
     // With the target back, the source no longer holding the guest: the
     // switch-over happened, and is finished on the target.
     fake.heal();
@@ -531,4 +539,28 @@ async fn what_a_node_holds_that_no_record_places_there_is_removed_when_it_regist
         .collect::<Vec<_>>()
     );
     assert_eq!(record(&h.service, &id).await.state, State::Running);
+}
+
+#[tokio::test]
+async fn an_action_the_node_is_still_carrying_out_is_left_until_it_is_done() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
+    let id = deployed(&h, &fake, State::Shutdown).await;
+    killed_during(&h, &fake, &id, Verb::Start).await;
+    let next = h.reopened(fake.clone()).await;
+    // The guest is not up yet and the node is still starting it: a
+    // "not running" now must not make the start forgotten.
+    let mut report = node_report(&[(&id, "shutdown")]);
+    report.busy.insert(id.clone(), "start".into());
+    let reg = Registration {
+        name: "a".into(),
+        url: "https://a.invalid".into(),
+        report,
+    };
+    next.register_node(reg).await.unwrap();
+    assert!(next.store().pending(&id).await.unwrap().is_some());
+    next.node_heartbeat("a", node_report(&[(&id, "running")]))
+        .await
+        .unwrap();
+    assert_eq!(record(&next, &id).await.state, State::Running);
 }
