@@ -33,8 +33,13 @@ fn settled(home: &std::path::Path, id: &str, want: &[&str]) -> String {
 
 /// Runs `vws VERB ID` and kills `vws up` (-9) `after` into it.
 fn killed_during(home: &std::path::Path, up: Kill, verb: &str, id: &str, after: Duration) {
+    killed_running(home, up, &[verb, id], after)
+}
+
+/// Runs `vws ARGS` and kills `vws up` (-9) `after` into it.
+fn killed_running(home: &std::path::Path, up: Kill, args: &[&str], after: Duration) {
     let mut asked = Command::new(VWS)
-        .args([verb, id])
+        .args(args)
         .env("VWS_HOME", home)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -89,6 +94,74 @@ fn stops_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) 
     }
     assert_eq!(settled(home, id, &["shutdown"]), "shutdown");
     up
+}
+
+/// Waits until nothing holds the workspace's check-out lock but its node
+/// (an interrupted deploy is rolled back); returns its placement.
+fn unlocked(home: &std::path::Path, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = serde_json::from_str(&ok(home, &["show", id, "--json"])).unwrap();
+        assert_ne!(v["state"], "corrupted", "{}", ok(home, &["history", id]));
+        if v["lock_holder"] == v["node"] {
+            return v["placement"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(Instant::now() < deadline, "{id} stayed locked: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills `vws up` `after` into a deploy: after the restart the deploy is
+/// rolled back (nothing half-staged is used) and deploys when asked.
+fn deploys_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) -> Kill {
+    killed_during(home, up, "deploy", id, Duration::from_millis(after));
+    let up = vws_up(home, &[]);
+    if unlocked(home, id) == "repository" {
+        ok(home, &["deploy", id]);
+    }
+    up
+}
+
+/// Kills `vws up` `after` into a destroy: it is finished after the
+/// restart (or, if the kill came first, the workspace is as it was and is
+/// destroyed now). Returns once it is gone.
+fn destroys_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) -> Kill {
+    killed_during(home, up, "destroy", id, Duration::from_millis(after));
+    let up = vws_up(home, &[]);
+    // The restarted node registers at once; ten seconds is ample.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = vws(home, &["show", id, "--json"]);
+        if !shown.status.success() {
+            assert!(
+                String::from_utf8_lossy(&shown.stderr).contains("not found"),
+                "{}",
+                String::from_utf8_lossy(&shown.stderr)
+            );
+            return up;
+        }
+        let s = state(home, id);
+        assert_ne!(s, "corrupted", "{}", ok(home, &["history", id]));
+        if Instant::now() > deadline {
+            ok(home, &["destroy", id]);
+            return up;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Nothing of a destroyed VM is left on its node: no QEMU, no folder, no
+/// job log.
+fn assert_vm_gone(home: &std::path::Path, id: &str) {
+    let qemu = Command::new("pgrep").args(["-f", id]).output().unwrap();
+    assert!(
+        qemu.stdout.is_empty(),
+        "processes of {id} left: {}",
+        String::from_utf8_lossy(&qemu.stdout)
+    );
+    assert!(!home.join("node/vms").join(id).exists());
+    let list = home.join("node/jobs").join(format!("{id}.list"));
+    assert!(!list.exists(), "{} left", list.display());
 }
 
 fn job_state(home: &std::path::Path, job: &str) -> Value {
@@ -163,7 +236,8 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     import_minimal(home, &guest);
     let desc = root().join("examples/minimal.xml");
     let id = create(home, &desc);
-    ok(home, &["deploy", &id]);
+    // Killed while the image and the disk are staged.
+    up = deploys_despite_a_kill(home, up, &id, 150);
 
     // Killed early in a start (QEMU launched or not yet) and late (the
     // guest booting).
@@ -177,6 +251,26 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     // Killed while jobs run.
     up = jobs_survive_a_kill(home, up, &id);
 
+    // Killed during a pause, then during a snapshot (memory and disk being
+    // saved): it ends paused or running as the node has it, a snapshot
+    // either registered or left nothing, and another works at once.
+    killed_during(home, up, "pause", &id, Duration::from_millis(40));
+    up = vws_up(home, &[]);
+    if settled(home, &id, &["running", "paused"]) == "running" {
+        ok(home, &["pause", &id]);
+    }
+    killed_running(
+        home,
+        up,
+        &["snapshot", &id, "--as", "killed:1"],
+        Duration::from_millis(300),
+    );
+    up = vws_up(home, &[]);
+    assert_eq!(settled(home, &id, &["paused"]), "paused");
+    ok(home, &["snapshot", &id, "--as", "killed:2"]);
+    ok(home, &["unpause", &id]);
+    echoes(home, &id);
+
     // Killed during an undeploy (the disk going back to the repository):
     // after the restart it is in the repository, or still on its node and
     // can be undeployed again; then it deploys and runs.
@@ -189,34 +283,13 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     if v["placement"] == "host" {
         ok(home, &["undeploy", &id]);
     }
-    ok(home, &["deploy", &id]);
+    let up = deploys_despite_a_kill(home, up, &id, 400);
     ok(home, &["start", &id]);
     echoes(home, &id);
 
-    // Killed during a destroy: it is finished after the restart (or, if
-    // the kill came first, the workspace is as it was and can be destroyed).
-    killed_during(home, up, "destroy", &id, Duration::from_millis(100));
-    let up = vws_up(home, &[]);
-    // The restarted node registers at once; ten seconds is ample.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let shown = vws(home, &["show", &id, "--json"]);
-        if !shown.status.success() {
-            assert!(
-                String::from_utf8_lossy(&shown.stderr).contains("not found"),
-                "{}",
-                String::from_utf8_lossy(&shown.stderr)
-            );
-            break;
-        }
-        let s = state(home, &id);
-        assert_ne!(s, "corrupted", "{}", ok(home, &["history", &id]));
-        if Instant::now() > deadline {
-            ok(home, &["destroy", &id]);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Killed during a destroy.
+    let up = destroys_despite_a_kill(home, up, &id, 100);
+    assert_vm_gone(home, &id);
     drop(up);
 }
 
@@ -234,7 +307,7 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
     )
     .unwrap();
     let id = create(home, &desc);
-    ok(home, &["deploy", &id]);
+    up = deploys_despite_a_kill(home, up, &id, 100);
     // An account starts in tens of milliseconds: killed at 30 ms it may
     // or may not have begun.
     up = starts_despite_kills(home, up, &id, &[30, 300]);
@@ -256,6 +329,23 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
         said.contains("permissions refuse") && said.contains("[forbidden]"),
         "{said}"
     );
-    ok(home, &["destroy", &id]);
+    let uid = serde_json::from_str::<Value>(&ok(home, &["show", &id, "--json"])).unwrap()
+        ["account"]["uid"]
+        .as_u64()
+        .unwrap();
+    let up = destroys_despite_a_kill(home, up, &id, 30);
+    // Nothing of the uid is left (zombies included), and its lease is free.
+    let left = Command::new("pgrep")
+        .args(["-U", &uid.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let next = create(home, &desc);
+    ok(home, &["deploy", &next]);
+    ok(home, &["destroy", &next]);
     drop(up);
 }

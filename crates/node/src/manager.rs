@@ -72,6 +72,9 @@ pub struct Manager {
     busy: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>>,
 }
 
+/// A snapshot's memory and flattened disk while they are sent.
+const SNAPSHOT_FILES: [&str; 2] = ["snapshot-memory.state", "snapshot-disk.qcow2"];
+
 /// Marks a workspace as acted on until dropped.
 struct Busy {
     map: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>>,
@@ -145,7 +148,7 @@ impl Manager {
     /// their jobs), and removes the taps and rules of those that did not
     /// survive.
     pub async fn adopt(&self) -> Vec<String> {
-        self.sweep_partial_deploys();
+        self.sweep_leftovers();
         let mut adopted = Vec::new();
         for driver in self.drivers.all() {
             let found = driver.adopt(&self.home.join("jobs")).await;
@@ -164,16 +167,23 @@ impl Manager {
         adopted
     }
 
-    /// Removes what deploys a killed node left half-staged (a folder
-    /// without the spec that makes a deploy real); their blobs stay in the
-    /// cache, where a later deploy resumes them.
-    fn sweep_partial_deploys(&self) {
+    /// Removes what a killed node left half-made: deploys half-staged (a
+    /// folder without the spec that makes a deploy real; their blobs stay
+    /// in the cache, where a later deploy resumes them) and the files of
+    /// snapshots cut off before they were sent.
+    fn sweep_leftovers(&self) {
         let Ok(entries) = std::fs::read_dir(vms_dir(&self.home)) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !e.path().is_dir() || e.path().join("spec.json").exists() {
+            if name.starts_with('.') || !e.path().is_dir() {
+                continue;
+            }
+            if e.path().join("spec.json").exists() {
+                for f in SNAPSHOT_FILES {
+                    let _ = std::fs::remove_file(e.path().join(f));
+                }
                 continue;
             }
             tracing::info!(id = %name, "removing a deploy a previous run left half-staged");
@@ -483,8 +493,7 @@ impl Manager {
         })?;
         let dir = self.vm_dir(id);
         let repository = self.repository_for(&dir)?;
-        let memory = dir.join("snapshot-memory.state");
-        let disk = dir.join("snapshot-disk.qcow2");
+        let [memory, disk] = SNAPSHOT_FILES.map(|f| dir.join(f));
         let result = async {
             let ram = saver.snapshot_memory(id, &memory).await?;
             let mut out = vws_model::node::Snapshot {
