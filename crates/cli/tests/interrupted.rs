@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -33,22 +33,7 @@ fn settled(home: &std::path::Path, id: &str, want: &[&str]) -> String {
 
 /// Runs `vws VERB ID` and kills `vws up` (-9) `after` into it.
 fn killed_during(home: &std::path::Path, up: Kill, verb: &str, id: &str, after: Duration) {
-    killed_running(home, up, &[verb, id], after)
-}
-
-/// Runs `vws ARGS` and kills `vws up` (-9) `after` into it.
-fn killed_running(home: &std::path::Path, up: Kill, args: &[&str], after: Duration) {
-    let mut asked = Command::new(VWS)
-        .args(args)
-        .env("VWS_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(after);
-    drop(up);
-    let _ = asked.kill();
-    let _ = asked.wait();
+    kill_during(home, up, &[verb, id], after)
 }
 
 fn echoes(home: &std::path::Path, id: &str) {
@@ -168,12 +153,6 @@ fn job_state(home: &std::path::Path, job: &str) -> Value {
     serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
 }
 
-fn detached(home: &std::path::Path, id: &str, script: &str) -> String {
-    ok(home, &["run", "--detach", id, "--", "sh", "-c", script])
-        .trim()
-        .to_string()
-}
-
 fn ended(home: &std::path::Path, job: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -259,7 +238,7 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     if settled(home, &id, &["running", "paused"]) == "running" {
         ok(home, &["pause", &id]);
     }
-    killed_running(
+    kill_during(
         home,
         up,
         &["snapshot", &id, "--as", "killed:1"],

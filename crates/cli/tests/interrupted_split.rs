@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,21 +37,6 @@ fn settled(home: &Path, id: &str, want: &[&str]) -> Value {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Runs `vws ARGS` and kills `victim` (-9) `after` into it.
-fn killed_during(home: &Path, victim: Kill, args: &[&str], after: Duration) {
-    let mut asked = Command::new(VWS)
-        .args(args)
-        .env("VWS_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(after);
-    drop(victim);
-    let _ = asked.kill();
-    let _ = asked.wait();
 }
 
 fn echoes(home: &Path, id: &str) {
@@ -99,7 +83,7 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
 
     steps.at("The node killed during a start");
     for after in [300, 1500] {
-        killed_during(home, n1, &["start", &id], Duration::from_millis(after));
+        kill_during(home, n1, &["start", &id], Duration::from_millis(after));
         n1 = start_node(home, "n1", now());
         let v = settled(home, &id, &["running", "shutdown"]);
         if v["state"] == "shutdown" {
@@ -170,7 +154,7 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
         } else {
             to
         };
-        killed_during(
+        kill_during(
             home,
             serve,
             &["migrate", &id, "--to", to],
@@ -213,20 +197,14 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
     // already gone over.
     let from = show(home, &id)["node"].as_str().unwrap().to_string();
     let to = if from == "n1" { "n2" } else { "n1" };
-    let mut asked = Command::new(VWS)
-        .args(["migrate", &id, "--to", to])
-        .env("VWS_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let mut nodes = vec![n1, n2];
     let source = usize::from(from == "n2");
-    std::thread::sleep(Duration::from_millis(900));
-    drop(serve);
-    drop(nodes.remove(source));
-    let _ = asked.kill();
-    let _ = asked.wait();
+    kill_during(
+        home,
+        (serve, nodes.remove(source)),
+        &["migrate", &id, "--to", to],
+        Duration::from_millis(900),
+    );
     let t = now();
     serve = start_service(home, &listen);
     nodes.insert(source, start_node(home, &from, t));
@@ -252,7 +230,7 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
     steps.at("The service killed during a deploy");
     ok(home, &["stop", &id]);
     ok(home, &["undeploy", &id]);
-    killed_during(home, serve, &["deploy", &id], Duration::from_millis(150));
+    kill_during(home, serve, &["deploy", &id], Duration::from_millis(150));
     let _serve = start_service(home, &listen);
     let _nodes = nodes;
     let v = settled(home, &id, &["shutdown"]);

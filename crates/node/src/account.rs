@@ -913,14 +913,10 @@ impl Driver for AccountDriver {
         c: &WorkspaceCredentials,
     ) -> Result<(), DriverError> {
         let dir = CREDENTIALS_DIR;
-        for (name, text, mode) in [
-            ("key.pem", &c.key, "600"),
-            ("cert.pem", &c.cert, "644"),
-            ("ca.pem", &c.ca, "644"),
-        ] {
+        for (name, text, mode) in crate::driver::credential_files(c) {
             let path = format!("{dir}/{name}");
             let script =
-                format!("umask 077 && mkdir -p {dir} && cat > {path} && chmod {mode} {path}");
+                format!("umask 077 && mkdir -p {dir} && cat > {path} && chmod {mode:o} {path}");
             self.run_captured(
                 spec,
                 vec!["/bin/sh".into(), "-c".into(), script],

@@ -409,6 +409,16 @@ pub struct AccountSpec {
 /// in a VM; the account's own job, in a dynamic account).
 pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
 
+/// The files of a workspace's credential under [`CREDENTIALS_DIR`]: name,
+/// contents and mode (the key readable by its owner only).
+pub fn credential_files(c: &WorkspaceCredentials) -> [(&'static str, &str, u32); 3] {
+    [
+        ("key.pem", &c.key, 0o600),
+        ("cert.pem", &c.cert, 0o644),
+        ("ca.pem", &c.ca, 0o644),
+    ]
+}
+
 /// What setting up a workspace's host network can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

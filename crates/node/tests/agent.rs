@@ -45,23 +45,29 @@ fn followed(dir: &Path, job: &str) -> (String, std::path::PathBuf, u64) {
     (job.into(), log, 0)
 }
 
-#[tokio::test]
-async fn jobs_followed_again_are_logged_or_failed_by_the_agents_first_hello() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("agent.sock");
+type Ended = tokio::sync::mpsc::UnboundedReceiver<(String, JobEvent, u64)>;
+
+/// The node's agent connected to a scripted guest in `dir`, following
+/// `jobs` again (as after a restart), past the node's first `Ping`.
+async fn connected(dir: &Path, jobs: &[&str]) -> (std::sync::Arc<Agent>, UnixStream, Ended) {
+    let socket = dir.join("agent.sock");
     let listener = UnixListener::bind(&socket).unwrap();
-    let (done, mut ended) = tokio::sync::mpsc::unbounded_channel();
-    let jobs = vec![
-        followed(dir.path(), "job-on"),
-        followed(dir.path(), "job-lost"),
-    ];
-    let agent = tokio::spawn({
-        let socket = socket.clone();
-        async move { Agent::connect(&socket, Duration::from_secs(5), done, jobs).await }
-    });
+    let (done, ended) = tokio::sync::mpsc::unbounded_channel();
+    let jobs = jobs.iter().map(|j| followed(dir, j)).collect();
+    let agent =
+        tokio::spawn(
+            async move { Agent::connect(&socket, Duration::from_secs(5), done, jobs).await },
+        );
     let (mut guest, _) = listener.accept().await.unwrap();
     let agent = agent.await.unwrap().unwrap();
     pinged(&mut guest).await;
+    (agent, guest, ended)
+}
+
+#[tokio::test]
+async fn jobs_followed_again_are_logged_or_failed_by_the_agents_first_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, mut guest, mut ended) = connected(dir.path(), &["job-on", "job-lost"]).await;
     // Output sent before the Hello is the followed job's.
     frame(
         &mut guest,
@@ -112,17 +118,7 @@ async fn jobs_followed_again_are_logged_or_failed_by_the_agents_first_hello() {
 #[tokio::test]
 async fn an_agent_that_does_not_list_its_jobs_leaves_them_followed() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("agent.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let (done, mut ended) = tokio::sync::mpsc::unbounded_channel();
-    let jobs = vec![followed(dir.path(), "job-1")];
-    let agent = tokio::spawn({
-        let socket = socket.clone();
-        async move { Agent::connect(&socket, Duration::from_secs(5), done, jobs).await }
-    });
-    let (mut guest, _) = listener.accept().await.unwrap();
-    let agent = agent.await.unwrap().unwrap();
-    pinged(&mut guest).await;
+    let (agent, mut guest, mut ended) = connected(dir.path(), &["job-1"]).await;
     frame(&mut guest, &hello(None)).await;
     assert!(agent.ready(Duration::from_secs(5)).await.is_some());
     assert!(agent.running("job-1").await);

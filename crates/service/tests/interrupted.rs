@@ -332,8 +332,8 @@ async fn last_action(s: &Service, id: &str) -> (String, String) {
     (last.action.to_string(), last.actor.clone())
 }
 
-#[tokio::test]
-async fn a_deploy_the_node_finished_is_rolled_back_and_can_be_asked_again() {
+/// A service killed while node `a` stages a new workspace.
+async fn deploy_killed() -> (Arc<FakeNode>, Harness, String) {
     let fake = Arc::new(FakeNode::default());
     let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
     register(&h.service, &[]).await;
@@ -343,6 +343,12 @@ async fn a_deploy_the_node_finished_is_rolled_back_and_can_be_asked_again() {
         s.deploy(&alice(), &i, None).await
     })
     .await;
+    (fake, h, id)
+}
+
+#[tokio::test]
+async fn a_deploy_the_node_finished_is_rolled_back_and_can_be_asked_again() {
+    let (fake, h, id) = deploy_killed().await;
     let r = record(&h.service, &id).await;
     assert_eq!(r.lock_holder.as_deref(), Some("a"), "locked while staging");
     let next = h.reopened(fake.clone()).await;
@@ -369,15 +375,7 @@ async fn a_deploy_the_node_finished_is_rolled_back_and_can_be_asked_again() {
 
 #[tokio::test]
 async fn a_deploy_still_staging_is_left_to_finish_then_rolled_back() {
-    let fake = Arc::new(FakeNode::default());
-    let h = harness_nodes(Backend::Sqlite, fake.clone()).await;
-    register(&h.service, &[]).await;
-    let id = created(&h).await;
-    let (s, i) = (h.service.clone(), id.clone());
-    killed_while(&fake, "deploy", async move {
-        s.deploy(&alice(), &i, None).await
-    })
-    .await;
+    let (fake, h, id) = deploy_killed().await;
     let next = h.reopened(fake.clone()).await;
     // The fake answers staging progress: still staging, so it waits.
     register(&next, &[]).await;

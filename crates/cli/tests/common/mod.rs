@@ -422,3 +422,26 @@ pub fn start_node(home: &Path, name: &str, registered_after: time::OffsetDateTim
     );
     p
 }
+
+/// Runs `vws ARGS` and kills `victim` (-9: a [`Kill`], or a tuple of them)
+/// `after` into it, then the command too.
+pub fn kill_during<T>(home: &Path, victim: T, args: &[&str], after: std::time::Duration) {
+    let mut asked = Command::new(VWS)
+        .args(args)
+        .env("VWS_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    drop(victim);
+    let _ = asked.kill();
+    let _ = asked.wait();
+}
+
+/// `vws run --detach ID -- sh -c SCRIPT`; the job's id.
+pub fn detached(home: &Path, id: &str, script: &str) -> String {
+    ok(home, &["run", "--detach", id, "--", "sh", "-c", script])
+        .trim()
+        .to_string()
+}

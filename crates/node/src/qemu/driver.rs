@@ -14,8 +14,8 @@ use vws_model::Category;
 use super::{qemu_err, QemuDriver};
 use crate::agent::Agent;
 use crate::driver::{
-    Adopted, Driver, DriverError, Migrates, MigrationMeter, SavesMemory, VmSpec, VmState,
-    CREDENTIALS_DIR,
+    credential_files, Adopted, Driver, DriverError, Migrates, MigrationMeter, SavesMemory, VmSpec,
+    VmState, CREDENTIALS_DIR,
 };
 
 /// The jobs that ran in VM `id` when the node last saw it (their running
@@ -154,12 +154,7 @@ impl Driver for Arc<QemuDriver> {
         let agent = self.running_agent(&spec.id).await?;
         let dir = CREDENTIALS_DIR;
         // All three in flight at once: the agent answers each by its id.
-        let writes = [
-            ("key.pem", &c.key, 0o600),
-            ("cert.pem", &c.cert, 0o644),
-            ("ca.pem", &c.ca, 0o644),
-        ]
-        .map(|(name, text, mode)| {
+        let writes = credential_files(c).map(|(name, text, mode)| {
             let agent = agent.clone();
             async move {
                 agent
