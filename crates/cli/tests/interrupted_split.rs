@@ -95,34 +95,8 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
 
     steps.at("The node killed while jobs run");
     ok(home, &["start", &id]);
-    let short = ok(
-        home,
-        &[
-            "run",
-            "--detach",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            "echo a; sleep 2; echo b",
-        ],
-    )
-    .trim()
-    .to_string();
-    let long = ok(
-        home,
-        &[
-            "run",
-            "--detach",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            "echo w; exec sleep 1000",
-        ],
-    )
-    .trim()
-    .to_string();
+    let short = detached(home, &id, "echo a; sleep 2; echo b");
+    let long = detached(home, &id, "echo w; exec sleep 1000");
     std::thread::sleep(Duration::from_millis(700));
     drop(n1);
     std::thread::sleep(Duration::from_millis(2500));
