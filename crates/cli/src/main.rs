@@ -148,13 +148,34 @@ fn init_logs(verbose: u8, serving: bool) {
 }
 
 /// Output piped into `head` ends a client command quietly, as with any Unix
-/// tool, instead of a panic on the broken pipe.
+/// tool, instead of a panic on the broken pipe. A connection to the service
+/// that breaks (the service killed during an upload) is an error with a
+/// message instead: the signal ends the command only when standard output
+/// is what broke.
 #[allow(unsafe_code)]
-fn default_sigpipe() {
-    // SAFETY: runs first in main, before any other thread exists, and SIG_DFL
-    // is a valid disposition for SIGPIPE.
+fn quiet_sigpipe() {
+    extern "C" fn on_sigpipe(_: libc::c_int) {
+        let mut out = libc::pollfd {
+            fd: 1,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: poll(2) and _exit(2) are async-signal-safe; `out` lives
+        // on this handler's stack for the call.
+        unsafe {
+            if libc::poll(&mut out, 1, 0) == 1 && out.revents & (libc::POLLERR | libc::POLLHUP) != 0
+            {
+                libc::_exit(128 + libc::SIGPIPE);
+            }
+        }
+    }
+    // SAFETY: runs first in main, before any other thread exists; the
+    // handler only calls async-signal-safe functions.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(
+            libc::SIGPIPE,
+            on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 
@@ -174,7 +195,7 @@ fn main() -> ExitCode {
     if !serving && !matches!(cli.command, Command::Bench(_)) {
         // Only for short-lived client commands: a server must see EPIPE on a
         // peer that went away (a stopped VM's sockets), never die of it.
-        default_sigpipe();
+        quiet_sigpipe();
     }
     init_logs(cli.verbose, serving);
     let home = match config::home(cli.home) {

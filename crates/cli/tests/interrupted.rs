@@ -277,7 +277,40 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
+    let up = vws_up(home, &[]);
+
+    // An import whose service is killed while the disk is uploaded says so
+    // and fails (it was a silent exit 141), and leaves nothing behind.
+    let disk = home.join("big.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let import = Command::new(VWS)
+        .args(["image", "import", "big:1", "--disk", disk.to_str().unwrap()])
+        .env("VWS_HOME", home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let uploading = || {
+        std::fs::read_dir(home.join("images/tmp"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.len() > (64 << 20)))
+            })
+            .unwrap_or(false)
+    };
+    wait_until("the upload", Duration::from_secs(60), uploading);
+    drop(up);
+    let out = import.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("cannot reach the vws service"), "{said}");
     let mut up = vws_up(home, &[]);
+    assert!(!uploading(), "the half-upload was removed");
+    assert!(!vws(home, &["image", "show", "big:1"]).status.success());
+    std::fs::remove_file(&disk).unwrap();
     ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
     let desc = home.join("account.toml");
     std::fs::write(
