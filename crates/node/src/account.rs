@@ -513,9 +513,21 @@ impl AccountDriver {
         if let Some(tasks) = self.proxies.lock().await.remove(id) {
             tasks.iter().for_each(|t| t.abort());
         }
+        // Its other members (slirp4netns, job helpers) are ended with the
+        // cgroup; each is waited for until it is reaped, whoever its parent.
+        let members: Vec<(i32, Option<u64>)> =
+            cg.pids().into_iter().map(|p| (p, start_time(p))).collect();
         tokio::task::spawn_blocking(move || cg.destroy())
             .await
             .map_err(|e| DriverError::Sandbox(e.to_string()))??;
+        let deadline = tokio::time::Instant::now() + UID_CLEARS_WITHIN;
+        while members
+            .iter()
+            .any(|(p, t)| t.is_some() && start_time(*p) == *t)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Some(r) = recorded {
             if let Some(uid) = r.uid {
                 let left = uid_cleared(uid, UID_CLEARS_WITHIN).await;
