@@ -94,6 +94,10 @@ enum Command {
     Job(commands::jobs::JobCommand),
     /// Copy a file into or out of a running workspace (LOCAL ID:PATH or ID:PATH LOCAL)
     Cp(commands::jobs::CpArgs),
+    /// Print the service's events: lifecycle transitions, jobs, nodes, images (-f follows)
+    Events(commands::events::EventsArgs),
+    /// Wait for a workspace to reach a state (exit 3 on --timeout)
+    Wait(commands::events::WaitArgs),
     /// Run this host's VW Manager (`vws node --service URL`), or `vws node list`
     Node(commands::node::NodeArgs),
     /// Manage the image pool
@@ -238,6 +242,8 @@ fn main() -> ExitCode {
             Command::Snapshot(a) => commands::lifecycle::snapshot(&g, a).await,
             Command::Migrate(a) => commands::lifecycle::migrate(&g, a).await,
             Command::Node(a) => commands::node::run(&g, a).await,
+            Command::Events(a) => commands::events::events(&g, a).await,
+            Command::Wait(a) => commands::events::wait(&g, a).await,
             Command::Run(a) => commands::jobs::run(&g, a).await,
             Command::Jobs(a) => commands::jobs::list(&g, a).await,
             Command::Job(c) => commands::jobs::job(&g, c).await,

@@ -427,6 +427,92 @@ impl Client {
             .await
     }
 
+    /// Events after `after` (none: from now on) as they come; with
+    /// `follow` false, only those there already. Returns once the service
+    /// answered, so that nothing that happens after the call is missed; a
+    /// dropped connection is resumed from the last event seen.
+    pub async fn events(
+        &self,
+        after: Option<i64>,
+        follow: bool,
+    ) -> Result<impl futures::Stream<Item = Result<Event, ClientError>> + '_, ClientError> {
+        use futures::StreamExt;
+        let url = self.url("/v1/events");
+        let first = self.event_stream(&url, after, follow).await?;
+        Ok(futures::stream::unfold(
+            (after, Some(first), false),
+            move |(mut after, mut stream, mut done)| {
+                let url = url.clone();
+                async move {
+                    loop {
+                        if done {
+                            return None;
+                        }
+                        let Some(s) = stream.as_mut() else {
+                            match self.event_stream(&url, after, follow).await {
+                                Ok(s) => stream = Some(s),
+                                Err(e) => return Some((Err(e), (after, None, true))),
+                            }
+                            continue;
+                        };
+                        match s.next().await {
+                            // Where the stream starts (its id), no event.
+                            Some(Ok(ev)) if ev.event == "ready" => {
+                                if let Ok(seq) = ev.id.parse() {
+                                    after = Some(seq);
+                                }
+                            }
+                            Some(Ok(ev)) => match serde_json::from_str::<Event>(&ev.data) {
+                                Ok(e) => {
+                                    after = Some(e.seq);
+                                    return Some((Ok(e), (after, stream, false)));
+                                }
+                                Err(e) => {
+                                    let bad = ClientError::Api {
+                                        status: reqwest::StatusCode::BAD_GATEWAY,
+                                        code: "bad_event".into(),
+                                        message: format!(
+                                            "an event the service sent is not one: {e}"
+                                        ),
+                                        details: vec![],
+                                    };
+                                    return Some((Err(bad), (after, None, true)));
+                                }
+                            },
+                            // Ended: done unless following, when the
+                            // connection is made again from the last seen.
+                            None if !follow => done = true,
+                            None | Some(Err(_)) => {
+                                stream = None;
+                                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    async fn event_stream(
+        &self,
+        url: &str,
+        after: Option<i64>,
+        follow: bool,
+    ) -> Result<EventSource, ClientError> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let mut req = self.http.get(url).query(&[("follow", follow)]);
+        if let Some(a) = after {
+            req = req.query(&[("after", a)]);
+        }
+        Ok(self
+            .send(req, url)
+            .await?
+            .bytes_stream()
+            .eventsource()
+            .boxed())
+    }
+
     /// The nodes.
     pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.call(Method::GET, "/v1/nodes", None).await
@@ -575,6 +661,15 @@ impl Client {
         .await
     }
 }
+
+/// A server-sent event stream.
+type EventSource = futures::stream::BoxStream<
+    'static,
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+>;
+
+/// An event of the service's log.
+pub use vws_model::records::Event;
 
 /// One path segment, percent-encoded so that an id or reference from the
 /// command line stays one segment of its route: `/`, `%`, `?`, `#` and

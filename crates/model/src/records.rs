@@ -78,6 +78,62 @@ impl WorkspaceRecord {
     }
 }
 
+/// What an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A workspace was created, changed state or place, or was destroyed
+    /// (`data`: id, action, state, placement, node, actor).
+    Workspace,
+    /// A job was queued, started or ended (`data`: job, workspace, state,
+    /// exit code).
+    Job,
+    /// A node came up or was lost (`data`: node, status).
+    Node,
+    /// An image was added or removed (`data`: image, name, tag, action).
+    Image,
+}
+
+impl EventKind {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Workspace => "workspace",
+            EventKind::Job => "job",
+            EventKind::Node => "node",
+            EventKind::Image => "image",
+        }
+    }
+
+    /// The kind of a stored name.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Workspace,
+            EventKind::Job,
+            EventKind::Node,
+            EventKind::Image,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One thing that happened, in the repository's global order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its place in the order: a client resumes after the last it saw.
+    pub seq: i64,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What it is about.
+    pub kind: EventKind,
+    /// The id of what it is about (workspace, job, node, image).
+    pub subject: String,
+    /// The details, by kind.
+    pub data: serde_json::Value,
+}
+
 /// One entry of a workspace's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransitionRecord {

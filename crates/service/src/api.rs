@@ -381,6 +381,7 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("put", "/v1/workspaces/{id}/memory") => put(receive_memory).layer(unlimited()),
         ("get", "/v1/workspaces/{id}/memory/chunks") => get(memory_chunks),
         ("get", "/v1/nodes") => get(nodes),
+        ("get", "/v1/events") => get(events),
         ("post", "/v1/nodes") => post(register_node),
         ("get", "/v1/networks") => get(networks),
         ("get", "/v1/networks/{name}") => get(network),
@@ -444,6 +445,7 @@ impl IntoResponse for Reply {
             Reply::File(_) => unexpected().into_response(),
             Reply::Chunks(m) => Json(m).into_response(),
             Reply::Nodes(n) => Json(n).into_response(),
+            Reply::Events { events, .. } => Json(events).into_response(),
             Reply::Done => StatusCode::NO_CONTENT.into_response(),
         }
     }
@@ -1028,6 +1030,109 @@ async fn receive_disk(
         .receive_disk(&id, &digest, tokio_util::io::StreamReader::new(stream))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// The last sequence number seen (none: from now on).
+    #[serde(default)]
+    after: Option<i64>,
+    /// Keep the stream open for new events (the default); false ends it
+    /// once the backlog is sent.
+    #[serde(default = "yes")]
+    follow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How often a follower looks for new events (any replica's).
+const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `GET /v1/events`: server-sent events, each with its sequence number as
+/// its id (a reconnecting client sends it back as `Last-Event-ID`) and its
+/// kind as its type. The ACL and visibility are checked on every read, so
+/// a stream stops at a revocation.
+async fn events(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ServiceError> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let after = resumed.or(q.after);
+    if after.is_some_and(|a| a < 0) {
+        return Err(ServiceError::BadRequest(
+            "after must be a sequence number (0 or more)".into(),
+        ));
+    }
+    // The first read answers errors (ACL, bad request) as errors.
+    let (events, last) = match s.run(&who, Command::Events { after }).await? {
+        Reply::Events { events, last } => (events, last),
+        _ => unreachable!("Events answers events"),
+    };
+    let follow = q.follow;
+    // First, where the stream starts: a client that asked from now learns
+    // the sequence number to resume after.
+    let ready = Sse::default()
+        .id(after.unwrap_or(last).to_string())
+        .event("ready")
+        .data("{}");
+    let state = (
+        s,
+        who,
+        std::collections::VecDeque::from(events),
+        last,
+        false,
+    );
+    let stream = futures::stream::unfold(
+        state,
+        move |(s, who, mut queue, mut last, mut ended)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    let sse = Sse::default()
+                        .id(ev.seq.to_string())
+                        .event(ev.kind.as_str())
+                        .json_data(&ev)
+                        .expect("events serialize");
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(sse),
+                        (s, who, queue, last, ended),
+                    ));
+                }
+                if ended {
+                    return None;
+                }
+                match s.run(&who, Command::Events { after: Some(last) }).await {
+                    Ok(Reply::Events { events, last: l }) => {
+                        if events.is_empty() {
+                            if !follow {
+                                ended = true;
+                                continue;
+                            }
+                            tokio::time::sleep(EVENTS_POLL).await;
+                        }
+                        queue.extend(events);
+                        last = l;
+                    }
+                    _ => return None,
+                }
+            }
+        },
+    );
+    let stream = futures::StreamExt::chain(
+        futures::stream::once(async move { Ok::<_, std::convert::Infallible>(ready) }),
+        stream,
+    );
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn nodes(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {

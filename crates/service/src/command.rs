@@ -233,6 +233,11 @@ pub enum Command {
     },
     /// The nodes, with capacity and health.
     Nodes,
+    /// Events the caller may see after `after` (none: from now on).
+    Events {
+        /// The last sequence number seen.
+        after: Option<i64>,
+    },
     /// The networks and their pools' use.
     Networks,
     /// One network (administrators also see its leases).
@@ -263,7 +268,8 @@ impl CommandKind {
             | K::ReadBlob
             | K::BlobChunks
             | K::Networks
-            | K::Network => Class::Read,
+            | K::Network
+            | K::Events => Class::Read,
             K::Create | K::Clone => Class::Create,
             K::Renew | K::Destroy | K::Deploy | K::Transition => Class::Manage,
             K::Snapshot | K::Migrate => Class::Move,
@@ -334,6 +340,13 @@ pub enum Reply {
     Chunks(vws_model::node::Manifest),
     /// The nodes.
     Nodes(Vec<NodeView>),
+    /// Events, oldest first, and the sequence number to resume after.
+    Events {
+        /// The events.
+        events: Vec<vws_model::records::Event>,
+        /// The last one's, or where the read started if there were none.
+        last: i64,
+    },
     /// Done; nothing to show.
     Done,
 }
@@ -463,6 +476,10 @@ impl Service {
                 Reply::Chunks(self.blob_manifest(&digest).await?)
             }
             C::Nodes => Reply::Nodes(self.nodes().await?),
+            C::Events { after } => {
+                let (events, last) = self.events(who, after).await?;
+                Reply::Events { events, last }
+            }
             C::Networks => Reply::Document(serde_json::Value::Array(self.networks().await?)),
             C::Network { name } => Reply::Document(self.network(who, &name).await?),
         })

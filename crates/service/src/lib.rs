@@ -9,6 +9,7 @@ pub mod clock;
 pub mod command;
 mod core;
 pub mod error;
+mod events;
 mod factory;
 pub mod jobs;
 mod lifecycle;

@@ -232,6 +232,22 @@ impl Service {
             ),
             Err(e) => tracing::warn!(error = %e, "reaper could not prune history"),
         }
+        if let Err(e) = self.store.prune_events(now - HISTORY_RETENTION).await {
+            tracing::warn!(error = %e, "reaper could not prune events");
+        }
+        // A node's loss becomes an event once.
+        let silent_since = now - crate::nodes::LOST_AFTER;
+        for n in self.store.nodes().await? {
+            if n.last_seen < silent_since {
+                match self.store.mark_node_lost(&n.name, silent_since, now).await {
+                    Ok(true) => tracing::warn!(node = %n.name, "node lost"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(node = %n.name, error = %e, "could not record a lost node")
+                    }
+                }
+            }
+        }
         Ok(gone)
     }
 

@@ -5,6 +5,8 @@ use sqlx::Row;
 use vws_model::ImageRef;
 
 use crate::db::{from_millis, millis, Store, StoreError};
+use time::OffsetDateTime;
+use vws_model::records::EventKind;
 pub use vws_model::records::{HotMachine, ImageFile, ImageKind, ImageRecord, Visibility};
 
 /// Who publishes under a name, for [`Store::put_image`].
@@ -142,6 +144,21 @@ impl Store {
         .bind(owner)
         .execute(&mut *tx)
         .await?;
+        let data = serde_json::json!({
+            "image": r.id, "name": name, "tag": tag, "kind": r.kind.as_str(), "action": "added",
+        });
+        let seen_by = (r.visibility == Visibility::Private).then_some(r.owner.as_str());
+        let at = OffsetDateTime::now_utc();
+        crate::events::emit(
+            &mut tx,
+            self.backend(),
+            at,
+            EventKind::Image,
+            &r.id,
+            seen_by,
+            data,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -234,10 +251,26 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM images WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
+        let gone: Option<(String, String)> =
+            sqlx::query_as("DELETE FROM images WHERE id = $1 RETURNING owner, visibility")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((owner, visibility)) = gone {
+            let seen_by = (visibility == Visibility::Private.as_str()).then_some(owner.as_str());
+            let data = serde_json::json!({ "image": id, "action": "removed" });
+            let at = OffsetDateTime::now_utc();
+            crate::events::emit(
+                &mut tx,
+                self.backend(),
+                at,
+                EventKind::Image,
+                id,
+                seen_by,
+                data,
+            )
             .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

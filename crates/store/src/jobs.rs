@@ -3,6 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use time::OffsetDateTime;
+
 use crate::db::{from_millis, millis, Store, StoreError};
 pub use vws_model::records::JobRecord;
 
@@ -36,9 +38,37 @@ fn decode(row: &AnyRow) -> Result<JobRecord, StoreError> {
     })
 }
 
+/// The event of a job's record: its state now.
+async fn job_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: crate::db::Backend,
+    at: OffsetDateTime,
+    j: &JobRecord,
+) -> Result<(), StoreError> {
+    let data = serde_json::json!({
+        "job": j.id,
+        "workspace": j.workspace_id,
+        "state": j.state.as_str(),
+        "exit_code": j.exit_code,
+        "signal": j.signal,
+    });
+    crate::events::emit(
+        tx,
+        backend,
+        at,
+        vws_model::records::EventKind::Job,
+        &j.id,
+        Some(&j.owner),
+        data,
+    )
+    .await
+    .map(drop)
+}
+
 impl Store {
     /// Records a new job.
     pub async fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(&format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
             .bind(&j.id)
             .bind(&j.workspace_id)
@@ -54,14 +84,17 @@ impl Store {
             .bind(j.output_bytes as i64)
             .bind(millis(j.created_at))
             .bind(j.ended_at.map(millis))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        job_event(&mut tx, self.backend(), j.created_at, j).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Writes a job's changed fields.
     pub async fn update_job(&self, j: &JobRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
             "UPDATE jobs SET state = $1, exit_code = $2, signal = $3, timed_out = $4, message = $5, cancelled = $6, \
              output_bytes = $7, ended_at = $8 WHERE id = $9",
         )
@@ -74,8 +107,13 @@ impl Store {
         .bind(j.output_bytes as i64)
         .bind(j.ended_at.map(millis))
         .bind(&j.id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 1 {
+            let at = j.ended_at.unwrap_or_else(OffsetDateTime::now_utc);
+            job_event(&mut tx, self.backend(), at, j).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

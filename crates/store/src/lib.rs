@@ -9,6 +9,7 @@ mod accounts;
 mod addresses;
 mod blobs;
 mod db;
+mod events;
 mod images;
 mod jobs;
 mod nodes;

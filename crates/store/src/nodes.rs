@@ -24,7 +24,52 @@ pub struct NodeRecord {
     pub last_seen: OffsetDateTime,
 }
 
+/// The event of a node's status.
+async fn node_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: crate::db::Backend,
+    at: OffsetDateTime,
+    name: &str,
+    status: &str,
+) -> Result<(), StoreError> {
+    let data = serde_json::json!({ "node": name, "status": status });
+    crate::events::emit(
+        tx,
+        backend,
+        at,
+        vws_model::records::EventKind::Node,
+        name,
+        Some(crate::events::ADMINISTRATORS),
+        data,
+    )
+    .await
+    .map(drop)
+}
+
 impl Store {
+    /// Records that a node not heard from since `silent_since` is lost, once
+    /// (until it is heard from again); true if this call recorded it.
+    pub async fn mark_node_lost(
+        &self,
+        name: &str,
+        silent_since: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE nodes SET lost = 1 WHERE name = $1 AND lost = 0 AND last_seen < $2",
+        )
+        .bind(name)
+        .bind(millis(silent_since))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            node_event(&mut tx, self.backend(), now, name, "lost").await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Records a node's registration (replacing an earlier one of that name).
     pub async fn register_node(
         &self,
@@ -34,17 +79,20 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let report = serde_json::to_string(report).expect("reports serialize");
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO nodes (name, url, report, registered_at, last_seen) VALUES ($1, $2, $3, $4, $4) \
+            "INSERT INTO nodes (name, url, report, registered_at, last_seen, lost) VALUES ($1, $2, $3, $4, $4, 0) \
              ON CONFLICT (name) DO UPDATE SET url = excluded.url, report = excluded.report, \
-             registered_at = excluded.registered_at, last_seen = excluded.last_seen",
+             registered_at = excluded.registered_at, last_seen = excluded.last_seen, lost = 0",
         )
         .bind(name)
         .bind(url)
         .bind(report)
         .bind(millis(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        node_event(&mut tx, self.backend(), now, name, "up").await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -56,12 +104,22 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let report = serde_json::to_string(report).expect("reports serialize");
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE nodes SET report = $1, last_seen = $2 WHERE name = $3")
             .bind(report)
             .bind(millis(now))
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // Heard from again after it was reported lost: it is up.
+        let back = sqlx::query("UPDATE nodes SET lost = 0 WHERE name = $1 AND lost = 1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if back.rows_affected() == 1 {
+            node_event(&mut tx, self.backend(), now, name, "up").await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 

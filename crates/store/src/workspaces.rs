@@ -173,6 +173,16 @@ impl Store {
             change.detail,
         )
         .await?;
+        workspace_event(
+            &mut tx,
+            self.backend(),
+            r.created_at,
+            r,
+            change.action,
+            change.actor,
+            true,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -335,6 +345,16 @@ impl Store {
             change.detail,
         )
         .await?;
+        workspace_event(
+            &mut tx,
+            self.backend(),
+            next.modified_at,
+            next,
+            change.action,
+            change.actor,
+            true,
+        )
+        .await?;
         tx.commit().await?;
         next.version = before + 1;
         Ok(())
@@ -377,6 +397,16 @@ impl Store {
             None,
             change.actor,
             change.detail,
+        )
+        .await?;
+        workspace_event(
+            &mut tx,
+            self.backend(),
+            at,
+            r,
+            change.action,
+            change.actor,
+            false,
         )
         .await?;
         tx.commit().await?;
@@ -558,6 +588,38 @@ async fn next_seq(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result
     .fetch_one(&mut **tx)
     .await?;
     Ok(seq)
+}
+
+/// The event of a workspace's change (`exists`: it is still there).
+async fn workspace_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: crate::db::Backend,
+    at: OffsetDateTime,
+    r: &WorkspaceRecord,
+    action: vws_model::records::HistoryAction,
+    actor: &str,
+    exists: bool,
+) -> Result<(), StoreError> {
+    let data = serde_json::json!({
+        "id": r.id,
+        "name": r.name,
+        "action": action.as_str(),
+        "state": exists.then(|| r.state.as_str()),
+        "placement": exists.then(|| r.placement.as_str()),
+        "node": if exists { r.node.clone() } else { None },
+        "actor": actor,
+    });
+    crate::events::emit(
+        tx,
+        backend,
+        at,
+        vws_model::records::EventKind::Workspace,
+        &r.id,
+        Some(&r.owner),
+        data,
+    )
+    .await
+    .map(drop)
 }
 
 #[allow(clippy::too_many_arguments)]

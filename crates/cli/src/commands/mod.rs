@@ -1,6 +1,7 @@
 //! One module per group of verbs.
 
 pub mod bench;
+pub mod events;
 pub mod image_build;
 pub mod images;
 pub mod jobs;
