@@ -41,6 +41,9 @@ pub struct ServiceConfig {
     pub boot_image: Option<String>,
     /// Where /metrics is served (`off`: nowhere).
     pub metrics_listen: Option<String>,
+    /// Where the web dashboard is served (`off`: nowhere).
+    #[serde(default)]
+    pub ui_listen: Option<String>,
 }
 
 /// The state folder: `--home`, `VWS_HOME`, or `~/.local/share/vws`.
@@ -75,6 +78,9 @@ pub struct ServerFile {
     /// Where Prometheus scrapes it, if metrics are served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// The web dashboard's base URL, if it is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui: Option<String>,
 }
 
 /// Path of the server file.

@@ -96,6 +96,8 @@ enum Command {
     Cp(commands::jobs::CpArgs),
     /// Print the service's events: lifecycle transitions, jobs, nodes, images (-f follows)
     Events(commands::events::EventsArgs),
+    /// Print a one-time link that signs a browser in to the web dashboard
+    Ui(commands::ui::UiArgs),
     /// Wait for a workspace to reach a state (exit 3 on --timeout)
     Wait(commands::events::WaitArgs),
     /// Run this host's VW Manager (`vws node --service URL`), or `vws node list`
@@ -244,6 +246,7 @@ fn main() -> ExitCode {
             Command::Node(a) => commands::node::run(&g, a).await,
             Command::Events(a) => commands::events::events(&g, a).await,
             Command::Wait(a) => commands::events::wait(&g, a).await,
+            Command::Ui(a) => commands::ui::run(&g, a).await,
             Command::Run(a) => commands::jobs::run(&g, a).await,
             Command::Jobs(a) => commands::jobs::list(&g, a).await,
             Command::Job(c) => commands::jobs::job(&g, c).await,

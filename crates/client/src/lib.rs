@@ -513,6 +513,12 @@ impl Client {
             .boxed())
     }
 
+    /// A one-time secret that signs a browser in to the dashboard as this
+    /// client, and when it expires.
+    pub async fn sign_in_link(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/ui/links", None).await
+    }
+
     /// The nodes.
     pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.call(Method::GET, "/v1/nodes", None).await

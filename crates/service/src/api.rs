@@ -382,6 +382,7 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("get", "/v1/workspaces/{id}/memory/chunks") => get(memory_chunks),
         ("get", "/v1/nodes") => get(nodes),
         ("get", "/v1/events") => get(events),
+        ("post", "/v1/ui/links") => post(sign_in_link),
         ("post", "/v1/nodes") => post(register_node),
         ("get", "/v1/networks") => get(networks),
         ("get", "/v1/networks/{name}") => get(network),
@@ -1032,6 +1033,14 @@ async fn receive_disk(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn sign_in_link(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Response, ServiceError> {
+    let reply = s.reply(&who, Command::SignInLink).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
@@ -1048,9 +1057,6 @@ fn yes() -> bool {
     true
 }
 
-/// How often a follower looks for new events (any replica's).
-const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// `GET /v1/events`: server-sent events, each with its sequence number as
 /// its id (a reconnecting client sends it back as `Last-Event-ID`) and its
 /// kind as its type. The ACL and visibility are checked on every read, so
@@ -1061,7 +1067,6 @@ async fn events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ServiceError> {
-    use axum::response::sse::{Event as Sse, KeepAlive};
     let resumed = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -1073,66 +1078,35 @@ async fn events(
         ));
     }
     // The first read answers errors (ACL, bad request) as errors.
-    let (events, last) = match s.run(&who, Command::Events { after }).await? {
-        Reply::Events { events, last } => (events, last),
-        _ => unreachable!("Events answers events"),
-    };
-    let follow = q.follow;
-    // First, where the stream starts: a client that asked from now learns
-    // the sequence number to resume after.
+    let (start, events) = crate::events::follow(s.service.clone(), who, after, q.follow).await?;
+    Ok(sse(start, events))
+}
+
+/// Server-sent events: first `ready` with where the stream starts as its id,
+/// then each event with its sequence number as its id and its kind as its
+/// type (also the dashboard's live updates).
+pub fn sse(
+    start: i64,
+    events: impl futures::Stream<Item = vws_model::records::Event> + Send + 'static,
+) -> Response {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use futures::StreamExt;
     let ready = Sse::default()
-        .id(after.unwrap_or(last).to_string())
+        .id(start.to_string())
         .event("ready")
         .data("{}");
-    let state = (
-        s,
-        who,
-        std::collections::VecDeque::from(events),
-        last,
-        false,
-    );
-    let stream = futures::stream::unfold(
-        state,
-        move |(s, who, mut queue, mut last, mut ended)| async move {
-            loop {
-                if let Some(ev) = queue.pop_front() {
-                    let sse = Sse::default()
-                        .id(ev.seq.to_string())
-                        .event(ev.kind.as_str())
-                        .json_data(&ev)
-                        .expect("events serialize");
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(sse),
-                        (s, who, queue, last, ended),
-                    ));
-                }
-                if ended {
-                    return None;
-                }
-                match s.run(&who, Command::Events { after: Some(last) }).await {
-                    Ok(Reply::Events { events, last: l }) => {
-                        if events.is_empty() {
-                            if !follow {
-                                ended = true;
-                                continue;
-                            }
-                            tokio::time::sleep(EVENTS_POLL).await;
-                        }
-                        queue.extend(events);
-                        last = l;
-                    }
-                    _ => return None,
-                }
-            }
-        },
-    );
-    let stream = futures::StreamExt::chain(
-        futures::stream::once(async move { Ok::<_, std::convert::Infallible>(ready) }),
-        stream,
-    );
-    Ok(axum::response::sse::Sse::new(stream)
+    let stream = futures::stream::once(async move { ready })
+        .chain(events.map(|ev| {
+            Sse::default()
+                .id(ev.seq.to_string())
+                .event(ev.kind.as_str())
+                .json_data(&ev)
+                .expect("events serialize")
+        }))
+        .map(Ok::<_, std::convert::Infallible>);
+    axum::response::sse::Sse::new(stream)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response()
 }
 
 async fn nodes(State(s): State<AppState>, Caller(who): Caller) -> Result<Response, ServiceError> {

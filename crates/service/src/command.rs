@@ -233,6 +233,9 @@ pub enum Command {
     },
     /// The nodes, with capacity and health.
     Nodes,
+    /// A one-time link that signs a browser in to the dashboard as the
+    /// caller.
+    SignInLink,
     /// Events the caller may see after `after` (none: from now on).
     Events {
         /// The last sequence number seen.
@@ -269,7 +272,8 @@ impl CommandKind {
             | K::BlobChunks
             | K::Networks
             | K::Network
-            | K::Events => Class::Read,
+            | K::Events
+            | K::SignInLink => Class::Read,
             K::Create | K::Clone => Class::Create,
             K::Renew | K::Destroy | K::Deploy | K::Transition => Class::Manage,
             K::Snapshot | K::Migrate => Class::Move,
@@ -476,6 +480,15 @@ impl Service {
                 Reply::Chunks(self.blob_manifest(&digest).await?)
             }
             C::Nodes => Reply::Nodes(self.nodes().await?),
+            C::SignInLink => {
+                let (token, expires) = self.sign_in_link(who).await?;
+                Reply::Document(serde_json::json!({
+                    "token": token,
+                    "expires_at": expires
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                }))
+            }
             C::Events { after } => {
                 let (events, last) = self.events(who, after).await?;
                 Reply::Events { events, last }

@@ -9,7 +9,7 @@ pub mod clock;
 pub mod command;
 mod core;
 pub mod error;
-mod events;
+pub mod events;
 mod factory;
 pub mod jobs;
 mod lifecycle;
@@ -27,6 +27,7 @@ pub mod repository;
 mod request_metrics;
 pub mod routes;
 pub mod server;
+pub mod ui_sessions;
 
 pub use crate::core::{Service, Settings, Workspace, DEFAULT_BOOT_IMAGE};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -232,6 +232,9 @@ impl Service {
             ),
             Err(e) => tracing::warn!(error = %e, "reaper could not prune history"),
         }
+        if let Err(e) = self.store.prune_ui_secrets(now).await {
+            tracing::warn!(error = %e, "reaper could not forget expired dashboard sessions");
+        }
         if let Err(e) = self.store.prune_events(now - HISTORY_RETENTION).await {
             tracing::warn!(error = %e, "reaper could not prune events");
         }

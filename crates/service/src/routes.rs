@@ -114,6 +114,7 @@ pub const ROUTES: &[Route] = &[
     r("get", "/v1/workspaces/{id}/memory/chunks", HoldingNode),
     r("get", "/v1/nodes", Client(Nodes)),
     r("get", "/v1/events", Client(Events)),
+    r("post", "/v1/ui/links", Client(SignInLink)),
     r("get", "/v1/networks", Client(Networks)),
     r("get", "/v1/networks/{name}", Client(Network)),
     r("get", "/v1/pki/crl", Open),

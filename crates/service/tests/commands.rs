@@ -119,6 +119,7 @@ fn sample(kind: CommandKind) -> Command {
         K::BlobChunks => Command::BlobChunks { digest: digest() },
         K::Nodes => Command::Nodes,
         K::Events => Command::Events { after: Some(0) },
+        K::SignInLink => Command::SignInLink,
         K::Networks => Command::Networks,
         K::Network => Command::Network {
             name: "nothere".into(),
@@ -129,7 +130,7 @@ fn sample(kind: CommandKind) -> Command {
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
-    assert_eq!(all.len(), 36, "{all:?}");
+    assert_eq!(all.len(), 37, "{all:?}");
     for kind in &all {
         assert_eq!(sample(*kind).kind(), *kind);
         let routed = ROUTES

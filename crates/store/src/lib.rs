@@ -13,6 +13,7 @@ mod events;
 mod images;
 mod jobs;
 mod nodes;
+mod ui_sessions;
 mod workspaces;
 
 pub use accounts::AccountLease;
@@ -23,6 +24,7 @@ pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord, Publisher, Visib
 pub use jobs::JobRecord;
 pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;
+pub use ui_sessions::UiSecret;
 pub use workspaces::{
     Binding, Change, Filter, Intent, OrphanedIntent, Page, TransitionRecord, WorkspaceRecord,
 };

@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod node;
 pub mod pki;
+pub mod ui;
 pub mod up;
 pub mod workspaces;
 

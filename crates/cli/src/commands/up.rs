@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// (docs/metrics.md) [default: 127.0.0.1:7481; "off" for none]
     #[arg(long, env = "VWS_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Where the web dashboard is served: plain HTTP, for loopback
+    /// (docs/dashboard.md) [default: 127.0.0.1:7482; "off" for none]
+    #[arg(long, env = "VWS_UI_LISTEN", value_name = "ADDR")]
+    ui_listen: Option<String>,
     /// The kernel image root-filesystem images boot with as VMs
     /// [default: minimal:1]
     #[arg(long, env = "VWS_BOOT_IMAGE", value_name = "NAME:TAG")]
@@ -51,6 +55,9 @@ pub struct UpArgs {
 
 /// Where metrics are served unless configured.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7481";
+
+/// Where the dashboard is served unless configured.
+pub const DEFAULT_UI_LISTEN: &str = "127.0.0.1:7482";
 
 /// The OS user running the service: the CN of the administrator's
 /// certificate made on first run.
@@ -196,12 +203,39 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             }
         }
     };
+    // The dashboard on a listener of its own too: a browser has no client
+    // certificate; it signs in with a link `vws ui` prints.
+    let ui_at = a
+        .ui_listen
+        .or(file.ui_listen)
+        .unwrap_or_else(|| DEFAULT_UI_LISTEN.into());
+    let ui = if ui_at == "off" {
+        None
+    } else {
+        let addr: SocketAddr = ui_at
+            .parse()
+            .with_context(|| format!("--ui-listen {ui_at:?} is not an address"))?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let url = format!("http://{}", listener.local_addr()?);
+                let router = vws_ui::router(running.service.clone());
+                tokio::spawn(async move { axum::serve(listener, router).await });
+                eprintln!("dashboard at {url}/ui (sign in with `vws ui`)");
+                Some(url)
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "dashboard not served: the address is taken");
+                None
+            }
+        }
+    };
     // The file that tells CLI commands where vws is: written once it is ready.
     let server_file = config::server_file(&g.home);
     let record = ServerFile {
         url: running.url.clone(),
         pid: std::process::id(),
         metrics,
+        ui,
     };
     std::fs::write(&server_file, serde_json::to_vec_pretty(&record)?)?;
     eprintln!(
