@@ -247,7 +247,7 @@ pub async fn workspace(
                 dt { "owner" } dd { (r.owner) }
                 dt { "category" } dd { (r.description.category.as_str()) }
                 dt { "placement" } dd class="placement" { (r.placement.as_str()) }
-                dt { "node" } dd { (r.node.clone().unwrap_or_else(|| "-".into())) }
+                dt { "node" } dd class="node" { (r.node.clone().unwrap_or_else(|| "-".into())) }
                 dt { "binding" } dd {
                     (r.binding.cpus.map_or("-".into(), |c| c.to_string())) " cpus, "
                     (r.binding.ram.map_or("-".into(), |b| vws_model::ByteSize(b).human())) " RAM"

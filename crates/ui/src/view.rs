@@ -50,6 +50,9 @@ const SCRIPT: &str = r#"
     document.querySelectorAll('[data-ws="' + ev.subject + '"] .placement').forEach((el) => {
       el.textContent = ev.data.placement || '';
     });
+    document.querySelectorAll('[data-ws="' + ev.subject + '"] .node').forEach((el) => {
+      el.textContent = ev.data.node || '-';
+    });
     const list = document.querySelector('[data-list]');
     if (list && ev.data.action === 'create' && !document.querySelector('[data-ws="' + ev.subject + '"]')) {
       const row = document.createElement('tr');

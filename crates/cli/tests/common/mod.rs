@@ -108,6 +108,15 @@ impl Drop for Reap {
             if ids.iter().any(|id| name.ends_with(&format!("-{id}"))) {
                 let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
                 doomed.extend(procs.lines().map(str::to_string));
+                // A paused workspace's processes die only once thawed.
+                let _ = std::fs::write(
+                    Path::new("/sys/fs/cgroup/freezer/vws").join(&*name).join("freezer.state"),
+                    "THAWED",
+                );
+                let _ = std::fs::write(
+                    Path::new("/sys/fs/cgroup/vws").join(&*name).join("cgroup.freeze"),
+                    "0",
+                );
             }
         }
         if !doomed.is_empty() {
