@@ -33,7 +33,10 @@ fn the_dashboard_in_a_real_browser() {
     let _up = vws_up(home, &["--ui-listen", "127.0.0.1:0"]);
     let server: Value =
         serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
-    let ui = server["ui"].as_str().expect("the dashboard's URL").to_string();
+    let ui = server["ui"]
+        .as_str()
+        .expect("the dashboard's URL")
+        .to_string();
     ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
     let bob = home.join("bob");
     ok(
@@ -50,7 +53,12 @@ fn the_dashboard_in_a_real_browser() {
     let (cert, key) = (bob.join("cert.pem"), bob.join("key.pem"));
     let bob_link = link(
         home,
-        &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
     );
     let admin_link = link(home, &[]);
     let shots = root().join("target/dashboard-screenshots");
@@ -77,8 +85,17 @@ fn the_dashboard_in_a_real_browser() {
     );
     assert!(out.status.success(), "the browser test failed:\n{said}");
     assert!(said.contains("dashboard: all steps passed"), "{said}");
-    for shot in ["1-workspaces", "3-running", "4-paused", "5-narrow", "6-other-user"] {
-        assert!(shots.join(format!("{shot}.png")).exists(), "{shot} was not taken");
+    for shot in [
+        "1-workspaces",
+        "3-running",
+        "4-paused",
+        "5-narrow",
+        "6-other-user",
+    ] {
+        assert!(
+            shots.join(format!("{shot}.png")).exists(),
+            "{shot} was not taken"
+        );
     }
     // The page's workspace, paused, goes with the test.
     let listed: Value = serde_json::from_str(&ok(home, &["list", "--json"])).unwrap();

@@ -110,11 +110,15 @@ impl Drop for Reap {
                 doomed.extend(procs.lines().map(str::to_string));
                 // A paused workspace's processes die only once thawed.
                 let _ = std::fs::write(
-                    Path::new("/sys/fs/cgroup/freezer/vws").join(&*name).join("freezer.state"),
+                    Path::new("/sys/fs/cgroup/freezer/vws")
+                        .join(&*name)
+                        .join("freezer.state"),
                     "THAWED",
                 );
                 let _ = std::fs::write(
-                    Path::new("/sys/fs/cgroup/vws").join(&*name).join("cgroup.freeze"),
+                    Path::new("/sys/fs/cgroup/vws")
+                        .join(&*name)
+                        .join("cgroup.freeze"),
                     "0",
                 );
             }
