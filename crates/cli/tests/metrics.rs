@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{import_minimal, minimal_guest, ok, vws, Kill, Reap};
+use common::{answer, host_address, import_minimal, minimal_guest, ok, vws, Kill, Reap};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -68,7 +68,7 @@ fn prometheus_scrapes_a_workspaces_cpu_seconds() {
     let desc = home.join("w.toml");
     std::fs::write(
         &desc,
-        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"minimal:1\"\n",
+        "category = \"vm\"\n[hardware]\nram = \"256MiB\"\ndisk = { size = \"32MiB\" }\n[[network.nics]]\nname = \"eth0\"\nmethod = \"user\"\n[software]\nimage = \"minimal:1\"\n",
     )
     .unwrap();
     let id = common::create(home, &desc);
@@ -91,6 +91,10 @@ fn prometheus_scrapes_a_workspaces_cpu_seconds() {
         "# TYPE vws_nodes gauge",
         "# TYPE vws_jobs_running gauge",
         "# TYPE vws_workspace_cpu_seconds counter",
+        "# TYPE vws_workspace_block_written_bytes counter",
+        "# TYPE vws_workspace_network_receive_bytes counter",
+        "# TYPE vws_staging_bytes counter",
+        "# TYPE vws_reaper_actions counter",
         "# EOF",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
@@ -152,6 +156,36 @@ fn prometheus_scrapes_a_workspaces_cpu_seconds() {
         query(&prom, &cpu).filter(|v| *v > before + 2.0)
     });
     assert!(after > before + 2.0, "{before} → {after}");
+
+    // A job writes 8 MiB to the disk and fetches 2 MB from the host: the
+    // block and network counters Prometheus reads rise by as much.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let web = format!(
+        "{}:{}",
+        host_address(),
+        listener.local_addr().unwrap().port()
+    );
+    answer(listener, "x".repeat(2_000_000).leak());
+    let written = format!("vws_workspace_block_written_bytes_total{{workspace=\"{id}\"}}");
+    let received = format!("vws_workspace_network_receive_bytes_total{{workspace=\"{id}\"}}");
+    let (w0, r0) = (
+        query(&prom, &written).unwrap_or(0.0),
+        query(&prom, &received).unwrap_or(0.0),
+    );
+    let script = format!(
+        "dd if=/dev/zero of=/data/eight bs=1M count=8 conv=fsync 2>/dev/null && wget -q -O /dev/null http://{web}/"
+    );
+    let out = vws(home, &["run", &id, "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the written bytes to rise", Duration::from_secs(30), || {
+        query(&prom, &written).filter(|v| *v >= w0 + 8.0 * 1048576.0)
+    });
+    wait_for(
+        "the received bytes to rise",
+        Duration::from_secs(30),
+        || query(&prom, &received).filter(|v| *v >= r0 + 2_000_000.0),
+    );
+    assert!(query(&prom, "vws_staging_bytes_total").is_some_and(|n| n > 0.0));
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -223,6 +223,18 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Resident memory, in bytes.
     pub memory_bytes: u64,
+    /// Bytes read from its disks since it started.
+    #[serde(default)]
+    pub block_read_bytes: u64,
+    /// Bytes written to its disks since it started.
+    #[serde(default)]
+    pub block_write_bytes: u64,
+    /// Bytes its interfaces received (loopback aside).
+    #[serde(default)]
+    pub net_rx_bytes: u64,
+    /// Bytes its interfaces sent (loopback aside).
+    #[serde(default)]
+    pub net_tx_bytes: u64,
 }
 
 /// Node → service: here I am.

@@ -366,6 +366,10 @@ pub struct Workspace {
     /// The Unix account a dynamic account holds on its node (shown by `show`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<AccountLease>,
+    /// What a running workspace uses, as its node last reported (shown by
+    /// `show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::node::Usage>,
 }
 
 impl Workspace {

@@ -18,7 +18,7 @@ use crate::agent::{JobDone, JobEvent, LOG_APPENDED};
 use crate::cgroup::{Cgroup, Layout, Limits};
 pub use crate::driver::AccountSpec;
 use crate::driver::{
-    Adopted, Driver, DriverError, NicSpec, VmEvent, VmSpec, VmState, CREDENTIALS_DIR,
+    Adopted, Driver, DriverError, Io, NicSpec, VmEvent, VmSpec, VmState, CREDENTIALS_DIR,
 };
 use crate::sandbox::{start_time, ExecPlan, InitPlan};
 
@@ -970,6 +970,22 @@ impl Driver for AccountDriver {
     /// A workspace's processes are its cgroup's.
     async fn pids(&self, id: &str) -> Vec<i32> {
         self.cgroup(id).pids()
+    }
+
+    /// The cgroup's block I/O, and its network namespace's interfaces.
+    async fn io(&self, id: &str) -> Io {
+        let (block_read, block_write) = self.cgroup(id).io_bytes();
+        let table = self
+            .running(id)
+            .and_then(|r| std::fs::read_to_string(format!("/proc/{}/net/dev", r.pid)).ok())
+            .unwrap_or_default();
+        let (net_rx, net_tx) = crate::usage::net_bytes(&table);
+        Io {
+            block_read,
+            block_write,
+            net_rx,
+            net_tx,
+        }
     }
 
     async fn run_job(

@@ -111,24 +111,70 @@ impl Cgroup {
 
     fn dirs(&self) -> Vec<PathBuf> {
         match self.layout {
-            Layout::V1 => V1.iter().map(|c| self.dir(c)).collect(),
+            Layout::V1 => V1
+                .iter()
+                .map(|c| self.dir(c))
+                // I/O accounting where the host has the controller.
+                .chain(self.has_blkio().then(|| self.dir("blkio")))
+                .collect(),
             Layout::V2 => vec![self.dir("")],
         }
+    }
+
+    fn has_blkio(&self) -> bool {
+        self.root.join("blkio").join("cgroup.procs").exists()
+    }
+
+    /// Bytes its processes read from and wrote to block devices (the I/O
+    /// controller's counters; zero where the host has none).
+    pub fn io_bytes(&self) -> (u64, u64) {
+        let (mut read, mut written) = (0, 0);
+        match self.layout {
+            Layout::V1 => {
+                let text = std::fs::read_to_string(
+                    self.dir("blkio").join("blkio.throttle.io_service_bytes"),
+                )
+                .unwrap_or_default();
+                for l in text.lines() {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let n = f.get(2).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    match f.get(1) {
+                        Some(&"Read") => read += n,
+                        Some(&"Write") => written += n,
+                        _ => {}
+                    }
+                }
+            }
+            Layout::V2 => {
+                let text =
+                    std::fs::read_to_string(self.dir("").join("io.stat")).unwrap_or_default();
+                for field in text.split_whitespace() {
+                    let n = |p: &str| field.strip_prefix(p).and_then(|v| v.parse::<u64>().ok());
+                    if let Some(v) = n("rbytes=") {
+                        read += v;
+                    } else if let Some(v) = n("wbytes=") {
+                        written += v;
+                    }
+                }
+            }
+        }
+        (read, written)
     }
 
     /// Makes the cgroup and sets its limits.
     pub fn create(&self, l: Limits) -> std::io::Result<()> {
         if self.layout == Layout::V2 {
             // Controllers must be handed down to vws/ and to its children.
-            let _ = write(
-                &self.root.join("cgroup.subtree_control"),
-                "+memory +cpu +pids",
-            );
+            let top = self.root.join("cgroup.subtree_control");
+            if write(&top, "+memory +cpu +pids +io").is_err() {
+                let _ = write(&top, "+memory +cpu +pids");
+            }
             std::fs::create_dir_all(self.root.join("vws"))?;
-            write(
-                &self.root.join("vws/cgroup.subtree_control"),
-                "+memory +cpu +pids",
-            )?;
+            // With I/O accounting where the host offers the controller.
+            let sub = self.root.join("vws/cgroup.subtree_control");
+            if write(&sub, "+memory +cpu +pids +io").is_err() {
+                write(&sub, "+memory +cpu +pids")?;
+            }
         }
         for d in self.dirs() {
             std::fs::create_dir_all(&d)?;
@@ -312,8 +358,8 @@ mod tests {
         })
         .unwrap();
         let read = |f: &str| std::fs::read_to_string(root.path().join(f)).unwrap();
-        assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids");
-        assert_eq!(read("vws/cgroup.subtree_control"), "+memory +cpu +pids");
+        assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids +io");
+        assert_eq!(read("vws/cgroup.subtree_control"), "+memory +cpu +pids +io");
         assert_eq!(read("vws/n-ws-1/memory.max"), "134217728");
         assert_eq!(read("vws/n-ws-1/memory.swap.max"), "0");
         assert_eq!(read("vws/n-ws-1/cpu.max"), "200000 100000");

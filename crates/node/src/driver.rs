@@ -253,6 +253,9 @@ pub trait Driver: Send + Sync + 'static {
     fn console(&self, id: &str) -> PathBuf;
     /// Its processes on the host, for usage figures.
     async fn pids(&self, id: &str) -> Vec<i32>;
+    /// Its I/O since it started: bytes read from and written to its disks,
+    /// and received and sent by its interfaces (loopback aside).
+    async fn io(&self, id: &str) -> Io;
     /// Starts a job; its events go to `log`, its end to the node's job channel.
     async fn run_job(
         &self,
@@ -279,6 +282,19 @@ pub trait Driver: Send + Sync + 'static {
     fn migration(&self) -> Option<&dyn Migrates> {
         None
     }
+}
+
+/// A running workspace's I/O counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Io {
+    /// Bytes read from its disks.
+    pub block_read: u64,
+    /// Bytes written to its disks.
+    pub block_write: u64,
+    /// Bytes its interfaces received.
+    pub net_rx: u64,
+    /// Bytes its interfaces sent.
+    pub net_tx: u64,
 }
 
 /// What a driver took over at a restart of the node.

@@ -1009,12 +1009,18 @@ impl Manager {
             if state == "shutdown" {
                 continue;
             }
-            let pids = match self.deployed_with_driver(id) {
-                Ok((_, driver)) => driver.pids(id).await,
-                Err(_) => Vec::new(),
+            let Ok((_, driver)) = self.deployed_with_driver(id) else {
+                continue;
             };
+            let pids = driver.pids(id).await;
             if !pids.is_empty() {
-                usage.insert(id.clone(), crate::usage::of_processes(&pids));
+                let mut u = crate::usage::of_processes(&pids);
+                let io = driver.io(id).await;
+                u.block_read_bytes = io.block_read;
+                u.block_write_bytes = io.block_write;
+                u.net_rx_bytes = io.net_rx;
+                u.net_tx_bytes = io.net_tx;
+                usage.insert(id.clone(), u);
             }
         }
         let images = std::fs::read_dir(self.home.join("cache/sha256"))

@@ -61,3 +61,38 @@ mod tests {
         assert!(u.memory_bytes > 1 << 20, "{u:?}");
     }
 }
+
+/// Bytes received and sent by the interfaces of a `/proc/net/dev` table,
+/// loopback aside.
+pub fn net_bytes(table: &str) -> (u64, u64) {
+    let (mut rx, mut tx) = (0, 0);
+    for line in table.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = counters
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        rx += f.first().copied().unwrap_or(0);
+        tx += f.get(8).copied().unwrap_or(0);
+    }
+    (rx, tx)
+}
+
+#[cfg(test)]
+mod net_tests {
+    #[test]
+    fn interface_bytes_are_summed_without_loopback() {
+        let table = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+  eth0:  123456     100    0    0    0     0          0         0    65432      90    0    0    0     0       0          0
+  eth1:       4       1    0    0    0     0          0         0        6       1    0    0    0     0       0          0
+";
+        assert_eq!(super::net_bytes(table), (123460, 65438));
+    }
+}

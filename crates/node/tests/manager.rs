@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use vws_model::node::{AccountLease, BootKind, DeployRequest, JobRequest, WorkspaceCredentials};
 use vws_model::Category;
 use vws_node::driver::{
-    AccountSpec, Adopted, Driver, DriverError, Drivers, SavesMemory, VmSpec, VmState,
+    AccountSpec, Adopted, Driver, DriverError, Drivers, Io, SavesMemory, VmSpec, VmState,
 };
 use vws_node::{Manager, NodeError};
 
@@ -163,6 +163,15 @@ impl Driver for Fake {
         vec![std::process::id() as i32]
     }
 
+    async fn io(&self, _id: &str) -> Io {
+        Io {
+            block_read: 4096,
+            block_write: 8192,
+            net_rx: 1,
+            net_tx: 2,
+        }
+    }
+
     async fn run_job(
         &self,
         spec: &VmSpec,
@@ -302,7 +311,17 @@ async fn each_workspace_is_driven_by_its_categorys_driver() {
     let report = n.manager.report().await;
     assert_eq!(report.workspaces["ws-vm"], "running");
     assert_eq!(report.workspaces["ws-acc"], "paused");
-    assert!(report.usage.contains_key("ws-vm"), "{:?}", report.usage);
+    let u = &report.usage["ws-vm"];
+    assert_eq!(
+        (
+            u.block_read_bytes,
+            u.block_write_bytes,
+            u.net_rx_bytes,
+            u.net_tx_bytes
+        ),
+        (4096, 8192, 1, 2),
+        "the driver's I/O counters are reported"
+    );
 }
 
 #[tokio::test]

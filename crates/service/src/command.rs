@@ -389,6 +389,13 @@ impl Service {
                 let mut ws = self.workspace(who, &id).await?;
                 ws.addresses = self.store().addresses_of(&id).await?;
                 ws.account = self.store().account_of(&id).await?;
+                if let Some(node) = ws.record.node.as_deref() {
+                    ws.usage = self
+                        .store()
+                        .node(node)
+                        .await?
+                        .and_then(|n| n.report.usage.get(&id).cloned());
+                }
                 workspace(ws)
             }
             C::History { id } => Reply::History(self.history(who, &id).await?),

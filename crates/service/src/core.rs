@@ -174,6 +174,7 @@ impl Service {
             epr,
             addresses: Vec::new(),
             account: None,
+            usage: None,
         }
     }
 

@@ -223,7 +223,10 @@ impl Service {
         request.account = leased?.map(|uid| vws_model::node::AccountLease { uid });
         let staged = self.nodes.deploy(&node, &request).await;
         let moved = match staged {
-            Ok(d) => d.moved,
+            Ok(d) => {
+                self.metrics.staged_bytes(d.moved);
+                d.moved
+            }
             Err(e) => {
                 self.checkout_failed(r, &who.dn, e.to_string()).await?;
                 return Err(e);

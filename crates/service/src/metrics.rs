@@ -42,6 +42,17 @@ impl Service {
             self.metrics.durations(),
         );
 
+        registry.register(
+            "vws_staging_bytes",
+            "Bytes deploys moved to nodes (pool files and disks; what a node had cached is not sent)",
+            self.metrics.staged(),
+        );
+        registry.register(
+            "vws_reaper_actions",
+            "What the reaper did, by action: destroy (an expired workspace), blob (an unused pool blob), history, event, session (expired ones forgotten), node_lost",
+            self.metrics.reaped(),
+        );
+
         let workspaces = Family::<Labels, Gauge>::default();
         for w in self.all_workspaces().await? {
             workspaces
@@ -60,6 +71,8 @@ impl Service {
         let nodes = Family::<Labels, Gauge>::default();
         let cpu = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let memory = Family::<Labels, Gauge>::default();
+        let bytes = || Family::<Labels, Counter>::default();
+        let (block_read, block_write, net_rx, net_tx) = (bytes(), bytes(), bytes(), bytes());
         for n in self.nodes().await? {
             nodes
                 .get_or_create(&labels(&[("status", n.status.as_str())]))
@@ -68,6 +81,10 @@ impl Service {
                 let l = labels(&[("workspace", id), ("node", &n.record.name)]);
                 cpu.get_or_create(&l).inc_by(u.cpu_seconds);
                 memory.get_or_create(&l).set(u.memory_bytes as i64);
+                block_read.get_or_create(&l).inc_by(u.block_read_bytes);
+                block_write.get_or_create(&l).inc_by(u.block_write_bytes);
+                net_rx.get_or_create(&l).inc_by(u.net_rx_bytes);
+                net_tx.get_or_create(&l).inc_by(u.net_tx_bytes);
             }
         }
         registry.register("vws_nodes", "Nodes, by status", nodes);
@@ -80,6 +97,26 @@ impl Service {
             "vws_workspace_memory_bytes",
             "Resident memory of a running workspace, as its node last reported",
             memory,
+        );
+        registry.register(
+            "vws_workspace_block_read_bytes",
+            "Bytes a running workspace has read from its disks (QEMU's block statistics, or its cgroup's I/O), as its node last reported",
+            block_read,
+        );
+        registry.register(
+            "vws_workspace_block_written_bytes",
+            "Bytes a running workspace has written to its disks, as its node last reported",
+            block_write,
+        );
+        registry.register(
+            "vws_workspace_network_receive_bytes",
+            "Bytes a running workspace's interfaces have received (the guest's or the namespace's counters, loopback aside), as its node last reported",
+            net_rx,
+        );
+        registry.register(
+            "vws_workspace_network_transmit_bytes",
+            "Bytes a running workspace's interfaces have sent, as its node last reported",
+            net_tx,
         );
         let running = Gauge::<i64>::default();
         running.set(self.store.running_jobs().await? as i64);

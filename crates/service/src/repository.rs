@@ -221,29 +221,42 @@ impl Service {
                 }
             }
         }
-        if let Err(e) = self.collect_orphan_blobs().await {
-            tracing::warn!(error = %e, "reaper could not collect unused blobs");
+        let m = &self.metrics;
+        m.reaper("destroy", gone.len() as u64);
+        match self.collect_orphan_blobs().await {
+            Ok(n) => m.reaper("blob", n as u64),
+            Err(e) => tracing::warn!(error = %e, "reaper could not collect unused blobs"),
         }
         match self.store.prune_history(now - HISTORY_RETENTION).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(
-                entries = n,
-                "removed the history of long-destroyed workspaces"
-            ),
+            Ok(n) => {
+                m.reaper("history", n);
+                tracing::info!(
+                    entries = n,
+                    "removed the history of long-destroyed workspaces"
+                )
+            }
             Err(e) => tracing::warn!(error = %e, "reaper could not prune history"),
         }
-        if let Err(e) = self.store.prune_ui_secrets(now).await {
-            tracing::warn!(error = %e, "reaper could not forget expired dashboard sessions");
+        match self.store.prune_ui_secrets(now).await {
+            Ok(n) => m.reaper("session", n),
+            Err(e) => {
+                tracing::warn!(error = %e, "reaper could not forget expired dashboard sessions")
+            }
         }
-        if let Err(e) = self.store.prune_events(now - HISTORY_RETENTION).await {
-            tracing::warn!(error = %e, "reaper could not prune events");
+        match self.store.prune_events(now - HISTORY_RETENTION).await {
+            Ok(n) => m.reaper("event", n),
+            Err(e) => tracing::warn!(error = %e, "reaper could not prune events"),
         }
         // A node's loss becomes an event once.
         let silent_since = now - crate::nodes::LOST_AFTER;
         for n in self.store.nodes().await? {
             if n.last_seen < silent_since {
                 match self.store.mark_node_lost(&n.name, silent_since, now).await {
-                    Ok(true) => tracing::warn!(node = %n.name, "node lost"),
+                    Ok(true) => {
+                        m.reaper("node_lost", 1);
+                        tracing::warn!(node = %n.name, "node lost")
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(node = %n.name, error = %e, "could not record a lost node")

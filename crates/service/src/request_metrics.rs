@@ -10,11 +10,23 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 /// A metric's labels.
 pub(crate) type Labels = Vec<(String, String)>;
 
+/// What the reaper counts (`vws_reaper_actions_total{action}`).
+pub const REAPER_ACTIONS: [&str; 6] = [
+    "destroy",
+    "blob",
+    "history",
+    "event",
+    "session",
+    "node_lost",
+];
+
 /// The metrics kept between scrapes.
 #[derive(Clone)]
 pub struct Metrics {
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
+    staged: Counter,
+    reaped: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -25,6 +37,15 @@ impl Default for Metrics {
             durations: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 15))
             }),
+            staged: Counter::default(),
+            reaped: {
+                // Every action shown from the start, at zero.
+                let f = Family::<Labels, Counter>::default();
+                for action in REAPER_ACTIONS {
+                    let _ = f.get_or_create(&vec![("action".to_string(), action.to_string())]);
+                }
+                f
+            },
         }
     }
 }
@@ -42,6 +63,28 @@ impl Metrics {
 
     pub(crate) fn durations(&self) -> Family<Labels, Histogram> {
         self.durations.clone()
+    }
+
+    pub(crate) fn staged(&self) -> Counter {
+        self.staged.clone()
+    }
+
+    pub(crate) fn reaped(&self) -> Family<Labels, Counter> {
+        self.reaped.clone()
+    }
+
+    /// Counts bytes a deploy moved to a node (what it had cached is not).
+    pub fn staged_bytes(&self, bytes: u64) {
+        self.staged.inc_by(bytes);
+    }
+
+    /// Counts what the reaper did, by action.
+    pub fn reaper(&self, action: &str, n: u64) {
+        if n > 0 {
+            self.reaped
+                .get_or_create(&vec![("action".to_string(), action.to_string())])
+                .inc_by(n);
+        }
     }
 
     /// Counts and times one served request.

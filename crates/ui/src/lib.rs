@@ -37,6 +37,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/ui/new", get(pages::new_form).post(pages::create))
         .route("/ui/w/{id}", get(pages::workspace))
         .route("/ui/w/{id}/console", get(pages::console))
+        .route("/ui/w/{id}/usage", get(pages::usage))
         .route("/ui/w/{id}/action", post(pages::action))
         .route("/ui/jobs/{job}", get(pages::job))
         .route("/ui/images", get(pages::images))

@@ -260,6 +260,21 @@ pub async fn workspace(
                 }
                 @if let Some(reason) = &r.reason { dt { "reason" } dd { (reason) } }
             }
+            @if r.placement.as_str() == "host" || r.state.as_str() == "shutdown" {
+                h2 { "Usage" }
+                div class="charts" data-usage=(format!("/ui/w/{id}/usage")) {
+                    figure {
+                        figcaption { "CPU " span data-now="cpu" { "…" } }
+                        svg data-chart="cpu" viewBox="0 0 120 40" preserveAspectRatio="none" {}
+                    }
+                    figure {
+                        figcaption { "Memory " span data-now="memory" {
+                            (w.usage.as_ref().map(|u| vws_model::ByteSize(u.memory_bytes).human()).unwrap_or_else(|| "…".into()))
+                        } }
+                        svg data-chart="memory" viewBox="0 0 120 40" preserveAspectRatio="none" {}
+                    }
+                }
+            }
             h2 { "Console" }
             pre data-console=(format!("/ui/w/{id}/console")) { (console) }
             h2 { "Jobs" }
@@ -290,6 +305,22 @@ pub async fn workspace(
         }
     };
     shown(&session, &r.id, body)
+}
+
+/// `/ui/w/{id}/usage`: what the workspace uses now, as its node last
+/// reported (the page's script draws it).
+pub async fn usage(
+    State(s): State<Arc<Service>>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    match run(&s, &session, Command::ShowWorkspace { id }).await {
+        Ok(Reply::Workspace(w)) => {
+            axum::Json(serde_json::json!({ "usage": w.usage })).into_response()
+        }
+        Ok(_) => unreachable!("show answers a workspace"),
+        Err(e) => failed(&e),
+    }
 }
 
 /// `/ui/w/{id}/console`: the console's last lines, as text (followed by

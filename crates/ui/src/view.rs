@@ -32,6 +32,11 @@ pre { background:#0f1420; color:#dfe6f3; padding:.7rem; border-radius:6px; overf
 .error li { font-family:ui-monospace, monospace; font-size:.85rem; }
 dl { display:grid; grid-template-columns:max-content 1fr; gap:.25rem 1rem; background:#fff; border:1px solid var(--line); border-radius:6px; padding:.7rem; }
 dt { color:var(--muted); } dd { margin:0; overflow-wrap:anywhere; }
+.charts { display:flex; flex-wrap:wrap; gap:1rem; }
+.charts figure { margin:0; background:#fff; border:1px solid var(--line); border-radius:6px; padding:.5rem .7rem; flex:1 1 14rem; }
+.charts figcaption { color:var(--muted); font-size:.85rem; }
+.charts svg { width:100%; height:4rem; display:block; }
+.charts polyline { fill:none; stroke:var(--accent); stroke-width:1.2; vector-effect:non-scaling-stroke; }
 @media (max-width: 40rem) { main { padding:.6rem; } dl { grid-template-columns:1fr; } dt { margin-top:.4rem; } }
 "#;
 
@@ -86,6 +91,39 @@ const SCRIPT: &str = r#"
       setTimeout(follow, 1000);
     };
     setTimeout(follow, 1000);
+  }
+  const charts = document.querySelector('[data-usage]');
+  if (charts) {
+    const series = { cpu: [], memory: [] };
+    let last = null;
+    const human = (b) => { const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']; let i = 0; while (b >= 1024 && i < 4) { b /= 1024; i++; } return b.toFixed(i ? 1 : 0) + ' ' + u[i]; };
+    const draw = (name) => {
+      const svg = charts.querySelector('svg[data-chart="' + name + '"]');
+      const pts = series[name];
+      const max = Math.max(1e-9, ...pts);
+      const line = pts.map((v, i) => (i * 120 / 59).toFixed(1) + ',' + (40 - 38 * v / max).toFixed(1)).join(' ');
+      svg.innerHTML = '<polyline points="' + line + '"></polyline>';
+    };
+    const sample = async () => {
+      try {
+        const r = await fetch(charts.dataset.usage);
+        const u = r.ok ? (await r.json()).usage : null;
+        if (u) {
+          const now = Date.now() / 1000;
+          if (last) {
+            const cpu = Math.max(0, (u.cpu_seconds - last.cpu) / (now - last.at));
+            series.cpu.push(cpu * 100);
+            charts.querySelector('[data-now="cpu"]').textContent = (cpu * 100).toFixed(0) + ' %';
+          }
+          last = { cpu: u.cpu_seconds, at: now };
+          series.memory.push(u.memory_bytes);
+          charts.querySelector('[data-now="memory"]').textContent = human(u.memory_bytes);
+          for (const k of ['cpu', 'memory']) { if (series[k].length > 60) series[k].shift(); draw(k); }
+        }
+      } catch (_) {}
+      setTimeout(sample, 2000);
+    };
+    sample();
   }
   const file = document.querySelector('input[type=file][data-into]');
   if (file) {

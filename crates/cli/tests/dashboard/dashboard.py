@@ -87,6 +87,11 @@ try:
     wait(lambda: state() == "running", "running")
     assert d.execute_script("return window.vwsMarker") == "same page", "the page was reloaded"
 
+    step("its CPU and memory are drawn")
+    wait(lambda: d.find_element(By.CSS_SELECTOR, "[data-now='memory']").text.endswith("B"),
+         "the memory figure")
+    wait(lambda: d.find_elements(By.CSS_SELECTOR, "svg[data-chart='memory'] polyline"), "the memory chart")
+
     step("read its console")
     wait(lambda: "started as uid" in d.find_element(By.CSS_SELECTOR, "pre[data-console]").text,
          "the console's start line")

@@ -14,8 +14,8 @@ use vws_model::Category;
 use super::{qemu_err, QemuDriver};
 use crate::agent::Agent;
 use crate::driver::{
-    credential_files, Adopted, Driver, DriverError, Migrates, MigrationMeter, SavesMemory, VmSpec,
-    VmState, CREDENTIALS_DIR,
+    credential_files, Adopted, Driver, DriverError, Io, Migrates, MigrationMeter, SavesMemory,
+    VmSpec, VmState, CREDENTIALS_DIR,
 };
 
 /// The jobs that ran in VM `id` when the node last saw it (their running
@@ -177,6 +177,27 @@ impl Driver for Arc<QemuDriver> {
 
     async fn pids(&self, id: &str) -> Vec<i32> {
         self.pid(id).await.map(|p| p as i32).into_iter().collect()
+    }
+
+    /// QEMU's block statistics, and the guest's own interface counters
+    /// (read through its agent: a user NIC has no host-side device).
+    async fn io(&self, id: &str) -> Io {
+        let (block_read, block_write) = self.block_bytes(id).await;
+        let table = match self.agent(id).await {
+            Some(agent) if agent.hello().is_some() => agent
+                .read_file("/proc/net/dev")
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let (net_rx, net_tx) = crate::usage::net_bytes(&table);
+        Io {
+            block_read,
+            block_write,
+            net_rx,
+            net_tx,
+        }
     }
 
     async fn run_job(

@@ -618,6 +618,30 @@ impl QemuDriver {
         })
     }
 
+    /// Bytes a running VM's disks were read and written (QMP's
+    /// `query-blockstats`, summed over its devices); zero when it is not
+    /// running.
+    pub async fn block_bytes(&self, id: &str) -> (u64, u64) {
+        let Ok(vm) = self.vm(id).await else {
+            return (0, 0);
+        };
+        // One entry per device the guest sees (their backing nodes are
+        // not listed without `query-nodes`).
+        let stats = vm
+            .qmp
+            .execute(QueryBlockstats(serde_json::json!({})))
+            .await
+            .unwrap_or_default();
+        let sum = |key: &str| {
+            stats.as_array().map_or(0, |devs| {
+                devs.iter()
+                    .map(|d| d["stats"][key].as_u64().unwrap_or(0))
+                    .sum()
+            })
+        };
+        (sum("rd_bytes"), sum("wr_bytes"))
+    }
+
     /// The guest agent of a running VM.
     pub async fn agent(&self, id: &str) -> Option<Arc<Agent>> {
         self.vms.lock().await.get(id).and_then(|v| v.agent())
@@ -936,6 +960,7 @@ macro_rules! raw_command {
 }
 
 raw_command!(MigrateIncoming, "migrate-incoming");
+raw_command!(QueryBlockstats, "query-blockstats");
 raw_command!(Migrate, "migrate");
 raw_command!(MigrateCancel, "migrate_cancel");
 raw_command!(NbdServerStart, "nbd-server-start");
