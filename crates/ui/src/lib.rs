@@ -43,6 +43,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/ui/images", get(pages::images))
         .route("/ui/nodes", get(pages::nodes))
         .route("/ui/networks", get(pages::networks))
+        .route("/ui/networks/{name}", get(pages::network))
         .with_state(service)
 }
 

@@ -451,8 +451,9 @@ pub async fn images(State(s): State<Arc<Service>>, session: Session) -> Response
     let body = html! {
         h1 { "Images" }
         div class="scroll" { table {
-            thead { tr { th { "id" } th { "kind" } th { "size" } th { "owner" } th { "visibility" } th { "holds" } } }
+            thead { tr { th { "tags" } th { "id" } th { "kind" } th { "size" } th { "owner" } th { "visibility" } th { "holds" } } }
             tbody { @for i in &images { tr {
+                td { (i.tags.join(", ")) }
                 td { code { (i.id.chars().take(19).collect::<String>()) } }
                 td { (i.kind.as_str()) }
                 td { (vws_model::ByteSize(i.virtual_size).human()) }
@@ -504,7 +505,7 @@ pub async fn networks(State(s): State<Arc<Service>>, session: Session) -> Respon
         div class="scroll" { table {
             thead { tr { th { "name" } th { "cidr" } th { "gateway" } th { "used" } th { "free" } } }
             tbody { @for n in &nets { tr {
-                td { (n["network"]["name"].as_str().unwrap_or("")) }
+                td { a href=(format!("/ui/networks/{}", n["network"]["name"].as_str().unwrap_or(""))) { (n["network"]["name"].as_str().unwrap_or("")) } }
                 td { (n["network"]["cidr"].as_str().unwrap_or("")) }
                 td { (n["network"]["gateway"].as_str().unwrap_or("-")) }
                 td { (n["used"]) }
@@ -514,4 +515,41 @@ pub async fn networks(State(s): State<Arc<Service>>, session: Session) -> Respon
         @if nets.is_empty() { p { "No networks are configured." } }
     };
     shown(&session, "Networks", body)
+}
+
+/// `/ui/networks/{name}`: a network, and (for administrators) which
+/// workspace holds which of its addresses.
+pub async fn network(
+    State(s): State<Arc<Service>>,
+    session: Session,
+    Path(name): Path<String>,
+) -> Response {
+    let n = match run(&s, &session, Command::Network { name: name.clone() }).await {
+        Ok(Reply::Document(n)) => n,
+        Ok(_) => unreachable!("a network answers a document"),
+        Err(e) => return failed(&e),
+    };
+    let empty = Vec::new();
+    let addresses = n["addresses"].as_array().unwrap_or(&empty);
+    let body = html! {
+        h1 { (name) }
+        dl {
+            dt { "cidr" } dd { (n["network"]["cidr"].as_str().unwrap_or("")) }
+            dt { "gateway" } dd { (n["network"]["gateway"].as_str().unwrap_or("-")) }
+            dt { "addresses" } dd { (n["used"]) " used of " (n["size"]) }
+        }
+        @if n.get("addresses").is_some() {
+            h2 { "Leases" }
+            div class="scroll" { table {
+                thead { tr { th { "address" } th { "workspace" } th { "interface" } th { "mac" } } }
+                tbody { @for a in addresses { tr {
+                    td { (a["address"].as_str().unwrap_or("")) }
+                    td { a href=(format!("/ui/w/{}", a["workspace_id"].as_str().unwrap_or(""))) { (a["workspace_id"].as_str().unwrap_or("")) } }
+                    td { (a["nic"].as_str().unwrap_or("")) }
+                    td { code { (a["mac"].as_str().unwrap_or("")) } }
+                } } }
+            } }
+        }
+    };
+    shown(&session, &name, body)
 }

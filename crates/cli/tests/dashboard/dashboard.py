@@ -106,6 +106,15 @@ try:
     row = d.find_element(By.CSS_SELECTOR, f"tr[data-ws='{ws}'] .state")
     assert row.text == "paused", row.text
 
+    step("the images, nodes and networks")
+    d.get(UI + "/ui/images")
+    wait(lambda: "tiny:1" in d.find_element(By.TAG_NAME, "table").text, "the image tiny:1")
+    assert "packages" in d.find_element(By.TAG_NAME, "table").text, "what the image holds"
+    d.get(UI + "/ui/nodes")
+    wait(lambda: "local" in d.find_element(By.TAG_NAME, "table").text, "the local node")
+    d.get(UI + "/ui/networks")
+    wait(lambda: h1() == "Networks", "the networks")
+
     step("on a narrow screen nothing runs off the page")
     d.set_window_size(390, 844)
     d.get(UI + "/ui/w/" + ws)
