@@ -83,6 +83,7 @@ fn the_dashboard_in_a_real_browser() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{said}");
     assert!(out.status.success(), "the browser test failed:\n{said}");
     assert!(said.contains("dashboard: all steps passed"), "{said}");
     for shot in [

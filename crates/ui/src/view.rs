@@ -45,6 +45,8 @@ dt { color:var(--muted); } dd { margin:0; overflow-wrap:anywhere; }
 const SCRIPT: &str = r#"
 (function () {
   const es = new EventSource('/ui/events');
+  // A browser holds few connections per server: the stream goes with the page.
+  window.addEventListener('pagehide', () => es.close());
   es.addEventListener('workspace', (m) => {
     const ev = JSON.parse(m.data);
     const state = ev.data.state || 'destroyed';

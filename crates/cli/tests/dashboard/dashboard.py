@@ -7,6 +7,7 @@ links), GOOD and BAD (description texts), SHOTS (where screenshots go)."""
 
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -26,8 +27,11 @@ for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window
 d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
 
+T0 = time.monotonic()
+
+
 def step(name):
-    print(f"step: {name}", flush=True)
+    print(f"step [{time.monotonic() - T0:5.1f} s]: {name}", flush=True)
 
 
 def wait(cond, what, timeout=30):
