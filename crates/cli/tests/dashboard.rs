@@ -38,28 +38,8 @@ fn the_dashboard_in_a_real_browser() {
         .expect("the dashboard's URL")
         .to_string();
     ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
-    let bob = home.join("bob");
-    ok(
-        home,
-        &[
-            "cert",
-            "issue",
-            "--dn",
-            "/O=Grid/OU=bio/CN=Bob",
-            "--out",
-            bob.to_str().unwrap(),
-        ],
-    );
-    let (cert, key) = (bob.join("cert.pem"), bob.join("key.pem"));
-    let bob_link = link(
-        home,
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let bob = user(home, "bob", "/O=Grid/OU=bio/CN=Bob");
+    let bob_link = link(home, &bob.iter().map(String::as_str).collect::<Vec<_>>());
     let admin_link = link(home, &[]);
     let shots = root().join("target/dashboard-screenshots");
     let out = Command::new(&python)

@@ -173,26 +173,8 @@ fn events_are_streamed_in_order_waited_on_resumed_and_filtered() {
     assert_eq!(ids.len() - 1, after.len(), "{text}");
 
     steps.at("Another user sees none of it but the public image");
-    let bob = home.join("bob");
-    ok(
-        home,
-        &[
-            "cert",
-            "issue",
-            "--dn",
-            "/O=Grid/OU=bio/CN=Bob",
-            "--out",
-            bob.to_str().unwrap(),
-        ],
-    );
-    let as_bob = [
-        "--cert",
-        &bob.join("cert.pem").to_string_lossy(),
-        "--key",
-        &bob.join("key.pem").to_string_lossy(),
-    ]
-    .map(str::to_string);
-    let mut args: Vec<&str> = as_bob.iter().map(String::as_str).collect();
+    let bob = user(home, "bob", "/O=Grid/OU=bio/CN=Bob");
+    let mut args: Vec<&str> = bob.iter().map(String::as_str).collect();
     args.extend(["events", "--json"]);
     let his: Vec<Value> = ok(home, &args)
         .lines()

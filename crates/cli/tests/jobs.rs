@@ -52,7 +52,12 @@ fn encrypted_disk(home: &Path) {
             &format!("echo {marker} > /data/secret; sync; cat /data/secret"),
         ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), marker);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        marker,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ok(home, &["pause", &id]);
     let e = refused(home, &["snapshot", &id, "--as", "enc:1"]);
     assert!(e.contains("encrypted"), "{e}");

@@ -974,18 +974,11 @@ impl Driver for AccountDriver {
 
     /// The cgroup's block I/O, and its network namespace's interfaces.
     async fn io(&self, id: &str) -> Io {
-        let (block_read, block_write) = self.cgroup(id).io_bytes();
         let table = self
             .running(id)
             .and_then(|r| std::fs::read_to_string(format!("/proc/{}/net/dev", r.pid)).ok())
             .unwrap_or_default();
-        let (net_rx, net_tx) = crate::usage::net_bytes(&table);
-        Io {
-            block_read,
-            block_write,
-            net_rx,
-            net_tx,
-        }
+        Io::new(self.cgroup(id).io_bytes(), &table)
     }
 
     async fn run_job(

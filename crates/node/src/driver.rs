@@ -297,6 +297,20 @@ pub struct Io {
     pub net_tx: u64,
 }
 
+impl Io {
+    /// Counters from a disk's bytes (read, written) and an interface
+    /// table in `/proc/net/dev`'s form.
+    pub fn new((block_read, block_write): (u64, u64), net_dev: &str) -> Io {
+        let (net_rx, net_tx) = crate::usage::net_bytes(net_dev);
+        Io {
+            block_read,
+            block_write,
+            net_rx,
+            net_tx,
+        }
+    }
+}
+
 /// What a driver took over at a restart of the node.
 #[derive(Debug, Default)]
 pub struct Adopted {

@@ -458,3 +458,19 @@ pub fn detached(home: &Path, id: &str, script: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// Issues a client certificate for `dn` into `home/NAME`; the global
+/// arguments that present it (`--cert FILE --key FILE`).
+pub fn user(home: &Path, name: &str, dn: &str) -> Vec<String> {
+    let dir = home.join(name);
+    ok(
+        home,
+        &["cert", "issue", "--dn", dn, "--out", dir.to_str().unwrap()],
+    );
+    vec![
+        "--cert".into(),
+        dir.join("cert.pem").to_string_lossy().into_owned(),
+        "--key".into(),
+        dir.join("key.pem").to_string_lossy().into_owned(),
+    ]
+}

@@ -38,6 +38,9 @@ pub(super) fn marked_jobs(jobs: &Path, id: &str) -> Vec<(String, PathBuf, u64)> 
         .collect()
 }
 
+/// How long a heartbeat waits for a guest's interface counters.
+const NET_ANSWER_WITHIN: Duration = Duration::from_millis(300);
+
 /// How long a job waits for a running guest's agent to answer its
 /// connection (it reconnects after a restart of the node).
 const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
@@ -180,24 +183,35 @@ impl Driver for Arc<QemuDriver> {
     }
 
     /// QEMU's block statistics, and the guest's own interface counters
-    /// (read through its agent: a user NIC has no host-side device).
+    /// (read through its agent: a user NIC has no host-side device). The
+    /// heartbeat must not wait on a guest: one that is paused, or does not
+    /// answer within [`NET_ANSWER_WITHIN`], keeps its last figures.
     async fn io(&self, id: &str) -> Io {
-        let (block_read, block_write) = self.block_bytes(id).await;
-        let table = match self.agent(id).await {
-            Some(agent) if agent.hello().is_some() => agent
-                .read_file("/proc/net/dev")
-                .await
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default(),
-            _ => String::new(),
+        let block = self.block_bytes(id).await;
+        let agent = match self.agent(id).await {
+            Some(a) if a.hello().is_some() && self.status(id).await == VmState::Running => Some(a),
+            _ => None,
         };
-        let (net_rx, net_tx) = crate::usage::net_bytes(&table);
-        Io {
-            block_read,
-            block_write,
-            net_rx,
-            net_tx,
-        }
+        let read = match agent {
+            Some(a) => tokio::time::timeout(NET_ANSWER_WITHIN, a.read_file("/proc/net/dev"))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        let mut seen = self.net_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (rx, tx) = match read {
+            Some(table) => {
+                let now = crate::usage::net_bytes(&String::from_utf8_lossy(&table));
+                seen.insert(id.to_string(), now);
+                now
+            }
+            None => seen.get(id).copied().unwrap_or_default(),
+        };
+        let mut io = Io::new(block, "");
+        io.net_rx = rx;
+        io.net_tx = tx;
+        io
     }
 
     async fn run_job(

@@ -60,6 +60,9 @@ pub struct QemuDriver {
     tsc_khz: Option<u64>,
     boot_timeout: Duration,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
+    /// Each VM's interface counters as its guest last told them (a
+    /// paused or busy guest is not waited for: its last figures stand).
+    pub(crate) net_seen: std::sync::Mutex<HashMap<String, (u64, u64)>>,
     events: mpsc::UnboundedSender<VmEvent>,
     jobs_done: JobDone,
     /// Keeps user NICs off the host's loopback (none: not confined).
@@ -127,6 +130,7 @@ impl QemuDriver {
             tsc_khz: crate::accel::tsc_khz(),
             boot_timeout: Duration::from_secs(90),
             vms: Mutex::new(HashMap::new()),
+            net_seen: Default::default(),
             events,
             jobs_done,
             loopback: None,
@@ -584,6 +588,9 @@ impl QemuDriver {
             crate::net::unplug(&nics, &me.net_dir());
             let _ = tx.send(true);
             me.vms.lock().await.remove(&id);
+            if let Ok(mut seen) = me.net_seen.lock() {
+                seen.remove(&id);
+            }
             me.report_exit(&id, &expected, how);
         });
     }
