@@ -273,7 +273,7 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
 }
 
 #[test]
-fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
+fn kill_9_during_an_accounts_deploy_start_stop_jobs_pause_undeploy_or_destroy_leaves_it_drivable() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
@@ -327,6 +327,24 @@ fn kill_9_during_an_accounts_start_or_stop_leaves_it_drivable() {
     ok(home, &["start", &id]);
     echoes(home, &id);
     let up = jobs_survive_a_kill(home, up, &id);
+    // Killed during a pause (the freezer), then during an undeploy (the
+    // upper layer going back to the repository): it ends as the node has
+    // it, and goes on.
+    killed_during(home, up, "pause", &id, Duration::from_millis(20));
+    let up = vws_up(home, &[]);
+    if settled(home, &id, &["running", "paused"]) == "paused" {
+        ok(home, &["unpause", &id]);
+    }
+    echoes(home, &id);
+    ok(home, &["stop", &id]);
+    killed_during(home, up, "undeploy", &id, Duration::from_millis(50));
+    let up = vws_up(home, &[]);
+    if unlocked(home, &id) == "host" {
+        ok(home, &["undeploy", &id]);
+    }
+    ok(home, &["deploy", &id]);
+    ok(home, &["start", &id]);
+    echoes(home, &id);
     // A copy the account's own permissions refuse says so (403), not
     // "bad request" or "not found".
     let file = home.join("x.txt");

@@ -1,7 +1,8 @@
 //! `vws serve` and two `vws node`s as separate processes, killed (-9) in
 //! the middle of what a real VM is doing: a node during a start and while
-//! jobs run, the service during live migrations and a deploy, and the
-//! service with the source node during a migration. After each restart the record says what the nodes hold
+//! jobs run (a VM's and a dynamic account's), the service during live
+//! migrations and a deploy, and the service with the source node during a
+//! migration. After each restart the record says what the nodes hold
 //! (never `corrupted` for an action that was asked for), nothing is left
 //! locked, and the workspace is driven on with the ordinary commands. One
 //! guest is shared by the steps, in order.
@@ -200,6 +201,41 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
         "service and {from} killed during a migration to {to}: it runs on {}",
         v["node"]
     );
+
+    steps.at("The node killed during a dynamic account's start and while its job runs");
+    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
+    let desc = home.join("account.toml");
+    std::fs::write(
+        &desc,
+        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
+    )
+    .unwrap();
+    let acct = create(home, &desc);
+    ok(home, &["deploy", &acct, "--host", "n2"]);
+    let t = now();
+    kill_during(
+        home,
+        nodes.remove(1),
+        &["start", &acct],
+        Duration::from_millis(30),
+    );
+    nodes.insert(1, start_node(home, "n2", t));
+    if settled(home, &acct, &["running", "shutdown"])["state"] == "shutdown" {
+        ok(home, &["start", &acct]);
+    }
+    echoes(home, &acct);
+    let job = detached(home, &acct, "echo a; sleep 2; echo b");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = now();
+    drop(nodes.remove(1));
+    std::thread::sleep(Duration::from_millis(2500));
+    nodes.insert(1, start_node(home, "n2", t));
+    wait_until("the account's job to end", Duration::from_secs(30), || {
+        serde_json::from_str::<Value>(&ok(home, &["job", "show", &job, "--json"])).unwrap()["state"]
+            != "running"
+    });
+    assert_eq!(ok(home, &["job", "output", &job]), "a\nb\n");
+    ok(home, &["destroy", &acct]);
 
     steps.at("The service killed during a deploy");
     ok(home, &["stop", &id]);
