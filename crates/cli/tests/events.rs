@@ -58,13 +58,7 @@ fn events_are_streamed_in_order_waited_on_resumed_and_filtered() {
     std::thread::sleep(Duration::from_millis(500));
 
     steps.at("An image, a workspace's lifecycle and a job");
-    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
-    let desc = home.join("account.toml");
-    std::fs::write(
-        &desc,
-        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
-    )
-    .unwrap();
+    let desc = tiny_account(home);
     let id = create(home, &desc);
     ok(home, &["deploy", &id]);
     // `vws wait` returns when the start's event comes.

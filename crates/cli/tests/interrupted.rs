@@ -311,13 +311,7 @@ fn kill_9_during_an_accounts_deploy_start_stop_jobs_pause_undeploy_or_destroy_le
     assert!(!uploading(), "the half-upload was removed");
     assert!(!vws(home, &["image", "show", "big:1"]).status.success());
     std::fs::remove_file(&disk).unwrap();
-    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
-    let desc = home.join("account.toml");
-    std::fs::write(
-        &desc,
-        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
-    )
-    .unwrap();
+    let desc = tiny_account(home);
     let id = create(home, &desc);
     up = deploys_despite_a_kill(home, up, &id, 100);
     // An account starts in tens of milliseconds: killed at 30 ms it may

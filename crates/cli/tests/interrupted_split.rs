@@ -203,13 +203,7 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
     );
 
     steps.at("The node killed during a dynamic account's start and while its job runs");
-    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
-    let desc = home.join("account.toml");
-    std::fs::write(
-        &desc,
-        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
-    )
-    .unwrap();
+    let desc = tiny_account(home);
     let acct = create(home, &desc);
     ok(home, &["deploy", &acct, "--host", "n2"]);
     let t = now();

@@ -474,3 +474,16 @@ pub fn user(home: &Path, name: &str, dn: &str) -> Vec<String> {
         dir.join("key.pem").to_string_lossy().into_owned(),
     ]
 }
+
+/// Builds the `tiny:1` image (busybox) and writes a dynamic account's
+/// description over it (128 MiB, a 16 MiB disk); its path.
+pub fn tiny_account(home: &Path) -> PathBuf {
+    ok(home, &["image", "build", "tiny:1", "--from", "busybox"]);
+    let desc = home.join("account.toml");
+    std::fs::write(
+        &desc,
+        "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"tiny:1\"\n",
+    )
+    .unwrap();
+    desc
+}
