@@ -16,34 +16,9 @@ fn state(home: &std::path::Path, id: &str) -> String {
     v["state"].as_str().unwrap_or_default().to_string()
 }
 
-/// Waits for the record to settle after a restart (the node registers,
-/// then reports each heartbeat); it must never say `corrupted`.
-fn settled(home: &std::path::Path, id: &str, want: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = state(home, id);
-        assert_ne!(s, "corrupted", "{}", ok(home, &["history", id]));
-        if want.contains(&s.as_str()) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{id} stayed {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Runs `vws VERB ID` and kills `vws up` (-9) `after` into it.
 fn killed_during(home: &std::path::Path, up: Kill, verb: &str, id: &str, after: Duration) {
     kill_during(home, up, &[verb, id], after)
-}
-
-fn echoes(home: &std::path::Path, id: &str) {
-    let out = vws(home, &["run", id, "--", "echo", "still-here"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "still-here\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Kills `vws up` the given milliseconds into a start, for each delay:
@@ -54,7 +29,7 @@ fn starts_despite_kills(home: &std::path::Path, mut up: Kill, id: &str, afters: 
     for after in afters {
         killed_during(home, up, "start", id, Duration::from_millis(*after));
         up = vws_up(home, &[]);
-        if settled(home, id, &["running", "shutdown"]) == "shutdown" {
+        if settled(home, id, &["running", "shutdown"])["state"] == "shutdown" {
             ok(home, &["start", id]);
         }
         echoes(home, id);
@@ -71,29 +46,14 @@ fn stops_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) 
     ok(home, &["start", id]);
     killed_during(home, up, "stop", id, Duration::from_millis(after));
     let up = vws_up(home, &[]);
-    if settled(home, id, &["running", "shutdown"]) == "running" {
+    if settled(home, id, &["running", "shutdown"])["state"] == "running" {
         std::thread::sleep(Duration::from_secs(3));
         if state(home, id) == "running" {
             ok(home, &["stop", id]);
         }
     }
-    assert_eq!(settled(home, id, &["shutdown"]), "shutdown");
+    assert_eq!(settled(home, id, &["shutdown"])["state"], "shutdown");
     up
-}
-
-/// Waits until nothing holds the workspace's check-out lock but its node
-/// (an interrupted deploy is rolled back); returns its placement.
-fn unlocked(home: &std::path::Path, id: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Value = serde_json::from_str(&ok(home, &["show", id, "--json"])).unwrap();
-        assert_ne!(v["state"], "corrupted", "{}", ok(home, &["history", id]));
-        if v["lock_holder"] == v["node"] {
-            return v["placement"].as_str().unwrap_or_default().to_string();
-        }
-        assert!(Instant::now() < deadline, "{id} stayed locked: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Kills `vws up` `after` into a deploy: after the restart the deploy is
@@ -101,7 +61,7 @@ fn unlocked(home: &std::path::Path, id: &str) -> String {
 fn deploys_despite_a_kill(home: &std::path::Path, up: Kill, id: &str, after: u64) -> Kill {
     killed_during(home, up, "deploy", id, Duration::from_millis(after));
     let up = vws_up(home, &[]);
-    if unlocked(home, id) == "repository" {
+    if settled(home, id, &[])["placement"] == "repository" {
         ok(home, &["deploy", id]);
     }
     up
@@ -147,10 +107,6 @@ fn assert_vm_gone(home: &std::path::Path, id: &str) {
     assert!(!home.join("node/vms").join(id).exists());
     let list = home.join("node/jobs").join(format!("{id}.list"));
     assert!(!list.exists(), "{} left", list.display());
-}
-
-fn job_state(home: &std::path::Path, job: &str) -> Value {
-    serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
 }
 
 fn ended(home: &std::path::Path, job: &str) -> Value {
@@ -235,7 +191,7 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
     // either registered or left nothing, and another works at once.
     killed_during(home, up, "pause", &id, Duration::from_millis(40));
     up = vws_up(home, &[]);
-    if settled(home, &id, &["running", "paused"]) == "running" {
+    if settled(home, &id, &["running", "paused"])["state"] == "running" {
         ok(home, &["pause", &id]);
     }
     kill_during(
@@ -245,7 +201,7 @@ fn kill_9_during_start_stop_undeploy_or_destroy_leaves_the_workspace_drivable() 
         Duration::from_millis(300),
     );
     up = vws_up(home, &[]);
-    assert_eq!(settled(home, &id, &["paused"]), "paused");
+    assert_eq!(settled(home, &id, &["paused"])["state"], "paused");
     ok(home, &["snapshot", &id, "--as", "killed:2"]);
     ok(home, &["unpause", &id]);
     echoes(home, &id);
@@ -326,14 +282,14 @@ fn kill_9_during_an_accounts_deploy_start_stop_jobs_pause_undeploy_or_destroy_le
     // it, and goes on.
     killed_during(home, up, "pause", &id, Duration::from_millis(20));
     let up = vws_up(home, &[]);
-    if settled(home, &id, &["running", "paused"]) == "paused" {
+    if settled(home, &id, &["running", "paused"])["state"] == "paused" {
         ok(home, &["unpause", &id]);
     }
     echoes(home, &id);
     ok(home, &["stop", &id]);
     killed_during(home, up, "undeploy", &id, Duration::from_millis(50));
     let up = vws_up(home, &[]);
-    if unlocked(home, &id) == "host" {
+    if settled(home, &id, &[])["placement"] == "host" {
         ok(home, &["undeploy", &id]);
     }
     ok(home, &["deploy", &id]);

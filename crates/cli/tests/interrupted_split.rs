@@ -19,41 +19,6 @@ fn show(home: &Path, id: &str) -> Value {
     serde_json::from_str(&ok(home, &["show", id, "--json"])).unwrap()
 }
 
-/// Waits for the record to settle (the restarted side registers, then
-/// reports each heartbeat) with nothing in flight: in one of `want` and
-/// never `corrupted`. Returns it.
-fn settled(home: &Path, id: &str, want: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let v = show(home, id);
-        assert_ne!(v["state"], "corrupted", "{}", ok(home, &["history", id]));
-        let s = v["state"].as_str().unwrap_or_default();
-        if want.contains(&s) && v["lock_holder"] == v["node"] {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} stayed {v}\n{}",
-            ok(home, &["history", id])
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn echoes(home: &Path, id: &str) {
-    let out = vws(home, &["run", id, "--", "echo", "still-here"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "still-here\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn job(home: &Path, job: &str) -> Value {
-    serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
-}
-
 /// A time before the registration that follows (not before the one that
 /// came before: a restarted node is waited for, not its earlier run).
 fn now() -> time::OffsetDateTime {
@@ -103,15 +68,20 @@ fn a_service_or_a_node_killed_alone_leaves_the_workspace_drivable() {
     std::thread::sleep(Duration::from_millis(2500));
     n1 = start_node(home, "n1", now());
     wait_until("the short job to end", Duration::from_secs(30), || {
-        job(home, &short)["state"] != "running"
+        job_state(home, &short)["state"] != "running"
     });
-    assert_eq!(job(home, &short)["exit_code"], 0, "{}", job(home, &short));
+    assert_eq!(
+        job_state(home, &short)["exit_code"],
+        0,
+        "{}",
+        job_state(home, &short)
+    );
     assert_eq!(ok(home, &["job", "output", &short]), "a\nb\n");
     ok(home, &["job", "cancel", &long]);
     wait_until(
         "the long job to be cancelled",
         Duration::from_secs(30),
-        || job(home, &long)["state"] == "cancelled",
+        || job_state(home, &long)["state"] == "cancelled",
     );
 
     steps.at("The service killed during live migrations");

@@ -10,16 +10,12 @@ use serde_json::Value;
 use sha2::Digest;
 
 mod common;
-use common::{create, ok, refused, root, vws, Reap, Steps, VWS};
+use common::{create, job_state, ok, refused, root, vws, Reap, Steps, VWS};
 
 fn run(home: &Path, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", id, "--"];
     args.extend_from_slice(cmd);
     vws(home, &args)
-}
-
-fn job_state(home: &Path, job: &str) -> Value {
-    serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
 }
 
 /// A disk encrypted at rest: the repository's copy is LUKS in qcow2 with no

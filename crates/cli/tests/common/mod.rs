@@ -487,3 +487,42 @@ pub fn tiny_account(home: &Path) -> PathBuf {
     .unwrap();
     desc
 }
+
+/// `vws run ID -- echo still-here` answers: the workspace is drivable.
+pub fn echoes(home: &Path, id: &str) {
+    let out = vws(home, &["run", id, "--", "echo", "still-here"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "still-here\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for a workspace's record to settle after a restart (the restarted
+/// side registers, then reports each heartbeat) with nothing in flight:
+/// its check-out lock held by its node only, in one of `want` (any state
+/// if empty), never `corrupted`. Returns the record.
+pub fn settled(home: &Path, id: &str, want: &[&str]) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(home, &["show", id, "--json"])).unwrap();
+        assert_ne!(v["state"], "corrupted", "{}", ok(home, &["history", id]));
+        let s = v["state"].as_str().unwrap_or_default();
+        if (want.is_empty() || want.contains(&s)) && v["lock_holder"] == v["node"] {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} stayed {v}\n{}",
+            ok(home, &["history", id])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A job's record (`vws job show --json`).
+pub fn job_state(home: &Path, job: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
+}
