@@ -116,6 +116,17 @@ pub struct DeployRequest {
     pub account: Option<AccountLease>,
 }
 
+impl DeployRequest {
+    /// The category of the workspace it stages (an account lease makes it
+    /// a dynamic account), which picks the node's driver.
+    pub fn category(&self) -> crate::Category {
+        match self.account {
+            Some(_) => crate::Category::DynamicAccount,
+            None => crate::Category::Vm,
+        }
+    }
+}
+
 /// A uid/gid pair leased from a node's account pool for one workspace.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccountLease {

@@ -285,11 +285,7 @@ impl Manager {
             .blobs
             .iter()
             .find(|b| b.role == vws_model::node::BlobRole::Disk);
-        let driver = self.driver_of(if req.account.is_some() {
-            vws_model::Category::DynamicAccount
-        } else {
-            vws_model::Category::Vm
-        })?;
+        let driver = self.driver_of(req.category())?;
         // An encrypted disk's passphrase lives on tmpfs while deployed.
         let key_file = match &req.disk_key {
             Some(key) => {
@@ -570,11 +566,7 @@ impl Manager {
         let mut deploy = req.deploy;
         let id = deploy.id.clone();
         let _busy = self.busy(&id, "incoming");
-        let category = if deploy.account.is_some() {
-            vws_model::Category::DynamicAccount
-        } else {
-            vws_model::Category::Vm
-        };
+        let category = deploy.category();
         let migrates = self
             .driver_of(category)?
             .migration()
