@@ -116,6 +116,9 @@ enum Command {
     /// Issue, revoke or show certificates
     #[command(subcommand)]
     Cert(commands::pki::CertCommand),
+    /// Access keys for SigV4-signed requests: awscli and boto3 against the EC2 front-end
+    #[command(subcommand)]
+    Key(commands::keys::KeyCommand),
 }
 
 /// Settings every command may need.
@@ -247,6 +250,7 @@ fn main() -> ExitCode {
             Command::Events(a) => commands::events::events(&g, a).await,
             Command::Wait(a) => commands::events::wait(&g, a).await,
             Command::Ui(a) => commands::ui::run(&g, a).await,
+            Command::Key(c) => commands::keys::run(&g, c).await,
             Command::Run(a) => commands::jobs::run(&g, a).await,
             Command::Jobs(a) => commands::jobs::list(&g, a).await,
             Command::Job(c) => commands::jobs::job(&g, c).await,

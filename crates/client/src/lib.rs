@@ -519,6 +519,28 @@ impl Client {
         self.call(Method::POST, "/v1/ui/links", None).await
     }
 
+    /// A new access key for SigV4-signed requests (the EC2 front-end),
+    /// acting as this client or, for an administrator, as `identity`; the
+    /// answer holds the secret, shown this once.
+    pub async fn create_access_key(
+        &self,
+        identity: Option<&vws_model::Identity>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = identity.map(|i| serde_json::json!({ "identity": i }));
+        self.call(Method::POST, "/v1/keys", body).await
+    }
+
+    /// This client's access keys (everyone's for an administrator).
+    pub async fn access_keys(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.call(Method::GET, "/v1/keys", None).await
+    }
+
+    /// Revokes an access key.
+    pub async fn revoke_access_key(&self, id: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/keys/{id}", id = seg(id)));
+        self.send(self.http.delete(&url), &url).await.map(drop)
+    }
+
     /// The nodes.
     pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.call(Method::GET, "/v1/nodes", None).await

@@ -383,6 +383,9 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("get", "/v1/nodes") => get(nodes),
         ("get", "/v1/events") => get(events),
         ("post", "/v1/ui/links") => post(sign_in_link),
+        ("post", "/v1/keys") => post(create_access_key),
+        ("get", "/v1/keys") => get(access_keys),
+        ("delete", "/v1/keys/{key}") => delete(revoke_access_key),
         ("post", "/v1/nodes") => post(register_node),
         ("get", "/v1/networks") => get(networks),
         ("get", "/v1/networks/{name}") => get(network),
@@ -1039,6 +1042,42 @@ async fn sign_in_link(
 ) -> Result<Response, ServiceError> {
     let reply = s.reply(&who, Command::SignInLink).await?;
     Ok((StatusCode::CREATED, reply).into_response())
+}
+
+/// What `POST /v1/keys` takes: whom the key acts as (an administrator's
+/// choice; the caller by default).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    #[serde(default)]
+    identity: Option<Identity>,
+}
+
+async fn create_access_key(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let body: Option<NewKeyBody> = json_body(&headers, b)?;
+    let identity = body.and_then(|b| b.identity);
+    let reply = s.reply(&who, Command::CreateAccessKey { identity }).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
+}
+
+async fn access_keys(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::AccessKeys).await
+}
+
+async fn revoke_access_key(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::RevokeAccessKey { id }).await
 }
 
 #[derive(Deserialize)]

@@ -248,6 +248,19 @@ pub enum Command {
         /// Network name.
         name: String,
     },
+    /// A new access key for signed requests (the EC2 front-end), for the
+    /// caller or, by an administrator, for another identity.
+    CreateAccessKey {
+        /// Whom it acts as (none: the caller).
+        identity: Option<Identity>,
+    },
+    /// The caller's access keys (everyone's for an administrator).
+    AccessKeys,
+    /// Revokes an access key.
+    RevokeAccessKey {
+        /// Its id.
+        id: String,
+    },
 }
 
 impl CommandKind {
@@ -273,7 +286,10 @@ impl CommandKind {
             | K::Networks
             | K::Network
             | K::Events
-            | K::SignInLink => Class::Read,
+            | K::SignInLink
+            | K::CreateAccessKey
+            | K::AccessKeys
+            | K::RevokeAccessKey => Class::Read,
             K::Create | K::Clone => Class::Create,
             K::Renew | K::Destroy | K::Deploy | K::Transition => Class::Manage,
             K::Snapshot | K::Migrate => Class::Move,
@@ -502,6 +518,18 @@ impl Service {
             }
             C::Networks => Reply::Document(serde_json::Value::Array(self.networks().await?)),
             C::Network { name } => Reply::Document(self.network(who, &name).await?),
+            C::CreateAccessKey { identity } => Reply::Document(
+                serde_json::to_value(self.create_access_key(who, identity).await?)
+                    .map_err(anyhow::Error::from)?,
+            ),
+            C::AccessKeys => Reply::Document(
+                serde_json::to_value(self.list_access_keys(who).await?)
+                    .map_err(anyhow::Error::from)?,
+            ),
+            C::RevokeAccessKey { id } => {
+                self.revoke_access_key(who, &id).await?;
+                Reply::Done
+            }
         })
     }
 }

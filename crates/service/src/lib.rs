@@ -2,6 +2,7 @@
 //! Factory and VW Repository of the paper (§3.1), their policy, the lifetime
 //! reaper, and the REST API.
 
+pub mod access_keys;
 pub mod acl;
 pub mod api;
 mod catalogue;

@@ -6,7 +6,7 @@
 /// it: workspace ids (`ws-` and 12 hex digits), job ids (`job-` and 12),
 /// digests (`sha256:` and 64), image references (`name:tag` or a digest),
 /// node and network names (1–63 of letters, digits, `.`, `_`, `-`, the
-/// first a letter or digit). The
+/// first a letter or digit), access key ids (`AKIA` and 16 of A-Z, 2-7). The
 /// message names the parameter and its grammar (400 `bad_request`).
 pub fn check_param(name: &str, value: &str) -> Result<(), String> {
     let hex_id = |prefix: &str| {
@@ -37,6 +37,14 @@ pub fn check_param(name: &str, value: &str) -> Result<(), String> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
             "a name (1 to 63 letters, digits, '.', '_' or '-', from a letter or digit)",
+        ),
+        "key" => (
+            value.strip_prefix("AKIA").is_some_and(|k| {
+                k.len() == 16
+                    && k.bytes()
+                        .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+            }),
+            "an access key id (AKIA and 16 of A-Z, 2-7)",
         ),
         _ => (true, ""),
     };

@@ -124,13 +124,18 @@ fn sample(kind: CommandKind) -> Command {
         K::Network => Command::Network {
             name: "nothere".into(),
         },
+        K::CreateAccessKey => Command::CreateAccessKey { identity: None },
+        K::AccessKeys => Command::AccessKeys,
+        K::RevokeAccessKey => Command::RevokeAccessKey {
+            id: "AKIAAAAAAAAAAAAAAAAA".into(),
+        },
     }
 }
 
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
-    assert_eq!(all.len(), 37, "{all:?}");
+    assert_eq!(all.len(), 40, "{all:?}");
     for kind in &all {
         assert_eq!(sample(*kind).kind(), *kind);
         let routed = ROUTES

@@ -46,7 +46,9 @@ enum Expect {
 /// Routes whose path names something of the owner's (so another client
 /// gets 404 from the handler, after the guard let it through).
 fn owned_by_path(path: &str) -> bool {
-    path.contains("{id}") || path.contains("{job}") && path.starts_with("/v1/jobs")
+    path.contains("{id}")
+        || path.contains("{key}")
+        || path.contains("{job}") && path.starts_with("/v1/jobs")
 }
 
 fn expect(method: &str, path: &str, rule: Rule, who: Who) -> Expect {
@@ -123,6 +125,17 @@ fn request_of(method: &str, path: &str) -> (&'static str, Option<serde_json::Val
         ""
     };
     (query, body)
+}
+
+/// A distinct access key id for each request (`n` in base 32).
+fn access_key_id(mut n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut digits = vec![b'A'; 16];
+    for d in digits.iter_mut().rev() {
+        *d = ALPHABET[n % 32];
+        n /= 32;
+    }
+    format!("AKIA{}", String::from_utf8(digits).unwrap())
 }
 
 fn issue(ca: &Ca, dn: &str, kind: Kind, attrs: &[(&str, &str)]) -> vws_pki::Issued {
@@ -272,8 +285,24 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
                 .insert_job(&exited_job(&job, &id, OWNER, "node-a"))
                 .await
                 .unwrap();
+            let key = access_key_id(n);
+            h.service
+                .store()
+                .put_access_key(
+                    &vws_store::AccessKey {
+                        id: key.clone(),
+                        dn: OWNER.into(),
+                        identity: serde_json::to_string(&owner).unwrap(),
+                        created_at: time::OffsetDateTime::now_utc(),
+                        revoked_at: None,
+                    },
+                    "secret",
+                )
+                .await
+                .unwrap();
             let path = route
                 .path
+                .replace("{key}", &key)
                 .replace("{id}", &id)
                 .replace("{reference}", &reference)
                 .replace("{digest}", &blob)
@@ -394,6 +423,7 @@ fn path_parameters_are_documented_with_the_grammar_the_server_checks() {
         ("digest", &*format!("sha256:{}", "a".repeat(64))),
         ("name", "node-1.lab_a"),
         ("reference", "debian:12"),
+        ("key", "AKIAABCDEFGHIJ234567"),
     ];
     for r in ROUTES {
         let op = &doc["paths"][r.path][r.method];

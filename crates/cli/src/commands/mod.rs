@@ -5,6 +5,7 @@ pub mod events;
 pub mod image_build;
 pub mod images;
 pub mod jobs;
+pub mod keys;
 pub mod lifecycle;
 pub mod network;
 pub mod node;
