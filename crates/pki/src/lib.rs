@@ -655,6 +655,39 @@ impl Credentials {
             .identity(identity))
     }
 
+    /// A TLS server configuration that asks for no client certificate (for
+    /// a front-end whose requests authenticate themselves).
+    pub fn server_config_without_client_auth(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (chain, key) = self.chain_and_key()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    fn chain_and_key(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        PkiError,
+    > {
+        let mut r = self.cert_pem.as_bytes();
+        let chain = rustls_pemfile::certs(&mut r)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PkiError::Bad(format!("reading the certificate: {e}")))?;
+        let mut r = self.key_pem.as_bytes();
+        let key = rustls_pemfile::private_key(&mut r)
+            .map_err(|e| PkiError::Bad(format!("reading the key: {e}")))?
+            .ok_or_else(|| PkiError::Bad("no private key in the key file".into()))?;
+        Ok((chain, key))
+    }
+
     /// A TLS server configuration that requires client certificates chained
     /// to the CA (expired ones fail the handshake).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
@@ -669,14 +702,7 @@ impl Credentials {
         )
         .build()
         .map_err(|e| PkiError::Bad(format!("client verifier: {e}")))?;
-        let mut r = self.cert_pem.as_bytes();
-        let chain = rustls_pemfile::certs(&mut r)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PkiError::Bad(format!("reading the certificate: {e}")))?;
-        let mut r = self.key_pem.as_bytes();
-        let key = rustls_pemfile::private_key(&mut r)
-            .map_err(|e| PkiError::Bad(format!("reading the key: {e}")))?
-            .ok_or_else(|| PkiError::Bad("no private key in the key file".into()))?;
+        let (chain, key) = self.chain_and_key()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)

@@ -49,6 +49,32 @@ pub async fn serve_tls(
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve(listener, tls, Some(revoked), router, shutdown).await
+}
+
+/// Serves `router` over TLS without client certificates (a front-end
+/// whose requests carry their own authentication, such as SigV4), with
+/// the same per-request tasks and timeouts as [`serve_tls`].
+pub async fn serve_tls_without_client_certificates(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve(listener, tls, None, router, shutdown).await
+}
+
+/// The accept loop. `clients`: client certificates are required, checked
+/// against the deny list if one is given; `None`: none are asked for.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    clients: Option<Option<Revoked>>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let require_peer = clients.is_some();
+    let revoked = clients.flatten();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let router = router.layer(axum::middleware::from_fn(to_completion));
     // Checked again on every request: a connection kept alive across a
@@ -99,29 +125,36 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let peer = match stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-            {
-                Some(cert) => peer_of(cert),
-                None => return,
-            };
-            let peer: Peer = match peer {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "certificate without a vws identity");
+            let peer = if require_peer {
+                let peer = match stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    Some(cert) => peer_of(cert),
+                    None => return,
+                };
+                let peer: Peer = match peer {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "certificate without a vws identity");
+                        return;
+                    }
+                };
+                if revoked.as_ref().is_some_and(|r| r.contains(&peer.serial)) {
+                    tracing::warn!(%addr, dn = %peer.identity.dn, serial = %peer.serial, "revoked certificate refused");
                     return;
                 }
+                Some(peer)
+            } else {
+                None
             };
-            if revoked.as_ref().is_some_and(|r| r.contains(&peer.serial)) {
-                tracing::warn!(%addr, dn = %peer.identity.dn, serial = %peer.serial, "revoked certificate refused");
-                return;
-            }
             let svc =
                 router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
+                    if let Some(peer) = &peer {
+                        req.extensions_mut().insert(peer.clone());
+                    }
                     req.map(axum::body::Body::new)
                 });
             let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

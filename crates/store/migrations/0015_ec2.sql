@@ -12,7 +12,8 @@ CREATE TABLE access_keys (
 CREATE INDEX access_keys_dn ON access_keys (dn);
 
 -- What the EC2 front-end adds to a workspace it launched: the reservation,
--- type, key pair, user data, client token and launch time; kept an hour
+-- type, key pair, user data, client token and launch time (ready_at: when
+-- its launch's deploy and start were done; until then it is pending); kept an hour
 -- after the workspace is terminated so that waiters see it terminated.
 CREATE TABLE ec2_instances (
     workspace     TEXT PRIMARY KEY,
@@ -25,6 +26,7 @@ CREATE TABLE ec2_instances (
     client_token  TEXT,
     launch_index  BIGINT NOT NULL,
     launched_at   BIGINT NOT NULL,
+    ready_at      BIGINT,
     terminated_at BIGINT
 );
 CREATE INDEX ec2_instances_owner ON ec2_instances (owner);

@@ -45,6 +45,8 @@ pub struct Ec2Instance {
     pub launch_index: i64,
     /// When it was launched.
     pub launched_at: OffsetDateTime,
+    /// When its launch (deploy and start) was done; none while pending.
+    pub ready_at: Option<OffsetDateTime>,
     /// When it was terminated (its workspace destroyed), if it was.
     pub terminated_at: Option<OffsetDateTime>,
 }
@@ -79,7 +81,7 @@ pub struct Tag {
     pub value: String,
 }
 
-const INSTANCE_COLUMNS: &str = "workspace, owner, reservation, image_id, instance_type, key_name, user_data, client_token, launch_index, launched_at, terminated_at";
+const INSTANCE_COLUMNS: &str = "workspace, owner, reservation, image_id, instance_type, key_name, user_data, client_token, launch_index, launched_at, ready_at, terminated_at";
 
 fn instance(row: &sqlx::any::AnyRow) -> Result<Ec2Instance, StoreError> {
     Ok(Ec2Instance {
@@ -93,6 +95,7 @@ fn instance(row: &sqlx::any::AnyRow) -> Result<Ec2Instance, StoreError> {
         client_token: row.try_get("client_token")?,
         launch_index: row.try_get("launch_index")?,
         launched_at: from_millis(row.try_get("launched_at")?),
+        ready_at: row.try_get::<Option<i64>, _>("ready_at")?.map(from_millis),
         terminated_at: row
             .try_get::<Option<i64>, _>("terminated_at")?
             .map(from_millis),
@@ -187,7 +190,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for i in launched {
             sqlx::query(&format!(
-                "INSERT INTO ec2_instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)"
+                "INSERT INTO ec2_instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL)"
             ))
             .bind(&i.workspace)
             .bind(&i.owner)
@@ -244,6 +247,22 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(instance).collect()
+    }
+
+    /// Marks an instance's launch done.
+    pub async fn ec2_instance_ready(
+        &self,
+        workspace: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE ec2_instances SET ready_at = $1 WHERE workspace = $2 AND ready_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(workspace)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Marks an instance terminated (its workspace is gone).
