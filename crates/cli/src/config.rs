@@ -17,6 +17,9 @@ pub struct ConfigFile {
     /// Settings of `vws up` / `vws serve`.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// The EC2 front-end's region, zone and instance types (docs/ec2.md).
+    #[serde(default)]
+    pub ec2: vws_ec2::Config,
 }
 
 /// The `[service]` table.
@@ -44,6 +47,9 @@ pub struct ServiceConfig {
     /// Where the web dashboard is served (`off`: nowhere).
     #[serde(default)]
     pub ui_listen: Option<String>,
+    /// Where the EC2 Query API is served (`off`: nowhere).
+    #[serde(default)]
+    pub ec2_listen: Option<String>,
 }
 
 /// The state folder: `--home`, `VWS_HOME`, or `~/.local/share/vws`.
@@ -81,6 +87,18 @@ pub struct ServerFile {
     /// The web dashboard's base URL, if it is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ui: Option<String>,
+    /// The EC2 Query API's endpoint URL and region, if it is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Endpoint>,
+}
+
+/// Where the EC2 front-end answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ec2Endpoint {
+    /// `https://ADDR` (`aws --endpoint-url`).
+    pub url: String,
+    /// The region requests are signed for (`aws --region`).
+    pub region: String,
 }
 
 /// Path of the server file.

@@ -96,6 +96,7 @@ fn image_node(i: &ImageRecord, tags: Option<&Vec<Tag>>) -> Vec<Node> {
         text("name", &name),
         text("description", description(i)),
         text("rootDeviceType", "instance-store"),
+        text("rootDeviceName", "/dev/vda"),
         set("blockDeviceMapping", Vec::<Vec<Node>>::new()),
         text("virtualizationType", "hvm"),
     ];

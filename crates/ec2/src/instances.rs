@@ -211,6 +211,9 @@ fn instance_node(ctx: &Ctx, i: &Instance, tags: Option<&Vec<Tag>>) -> Vec<Node> 
         n.extend(opt("privateIpAddress", address));
     }
     n.push(set("groupSet", Vec::<Vec<Node>>::new()));
+    if let Some(ws) = &i.workspace {
+        n.push(set("networkInterfaceSet", interfaces(i, ws)));
+    }
     if let Some((code, message)) = &reason {
         n.push(el(
             "stateReason",
@@ -220,13 +223,72 @@ fn instance_node(ctx: &Ctx, i: &Instance, tags: Option<&Vec<Tag>>) -> Vec<Node> 
     n.extend([
         text("architecture", "x86_64"),
         text("rootDeviceType", "instance-store"),
+        text("rootDeviceName", "/dev/vda"),
         set("blockDeviceMapping", Vec::<Vec<Node>>::new()),
         text("virtualizationType", "hvm"),
         text("clientToken", i.facts.client_token.as_deref().unwrap_or("")),
     ]);
     n.extend(tag_set(tags));
-    n.push(text("hypervisor", "xen"));
+    n.extend([
+        text("hypervisor", "xen"),
+        text("ebsOptimized", "false"),
+        text("sourceDestCheck", "true"),
+    ]);
     n
+}
+
+/// The instance's NICs as network interfaces: each with its MAC and
+/// address (a pool's, or QEMU's fixed one for a user NIC).
+fn interfaces(i: &Instance, ws: &vws_model::records::Workspace) -> Vec<Vec<Node>> {
+    let hex = ws.record.id.trim_start_matches("ws-");
+    ws.record
+        .description
+        .network
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(index, nic)| {
+            let pool = ws.addresses.iter().find(|a| a.nic == nic.name);
+            let (mac, address) = match (pool, nic.method) {
+                (Some(a), _) => (a.mac.clone(), Some(a.address.clone())),
+                (None, vws_model::NicMethod::User) => (
+                    vws_model::node::mac_address(&ws.record.id, index),
+                    Some("10.0.2.15".to_string()),
+                ),
+                (None, _) => (vws_model::node::mac_address(&ws.record.id, index), None),
+            };
+            let mut item = vec![
+                text("networkInterfaceId", format!("eni-{hex}{index:05x}")),
+                text(
+                    "description",
+                    format!("{} ({})", nic.name, nic.method.as_str()),
+                ),
+                text("ownerId", ids::owner_id(&i.facts.owner)),
+                text("status", "in-use"),
+                text("macAddress", mac),
+            ];
+            item.extend(opt("privateIpAddress", address.clone()));
+            item.extend([
+                text("sourceDestCheck", "true"),
+                set("groupSet", Vec::<Vec<Node>>::new()),
+                el(
+                    "attachment",
+                    vec![
+                        text("attachmentId", format!("eni-attach-{hex}{index:05x}")),
+                        text("deviceIndex", index),
+                        text("status", "attached"),
+                        text("attachTime", time_of(i.facts.launched_at)),
+                        text("deleteOnTermination", "true"),
+                    ],
+                ),
+            ]);
+            item.push(set(
+                "privateIpAddressesSet",
+                address.map(|a| vec![text("privateIpAddress", a), text("primary", "true")]),
+            ));
+            item
+        })
+        .collect()
 }
 
 /// A reservation's document: `reservationId`, `ownerId`, `groupSet`,

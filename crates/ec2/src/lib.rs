@@ -264,3 +264,24 @@ pub const ACTIONS: &[&str] = &[
     "DescribeAvailabilityZones",
     "DescribeInstanceTypes",
 ];
+
+/// Serves the front-end on `listener` over TLS with the service's
+/// certificate (clients trust the vws CA; they present no certificate:
+/// their requests are signed) until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    credentials: &vws_pki::Credentials,
+    service: Arc<Service>,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = Arc::new(credentials.server_config_without_client_auth()?);
+    vws_pki::serve::serve_tls_without_client_certificates(
+        listener,
+        tls,
+        router(service, config),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

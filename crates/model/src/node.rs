@@ -575,3 +575,13 @@ mod route_tests {
         assert_eq!(path(HEALTH, "ws-1"), None);
     }
 }
+
+/// A locally administered MAC address derived from the workspace id and the
+/// interface's index: stable for a workspace, different between workspaces
+/// (QEMU would give every guest 52:54:00:12:34:56). The node gives it to a
+/// user NIC; front-ends show it.
+pub fn mac_address(id: &str, index: usize) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{id}/{index}").as_bytes());
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+}

@@ -44,6 +44,11 @@ pub struct UpArgs {
     /// (docs/dashboard.md) [default: 127.0.0.1:7482; "off" for none]
     #[arg(long, env = "VWS_UI_LISTEN", value_name = "ADDR")]
     ui_listen: Option<String>,
+    /// Where the EC2 Query API is served: TLS with the service's
+    /// certificate, requests signed by `vws key` access keys
+    /// (docs/ec2.md) [default: 127.0.0.1:7483; "off" for none]
+    #[arg(long, env = "VWS_EC2_LISTEN", value_name = "ADDR")]
+    ec2_listen: Option<String>,
     /// The kernel image root-filesystem images boot with as VMs
     /// [default: minimal:1]
     #[arg(long, env = "VWS_BOOT_IMAGE", value_name = "NAME:TAG")]
@@ -58,6 +63,9 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7481";
 
 /// Where the dashboard is served unless configured.
 pub const DEFAULT_UI_LISTEN: &str = "127.0.0.1:7482";
+
+/// Where the EC2 Query API is served unless configured.
+pub const DEFAULT_EC2_LISTEN: &str = "127.0.0.1:7483";
 
 /// The OS user running the service: the CN of the administrator's
 /// certificate made on first run.
@@ -77,7 +85,11 @@ pub fn local_user_name() -> String {
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&g.home).with_context(|| format!("creating {}", g.home.display()))?;
-    let file = config::load(&g.home)?.service;
+    let loaded = config::load(&g.home)?;
+    let (file, ec2_config) = (loaded.service, loaded.ec2);
+    ec2_config
+        .check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", g.home.join("config.toml").display()))?;
     let listen = a
         .listen
         .or(file.listen)
@@ -229,6 +241,46 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             }
         }
     };
+    // The EC2 Query API on a listener of its own: TLS with the service's
+    // certificate, no client certificate (requests are SigV4-signed).
+    let ec2_at = a
+        .ec2_listen
+        .or(file.ec2_listen)
+        .unwrap_or_else(|| DEFAULT_EC2_LISTEN.into());
+    let ec2 = if ec2_at == "off" {
+        None
+    } else {
+        let addr: SocketAddr = ec2_at
+            .parse()
+            .with_context(|| format!("--ec2-listen {ec2_at:?} is not an address"))?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let url = format!("https://{}", listener.local_addr()?);
+                let credentials = vws_pki::Credentials::from_dir(&g.home.join("pki/service"))?;
+                let region = ec2_config.region.clone();
+                let service = running.service.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = vws_ec2::serve(
+                        listener,
+                        &credentials,
+                        service,
+                        ec2_config,
+                        std::future::pending(),
+                    )
+                    .await
+                    {
+                        tracing::error!(error = %e, "the EC2 front-end stopped");
+                    }
+                });
+                eprintln!("EC2 API at {url} (region {region}; access keys: `vws key create`)");
+                Some(config::Ec2Endpoint { url, region })
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "EC2 API not served: the address is taken");
+                None
+            }
+        }
+    };
     // The file that tells CLI commands where vws is: written once it is ready.
     let server_file = config::server_file(&g.home);
     let record = ServerFile {
@@ -236,6 +288,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         pid: std::process::id(),
         metrics,
         ui,
+        ec2,
     };
     std::fs::write(&server_file, serde_json::to_vec_pretty(&record)?)?;
     eprintln!(

@@ -85,14 +85,7 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 ";
 
-/// A locally administered MAC address derived from the workspace id and the
-/// interface's index: stable for a workspace, different between workspaces
-/// (QEMU would give every guest 52:54:00:12:34:56).
-pub fn mac_address(id: &str, index: usize) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{id}/{index}").as_bytes());
-    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
-}
+pub use vws_model::node::mac_address;
 
 /// The last `n` lines of a file, for error reports.
 pub fn tail(path: &Path, n: usize) -> String {

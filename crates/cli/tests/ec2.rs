@@ -1,0 +1,100 @@
+//! The EC2 front-end with its real clients: `vws up` serving the EC2 Query
+//! API, access keys made with `vws key`, and `tests/ec2/ec2.py` driving it
+//! with awscli and boto3 (from PyPI, in the virtualenv scripts/setup
+//! makes): run-instances to terminate with the waiters, key pairs, tags,
+//! images, errors (an unknown instance, a bad signature, an expired
+//! request, a revoked key, another owner's instance), and the same boto3
+//! script run against moto in server mode, whose answers must have the
+//! same shape once ids and times are masked (docs/ec2.md lists the
+//! differences it allows).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn key(home: &std::path::Path, args: &[&str]) -> (String, String) {
+    let mut all = vec!["key", "create", "--json"];
+    all.extend(args);
+    let v: Value = serde_json::from_str(&ok(home, &all)).unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn awscli_and_boto3_drive_the_ec2_front_end() {
+    let python = root().join("target/py/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/setup installs awscli, boto3 and moto",
+        python.display()
+    );
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let _up = vws_up(home, &["--ec2-listen", "127.0.0.1:0"]);
+    let server: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
+    let endpoint = server["ec2"]["url"].as_str().expect("the EC2 endpoint");
+    let region = server["ec2"]["region"].as_str().unwrap();
+    import_minimal(home, &minimal_guest());
+    let image: Value =
+        serde_json::from_str(&ok(home, &["image", "show", "minimal:1", "--json"])).unwrap();
+    let digest = image["id"].as_str().unwrap();
+    let ami = format!("ami-{}", &digest["sha256:".len()..][..17]);
+
+    let (id, secret) = key(home, &[]);
+    let (bob, bob_secret) = key(home, &["--dn", "/O=Grid/OU=x/CN=Bob"]);
+    let (revoked, revoked_secret) = key(home, &[]);
+    ok(home, &["key", "revoke", &revoked]);
+    // A user may not make a key that acts as someone else.
+    let bob_cert = user(home, "bob", "/O=Grid/OU=x/CN=Bob");
+    let mut as_bob: Vec<&str> = bob_cert.iter().map(String::as_str).collect();
+    as_bob.extend(["key", "create", "--dn", "/O=vws/OU=local/CN=admin"]);
+    let refused = vws(home, &as_bob);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("administrator"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let work = home.join("ec2-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new(&python)
+        .arg(root().join("crates/cli/tests/ec2/ec2.py"))
+        .env("ENDPOINT", endpoint)
+        .env("CA", home.join("pki/ca/ca.pem"))
+        .env("REGION", region)
+        .env("IMAGE", &ami)
+        .env("TYPE", "vws.micro")
+        .env("WORK", &work)
+        .env("AWS_ACCESS_KEY_ID", &id)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("BOB_KEY", &bob)
+        .env("BOB_SECRET", &bob_secret)
+        .env("REVOKED_KEY", &revoked)
+        .env("REVOKED_SECRET", &revoked_secret)
+        // The environment's bundle would override --ca-bundle for awscli.
+        .env_remove("AWS_CA_BUNDLE")
+        .env("AWS_CONFIG_FILE", work.join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", work.join("none"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{said}");
+    assert!(out.status.success(), "the EC2 client test failed:\n{said}");
+    assert!(said.contains("== done"), "{said}");
+    // Every instance the script launched is gone, as terminated.
+    let listed: Value = serde_json::from_str(&ok(home, &["list", "--json"])).unwrap();
+    let items = listed["items"].as_array().or(listed.as_array()).unwrap();
+    assert!(items.is_empty(), "workspaces left: {listed}");
+}
