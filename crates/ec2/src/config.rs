@@ -38,8 +38,8 @@ impl Default for Config {
             ram_mib,
         };
         Config {
-            region: "vws-local".into(),
-            zone: "vws-local-a".into(),
+            region: vws_service::DEFAULT_REGION.into(),
+            zone: vws_service::DEFAULT_ZONE.into(),
             default_type: "vws.small".into(),
             instance_types: vec![
                 t("vws.nano", 1, 128),

@@ -7,10 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Ec2Error;
 
-/// The instance id of a workspace.
-pub fn instance_id(workspace: &str) -> String {
-    format!("i-{}", workspace.trim_start_matches("ws-"))
-}
+pub use vws_model::cloud_ids::{image_id, instance_id};
 
 /// The workspace an instance id names, or `InvalidInstanceID.Malformed`.
 pub fn workspace_of(instance: &str) -> Result<String, Ec2Error> {
@@ -27,12 +24,6 @@ pub fn workspace_of(instance: &str) -> Result<String, Ec2Error> {
             format!("Invalid id: \"{instance}\" (expecting \"i-...\")"),
         )),
     }
-}
-
-/// The image id of a content digest (`sha256:…`).
-pub fn image_id(digest: &str) -> String {
-    let hex = digest.trim_start_matches("sha256:");
-    format!("ami-{}", &hex[..17.min(hex.len())])
 }
 
 /// Whether an image id is well formed.

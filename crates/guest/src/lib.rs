@@ -6,9 +6,16 @@
 //! A `Hello` with a new session means the agent restarted (its earlier jobs
 //! are gone) or took a new identity after a restore (`Identity`).
 
+pub mod imds;
+
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
+
+/// Where a workspace's own credential (and its instance metadata) is put
+/// inside it (the agent writes it in a VM; the account's own job, in a
+/// dynamic account).
+pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
 
 /// Protocol version; a node refuses an agent with another.
 pub const VERSION: u32 = 1;

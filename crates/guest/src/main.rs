@@ -451,6 +451,19 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn main() {
+    // The instance metadata service, on the address the init put on lo;
+    // another agent (a restarted one) may still hold it for a moment.
+    std::thread::spawn(|| loop {
+        let addr = format!("{}:80", vws_guest::imds::ADDRESS);
+        match std::net::TcpListener::bind(&addr) {
+            Ok(l) => vws_guest::imds::serve(
+                l,
+                std::path::Path::new(vws_guest::CREDENTIALS_DIR).join(vws_guest::imds::FILE),
+            ),
+            Err(e) => eprintln!("vws-agent: metadata service on {addr}: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
     loop {
         match find_port() {
             Some(port) => {

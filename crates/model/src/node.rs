@@ -422,6 +422,39 @@ pub struct WorkspaceCredentials {
     pub key: String,
     /// The CA that issued it, PEM.
     pub ca: String,
+    /// What the workspace is told about itself at 169.254.169.254 (the
+    /// instance metadata service), written beside the credential.
+    #[serde(default)]
+    pub metadata: Option<InstanceMetadata>,
+}
+
+/// A workspace's instance metadata: its own facts only, served inside the
+/// workspace (never over a network it shares), so no workspace can ask for
+/// another's by posing as its address.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceMetadata {
+    /// `i-…`.
+    pub instance_id: String,
+    /// `ami-…` of the image it was made from.
+    pub ami_id: String,
+    /// The instance type it was launched as (EC2 front-end), if any.
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    /// Its host name.
+    pub local_hostname: String,
+    /// Its first address, if it has one.
+    #[serde(default)]
+    pub local_ipv4: Option<String>,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// Its region.
+    pub region: String,
+    /// Public keys: (key pair name, OpenSSH public key).
+    #[serde(default)]
+    pub public_keys: Vec<(String, String)>,
+    /// User data, base64 as given at launch.
+    #[serde(default)]
+    pub user_data: Option<String>,
 }
 
 impl std::fmt::Debug for WorkspaceCredentials {

@@ -435,18 +435,23 @@ pub struct AccountSpec {
     pub upper: PathBuf,
 }
 
-/// Where a workspace's own credential is put inside it (the agent writes it
-/// in a VM; the account's own job, in a dynamic account).
-pub const CREDENTIALS_DIR: &str = "/etc/vws/credentials";
+pub use vws_guest::CREDENTIALS_DIR;
 
 /// The files of a workspace's credential under [`CREDENTIALS_DIR`]: name,
-/// contents and mode (the key readable by its owner only).
-pub fn credential_files(c: &WorkspaceCredentials) -> [(&'static str, &str, u32); 3] {
-    [
-        ("key.pem", &c.key, 0o600),
-        ("cert.pem", &c.cert, 0o644),
-        ("ca.pem", &c.ca, 0o644),
-    ]
+/// contents and mode (the key readable by its owner only), and its
+/// instance metadata (`metadata.json`, which the metadata service inside
+/// the workspace serves) when the service sent it.
+pub fn credential_files(c: &WorkspaceCredentials) -> Vec<(&'static str, String, u32)> {
+    let mut files = vec![
+        ("key.pem", c.key.clone(), 0o600),
+        ("cert.pem", c.cert.clone(), 0o644),
+        ("ca.pem", c.ca.clone(), 0o644),
+    ];
+    if let Some(m) = &c.metadata {
+        let text = serde_json::to_string(m).unwrap_or_default();
+        files.push((vws_guest::imds::FILE, text, 0o644));
+    }
+    files
 }
 
 /// What setting up a workspace's host network can fail with.

@@ -109,6 +109,49 @@ pub fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Adds `addr`/32 to the namespace's loopback interface, as the alias
+/// `lo:1` (the instance metadata service's address inside an account).
+pub fn add_loopback_address(addr: std::net::Ipv4Addr) -> std::io::Result<()> {
+    // SAFETY: plain socket(2); the descriptor is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let set = |request: libc::Ioctl, ip: std::net::Ipv4Addr| -> std::io::Result<()> {
+        // SAFETY: `ifreq` is plain C data; all zero bytes is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (i, b) in b"lo:1".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in fits in the union's sockaddr member (both
+        // 16 bytes); it is written whole.
+        unsafe {
+            std::ptr::write(
+                std::ptr::addr_of_mut!(req.ifr_ifru.ifru_addr).cast::<libc::sockaddr_in>(),
+                sin,
+            )
+        };
+        // SAFETY: a valid socket and a filled `ifreq`, which these
+        // requests only read.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request, &req) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(libc::SIOCSIFADDR, addr)?;
+    set(libc::SIOCSIFNETMASK, std::net::Ipv4Addr::BROADCAST)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -350,6 +350,11 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), SandboxError
         let _ = ready.write_all(e.to_string().as_bytes());
         return Err(e);
     }
+    // The instance metadata service: its address on this namespace's lo,
+    // its port bound now (port 80 needs the privilege PID 1 is about to
+    // drop); served by a thread of PID 1 from the account's own file, so a
+    // job can neither stop it nor reach another workspace's.
+    let metadata = metadata_listener();
     unshare(CloneFlags::CLONE_NEWUSER).map_err(err("unshare user"))?;
     ready.write_all(b"userns").map_err(err("ready"))?;
     drop(ready);
@@ -375,6 +380,10 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), SandboxError
     );
     // SAFETY: the handler only reads its siginfo and stores to an atomic.
     unsafe { nix::sys::signal::sigaction(Signal::SIGTERM, &on_term) }.map_err(err("signal"))?;
+    if let Some(listener) = metadata {
+        let file = Path::new(crate::driver::CREDENTIALS_DIR).join(vws_guest::imds::FILE);
+        std::thread::spawn(move || vws_guest::imds::serve(listener, file));
+    }
     let mut term_at: Option<Instant> = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -394,6 +403,21 @@ fn pid1(plan: &InitPlan, ready: OwnedFd, go: OwnedFd) -> Result<(), SandboxError
                 Some(t) if t.elapsed() > Duration::from_secs(3) || alone() => return Ok(()),
                 _ => {}
             }
+        }
+    }
+}
+
+/// 169.254.169.254:80 in the account's network namespace, if it can be had
+/// (said on the console if not: the account runs without it).
+fn metadata_listener() -> Option<std::net::TcpListener> {
+    let addr: std::net::Ipv4Addr = vws_guest::imds::ADDRESS.parse().ok()?;
+    let bound = crate::loopdev::add_loopback_address(addr)
+        .and_then(|()| std::net::TcpListener::bind((addr, 80)));
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("vws: no instance metadata service: {e}");
+            None
         }
     }
 }

@@ -385,6 +385,7 @@ async fn a_failed_start_leaves_the_workspace_deployed_and_startable() {
         key: "k".into(),
         cert: "c".into(),
         ca: "a".into(),
+        metadata: None,
     };
     n.manager.start("ws-1", Some(creds)).await.unwrap();
     assert_eq!(n.manager.status("ws-1").await, VmState::Running);

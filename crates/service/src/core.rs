@@ -41,6 +41,13 @@ pub struct Settings {
 /// init and agent then run a root filesystem image's userland.
 pub const DEFAULT_BOOT_IMAGE: &str = "minimal:1";
 
+/// The region this service calls itself unless configured (instance
+/// metadata and the EC2 front-end say it).
+pub const DEFAULT_REGION: &str = "vws-local";
+
+/// Its one availability zone unless configured.
+pub const DEFAULT_ZONE: &str = "vws-local-a";
+
 /// The VW Factory and VW Repository behind one handle.
 pub struct Service {
     pub(crate) store: Store,
@@ -71,6 +78,8 @@ pub struct Service {
     pub(crate) nodes: Arc<dyn crate::node_client::NodeClient>,
     /// Request counts and durations (docs/metrics.md).
     pub(crate) metrics: crate::request_metrics::Metrics,
+    /// The region and zone workspaces' instance metadata names.
+    pub(crate) region: (String, String),
 }
 
 impl std::fmt::Debug for Service {
@@ -136,9 +145,17 @@ impl Service {
                 settings.credentials.as_ref(),
             )?),
             metrics: Default::default(),
+            region: (DEFAULT_REGION.into(), DEFAULT_ZONE.into()),
         };
         service.collect_garbage().await?;
         Ok(service)
+    }
+
+    /// The same service naming `region` and `zone` in its workspaces'
+    /// instance metadata.
+    pub fn with_region(mut self, region: &str, zone: &str) -> Service {
+        self.region = (region.into(), zone.into());
+        self
     }
 
     /// The same service speaking to its nodes through `nodes` (tests put a

@@ -30,7 +30,9 @@ pub mod routes;
 pub mod server;
 pub mod ui_sessions;
 
-pub use crate::core::{Service, Settings, Workspace, DEFAULT_BOOT_IMAGE};
+pub use crate::core::{
+    Service, Settings, Workspace, DEFAULT_BOOT_IMAGE, DEFAULT_REGION, DEFAULT_ZONE,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ServiceError;
 pub use policy::Policy;

@@ -489,7 +489,53 @@ impl Service {
             cert: c.cert_pem,
             key: c.key_pem,
             ca: c.ca_pem,
+            metadata: Some(self.instance_metadata(r).await?),
         }))
+    }
+
+    /// What a workspace is told about itself by the metadata service inside
+    /// it: its ids, host name, first address and placement, and, for an
+    /// instance the EC2 front-end launched, its type, key pair and user data.
+    async fn instance_metadata(
+        &self,
+        r: &WorkspaceRecord,
+    ) -> Result<vws_model::node::InstanceMetadata, ServiceError> {
+        let address = self
+            .store
+            .addresses_of(&r.id)
+            .await?
+            .into_iter()
+            .next()
+            .map(|a| a.address)
+            .or_else(|| {
+                let user = r.description.network.nics.first();
+                user.filter(|n| n.method == vws_model::NicMethod::User)
+                    .map(|_| "10.0.2.15".to_string())
+            });
+        let launched = self.store.ec2_instance(&r.id).await?;
+        let mut public_keys = Vec::new();
+        if let Some(name) = launched.as_ref().and_then(|l| l.key_name.as_deref()) {
+            if let Some(k) = self
+                .store
+                .key_pairs(&r.owner)
+                .await?
+                .into_iter()
+                .find(|k| k.name == name)
+            {
+                public_keys.push((k.name, k.public_key));
+            }
+        }
+        Ok(vws_model::node::InstanceMetadata {
+            instance_id: vws_model::cloud_ids::instance_id(&r.id),
+            ami_id: vws_model::cloud_ids::image_id(&r.image_id),
+            instance_type: launched.as_ref().map(|l| l.instance_type.clone()),
+            local_hostname: r.id.clone(),
+            local_ipv4: address,
+            availability_zone: self.region.1.clone(),
+            region: self.region.0.clone(),
+            public_keys,
+            user_data: launched.and_then(|l| l.user_data),
+        })
     }
 
     /// Where each `pool` interface sits: address, gateway, MAC, and the

@@ -44,6 +44,8 @@ pub struct Launch {
     pub reap_every: Duration,
     /// The kernel image root filesystems boot with as VMs.
     pub boot_image: String,
+    /// The region and zone instance metadata names.
+    pub region: (String, String),
 }
 
 impl Launch {
@@ -75,7 +77,11 @@ impl Launch {
             acl: self.acl,
             networks: self.networks,
         };
-        let service = Arc::new(Service::open(store, settings, Arc::new(SystemClock)).await?);
+        let service = Arc::new(
+            Service::open(store, settings, Arc::new(SystemClock))
+                .await?
+                .with_region(&self.region.0, &self.region.1),
+        );
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut reaper_stop = stop_rx.clone();
         let reaper = tokio::spawn(crate::repository::run_reaper(

@@ -144,6 +144,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             .boot_image
             .or(file.boot_image)
             .unwrap_or_else(|| vws_service::DEFAULT_BOOT_IMAGE.into()),
+        region: (ec2_config.region.clone(), ec2_config.zone.clone()),
     }
     .start()
     .await?;

@@ -157,7 +157,7 @@ impl Driver for Arc<QemuDriver> {
         let agent = self.running_agent(&spec.id).await?;
         let dir = CREDENTIALS_DIR;
         // All three in flight at once: the agent answers each by its id.
-        let writes = credential_files(c).map(|(name, text, mode)| {
+        let writes = credential_files(c).into_iter().map(|(name, text, mode)| {
             let agent = agent.clone();
             async move {
                 agent

@@ -31,6 +31,10 @@ pub(crate) async fn local_service(
         public_url: None,
         reap_every: Duration::from_secs(3600),
         boot_image: boot_image.into(),
+        region: (
+            vws_service::DEFAULT_REGION.into(),
+            vws_service::DEFAULT_ZONE.into(),
+        ),
     }
     .start()
     .await
