@@ -134,7 +134,7 @@ pub fn parse_dn(dn: &str) -> Result<Vec<(String, String)>, PkiError> {
                 "unknown component {k:?} (use CN, O, OU, C, L, ST, DC)"
             )));
         }
-        if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control()) {
+        if v.is_empty() || v.chars().count() > 64 || v.chars().any(|c| c.is_control()) {
             return Err(bad(&format!(
                 "value of {k} must be 1 to 64 printable characters"
             )));
