@@ -16,6 +16,7 @@ pub mod net;
 pub mod qemu;
 pub mod revocation;
 pub mod sandbox;
+pub mod seed;
 pub mod server;
 pub mod staging;
 pub mod usage;

@@ -59,6 +59,16 @@ pub enum ImageCommand {
         /// Extra Debian packages, comma-separated
         #[arg(long, value_delimiter = ',', value_name = "PKGS")]
         include: Vec<String>,
+        /// A cloud-style bootable disk instead of a root filesystem: its own
+        /// bootloader (syslinux), kernel, systemd, cloud-init (reading a
+        /// NoCloud seed) and openssh-server, and the vws agent as a service
+        /// (docs/ec2.md); Debian only
+        #[arg(long)]
+        bootable: bool,
+        /// The static vws agent to install in a --bootable image [default:
+        /// vws-agent beside this vws, else on PATH]
+        #[arg(long, value_name = "FILE", requires = "bootable")]
+        agent: Option<PathBuf>,
         /// Keep the image file here [default: a temporary file, removed after import]
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -222,6 +232,8 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             suite,
             mirror,
             include,
+            bootable,
+            agent,
             out,
             sign,
             private,
@@ -235,6 +247,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 suite,
                 mirror,
                 include,
+                bootable: bootable.then_some(crate::commands::image_build::Bootable { agent }),
                 out: file.clone(),
             };
             tokio::task::spawn_blocking(move || crate::commands::image_build::build(&spec))

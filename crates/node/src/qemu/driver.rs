@@ -140,6 +140,12 @@ impl Driver for Arc<QemuDriver> {
                 tracing::debug!(id = %spec.id, ?restored, identity = ?(t.elapsed() - restored), "restored");
             }
             None => {
+                if matches!(spec.boot, crate::driver::Boot::Disk) {
+                    let metadata = credentials.and_then(|c| c.metadata.as_ref());
+                    let dir = self.dir(&spec.id);
+                    std::fs::create_dir_all(&dir)?;
+                    crate::seed::write(&dir, &spec.id, &spec.hostname, metadata)?;
+                }
                 self.boot(spec).await?;
                 let ready = t.elapsed();
                 install.await?;

@@ -351,6 +351,18 @@ impl QemuDriver {
             ]);
             push(&["-device", &format!("{blk},drive=cd{i}")]);
         }
+        // A disk that boots by itself gets its NoCloud seed (crate::seed).
+        if matches!(spec.boot, Boot::Disk) {
+            push(&[
+                "-drive",
+                &format!(
+                    "id=seed,file={},format=raw,if=none,readonly=on",
+                    p(crate::seed::FILE)
+                ),
+                "-device",
+                &format!("{blk},drive=seed"),
+            ]);
+        }
         for (i, nic) in spec.nics.iter().enumerate() {
             if let Some(b) = &nic.bridged {
                 push(&[
@@ -713,6 +725,11 @@ impl QemuDriver {
         let _ = std::fs::remove_file(dir.join("agent.sock"));
         // The console log of this boot starts empty, so what it shows is this boot's.
         std::fs::write(dir.join("console.log"), b"")?;
+        // A migration's target has no metadata to write: a seed naming the
+        // instance, so that its devices are the source's.
+        if matches!(spec.boot, Boot::Disk) && !dir.join(crate::seed::FILE).exists() {
+            crate::seed::write(&dir, &spec.id, &spec.hostname, None)?;
+        }
         let log = std::fs::File::create(dir.join("qemu.log"))?;
         crate::net::plug(&spec.nics, &self.net_dir())
             .and_then(|()| crate::net::publish(spec))

@@ -18,6 +18,7 @@ pub(crate) async fn import_root(rig: &Rig) -> anyhow::Result<()> {
         suite: String::new(),
         mirror: None,
         include: Vec::new(),
+        bootable: None,
         out: file.clone(),
     };
     tokio::task::spawn_blocking(move || crate::commands::image_build::build(&spec)).await??;

@@ -119,6 +119,7 @@ async fn emboss_image(g: &Globals) -> anyhow::Result<(std::path::PathBuf, f64, b
         suite: "bookworm".into(),
         mirror: None,
         include: vec!["emboss".into()],
+        bootable: None,
         out: file.clone(),
     };
     let t = Instant::now();

@@ -1,0 +1,157 @@
+//! A stock cloud-style image under vws: `vws image build --bootable`
+//! makes a Debian disk with its own bootloader, kernel, systemd,
+//! cloud-init and openssh-server (and the vws agent as a service); an
+//! instance launched from it through the EC2 front-end, with a key pair
+//! and user data, boots by itself, reads its NoCloud seed and reaches
+//! `cloud-init status --wait` → done: host name set, the key in the
+//! default user's authorized_keys, user data's runcmd run. Jobs reach it
+//! through the agent.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// The bootable image, built once into target/ (rebuilt when the agent or
+/// the recipe is newer).
+fn cloud_image(home: &std::path::Path) -> std::path::PathBuf {
+    let image = root().join("target/vws-test-cloud.img");
+    let agent = root().join("target/guest/x86_64-unknown-linux-gnu/release/vws-agent");
+    let recipe = root().join("crates/cli/src/commands/image_build.rs");
+    let stale = |img: &std::path::Path| {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        m(img).is_none() || m(img) < m(&agent) || m(img) < m(&recipe)
+    };
+    if stale(&image) {
+        let part = image.with_extension(format!("part-{}", std::process::id()));
+        ok(
+            home,
+            &[
+                "image",
+                "build",
+                "cloud-build:1",
+                "--from",
+                "debian",
+                "--bootable",
+                "--agent",
+                agent.to_str().unwrap(),
+                "--out",
+                part.to_str().unwrap(),
+            ],
+        );
+        std::fs::rename(&part, &image).unwrap();
+    }
+    image
+}
+
+#[test]
+fn a_cloud_image_boots_and_cloud_init_is_done() {
+    let python = root().join("target/py/bin/python");
+    assert!(
+        python.exists(),
+        "scripts/setup installs boto3 into target/py"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let _up = vws_up(home, &["--ec2-listen", "127.0.0.1:0"]);
+    let server: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
+    minimal_guest(); // builds the static agent the image installs
+    let disk = cloud_image(home);
+    let imported = ok(
+        home,
+        &[
+            "image",
+            "import",
+            "cloud:1",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let image: Value = serde_json::from_str(&imported).unwrap();
+    let ami = vws_model::cloud_ids::image_id(image["id"].as_str().unwrap());
+    let key: Value = serde_json::from_str(&ok(home, &["key", "create", "--json"])).unwrap();
+    let pubkey =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb2CwSvTjgLp5JFgMTw8iUlJF3KXJrWCdXJkz6Ks3Mv me@here";
+    let launch = r##"
+import boto3, os
+from botocore.config import Config
+c = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name=os.environ["REGION"],
+                 aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
+                 verify=os.environ["CA"], config=Config(read_timeout=600, retries={"max_attempts": 1}))
+c.import_key_pair(KeyName="mine", PublicKeyMaterial=os.environ["PUBKEY"].encode())
+user_data = "#cloud-config\nruncmd:\n  - [sh, -c, 'echo ran-by-cloud-init > /var/tmp/runcmd']\n"
+r = c.run_instances(ImageId=os.environ["IMAGE"], InstanceType="vws.small", MinCount=1, MaxCount=1,
+                    KeyName="mine", UserData=user_data)
+print(r["Instances"][0]["InstanceId"])
+"##;
+    let started = std::time::Instant::now();
+    let out = Command::new(&python)
+        .args(["-c", launch])
+        .env("ENDPOINT", server["ec2"]["url"].as_str().unwrap())
+        .env("REGION", server["ec2"]["region"].as_str().unwrap())
+        .env("KEY", key["id"].as_str().unwrap())
+        .env("SECRET", key["secret"].as_str().unwrap())
+        .env("CA", home.join("pki/ca/ca.pem"))
+        .env("IMAGE", &ami)
+        .env("PUBKEY", pubkey)
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let instance = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ws = format!("ws-{}", instance.trim_start_matches("i-"));
+    eprintln!("booted to its agent in {:.1?}", started.elapsed());
+    let waited = vws(
+        home,
+        &["run", &ws, "--", "cloud-init", "status", "--wait", "--long"],
+    );
+    let status = String::from_utf8_lossy(&waited.stdout).into_owned();
+    eprintln!(
+        "cloud-init ended {:.1?} after the launch",
+        started.elapsed()
+    );
+    if !status.contains("status: done") {
+        let log = vws(
+            home,
+            &[
+                "run",
+                &ws,
+                "--",
+                "tail",
+                "-n",
+                "40",
+                "/var/log/cloud-init.log",
+            ],
+        );
+        panic!(
+            "cloud-init did not finish: {status}\n{}\nits log:\n{}",
+            String::from_utf8_lossy(&waited.stderr),
+            String::from_utf8_lossy(&log.stdout)
+        );
+    }
+    assert_eq!(ok(home, &["run", &ws, "--", "hostname"]).trim(), ws);
+    let keys = ok(
+        home,
+        &["run", &ws, "--", "cat", "/home/debian/.ssh/authorized_keys"],
+    );
+    assert!(keys.contains(pubkey), "{keys}");
+    assert_eq!(
+        ok(home, &["run", &ws, "--", "cat", "/var/tmp/runcmd"]).trim(),
+        "ran-by-cloud-init"
+    );
+    let seed = ok(
+        home,
+        &["run", &ws, "--", "cloud-init", "query", "v1.instance_id"],
+    );
+    assert_eq!(seed.trim(), instance);
+    ok(home, &["destroy", &ws]);
+}
