@@ -153,5 +153,56 @@ print(r["Instances"][0]["InstanceId"])
         &["run", &ws, "--", "cloud-init", "query", "v1.instance_id"],
     );
     assert_eq!(seed.trim(), instance);
-    ok(home, &["destroy", &ws]);
+
+    // CreateImage of the stopped instance is a disk image of what it wrote;
+    // an instance from it boots with that, as a new instance to cloud-init.
+    let again = r##"
+import boto3, os
+from botocore.config import Config
+c = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name=os.environ["REGION"],
+                 aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
+                 verify=os.environ["CA"], config=Config(read_timeout=600, retries={"max_attempts": 1}))
+i = os.environ["INSTANCE"]
+c.stop_instances(InstanceIds=[i])
+c.get_waiter("instance_stopped").wait(InstanceIds=[i], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+ami = c.create_image(InstanceId=i, Name="cloud-saved")["ImageId"]
+c.get_waiter("image_available").wait(ImageIds=[ami], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+r = c.run_instances(ImageId=ami, InstanceType="vws.small", MinCount=1, MaxCount=1)
+print(r["Instances"][0]["InstanceId"])
+"##;
+    let out = Command::new(&python)
+        .args(["-c", again])
+        .env("ENDPOINT", server["ec2"]["url"].as_str().unwrap())
+        .env("REGION", server["ec2"]["region"].as_str().unwrap())
+        .env("KEY", key["id"].as_str().unwrap())
+        .env("SECRET", key["secret"].as_str().unwrap())
+        .env("CA", home.join("pki/ca/ca.pem"))
+        .env("INSTANCE", &instance)
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ws2 = format!("ws-{}", second.trim_start_matches("i-"));
+    let saved: Value = serde_json::from_str(&ok(
+        home,
+        &["image", "show", "cloud-saved:latest", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(saved["kind"], "disk", "{saved}");
+    assert_eq!(
+        ok(home, &["run", &ws2, "--", "cat", "/var/tmp/runcmd"]).trim(),
+        "ran-by-cloud-init",
+        "the new instance's disk is the first one's"
+    );
+    let waited = ok(home, &["run", &ws2, "--", "cloud-init", "status", "--wait"]);
+    assert!(waited.contains("status: done"), "{waited}");
+    assert_eq!(ok(home, &["run", &ws2, "--", "hostname"]).trim(), ws2);
+    for w in [&ws, &ws2] {
+        ok(home, &["destroy", w]);
+    }
 }

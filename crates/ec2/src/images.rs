@@ -3,7 +3,7 @@
 //! digest; its name is the image's first `name:tag`, and its description
 //! the catalogue's OS. CreateImage of a running or paused instance is a
 //! hot image (memory kept: instances launched from it are restored, not
-//! booted).
+//! booted); of a stopped one, a disk image (its disk flattened).
 
 use std::collections::HashMap;
 
@@ -179,7 +179,8 @@ pub(crate) async fn describe(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Erro
 }
 
 /// `CreateImage`: a hot image of a running (paused for the moment of the
-/// save, then running again) or paused instance.
+/// save, then running again) or paused instance; a disk image of a stopped
+/// one.
 pub(crate) async fn create(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
     let instance = p.require("InstanceId")?;
     let name = p.require("Name")?;
@@ -219,12 +220,18 @@ pub(crate) async fn create(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error>
             transition(ctx, &workspace, Verb::Unpause).await?;
             saved?
         }
-        other => {
+        State::Shutdown => {
+            // A disk image: the disk goes back to the repository first (the
+            // instance stays stopped; StartInstances deploys it again).
+            if ws.record.placement == vws_model::Placement::Host {
+                transition(ctx, &workspace, Verb::Undeploy).await?;
+            }
+            snapshot(ctx, &workspace, name, tag).await?
+        }
+        State::Corrupted => {
             return Err(Ec2Error::client(
                 "IncorrectInstanceState",
-                format!(
-                    "The instance '{instance}' is {other}: CreateImage makes hot images, of running or paused instances (images of stopped instances are not supported)"
-                ),
+                format!("The instance '{instance}' is corrupted: there is nothing sound to save"),
             ))
         }
     };

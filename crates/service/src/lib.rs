@@ -9,6 +9,7 @@ mod catalogue;
 pub mod clock;
 pub mod command;
 mod core;
+mod disk_images;
 pub mod error;
 pub mod events;
 mod factory;

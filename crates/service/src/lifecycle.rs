@@ -583,7 +583,7 @@ impl Service {
     }
 
     /// Refuses what encrypted disks cannot do yet.
-    fn plain_disk_only(&self, id: &str, what: &str) -> Result<(), ServiceError> {
+    pub(crate) fn plain_disk_only(&self, id: &str, what: &str) -> Result<(), ServiceError> {
         if self.disk_key_path(id).exists() {
             return Err(ServiceError::Conflict(format!(
                 "workspace {id} has an encrypted disk; {what} of encrypted workspaces is not supported yet"
@@ -933,6 +933,10 @@ impl Service {
     ) -> Result<ImageRecord, ServiceError> {
         let reference =
             ImageRef::tagged(name, tag).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        // A shut-down workspace has no memory to keep: its disk is saved.
+        if self.workspace(who, id).await?.record.state == vws_model::State::Shutdown {
+            return self.disk_image(who, id, name, tag).await;
+        }
         let r = self.checked(who, id, Action::Snapshot).await?;
         vm_only(&r, "a snapshot")?;
         self.plain_disk_only(id, "a snapshot")?;
@@ -1188,7 +1192,7 @@ pub(crate) fn is_account(r: &WorkspaceRecord) -> bool {
 
 /// Refuses what only the VM category can do: a dynamic account's
 /// processes live in the host's kernel, with no machine state to save.
-fn vm_only(r: &WorkspaceRecord, what: &str) -> Result<(), ServiceError> {
+pub(crate) fn vm_only(r: &WorkspaceRecord, what: &str) -> Result<(), ServiceError> {
     if is_account(r) {
         return Err(ServiceError::Conflict(format!(
             "workspace {} is a dynamic account; {what} is only available to category \"vm\" (an account's processes cannot be saved or moved)",

@@ -137,6 +137,8 @@ def scenario(c, image, itype, suffix):
     c.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig=FAST)
     call("start_instances", "start_instances", InstanceIds=[iid])
     c.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=FAST)
+    call("reboot_instances", "reboot_instances", InstanceIds=[iid])
+    c.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=FAST)
     image_made = call("create_image", "create_image", InstanceId=iid, Name=f"img-{suffix}")
     ami = image_made["ImageId"]
     c.get_waiter("image_available").wait(ImageIds=[ami], WaiterConfig=FAST)
