@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
 use vws_model::{Epr, Identity};
 use vws_store::{BlobStore, Store, WorkspaceRecord};
 
@@ -65,9 +64,6 @@ pub struct Service {
     pub(crate) home: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) public_url: String,
-    /// Admission (quota check, then insert) is serialized so concurrent
-    /// creates cannot both slip under a limit.
-    pub(crate) admission: Mutex<()>,
     /// This process among the service's runs: intents it wrote are its own
     /// to finish (`Store::set_pending`).
     pub(crate) instance: String,
@@ -138,7 +134,6 @@ impl Service {
             home: settings.home.clone(),
             clock,
             public_url: settings.public_url.trim_end_matches('/').to_string(),
-            admission: Mutex::new(()),
             instance: hex::encode(rand::random::<[u8; 8]>()),
             opened_at,
             nodes: Arc::new(crate::node_client::HttpNodes::new(

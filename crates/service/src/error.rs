@@ -70,6 +70,8 @@ impl From<StoreError> for ServiceError {
                 ServiceError::Conflict(e.to_string())
             }
             StoreError::BadCursor(_) => ServiceError::BadRequest(e.to_string()),
+            StoreError::Gone(_) | StoreError::InUse(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::OverQuota(m) => ServiceError::Policy(m),
             StoreError::NameTaken { .. } => ServiceError::Forbidden(format!(
                 "{e}: only its owner or an administrator may publish under it"
             )),

@@ -295,20 +295,10 @@ impl Service {
             }
         }
 
-        let _admitted = self.admission.lock().await;
-        // The image may have been removed since it was resolved; removal takes
-        // the same lock, so this check holds until the record is in.
-        if self
-            .store
-            .image(&ImageRef::Digest(image.id.clone()))
-            .await?
-            .is_none()
-        {
-            return Err(ServiceError::Conflict(format!(
-                "image {} was removed meanwhile",
-                image_name
-            )));
-        }
+        // A first look at the quota, for a quick refusal; the insert below
+        // decides, in the database's transaction (any number of service
+        // processes may be creating for this owner), and finds the image
+        // still there or refuses.
         let (count, ram) = self.store.owner_usage(&who.dn).await?;
         if count + 1 > limits.max_workspaces {
             return Err(ServiceError::Policy(format!(
@@ -370,7 +360,15 @@ impl Service {
                 (None, c) => c,
             },
         };
-        if let Err(e) = self.store.insert_workspace(&record, change).await {
+        let quota = vws_store::Quota {
+            max_workspaces: limits.max_workspaces,
+            max_ram: limits.max_total_ram.0,
+        };
+        if let Err(e) = self
+            .store
+            .insert_workspace_admitted(&record, change, Some(quota))
+            .await
+        {
             // The record is the source of truth: without it the disk and the
             // addresses must go.
             if let Some(p) = &record.disk_path {

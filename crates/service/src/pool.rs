@@ -385,7 +385,6 @@ impl Service {
             ImageRef::Tag { .. } => image.tags.len() <= 1,
             ImageRef::Digest(_) => true,
         };
-        let _admitted = self.admission.lock().await;
         if last_tag {
             let users = self.store.workspaces_using_image(&image.id).await?;
             if users > 0 {
@@ -393,11 +392,12 @@ impl Service {
                     "image {reference} is used by {users} workspace(s); destroy them first"
                 )));
             }
-        }
-        if let ImageRef::Tag { name, tag } = &parsed {
+        } else if let ImageRef::Tag { name, tag } = &parsed {
             self.store.untag_image(name, tag).await?;
         }
         if last_tag {
+            // Decided in the database: a create that uses the image in the
+            // meantime makes this refuse (and keeps its tag).
             self.store.delete_image(&image.id).await?;
             let still: std::collections::HashSet<String> =
                 self.store.referenced_blobs().await?.into_iter().collect();

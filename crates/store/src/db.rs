@@ -49,6 +49,15 @@ pub enum StoreError {
         /// What was wrong.
         message: String,
     },
+    /// Something the change needs went away meanwhile.
+    #[error("{0}")]
+    Gone(String),
+    /// An insert past the owner's quota.
+    #[error("{0}")]
+    OverQuota(String),
+    /// Something is still used (an image by workspaces).
+    #[error("{0}")]
+    InUse(String),
     /// A list cursor that this store did not hand out.
     #[error("{0:?} is not a list cursor")]
     BadCursor(String),

@@ -247,6 +247,22 @@ impl Store {
     /// Removes an image record and its tags.
     pub async fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The image's row first, as a create that uses it does: either the
+        // create waits and finds it gone, or this sees the create's workspace.
+        sqlx::query("UPDATE images SET id = id WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let users: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM workspace_images WHERE image_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if users > 0 {
+            return Err(StoreError::InUse(format!(
+                "image {id} is used by {users} workspace(s); destroy them first"
+            )));
+        }
         sqlx::query("DELETE FROM image_tags WHERE image_id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -28,7 +28,7 @@ pub use nodes::NodeRecord;
 pub use sqlx::Error as SqlxError;
 pub use ui_sessions::UiSecret;
 pub use workspaces::{
-    Binding, Change, Filter, Intent, OrphanedIntent, Page, TransitionRecord, WorkspaceRecord,
+    Binding, Change, Filter, Intent, OrphanedIntent, Page, Quota, TransitionRecord, WorkspaceRecord,
 };
 
 #[cfg(feature = "testing")]

@@ -82,6 +82,15 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("records serialize to JSON")
 }
 
+/// An owner's limits, checked when a workspace is inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Most workspaces.
+    pub max_workspaces: u64,
+    /// Most RAM over all of them (each counted at its range's top), bytes.
+    pub max_ram: u64,
+}
+
 /// The change an action makes to a record, written with its history entry.
 #[derive(Clone, Debug)]
 pub struct Change<'a> {
@@ -123,7 +132,73 @@ impl Store {
         r: &WorkspaceRecord,
         change: Change<'_>,
     ) -> Result<(), StoreError> {
+        self.insert_workspace_admitted(r, change, None).await
+    }
+
+    /// [`Store::insert_workspace`] under the owner's quota, decided in the
+    /// same transaction as the insert: the owner's row of `owner_locks` is
+    /// locked first (an UPDATE: a row lock on PostgreSQL, the database's
+    /// write lock on SQLite), so concurrent creates of one owner, from any
+    /// number of service processes, are counted one after another; the
+    /// images it uses are locked too, so a concurrent removal of the last
+    /// one waits, then sees this workspace. `OverQuota` says which limit.
+    pub async fn insert_workspace_admitted(
+        &self,
+        r: &WorkspaceRecord,
+        change: Change<'_>,
+        quota: Option<Quota>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO owner_locks (owner) VALUES ($1) ON CONFLICT (owner) DO NOTHING")
+            .bind(&r.owner)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE owner_locks SET creates = creates + 1 WHERE owner = $1")
+            .bind(&r.owner)
+            .execute(&mut *tx)
+            .await?;
+        let mut used: Vec<&String> = std::iter::once(&r.image_id)
+            .chain(&r.device_images)
+            .collect();
+        used.sort();
+        used.dedup();
+        for image in &used {
+            let locked = sqlx::query("UPDATE images SET id = id WHERE id = $1")
+                .bind(*image)
+                .execute(&mut *tx)
+                .await?;
+            if locked.rows_affected() == 0 {
+                return Err(StoreError::Gone(format!(
+                    "image {image} was removed meanwhile"
+                )));
+            }
+        }
+        if let Some(q) = quota {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(ram_bytes), 0) AS BIGINT) AS ram FROM workspaces WHERE owner = $1",
+            )
+            .bind(&r.owner)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (count, ram) = (
+                row.try_get::<i64, _>("n")? as u64,
+                row.try_get::<i64, _>("ram")? as u64,
+            );
+            if count + 1 > q.max_workspaces {
+                return Err(StoreError::OverQuota(format!(
+                    "{} already has {count} workspaces; the limit is {}",
+                    r.owner, q.max_workspaces
+                )));
+            }
+            if ram + r.ram_quota() > q.max_ram {
+                return Err(StoreError::OverQuota(format!(
+                    "{} would use {} of RAM with this workspace; the limit is {}",
+                    r.owner,
+                    vws_model::ByteSize(ram + r.ram_quota()).human(),
+                    vws_model::ByteSize(q.max_ram).human()
+                )));
+            }
+        }
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         ))
@@ -149,12 +224,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || format!("a workspace named {:?} already exists", r.name)))?;
-        let mut images: Vec<&String> = std::iter::once(&r.image_id)
-            .chain(&r.device_images)
-            .collect();
-        images.sort();
-        images.dedup();
-        for image in images {
+        for image in used {
             sqlx::query("INSERT INTO workspace_images (workspace_id, image_id) VALUES ($1, $2)")
                 .bind(&r.id)
                 .bind(image)

@@ -145,6 +145,27 @@ impl Harness {
         Arc::new(service.with_nodes(nodes))
     }
 
+    /// Another service process on the same repository and state folder,
+    /// with `policy`: a second replica.
+    pub async fn replica(&self, policy: &str) -> Arc<Service> {
+        let settings = Settings {
+            credentials: None,
+            ca_dir: None,
+            boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
+            acl: Default::default(),
+            networks: Default::default(),
+            home: self.home.path().to_path_buf(),
+            public_url: "http://127.0.0.1:7480".into(),
+            policy: Policy::from_toml(policy).unwrap(),
+        };
+        let clock = self.clock.clone() as Arc<dyn Clock>;
+        Arc::new(
+            Service::open(self.db.store().await, settings, clock)
+                .await
+                .unwrap(),
+        )
+    }
+
     /// Imports a raw disk image of `size` bytes as `name:tag`.
     pub async fn disk_image(&self, name: &str, tag: &str, size: u64) -> vws_store::ImageRecord {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,127 @@
+//! Admission decided in the database: two service processes on one
+//! repository, creating for the same owner at once, admit exactly the
+//! quota between them (the owner's row is locked in the insert's
+//! transaction; no lock lives in a process's memory). And an image removed
+//! by one while the other creates from it is either removed with no
+//! workspace using it, or kept for the workspace. On both stores.
+
+mod common;
+
+use common::*;
+use vws_service::command::Command;
+use vws_service::ServiceError;
+use vws_store::Backend;
+
+const POLICY: &str = "[defaults]\nmax_workspaces = 20\nmax_total_ram = \"1TiB\"\n";
+
+async fn quota_exact_across_replicas(backend: Backend) {
+    let h = harness(backend, POLICY).await;
+    h.kernel_image("base", "1").await;
+    let replicas = [h.service.clone(), h.replica(POLICY).await];
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let s = replicas[i % 2].clone();
+            tokio::spawn(async move {
+                s.execute(
+                    &alice(),
+                    Command::Create {
+                        description: description("base:1", ""),
+                        form: vws_model::Form::Toml,
+                        name: None,
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(ServiceError::Policy(m)) => {
+                assert!(m.contains("limit is 20"), "{m}");
+                refused += 1
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((created, refused), (20, 20));
+    assert_eq!(
+        h.service.store().owner_usage(&alice().dn).await.unwrap().0,
+        20
+    );
+}
+
+async fn removal_and_create_race(backend: Backend) {
+    let h = harness(backend, POLICY).await;
+    let other = h.replica(POLICY).await;
+    for round in 0..10 {
+        let name = format!("racy{round}");
+        h.kernel_image(&name, "1").await;
+        let reference = format!("{name}:1");
+        let (a, b) = (h.service.clone(), other.clone());
+        let r2 = reference.clone();
+        let create = tokio::spawn(async move {
+            a.execute(
+                &admin(),
+                Command::Create {
+                    description: description(&r2, ""),
+                    form: vws_model::Form::Toml,
+                    name: None,
+                },
+            )
+            .await
+        });
+        let remove = tokio::spawn(async move {
+            b.execute(&admin(), Command::RemoveImage { reference })
+                .await
+        });
+        let (created, removed) = (create.await.unwrap(), remove.await.unwrap());
+        match (&created, &removed) {
+            // Removed first: the create found no image (or found it gone).
+            (Err(_), Ok(_)) => {}
+            // Created first: the removal saw the workspace and refused.
+            (Ok(ws), Err(ServiceError::Conflict(_))) => {
+                let ws = match ws {
+                    vws_service::command::Reply::Workspace(w) => w,
+                    _ => panic!("not a workspace"),
+                };
+                let image = h
+                    .service
+                    .store()
+                    .image(&vws_model::ImageRef::Digest(ws.record.image_id.clone()))
+                    .await
+                    .unwrap();
+                assert!(
+                    image.is_some(),
+                    "round {round}: a workspace's image was removed"
+                );
+            }
+            _ => panic!(
+                "round {round}: created {:?}, removed {:?}",
+                created.as_ref().err().map(|e| e.to_string()),
+                removed.as_ref().err().map(|e| e.to_string())
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_quota_exact_across_replicas() {
+    quota_exact_across_replicas(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_quota_exact_across_replicas() {
+    quota_exact_across_replicas(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_image_removal_and_create_race() {
+    removal_and_create_race(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_image_removal_and_create_race() {
+    removal_and_create_race(Backend::Postgres).await;
+}
