@@ -163,6 +163,35 @@ fn the_main_path_through_the_cli() {
 }
 
 #[test]
+fn a_second_service_on_one_sqlite_file_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let _up = Up::start(home.path());
+    let out = vws(
+        home.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--ui-listen",
+            "off",
+            "--ec2-listen",
+            "off",
+        ],
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("another vws service") && said.contains("PostgreSQL"),
+        "{said}"
+    );
+    // The first is still serving, and says its database answers.
+    let health = ok(home.path(), &["node", "list", "--json"]);
+    assert!(health.contains("local"), "{health}");
+}
+
+#[test]
 fn no_service_is_a_clear_error() {
     let home = tempfile::tempdir().unwrap();
     let out = vws(home.path(), &["list"]);

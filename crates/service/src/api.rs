@@ -586,8 +586,30 @@ fn json_body<T: DeserializeOwned>(
         .map_err(|e| ServiceError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// `GET /v1/health`: whether this replica is up and reaches its database
+/// (what a load balancer's health check asks: 503 takes it out of rotation).
+async fn health(State(s): State<AppState>) -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    let reached = tokio::time::timeout(Duration::from_secs(2), s.service.store().ping()).await;
+    match reached {
+        Ok(Ok(())) => {
+            Json(serde_json::json!({ "status": "ok", "version": version, "database": "ok" }))
+                .into_response()
+        }
+        Ok(Err(e)) => unhealthy(version, &e.to_string()),
+        Err(_) => unhealthy(version, "no answer within 2 s"),
+    }
+}
+
+fn unhealthy(version: &str, why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(
+            serde_json::json!({ "status": "unavailable", "version": version,
+            "database": format!("unreachable: {why}") }),
+        ),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

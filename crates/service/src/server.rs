@@ -20,6 +20,35 @@ pub struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     reaper: tokio::task::JoinHandle<()>,
+    /// The SQLite file's lock, held while this service runs.
+    _database_lock: Option<std::fs::File>,
+}
+
+/// One service process per SQLite file: an exclusive `flock` on
+/// `FILE.lock` (released when the process ends, however it ends). Several
+/// replicas share a database only on PostgreSQL.
+fn lock_sqlite(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(path) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let path = path.split('?').next().unwrap_or(path);
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {lock_path}"))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+        anyhow::bail!(
+            "another vws service (pid {}) uses the database {url}: SQLite serves one process; run replicas on PostgreSQL (docs/ARCHITECTURE.md)",
+            holder.trim()
+        );
+    }
+    std::fs::write(&lock_path, std::process::id().to_string())?;
+    Ok(Some(file))
 }
 
 /// Where and how to run a service.
@@ -64,6 +93,7 @@ impl Launch {
         let revoked = vws_pki::Ca::open(&vws_pki::home::ca_dir(&self.home))
             .ok()
             .map(|ca| ca.revoked());
+        let database_lock = lock_sqlite(&self.database)?;
         let store = vws_store::Store::open(&self.database)
             .await
             .with_context(|| format!("opening the database {}", self.database))?;
@@ -112,6 +142,7 @@ impl Launch {
             stop,
             served,
             reaper,
+            _database_lock: database_lock,
         })
     }
 }
