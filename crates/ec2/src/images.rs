@@ -14,39 +14,13 @@ use vws_store::Tag;
 
 use crate::error::Ec2Error;
 use crate::ids;
-use crate::instances::{tag_set, tags_by_resource};
+use crate::lookup::{image_not_found, resolve, tag_set, tags_by_resource, usable};
 use crate::params::{Filter, Params};
 use crate::xml::{set, text, Node};
 use crate::Ctx;
 
 /// The tag CreateImage gives a name without one (`NAME:latest`).
 pub const DEFAULT_TAG: &str = "latest";
-
-/// The images the caller may use.
-async fn usable(ctx: &Ctx) -> Result<Vec<ImageRecord>, Ec2Error> {
-    match ctx.run(Command::Images).await {
-        Ok(Reply::Images(i)) => Ok(i),
-        Ok(_) => Err(Ec2Error::internal("the core did not answer images")),
-        Err(e) => Err(Ec2Error::from_service(e, "InvalidAMIID.NotFound")),
-    }
-}
-
-fn not_found(id: &str) -> Ec2Error {
-    Ec2Error::client(
-        "InvalidAMIID.NotFound",
-        format!("The image id '[{id}]' does not exist"),
-    )
-}
-
-/// The pool image an image id names, if the caller may use it.
-pub(crate) async fn resolve(ctx: &Ctx, id: &str) -> Result<ImageRecord, Ec2Error> {
-    ids::check_image_id(id)?;
-    usable(ctx)
-        .await?
-        .into_iter()
-        .find(|i| ids::image_id(&i.id) == id)
-        .ok_or_else(|| not_found(id))
-}
 
 fn description(i: &ImageRecord) -> String {
     let m = &i.manifest;
@@ -150,7 +124,7 @@ pub(crate) async fn describe(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Erro
         .collect();
     if !missing.is_empty() {
         let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-        return Err(not_found(&list.join(", ")));
+        return Err(image_not_found(&list.join(", ")));
     }
     let tags: HashMap<String, Vec<Tag>> = tags_by_resource(ctx).await?;
     let mut items = Vec::new();

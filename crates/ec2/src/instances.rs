@@ -10,19 +10,16 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use time::OffsetDateTime;
-use vws_model::records::WorkspaceRecord;
 use vws_model::{Form, State, Verb};
 use vws_service::command::{Command, Reply};
 use vws_store::{Ec2Instance, Tag};
 
 use crate::error::Ec2Error;
 use crate::ids;
+use crate::lookup::{tag_set, tags_by_resource, Ec2State, Instance};
 use crate::params::Params;
 use crate::xml::{el, opt, set, text, Node};
 use crate::Ctx;
-
-/// How long a terminated instance stays listed.
-pub const TERMINATED_LISTED_FOR: time::Duration = time::Duration::hours(1);
 
 /// Most instances one RunInstances launches.
 pub const MAX_PER_LAUNCH: i64 = 20;
@@ -30,141 +27,9 @@ pub const MAX_PER_LAUNCH: i64 = 20;
 /// Largest user data, decoded (EC2's limit).
 pub const MAX_USER_DATA: usize = 16 * 1024;
 
-/// EC2's instance states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ec2State {
-    /// Launching: created, not yet started.
-    Pending,
-    /// Running.
-    Running,
-    /// Being terminated.
-    ShuttingDown,
-    /// Gone (its workspace is destroyed).
-    Terminated,
-    /// Being stopped.
-    Stopping,
-    /// Stopped: shut down, or paused with its memory kept.
-    Stopped,
-}
-
-impl Ec2State {
-    /// EC2's code.
-    pub fn code(self) -> u32 {
-        match self {
-            Ec2State::Pending => 0,
-            Ec2State::Running => 16,
-            Ec2State::ShuttingDown => 32,
-            Ec2State::Terminated => 48,
-            Ec2State::Stopping => 64,
-            Ec2State::Stopped => 80,
-        }
-    }
-
-    /// EC2's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Ec2State::Pending => "pending",
-            Ec2State::Running => "running",
-            Ec2State::ShuttingDown => "shutting-down",
-            Ec2State::Terminated => "terminated",
-            Ec2State::Stopping => "stopping",
-            Ec2State::Stopped => "stopped",
-        }
-    }
-
-    fn node(self, name: &str) -> Node {
-        el(
-            name,
-            vec![text("code", self.code()), text("name", self.name())],
-        )
-    }
-}
-
-/// An instance as the front-end sees it: its launch facts and, unless it
-/// is terminated, its workspace.
-pub(crate) struct Instance {
-    pub facts: Ec2Instance,
-    pub workspace: Option<vws_model::records::Workspace>,
-}
-
-impl Instance {
-    pub fn id(&self) -> String {
-        ids::instance_id(&self.facts.workspace)
-    }
-
-    /// Its EC2 state, and why, when EC2 would say.
-    pub fn state(&self) -> (Ec2State, Option<(&'static str, String)>) {
-        let Some(ws) = &self.workspace else {
-            return (
-                Ec2State::Terminated,
-                Some((
-                    "Client.UserInitiatedShutdown",
-                    "Client.UserInitiatedShutdown: User initiated shutdown".into(),
-                )),
-            );
-        };
-        if self.facts.ready_at.is_none() {
-            return (Ec2State::Pending, None);
-        }
-        state_of(&ws.record)
-    }
-}
-
-/// The EC2 state of a workspace that exists.
-fn state_of(r: &WorkspaceRecord) -> (Ec2State, Option<(&'static str, String)>) {
-    match r.state {
-        State::Running => (Ec2State::Running, None),
-        State::Paused => (
-            Ec2State::Stopped,
-            Some((
-                "Client.UserInitiatedHibernate",
-                "Client.UserInitiatedHibernate: paused with its memory kept".into(),
-            )),
-        ),
-        State::Shutdown => (
-            Ec2State::Stopped,
-            Some((
-                "Client.UserInitiatedShutdown",
-                "Client.UserInitiatedShutdown: User initiated shutdown".into(),
-            )),
-        ),
-        State::Corrupted => (
-            Ec2State::Stopped,
-            Some((
-                "Server.InternalError",
-                format!(
-                    "Server.InternalError: {}",
-                    r.reason.as_deref().unwrap_or("the workspace is corrupted")
-                ),
-            )),
-        ),
-    }
-}
-
 fn time_of(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// The tags of each resource, from one read.
-pub(crate) async fn tags_by_resource(ctx: &Ctx) -> Result<HashMap<String, Vec<Tag>>, Ec2Error> {
-    let mut by: HashMap<String, Vec<Tag>> = HashMap::new();
-    for t in ctx.service.store().tags(ctx.owner_filter()).await? {
-        by.entry(t.resource.clone()).or_default().push(t);
-    }
-    Ok(by)
-}
-
-/// `tagSet`, or nothing when there are no tags.
-pub(crate) fn tag_set(tags: Option<&Vec<Tag>>) -> Vec<Node> {
-    match tags {
-        Some(t) if !t.is_empty() => vec![set(
-            "tagSet",
-            t.iter()
-                .map(|t| vec![text("key", &t.key), text("value", &t.value)]),
-        )],
-        _ => vec![],
-    }
 }
 
 fn instance_node(ctx: &Ctx, i: &Instance, tags: Option<&Vec<Tag>>) -> Vec<Node> {
@@ -316,72 +181,6 @@ fn reservation_node(
     ]
 }
 
-impl Ctx {
-    /// The workspace of an instance, if it still exists (and the caller
-    /// may see it).
-    async fn workspace(&self, id: &str) -> Result<Option<vws_model::records::Workspace>, Ec2Error> {
-        match self.run(Command::ShowWorkspace { id: id.into() }).await {
-            Ok(Reply::Workspace(ws)) => Ok(Some(*ws)),
-            Ok(_) => Err(Ec2Error::internal("the core did not answer a workspace")),
-            Err(vws_service::ServiceError::NotFound(_)) => Ok(None),
-            Err(e) => Err(Ec2Error::from_service(e, "InvalidInstanceID.NotFound")),
-        }
-    }
-
-    /// The caller's instances (everyone's for an administrator), with
-    /// those terminated more than an hour ago forgotten. An instance whose
-    /// workspace went some other way (`vws destroy`, its lifetime) is
-    /// terminated from now.
-    pub(crate) async fn instances(&self) -> Result<Vec<Instance>, Ec2Error> {
-        let now = self.service.clock().now();
-        let store = self.service.store();
-        store
-            .prune_ec2_instances(now - TERMINATED_LISTED_FOR)
-            .await?;
-        let mut out = Vec::new();
-        for mut facts in store.ec2_instances(self.owner_filter()).await? {
-            let workspace = if facts.terminated_at.is_some() {
-                None
-            } else {
-                let ws = self.workspace(&facts.workspace).await?;
-                if ws.is_none() {
-                    store.terminate_ec2_instance(&facts.workspace, now).await?;
-                    facts.terminated_at = Some(now);
-                }
-                ws
-            };
-            out.push(Instance { facts, workspace });
-        }
-        Ok(out)
-    }
-
-    /// The named instances, each of which must exist.
-    async fn named(&self, ids: &[String]) -> Result<Vec<Instance>, Ec2Error> {
-        let mut wanted = Vec::new();
-        for id in ids {
-            wanted.push(ids::workspace_of(id)?);
-        }
-        let all = self.instances().await?;
-        let missing: Vec<&String> = ids
-            .iter()
-            .zip(&wanted)
-            .filter(|(_, w)| !all.iter().any(|i| &i.facts.workspace == *w))
-            .map(|(id, _)| id)
-            .collect();
-        if !missing.is_empty() {
-            let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-            return Err(Ec2Error::client(
-                "InvalidInstanceID.NotFound",
-                format!("The instance ID '{}' does not exist", list.join("', '")),
-            ));
-        }
-        Ok(all
-            .into_iter()
-            .filter(|i| wanted.contains(&i.facts.workspace))
-            .collect())
-    }
-}
-
 /// The description RunInstances creates: a VM of the type's shape from the
 /// image, with a user NIC (NAT to the outside, as a default VPC gives).
 fn description_of(image: &str, t: &crate::config::InstanceType) -> String {
@@ -395,7 +194,7 @@ fn description_of(image: &str, t: &crate::config::InstanceType) -> String {
 /// `RunInstances`.
 pub(crate) async fn run(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
     let image_id = p.require("ImageId")?;
-    let image = crate::images::resolve(ctx, image_id).await?;
+    let image = crate::lookup::resolve(ctx, image_id).await?;
     let type_name = p.get("InstanceType").unwrap_or(&ctx.config.default_type);
     let itype = ctx.config.instance_type(type_name).ok_or_else(|| {
         Ec2Error::invalid(format!(
@@ -427,7 +226,7 @@ pub(crate) async fn run(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
     }
     let key_name = p.get("KeyName").map(str::to_string);
     if let Some(k) = &key_name {
-        crate::key_pairs::find(ctx, k).await?;
+        crate::lookup::find(ctx, k).await?;
     }
     let user_data = p.get("UserData").map(str::to_string);
     if let Some(u) = &user_data {
@@ -441,7 +240,7 @@ pub(crate) async fn run(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
             )));
         }
     }
-    let tags = crate::tags::specified(p, "instance")?;
+    let tags = crate::lookup::specified(p, "instance")?;
     let token = p.get("ClientToken").map(str::to_string);
     let store = ctx.service.store();
     if let Some(t) = &token {

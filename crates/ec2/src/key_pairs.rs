@@ -10,28 +10,10 @@ use vws_store::{KeyPair, StoreError};
 
 use crate::error::Ec2Error;
 use crate::ids;
-use crate::instances::{tag_set, tags_by_resource};
+use crate::lookup::{key_not_found, tag_set, tags_by_resource};
 use crate::params::Params;
 use crate::xml::{opt, set, text, Node};
 use crate::Ctx;
-
-fn not_found(name: &str) -> Ec2Error {
-    Ec2Error::client(
-        "InvalidKeyPair.NotFound",
-        format!("The key pair '{name}' does not exist"),
-    )
-}
-
-/// One of the caller's key pairs, by name.
-pub(crate) async fn find(ctx: &Ctx, name: &str) -> Result<KeyPair, Ec2Error> {
-    ctx.service
-        .store()
-        .key_pairs(&ctx.who.dn)
-        .await?
-        .into_iter()
-        .find(|k| k.name == name)
-        .ok_or_else(|| not_found(name))
-}
 
 fn check_name(name: &str) -> Result<(), Ec2Error> {
     if name.is_empty()
@@ -149,7 +131,7 @@ pub(crate) async fn describe(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Erro
     let keys = ctx.service.store().key_pairs(&ctx.who.dn).await?;
     for n in &names {
         if !keys.iter().any(|k| &k.name == n) {
-            return Err(not_found(n));
+            return Err(key_not_found(n));
         }
     }
     for i in &key_ids {

@@ -15,6 +15,7 @@ pub mod ids;
 mod images;
 mod instances;
 mod key_pairs;
+mod lookup;
 mod page;
 pub mod params;
 mod regions;
@@ -36,7 +37,7 @@ use vws_service::{Service, ServiceError};
 
 pub use config::Config;
 pub use error::Ec2Error;
-pub use instances::Ec2State;
+pub use lookup::Ec2State;
 
 use params::Params;
 

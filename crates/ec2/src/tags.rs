@@ -7,26 +7,6 @@ use crate::params::Params;
 use crate::xml::{set, text, Node};
 use crate::Ctx;
 
-/// The tags a `TagSpecification.N` gives resources of `resource_type`.
-pub(crate) fn specified(
-    p: &Params,
-    resource_type: &str,
-) -> Result<Vec<(String, String)>, Ec2Error> {
-    let mut out = Vec::new();
-    for spec in p.members("TagSpecification") {
-        let kind = spec
-            .get("ResourceType")
-            .ok_or_else(|| Ec2Error::missing("TagSpecification.N.ResourceType"))?;
-        if kind != resource_type {
-            continue;
-        }
-        for (k, v) in spec.tags("Tag")? {
-            out.push((k, v.unwrap_or_default()));
-        }
-    }
-    Ok(out)
-}
-
 /// The kind of a resource id, checked to be the caller's.
 async fn owned(ctx: &Ctx, resource: &str) -> Result<&'static str, Ec2Error> {
     if resource.starts_with("i-") {
@@ -44,7 +24,7 @@ async fn owned(ctx: &Ctx, resource: &str) -> Result<&'static str, Ec2Error> {
         ));
     }
     if resource.starts_with("ami-") {
-        let image = crate::images::resolve(ctx, resource).await?;
+        let image = crate::lookup::resolve(ctx, resource).await?;
         if image.owner == ctx.who.dn || ctx.who.is_admin() {
             return Ok("image");
         }
