@@ -867,11 +867,14 @@ impl Manager {
     /// the workspace is removed from this node.
     fn note_job(&self, id: &str, job: &str) {
         use std::io::Write;
+        // One write of the whole line: jobs started at once append at once,
+        // and `writeln!` may split a line into two writes that interleave
+        // (two ids on one line, whose logs then outlived the workspace).
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.jobs_list(id))
-            .and_then(|mut f| writeln!(f, "{job}"));
+            .and_then(|mut f| f.write_all(format!("{job}\n").as_bytes()));
         if let Err(e) = written {
             tracing::warn!(%id, %job, error = %e, "job not recorded for removal with its workspace");
         }
