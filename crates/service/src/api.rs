@@ -461,6 +461,11 @@ pub fn router(state: AppState) -> Router {
     crate::routes::ROUTES
         .iter()
         .fold(Router::new(), |router, r| router.route(r.path, handler(r)))
+        // Retried mutations answered once (inside the guard).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::idempotent,
+        ))
         // Who may call each route is decided here, before any handler runs.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         // Counted and timed, refusals included (docs/metrics.md).

@@ -142,6 +142,9 @@ impl Service {
         }
         let me = self.clone();
         let work: Vec<(JobRecord, Submit)> = queued.iter().cloned().zip(jobs).collect();
+        // More at once than there are jobs means all at once (and a
+        // semaphore holds at most usize::MAX >> 3 permits).
+        let concurrency = concurrency.min(work.len().max(1));
         tokio::spawn(async move {
             let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
             for (job, s) in work {

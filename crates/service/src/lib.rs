@@ -13,6 +13,7 @@ mod disk_images;
 pub mod error;
 pub mod events;
 mod factory;
+pub mod idempotency;
 pub mod jobs;
 mod lifecycle;
 pub mod matching;

@@ -248,6 +248,14 @@ impl Service {
             Ok(n) => m.reaper("event", n),
             Err(e) => tracing::warn!(error = %e, "reaper could not prune events"),
         }
+        match self
+            .store
+            .prune_idempotency(now - crate::idempotency::KEPT_FOR)
+            .await
+        {
+            Ok(n) => m.reaper("idempotency_key", n),
+            Err(e) => tracing::warn!(error = %e, "reaper could not forget old idempotency keys"),
+        }
         // A node's loss becomes an event once.
         let silent_since = now - crate::nodes::LOST_AFTER;
         for n in self.store.nodes().await? {
