@@ -139,9 +139,10 @@ impl Store {
     /// same transaction as the insert: the owner's row of `owner_locks` is
     /// locked first (an UPDATE: a row lock on PostgreSQL, the database's
     /// write lock on SQLite), so concurrent creates of one owner, from any
-    /// number of service processes, are counted one after another; the
-    /// images it uses are locked too, so a concurrent removal of the last
-    /// one waits, then sees this workspace. `OverQuota` says which limit.
+    /// number of service processes, are counted one after another. With a
+    /// quota (the factory's creates), the images it uses are locked too and
+    /// must exist, so a concurrent removal of the last one waits, then sees
+    /// this workspace. `OverQuota` says which limit.
     pub async fn insert_workspace_admitted(
         &self,
         r: &WorkspaceRecord,
@@ -162,7 +163,8 @@ impl Store {
             .collect();
         used.sort();
         used.dedup();
-        for image in &used {
+        // Admitted creates (the factory's) hold their images against removal.
+        for image in used.iter().filter(|_| quota.is_some()) {
             let locked = sqlx::query("UPDATE images SET id = id WHERE id = $1")
                 .bind(*image)
                 .execute(&mut *tx)
