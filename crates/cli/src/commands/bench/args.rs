@@ -19,6 +19,8 @@ pub enum Suite {
     Paper,
     /// the paper's EMBOSS experiment (§4): installing EMBOSS, deploying and starting it as a cold VM, a hot VM and an account, water and needle against the host's
     Emboss,
+    /// how many idle workspaces a node holds: N VMs from one hot image, then N dynamic accounts; memory each beyond what they share, the node's memory, start times
+    Density,
 }
 
 /// `vws bench`.
@@ -47,6 +49,9 @@ pub struct BenchArgs {
     /// Image sizes of the clone suite, in MiB
     #[arg(long, value_delimiter = ',', default_value = "8,1024,8192")]
     pub(crate) clone_mib: Vec<u64>,
+    /// Workspace counts the density suite measures at
+    #[arg(long, value_delimiter = ',', default_value = "1,10,25,50")]
+    pub(crate) counts: Vec<usize>,
     /// Where the paper suite writes its plot (SVG)
     #[arg(long, value_name = "FILE")]
     pub(crate) plot: Option<std::path::PathBuf>,

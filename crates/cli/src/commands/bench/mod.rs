@@ -4,6 +4,7 @@
 mod account;
 mod api;
 mod args;
+mod density;
 mod emboss;
 mod paper;
 mod rig;
@@ -24,5 +25,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Clone => vm::clone_suite(g, &a).await,
         Suite::Paper => paper::paper_suite(g, &a).await,
         Suite::Emboss => emboss::emboss_suite(g, &a).await,
+        Suite::Density => density::density_suite(g, &a).await,
     }
 }
