@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -48,17 +46,10 @@ fn cloud_image(home: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn a_cloud_image_boots_and_cloud_init_is_done() {
-    let python = root().join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "scripts/setup installs boto3 into target/py"
-    );
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
-    let _up = vws_up(home, &["--ec2-listen", "127.0.0.1:0"]);
-    let server: Value =
-        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
+    let (_up, ec2) = ec2_up(home);
     minimal_guest(); // builds the static agent the image installs
     let disk = cloud_image(home);
     let imported = ok(
@@ -74,40 +65,20 @@ fn a_cloud_image_boots_and_cloud_init_is_done() {
     );
     let image: Value = serde_json::from_str(&imported).unwrap();
     let ami = vws_model::cloud_ids::image_id(image["id"].as_str().unwrap());
-    let key: Value = serde_json::from_str(&ok(home, &["key", "create", "--json"])).unwrap();
     let pubkey =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb2CwSvTjgLp5JFgMTw8iUlJF3KXJrWCdXJkz6Ks3Mv me@here";
-    let launch = r##"
-import boto3, os
-from botocore.config import Config
-c = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name=os.environ["REGION"],
-                 aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
-                 verify=os.environ["CA"], config=Config(read_timeout=600, retries={"max_attempts": 1}))
+    let launch = format!(
+        "{BOTO3_CLIENT}{}",
+        r##"
 c.import_key_pair(KeyName="mine", PublicKeyMaterial=os.environ["PUBKEY"].encode())
 user_data = "#cloud-config\nruncmd:\n  - [sh, -c, 'echo ran-by-cloud-init > /var/tmp/runcmd']\n"
 r = c.run_instances(ImageId=os.environ["IMAGE"], InstanceType="vws.small", MinCount=1, MaxCount=1,
                     KeyName="mine", UserData=user_data)
 print(r["Instances"][0]["InstanceId"])
-"##;
-    let started = std::time::Instant::now();
-    let out = Command::new(&python)
-        .args(["-c", launch])
-        .env("ENDPOINT", server["ec2"]["url"].as_str().unwrap())
-        .env("REGION", server["ec2"]["region"].as_str().unwrap())
-        .env("KEY", key["id"].as_str().unwrap())
-        .env("SECRET", key["secret"].as_str().unwrap())
-        .env("CA", home.join("pki/ca/ca.pem"))
-        .env("IMAGE", &ami)
-        .env("PUBKEY", pubkey)
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+"##
     );
-    let instance = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let started = std::time::Instant::now();
+    let instance = ec2.boto3(&launch, &[("IMAGE", &ami), ("PUBKEY", pubkey)]);
     let ws = format!("ws-{}", instance.trim_start_matches("i-"));
     eprintln!("booted to its agent in {:.1?}", started.elapsed());
     let waited = vws(
@@ -156,12 +127,9 @@ print(r["Instances"][0]["InstanceId"])
 
     // CreateImage of the stopped instance is a disk image of what it wrote;
     // an instance from it boots with that, as a new instance to cloud-init.
-    let again = r##"
-import boto3, os
-from botocore.config import Config
-c = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name=os.environ["REGION"],
-                 aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
-                 verify=os.environ["CA"], config=Config(read_timeout=600, retries={"max_attempts": 1}))
+    let again = format!(
+        "{BOTO3_CLIENT}{}",
+        r##"
 i = os.environ["INSTANCE"]
 c.stop_instances(InstanceIds=[i])
 c.get_waiter("instance_stopped").wait(InstanceIds=[i], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
@@ -169,24 +137,9 @@ ami = c.create_image(InstanceId=i, Name="cloud-saved")["ImageId"]
 c.get_waiter("image_available").wait(ImageIds=[ami], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
 r = c.run_instances(ImageId=ami, InstanceType="vws.small", MinCount=1, MaxCount=1)
 print(r["Instances"][0]["InstanceId"])
-"##;
-    let out = Command::new(&python)
-        .args(["-c", again])
-        .env("ENDPOINT", server["ec2"]["url"].as_str().unwrap())
-        .env("REGION", server["ec2"]["region"].as_str().unwrap())
-        .env("KEY", key["id"].as_str().unwrap())
-        .env("SECRET", key["secret"].as_str().unwrap())
-        .env("CA", home.join("pki/ca/ca.pem"))
-        .env("INSTANCE", &instance)
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+"##
     );
-    let second = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let second = ec2.boto3(&again, &[("INSTANCE", &instance)]);
     let ws2 = format!("ws-{}", second.trim_start_matches("i-"));
     let saved: Value = serde_json::from_str(&ok(
         home,

@@ -27,27 +27,12 @@ fn key(home: &std::path::Path, args: &[&str]) -> (String, String) {
 
 #[test]
 fn awscli_and_boto3_drive_the_ec2_front_end() {
-    let python = root().join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: scripts/setup installs awscli, boto3 and moto",
-        python.display()
-    );
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
-    let _up = vws_up(home, &["--ec2-listen", "127.0.0.1:0"]);
-    let server: Value =
-        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
-    let endpoint = server["ec2"]["url"].as_str().expect("the EC2 endpoint");
-    let region = server["ec2"]["region"].as_str().unwrap();
-    import_minimal(home, &minimal_guest());
-    let image: Value =
-        serde_json::from_str(&ok(home, &["image", "show", "minimal:1", "--json"])).unwrap();
-    let digest = image["id"].as_str().unwrap();
-    let ami = format!("ami-{}", &digest["sha256:".len()..][..17]);
+    let (_up, ec2) = ec2_up(home);
+    let ami = minimal_ami(home);
 
-    let (id, secret) = key(home, &[]);
     let (bob, bob_secret) = key(home, &["--dn", "/O=Grid/OU=x/CN=Bob"]);
     let (revoked, revoked_secret) = key(home, &[]);
     ok(home, &["key", "revoke", &revoked]);
@@ -65,16 +50,16 @@ fn awscli_and_boto3_drive_the_ec2_front_end() {
 
     let work = home.join("ec2-work");
     std::fs::create_dir_all(&work).unwrap();
-    let out = Command::new(&python)
+    let out = Command::new(python())
         .arg(root().join("crates/cli/tests/ec2/ec2.py"))
-        .env("ENDPOINT", endpoint)
-        .env("CA", home.join("pki/ca/ca.pem"))
-        .env("REGION", region)
+        .env("ENDPOINT", &ec2.endpoint)
+        .env("CA", &ec2.ca)
+        .env("REGION", &ec2.region)
         .env("IMAGE", &ami)
         .env("TYPE", "vws.micro")
         .env("WORK", &work)
-        .env("AWS_ACCESS_KEY_ID", &id)
-        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_ACCESS_KEY_ID", &ec2.key)
+        .env("AWS_SECRET_ACCESS_KEY", &ec2.secret)
         .env("BOB_KEY", &bob)
         .env("BOB_SECRET", &bob_secret)
         .env("REVOKED_KEY", &revoked)

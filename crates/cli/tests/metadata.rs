@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -40,54 +38,24 @@ fn probe(home: &std::path::Path, id: &str) -> std::collections::HashMap<String, 
 
 #[test]
 fn workspaces_read_their_own_metadata() {
-    let python = root().join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "scripts/setup installs boto3 into target/py"
-    );
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
-    let _up = vws_up(home, &["--ec2-listen", "127.0.0.1:0"]);
-    let server: Value =
-        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
-    import_minimal(home, &minimal_guest());
-    let image: Value =
-        serde_json::from_str(&ok(home, &["image", "show", "minimal:1", "--json"])).unwrap();
-    let ami = vws_model::cloud_ids::image_id(image["id"].as_str().unwrap());
-    let key: Value = serde_json::from_str(&ok(home, &["key", "create", "--json"])).unwrap();
+    let (_up, ec2) = ec2_up(home);
+    let ami = minimal_ami(home);
 
     // Two instances with a key pair and user data, through boto3.
-    let launch = r#"
-import boto3, os, sys
-c = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name=os.environ["REGION"],
-                 aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
-                 verify=os.environ["CA"])
+    let launch = format!(
+        "{BOTO3_CLIENT}{}",
+        r#"
 c.import_key_pair(KeyName="mine", PublicKeyMaterial=b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb2CwSvTjgLp5JFgMTw8iUlJF3KXJrWCdXJkz6Ks3Mv me@here")
 r = c.run_instances(ImageId=os.environ["IMAGE"], InstanceType="vws.micro", MinCount=2, MaxCount=2,
                     KeyName="mine", UserData="hello from user data")
 print(" ".join(i["InstanceId"] for i in r["Instances"]))
-"#;
-    let out = Command::new(&python)
-        .args(["-c", launch])
-        .env("ENDPOINT", server["ec2"]["url"].as_str().unwrap())
-        .env("REGION", server["ec2"]["region"].as_str().unwrap())
-        .env("KEY", key["id"].as_str().unwrap())
-        .env("SECRET", key["secret"].as_str().unwrap())
-        .env("CA", home.join("pki/ca/ca.pem"))
-        .env("IMAGE", &ami)
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+"#
     );
-    let instances: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let launched = ec2.boto3(&launch, &[("IMAGE", &ami)]);
+    let instances: Vec<String> = launched.split_whitespace().map(str::to_string).collect();
     assert_eq!(instances.len(), 2, "{instances:?}");
     for instance in &instances {
         let ws = format!("ws-{}", instance.trim_start_matches("i-"));

@@ -81,10 +81,6 @@ fn image_node(i: &ImageRecord, tags: Option<&Vec<Tag>>) -> Vec<Node> {
 
 fn passes(i: &ImageRecord, f: &Filter, tags: Option<&Vec<Tag>>) -> Result<bool, Ec2Error> {
     let name = i.tags.first().cloned().unwrap_or_else(|| i.id.clone());
-    let tag = |key: &str| {
-        tags.and_then(|t| t.iter().find(|t| t.key == key))
-            .map(|t| t.value.as_str())
-    };
     Ok(match f.name.as_str() {
         "image-id" => f.matches(Some(&ids::image_id(&i.id))),
         "name" => i.tags.iter().any(|t| f.matches(Some(t))) || f.matches(Some(&name)),
@@ -98,14 +94,7 @@ fn passes(i: &ImageRecord, f: &Filter, tags: Option<&Vec<Tag>>) -> Result<bool, 
         "architecture" => f.matches(Some("x86_64")),
         "image-type" => f.matches(Some("machine")),
         "description" => f.matches(Some(&description(i))),
-        "tag-key" => tags.is_some_and(|t| t.iter().any(|t| f.matches(Some(&t.key)))),
-        name if name.starts_with("tag:") => f.matches(tag(&name[4..])),
-        other => {
-            return Err(Ec2Error::client(
-                "InvalidParameterValue",
-                format!("The filter '{other}' is invalid"),
-            ))
-        }
+        _ => return crate::lookup::tag_filter(f, tags),
     })
 }
 

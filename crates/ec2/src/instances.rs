@@ -378,10 +378,6 @@ fn passes(
     f: &crate::params::Filter,
     tags: Option<&Vec<Tag>>,
 ) -> Result<bool, Ec2Error> {
-    let tag = |key: &str| {
-        tags.and_then(|t| t.iter().find(|t| t.key == key))
-            .map(|t| t.value.as_str())
-    };
     Ok(match f.name.as_str() {
         "instance-id" => f.matches(Some(&i.id())),
         "instance-state-name" => f.matches(Some(i.state().0.name())),
@@ -392,14 +388,7 @@ fn passes(
         "reservation-id" => f.matches(Some(&i.facts.reservation)),
         "client-token" => f.matches(i.facts.client_token.as_deref()),
         "availability-zone" => true,
-        "tag-key" => tags.is_some_and(|t| t.iter().any(|t| f.matches(Some(&t.key)))),
-        name if name.starts_with("tag:") => f.matches(tag(&name[4..])),
-        other => {
-            return Err(Ec2Error::client(
-                "InvalidParameterValue",
-                format!("The filter '{other}' is invalid"),
-            ))
-        }
+        _ => return crate::lookup::tag_filter(f, tags),
     })
 }
 
@@ -504,13 +493,19 @@ fn alive(i: &Instance) -> Result<&vws_model::records::Workspace, Ec2Error> {
     })
 }
 
-/// `StartInstances`: a stopped instance is deployed if it was checked in,
-/// and started (a paused one is unpaused: its memory was kept).
-pub(crate) async fn start(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
+/// The named instances, refused as a whole if one of them is terminated.
+async fn living(ctx: &Ctx, p: &Params) -> Result<Vec<Instance>, Ec2Error> {
     let named = ctx.named(&require_ids(p)?).await?;
     for i in &named {
         alive(i)?;
     }
+    Ok(named)
+}
+
+/// `StartInstances`: a stopped instance is deployed if it was checked in,
+/// and started (a paused one is unpaused: its memory was kept).
+pub(crate) async fn start(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
+    let named = living(ctx, p).await?;
     let mut items = Vec::new();
     for i in &named {
         let ws = alive(i)?;
@@ -543,10 +538,7 @@ pub(crate) async fn start(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> 
 /// `StopInstances`: running instances are shut down (a paused one too:
 /// stopped is where both end).
 pub(crate) async fn stop(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
-    let named = ctx.named(&require_ids(p)?).await?;
-    for i in &named {
-        alive(i)?;
-    }
+    let named = living(ctx, p).await?;
     let mut items = Vec::new();
     for i in &named {
         let ws = alive(i)?;
@@ -567,10 +559,7 @@ pub(crate) async fn stop(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
 
 /// `RebootInstances`: a stop and a start of each running instance.
 pub(crate) async fn reboot(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error> {
-    let named = ctx.named(&require_ids(p)?).await?;
-    for i in &named {
-        alive(i)?;
-    }
+    let named = living(ctx, p).await?;
     for i in &named {
         if alive(i)?.record.state == State::Running {
             verb(ctx, &i.facts.workspace, Verb::Stop).await?;

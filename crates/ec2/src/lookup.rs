@@ -138,6 +138,25 @@ pub(crate) async fn tags_by_resource(ctx: &Ctx) -> Result<HashMap<String, Vec<Ta
     Ok(by)
 }
 
+/// A filter on tags (`tag:KEY`, `tag-key`), else the refusal of a filter
+/// name the action does not know.
+pub(crate) fn tag_filter(
+    f: &crate::params::Filter,
+    tags: Option<&Vec<Tag>>,
+) -> Result<bool, Ec2Error> {
+    match f.name.as_str() {
+        "tag-key" => Ok(tags.is_some_and(|t| t.iter().any(|t| f.matches(Some(&t.key))))),
+        name if name.starts_with("tag:") => Ok(f.matches(
+            tags.and_then(|t| t.iter().find(|t| t.key == name[4..]))
+                .map(|t| t.value.as_str()),
+        )),
+        other => Err(Ec2Error::client(
+            "InvalidParameterValue",
+            format!("The filter '{other}' is invalid"),
+        )),
+    }
+}
+
 /// `tagSet`, or nothing when there are no tags.
 pub(crate) fn tag_set(tags: Option<&Vec<Tag>>) -> Vec<Node> {
     match tags {

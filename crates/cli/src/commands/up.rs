@@ -82,6 +82,28 @@ pub fn local_user_name() -> String {
         .unwrap_or_else(|| format!("uid-{uid}"))
 }
 
+/// The listener of a side server (metrics, dashboard, EC2): none for
+/// `off`, or when the address is taken (said, not fatal: `vws up` runs on).
+async fn side_listener(
+    what: &str,
+    flag: &str,
+    at: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if at == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = at
+        .parse()
+        .with_context(|| format!("{flag} {at:?} is not an address"))?;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "{what} not served: the address is taken");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&g.home).with_context(|| format!("creating {}", g.home.display()))?;
@@ -196,25 +218,15 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         .metrics_listen
         .or(file.metrics_listen)
         .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
-    let metrics = if metrics_at == "off" {
-        None
-    } else {
-        let addr: SocketAddr = metrics_at
-            .parse()
-            .with_context(|| format!("--metrics-listen {metrics_at:?} is not an address"))?;
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let url = format!("http://{}/metrics", listener.local_addr()?);
-                let router = vws_service::api::metrics_router(running.service.clone());
-                tokio::spawn(async move { axum::serve(listener, router).await });
-                eprintln!("metrics at {url}");
-                Some(url)
-            }
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "metrics not served: the address is taken");
-                None
-            }
+    let metrics = match side_listener("metrics", "--metrics-listen", &metrics_at).await? {
+        Some(listener) => {
+            let url = format!("http://{}/metrics", listener.local_addr()?);
+            let router = vws_service::api::metrics_router(running.service.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            eprintln!("metrics at {url}");
+            Some(url)
         }
+        None => None,
     };
     // The dashboard on a listener of its own too: a browser has no client
     // certificate; it signs in with a link `vws ui` prints.
@@ -222,25 +234,15 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         .ui_listen
         .or(file.ui_listen)
         .unwrap_or_else(|| DEFAULT_UI_LISTEN.into());
-    let ui = if ui_at == "off" {
-        None
-    } else {
-        let addr: SocketAddr = ui_at
-            .parse()
-            .with_context(|| format!("--ui-listen {ui_at:?} is not an address"))?;
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let url = format!("http://{}", listener.local_addr()?);
-                let router = vws_ui::router(running.service.clone());
-                tokio::spawn(async move { axum::serve(listener, router).await });
-                eprintln!("dashboard at {url}/ui (sign in with `vws ui`)");
-                Some(url)
-            }
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "dashboard not served: the address is taken");
-                None
-            }
+    let ui = match side_listener("dashboard", "--ui-listen", &ui_at).await? {
+        Some(listener) => {
+            let url = format!("http://{}", listener.local_addr()?);
+            let router = vws_ui::router(running.service.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            eprintln!("dashboard at {url}/ui (sign in with `vws ui`)");
+            Some(url)
         }
+        None => None,
     };
     // The EC2 Query API on a listener of its own: TLS with the service's
     // certificate, no client certificate (requests are SigV4-signed).
@@ -248,39 +250,29 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
         .ec2_listen
         .or(file.ec2_listen)
         .unwrap_or_else(|| DEFAULT_EC2_LISTEN.into());
-    let ec2 = if ec2_at == "off" {
-        None
-    } else {
-        let addr: SocketAddr = ec2_at
-            .parse()
-            .with_context(|| format!("--ec2-listen {ec2_at:?} is not an address"))?;
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let url = format!("https://{}", listener.local_addr()?);
-                let credentials = vws_pki::Credentials::from_dir(&g.home.join("pki/service"))?;
-                let region = ec2_config.region.clone();
-                let service = running.service.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = vws_ec2::serve(
-                        listener,
-                        &credentials,
-                        service,
-                        ec2_config,
-                        std::future::pending(),
-                    )
-                    .await
-                    {
-                        tracing::error!(error = %e, "the EC2 front-end stopped");
-                    }
-                });
-                eprintln!("EC2 API at {url} (region {region}; access keys: `vws key create`)");
-                Some(config::Ec2Endpoint { url, region })
-            }
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "EC2 API not served: the address is taken");
-                None
-            }
+    let ec2 = match side_listener("EC2 API", "--ec2-listen", &ec2_at).await? {
+        Some(listener) => {
+            let url = format!("https://{}", listener.local_addr()?);
+            let credentials = vws_pki::Credentials::from_dir(&g.home.join("pki/service"))?;
+            let region = ec2_config.region.clone();
+            let service = running.service.clone();
+            tokio::spawn(async move {
+                if let Err(e) = vws_ec2::serve(
+                    listener,
+                    &credentials,
+                    service,
+                    ec2_config,
+                    std::future::pending(),
+                )
+                .await
+                {
+                    tracing::error!(error = %e, "the EC2 front-end stopped");
+                }
+            });
+            eprintln!("EC2 API at {url} (region {region}; access keys: `vws key create`)");
+            Some(config::Ec2Endpoint { url, region })
         }
+        None => None,
     };
     // The file that tells CLI commands where vws is: written once it is ready.
     let server_file = config::server_file(&g.home);

@@ -526,3 +526,94 @@ pub fn settled(home: &Path, id: &str, want: &[&str]) -> serde_json::Value {
 pub fn job_state(home: &Path, job: &str) -> serde_json::Value {
     serde_json::from_str(&ok(home, &["job", "show", job, "--json"])).unwrap()
 }
+
+/// The virtualenv's python (scripts/setup makes it, with awscli, boto3,
+/// moto and selenium).
+pub fn python() -> PathBuf {
+    let python = root().join("target/py/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/setup installs the Python clients",
+        python.display()
+    );
+    python
+}
+
+/// What a boto3 script needs to reach a `vws up`'s EC2 front-end as its
+/// administrator.
+pub struct Ec2 {
+    /// `https://ADDR`.
+    pub endpoint: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// The administrator's access key id.
+    pub key: String,
+    /// Its secret.
+    pub secret: String,
+    /// The CA to trust.
+    pub ca: PathBuf,
+}
+
+/// `vws up` with its EC2 front-end on a free port, and an access key of
+/// the administrator.
+pub fn ec2_up(home: &Path) -> (Kill, Ec2) {
+    let up = vws_up(home, &["--ec2-listen", "127.0.0.1:0"]);
+    let server: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("server.json")).unwrap()).unwrap();
+    let key: serde_json::Value =
+        serde_json::from_str(&ok(home, &["key", "create", "--json"])).unwrap();
+    let text = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
+    let ec2 = Ec2 {
+        endpoint: text(&server["ec2"]["url"]),
+        region: text(&server["ec2"]["region"]),
+        key: text(&key["id"]),
+        secret: text(&key["secret"]),
+        ca: home.join("pki/ca/ca.pem"),
+    };
+    (up, ec2)
+}
+
+impl Ec2 {
+    /// Runs a Python script (`python -c`) with ENDPOINT, REGION, KEY,
+    /// SECRET and CA set, and `env`; returns its stdout, trimmed (a failure
+    /// fails the test with its stderr). The environment's own CA bundle
+    /// is left out: it would override the script's.
+    pub fn boto3(&self, script: &str, env: &[(&str, &str)]) -> String {
+        let out = Command::new(python())
+            .args(["-c", script])
+            .env("ENDPOINT", &self.endpoint)
+            .env("REGION", &self.region)
+            .env("KEY", &self.key)
+            .env("SECRET", &self.secret)
+            .env("CA", &self.ca)
+            .envs(env.iter().copied())
+            .env_remove("AWS_CA_BUNDLE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the boto3 script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// The start of a boto3 script: `c`, an EC2 client of the front-end as
+/// the administrator (long reads: a launch boots its VMs).
+pub const BOTO3_CLIENT: &str = r#"
+import boto3, os
+from botocore.config import Config
+c = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name=os.environ["REGION"],
+                 aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
+                 verify=os.environ["CA"], config=Config(read_timeout=600, retries={"max_attempts": 1}))
+"#;
+
+/// Imports the minimal guest as `minimal:1` and returns its image id
+/// (`ami-…`) as the EC2 front-end names it.
+pub fn minimal_ami(home: &Path) -> String {
+    import_minimal(home, &minimal_guest());
+    let image: serde_json::Value =
+        serde_json::from_str(&ok(home, &["image", "show", "minimal:1", "--json"])).unwrap();
+    vws_model::cloud_ids::image_id(image["id"].as_str().unwrap())
+}

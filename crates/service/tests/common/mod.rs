@@ -128,6 +128,11 @@ impl Harness {
         &self,
         nodes: Arc<dyn vws_service::node_client::NodeClient>,
     ) -> Arc<Service> {
+        Arc::new(self.another(Policy::default()).await.with_nodes(nodes))
+    }
+
+    /// A new service process over this repository and state folder.
+    async fn another(&self, policy: Policy) -> Service {
         let settings = Settings {
             credentials: None,
             ca_dir: None,
@@ -136,34 +141,18 @@ impl Harness {
             networks: Default::default(),
             home: self.home.path().to_path_buf(),
             public_url: "http://127.0.0.1:7480".into(),
-            policy: Policy::default(),
+            policy,
         };
         let clock = self.clock.clone() as Arc<dyn Clock>;
-        let service = Service::open(self.db.store().await, settings, clock)
+        Service::open(self.db.store().await, settings, clock)
             .await
-            .unwrap();
-        Arc::new(service.with_nodes(nodes))
+            .unwrap()
     }
 
     /// Another service process on the same repository and state folder,
     /// with `policy`: a second replica.
     pub async fn replica(&self, policy: &str) -> Arc<Service> {
-        let settings = Settings {
-            credentials: None,
-            ca_dir: None,
-            boot_image: vws_service::DEFAULT_BOOT_IMAGE.into(),
-            acl: Default::default(),
-            networks: Default::default(),
-            home: self.home.path().to_path_buf(),
-            public_url: "http://127.0.0.1:7480".into(),
-            policy: Policy::from_toml(policy).unwrap(),
-        };
-        let clock = self.clock.clone() as Arc<dyn Clock>;
-        Arc::new(
-            Service::open(self.db.store().await, settings, clock)
-                .await
-                .unwrap(),
-        )
+        Arc::new(self.another(Policy::from_toml(policy).unwrap()).await)
     }
 
     /// Imports a raw disk image of `size` bytes as `name:tag`.

@@ -52,7 +52,8 @@ fn qemu_memory(node_home: &Path, id: &str) -> (u64, u64) {
     )
 }
 
-/// An account's cgroup's charged memory.
+/// An account's cgroup's charged memory (cgroup v2's memory.current, or
+/// v1's memory.usage_in_bytes).
 fn account_memory(node_home: &Path, id: &str) -> u64 {
     let init: Value = std::fs::read(node_home.join("vms").join(id).join("init.json"))
         .ok()
@@ -60,14 +61,20 @@ fn account_memory(node_home: &Path, id: &str) -> u64 {
         .unwrap_or_default();
     let pid = init["pid"].as_i64().unwrap_or(0);
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let path = cgroup
+    let read =
+        |file: String| -> Option<u64> { std::fs::read_to_string(file).ok()?.trim().parse().ok() };
+    let v2 = cgroup
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("");
-    std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.current"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
+        .filter(|p| !p.is_empty() && *p != "/")
+        .and_then(|p| read(format!("/sys/fs/cgroup{p}/memory.current")));
+    let v1 = || {
+        cgroup
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+            .and_then(|p| read(format!("/sys/fs/cgroup/memory{p}/memory.usage_in_bytes")))
+    };
+    v2.or_else(v1).unwrap_or(0)
 }
 
 fn mib(b: u64) -> f64 {
@@ -128,9 +135,15 @@ async fn fill(
     Ok(rows)
 }
 
-/// Runs the suite.
+/// Runs the suite; whatever it started goes with the rig, failure or not.
 pub(crate) async fn density_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let rig = Rig::up().await?;
+    let measured = measure(g, a, &rig).await;
+    rig.down().await?;
+    measured
+}
+
+async fn measure(g: &Globals, a: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     import_guest(&rig.client, &guest_dir(g, a)?).await?;
     // The hot image: a 128 MiB minimal VM, booted and paused.
     let vm =
@@ -149,17 +162,17 @@ pub(crate) async fn density_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<
     let hot = "category = \"vm\"\n[hardware]\nram = \"128MiB\"\n[software]\nimage = \"density-hot:bench\"\n";
     let node_home = rig.home().join("node");
     let vms = fill(
-        &rig,
+        rig,
         hot,
         &a.counts,
         |id| qemu_memory(&node_home, id),
         "hot VMs",
     )
     .await?;
-    super::account::import_root(&rig).await?;
+    super::account::import_root(rig).await?;
     let account = "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\n[software]\nimage = \"account-root:bench\"\n";
     let accounts = fill(
-        &rig,
+        rig,
         account,
         &a.counts,
         |id| {
@@ -197,5 +210,5 @@ pub(crate) async fn density_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<
         }
         println!("{t}");
     }
-    rig.down().await
+    Ok(())
 }
