@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 
 /// The IMDSv2 flow with busybox's nc: a token, then each path; prints
 /// `KEY=VALUE` lines.

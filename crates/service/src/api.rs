@@ -462,10 +462,7 @@ pub fn router(state: AppState) -> Router {
         .iter()
         .fold(Router::new(), |router, r| router.route(r.path, handler(r)))
         // Retried mutations answered once (inside the guard).
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::idempotency::idempotent,
-        ))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotent))
         // Who may call each route is decided here, before any handler runs.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         // Counted and timed, refusals included (docs/metrics.md).
@@ -484,6 +481,22 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Retried mutations answered once ([`crate::idempotency`]), for the
+/// client whose request it is.
+async fn idempotent(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let who = Caller::from_request_parts(&mut parts, &state)
+        .await
+        .ok()
+        .map(|Caller(who)| who);
+    let req = axum::extract::Request::from_parts(parts, body);
+    crate::idempotency::run(&state.service, who, req, next).await
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains

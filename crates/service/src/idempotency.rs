@@ -9,14 +9,13 @@
 //! retry runs again. The record is in the database, so every replica sees
 //! it.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::Digest;
 use vws_store::Claim;
 
-use crate::api::{AppState, Caller};
 use crate::error::error_response;
 
 /// The header.
@@ -40,10 +39,13 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     error_response(status, code, message.into(), vec![])
 }
 
-/// The middleware (inside the route guard: only callers a route admits
-/// get here).
-pub(crate) async fn idempotent(
-    State(state): State<AppState>,
+/// Runs a request that carries a key for caller `who`: its first time, or
+/// its kept answer (called by the API's layer inside the route guard, so
+/// only callers a route admits get here). `None` for `who`: not a client's
+/// request (a node's), which is run as it is.
+pub(crate) async fn run(
+    service: &crate::core::Service,
+    who: Option<vws_model::Identity>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -61,11 +63,10 @@ pub(crate) async fn idempotent(
             )
         }
     };
-    let (mut parts, body) = req.into_parts();
-    // Clients' requests only (a node's reports are not retried this way).
-    let Ok(Caller(who)) = Caller::from_request_parts(&mut parts, &state).await else {
-        return next.run(Request::from_parts(parts, body)).await;
+    let Some(who) = who else {
+        return next.run(req).await;
     };
+    let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -80,8 +81,8 @@ pub(crate) async fn idempotent(
     h.update(b"\n");
     h.update(&bytes);
     let fingerprint = hex::encode(h.finalize());
-    let store = state.service.store();
-    let now = state.service.clock().now();
+    let store = service.store();
+    let now = service.clock().now();
     match store
         .claim_idempotency(&who.dn, &key, &fingerprint, now)
         .await
