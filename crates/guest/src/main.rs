@@ -453,16 +453,25 @@ fn hex(b: &[u8]) -> String {
 fn main() {
     // The instance metadata service, on the address the init put on lo;
     // another agent (a restarted one) may still hold it for a moment.
-    std::thread::spawn(|| loop {
+    // Said once, not every retry (the console would fill with it in an
+    // image whose init does not put the address on lo).
+    std::thread::spawn(|| {
         let addr = format!("{}:80", vws_guest::imds::ADDRESS);
-        match std::net::TcpListener::bind(&addr) {
-            Ok(l) => vws_guest::imds::serve(
-                l,
-                std::path::Path::new(vws_guest::CREDENTIALS_DIR).join(vws_guest::imds::FILE),
-            ),
-            Err(e) => eprintln!("vws-agent: metadata service on {addr}: {e}"),
+        let mut said = false;
+        loop {
+            match std::net::TcpListener::bind(&addr) {
+                Ok(l) => vws_guest::imds::serve(
+                    l,
+                    std::path::Path::new(vws_guest::CREDENTIALS_DIR).join(vws_guest::imds::FILE),
+                ),
+                Err(e) if !said => {
+                    eprintln!("vws-agent: no metadata service on {addr} yet ({e}); retrying");
+                    said = true;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        std::thread::sleep(Duration::from_secs(1));
     });
     loop {
         match find_port() {
