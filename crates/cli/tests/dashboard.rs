@@ -58,14 +58,7 @@ fn the_dashboard_in_a_real_browser() {
         .env("SHOTS", &shots)
         .output()
         .unwrap();
-    let said = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{said}");
-    assert!(out.status.success(), "the browser test failed:\n{said}");
-    assert!(said.contains("dashboard: all steps passed"), "{said}");
+    script_passed(&out, "the browser test", "dashboard: all steps passed");
     for shot in [
         "1-workspaces",
         "3-running",

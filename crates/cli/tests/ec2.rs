@@ -70,14 +70,7 @@ fn awscli_and_boto3_drive_the_ec2_front_end() {
         .env("AWS_SHARED_CREDENTIALS_FILE", work.join("none"))
         .output()
         .unwrap();
-    let said = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{said}");
-    assert!(out.status.success(), "the EC2 client test failed:\n{said}");
-    assert!(said.contains("== done"), "{said}");
+    script_passed(&out, "the EC2 client test", "== done");
     // Every instance the script launched is gone, as terminated.
     let listed: Value = serde_json::from_str(&ok(home, &["list", "--json"])).unwrap();
     let items = listed["items"].as_array().or(listed.as_array()).unwrap();

@@ -178,16 +178,16 @@ pub(crate) async fn create(ctx: &Ctx, p: &Params) -> Result<Vec<Node>, Ec2Error>
     let image = match ws.record.state {
         State::Paused => snapshot(ctx, &workspace, name, tag).await?,
         State::Running => {
-            transition(ctx, &workspace, Verb::Pause).await?;
+            crate::lookup::verb(ctx, &workspace, Verb::Pause).await?;
             let saved = snapshot(ctx, &workspace, name, tag).await;
-            transition(ctx, &workspace, Verb::Unpause).await?;
+            crate::lookup::verb(ctx, &workspace, Verb::Unpause).await?;
             saved?
         }
         State::Shutdown => {
             // A disk image: the disk goes back to the repository first (the
             // instance stays stopped; StartInstances deploys it again).
             if ws.record.placement == vws_model::Placement::Host {
-                transition(ctx, &workspace, Verb::Undeploy).await?;
+                crate::lookup::verb(ctx, &workspace, Verb::Undeploy).await?;
             }
             snapshot(ctx, &workspace, name, tag).await?
         }
@@ -212,16 +212,6 @@ async fn snapshot(ctx: &Ctx, id: &str, name: &str, tag: &str) -> Result<ImageRec
         Ok(_) => Err(Ec2Error::internal("the core did not answer an image")),
         Err(e) => Err(Ec2Error::from_service(e, "InvalidInstanceID.NotFound")),
     }
-}
-
-async fn transition(ctx: &Ctx, id: &str, verb: Verb) -> Result<(), Ec2Error> {
-    ctx.run(Command::Transition {
-        id: id.into(),
-        verb,
-    })
-    .await
-    .map(drop)
-    .map_err(|e| Ec2Error::from_service(e, "InvalidInstanceID.NotFound"))
 }
 
 /// `DeregisterImage`: the image leaves the pool (its blobs go once nothing

@@ -16,7 +16,7 @@ use vws_store::{Ec2Instance, Tag};
 
 use crate::error::Ec2Error;
 use crate::ids;
-use crate::lookup::{tag_set, tags_by_resource, Ec2State, Instance};
+use crate::lookup::{tag_set, tags_by_resource, verb, Ec2State, Instance};
 use crate::params::Params;
 use crate::xml::{el, opt, set, text, Node};
 use crate::Ctx;
@@ -462,17 +462,6 @@ fn change(id: &str, before: Ec2State, after: Ec2State) -> Vec<Node> {
         after.node("currentState"),
         before.node("previousState"),
     ]
-}
-
-/// Runs a lifecycle verb through the core.
-async fn verb(ctx: &Ctx, id: &str, verb: Verb) -> Result<(), Ec2Error> {
-    ctx.run(Command::Transition {
-        id: id.into(),
-        verb,
-    })
-    .await
-    .map(drop)
-    .map_err(|e| Ec2Error::from_service(e, "InvalidInstanceID.NotFound"))
 }
 
 fn require_ids(p: &Params) -> Result<Vec<String>, Ec2Error> {

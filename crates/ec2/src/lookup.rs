@@ -298,3 +298,14 @@ pub(crate) fn specified(
     }
     Ok(out)
 }
+
+/// Runs a lifecycle verb on an instance's workspace through the core.
+pub(crate) async fn verb(ctx: &Ctx, id: &str, verb: vws_model::Verb) -> Result<(), Ec2Error> {
+    ctx.run(Command::Transition {
+        id: id.into(),
+        verb,
+    })
+    .await
+    .map(drop)
+    .map_err(|e| Ec2Error::from_service(e, "InvalidInstanceID.NotFound"))
+}

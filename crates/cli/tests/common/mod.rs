@@ -617,3 +617,17 @@ pub fn minimal_ami(home: &Path) -> String {
         serde_json::from_str(&ok(home, &["image", "show", "minimal:1", "--json"])).unwrap();
     vws_model::cloud_ids::image_id(image["id"].as_str().unwrap())
 }
+
+/// A test script's output (stdout, then stderr, printed for the test's
+/// log), after checking that it succeeded and said `done`.
+pub fn script_passed(out: &Output, what: &str, done: &str) -> String {
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{said}");
+    assert!(out.status.success(), "{what} failed:\n{said}");
+    assert!(said.contains(done), "{what} did not finish: {said}");
+    said
+}
