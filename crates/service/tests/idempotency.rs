@@ -112,9 +112,26 @@ async fn keys_on(backend: Backend) {
             .unwrap(),
         Claim::InProgress
     );
+    // A claim left unanswered (its replica died) is taken over by a
+    // retry once it is old enough, and only by one.
+    let later = now + vws_store::ABANDONED_AFTER + time::Duration::seconds(1);
     assert_eq!(
         store
-            .prune_idempotency(now + time::Duration::seconds(1))
+            .claim_idempotency(&bob().dn, "k-1", "another", later)
+            .await
+            .unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        store
+            .claim_idempotency(&bob().dn, "k-1", "another", later)
+            .await
+            .unwrap(),
+        Claim::InProgress
+    );
+    assert_eq!(
+        store
+            .prune_idempotency(later + time::Duration::seconds(1))
             .await
             .unwrap(),
         4

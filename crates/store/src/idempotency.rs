@@ -27,6 +27,10 @@ pub enum Claim {
     Mismatch,
 }
 
+/// How long a claim may go unanswered before a retry takes it over (its
+/// request's process is taken to have died with it).
+pub const ABANDONED_AFTER: time::Duration = time::Duration::minutes(10);
+
 impl Store {
     /// Claims `key` of `owner` for the request whose digest is
     /// `fingerprint`.
@@ -51,7 +55,7 @@ impl Store {
             return Ok(Claim::New);
         }
         let row = sqlx::query(
-            "SELECT fingerprint, status, content_type, body FROM idempotency WHERE owner = $1 AND key = $2",
+            "SELECT fingerprint, status, content_type, body, created_at FROM idempotency WHERE owner = $1 AND key = $2",
         )
         .bind(owner)
         .bind(key)
@@ -64,7 +68,27 @@ impl Store {
         if row.try_get::<String, _>("fingerprint")? != fingerprint {
             return Ok(Claim::Mismatch);
         }
+        let claimed_at: i64 = row.try_get("created_at")?;
         Ok(match row.try_get::<Option<i64>, _>("status")? {
+            // A claim never answered for so long: its process died with
+            // it. The retry takes it over (once: the time must still match).
+            None if claimed_at < millis(now - ABANDONED_AFTER) => {
+                let taken = sqlx::query(
+                    "UPDATE idempotency SET created_at = $1 \
+                     WHERE owner = $2 AND key = $3 AND status IS NULL AND created_at = $4",
+                )
+                .bind(millis(now))
+                .bind(owner)
+                .bind(key)
+                .bind(claimed_at)
+                .execute(&self.pool)
+                .await?;
+                if taken.rows_affected() == 1 {
+                    Claim::New
+                } else {
+                    Claim::InProgress
+                }
+            }
             None => Claim::InProgress,
             Some(status) => Claim::Replay {
                 status: status as u16,

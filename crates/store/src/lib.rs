@@ -24,7 +24,7 @@ pub use addresses::Address;
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
 pub use ec2::{AccessKey, Ec2Instance, KeyPair, Tag};
-pub use idempotency::Claim;
+pub use idempotency::{Claim, ABANDONED_AFTER};
 pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord, Publisher, Visibility};
 pub use jobs::JobRecord;
 pub use leader::Leadership;
