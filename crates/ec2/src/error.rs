@@ -68,7 +68,7 @@ impl Ec2Error {
                 Self::new(StatusCode::FORBIDDEN, "UnauthorizedOperation", message)
             }
             ServiceError::Unauthenticated(_) => Self::auth(message),
-            ServiceError::Unavailable(_) => Self::new(
+            ServiceError::Unavailable(_) | ServiceError::NoCapacity { .. } => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InsufficientInstanceCapacity",
                 message,

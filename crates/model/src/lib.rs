@@ -2,6 +2,7 @@
 //! JSON, their validation, image references, identities and the lifecycle
 //! state machine. No I/O happens here.
 
+pub mod agreement;
 pub mod cloud_ids;
 pub mod description;
 pub mod form;

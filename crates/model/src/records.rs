@@ -469,11 +469,15 @@ pub enum HistoryAction {
     Corrupt,
     /// The lifecycle action of that name.
     Destroy,
+    /// Chosen to make room for an agreement (the pause and check-in follow).
+    Suspend,
+    /// Deployed again after a suspension.
+    Resume,
 }
 
 impl HistoryAction {
     /// Every entry kind.
-    pub const ALL: [HistoryAction; 15] = [
+    pub const ALL: [HistoryAction; 17] = [
         HistoryAction::Create,
         HistoryAction::Checkout,
         HistoryAction::CheckoutFailed,
@@ -489,6 +493,8 @@ impl HistoryAction {
         HistoryAction::Renew,
         HistoryAction::Corrupt,
         HistoryAction::Destroy,
+        HistoryAction::Suspend,
+        HistoryAction::Resume,
     ];
 
     /// Its name as stored and shown.
@@ -509,6 +515,8 @@ impl HistoryAction {
             HistoryAction::Renew => "renew",
             HistoryAction::Corrupt => "corrupt",
             HistoryAction::Destroy => "destroy",
+            HistoryAction::Suspend => "suspend",
+            HistoryAction::Resume => "resume",
         }
     }
 

@@ -387,6 +387,12 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("get", "/v1/keys") => get(access_keys),
         ("delete", "/v1/keys/{key}") => delete(revoke_access_key),
         ("post", "/v1/nodes") => post(register_node),
+        ("post", "/v1/agreements") => post(offer_agreement),
+        ("get", "/v1/agreements") => get(agreements),
+        ("get", "/v1/agreements/{agreement}") => get(show_agreement),
+        ("post", "/v1/agreements/{agreement}/accept") => post(accept_agreement),
+        ("post", "/v1/agreements/{agreement}/cancel") => post(cancel_agreement),
+        ("post", "/v1/agreements/{agreement}/offers") => post(renegotiate),
         ("get", "/v1/networks") => get(networks),
         ("get", "/v1/networks/{name}") => get(network),
         ("get", "/v1/pki/crl") => get(crl),
@@ -450,6 +456,8 @@ impl IntoResponse for Reply {
             Reply::Chunks(m) => Json(m).into_response(),
             Reply::Nodes(n) => Json(n).into_response(),
             Reply::Events { events, .. } => Json(events).into_response(),
+            Reply::Agreement(a) => Json(a).into_response(),
+            Reply::Agreements(a) => Json(a).into_response(),
             Reply::Done => StatusCode::NO_CONTENT.into_response(),
         }
     }
@@ -1118,6 +1126,68 @@ async fn revoke_access_key(
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     s.reply(&who, Command::RevokeAccessKey { id }).await
+}
+
+/// A JSON body this endpoint cannot do without.
+fn required_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<T, ServiceError> {
+    json_body(headers, b)?.ok_or_else(|| ServiceError::BadRequest("a JSON body is required".into()))
+}
+
+async fn offer_agreement(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req = required_json(&headers, b)?;
+    let reply = s.reply(&who, Command::OfferAgreement(req)).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
+}
+
+async fn agreements(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::Agreements).await
+}
+
+async fn show_agreement(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::ShowAgreement { id }).await
+}
+
+async fn accept_agreement(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::AcceptAgreement { id }).await
+}
+
+async fn cancel_agreement(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::CancelAgreement { id }).await
+}
+
+async fn renegotiate(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let change = required_json(&headers, b)?;
+    let reply = s.reply(&who, Command::Renegotiate { id, change }).await?;
+    Ok((StatusCode::CREATED, reply).into_response())
 }
 
 #[derive(Deserialize)]

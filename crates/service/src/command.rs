@@ -261,6 +261,33 @@ pub enum Command {
         /// Its id.
         id: String,
     },
+    /// Asks for capacity now or later (docs/agreements.md): an offer, or a
+    /// refusal with the earliest start that could be met.
+    OfferAgreement(vws_model::agreement::AgreementRequest),
+    /// The caller's agreements (everyone's for an administrator).
+    Agreements,
+    /// One agreement, with its history.
+    ShowAgreement {
+        /// Agreement id.
+        id: String,
+    },
+    /// Makes an offer a binding reservation.
+    AcceptAgreement {
+        /// Agreement id.
+        id: String,
+    },
+    /// Rejects an offer, or releases a reservation.
+    CancelAgreement {
+        /// Agreement id.
+        id: String,
+    },
+    /// A new offer against an existing agreement (extend, shrink, move).
+    Renegotiate {
+        /// Agreement id.
+        id: String,
+        /// What changes.
+        change: vws_model::agreement::Renegotiation,
+    },
 }
 
 impl CommandKind {
@@ -289,9 +316,13 @@ impl CommandKind {
             | K::SignInLink
             | K::CreateAccessKey
             | K::AccessKeys
-            | K::RevokeAccessKey => Class::Read,
-            K::Create | K::Clone => Class::Create,
-            K::Renew | K::Destroy | K::Deploy | K::Transition => Class::Manage,
+            | K::RevokeAccessKey
+            | K::Agreements
+            | K::ShowAgreement => Class::Read,
+            K::Create | K::Clone | K::OfferAgreement | K::AcceptAgreement | K::Renegotiate => {
+                Class::Create
+            }
+            K::Renew | K::Destroy | K::Deploy | K::Transition | K::CancelAgreement => Class::Manage,
             K::Snapshot | K::Migrate => Class::Move,
             K::SubmitJob | K::SubmitBatch | K::CancelJob | K::PutFile | K::GetFile => Class::Run,
             K::ImportImage | K::RemoveImage | K::SignImage | K::HasBlob | K::PutBlob => {
@@ -367,6 +398,10 @@ pub enum Reply {
         /// The last one's, or where the read started if there were none.
         last: i64,
     },
+    /// An agreement.
+    Agreement(Box<vws_model::agreement::Agreement>),
+    /// Agreements.
+    Agreements(Vec<vws_model::agreement::Agreement>),
     /// Done; nothing to show.
     Done,
 }
@@ -385,6 +420,10 @@ impl Reply {
 
 fn workspace(ws: Workspace) -> Reply {
     Reply::Workspace(Box::new(ws))
+}
+
+fn agreement(a: vws_model::agreement::Agreement) -> Reply {
+    Reply::Agreement(Box::new(a))
 }
 
 impl Service {
@@ -530,6 +569,12 @@ impl Service {
                 self.revoke_access_key(who, &id).await?;
                 Reply::Done
             }
+            C::OfferAgreement(req) => agreement(self.offer(who, req).await?),
+            C::Agreements => Reply::Agreements(self.agreements(who).await?),
+            C::ShowAgreement { id } => agreement(self.agreement(who, &id).await?),
+            C::AcceptAgreement { id } => agreement(self.accept_agreement(who, &id).await?),
+            C::CancelAgreement { id } => agreement(self.cancel_agreement(who, &id).await?),
+            C::Renegotiate { id, change } => agreement(self.renegotiate(who, &id, change).await?),
         })
     }
 }

@@ -45,6 +45,15 @@ pub enum ServiceError {
     /// A dependency is not available right now.
     #[error("{0}")]
     Unavailable(String),
+    /// The capacity asked for cannot be promised (agreements): why, and
+    /// the earliest start that could be met, if any.
+    #[error("{message}")]
+    NoCapacity {
+        /// Why.
+        message: String,
+        /// RFC 3339, when some later start would fit.
+        earliest_start: Option<String>,
+    },
     /// A node refused or failed; its status and code are passed on
     /// (507 no space, 504 boot timeout, 422 digest mismatch, 502 otherwise).
     #[error("node {node}: {message}")]
@@ -111,6 +120,10 @@ pub struct ErrorInfo {
     /// For description errors: each problem with its path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<Detail>,
+    /// For `no_capacity` refusals of agreements: the earliest start that
+    /// could be met (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_start: Option<String>,
 }
 
 /// One problem in a refused description.
@@ -155,6 +168,7 @@ impl ServiceError {
             }
             ServiceError::Integrity(_) => (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::NoCapacity { .. } => (StatusCode::CONFLICT, "no_capacity"),
             ServiceError::Node { status, .. } => (*status, "node_failed"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -168,14 +182,19 @@ pub fn error_response(
     message: String,
     details: Vec<Detail>,
 ) -> Response {
-    let body = ErrorBody {
-        error: ErrorInfo {
+    error_body(
+        status,
+        ErrorInfo {
             code: code.into(),
             message,
             details,
+            earliest_start: None,
         },
-    };
-    (status, axum::Json(body)).into_response()
+    )
+}
+
+fn error_body(status: StatusCode, error: ErrorInfo) -> Response {
+    (status, axum::Json(ErrorBody { error })).into_response()
 }
 
 impl IntoResponse for ServiceError {
@@ -202,6 +221,18 @@ impl IntoResponse for ServiceError {
             ServiceError::Invalid(inv) => inv.0.iter().map(Detail::from).collect(),
             _ => Vec::new(),
         };
-        error_response(status, code, self.to_string(), details)
+        let earliest_start = match &self {
+            ServiceError::NoCapacity { earliest_start, .. } => earliest_start.clone(),
+            _ => None,
+        };
+        error_body(
+            status,
+            ErrorInfo {
+                code: code.into(),
+                message: self.to_string(),
+                details,
+                earliest_start,
+            },
+        )
     }
 }

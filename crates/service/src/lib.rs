@@ -4,6 +4,7 @@
 
 pub mod access_keys;
 pub mod acl;
+mod agreements;
 pub mod api;
 mod catalogue;
 pub mod clock;
@@ -29,7 +30,9 @@ mod recovery;
 pub mod repository;
 mod request_metrics;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
+mod singleton;
 pub mod ui_sessions;
 
 pub use crate::core::{

@@ -140,6 +140,26 @@ impl Service {
         id: &str,
         host: Option<&str>,
     ) -> Result<Workspace, ServiceError> {
+        self.deploy_to(who, id, host.map(Target::Host)).await
+    }
+
+    /// Deploys onto capacity an agreement reserved: that node and that
+    /// binding, whatever runs there now (the agreement's start makes room).
+    pub(crate) async fn deploy_reserved(
+        &self,
+        who: &Identity,
+        id: &str,
+        slot: &vws_model::agreement::Slot,
+    ) -> Result<Workspace, ServiceError> {
+        self.deploy_to(who, id, Some(Target::Reserved(slot))).await
+    }
+
+    async fn deploy_to(
+        &self,
+        who: &Identity,
+        id: &str,
+        target: Option<Target<'_>>,
+    ) -> Result<Workspace, ServiceError> {
         let mut r = self.checked(who, id, Action::Deploy).await?;
         let memory_file = self.memory_path(id);
         if r.state == State::Paused && !memory_file.exists() {
@@ -147,7 +167,19 @@ impl Service {
                 "workspace {id} is paused but its memory state is missing"
             )));
         }
-        let (node, mut binding) = self.place(&r, host).await?;
+        let reserved = matches!(target, Some(Target::Reserved(_)));
+        let (node, mut binding) = match target {
+            Some(Target::Reserved(slot)) => (
+                self.live_node(&slot.node).await?,
+                vws_model::records::Binding {
+                    cpus: Some(slot.cpus),
+                    ram: Some(slot.ram),
+                    ..Default::default()
+                },
+            ),
+            Some(Target::Host(h)) => self.place(&r, Some(h)).await?,
+            None => self.place(&r, None).await?,
+        };
         let image = self
             .store
             .image(&ImageRef::Digest(r.image_id.clone()))
@@ -161,7 +193,7 @@ impl Service {
         if let Some(m) = &image.machine {
             // A restore needs exactly the machine the memory was saved from.
             let room = node.report.ram_free.saturating_sub(256 << 20);
-            if room < m.ram || node.report.cores < m.cpus {
+            if !reserved && (room < m.ram || node.report.cores < m.cpus) {
                 return Err(ServiceError::Unavailable(format!(
                     "node {} has no room for the hot image's {} of RAM and {} cpus",
                     node.name,
@@ -247,7 +279,17 @@ impl Service {
         }
         self.commit(r, Action::Deploy, &who.dn, Some(detail)).await
     }
+}
 
+/// Where a deploy goes.
+enum Target<'a> {
+    /// The node named, with room checked.
+    Host(&'a str),
+    /// An agreement's slot.
+    Reserved(&'a vws_model::agreement::Slot),
+}
+
+impl Service {
     /// What a node needs to stage a workspace: pool files, and (`with_state`)
     /// the repository's copy of its disk and saved memory.
     async fn deploy_request(
@@ -756,7 +798,7 @@ impl Service {
     }
 
     /// A workspace's record, whoever owns it (for node-side calls).
-    async fn record(&self, id: &str) -> Result<WorkspaceRecord, ServiceError> {
+    pub(crate) async fn record(&self, id: &str) -> Result<WorkspaceRecord, ServiceError> {
         self.store
             .workspace(id)
             .await?

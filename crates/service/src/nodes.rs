@@ -263,11 +263,21 @@ impl Service {
                 },
             });
         }
-        let mut fitting: Vec<(NodeRecord, Binding)> = candidates
-            .into_iter()
-            .filter(|n| !account || n.report.accounts.is_some())
-            .filter_map(|n| bind(&r.description, &n.report).map(|b| (n, b)))
-            .collect();
+        // Capacity reserved by agreements in their time, not yet taken by
+        // their workspaces, is not given to anyone else.
+        let mut fitting: Vec<(NodeRecord, Binding)> = Vec::new();
+        for n in candidates {
+            if account && n.report.accounts.is_none() {
+                continue;
+            }
+            let mut report = n.report.clone();
+            report.ram_free = report
+                .ram_free
+                .saturating_sub(self.reserved_pending(&n.name).await?);
+            if let Some(b) = bind(&r.description, &report) {
+                fitting.push((n, b));
+            }
+        }
         fitting.sort_by_key(|(n, _)| {
             (
                 !n.report.images.contains(&r.image_id),

@@ -6,19 +6,21 @@
 /// it: workspace ids (`ws-` and 12 hex digits), job ids (`job-` and 12),
 /// digests (`sha256:` and 64), image references (`name:tag` or a digest),
 /// node and network names (1–63 of letters, digits, `.`, `_`, `-`, the
-/// first a letter or digit), access key ids (`AKIA` and 16 of A-Z, 2-7). The
+/// first a letter or digit), access key ids (`AKIA` and 16 of A-Z, 2-7),
+/// agreement ids (`ag-` and 16 hex digits). The
 /// message names the parameter and its grammar (400 `bad_request`).
 pub fn check_param(name: &str, value: &str) -> Result<(), String> {
-    let hex_id = |prefix: &str| {
+    let hex = |prefix: &str, len: usize| {
         value.strip_prefix(prefix).is_some_and(|h| {
-            h.len() == 12
+            h.len() == len
                 && h.bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
     };
     let (ok, grammar) = match name {
-        "id" => (hex_id("ws-"), "a workspace id (ws- and 12 hex digits)"),
-        "job" => (hex_id("job-"), "a job id (job- and 12 hex digits)"),
+        "id" => (hex("ws-", 12), "a workspace id (ws- and 12 hex digits)"),
+        "job" => (hex("job-", 12), "a job id (job- and 12 hex digits)"),
+        "agreement" => (hex("ag-", 16), "an agreement id (ag- and 16 hex digits)"),
         "digest" => (
             vws_model::is_digest(value),
             "a digest (sha256: and 64 hex digits)",

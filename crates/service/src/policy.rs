@@ -11,6 +11,12 @@
 //! allowed_categories = ["vm", "dynamic account"]
 //! require_signed_images = false   # true: only images with a verified signature
 //!
+//! [agreements]                 # advance reservations (docs/agreements.md)
+//! offer_valid_for = 300        # seconds an offer holds its capacity
+//! stage_ahead = 900            # seconds before a start that images are staged
+//! suspend_first = "newest"     # best-effort workspaces suspended first: newest, oldest, smallest, largest
+//! accounts = "stop"            # dynamic accounts in the way: "stop" (checked in, started again later) or "spare"
+//!
 //! [[owner]]                    # first matching rule wins; fields it omits come from [defaults]
 //! dn = "/O=Grid/OU=guests/*"
 //! max_workspaces = 2
@@ -81,11 +87,79 @@ struct OwnerRule {
     require_signed_images: Option<bool>,
 }
 
+/// Which best-effort workspaces are suspended first when a reservation
+/// needs their node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspendFirst {
+    /// The most recently created first (the longest-running go on).
+    #[default]
+    Newest,
+    /// The oldest first.
+    Oldest,
+    /// The one with least RAM first (fewest bytes to check in).
+    Smallest,
+    /// The one with most RAM first (fewest workspaces disturbed).
+    Largest,
+}
+
+impl SuspendFirst {
+    /// Its name in the policy file and in histories.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspendFirst::Newest => "newest",
+            SuspendFirst::Oldest => "oldest",
+            SuspendFirst::Smallest => "smallest",
+            SuspendFirst::Largest => "largest",
+        }
+    }
+}
+
+/// What happens to a dynamic account in a reservation's way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccountsInTheWay {
+    /// Stopped and checked in (an account's processes cannot be checked
+    /// in), and started again when room returns.
+    #[default]
+    Stop,
+    /// Left alone: only VMs are suspended.
+    Spare,
+}
+
+/// How agreements are offered and kept (`[agreements]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgreementPolicy {
+    /// Seconds an offer holds its capacity before it expires.
+    pub offer_valid_for: u64,
+    /// Seconds before a reservation's start that its images are staged to
+    /// its nodes.
+    pub stage_ahead: u64,
+    /// Which best-effort workspaces go first.
+    pub suspend_first: SuspendFirst,
+    /// Dynamic accounts in the way.
+    pub accounts: AccountsInTheWay,
+}
+
+impl Default for AgreementPolicy {
+    fn default() -> Self {
+        AgreementPolicy {
+            offer_valid_for: 300,
+            stage_ahead: 900,
+            suspend_first: SuspendFirst::Newest,
+            accounts: AccountsInTheWay::Stop,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
     defaults: PartialLimits,
+    #[serde(default)]
+    agreements: AgreementPolicy,
     #[serde(default)]
     owner: Vec<OwnerRule>,
 }
@@ -95,6 +169,8 @@ struct PolicyFile {
 pub struct Policy {
     defaults: Limits,
     rules: Vec<(String, Limits)>,
+    /// How agreements are offered and kept.
+    pub agreements: AgreementPolicy,
 }
 
 /// A policy file that could not be read.
@@ -176,7 +252,11 @@ impl Policy {
             check_categories(&limits, &format!("the rule for {:?}", rule.dn))?;
             rules.push((rule.dn, limits));
         }
-        Ok(Policy { defaults, rules })
+        Ok(Policy {
+            defaults,
+            rules,
+            agreements: file.agreements,
+        })
     }
 
     /// Reads a policy file.

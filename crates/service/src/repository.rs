@@ -327,47 +327,21 @@ pub const HISTORY_RETENTION: time::Duration = time::Duration::days(30);
 /// How old a blob no image names must be before the reaper removes it.
 pub const ORPHAN_BLOB_GRACE: time::Duration = time::Duration::hours(1);
 
-/// Runs the reaper every `every` until `shutdown` resolves.
+/// Runs the reaper every `every` until `shutdown` resolves, on one
+/// replica at a time.
 pub async fn run_reaper(
     service: std::sync::Arc<Service>,
     every: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    // One replica reaps at a time (an advisory lock on PostgreSQL); the
-    // others try again each round, and one takes over when it dies.
-    let mut leading: Option<vws_store::Leadership> = None;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {
-                if let Some(l) = &mut leading {
-                    if !l.still_held().await {
-                        tracing::warn!("the reaper's lock was lost with its database session");
-                        leading = None;
-                    }
-                }
-                if leading.is_none() {
-                    match service.store().try_lead("reaper").await {
-                        Ok(Some(l)) => {
-                            tracing::info!("this replica runs the reaper");
-                            leading = Some(l);
-                        }
-                        Ok(None) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not try for the reaper's lock");
-                            continue;
-                        }
-                    }
-                }
-                match service.reap().await {
-                    Ok(gone) if !gone.is_empty() => tracing::info!(count = gone.len(), "reaper destroyed expired workspaces"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "reaper round failed"),
-                }
+    crate::singleton::run_led(service, "reaper", every, shutdown, |service| async move {
+        match service.reap().await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(count = gone.len(), "reaper destroyed expired workspaces")
             }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reaper round failed"),
         }
-    }
+    })
+    .await
 }

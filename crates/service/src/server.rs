@@ -20,6 +20,7 @@ pub struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     reaper: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
     /// The SQLite file's lock, held while this service runs.
     _database_lock: Option<std::fs::File>,
 }
@@ -79,7 +80,8 @@ pub struct Launch {
 
 impl Launch {
     /// Opens the database (making the CA and the service's certificates on
-    /// first run) and starts the API and the reaper.
+    /// first run) and starts the API, the reaper and the agreements'
+    /// scheduler.
     pub async fn start(self) -> anyhow::Result<Running> {
         let listener = self.listener;
         let bound = listener.local_addr()?;
@@ -121,6 +123,14 @@ impl Launch {
                 let _ = reaper_stop.wait_for(|s| *s).await;
             },
         ));
+        let mut scheduler_stop = stop_rx.clone();
+        let scheduler = tokio::spawn(crate::scheduler::run_scheduler(
+            service.clone(),
+            SCHEDULE_EVERY,
+            async move {
+                let _ = scheduler_stop.wait_for(|s| *s).await;
+            },
+        ));
         let state = AppState {
             service: service.clone(),
             auth: Auth::Tls,
@@ -142,17 +152,24 @@ impl Launch {
             stop,
             served,
             reaper,
+            scheduler,
             _database_lock: database_lock,
         })
     }
 }
 
+/// How often the agreements' scheduler runs: starts and ends are kept to
+/// the second.
+pub const SCHEDULE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Running {
-    /// Stops accepting, drains requests, stops the reaper, closes the database.
+    /// Stops accepting, drains requests, stops the reaper and the
+    /// scheduler, closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let served = self.served.await?;
         let _ = self.reaper.await;
+        let _ = self.scheduler.await;
         self.service.store().close().await;
         served.context("serving the API")
     }

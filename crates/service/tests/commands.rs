@@ -21,6 +21,7 @@ fn sample(kind: CommandKind) -> Command {
     let job = || "job-nothere".to_string();
     let reference = || "nothere:1".to_string();
     let digest = || format!("sha256:{}", "0".repeat(64));
+    let agreement = || "ag-0000000000000000".to_string();
     match kind {
         K::ListWorkspaces => Command::ListWorkspaces(Default::default()),
         K::ShowWorkspace => Command::ShowWorkspace { id: id() },
@@ -129,13 +130,28 @@ fn sample(kind: CommandKind) -> Command {
         K::RevokeAccessKey => Command::RevokeAccessKey {
             id: "AKIAAAAAAAAAAAAAAAAA".into(),
         },
+        K::OfferAgreement => Command::OfferAgreement(
+            serde_json::from_value(serde_json::json!({
+                "workspace": id(),
+                "terms": { "duration": 60 }
+            }))
+            .unwrap(),
+        ),
+        K::Agreements => Command::Agreements,
+        K::ShowAgreement => Command::ShowAgreement { id: agreement() },
+        K::AcceptAgreement => Command::AcceptAgreement { id: agreement() },
+        K::CancelAgreement => Command::CancelAgreement { id: agreement() },
+        K::Renegotiate => Command::Renegotiate {
+            id: agreement(),
+            change: Default::default(),
+        },
     }
 }
 
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
-    assert_eq!(all.len(), 40, "{all:?}");
+    assert_eq!(all.len(), 46, "{all:?}");
     for kind in &all {
         assert_eq!(sample(*kind).kind(), *kind);
         let routed = ROUTES
@@ -152,7 +168,13 @@ fn every_command_has_a_class_and_a_route() {
     };
     assert_eq!(
         by_class(Class::Manage),
-        ["renew", "destroy", "deploy", "transition"]
+        [
+            "renew",
+            "destroy",
+            "deploy",
+            "transition",
+            "cancel-agreement"
+        ]
     );
     assert_eq!(by_class(Class::Move), ["snapshot", "migrate"]);
     assert_eq!(by_class(Class::Admin), ["nodes"]);
@@ -161,7 +183,7 @@ fn every_command_has_a_class_and_a_route() {
             + by_class(Class::Read).len()
             + by_class(Class::Run).len()
             + by_class(Class::Image).len(),
-        all.len() - 7
+        all.len() - 8
     );
     // The five lifecycle verbs are one command, each with its own route.
     for verb in Verb::ALL {

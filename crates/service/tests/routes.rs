@@ -48,6 +48,7 @@ enum Expect {
 fn owned_by_path(path: &str) -> bool {
     path.contains("{id}")
         || path.contains("{key}")
+        || path.contains("{agreement}")
         || path.contains("{job}") && path.starts_with("/v1/jobs")
 }
 
@@ -117,6 +118,11 @@ fn request_of(method: &str, path: &str) -> (&'static str, Option<serde_json::Val
         ("post", "migrate") => Some(json!({ "to": "node-b" })),
         ("post", "jobs") => Some(json!({ "argv": ["true"] })),
         ("post", "batch") => Some(json!({ "jobs": [{ "argv": ["true"] }] })),
+        ("post", "agreements") => Some(json!({
+            "description": { "category": "vm", "software": { "image": "base:1" } },
+            "terms": { "duration": 60 }
+        })),
+        ("post", "offers") => Some(json!({ "duration": 120 })),
         _ => None,
     };
     let query = if path.ends_with("/files") {
@@ -300,8 +306,32 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
                 )
                 .await
                 .unwrap();
+            let agreement = format!("ag-{:016x}", n);
+            let offer = vws_model::agreement::Agreement {
+                id: agreement.clone(),
+                owner: OWNER.into(),
+                state: vws_model::agreement::AgreementState::Offered,
+                description: serde_json::Value::Null,
+                workspace: Some(id.clone()),
+                slots: vec![],
+                start: time::OffsetDateTime::now_utc(),
+                end: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+                at_end: Default::default(),
+                offer_expires_at: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
+                replaces: None,
+                history: vec![],
+                version: 1,
+            };
+            let (from, to) = (offer.start, offer.end);
+            h.service
+                .store()
+                .insert_agreement_planned(from, to, |_| Ok::<_, ()>(offer))
+                .await
+                .unwrap()
+                .unwrap();
             let path = route
                 .path
+                .replace("{agreement}", &agreement)
                 .replace("{key}", &key)
                 .replace("{id}", &id)
                 .replace("{reference}", &reference)
@@ -424,6 +454,7 @@ fn path_parameters_are_documented_with_the_grammar_the_server_checks() {
         ("name", "node-1.lab_a"),
         ("reference", "debian:12"),
         ("key", "AKIAABCDEFGHIJ234567"),
+        ("agreement", "ag-0123456789abcdef"),
     ];
     for r in ROUTES {
         let op = &doc["paths"][r.path][r.method];

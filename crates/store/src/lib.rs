@@ -7,6 +7,7 @@
 
 mod accounts;
 mod addresses;
+mod agreements;
 mod blobs;
 mod db;
 mod ec2;
@@ -21,6 +22,7 @@ mod workspaces;
 
 pub use accounts::AccountLease;
 pub use addresses::Address;
+pub use agreements::Suspension;
 pub use blobs::{manifest, BlobError, BlobStore, Digest};
 pub use db::{from_millis, millis, Backend, Store, StoreError};
 pub use ec2::{AccessKey, Ec2Instance, KeyPair, Tag};

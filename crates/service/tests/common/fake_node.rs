@@ -20,9 +20,20 @@ use vws_store::NodeRecord;
 pub struct FakeNode {
     calls: Mutex<Vec<String>>,
     failing: Mutex<HashSet<String>>,
+    memory: Option<std::path::PathBuf>,
 }
 
 impl FakeNode {
+    /// A fake whose check-ins return a memory state into `dir` (the
+    /// service's `VWS_HOME/memory`), as a node uploads a paused
+    /// workspace's.
+    pub fn returning_memory(dir: std::path::PathBuf) -> FakeNode {
+        FakeNode {
+            memory: Some(dir),
+            ..Default::default()
+        }
+    }
+
     /// Makes `op` (`deploy`, `start`, `snapshot`, `incoming`, `migrate`,
     /// `finish_incoming`, `remove`, …) fail from now on; `unreachable`
     /// in front (`unreachable remove`) fails it as a lost connection,
@@ -102,6 +113,10 @@ impl NodeClient for FakeNode {
         _req: Option<&StartRequest>,
     ) -> Result<Transitioned, ServiceError> {
         self.call(verb.as_str(), node, id).await?;
+        if let (Verb::Undeploy, Some(dir)) = (verb, &self.memory) {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("{id}.state")), b"fake memory").unwrap();
+        }
         let forwards = (verb == Verb::Start).then(|| {
             vec![Forward {
                 port: 80,

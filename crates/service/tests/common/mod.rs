@@ -70,6 +70,27 @@ pub async fn harness_nodes(
     .await
 }
 
+/// A harness with `policy` whose service speaks to its nodes through
+/// the node `nodes(home)` makes.
+pub async fn harness_nodes_policy(
+    backend: Backend,
+    policy: &str,
+    nodes: impl FnOnce(&std::path::Path) -> Arc<dyn vws_service::node_client::NodeClient>,
+) -> Harness {
+    let db = fresh(backend).await;
+    let home = tempfile::tempdir().unwrap();
+    let nodes = nodes(home.path());
+    harness_full(
+        db,
+        home,
+        policy,
+        Default::default(),
+        Default::default(),
+        Some(nodes),
+    )
+    .await
+}
+
 /// A harness whose service enforces the access control list `acl` (TOML).
 pub async fn harness_acl(backend: Backend, acl: &str) -> Harness {
     let db = fresh(backend).await;
