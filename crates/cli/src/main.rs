@@ -119,6 +119,13 @@ enum Command {
     /// Access keys for SigV4-signed requests: awscli and boto3 against the EC2 front-end
     #[command(subcommand)]
     Key(commands::keys::KeyCommand),
+    /// Ask for capacity now or later (an offer to accept, or the earliest start that fits)
+    Agree(commands::agreements::AgreeArgs),
+    /// List your agreements: offers, reservations, active and past ones
+    Agreements,
+    /// Show, accept, cancel or renegotiate an agreement
+    #[command(subcommand)]
+    Agreement(commands::agreements::AgreementCommand),
 }
 
 /// Settings every command may need.
@@ -251,6 +258,9 @@ fn main() -> ExitCode {
             Command::Wait(a) => commands::events::wait(&g, a).await,
             Command::Ui(a) => commands::ui::run(&g, a).await,
             Command::Key(c) => commands::keys::run(&g, c).await,
+            Command::Agree(a) => commands::agreements::agree(&g, a).await,
+            Command::Agreements => commands::agreements::list(&g).await,
+            Command::Agreement(c) => commands::agreements::agreement(&g, c).await,
             Command::Run(a) => commands::jobs::run(&g, a).await,
             Command::Jobs(a) => commands::jobs::list(&g, a).await,
             Command::Job(c) => commands::jobs::job(&g, c).await,

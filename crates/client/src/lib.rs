@@ -6,6 +6,7 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+pub use vws_model::agreement::Agreement;
 pub use vws_model::records::Workspace;
 use vws_model::records::{ImageRecord, JobRecord, Page, TransitionRecord};
 use vws_model::Form;
@@ -533,6 +534,44 @@ impl Client {
     /// This client's access keys (everyone's for an administrator).
     pub async fn access_keys(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         self.call(Method::GET, "/v1/keys", None).await
+    }
+
+    /// Asks for capacity (docs/agreements.md): the offer, or a refusal
+    /// (409 `no_capacity`, its message naming the earliest start that fits).
+    pub async fn offer_agreement(
+        &self,
+        req: &vws_model::agreement::AgreementRequest,
+    ) -> Result<Agreement, ClientError> {
+        let body = serde_json::to_value(req).expect("requests serialize");
+        self.call(Method::POST, "/v1/agreements", Some(body)).await
+    }
+
+    /// This client's agreements (everyone's for an administrator).
+    pub async fn agreements(&self) -> Result<Vec<Agreement>, ClientError> {
+        self.call(Method::GET, "/v1/agreements", None).await
+    }
+
+    /// One agreement, with its history.
+    pub async fn agreement(&self, id: &str) -> Result<Agreement, ClientError> {
+        let path = format!("/v1/agreements/{id}", id = seg(id));
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// `accept` or `cancel` an agreement.
+    pub async fn agreement_action(&self, id: &str, action: &str) -> Result<Agreement, ClientError> {
+        let path = format!("/v1/agreements/{id}/{action}", id = seg(id));
+        self.call(Method::POST, &path, None).await
+    }
+
+    /// A new offer against an agreement.
+    pub async fn renegotiate(
+        &self,
+        id: &str,
+        change: &vws_model::agreement::Renegotiation,
+    ) -> Result<Agreement, ClientError> {
+        let path = format!("/v1/agreements/{id}/offers", id = seg(id));
+        let body = serde_json::to_value(change).expect("changes serialize");
+        self.call(Method::POST, &path, Some(body)).await
     }
 
     /// Revokes an access key.

@@ -47,7 +47,7 @@ pub enum ServiceError {
     Unavailable(String),
     /// The capacity asked for cannot be promised (agreements): why, and
     /// the earliest start that could be met, if any.
-    #[error("{message}")]
+    #[error("{message}{}", earliest_start.as_ref().map(|e| format!("; the earliest start that fits is {e}")).unwrap_or_default())]
     NoCapacity {
         /// Why.
         message: String,

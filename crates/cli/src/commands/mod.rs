@@ -1,5 +1,6 @@
 //! One module per group of verbs.
 
+pub mod agreements;
 pub mod bench;
 pub mod events;
 pub mod image_build;

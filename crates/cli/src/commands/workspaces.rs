@@ -92,13 +92,28 @@ pub struct RenewArgs {
     lifetime: u64,
 }
 
-fn form_of(a: &CreateArgs, text: &str) -> Form {
-    match a.form.as_deref() {
+/// A description file's text (`-`: standard input) and its form: as
+/// `--form` says, else by the file's extension, else by its first bytes.
+pub(crate) fn read_description(
+    file: &std::path::Path,
+    form: Option<&str>,
+) -> anyhow::Result<(String, Form)> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the description from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let form = match form {
         Some("xml") => Form::Xml,
         Some("toml") => Form::Toml,
         Some("json") => Form::Json,
-        _ => Form::from_extension(&a.file.to_string_lossy()).unwrap_or_else(|| Form::sniff(text)),
-    }
+        _ => Form::from_extension(&file.to_string_lossy()).unwrap_or_else(|| Form::sniff(&text)),
+    };
+    Ok((text, form))
 }
 
 fn print_created(g: &Globals, ws: &Workspace) -> anyhow::Result<()> {
@@ -113,16 +128,7 @@ fn print_created(g: &Globals, ws: &Workspace) -> anyhow::Result<()> {
 
 /// Creates a workspace and prints its id and EPR (or the record with --json).
 pub async fn create(g: &Globals, a: CreateArgs) -> anyhow::Result<()> {
-    let text = if a.file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the description from standard input")?;
-        s
-    } else {
-        std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?
-    };
-    let form = form_of(&a, &text);
+    let (text, form) = read_description(&a.file, a.form.as_deref())?;
     // Check locally first: the same parser the service runs, so errors come
     // back at once and name the element.
     vws_model::parse(&text, form).map_err(anyhow::Error::from)?;
