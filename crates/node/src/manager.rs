@@ -70,6 +70,10 @@ pub struct Manager {
     migrations: Mutex<HashMap<String, Arc<MigrationMeter>>>,
     /// The action under way on each workspace, for the report.
     busy: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>>,
+    /// The RAM offered to workspaces, when less than the host's: the
+    /// report's total is this, and its free RAM this less what the
+    /// workspaces here that hold memory were given.
+    pub ram_limit: Option<u64>,
 }
 
 /// A snapshot's memory and flattened disk while they are sent.
@@ -116,6 +120,7 @@ impl Manager {
             service: None,
             migrations: Mutex::new(HashMap::new()),
             busy: Arc::default(),
+            ram_limit: None,
         })
     }
 
@@ -1025,12 +1030,23 @@ impl Manager {
                     .collect()
             })
             .unwrap_or_default();
+        let (mut ram_total, mut ram_free) = (kib("MemTotal:"), kib("MemAvailable:"));
+        if let Some(limit) = self.ram_limit {
+            let given: u64 = workspaces
+                .iter()
+                .filter(|(_, s)| *s != "shutdown")
+                .filter_map(|(id, _)| self.spec(id).ok())
+                .map(|s| s.ram)
+                .sum();
+            ram_total = ram_total.min(limit);
+            ram_free = ram_free.min(limit.saturating_sub(given));
+        }
         NodeReport {
             cores: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
-            ram_total: kib("MemTotal:"),
-            ram_free: kib("MemAvailable:"),
+            ram_total,
+            ram_free,
             disk_free: staging::free_space(&self.home),
             accel: self.accel.0.as_str().into(),
             accel_reason: self.accel.1.clone(),

@@ -56,6 +56,8 @@ pub struct NodeLaunch {
     pub publish: Option<std::net::IpAddr>,
     /// The account pool for dynamic accounts.
     pub accounts: vws_model::node::AccountRange,
+    /// The RAM this node offers to workspaces (none: all of the host's).
+    pub ram: Option<u64>,
 }
 
 /// Starts a node on `listener`: re-adopts running workspaces, serves its
@@ -71,6 +73,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         credentials,
         publish,
         accounts,
+        ram,
     } = l;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -132,6 +135,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     }
     let mut manager = Manager::new(name, home, http.clone(), drivers)?;
     manager.stop_grace = stop_grace;
+    manager.ram_limit = ram;
     manager.publish = publish.map(|a| a.to_string());
     manager.service = Some(service.clone());
     // Incoming migrations listen where the node's API does (loopback stays

@@ -803,15 +803,17 @@ impl Service {
         Ok(self.store.update_agreements(&mut [a]).await?)
     }
 
-    /// RAM reserved on `node` now for agreements in their time whose
-    /// workspaces do not hold it yet (not running or paused there):
-    /// ordinary placement leaves it alone.
+    /// RAM reserved on `node` for agreements in their time (or starting
+    /// within the policy's `make_room_ahead`) whose workspaces do not hold
+    /// it yet (not running or paused there): ordinary placement, and the
+    /// resumption of suspended work, leave it alone.
     pub(crate) async fn reserved_pending(&self, node: &str) -> Result<u64, ServiceError> {
         let now = self.clock.now();
+        let ahead = time::Duration::seconds(self.policy.agreements.make_room_ahead as i64);
         let mut pending = 0;
         for a in self
             .store
-            .agreements_holding(now, now + time::Duration::milliseconds(1))
+            .agreements_holding(now, now + ahead + time::Duration::milliseconds(1))
             .await?
         {
             if a.state == AgreementState::Offered {

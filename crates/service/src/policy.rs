@@ -14,6 +14,7 @@
 //! [agreements]                 # advance reservations (docs/agreements.md)
 //! offer_valid_for = 300        # seconds an offer holds its capacity
 //! stage_ahead = 900            # seconds before a start that images are staged
+//! make_room_ahead = 10         # seconds before a start that best-effort work is suspended
 //! suspend_first = "newest"     # best-effort workspaces suspended first: newest, oldest, smallest, largest
 //! accounts = "stop"            # dynamic accounts in the way: "stop" (checked in, started again later) or "spare"
 //!
@@ -136,6 +137,10 @@ pub struct AgreementPolicy {
     /// Seconds before a reservation's start that its images are staged to
     /// its nodes.
     pub stage_ahead: u64,
+    /// Seconds before a reservation's start that best-effort workspaces in
+    /// its way are suspended (a check-in with memory takes seconds), and
+    /// from which its room is kept from others.
+    pub make_room_ahead: u64,
     /// Which best-effort workspaces go first.
     pub suspend_first: SuspendFirst,
     /// Dynamic accounts in the way.
@@ -147,6 +152,7 @@ impl Default for AgreementPolicy {
         AgreementPolicy {
             offer_valid_for: 300,
             stage_ahead: 900,
+            make_room_ahead: 10,
             suspend_first: SuspendFirst::Newest,
             accounts: AccountsInTheWay::Stop,
         }

@@ -104,7 +104,8 @@ impl Service {
             ));
             self.store.update_agreements(&mut [&mut *a]).await?;
         }
-        if now < a.start {
+        let ahead = self.room_ahead();
+        if now < a.start - ahead {
             return Ok(());
         }
         for node in a
@@ -114,6 +115,9 @@ impl Service {
             .collect::<HashSet<_>>()
         {
             self.make_room(a, &node).await?;
+        }
+        if now < a.start {
+            return Ok(());
         }
         let who = scheduler();
         for id in a.workspaces().map(str::to_string).collect::<Vec<_>>() {
@@ -145,6 +149,11 @@ impl Service {
             .push(event(now, "start", Some(format!("on {}", nodes_of(a)))));
         tracing::info!(id = %a.id, "agreement started");
         Ok(self.store.update_agreements(&mut [a]).await?)
+    }
+
+    /// How long before a start its room is made and kept.
+    fn room_ahead(&self) -> time::Duration {
+        time::Duration::seconds(self.policy.agreements.make_room_ahead as i64)
     }
 
     /// Deploys onto their reserved nodes the workspaces not there yet;
@@ -205,7 +214,7 @@ impl Service {
             .await?
         {
             promised.extend(b.workspaces().map(str::to_string));
-            if b.id == a.id || !(b.start <= now && now < b.end) {
+            if b.id == a.id || !(b.start - self.room_ahead() <= now && now < b.end) {
                 continue;
             }
             others_pending += b

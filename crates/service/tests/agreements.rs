@@ -509,12 +509,20 @@ async fn best_effort_suspended_and_resumed_on(backend: Backend) {
         .await
         .unwrap();
     let r = accept(s, &o.id).await.unwrap();
-    // Best-effort work is not refused meanwhile, but placement keeps the
-    // reservation's room once it is in its time.
-    tick(&h, s, 60).await;
+    // Room is made make_room_ahead (10 s) before the start, and kept: the
+    // suspended workspace is not resumed into it.
+    tick(&h, s, 50).await;
+    let (older, newer) = (&running[0], &running[1]);
+    assert_eq!(show(s, &r.id).await.state, AgreementState::Reserved);
+    let early = s.store().workspace(newer).await.unwrap().unwrap();
+    assert_eq!(
+        (early.placement, early.state),
+        (Placement::Repository, State::Paused),
+        "suspended ahead of the start"
+    );
+    tick(&h, s, 10).await;
     let a = show(s, &r.id).await;
     assert_eq!(a.state, AgreementState::Active, "{:?}", a.history);
-    let (older, newer) = (&running[0], &running[1]);
     let newer_rec = s.store().workspace(newer).await.unwrap().unwrap();
     assert_eq!(
         (newer_rec.placement, newer_rec.state),

@@ -104,9 +104,13 @@ fn parse_when(s: &str) -> Result<String, String> {
 pub async fn agree(g: &Globals, a: AgreeArgs) -> anyhow::Result<()> {
     let description = match &a.file {
         Some(file) => {
-            let (text, form) = crate::commands::workspaces::read_description(file, a.form.as_deref())?;
+            let (text, form) =
+                crate::commands::workspaces::read_description(file, a.form.as_deref())?;
             let d = vws_model::parse(&text, form).map_err(anyhow::Error::from)?;
-            Some(serde_json::from_str(&vws_model::write(&d, Form::Json)).context("the description as JSON")?)
+            Some(
+                serde_json::from_str(&vws_model::write(&d, Form::Json))
+                    .context("the description as JSON")?,
+            )
         }
         None => None,
     };
@@ -118,7 +122,11 @@ pub async fn agree(g: &Globals, a: AgreeArgs) -> anyhow::Result<()> {
             start: Some(a.at.clone()),
             latest_start: a.latest.clone(),
             duration: a.duration,
-            at_end: if a.at_end == "suspend" { AtEnd::Suspend } else { AtEnd::Stop },
+            at_end: if a.at_end == "suspend" {
+                AtEnd::Suspend
+            } else {
+                AtEnd::Stop
+            },
         },
     };
     let client = g.client()?;
@@ -143,7 +151,11 @@ pub async fn list(g: &Globals) -> anyhow::Result<()> {
         t.add_row(vec![
             a.id.clone(),
             a.state.to_string(),
-            format!("{} ({})", output::timestamp(a.start), output::relative(a.start)),
+            format!(
+                "{} ({})",
+                output::timestamp(a.start),
+                output::relative(a.start)
+            ),
             output::duration((a.end - a.start).whole_seconds()),
             a.slots.len().to_string(),
             nodes.join(", "),
@@ -207,7 +219,10 @@ fn print_one(g: &Globals, a: &vws_client::Agreement) -> anyhow::Result<()> {
             s.cpus,
             vws_model::ByteSize(s.ram).human(),
             s.node,
-            s.workspace.as_deref().map(|w| format!("  → {w}")).unwrap_or_default()
+            s.workspace
+                .as_deref()
+                .map(|w| format!("  → {w}"))
+                .unwrap_or_default()
         );
     }
     if let Some(e) = a.offer_expires_at {
@@ -224,7 +239,10 @@ fn print_one(g: &Globals, a: &vws_client::Agreement) -> anyhow::Result<()> {
             output::timestamp(e.at),
             e.action,
             e.actor,
-            e.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+            e.detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// none may be an existing account of this host
     #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = vws_node::server::DEFAULT_ACCOUNTS)]
     accounts: vws_model::node::AccountRange,
+    /// The RAM this node offers to workspaces, e.g. 16GiB [default: all of
+    /// the host's]: what placement and agreements count as its capacity
+    #[arg(long, env = "VWS_NODE_RAM", value_name = "SIZE")]
+    ram: Option<vws_model::ByteSize>,
 }
 
 fn host_name() -> String {
@@ -109,6 +113,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         credentials,
         publish: r.publish,
         accounts: r.accounts,
+        ram: r.ram.map(|r| r.0),
     })
     .await?;
     eprintln!(

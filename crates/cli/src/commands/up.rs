@@ -56,6 +56,10 @@ pub struct UpArgs {
     /// The local node's uids for dynamic accounts, FIRST-LAST (`vws up` only)
     #[arg(long, env = "VWS_NODE_ACCOUNTS", value_name = "RANGE", default_value = vws_node::server::DEFAULT_ACCOUNTS)]
     accounts: vws_model::node::AccountRange,
+    /// The RAM the local node offers to workspaces, e.g. 16GiB [default:
+    /// all of the host's] (`vws up` only)
+    #[arg(long = "node-ram", env = "VWS_NODE_RAM", value_name = "SIZE")]
+    node_ram: Option<vws_model::ByteSize>,
 }
 
 /// Where metrics are served unless configured.
@@ -183,6 +187,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             credentials: vws_pki::home::node_credentials(&g.home, "local")?,
             publish: None,
             accounts: a.accounts,
+            ram: a.node_ram.map(|r| r.0),
         })
         .await?;
         // Registered (at this new address, after a restart) before vws

@@ -77,6 +77,7 @@ impl Rig {
             accounts: vws_node::server::DEFAULT_ACCOUNTS
                 .parse()
                 .expect("the default range parses"),
+            ram: None,
         })
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;
