@@ -167,12 +167,17 @@ fn what(ask: &Ask) -> String {
     )
 }
 
+/// A time of the terms, to the millisecond (the precision records keep).
 fn time_term(what: &str, text: &str) -> Result<OffsetDateTime, ServiceError> {
-    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|e| {
-        ServiceError::BadRequest(format!(
-            "terms.{what}: {text:?} is not an RFC 3339 time ({e})"
-        ))
-    })
+    let t = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
+        |e| {
+            ServiceError::BadRequest(format!(
+                "terms.{what}: {text:?} is not an RFC 3339 time ({e})"
+            ))
+        },
+    )?;
+    Ok(t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .expect("a millisecond is a valid nanosecond"))
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
