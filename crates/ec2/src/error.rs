@@ -59,7 +59,9 @@ impl Ec2Error {
         let message = e.to_string();
         match e {
             ServiceError::NotFound(_) => Self::client(not_found, message),
-            ServiceError::Invalid(_) | ServiceError::BadRequest(_) => Self::invalid(message),
+            ServiceError::Invalid(_)
+            | ServiceError::BadRequest(_)
+            | ServiceError::InvalidTerms(_) => Self::invalid(message),
             ServiceError::Illegal(_) | ServiceError::Conflict(_) => {
                 Self::client("IncorrectInstanceState", message)
             }

@@ -171,7 +171,7 @@ fn what(ask: &Ask) -> String {
 fn time_term(what: &str, text: &str) -> Result<OffsetDateTime, ServiceError> {
     let t = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
         |e| {
-            ServiceError::BadRequest(format!(
+            ServiceError::InvalidTerms(format!(
                 "terms.{what}: {text:?} is not an RFC 3339 time ({e})"
             ))
         },
@@ -239,7 +239,7 @@ impl Service {
                 let t = time_term("start", t)?;
                 // A second's grace for a client that sends "now" as a time.
                 if t < now - time::Duration::seconds(1) {
-                    return Err(ServiceError::BadRequest(format!(
+                    return Err(ServiceError::InvalidTerms(format!(
                         "terms.start: {} is in the past (it is {} now)",
                         rfc3339(t),
                         rfc3339(now)
@@ -253,14 +253,14 @@ impl Service {
             Some(t) => time_term("latest_start", t)?,
         };
         if latest < earliest {
-            return Err(ServiceError::BadRequest(format!(
+            return Err(ServiceError::InvalidTerms(format!(
                 "terms.latest_start: {} is before the start, {}",
                 rfc3339(latest),
                 rfc3339(earliest)
             )));
         }
         if terms.duration == 0 {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::InvalidTerms(
                 "terms.duration: must be at least 1 second".into(),
             ));
         }
@@ -302,7 +302,7 @@ impl Service {
                     )));
                 }
                 if req.count.is_some_and(|c| c != 1) {
-                    return Err(ServiceError::BadRequest(
+                    return Err(ServiceError::InvalidTerms(
                         "count: an agreement for an existing workspace is for that one workspace"
                             .into(),
                     ));
@@ -310,7 +310,7 @@ impl Service {
                 (r.description, Some(r.id))
             }
             _ => {
-                return Err(ServiceError::BadRequest(
+                return Err(ServiceError::InvalidTerms(
                     "an agreement is for a description or for a workspace: give exactly one".into(),
                 ))
             }
@@ -463,7 +463,9 @@ impl Service {
             )));
         }
         if count == 0 {
-            return Err(ServiceError::BadRequest("count: must be at least 1".into()));
+            return Err(ServiceError::InvalidTerms(
+                "count: must be at least 1".into(),
+            ));
         }
         if existing {
             return Ok(());
@@ -548,7 +550,7 @@ impl Service {
         }
         let count = change.count.unwrap_or(old.slots.len() as u32);
         if old.workspace.is_some() && count != 1 {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::InvalidTerms(
                 "count: an agreement for an existing workspace is for that one workspace".into(),
             ));
         }
@@ -571,7 +573,7 @@ impl Service {
             earliest = old.start;
             latest = old.start;
             if old.start + duration <= now {
-                return Err(ServiceError::BadRequest(format!(
+                return Err(ServiceError::InvalidTerms(format!(
                     "terms.duration: an end at {} is already past",
                     rfc3339(old.start + duration)
                 )));

@@ -15,6 +15,11 @@ pub enum ServiceError {
     /// The request itself is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// An agreement's terms are well-formed but mean nothing (a start in
+    /// the past, a window that ends before it begins, no duration); the
+    /// message names the term.
+    #[error("{0}")]
+    InvalidTerms(String),
     /// Nothing by that name that the caller may see.
     #[error("{0}")]
     NotFound(String),
@@ -156,6 +161,7 @@ impl ServiceError {
         match self {
             ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_description"),
             ServiceError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServiceError::InvalidTerms(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_terms"),
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Illegal(_) => (StatusCode::CONFLICT, "illegal_transition"),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -295,7 +295,7 @@ async fn nonsense_terms_are_refused_on(backend: Backend) {
     both.workspace = Some("ws-000000000000".into());
     assert!(matches!(
         offer(s, both).await,
-        Err(ServiceError::BadRequest(_))
+        Err(ServiceError::InvalidTerms(_))
     ));
     let bad = AgreementRequest {
         description: Some(serde_json::json!({"category": "vm", "hardware": {"ram": "lots"}})),
