@@ -68,7 +68,8 @@ fn a_reservation_suspends_best_effort_work_and_resumes_it_after() {
         &be,
         "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done",
     );
-    let counter = || read(home, &be, "/tmp/counter").parse::<u64>().unwrap_or(0);
+    // Zero until the job has written it.
+    let counter = || try_counter(home, &be).unwrap_or(0);
     wait_until("the counter to count", Duration::from_secs(20), || {
         counter() >= 5
     });
