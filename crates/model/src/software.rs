@@ -42,6 +42,50 @@ pub struct Manifest {
     /// What the image has instead of a package database, if it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The OCI image's labels (`org.opencontainers.image.*` and others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The OCI image it was pulled from, and what its config says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciOrigin>,
+}
+
+/// The OCI image an image of the pool was pulled from, and its config:
+/// what workspaces made from it run and how, unless their description
+/// says otherwise (docs/images.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciOrigin {
+    /// The reference it was pulled by.
+    pub reference: String,
+    /// Its image manifest's digest.
+    pub manifest_digest: String,
+    /// Its config's digest.
+    pub config_digest: String,
+    /// Its layers' digests, bottom first.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// `amd64`, …
+    pub architecture: String,
+    /// `linux`, …
+    pub os: String,
+    /// `Entrypoint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// `Env`, `KEY=VALUE` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `User`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `ExposedPorts`: `80/tcp`, `53/udp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 /// A requirement an image does not meet: where it is in the description,
