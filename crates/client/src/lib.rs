@@ -391,6 +391,21 @@ impl Client {
         self.call(Method::POST, "/v1/images", Some(request)).await
     }
 
+    /// Starts pulling an OCI image into the pool; its operation.
+    pub async fn pull_image(
+        &self,
+        request: serde_json::Value,
+    ) -> Result<vws_model::records::Operation, ClientError> {
+        self.call(Method::POST, "/v1/images/pull", Some(request))
+            .await
+    }
+
+    /// How far a long-running operation has come.
+    pub async fn operation(&self, id: &str) -> Result<vws_model::records::Operation, ClientError> {
+        let path = format!("/v1/operations/{id}", id = seg(id));
+        self.call(Method::GET, &path, None).await
+    }
+
     /// Checks a workspace out onto a node (`host`, or one the service picks).
     pub async fn deploy(&self, id: &str, host: Option<&str>) -> Result<Workspace, ClientError> {
         self.call(

@@ -549,3 +549,63 @@ impl std::fmt::Display for HistoryAction {
         f.write_str(self.as_str())
     }
 }
+
+// Long-running operations (an image pull): kept in the repository, so
+// any replica answers how far one has come.
+
+/// Where an operation is.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationState {
+    /// Under way.
+    Running,
+    /// Finished; `image` names what it made.
+    Done,
+    /// Failed; `error` says why, and nothing half-made was registered.
+    Failed,
+}
+
+/// One layer's progress.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerProgress {
+    /// `sha256:…`.
+    pub digest: String,
+    /// Bytes in all.
+    pub size: u64,
+    /// Bytes moved so far.
+    pub done: u64,
+    /// The pool had it already: nothing moved.
+    pub cached: bool,
+}
+
+/// A long-running operation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Operation {
+    /// `op-` and 16 hex digits.
+    pub id: String,
+    /// Who asked.
+    pub owner: String,
+    /// `pull`.
+    pub kind: String,
+    /// What it is about (the image reference).
+    pub target: String,
+    /// Where it is.
+    pub state: OperationState,
+    /// Its step: `resolving`, `layers`, `applying`, `importing`, `done`.
+    pub phase: String,
+    /// Per layer.
+    #[serde(default)]
+    pub layers: Vec<LayerProgress>,
+    /// The image it made (`name:tag`), once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was asked for.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last moved.
+    #[serde(with = "time::serde::rfc3339")]
+    pub modified_at: OffsetDateTime,
+}

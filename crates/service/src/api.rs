@@ -353,6 +353,8 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("get", "/v1/workspaces/{id}/history") => get(history),
         ("post", "/v1/images") => post(import),
         ("get", "/v1/images") => get(images),
+        ("post", "/v1/images/pull") => post(pull_image),
+        ("get", "/v1/operations/{operation}") => get(operation),
         ("get", "/v1/images/{reference}") => get(image),
         ("delete", "/v1/images/{reference}") => delete(remove_image),
         ("post", "/v1/images/{reference}/signature") => post(sign_image),
@@ -456,6 +458,7 @@ impl IntoResponse for Reply {
             Reply::Chunks(m) => Json(m).into_response(),
             Reply::Nodes(n) => Json(n).into_response(),
             Reply::Events { events, .. } => Json(events).into_response(),
+            Reply::Operation(o) => Json(o).into_response(),
             Reply::Agreement(a) => Json(a).into_response(),
             Reply::Agreements(a) => Json(a).into_response(),
             Reply::Done => StatusCode::NO_CONTENT.into_response(),
@@ -1134,6 +1137,25 @@ fn required_json<T: DeserializeOwned>(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<T, ServiceError> {
     json_body(headers, b)?.ok_or_else(|| ServiceError::BadRequest("a JSON body is required".into()))
+}
+
+async fn pull_image(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req = required_json(&headers, b)?;
+    let reply = s.reply(&who, Command::PullImage(req)).await?;
+    Ok((StatusCode::ACCEPTED, reply).into_response())
+}
+
+async fn operation(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    s.reply(&who, Command::Operation { id }).await
 }
 
 async fn offer_agreement(

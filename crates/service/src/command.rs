@@ -200,6 +200,14 @@ pub enum Command {
         /// `name:tag` or a content id.
         reference: String,
     },
+    /// Pulls an OCI image from a registry into the pool: a long-running
+    /// operation (docs/images.md).
+    PullImage(crate::oci_pull::PullRequest),
+    /// How far a long-running operation has come.
+    Operation {
+        /// Operation id.
+        id: String,
+    },
     /// Attaches a signature to an image.
     SignImage {
         /// `name:tag` or a content id.
@@ -318,16 +326,20 @@ impl CommandKind {
             | K::AccessKeys
             | K::RevokeAccessKey
             | K::Agreements
-            | K::ShowAgreement => Class::Read,
+            | K::ShowAgreement
+            | K::Operation => Class::Read,
             K::Create | K::Clone | K::OfferAgreement | K::AcceptAgreement | K::Renegotiate => {
                 Class::Create
             }
             K::Renew | K::Destroy | K::Deploy | K::Transition | K::CancelAgreement => Class::Manage,
             K::Snapshot | K::Migrate => Class::Move,
             K::SubmitJob | K::SubmitBatch | K::CancelJob | K::PutFile | K::GetFile => Class::Run,
-            K::ImportImage | K::RemoveImage | K::SignImage | K::HasBlob | K::PutBlob => {
-                Class::Image
-            }
+            K::ImportImage
+            | K::PullImage
+            | K::RemoveImage
+            | K::SignImage
+            | K::HasBlob
+            | K::PutBlob => Class::Image,
             K::Nodes => Class::Admin,
         }
     }
@@ -398,6 +410,8 @@ pub enum Reply {
         /// The last one's, or where the read started if there were none.
         last: i64,
     },
+    /// A long-running operation.
+    Operation(Box<vws_model::records::Operation>),
     /// An agreement.
     Agreement(Box<vws_model::agreement::Agreement>),
     /// Agreements.
@@ -510,6 +524,8 @@ impl Service {
             C::Images => Reply::Images(self.images(who).await?),
             C::Image { reference } => Reply::Image(Box::new(self.image(who, &reference).await?)),
             C::ImportImage(req) => Reply::Image(Box::new(self.import_image(who, req).await?)),
+            C::PullImage(req) => Reply::Operation(Box::new(self.pull_image(who, req).await?)),
+            C::Operation { id } => Reply::Operation(Box::new(self.operation(who, &id).await?)),
             C::RemoveImage { reference } => {
                 self.remove_image(who, &reference).await?;
                 Reply::Done

@@ -33,6 +33,31 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// An OCI image's config as the description's defaults: `Entrypoint` and
+/// `Cmd` become the startup program, `ExposedPorts` the served ports,
+/// where the description names none (docs/images.md).
+fn oci_defaults(d: &mut Description, oci: &vws_model::software::OciOrigin) {
+    if d.capability.startup.is_none() {
+        d.capability.startup = vws_oci::config::startup(oci);
+    }
+    if d.capability.services.is_empty() {
+        d.capability.services = oci
+            .exposed_ports
+            .iter()
+            .filter_map(|p| {
+                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                Some(vws_model::Service {
+                    port: port.parse().ok()?,
+                    protocol: match proto {
+                        "udp" => vws_model::Protocol::Udp,
+                        _ => vws_model::Protocol::Tcp,
+                    },
+                })
+            })
+            .collect();
+    }
+}
+
 fn new_id() -> String {
     format!("ws-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
@@ -230,6 +255,9 @@ impl Service {
             }
         };
         let image_name = d.software.image.clone().unwrap_or_default();
+        if let Some(oci) = &image.manifest.oci {
+            oci_defaults(&mut d, oci);
+        }
         // Policy: what this owner may ask for.
         let limits = self.policy.limits_for(&who.dn);
         if !limits

@@ -85,6 +85,7 @@ impl Service {
     /// Hands a recorded job to its node; a refusal fails the job.
     async fn dispatch(&self, mut job: JobRecord, s: Submit) -> Result<JobRecord, ServiceError> {
         let result = async {
+            let s = self.with_image_defaults(&job.workspace_id, s).await?;
             let node = self.live_node(&job.node).await?;
             let req = JobRequest {
                 job: job.id.clone(),
@@ -110,6 +111,35 @@ impl Service {
         }
         tracing::info!(job = %job.id, workspace = %job.workspace_id, "job started");
         Ok(job)
+    }
+
+    /// A job in a workspace made from an OCI image runs with the image's
+    /// `Env` (the job's own variables win) and in its `WorkingDir` unless
+    /// the job names a folder.
+    async fn with_image_defaults(&self, id: &str, mut s: Submit) -> Result<Submit, ServiceError> {
+        let Some(r) = self.store.workspace(id).await? else {
+            return Ok(s);
+        };
+        let image = self
+            .store
+            .image(&vws_model::ImageRef::Digest(r.image_id.clone()))
+            .await?;
+        let Some(oci) = image.and_then(|i| i.manifest.oci) else {
+            return Ok(s);
+        };
+        let mut env: Vec<(String, String)> = oci
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| !s.env.iter().any(|(mine, _)| mine == k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.append(&mut s.env);
+        s.env = env;
+        if s.cwd.is_none() {
+            s.cwd = oci.working_dir;
+        }
+        Ok(s)
     }
 
     /// Runs a list of jobs in one workspace (the paper's "mapping groups of

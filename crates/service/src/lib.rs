@@ -23,6 +23,7 @@ pub mod network;
 mod network_views;
 pub mod node_client;
 pub mod nodes;
+pub mod oci_pull;
 pub mod path_params;
 pub mod policy;
 pub mod pool;

@@ -7,7 +7,7 @@
 /// digests (`sha256:` and 64), image references (`name:tag` or a digest),
 /// node and network names (1–63 of letters, digits, `.`, `_`, `-`, the
 /// first a letter or digit), access key ids (`AKIA` and 16 of A-Z, 2-7),
-/// agreement ids (`ag-` and 16 hex digits). The
+/// agreement ids (`ag-` and 16 hex digits), operation ids (`op-` and 16). The
 /// message names the parameter and its grammar (400 `bad_request`).
 pub fn check_param(name: &str, value: &str) -> Result<(), String> {
     let hex = |prefix: &str, len: usize| {
@@ -20,6 +20,7 @@ pub fn check_param(name: &str, value: &str) -> Result<(), String> {
     let (ok, grammar) = match name {
         "id" => (hex("ws-", 12), "a workspace id (ws- and 12 hex digits)"),
         "job" => (hex("job-", 12), "a job id (job- and 12 hex digits)"),
+        "operation" => (hex("op-", 16), "an operation id (op- and 16 hex digits)"),
         "agreement" => (hex("ag-", 16), "an agreement id (ag- and 16 hex digits)"),
         "digest" => (
             vws_model::is_digest(value),

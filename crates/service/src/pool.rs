@@ -114,6 +114,20 @@ impl Service {
         who: &Identity,
         req: ImportRequest,
     ) -> Result<ImageRecord, ServiceError> {
+        self.import_image_with(who, req, None).await
+    }
+
+    /// [`Service::import_image`] of an image pulled from an OCI registry:
+    /// its origin and labels join what the image holds.
+    pub(crate) async fn import_image_with(
+        &self,
+        who: &Identity,
+        req: ImportRequest,
+        oci: Option<(
+            vws_model::software::OciOrigin,
+            std::collections::BTreeMap<String, String>,
+        )>,
+    ) -> Result<ImageRecord, ServiceError> {
         let reference = ImageRef::tagged(&req.name, &req.tag)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let ImageRef::Tag { name, tag } = &reference else {
@@ -198,6 +212,10 @@ impl Service {
             }
         };
         record.manifest = self.read_manifest(&record).await?;
+        if let Some((origin, labels)) = oci {
+            record.manifest.oci = Some(origin);
+            record.manifest.labels = labels;
+        }
         // The same content already registered keeps its owner and
         // visibility; someone else's private content is not theirs to name.
         if let Some(existing) = self

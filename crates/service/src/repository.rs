@@ -256,6 +256,10 @@ impl Service {
             Ok(n) => m.reaper("idempotency_key", n),
             Err(e) => tracing::warn!(error = %e, "reaper could not forget old idempotency keys"),
         }
+        match self.store.prune_operations(now - OPERATIONS_KEPT_FOR).await {
+            Ok(n) => m.reaper("operation", n),
+            Err(e) => tracing::warn!(error = %e, "reaper could not forget old operations"),
+        }
         // A node's loss becomes an event once.
         let silent_since = now - crate::nodes::LOST_AFTER;
         for n in self.store.nodes().await? {
@@ -323,6 +327,9 @@ impl Service {
 /// How long the history of a destroyed workspace is kept (then the reaper
 /// removes it). Live workspaces keep all of theirs.
 pub const HISTORY_RETENTION: time::Duration = time::Duration::days(30);
+
+/// How long a finished operation's record is kept.
+pub const OPERATIONS_KEPT_FOR: time::Duration = time::Duration::days(1);
 
 /// How old a blob no image names must be before the reaper removes it.
 pub const ORPHAN_BLOB_GRACE: time::Duration = time::Duration::hours(1);

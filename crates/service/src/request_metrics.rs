@@ -11,13 +11,15 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 pub(crate) type Labels = Vec<(String, String)>;
 
 /// What the reaper counts (`vws_reaper_actions_total{action}`).
-pub const REAPER_ACTIONS: [&str; 6] = [
+pub const REAPER_ACTIONS: [&str; 8] = [
     "destroy",
     "blob",
     "history",
     "event",
     "session",
     "node_lost",
+    "idempotency_key",
+    "operation",
 ];
 
 /// The metrics kept between scrapes.

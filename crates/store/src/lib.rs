@@ -17,6 +17,7 @@ mod images;
 mod jobs;
 mod leader;
 mod nodes;
+mod operations;
 mod ui_sessions;
 mod workspaces;
 

@@ -149,16 +149,6 @@ fn busybox_root(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bytes used by a tree (as `du` counts).
-fn tree_size(dir: &Path) -> anyhow::Result<u64> {
-    let out = Command::new("du").args(["-sb"]).arg(dir).output()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .context("du")
-}
-
 /// Builds the image; returns its path.
 pub fn build(b: &Build) -> anyhow::Result<PathBuf> {
     let parent = b
@@ -213,8 +203,7 @@ pub fn build(b: &Build) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_file(&tmp);
     match &b.bootable {
         None => {
-            // Room for the tree plus ext4's own: a quarter more and 16 MiB.
-            let size = (tree_size(&root)? * 5 / 4 + (16 << 20)).div_ceil(1 << 20) << 20;
+            let size = vws_oci::ext4::size_for(vws_oci::ext4::tree_size(&root)?);
             ext4(&root, &tmp, size)?;
         }
         Some(boot) => {
@@ -229,15 +218,8 @@ pub fn build(b: &Build) -> anyhow::Result<PathBuf> {
 }
 
 fn ext4(root: &Path, file: &Path, size: u64) -> anyhow::Result<()> {
-    std::fs::File::create(file)?.set_len(size)?;
     let pb = spinner("mkfs.ext4");
-    let r = run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-L", "vws-root", "-d"])
-            .arg(root)
-            .arg(file),
-        "mkfs.ext4",
-    );
+    let r = vws_oci::ext4::make_sized(root, file, size);
     pb.finish_and_clear();
     r
 }
@@ -385,7 +367,7 @@ fn bootable_disk(root: &Path, work: &Path, disk: &Path, b: &Bootable) -> anyhow:
 
     // The root partition.
     let rootfs = work.join("root.ext4");
-    let root_size = (tree_size(root)? * 5 / 4 + 64 * MIB).div_ceil(MIB) * MIB;
+    let root_size = (vws_oci::ext4::tree_size(root)? * 5 / 4 + 64 * MIB).div_ceil(MIB) * MIB;
     ext4(root, &rootfs, root_size)?;
 
     // The disk: 1 MiB for the MBR, then both partitions.

@@ -80,6 +80,13 @@ pub enum ImageCommand {
         #[arg(long)]
         private: bool,
     },
+    /// Pull an OCI image from a registry (REGISTRY/REPO:TAG or
+    /// REGISTRY/REPO@sha256:…) into the pool, as both categories' root
+    /// filesystem; its config becomes the workspaces' defaults
+    #[command(
+        after_help = "Credentials come from the registries file (never the command line):\n  [\"registry.example.org\"]\n  username = \"me\"\n  password = \"…\"      # or: token = \"…\"\n\nExamples:\n  vws image pull 127.0.0.1:5000/emboss:1\n  vws image pull registry.example.org/lab/tools@sha256:… --name tools:2"
+    )]
+    Pull(crate::commands::image_pull::PullArgs),
     /// Sign an image's content id with the certificate this CLI presents
     Sign {
         /// Image reference
@@ -266,6 +273,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        ImageCommand::Pull(a) => crate::commands::image_pull::pull(g, &client, a).await?,
         ImageCommand::Sign { reference } => {
             let image = sign_image(g, &client, &reference).await?;
             if g.json {

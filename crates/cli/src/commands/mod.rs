@@ -4,6 +4,7 @@ pub mod agreements;
 pub mod bench;
 pub mod events;
 pub mod image_build;
+pub mod image_pull;
 pub mod images;
 pub mod jobs;
 pub mod keys;

@@ -1,0 +1,343 @@
+//! `vws image pull` (docs/images.md): an OCI image from a registry into
+//! the pool, as a long-running operation any replica can report on. Its
+//! layers go into the blob store under their own digests (checked as they
+//! stream; one the pool has is not moved again), are applied in order
+//! into a root filesystem, which becomes an ext4 image both categories
+//! use; the image config rides in its manifest as the workspaces'
+//! defaults. A pull that fails registers nothing; the layers it finished
+//! stay in the pool for the next one (the reaper removes them after an
+//! hour if nothing names them).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use vws_model::records::{LayerProgress, Operation, OperationState};
+use vws_model::Identity;
+use vws_store::Visibility;
+
+use crate::core::Service;
+use crate::error::ServiceError;
+use crate::pool::ImportRequest;
+
+/// What `POST /v1/images/pull` takes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// `REGISTRY/REPOSITORY:TAG` or `…@sha256:…`.
+    pub reference: String,
+    /// The pool name to register it as, `NAME:TAG` [default: the
+    /// repository's last part and the tag, `latest` for a digest].
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Credentials for the registry (never stored).
+    #[serde(default)]
+    pub credentials: Option<vws_oci::Credentials>,
+    /// Plain HTTP to a registry that is not on loopback.
+    #[serde(default)]
+    pub plain_http: bool,
+    /// A CA (PEM) to trust beside the system's roots.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Who may use the image.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// How often a pull's progress is written while layers stream.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// An operation whose replica has not moved it for this long is reported
+/// as failed (its replica died with it).
+pub const STALE_AFTER: time::Duration = time::Duration::minutes(2);
+
+fn pool_name(req: &PullRequest) -> Result<(String, String), ServiceError> {
+    if let Some(n) = &req.name {
+        let (name, tag) = n.split_once(':').unwrap_or((n, "latest"));
+        return Ok((name.to_string(), tag.to_string()));
+    }
+    let r: vws_oci::Reference = req
+        .reference
+        .parse()
+        .map_err(|e| ServiceError::InvalidTerms(format!("reference {:?}: {e}", req.reference)))?;
+    let name = r
+        .repository()
+        .rsplit('/')
+        .next()
+        .unwrap_or("image")
+        .to_string();
+    Ok((name, r.tag().unwrap_or("latest").to_string()))
+}
+
+impl Service {
+    /// Starts a pull; answers its operation at once (202).
+    pub(crate) async fn pull_image(
+        self: &Arc<Self>,
+        who: &Identity,
+        req: PullRequest,
+    ) -> Result<Operation, ServiceError> {
+        let (name, tag) = pool_name(&req)?;
+        vws_model::ImageRef::tagged(&name, &tag)
+            .map_err(|e| ServiceError::InvalidTerms(format!("name {name}:{tag}: {e}")))?;
+        self.check_publisher(who, &name).await?;
+        let registry = vws_oci::Registry::new(
+            &req.reference,
+            &req.credentials.clone().unwrap_or_default(),
+            &vws_oci::Connection {
+                plain_http: req.plain_http,
+                ca_pem: req.ca_pem.clone(),
+            },
+        )
+        .map_err(|e| ServiceError::InvalidTerms(e.message))?;
+        let now = self.clock.now();
+        let mut op = Operation {
+            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
+            owner: who.dn.clone(),
+            kind: "pull".into(),
+            target: req.reference.clone(),
+            state: OperationState::Running,
+            phase: "resolving".into(),
+            layers: Vec::new(),
+            image: None,
+            error: None,
+            created_at: now,
+            modified_at: now,
+        };
+        self.store.put_operation(&op).await?;
+        let service = self.clone();
+        let who = who.clone();
+        let mut running = op.clone();
+        tokio::spawn(async move {
+            let done = service
+                .run_pull(&who, &mut running, &registry, &name, &tag, req.visibility)
+                .await;
+            match done {
+                Ok(image) => {
+                    running.state = OperationState::Done;
+                    running.phase = "done".into();
+                    running.image = Some(image);
+                }
+                Err(e) => {
+                    tracing::warn!(op = %running.id, error = %e, "pull failed");
+                    running.state = OperationState::Failed;
+                    running.error = Some(e.to_string());
+                }
+            }
+            running.modified_at = service.clock.now();
+            if let Err(e) = service.store.put_operation(&running).await {
+                tracing::warn!(op = %running.id, error = %e, "could not record the pull's end");
+            }
+        });
+        op.modified_at = now;
+        Ok(op)
+    }
+
+    async fn progress(&self, op: &mut Operation, phase: &str) -> Result<(), ServiceError> {
+        op.phase = phase.into();
+        op.modified_at = self.clock.now();
+        Ok(self.store.put_operation(op).await?)
+    }
+
+    async fn run_pull(
+        &self,
+        who: &Identity,
+        op: &mut Operation,
+        registry: &vws_oci::Registry,
+        name: &str,
+        tag: &str,
+        visibility: Visibility,
+    ) -> Result<String, ServiceError> {
+        let resolved = registry.resolve().await.map_err(|e| {
+            if e.unauthorized {
+                ServiceError::Forbidden(e.to_string())
+            } else {
+                ServiceError::Unavailable(e.to_string())
+            }
+        })?;
+        let (arch, os) = (
+            resolved.config.architecture().to_string(),
+            resolved.config.os().to_string(),
+        );
+        if arch != "amd64" || os != "linux" {
+            return Err(ServiceError::InvalidTerms(format!(
+                "{} is an image for {os}/{arch}; workspaces here run linux/amd64",
+                op.target
+            )));
+        }
+        let (origin, labels) = vws_oci::config::origin(&resolved);
+        op.layers = Vec::new();
+        for l in &resolved.layers {
+            let cached = self.has_blob(&l.digest).await?.is_some();
+            op.layers.push(LayerProgress {
+                digest: l.digest.clone(),
+                size: l.size,
+                done: if cached { l.size } else { 0 },
+                cached,
+            });
+        }
+        // The same image pulled before: only the name is new.
+        let known = self.store.list_images().await?.into_iter().find(|i| {
+            i.manifest
+                .oci
+                .as_ref()
+                .is_some_and(|o| o.manifest_digest == origin.manifest_digest)
+        });
+        if let Some(image) = known {
+            if let Some(disk) = image.file(vws_model::node::BlobRole::Disk) {
+                let req = ImportRequest {
+                    name: name.into(),
+                    tag: tag.into(),
+                    disk: Some(disk.digest.clone()),
+                    kernel: None,
+                    initrd: None,
+                    cmdline: None,
+                    visibility,
+                };
+                self.import_image_with(who, req, Some((origin, labels)))
+                    .await?;
+                return Ok(format!("{name}:{tag}"));
+            }
+        }
+        self.progress(op, "layers").await?;
+        for (i, l) in resolved.layers.iter().enumerate() {
+            if op.layers[i].cached {
+                continue;
+            }
+            let stream = registry
+                .layer(l)
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = {
+                let moved = moved.clone();
+                futures::StreamExt::map(stream.stream, move |chunk| {
+                    let chunk = chunk.map_err(std::io::Error::other)?;
+                    moved.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(chunk)
+                })
+            };
+            let reader = tokio_util::io::StreamReader::new(counted);
+            let put = self.put_blob(&l.digest, reader);
+            tokio::pin!(put);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let stored = loop {
+                tokio::select! {
+                    r = &mut put => break r,
+                    _ = tick.tick() => {
+                        op.layers[i].done = moved.load(std::sync::atomic::Ordering::Relaxed);
+                        self.progress(op, "layers").await?;
+                    }
+                }
+            };
+            stored.map_err(|e| match e {
+                ServiceError::Integrity(m) => {
+                    ServiceError::Integrity(format!("layer {}: {m}", l.digest))
+                }
+                ServiceError::Internal(e) => ServiceError::Unavailable(format!(
+                    "layer {} broke off: {e:#}; the next pull goes on from the layers finished",
+                    l.digest
+                )),
+                e => e,
+            })?;
+            op.layers[i].done = l.size;
+        }
+        self.progress(op, "applying").await?;
+        let work = self.home.join("oci-work").join(&op.id);
+        let built = self.build_root(&resolved, &work).await;
+        let result = match built {
+            Ok(file) => {
+                self.progress(op, "importing").await?;
+                let digest = {
+                    let f = file.clone();
+                    tokio::task::spawn_blocking(move || vws_store::manifest(&f))
+                        .await
+                        .map_err(anyhow::Error::from)?
+                        .map_err(anyhow::Error::from)?
+                        .digest
+                };
+                let body = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                self.put_blob(&digest, body).await?;
+                let req = ImportRequest {
+                    name: name.into(),
+                    tag: tag.into(),
+                    disk: Some(digest),
+                    kernel: None,
+                    initrd: None,
+                    cmdline: None,
+                    visibility,
+                };
+                self.import_image_with(who, req, Some((origin, labels)))
+                    .await
+                    .map(|_| format!("{name}:{tag}"))
+            }
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        result
+    }
+
+    /// Applies the layers (from the pool) into a fresh folder and makes
+    /// the ext4 image of it; its path.
+    async fn build_root(
+        &self,
+        r: &vws_oci::Resolved,
+        work: &std::path::Path,
+    ) -> Result<std::path::PathBuf, ServiceError> {
+        let root = work.join("root");
+        let image = work.join("rootfs.img");
+        let layers: Vec<(String, String, std::path::PathBuf)> = r
+            .layers
+            .iter()
+            .map(|l| {
+                let d: vws_store::Digest = l.digest.parse()?;
+                Ok((l.digest.clone(), l.media_type.clone(), self.blobs.path(&d)))
+            })
+            .collect::<Result<_, vws_store::BlobError>>()?;
+        let limits = self.oci_limits;
+        let (root2, image2) = (root.clone(), image.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
+            let _ = std::fs::remove_dir_all(root2.parent().unwrap_or(&root2));
+            std::fs::create_dir_all(&root2).map_err(anyhow::Error::from)?;
+            let mut applier = vws_oci::layers::Applier::new(&root2, limits);
+            for (digest, media_type, path) in layers {
+                let f = std::fs::File::open(&path).map_err(anyhow::Error::from)?;
+                applier
+                    .apply(&digest, &media_type, std::io::BufReader::new(f))
+                    .map_err(|e| match e {
+                        vws_oci::layers::LayerError::Io { .. } => ServiceError::Internal(e.into()),
+                        e => ServiceError::InvalidTerms(e.to_string()),
+                    })?;
+            }
+            vws_oci::ext4::make(&root2, &image2).map_err(ServiceError::Internal)?;
+            Ok(())
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
+        Ok(image)
+    }
+
+    /// An operation the caller may see; one its replica stopped moving is
+    /// reported as failed.
+    pub(crate) async fn operation(
+        &self,
+        who: &Identity,
+        id: &str,
+    ) -> Result<Operation, ServiceError> {
+        match self.store.operation(id).await? {
+            Some(mut op) if op.owner == who.dn || who.is_admin() => {
+                if op.state == OperationState::Running
+                    && self.clock.now() - op.modified_at > STALE_AFTER
+                {
+                    op.state = OperationState::Failed;
+                    op.error = Some(format!(
+                        "its service replica stopped at {} without finishing it; pull again",
+                        op.modified_at
+                    ));
+                }
+                Ok(op)
+            }
+            _ => Err(ServiceError::NotFound(format!("operation {id} not found"))),
+        }
+    }
+}
