@@ -103,6 +103,13 @@ fn sample(kind: CommandKind) -> Command {
             )
             .unwrap(),
         ),
+        K::PullImage => Command::PullImage(
+            serde_json::from_value(serde_json::json!({ "reference": "127.0.0.1:1/nothere:1" }))
+                .unwrap(),
+        ),
+        K::Operation => Command::Operation {
+            id: "op-0000000000000000".into(),
+        },
         K::RemoveImage => Command::RemoveImage {
             reference: reference(),
         },
@@ -151,7 +158,7 @@ fn sample(kind: CommandKind) -> Command {
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
-    assert_eq!(all.len(), 46, "{all:?}");
+    assert_eq!(all.len(), 48, "{all:?}");
     for kind in &all {
         assert_eq!(sample(*kind).kind(), *kind);
         let routed = ROUTES

@@ -49,6 +49,7 @@ fn owned_by_path(path: &str) -> bool {
     path.contains("{id}")
         || path.contains("{key}")
         || path.contains("{agreement}")
+        || path.contains("{operation}")
         || path.contains("{job}") && path.starts_with("/v1/jobs")
 }
 
@@ -123,6 +124,8 @@ fn request_of(method: &str, path: &str) -> (&'static str, Option<serde_json::Val
             "terms": { "duration": 60 }
         })),
         ("post", "offers") => Some(json!({ "duration": 120 })),
+        // Nothing listens there: the pull's operation fails after the guard.
+        ("post", "pull") => Some(json!({ "reference": "127.0.0.1:9/nothere:1" })),
         _ => None,
     };
     let query = if path.ends_with("/files") {
@@ -329,8 +332,27 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
                 .await
                 .unwrap()
                 .unwrap();
+            let operation = format!("op-{:016x}", n);
+            h.service
+                .store()
+                .put_operation(&vws_model::records::Operation {
+                    id: operation.clone(),
+                    owner: OWNER.into(),
+                    kind: "pull".into(),
+                    target: "127.0.0.1:9/nothere:1".into(),
+                    state: vws_model::records::OperationState::Done,
+                    phase: "done".into(),
+                    layers: vec![],
+                    image: None,
+                    error: None,
+                    created_at: time::OffsetDateTime::now_utc(),
+                    modified_at: time::OffsetDateTime::now_utc(),
+                })
+                .await
+                .unwrap();
             let path = route
                 .path
+                .replace("{operation}", &operation)
                 .replace("{agreement}", &agreement)
                 .replace("{key}", &key)
                 .replace("{id}", &id)
@@ -455,6 +477,7 @@ fn path_parameters_are_documented_with_the_grammar_the_server_checks() {
         ("reference", "debian:12"),
         ("key", "AKIAABCDEFGHIJ234567"),
         ("agreement", "ag-0123456789abcdef"),
+        ("operation", "op-0123456789abcdef"),
     ];
     for r in ROUTES {
         let op = &doc["paths"][r.path][r.method];
