@@ -314,6 +314,65 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
         "the same image, named again"
     );
 
+    steps.at("import of an OCI layout folder and of a docker save archive");
+    let layout = work.join("layout-marker-1");
+    let out = ok(
+        home,
+        &[
+            "image",
+            "import",
+            "marker:layout",
+            "--oci",
+            layout.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let from_layout: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        from_layout["image"]["id"], image["id"],
+        "the same layers, the same image"
+    );
+    let archive = work.join("marker.tar");
+    sh(
+        Command::new("skopeo").args([
+            "copy",
+            &format!("oci:{}:1", layout.display()),
+            &format!("docker-archive:{}:marker:1", archive.display()),
+        ]),
+        "skopeo copy to a docker archive",
+    );
+    let out = ok(
+        home,
+        &[
+            "image",
+            "import",
+            "marker:archive",
+            "--oci",
+            archive.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let from_archive: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        from_archive["image"]["manifest"]["oci"]["working_dir"], "/work",
+        "{from_archive}"
+    );
+    let archived = create(
+        home,
+        &describe(
+            home,
+            "archived",
+            "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"marker:archive\"\n",
+        ),
+    );
+    ok(home, &["deploy", &archived]);
+    ok(home, &["start", &archived]);
+    let out = ok(home, &["run", &archived, "--", "sh", "-c", PROBE]);
+    assert_eq!(
+        out, "marker-of-the-image\nenv=from-the-image\ncwd=/work\n",
+        "from the archive"
+    );
+
     steps.at("a pull cut off mid-layer registers nothing; the next completes");
     let big = |root: &Path| {
         // Incompressible, so the layer is as large as the file.

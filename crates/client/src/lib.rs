@@ -400,6 +400,16 @@ impl Client {
             .await
     }
 
+    /// Registers an OCI image whose config and layers were uploaded; its
+    /// operation.
+    pub async fn import_oci(
+        &self,
+        request: serde_json::Value,
+    ) -> Result<vws_model::records::Operation, ClientError> {
+        self.call(Method::POST, "/v1/images/oci", Some(request))
+            .await
+    }
+
     /// How far a long-running operation has come.
     pub async fn operation(&self, id: &str) -> Result<vws_model::records::Operation, ClientError> {
         let path = format!("/v1/operations/{id}", id = seg(id));

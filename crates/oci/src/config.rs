@@ -35,7 +35,7 @@ pub fn origin(r: &crate::registry::Resolved) -> (OciOrigin, BTreeMap<String, Str
     let c = r.config.config();
     let c = c.as_ref();
     let origin = OciOrigin {
-        reference: r.reference.whole(),
+        reference: r.reference.clone(),
         manifest_digest: r.manifest_digest.clone(),
         config_digest: r.config_digest.clone(),
         layers: r.layers.iter().map(|l| l.digest.clone()).collect(),

@@ -10,4 +10,5 @@ pub mod layers;
 pub mod registry;
 
 pub use oci_client::Reference;
+pub use oci_spec::image::ImageConfiguration;
 pub use registry::{Connection, Credentials, Layer, Registry, RegistryError, Resolved};

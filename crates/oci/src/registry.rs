@@ -57,8 +57,9 @@ pub struct Layer {
 /// An image resolved at a registry.
 #[derive(Clone, Debug)]
 pub struct Resolved {
-    /// What was asked for.
-    pub reference: Reference,
+    /// What was asked for (a registry reference, or where an imported
+    /// image came from).
+    pub reference: String,
     /// The image manifest's digest (the platform's, under an index).
     pub manifest_digest: String,
     /// The config blob's digest.
@@ -182,7 +183,7 @@ impl Registry {
                 unauthorized: false,
             })?;
         Ok(Resolved {
-            reference: self.reference.clone(),
+            reference: self.reference.whole(),
             manifest_digest: digest,
             config_digest: manifest.config.digest.clone(),
             config: config_parsed,

@@ -354,6 +354,7 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("post", "/v1/images") => post(import),
         ("get", "/v1/images") => get(images),
         ("post", "/v1/images/pull") => post(pull_image),
+        ("post", "/v1/images/oci") => post(import_oci),
         ("get", "/v1/operations/{operation}") => get(operation),
         ("get", "/v1/images/{reference}") => get(image),
         ("delete", "/v1/images/{reference}") => delete(remove_image),
@@ -1147,6 +1148,17 @@ async fn pull_image(
 ) -> Result<Response, ServiceError> {
     let req = required_json(&headers, b)?;
     let reply = s.reply(&who, Command::PullImage(req)).await?;
+    Ok((StatusCode::ACCEPTED, reply).into_response())
+}
+
+async fn import_oci(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let req = required_json(&headers, b)?;
+    let reply = s.reply(&who, Command::ImportOci(req)).await?;
     Ok((StatusCode::ACCEPTED, reply).into_response())
 }
 

@@ -203,6 +203,9 @@ pub enum Command {
     /// Pulls an OCI image from a registry into the pool: a long-running
     /// operation (docs/images.md).
     PullImage(crate::oci_pull::PullRequest),
+    /// Registers an OCI image whose config and layers were uploaded (a
+    /// layout folder or a `docker save` archive): a long-running operation.
+    ImportOci(crate::oci_pull::OciImport),
     /// How far a long-running operation has come.
     Operation {
         /// Operation id.
@@ -336,6 +339,7 @@ impl CommandKind {
             K::SubmitJob | K::SubmitBatch | K::CancelJob | K::PutFile | K::GetFile => Class::Run,
             K::ImportImage
             | K::PullImage
+            | K::ImportOci
             | K::RemoveImage
             | K::SignImage
             | K::HasBlob
@@ -525,6 +529,7 @@ impl Service {
             C::Image { reference } => Reply::Image(Box::new(self.image(who, &reference).await?)),
             C::ImportImage(req) => Reply::Image(Box::new(self.import_image(who, req).await?)),
             C::PullImage(req) => Reply::Operation(Box::new(self.pull_image(who, req).await?)),
+            C::ImportOci(req) => Reply::Operation(Box::new(self.import_oci(who, req).await?)),
             C::Operation { id } => Reply::Operation(Box::new(self.operation(who, &id).await?)),
             C::RemoveImage { reference } => {
                 self.remove_image(who, &reference).await?;

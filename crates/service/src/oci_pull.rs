@@ -43,6 +43,34 @@ pub struct PullRequest {
     pub visibility: Visibility,
 }
 
+/// What `POST /v1/images/oci` takes: an OCI image whose layers the client
+/// uploaded to the pool (`PUT /v1/blobs/{digest}`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciImport {
+    /// `NAME:TAG` to register it as.
+    pub name: String,
+    /// Where it came from, for the record (`oci-layout:PATH`, …).
+    pub source: String,
+    /// Its manifest's digest there.
+    pub manifest_digest: String,
+    /// Its config's digest (the config uploaded to the pool).
+    pub config_digest: String,
+    /// Its layers, bottom first, each in the pool.
+    pub layers: Vec<vws_oci::Layer>,
+    /// Who may use the image.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// Where a pull's image comes from.
+enum Source {
+    /// A registry.
+    Registry(vws_oci::Registry),
+    /// The pool, uploaded by the client.
+    Uploaded(vws_oci::Resolved),
+}
+
 /// How often a pull's progress is written while layers stream.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -89,7 +117,7 @@ impl Service {
         )
         .map_err(|e| ServiceError::InvalidTerms(e.message))?;
         let now = self.clock.now();
-        let mut op = Operation {
+        let op = Operation {
             id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
             owner: who.dn.clone(),
             kind: "pull".into(),
@@ -103,12 +131,96 @@ impl Service {
             modified_at: now,
         };
         self.store.put_operation(&op).await?;
+        self.spawn_pull(
+            who,
+            op,
+            Source::Registry(registry),
+            name,
+            tag,
+            req.visibility,
+        )
+        .await
+    }
+
+    /// Registers an OCI image whose layers were uploaded to the pool (an
+    /// OCI layout folder or a `docker save` archive read by the client),
+    /// the same way as a pull.
+    pub(crate) async fn import_oci(
+        self: &Arc<Self>,
+        who: &Identity,
+        req: OciImport,
+    ) -> Result<Operation, ServiceError> {
+        let (name, tag) = req.name.split_once(':').unwrap_or((&req.name, "latest"));
+        let (name, tag) = (name.to_string(), tag.to_string());
+        vws_model::ImageRef::tagged(&name, &tag)
+            .map_err(|e| ServiceError::InvalidTerms(format!("name {name}:{tag}: {e}")))?;
+        self.check_publisher(who, &name).await?;
+        let path = match self.blob_path(&req.config_digest).await {
+            Ok(p) => p,
+            Err(ServiceError::NotFound(_)) => {
+                return Err(ServiceError::InvalidTerms(format!(
+                    "config {} has not been uploaded (PUT /v1/blobs/{})",
+                    req.config_digest, req.config_digest
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let text = tokio::fs::read(path).await.map_err(anyhow::Error::from)?;
+        let config: vws_oci::ImageConfiguration = serde_json::from_slice(&text).map_err(|e| {
+            ServiceError::InvalidTerms(format!(
+                "config {}: not an OCI image config: {e}",
+                req.config_digest
+            ))
+        })?;
+        let resolved = vws_oci::Resolved {
+            reference: req.source.clone(),
+            manifest_digest: req.manifest_digest.clone(),
+            config_digest: req.config_digest.clone(),
+            config,
+            layers: req.layers.clone(),
+        };
+        let now = self.clock.now();
+        let op = Operation {
+            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
+            owner: who.dn.clone(),
+            kind: "pull".into(),
+            target: req.source.clone(),
+            state: OperationState::Running,
+            phase: "layers".into(),
+            layers: Vec::new(),
+            image: None,
+            error: None,
+            created_at: now,
+            modified_at: now,
+        };
+        self.store.put_operation(&op).await?;
+        self.spawn_pull(
+            who,
+            op,
+            Source::Uploaded(resolved),
+            name,
+            tag,
+            req.visibility,
+        )
+        .await
+    }
+
+    /// Runs a pull in the background; its operation as it starts.
+    async fn spawn_pull(
+        self: &Arc<Self>,
+        who: &Identity,
+        op: Operation,
+        source: Source,
+        name: String,
+        tag: String,
+        visibility: Visibility,
+    ) -> Result<Operation, ServiceError> {
         let service = self.clone();
         let who = who.clone();
         let mut running = op.clone();
         tokio::spawn(async move {
             let done = service
-                .run_pull(&who, &mut running, &registry, &name, &tag, req.visibility)
+                .run_pull(&who, &mut running, &source, &name, &tag, visibility)
                 .await;
             match done {
                 Ok(image) => {
@@ -127,7 +239,6 @@ impl Service {
                 tracing::warn!(op = %running.id, error = %e, "could not record the pull's end");
             }
         });
-        op.modified_at = now;
         Ok(op)
     }
 
@@ -141,18 +252,21 @@ impl Service {
         &self,
         who: &Identity,
         op: &mut Operation,
-        registry: &vws_oci::Registry,
+        source: &Source,
         name: &str,
         tag: &str,
         visibility: Visibility,
     ) -> Result<String, ServiceError> {
-        let resolved = registry.resolve().await.map_err(|e| {
-            if e.unauthorized {
-                ServiceError::Forbidden(e.to_string())
-            } else {
-                ServiceError::Unavailable(e.to_string())
-            }
-        })?;
+        let resolved = match source {
+            Source::Registry(registry) => registry.resolve().await.map_err(|e| {
+                if e.unauthorized {
+                    ServiceError::Forbidden(e.to_string())
+                } else {
+                    ServiceError::Unavailable(e.to_string())
+                }
+            })?,
+            Source::Uploaded(r) => r.clone(),
+        };
         let (arch, os) = (
             resolved.config.architecture().to_string(),
             resolved.config.os().to_string(),
@@ -202,6 +316,12 @@ impl Service {
             if op.layers[i].cached {
                 continue;
             }
+            let Source::Registry(registry) = source else {
+                return Err(ServiceError::InvalidTerms(format!(
+                    "layer {} has not been uploaded (PUT /v1/blobs/{})",
+                    l.digest, l.digest
+                )));
+            };
             let stream = registry
                 .layer(l)
                 .await

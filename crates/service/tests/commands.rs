@@ -107,6 +107,16 @@ fn sample(kind: CommandKind) -> Command {
             serde_json::from_value(serde_json::json!({ "reference": "127.0.0.1:1/nothere:1" }))
                 .unwrap(),
         ),
+        K::ImportOci => Command::ImportOci(
+            serde_json::from_value(serde_json::json!({
+                "name": "nothere:1",
+                "source": "oci-layout:/nothere",
+                "manifest_digest": digest(),
+                "config_digest": digest(),
+                "layers": []
+            }))
+            .unwrap(),
+        ),
         K::Operation => Command::Operation {
             id: "op-0000000000000000".into(),
         },
@@ -158,7 +168,7 @@ fn sample(kind: CommandKind) -> Command {
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
-    assert_eq!(all.len(), 48, "{all:?}");
+    assert_eq!(all.len(), 49, "{all:?}");
     for kind in &all {
         assert_eq!(sample(*kind).kind(), *kind);
         let routed = ROUTES

@@ -126,6 +126,13 @@ fn request_of(method: &str, path: &str) -> (&'static str, Option<serde_json::Val
         ("post", "offers") => Some(json!({ "duration": 120 })),
         // Nothing listens there: the pull's operation fails after the guard.
         ("post", "pull") => Some(json!({ "reference": "127.0.0.1:9/nothere:1" })),
+        ("post", "oci") => Some(json!({
+            "name": "imported:1",
+            "source": "oci-layout:/nothere",
+            "manifest_digest": format!("sha256:{}", "0".repeat(64)),
+            "config_digest": format!("sha256:{}", "0".repeat(64)),
+            "layers": []
+        })),
         _ => None,
     };
     let query = if path.ends_with("/files") {

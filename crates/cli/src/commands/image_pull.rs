@@ -67,6 +67,169 @@ fn credentials(
     Ok(Some(serde_json::to_value(c)?))
 }
 
+/// An OCI image read from a layout folder, or a `docker save` /
+/// `podman save` archive (either format inside): its manifest's digest,
+/// config file and layer files, with their media types.
+struct Local {
+    manifest_digest: String,
+    config: PathBuf,
+    layers: Vec<(PathBuf, String)>,
+}
+
+fn json_file(p: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+        .with_context(|| format!("{} is not JSON", p.display()))
+}
+
+fn blob(dir: &std::path::Path, digest: &str) -> anyhow::Result<PathBuf> {
+    let (alg, hex) = digest
+        .split_once(':')
+        .with_context(|| format!("{digest:?} is not a digest"))?;
+    anyhow::ensure!(
+        alg == "sha256" && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest:?} is not a sha256 digest"
+    );
+    Ok(dir.join("blobs").join(alg).join(hex))
+}
+
+/// Reads an OCI layout (`index.json`; an index inside picks linux/amd64).
+fn layout(dir: &std::path::Path) -> anyhow::Result<Local> {
+    let mut doc = json_file(&dir.join("index.json"))?;
+    let mut digest = String::new();
+    for _ in 0..4 {
+        if doc["layers"].is_array() {
+            break;
+        }
+        let entries = doc["manifests"]
+            .as_array()
+            .with_context(|| format!("{}: no manifests", dir.display()))?;
+        let pick = entries
+            .iter()
+            .find(|e| e["platform"]["architecture"] == "amd64" && e["platform"]["os"] == "linux")
+            .or_else(|| entries.iter().find(|e| e["platform"].is_null()))
+            .with_context(|| format!("{}: no linux/amd64 image", dir.display()))?;
+        digest = pick["digest"].as_str().unwrap_or_default().to_string();
+        doc = json_file(&blob(dir, &digest)?)?;
+    }
+    let config = blob(dir, doc["config"]["digest"].as_str().unwrap_or_default())?;
+    let layers = doc["layers"]
+        .as_array()
+        .context("the manifest lists no layers")?
+        .iter()
+        .map(|l| {
+            Ok((
+                blob(dir, l["digest"].as_str().unwrap_or_default())?,
+                l["mediaType"].as_str().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Local {
+        manifest_digest: digest,
+        config,
+        layers,
+    })
+}
+
+/// Reads a `docker save` archive's own `manifest.json` (uncompressed tar
+/// layers named by path).
+fn docker_archive(dir: &std::path::Path) -> anyhow::Result<Local> {
+    let bytes = std::fs::read(dir.join("manifest.json"))?;
+    let m: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let first = &m[0];
+    let path = |p: &serde_json::Value| -> anyhow::Result<PathBuf> {
+        let p = p
+            .as_str()
+            .context("a path in manifest.json is not a string")?;
+        anyhow::ensure!(
+            !p.starts_with('/') && !p.split('/').any(|c| c == ".."),
+            "{p:?} leaves the archive"
+        );
+        Ok(dir.join(p))
+    };
+    Ok(Local {
+        manifest_digest: format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+        ),
+        config: path(&first["Config"])?,
+        layers: first["Layers"]
+            .as_array()
+            .context("manifest.json lists no layers")?
+            .iter()
+            .map(|l| {
+                Ok((
+                    path(l)?,
+                    "application/vnd.docker.image.rootfs.diff.tar".to_string(),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    })
+}
+
+/// `vws image import NAME:TAG --oci PATH`: uploads the config and the
+/// layers the pool lacks, then registers the image as a pull does.
+pub async fn import_oci(
+    g: &Globals,
+    client: &vws_client::Client,
+    name: &str,
+    path: &std::path::Path,
+    private: bool,
+) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut archive = tar::Archive::new(f);
+        // unpack_in keeps every entry inside the folder.
+        for entry in archive
+            .entries()
+            .with_context(|| format!("{} is not a tar archive", path.display()))?
+        {
+            entry?.unpack_in(scratch.path())?;
+        }
+        scratch.path().to_path_buf()
+    };
+    let local = if dir.join("index.json").exists() {
+        layout(&dir)?
+    } else if dir.join("manifest.json").exists() {
+        docker_archive(&dir)?
+    } else {
+        anyhow::bail!(
+            "{} is neither an OCI layout (index.json) nor a docker save archive (manifest.json)",
+            path.display()
+        );
+    };
+    let quiet = g.json;
+    let config_digest =
+        crate::commands::images::send(client, &local.config, "config", quiet).await?;
+    let mut layers = Vec::new();
+    for (i, (file, media_type)) in local.layers.iter().enumerate() {
+        let digest =
+            crate::commands::images::send(client, file, &format!("layer {}", i + 1), quiet).await?;
+        layers.push(serde_json::json!({
+            "digest": digest,
+            "size": std::fs::metadata(file)?.len(),
+            "media_type": media_type,
+        }));
+    }
+    let kind = if dir.join("index.json").exists() {
+        "oci-layout"
+    } else {
+        "docker-archive"
+    };
+    let req = serde_json::json!({
+        "name": name,
+        "source": format!("{kind}:{}", path.display()),
+        "manifest_digest": local.manifest_digest,
+        "config_digest": config_digest,
+        "layers": layers,
+        "visibility": if private { "private" } else { "public" },
+    });
+    let op = client.import_oci(req).await?;
+    follow(g, client, op).await
+}
+
 fn layer_bar(m: &MultiProgress, digest: &str, size: u64) -> ProgressBar {
     let pb = m.add(ProgressBar::new(size));
     pb.set_style(
@@ -106,7 +269,12 @@ pub async fn pull(g: &Globals, client: &vws_client::Client, a: PullArgs) -> anyh
             .with_context(|| format!("reading {}", ca.display()))?
             .into();
     }
-    let mut op = client.pull_image(req).await?;
+    let op = client.pull_image(req).await?;
+    follow(g, client, op).await
+}
+
+/// Follows a pull's operation to its end, a bar per layer.
+async fn follow(g: &Globals, client: &vws_client::Client, mut op: Operation) -> anyhow::Result<()> {
     let bars = if g.json {
         MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
     } else {

@@ -15,13 +15,18 @@ use crate::Globals;
 /// Image verbs.
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Import a disk image (raw or qcow2) or a kernel+initrd pair as NAME:TAG
+    /// Import a disk image (raw or qcow2), a kernel+initrd pair, or an OCI
+    /// image (a layout folder, or a docker/podman save archive) as NAME:TAG
     Import {
         /// Name and tag, e.g. minimal:1
         reference: String,
         /// A bootable disk image
-        #[arg(long, conflicts_with_all = ["kernel", "initrd"], required_unless_present = "kernel")]
+        #[arg(long, conflicts_with_all = ["kernel", "initrd", "oci"], required_unless_present_any = ["kernel", "oci"])]
         disk: Option<PathBuf>,
+        /// An OCI image layout folder, or a `docker save` / `podman save`
+        /// archive: registered as a pull would (docs/images.md)
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "initrd", "sign"])]
+        oci: Option<PathBuf>,
         /// A kernel (with --initrd)
         #[arg(long, requires = "initrd")]
         kernel: Option<PathBuf>,
@@ -214,9 +219,15 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             cmdline,
             sign,
             private,
+            oci,
         } => {
             let (name, tag) = reference.split_once(':').unwrap_or((&reference, "latest"));
             vws_model::ImageRef::tagged(name, tag)?;
+            if let Some(path) = oci {
+                let named = format!("{name}:{tag}");
+                return crate::commands::image_pull::import_oci(g, &client, &named, &path, private)
+                    .await;
+            }
             let quiet = g.json;
             let mut req = serde_json::json!({ "name": name, "tag": tag, "cmdline": cmdline,
                 "visibility": visibility(private) });
