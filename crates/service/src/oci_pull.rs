@@ -68,7 +68,7 @@ enum Source {
     /// A registry.
     Registry(vws_oci::Registry),
     /// The pool, uploaded by the client.
-    Uploaded(vws_oci::Resolved),
+    Uploaded(Box<vws_oci::Resolved>),
 }
 
 /// How often a pull's progress is written while layers stream.
@@ -197,7 +197,7 @@ impl Service {
         self.spawn_pull(
             who,
             op,
-            Source::Uploaded(resolved),
+            Source::Uploaded(Box::new(resolved)),
             name,
             tag,
             req.visibility,
@@ -265,7 +265,7 @@ impl Service {
                     ServiceError::Unavailable(e.to_string())
                 }
             })?,
-            Source::Uploaded(r) => r.clone(),
+            Source::Uploaded(r) => (**r).clone(),
         };
         let (arch, os) = (
             resolved.config.architecture().to_string(),
