@@ -66,7 +66,7 @@ pub struct OciImport {
 /// Where a pull's image comes from.
 enum Source {
     /// A registry.
-    Registry(vws_oci::Registry),
+    Registry(Box<vws_oci::Registry>),
     /// The pool, uploaded by the client.
     Uploaded(Box<vws_oci::Resolved>),
 }
@@ -134,7 +134,7 @@ impl Service {
         self.spawn_pull(
             who,
             op,
-            Source::Registry(registry),
+            Source::Registry(Box::new(registry)),
             name,
             tag,
             req.visibility,
