@@ -373,6 +373,28 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
         "from the archive"
     );
 
+    steps.at("a whiteout removes a lower layer's folder; without a shell, create refuses");
+    let no_shell = |root: &Path| std::fs::remove_dir_all(root.join("bin")).unwrap();
+    push_image(&work, port, "noshell:1", "none", Some(&no_shell));
+    let bare = pulled(home, &format!("127.0.0.1:{port}/noshell:1"), &[]);
+    assert_eq!(bare["image"]["manifest"]["oci"]["shell"], false, "{bare}");
+    let refused_create = vws(
+        home,
+        &[
+            "create",
+            describe(
+                home,
+                "bare",
+                "category = \"dynamic account\"\n[software]\nimage = \"noshell:1\"\n",
+            )
+            .to_str()
+            .unwrap(),
+        ],
+    );
+    assert!(!refused_create.status.success());
+    let said = String::from_utf8_lossy(&refused_create.stderr);
+    assert!(said.contains("software.image") && said.contains("has no /bin/sh"), "{said}");
+
     steps.at("a pull cut off mid-layer registers nothing; the next completes");
     let big = |root: &Path| {
         // Incompressible, so the layer is as large as the file.

@@ -86,6 +86,10 @@ pub struct OciOrigin {
     /// `ExposedPorts`: `80/tcp`, `53/udp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<String>,
+    /// Whether the applied layers hold `/bin/sh` (jobs and the startup
+    /// program run through it).
+    #[serde(default)]
+    pub shell: bool,
 }
 
 /// A requirement an image does not meet: where it is in the description,

@@ -51,6 +51,8 @@ pub fn origin(r: &crate::registry::Resolved) -> (OciOrigin, BTreeMap<String, Str
         exposed_ports: c
             .and_then(|c| c.exposed_ports().clone())
             .unwrap_or_default(),
+        // Known once the layers are applied.
+        shell: false,
     };
     let labels = c
         .and_then(|c| c.labels().clone())

@@ -76,8 +76,6 @@ pub struct Service {
     pub(crate) metrics: crate::request_metrics::Metrics,
     /// The region and zone workspaces' instance metadata names.
     pub(crate) region: (String, String),
-    /// What an image pull may write.
-    pub(crate) oci_limits: vws_oci::layers::Limits,
 }
 
 impl std::fmt::Debug for Service {
@@ -143,7 +141,6 @@ impl Service {
             )?),
             metrics: Default::default(),
             region: (DEFAULT_REGION.into(), DEFAULT_ZONE.into()),
-            oci_limits: Default::default(),
         };
         service.collect_garbage().await?;
         Ok(service)
@@ -153,12 +150,6 @@ impl Service {
     /// instance metadata.
     pub fn with_region(mut self, region: &str, zone: &str) -> Service {
         self.region = (region.into(), zone.into());
-        self
-    }
-
-    /// The same service with other limits on what an image pull writes.
-    pub fn with_oci_limits(mut self, limits: vws_oci::layers::Limits) -> Service {
-        self.oci_limits = limits;
         self
     }
 

@@ -256,6 +256,16 @@ impl Service {
         };
         let image_name = d.software.image.clone().unwrap_or_default();
         if let Some(oci) = &image.manifest.oci {
+            if !oci.shell {
+                return Err(InvalidDescription::one(
+                    at(form, &[Seg::Key("software"), Seg::Key("image")]),
+                    format!(
+                        "image {image_name} (from {}) has no /bin/sh: the agent's jobs and the startup program run through it, in either category",
+                        oci.reference
+                    ),
+                )
+                .into());
+            }
             oci_defaults(&mut d, oci);
         }
         // Policy: what this owner may ask for.

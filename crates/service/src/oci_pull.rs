@@ -277,7 +277,7 @@ impl Service {
                 op.target
             )));
         }
-        let (origin, labels) = vws_oci::config::origin(&resolved);
+        let (mut origin, labels) = vws_oci::config::origin(&resolved);
         op.layers = Vec::new();
         for l in &resolved.layers {
             let cached = self.has_blob(&l.digest).await?.is_some();
@@ -296,6 +296,7 @@ impl Service {
                 .is_some_and(|o| o.manifest_digest == origin.manifest_digest)
         });
         if let Some(image) = known {
+            origin.shell = image.manifest.oci.as_ref().is_some_and(|o| o.shell);
             if let Some(disk) = image.file(vws_model::node::BlobRole::Disk) {
                 let req = ImportRequest {
                     name: name.into(),
@@ -364,7 +365,8 @@ impl Service {
         let work = self.home.join("oci-work").join(&op.id);
         let built = self.build_root(&resolved, &work).await;
         let result = match built {
-            Ok(file) => {
+            Ok((file, shell)) => {
+                origin.shell = shell;
                 self.progress(op, "importing").await?;
                 let digest = {
                     let f = file.clone();
@@ -403,7 +405,7 @@ impl Service {
         &self,
         r: &vws_oci::Resolved,
         work: &std::path::Path,
-    ) -> Result<std::path::PathBuf, ServiceError> {
+    ) -> Result<(std::path::PathBuf, bool), ServiceError> {
         let root = work.join("root");
         let image = work.join("rootfs.img");
         let layers: Vec<(String, String, std::path::PathBuf)> = r
@@ -414,9 +416,12 @@ impl Service {
                 Ok((l.digest.clone(), l.media_type.clone(), self.blobs.path(&d)))
             })
             .collect::<Result<_, vws_store::BlobError>>()?;
-        let limits = self.oci_limits;
+        let limits = vws_oci::layers::Limits {
+            layer_bytes: self.policy.images.max_layer.0,
+            image_bytes: self.policy.images.max_image.0,
+        };
         let (root2, image2) = (root.clone(), image.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
+        let shell = tokio::task::spawn_blocking(move || -> Result<bool, ServiceError> {
             let _ = std::fs::remove_dir_all(root2.parent().unwrap_or(&root2));
             std::fs::create_dir_all(&root2).map_err(anyhow::Error::from)?;
             let mut applier = vws_oci::layers::Applier::new(&root2, limits);
@@ -429,12 +434,14 @@ impl Service {
                         e => ServiceError::InvalidTerms(e.to_string()),
                     })?;
             }
+            // A file or a symlink: whatever it names is inside the image.
+            let shell = std::fs::symlink_metadata(root2.join("bin/sh")).is_ok();
             vws_oci::ext4::make(&root2, &image2).map_err(ServiceError::Internal)?;
-            Ok(())
+            Ok(shell)
         })
         .await
         .map_err(anyhow::Error::from)??;
-        Ok(image)
+        Ok((image, shell))
     }
 
     /// An operation the caller may see; one its replica stopped moving is

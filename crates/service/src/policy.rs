@@ -18,6 +18,10 @@
 //! suspend_first = "newest"     # best-effort workspaces suspended first: newest, oldest, smallest, largest
 //! accounts = "stop"            # dynamic accounts in the way: "stop" (checked in, started again later) or "spare"
 //!
+//! [images]                     # OCI pulls and imports (docs/images.md)
+//! max_layer = "8GiB"           # most file content one layer may hold
+//! max_image = "16GiB"          # most file content all layers together may hold
+//!
 //! [[owner]]                    # first matching rule wins; fields it omits come from [defaults]
 //! dn = "/O=Grid/OU=guests/*"
 //! max_workspaces = 2
@@ -159,11 +163,32 @@ impl Default for AgreementPolicy {
     }
 }
 
+/// Limits on what an OCI image's layers may write (`[images]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagePolicy {
+    /// Most bytes of file content one layer may hold.
+    pub max_layer: ByteSize,
+    /// Most bytes of file content all layers together may hold.
+    pub max_image: ByteSize,
+}
+
+impl Default for ImagePolicy {
+    fn default() -> Self {
+        ImagePolicy {
+            max_layer: ByteSize(8 << 30),
+            max_image: ByteSize(16 << 30),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
     defaults: PartialLimits,
+    #[serde(default)]
+    images: ImagePolicy,
     #[serde(default)]
     agreements: AgreementPolicy,
     #[serde(default)]
@@ -177,6 +202,8 @@ pub struct Policy {
     rules: Vec<(String, Limits)>,
     /// How agreements are offered and kept.
     pub agreements: AgreementPolicy,
+    /// What OCI images' layers may write.
+    pub images: ImagePolicy,
 }
 
 /// A policy file that could not be read.
@@ -262,6 +289,7 @@ impl Policy {
             defaults,
             rules,
             agreements: file.agreements,
+            images: file.images,
         })
     }
 
