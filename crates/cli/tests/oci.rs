@@ -393,7 +393,10 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
     );
     assert!(!refused_create.status.success());
     let said = String::from_utf8_lossy(&refused_create.stderr);
-    assert!(said.contains("software.image") && said.contains("has no /bin/sh"), "{said}");
+    assert!(
+        said.contains("software.image") && said.contains("has no /bin/sh"),
+        "{said}"
+    );
 
     steps.at("a pull cut off mid-layer registers nothing; the next completes");
     let big = |root: &Path| {

@@ -368,18 +368,9 @@ impl Service {
             Ok((file, shell)) => {
                 origin.shell = shell;
                 self.progress(op, "importing").await?;
-                let digest = {
-                    let f = file.clone();
-                    tokio::task::spawn_blocking(move || vws_store::manifest(&f))
-                        .await
-                        .map_err(anyhow::Error::from)?
-                        .map_err(anyhow::Error::from)?
-                        .digest
-                };
-                let body = tokio::fs::File::open(&file)
-                    .await
-                    .map_err(anyhow::Error::from)?;
-                self.put_blob(&digest, body).await?;
+                // Made beside the pool: moved in, not copied.
+                let (digest, _) = self.blobs.adopt(&file).await?;
+                let digest = digest.to_string();
                 let req = ImportRequest {
                     name: name.into(),
                     tag: tag.into(),

@@ -207,6 +207,36 @@ impl BlobStore {
         result
     }
 
+    /// Moves a file made on the store's filesystem in under its digest, in
+    /// one pass that also makes its staging manifest (a copy would read and
+    /// write it again). The file is synced before it gets its name.
+    pub async fn adopt(&self, src: &Path) -> Result<(Digest, u64), BlobError> {
+        let path = src.to_path_buf();
+        let m = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let m = chunk_manifest(&path, None)?;
+            std::fs::File::open(&path)?.sync_all()?;
+            Ok(m)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let d = Digest(m.digest.clone());
+        fs::create_dir_all(self.root.join("manifests")).await?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("manifest-{}", rand::random::<u64>()));
+        fs::write(&tmp, serde_json::to_vec(&m).expect("manifests serialize")).await?;
+        fs::rename(
+            &tmp,
+            self.root
+                .join("manifests")
+                .join(format!("{}.json", d.hex())),
+        )
+        .await?;
+        fs::rename(src, self.path(&d)).await?;
+        Ok((d, m.size))
+    }
+
     /// Copies a local file in.
     pub async fn put_file(&self, src: &Path) -> Result<(Digest, u64), BlobError> {
         let f = fs::File::open(src).await?;

@@ -21,6 +21,8 @@ pub enum Suite {
     Emboss,
     /// how many idle workspaces a node holds: N VMs from one hot image, then N dynamic accounts; memory each beyond what they share, the node's memory, start times
     Density,
+    /// OCI images: vws image pull of ~200 MB from a loopback registry against skopeo copy; create → first output from the pulled image as an account and a VM, against a built one
+    Oci,
 }
 
 /// `vws bench`.

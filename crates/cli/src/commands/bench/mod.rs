@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod density;
 mod emboss;
+mod oci;
 mod paper;
 mod rig;
 mod vm;
@@ -26,5 +27,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Paper => paper::paper_suite(g, &a).await,
         Suite::Emboss => emboss::emboss_suite(g, &a).await,
         Suite::Density => density::density_suite(g, &a).await,
+        Suite::Oci => oci::oci_suite(g, &a).await,
     }
 }
