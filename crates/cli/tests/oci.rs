@@ -462,6 +462,20 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
     assert!(said.contains("leads out of the root"), "{said}");
     assert!(!escape.exists(), "nothing was written outside the image");
     assert!(!vws(home, &["image", "show", "evil:1"]).status.success());
+
+    steps.at("the layers stay in the pool with their image, and go with it");
+    let layer = home.join("images/sha256").join(
+        first["operation"]["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    assert!(layer.exists(), "kept for the next pull that shares it");
+    ok(home, &["destroy", &account, &vm]);
+    for tag in ["marker:1", "marker:again", "marker:layout"] {
+        ok(home, &["image", "rm", tag]);
+    }
+    assert!(!layer.exists(), "removed with the last image made of it");
     reg.0.kill().unwrap();
 }
 

@@ -227,6 +227,8 @@ impl Service {
     /// Removes files a crash left without a record: disk overlays no record
     /// names, and temporary uploads (the blob store clears those on open).
     async fn collect_garbage(&self) -> anyhow::Result<()> {
+        // A pull this process's predecessor left half-applied.
+        let _ = tokio::fs::remove_dir_all(self.home.join("oci-work")).await;
         let orphans = self.store.release_orphan_addresses().await?;
         if orphans > 0 {
             tracing::info!(orphans, "released addresses no record holds");

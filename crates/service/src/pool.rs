@@ -419,9 +419,10 @@ impl Service {
             self.store.delete_image(&image.id).await?;
             let still: std::collections::HashSet<String> =
                 self.store.referenced_blobs().await?.into_iter().collect();
-            for f in &image.files {
-                if !still.contains(&f.digest) {
-                    self.blobs.remove(&f.digest.parse()?).await?;
+            let layers = image.manifest.oci.iter().flat_map(|o| &o.layers);
+            for digest in image.files.iter().map(|f| &f.digest).chain(layers) {
+                if !still.contains(digest) {
+                    self.blobs.remove(&digest.parse()?).await?;
                 }
             }
             tracing::info!(image = %image.id, "image removed");

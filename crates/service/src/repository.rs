@@ -284,13 +284,8 @@ impl Service {
     /// (a blob uploaded for an import that has not come yet is younger).
     /// Returns how many went.
     pub async fn collect_orphan_blobs(&self) -> Result<usize, ServiceError> {
-        let used: std::collections::HashSet<String> = self
-            .store
-            .list_images()
-            .await?
-            .into_iter()
-            .flat_map(|i| i.files.into_iter().map(|f| f.digest))
-            .collect();
+        let used: std::collections::HashSet<String> =
+            self.store.referenced_blobs().await?.into_iter().collect();
         let now = self.clock.now();
         let mut removed = 0;
         for d in self.blobs.list().await? {
@@ -309,10 +304,10 @@ impl Service {
             // racing this round)?
             let named = self
                 .store
-                .list_images()
+                .referenced_blobs()
                 .await?
                 .iter()
-                .any(|i| i.files.iter().any(|f| f.digest == d.as_str()));
+                .any(|b| b == d.as_str());
             if named {
                 continue;
             }

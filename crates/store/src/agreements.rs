@@ -181,7 +181,7 @@ impl Store {
     pub async fn insert_suspension(&self, s: &Suspension) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO suspensions (workspace_id, agreement_id, node, was, at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (workspace_id) DO UPDATE SET agreement_id = $2, node = $3, was = $4, at = $5",
+             ON CONFLICT (workspace_id) DO UPDATE SET agreement_id = $2, node = $3, at = $5",
         )
         .bind(&s.workspace)
         .bind(&s.agreement)

@@ -291,16 +291,22 @@ impl Store {
         Ok(())
     }
 
-    /// Digests of every blob an image record refers to.
+    /// Digests of every blob an image record refers to: its files, and
+    /// the OCI layers it was made of (kept, so that a pull of an image
+    /// sharing them moves none again).
     pub async fn referenced_blobs(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT files FROM images")
+        let rows = sqlx::query("SELECT files, manifest FROM images")
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::new();
-        for files in rows {
-            let files: Vec<ImageFile> =
-                serde_json::from_str(&files).map_err(|e| StoreError::corrupt("images", e))?;
+        for row in rows {
+            let files: Vec<ImageFile> = serde_json::from_str(&row.try_get::<String, _>("files")?)
+                .map_err(|e| StoreError::corrupt("images", e))?;
             out.extend(files.into_iter().map(|f| f.digest));
+            let manifest: vws_model::software::Manifest =
+                serde_json::from_str(&row.try_get::<String, _>("manifest")?)
+                    .map_err(|e| StoreError::corrupt("images", e))?;
+            out.extend(manifest.oci.into_iter().flat_map(|o| o.layers));
         }
         Ok(out)
     }
