@@ -40,12 +40,17 @@ fn sh(cmd: &mut Command, what: &str) {
 
 /// Debian's docker-registry, serving `dir` on a free loopback port.
 fn registry(dir: &Path) -> (Kill, u16) {
+    registry_with(dir, "")
+}
+
+/// The same with more of its configuration (an `auth:` section).
+fn registry_with(dir: &Path, more: &str) -> (Kill, u16) {
     let port = free_port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{more}",
             dir.join("data").display()
         ),
     )
@@ -78,6 +83,18 @@ fn busybox_root(root: &Path, marker: &str) {
 /// An OCI image made with umoci from a busybox root (plus `extra`, one
 /// more layer, if given), pushed to `registry` as `name`.
 fn push_image(work: &Path, port: u16, name: &str, marker: &str, extra: Option<&dyn Fn(&Path)>) {
+    push_image_as(work, port, name, marker, extra, None)
+}
+
+/// The same, pushed with `creds` (`USER:PASSWORD`).
+fn push_image_as(
+    work: &Path,
+    port: u16,
+    name: &str,
+    marker: &str,
+    extra: Option<&dyn Fn(&Path)>,
+    creds: Option<&str>,
+) {
     let layout = work.join(format!("layout-{}", name.replace([':', '/'], "-")));
     let bundle = work.join(format!("bundle-{}", name.replace([':', '/'], "-")));
     let l = layout.to_str().unwrap();
@@ -127,10 +144,13 @@ fn push_image(work: &Path, port: u16, name: &str, marker: &str, extra: Option<&d
         ]),
         "umoci config",
     );
+    let mut copy = Command::new("skopeo");
+    copy.args(["copy", "--dest-tls-verify=false"]);
+    if let Some(c) = creds {
+        copy.args(["--dest-creds", c]);
+    }
     sh(
-        Command::new("skopeo").args([
-            "copy",
-            "--dest-tls-verify=false",
+        copy.args([
             &format!("oci:{image}"),
             &format!("docker://127.0.0.1:{port}/{name}"),
         ]),
@@ -522,4 +542,74 @@ json.dump(index, open(os.path.join(layout, "index.json"), "w"))
             .arg(path),
         "the hostile layer",
     );
+}
+
+#[test]
+fn a_bearer_token_registry_takes_the_registries_file_credentials() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let work = home.join("oci");
+    std::fs::create_dir_all(&work).unwrap();
+    // The token server the registry sends clients to.
+    let token_port = free_port();
+    let cert = work.join("token-signer.pem");
+    let server = Command::new(python())
+        .arg(root().join("crates/cli/tests/oci/token_server.py"))
+        .arg(token_port.to_string())
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("token.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _server = Kill(server);
+    wait_until("the token server", Duration::from_secs(20), || {
+        cert.exists() && TcpStream::connect(("127.0.0.1", token_port)).is_ok()
+    });
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: vws-test\n    issuer: vws-test-issuer\n    rootcertbundle: {}\n",
+        cert.display()
+    );
+    let (mut reg, port) = registry_with(&work, &auth);
+    push_image_as(
+        &work,
+        port,
+        "private:1",
+        "behind-a-token",
+        None,
+        Some("user:secret"),
+    );
+    let _up = vws_up(home, &[]);
+    let reference = format!("127.0.0.1:{port}/private:1");
+    let registries = |body: &str| std::fs::write(home.join("registries.toml"), body).unwrap();
+
+    // Without credentials, and with wrong ones: refused, saying where they go.
+    for (file, name) in [
+        (String::new(), "anonymous:1"),
+        (
+            format!("[\"127.0.0.1:{port}\"]\nusername = \"user\"\npassword = \"wrong\"\n"),
+            "wrong:1",
+        ),
+    ] {
+        registries(&file);
+        let out = pull(home, &reference, &["--name", name]);
+        assert!(!out.status.success(), "{name}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("access refused") && said.contains("registries file"),
+            "{name}: {said}"
+        );
+        assert!(!vws(home, &["image", "show", name]).status.success());
+    }
+    // With the right ones, from the file: the library trades them for a token.
+    registries(&format!(
+        "[\"127.0.0.1:{port}\"]\nusername = \"user\"\npassword = \"secret\"\n"
+    ));
+    let done = pulled(home, &reference, &[]);
+    assert_eq!(done["operation"]["state"], "done", "{done}");
+    assert_eq!(
+        done["image"]["manifest"]["oci"]["env"][0],
+        "MARKER_ENV=from-the-image"
+    );
+    reg.0.kill().unwrap();
 }
