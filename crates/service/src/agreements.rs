@@ -199,6 +199,9 @@ fn new_id() -> String {
     format!("ag-{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
+/// The actor the scheduler's actions are recorded under.
+pub const SCHEDULER: &str = "scheduler";
+
 impl Service {
     /// The nodes that are up, as capacity.
     pub(crate) async fn capacities(
@@ -451,17 +454,9 @@ impl Service {
         existing: bool,
     ) -> Result<(), ServiceError> {
         let limits = self.policy.limits_for(&who.dn);
-        if !limits
-            .allowed_categories
-            .iter()
-            .any(|c| c == d.category.as_str())
-        {
-            return Err(ServiceError::Policy(format!(
-                "category {:?} is not allowed for {}",
-                d.category.as_str(),
-                who.dn
-            )));
-        }
+        limits
+            .check_category(d.category, &who.dn)
+            .map_err(ServiceError::Policy)?;
         if count == 0 {
             return Err(ServiceError::InvalidTerms(
                 "count: must be at least 1".into(),
@@ -630,9 +625,6 @@ impl Service {
     ) -> Result<Agreement, ServiceError> {
         let now = self.clock.now();
         let mut a = self.agreement(who, id).await?;
-        if a.owner != who.dn && !who.is_admin() {
-            return Err(ServiceError::NotFound(format!("agreement {id} not found")));
-        }
         if a.state != AgreementState::Offered {
             return Err(ServiceError::Conflict(format!(
                 "agreement {id} is {}; only an offer can be accepted",
@@ -760,7 +752,7 @@ impl Service {
                     &mut r,
                     vws_store::Change {
                         action: vws_model::records::HistoryAction::Renew,
-                        actor: crate::scheduler::SCHEDULER,
+                        actor: SCHEDULER,
                         detail: Some(format!(
                             "held for agreement {} until {}",
                             a.id,
@@ -805,8 +797,7 @@ impl Service {
         now: OffsetDateTime,
     ) -> Result<(), ServiceError> {
         a.state = AgreementState::Expired;
-        a.history
-            .push(event(now, "expire", crate::scheduler::SCHEDULER, None));
+        a.history.push(event(now, "expire", SCHEDULER, None));
         Ok(self.store.update_agreements(&mut [a]).await?)
     }
 

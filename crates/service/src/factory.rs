@@ -270,18 +270,9 @@ impl Service {
         }
         // Policy: what this owner may ask for.
         let limits = self.policy.limits_for(&who.dn);
-        if !limits
-            .allowed_categories
-            .iter()
-            .any(|c| c == d.category.as_str())
-        {
-            return Err(ServiceError::Policy(format!(
-                "category {:?} is not allowed for {} (allowed: {})",
-                d.category.as_str(),
-                who.dn,
-                limits.allowed_categories.join(", ")
-            )));
-        }
+        limits
+            .check_category(d.category, &who.dn)
+            .map_err(ServiceError::Policy)?;
         let names: Vec<&str> = std::iter::once(image.id.as_str())
             .chain(image.tags.iter().map(String::as_str))
             .collect();

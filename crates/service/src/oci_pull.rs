@@ -116,24 +116,9 @@ impl Service {
             },
         )
         .map_err(|e| ServiceError::InvalidTerms(e.message))?;
-        let now = self.clock.now();
-        let op = Operation {
-            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
-            owner: who.dn.clone(),
-            kind: "pull".into(),
-            target: req.reference.clone(),
-            state: OperationState::Running,
-            phase: "resolving".into(),
-            layers: Vec::new(),
-            image: None,
-            error: None,
-            created_at: now,
-            modified_at: now,
-        };
-        self.store.put_operation(&op).await?;
         self.spawn_pull(
             who,
-            op,
+            &req.reference,
             Source::Registry(Box::new(registry)),
             name,
             tag,
@@ -179,24 +164,9 @@ impl Service {
             config,
             layers: req.layers.clone(),
         };
-        let now = self.clock.now();
-        let op = Operation {
-            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
-            owner: who.dn.clone(),
-            kind: "pull".into(),
-            target: req.source.clone(),
-            state: OperationState::Running,
-            phase: "layers".into(),
-            layers: Vec::new(),
-            image: None,
-            error: None,
-            created_at: now,
-            modified_at: now,
-        };
-        self.store.put_operation(&op).await?;
         self.spawn_pull(
             who,
-            op,
+            &req.source,
             Source::Uploaded(Box::new(resolved)),
             name,
             tag,
@@ -205,16 +175,36 @@ impl Service {
         .await
     }
 
-    /// Runs a pull in the background; its operation as it starts.
+    /// Records a pull's operation and runs it in the background; the
+    /// operation as it starts.
     async fn spawn_pull(
         self: &Arc<Self>,
         who: &Identity,
-        op: Operation,
+        target: &str,
         source: Source,
         name: String,
         tag: String,
         visibility: Visibility,
     ) -> Result<Operation, ServiceError> {
+        let now = self.clock.now();
+        let op = Operation {
+            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
+            owner: who.dn.clone(),
+            kind: "pull".into(),
+            target: target.into(),
+            state: OperationState::Running,
+            phase: match source {
+                Source::Registry(_) => "resolving",
+                Source::Uploaded(_) => "layers",
+            }
+            .into(),
+            layers: Vec::new(),
+            image: None,
+            error: None,
+            created_at: now,
+            modified_at: now,
+        };
+        self.store.put_operation(&op).await?;
         let service = self.clone();
         let who = who.clone();
         let mut running = op.clone();

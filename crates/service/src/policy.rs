@@ -65,6 +65,24 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses a category this owner may not have (`dn` names them).
+    pub fn check_category(&self, category: Category, dn: &str) -> Result<(), String> {
+        if self
+            .allowed_categories
+            .iter()
+            .any(|c| c == category.as_str())
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "category {:?} is not allowed for {dn} (allowed: {})",
+            category.as_str(),
+            self.allowed_categories.join(", ")
+        ))
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PartialLimits {

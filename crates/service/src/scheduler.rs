@@ -20,8 +20,7 @@ use crate::error::ServiceError;
 use crate::lifecycle::is_account;
 use crate::policy::{AccountsInTheWay, SuspendFirst};
 
-/// The actor the scheduler's actions are recorded under.
-pub const SCHEDULER: &str = "scheduler";
+pub use crate::agreements::SCHEDULER;
 
 /// A start later than this after its time is reported as missed.
 pub const ON_TIME: time::Duration = time::Duration::seconds(5);

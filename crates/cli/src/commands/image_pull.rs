@@ -202,11 +202,11 @@ pub async fn import_oci(
     };
     let quiet = g.json;
     let config_digest =
-        crate::commands::images::send(client, &local.config, "config", quiet).await?;
+        crate::commands::upload::send(client, &local.config, "config", quiet).await?;
     let mut layers = Vec::new();
     for (i, (file, media_type)) in local.layers.iter().enumerate() {
         let digest =
-            crate::commands::images::send(client, file, &format!("layer {}", i + 1), quiet).await?;
+            crate::commands::upload::send(client, file, &format!("layer {}", i + 1), quiet).await?;
         layers.push(serde_json::json!({
             "digest": digest,
             "size": std::fs::metadata(file)?.len(),

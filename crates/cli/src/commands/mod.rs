@@ -14,6 +14,7 @@ pub mod node;
 pub mod pki;
 pub mod ui;
 pub mod up;
+pub mod upload;
 pub mod workspaces;
 
 /// Prints an error for people: the service's message, each description

@@ -185,7 +185,7 @@ pub async fn emboss_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
     let result = async {
         let client = &rig.client;
         import_guest(client, &guest).await?;
-        let digest = crate::commands::images::send(client, &image, "emboss", true).await?;
+        let digest = crate::commands::upload::send(client, &image, "emboss", true).await?;
         client
             .import_image(json!({ "name": "emboss", "tag": "bench", "disk": digest }))
             .await
