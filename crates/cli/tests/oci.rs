@@ -321,6 +321,111 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
     );
     assert_eq!(out, "marker-of-the-image\nenv=mine\ncwd=/\n");
 
+    steps.at("push: the VM's disk as one more layer over the pulled image; pulled back alike");
+    ok(
+        home,
+        &[
+            "run",
+            &vm,
+            "--",
+            "sh",
+            "-c",
+            "echo refined > /added; rm /marker; sync",
+        ],
+    );
+    ok(home, &["stop", &vm]);
+    ok(home, &["undeploy", &vm]);
+    ok(home, &["snapshot", &vm, "--as", "refined:1"]);
+    let out = ok(
+        home,
+        &[
+            "image",
+            "push",
+            "refined:1",
+            &format!("127.0.0.1:{port}/refined:1"),
+            "--json",
+        ],
+    );
+    let pushed: Value = serde_json::from_str(&out).unwrap();
+    let at = pushed["operation"]["image"].as_str().unwrap().to_string();
+    let digest = at.rsplit_once('@').unwrap().1.to_string();
+    let pushed_layers: Vec<&str> = pushed["operation"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let base_layers: Vec<&str> = oci["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(pushed_layers.len(), base_layers.len() + 1, "{pushed}");
+    assert_eq!(
+        &pushed_layers[..base_layers.len()],
+        &base_layers[..],
+        "the image's own layers, then one"
+    );
+    let back = pulled(
+        home,
+        &format!("127.0.0.1:{port}/refined:1"),
+        &["--name", "refined:back"],
+    );
+    // The new layer holds what the job changed, and not the VM's own
+    // credentials.
+    let new_layer = home
+        .join("images/sha256")
+        .join(pushed_layers.last().unwrap().trim_start_matches("sha256:"));
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&new_layer)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("added") && listing.contains(".wh.marker"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("credentials"),
+        "a workspace's key went out: {listing}"
+    );
+    assert_eq!(
+        back["image"]["manifest"]["oci"]["manifest_digest"],
+        digest.as_str(),
+        "the same digest"
+    );
+    assert_eq!(
+        back["image"]["manifest"]["oci"]["env"][0],
+        "MARKER_ENV=from-the-image"
+    );
+    let refined = create(
+        home,
+        &describe(
+            home,
+            "refined",
+            "category = \"dynamic account\"\n[hardware]\nram = \"128MiB\"\ndisk = { size = \"16MiB\" }\n[software]\nimage = \"refined:back\"\n",
+        ),
+    );
+    ok(home, &["deploy", &refined]);
+    ok(home, &["start", &refined]);
+    let out = ok(
+        home,
+        &[
+            "run",
+            &refined,
+            "--",
+            "sh",
+            "-c",
+            "cat /added; test -e /marker && echo marker-still-there; echo env=$MARKER_ENV",
+        ],
+    );
+    assert_eq!(
+        out, "refined\nenv=from-the-image\n",
+        "the change, the whiteout and the config came back"
+    );
+
     steps.at("a second pull moves no layer");
     let again = pulled(
         home,
@@ -491,8 +596,14 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
             .trim_start_matches("sha256:"),
     );
     assert!(layer.exists(), "kept for the next pull that shares it");
-    ok(home, &["destroy", &account, &vm]);
-    for tag in ["marker:1", "marker:again", "marker:layout"] {
+    ok(home, &["destroy", &account, &vm, &refined]);
+    for tag in [
+        "marker:1",
+        "marker:again",
+        "marker:layout",
+        "refined:1",
+        "refined:back",
+    ] {
         ok(home, &["image", "rm", tag]);
     }
     assert!(!layer.exists(), "removed with the last image made of it");

@@ -410,6 +410,16 @@ impl Client {
             .await
     }
 
+    /// Starts pushing a pool image to a registry; its operation.
+    pub async fn push_image(
+        &self,
+        reference: &str,
+        request: serde_json::Value,
+    ) -> Result<vws_model::records::Operation, ClientError> {
+        let path = format!("/v1/images/{r}/push", r = seg(reference));
+        self.call(Method::POST, &path, Some(request)).await
+    }
+
     /// How far a long-running operation has come.
     pub async fn operation(&self, id: &str) -> Result<vws_model::records::Operation, ClientError> {
         let path = format!("/v1/operations/{id}", id = seg(id));

@@ -90,6 +90,11 @@ pub struct OciOrigin {
     /// program run through it).
     #[serde(default)]
     pub shell: bool,
+    /// For an image saved from a workspace (its disk), the pool image it
+    /// was made from: a push sends that image's layers and one more, what
+    /// the workspace changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<String>,
 }
 
 /// A requirement an image does not meet: where it is in the description,

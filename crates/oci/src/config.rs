@@ -53,6 +53,7 @@ pub fn origin(r: &crate::registry::Resolved) -> (OciOrigin, BTreeMap<String, Str
             .unwrap_or_default(),
         // Known once the layers are applied.
         shell: false,
+        derived_from: None,
     };
     let labels = c
         .and_then(|c| c.labels().clone())

@@ -92,6 +92,11 @@ fn decompressed<'a>(
     }
 }
 
+/// A gzip stream's decompressed bytes.
+pub fn gunzip(data: &[u8]) -> impl Read + '_ {
+    flate2::read::GzDecoder::new(data)
+}
+
 /// Applies layers, one after another, into `root`.
 pub struct Applier {
     root: PathBuf,

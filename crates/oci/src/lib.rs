@@ -5,6 +5,7 @@
 //! image config read as the workspaces' defaults.
 
 pub mod config;
+pub mod export;
 pub mod ext4;
 pub mod layers;
 pub mod registry;

@@ -355,6 +355,7 @@ fn handler(route: &crate::routes::Route) -> MethodRouter<AppState> {
         ("get", "/v1/images") => get(images),
         ("post", "/v1/images/pull") => post(pull_image),
         ("post", "/v1/images/oci") => post(import_oci),
+        ("post", "/v1/images/{reference}/push") => post(push_image),
         ("get", "/v1/operations/{operation}") => get(operation),
         ("get", "/v1/images/{reference}") => get(image),
         ("delete", "/v1/images/{reference}") => delete(remove_image),
@@ -1159,6 +1160,20 @@ async fn import_oci(
 ) -> Result<Response, ServiceError> {
     let req = required_json(&headers, b)?;
     let reply = s.reply(&who, Command::ImportOci(req)).await?;
+    Ok((StatusCode::ACCEPTED, reply).into_response())
+}
+
+async fn push_image(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let push = required_json(&headers, b)?;
+    let reply = s
+        .reply(&who, Command::PushImage { reference, push })
+        .await?;
     Ok((StatusCode::ACCEPTED, reply).into_response())
 }
 

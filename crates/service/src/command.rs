@@ -203,6 +203,14 @@ pub enum Command {
     /// Pulls an OCI image from a registry into the pool: a long-running
     /// operation (docs/images.md).
     PullImage(crate::oci_pull::PullRequest),
+    /// Pushes a root filesystem image to a registry as an OCI image: a
+    /// long-running operation.
+    PushImage {
+        /// `name:tag` or a content id.
+        reference: String,
+        /// Where to, and how.
+        push: crate::oci_push::PushRequest,
+    },
     /// Registers an OCI image whose config and layers were uploaded (a
     /// layout folder or a `docker save` archive): a long-running operation.
     ImportOci(crate::oci_pull::OciImport),
@@ -340,6 +348,7 @@ impl CommandKind {
             K::ImportImage
             | K::PullImage
             | K::ImportOci
+            | K::PushImage
             | K::RemoveImage
             | K::SignImage
             | K::HasBlob
@@ -529,6 +538,9 @@ impl Service {
             C::Image { reference } => Reply::Image(Box::new(self.image(who, &reference).await?)),
             C::ImportImage(req) => Reply::Image(Box::new(self.import_image(who, req).await?)),
             C::PullImage(req) => Reply::Operation(Box::new(self.pull_image(who, req).await?)),
+            C::PushImage { reference, push } => {
+                Reply::Operation(Box::new(self.push_image(who, &reference, push).await?))
+            }
             C::ImportOci(req) => Reply::Operation(Box::new(self.import_oci(who, req).await?)),
             C::Operation { id } => Reply::Operation(Box::new(self.operation(who, &id).await?)),
             C::RemoveImage { reference } => {

@@ -55,8 +55,14 @@ impl Service {
         .await;
         let _ = tokio::fs::remove_file(&flat).await;
         let (digest, _) = stored?;
+        // Made from an OCI image: it is that image and one more layer.
+        let derived = base.as_ref().and_then(|b| {
+            let mut o = b.manifest.oci.clone()?;
+            o.derived_from = Some(b.id.clone());
+            Some((o, b.manifest.labels.clone()))
+        });
         let image = self
-            .import_image(
+            .import_image_with(
                 who,
                 ImportRequest {
                     name: name.into(),
@@ -67,6 +73,7 @@ impl Service {
                     cmdline: None,
                     visibility: base.map(|b| b.visibility).unwrap_or(Visibility::Private),
                 },
+                derived,
             )
             .await?;
         tracing::info!(%id, image = %image.id, "disk image saved");

@@ -24,6 +24,7 @@ mod network_views;
 pub mod node_client;
 pub mod nodes;
 pub mod oci_pull;
+pub mod oci_push;
 pub mod path_params;
 pub mod policy;
 pub mod pool;

@@ -280,10 +280,9 @@ impl Service {
         }
         // The same image pulled before: only the name is new.
         let known = self.store.list_images().await?.into_iter().find(|i| {
-            i.manifest
-                .oci
-                .as_ref()
-                .is_some_and(|o| o.manifest_digest == origin.manifest_digest)
+            i.manifest.oci.as_ref().is_some_and(|o| {
+                o.manifest_digest == origin.manifest_digest && o.derived_from.is_none()
+            })
         });
         if let Some(image) = known {
             origin.shell = image.manifest.oci.as_ref().is_some_and(|o| o.shell);

@@ -86,6 +86,7 @@ pub const ROUTES: &[Route] = &[
     r("post", "/v1/images", Client(ImportImage)),
     r("post", "/v1/images/pull", Client(PullImage)),
     r("post", "/v1/images/oci", Client(ImportOci)),
+    r("post", "/v1/images/{reference}/push", Client(PushImage)),
     r("get", "/v1/operations/{operation}", Client(Operation)),
     r("get", "/v1/images/{reference}", Client(Image)),
     r("delete", "/v1/images/{reference}", Client(RemoveImage)),

@@ -107,6 +107,11 @@ fn sample(kind: CommandKind) -> Command {
             serde_json::from_value(serde_json::json!({ "reference": "127.0.0.1:1/nothere:1" }))
                 .unwrap(),
         ),
+        K::PushImage => Command::PushImage {
+            reference: reference(),
+            push: serde_json::from_value(serde_json::json!({ "target": "127.0.0.1:1/nothere:1" }))
+                .unwrap(),
+        },
         K::ImportOci => Command::ImportOci(
             serde_json::from_value(serde_json::json!({
                 "name": "nothere:1",
@@ -168,7 +173,7 @@ fn sample(kind: CommandKind) -> Command {
 #[test]
 fn every_command_has_a_class_and_a_route() {
     let all: Vec<CommandKind> = CommandKind::iter().collect();
-    assert_eq!(all.len(), 49, "{all:?}");
+    assert_eq!(all.len(), 50, "{all:?}");
     for kind in &all {
         assert_eq!(sample(*kind).kind(), *kind);
         let routed = ROUTES

@@ -126,6 +126,7 @@ fn request_of(method: &str, path: &str) -> (&'static str, Option<serde_json::Val
         ("post", "offers") => Some(json!({ "duration": 120 })),
         // Nothing listens there: the pull's operation fails after the guard.
         ("post", "pull") => Some(json!({ "reference": "127.0.0.1:9/nothere:1" })),
+        ("post", "push") => Some(json!({ "target": "127.0.0.1:9/nothere:1" })),
         ("post", "oci") => Some(json!({
             "name": "imported:1",
             "source": "oci-layout:/nothere",

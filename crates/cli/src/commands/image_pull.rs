@@ -251,25 +251,62 @@ fn layer_bar(m: &MultiProgress, digest: &str, size: u64) -> ProgressBar {
 
 /// Pulls and follows the operation to its end.
 pub async fn pull(g: &Globals, client: &vws_client::Client, a: PullArgs) -> anyhow::Result<()> {
-    let file = a
-        .registries
-        .clone()
-        .unwrap_or_else(|| g.home.join("registries.toml"));
     let mut req = serde_json::json!({
         "reference": a.reference,
         "name": a.name,
         "plain_http": a.plain_http,
         "visibility": if a.private { "private" } else { "public" },
     });
-    if let Some(c) = credentials(&file, &registry_of(&a.reference))? {
+    connection(g, &mut req, &a.reference, &a.registries, &a.registry_ca)?;
+    let op = client.pull_image(req).await?;
+    follow(g, client, op).await
+}
+
+/// `vws image push`.
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The pool image: NAME:TAG
+    image: String,
+    /// Where to: REGISTRY/REPOSITORY:TAG
+    target: String,
+    /// The registries file with credentials [default: VWS_HOME/registries.toml]
+    #[arg(long, env = "VWS_REGISTRIES", value_name = "FILE")]
+    registries: Option<PathBuf>,
+    /// Speak plain HTTP to a registry that is not on loopback
+    #[arg(long)]
+    plain_http: bool,
+    /// A CA to trust for the registry's TLS, beside the system's roots
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    registry_ca: Option<PathBuf>,
+}
+
+/// The credentials and CA of a pull's or push's request.
+fn connection(
+    g: &Globals,
+    req: &mut serde_json::Value,
+    reference: &str,
+    registries: &Option<PathBuf>,
+    ca: &Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let file = registries
+        .clone()
+        .unwrap_or_else(|| g.home.join("registries.toml"));
+    if let Some(c) = credentials(&file, &registry_of(reference))? {
         req["credentials"] = c;
     }
-    if let Some(ca) = &a.registry_ca {
+    if let Some(ca) = ca {
         req["ca_pem"] = std::fs::read_to_string(ca)
             .with_context(|| format!("reading {}", ca.display()))?
             .into();
     }
-    let op = client.pull_image(req).await?;
+    Ok(())
+}
+
+/// Pushes and follows the operation to its end.
+pub async fn push(g: &Globals, client: &vws_client::Client, a: PushArgs) -> anyhow::Result<()> {
+    let mut req = serde_json::json!({ "target": a.target, "plain_http": a.plain_http });
+    connection(g, &mut req, &a.target, &a.registries, &a.registry_ca)?;
+    let op = client.push_image(&a.image, req).await?;
     follow(g, client, op).await
 }
 
@@ -309,6 +346,17 @@ async fn follow(g: &Globals, client: &vws_client::Client, mut op: Operation) -> 
 
 async fn finish(g: &Globals, client: &vws_client::Client, op: &Operation) -> anyhow::Result<()> {
     match (&op.state, &op.image) {
+        (OperationState::Done, Some(pushed)) if op.kind == "push" => {
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "operation": op }))?
+                );
+            } else {
+                println!("{pushed}  ({} layers)", op.layers.len());
+            }
+            Ok(())
+        }
         (OperationState::Done, Some(name)) => {
             let image = client.image(name).await?;
             if g.json {
@@ -330,7 +378,12 @@ async fn finish(g: &Globals, client: &vws_client::Client, op: &Operation) -> any
             Ok(())
         }
         _ => anyhow::bail!(
-            "pulling {} failed: {}",
+            "{} {} failed: {}",
+            if op.kind == "push" {
+                "pushing to"
+            } else {
+                "pulling"
+            },
             op.target,
             op.error.as_deref().unwrap_or("no reason recorded")
         ),

@@ -89,6 +89,10 @@ pub enum ImageCommand {
         after_help = "Credentials come from the registries file (never the command line):\n  [\"registry.example.org\"]\n  username = \"me\"\n  password = \"…\"      # or: token = \"…\"\n\nExamples:\n  vws image pull 127.0.0.1:5000/emboss:1\n  vws image pull registry.example.org/lab/tools@sha256:… --name tools:2"
     )]
     Pull(crate::commands::image_pull::PullArgs),
+    /// Push a root filesystem image to a registry as an OCI image: a
+    /// pulled one as its own layers, one saved from a workspace as its
+    /// image's layers and what the workspace changed (docs/images.md)
+    Push(crate::commands::image_pull::PushArgs),
     /// Sign an image's content id with the certificate this CLI presents
     Sign {
         /// Image reference
@@ -225,6 +229,7 @@ pub async fn run(g: &Globals, c: ImageCommand) -> anyhow::Result<()> {
             }
         }
         ImageCommand::Pull(a) => crate::commands::image_pull::pull(g, &client, a).await?,
+        ImageCommand::Push(a) => crate::commands::image_pull::push(g, &client, a).await?,
         ImageCommand::Sign { reference } => {
             let image = sign_image(g, &client, &reference).await?;
             if g.json {
