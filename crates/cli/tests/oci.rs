@@ -588,6 +588,42 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
     assert!(!escape.exists(), "nothing was written outside the image");
     assert!(!vws(home, &["image", "show", "evil:1"]).status.success());
 
+    steps.at("a layer that does not match its digest is refused");
+    push_image(&work, port, "tampered:1", "tampered", None);
+    // The registry keeps each blob as a file; one byte of the layer's is
+    // changed where it sits.
+    let blobs = work.join("data/docker/registry/v2/blobs/sha256");
+    let manifest_of = |name: &str| -> Value {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://127.0.0.1:{port}/{name}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let layer = manifest_of("tampered:1")["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let data = blobs.join(&layer[..2]).join(&layer).join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let out = pull(home, &format!("127.0.0.1:{port}/tampered:1"), &[]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("does not match") || said.contains("igest"),
+        "{said}"
+    );
+    assert!(!vws(home, &["image", "show", "tampered:1"]).status.success());
+    assert!(
+        !home.join("images/sha256").join(&layer).exists(),
+        "nothing under the layer's name"
+    );
+
     steps.at("the layers stay in the pool with their image, and go with it");
     let layer = home.join("images/sha256").join(
         first["operation"]["layers"][0]["digest"]
