@@ -321,6 +321,51 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
     );
     assert_eq!(out, "marker-of-the-image\nenv=mine\ncwd=/\n");
 
+    steps.at("the image's User runs a VM's jobs");
+    let layout = work.join("layout-marker-1");
+    sh(
+        Command::new("umoci").args([
+            "config",
+            "--image",
+            &format!("{}:1", layout.display()),
+            "--tag",
+            "2",
+            "--config.user",
+            "1000:1001",
+        ]),
+        "umoci config --config.user",
+    );
+    sh(
+        Command::new("skopeo").args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:2", layout.display()),
+            &format!("docker://127.0.0.1:{port}/marker:user"),
+        ]),
+        "skopeo copy (user)",
+    );
+    pulled(
+        home,
+        &format!("127.0.0.1:{port}/marker:user"),
+        &["--name", "marker:user"],
+    );
+    let as_user = create(
+        home,
+        &describe(
+            home,
+            "as-user",
+            "category = \"vm\"\n[hardware]\nram = \"256MiB\"\n[software]\nimage = \"marker:user\"\n",
+        ),
+    );
+    ok(home, &["deploy", &as_user]);
+    ok(home, &["start", &as_user]);
+    let out = ok(
+        home,
+        &["run", &as_user, "--", "sh", "-c", "echo $(id -u):$(id -g)"],
+    );
+    assert_eq!(out, "1000:1001\n", "the job ran as the image's User");
+    ok(home, &["destroy", &as_user]);
+
     steps.at("push: the VM's disk as one more layer over the pulled image; pulled back alike");
     ok(
         home,
@@ -637,6 +682,7 @@ fn one_pulled_image_runs_as_an_account_and_as_a_vm() {
         "marker:1",
         "marker:again",
         "marker:layout",
+        "marker:user",
         "refined:1",
         "refined:back",
     ] {

@@ -50,6 +50,11 @@ pub enum ToAgent {
         /// Kill it after this many milliseconds.
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// Run it as this user of the guest's `/etc/passwd` (`NAME`,
+        /// `UID`, `NAME:GROUP` or `UID:GID`, as an OCI image's `User`);
+        /// none: as root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Send a signal to a job's process group.
     Signal {
@@ -232,6 +237,7 @@ mod tests {
             cwd: None,
             stdin: None,
             timeout_ms: Some(5),
+            user: Some("1000:1000".into()),
         };
         write_frame(&mut buf, &msg).unwrap();
         let back: ToAgent = read_frame(&mut &buf[..]).unwrap().unwrap();

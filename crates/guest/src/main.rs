@@ -97,6 +97,52 @@ fn find_program(prog: &str, path: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| prog.into())
 }
 
+/// A user spec (`NAME`, `UID`, `NAME:GROUP`, `UID:GID`, as an OCI
+/// image's `User`) resolved in this root's `/etc/passwd` and `/etc/group`:
+/// uid and gid (a user without a group has its passwd group).
+fn resolve_user(spec: &str) -> Result<(u32, u32), String> {
+    let table = |file: &str| std::fs::read_to_string(file).unwrap_or_default();
+    let (passwd, group) = (table("/etc/passwd"), table("/etc/group"));
+    let find = |text: &str, name: &str| -> Option<Vec<String>> {
+        text.lines()
+            .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(name))
+    };
+    let (u, g) = spec
+        .split_once(':')
+        .map_or((spec, None), |(u, g)| (u, Some(g)));
+    let (uid, passwd_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => {
+            let f = find(&passwd, u).ok_or_else(|| format!("user {u:?} is not in /etc/passwd"))?;
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok());
+            (
+                num(2).ok_or_else(|| format!("user {u:?} has no uid in /etc/passwd"))?,
+                num(3),
+            )
+        }
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => find(&group, g)
+                .and_then(|f| f.get(2).and_then(|v| v.parse().ok()))
+                .ok_or_else(|| format!("group {g:?} is not in /etc/group"))?,
+        },
+        // A numeric user's group is its passwd entry's, if it has one.
+        None => passwd_gid
+            .or_else(|| {
+                passwd
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(uid))
+                    .and_then(|f| f.get(3).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn exec(
     w: Writer,
@@ -107,6 +153,7 @@ fn exec(
     cwd: Option<String>,
     stdin: Option<String>,
     timeout_ms: Option<u64>,
+    user: Option<String>,
 ) {
     let Some((prog, args)) = argv.split_first() else {
         send(
@@ -142,6 +189,19 @@ fn exec(
         .process_group(0);
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
+    }
+    if let Some(spec) = user.as_deref() {
+        match resolve_user(spec) {
+            Ok((uid, gid)) => {
+                use std::os::unix::process::CommandExt;
+                // std drops root's supplementary groups with the uid.
+                cmd.uid(uid).gid(gid);
+            }
+            Err(message) => {
+                send(&w, &FromAgent::Failed { job, message });
+                return;
+            }
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -317,9 +377,12 @@ fn serve(port: &str) -> std::io::Result<()> {
                 cwd,
                 stdin,
                 timeout_ms,
+                user,
             } => {
                 let (w, j) = (writer.clone(), jobs.clone());
-                std::thread::spawn(move || exec(w, j, job, argv, env, cwd, stdin, timeout_ms));
+                std::thread::spawn(move || {
+                    exec(w, j, job, argv, env, cwd, stdin, timeout_ms, user)
+                });
             }
             ToAgent::Signal { job, signal } => {
                 if let Some(pid) = jobs.lock().ok().and_then(|j| j.get(&job).copied()) {

@@ -21,7 +21,8 @@ fn to_agent() -> impl Strategy<Value = ToAgent> {
                 env: vec![],
                 cwd,
                 stdin: None,
-                timeout_ms
+                timeout_ms,
+                user: None,
             }),
         (s, any::<i32>()).prop_map(|(job, signal)| ToAgent::Signal { job, signal }),
         (

@@ -312,6 +312,10 @@ pub struct JobRequest {
     /// Standard input (base64).
     #[serde(default)]
     pub stdin: Option<String>,
+    /// The guest user it runs as (a VM's: an OCI image's `User`); none:
+    /// root in a VM, the leased uid in a dynamic account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Seconds before the job is killed.
     #[serde(default)]
     pub timeout: Option<u64>,

@@ -356,6 +356,7 @@ impl Agent {
         cwd: Option<String>,
         stdin: Option<String>,
         timeout_ms: Option<u64>,
+        user: Option<String>,
     ) {
         self.jobs.lock().await.insert(
             job.to_string(),
@@ -371,6 +372,7 @@ impl Agent {
             cwd,
             stdin,
             timeout_ms,
+            user,
         });
     }
 

@@ -282,6 +282,7 @@ fn job(id: &str) -> JobRequest {
         cwd: None,
         stdin: None,
         timeout: None,
+        user: None,
     }
 }
 

@@ -85,7 +85,7 @@ impl Service {
     /// Hands a recorded job to its node; a refusal fails the job.
     async fn dispatch(&self, mut job: JobRecord, s: Submit) -> Result<JobRecord, ServiceError> {
         let result = async {
-            let s = self.with_image_defaults(&job.workspace_id, s).await?;
+            let (s, user) = self.with_image_defaults(&job.workspace_id, s).await?;
             let node = self.live_node(&job.node).await?;
             let req = JobRequest {
                 job: job.id.clone(),
@@ -94,6 +94,7 @@ impl Service {
                 cwd: s.cwd,
                 stdin: s.stdin,
                 timeout: s.timeout,
+                user,
             };
             self.nodes.run_job(&node, &job.workspace_id, &req).await
         }
@@ -114,18 +115,23 @@ impl Service {
     }
 
     /// A job in a workspace made from an OCI image runs with the image's
-    /// `Env` (the job's own variables win) and in its `WorkingDir` unless
-    /// the job names a folder.
-    async fn with_image_defaults(&self, id: &str, mut s: Submit) -> Result<Submit, ServiceError> {
+    /// `Env` (the job's own variables win), in its `WorkingDir` unless the
+    /// job names a folder, and, in a VM, as its `User` (a dynamic
+    /// account's jobs run as its leased uid, which stands for that user).
+    async fn with_image_defaults(
+        &self,
+        id: &str,
+        mut s: Submit,
+    ) -> Result<(Submit, Option<String>), ServiceError> {
         let Some(r) = self.store.workspace(id).await? else {
-            return Ok(s);
+            return Ok((s, None));
         };
         let image = self
             .store
             .image(&vws_model::ImageRef::Digest(r.image_id.clone()))
             .await?;
         let Some(oci) = image.and_then(|i| i.manifest.oci) else {
-            return Ok(s);
+            return Ok((s, None));
         };
         let mut env: Vec<(String, String)> = oci
             .env
@@ -139,7 +145,8 @@ impl Service {
         if s.cwd.is_none() {
             s.cwd = oci.working_dir;
         }
-        Ok(s)
+        let user = oci.user.filter(|_| !crate::lifecycle::is_account(&r));
+        Ok((s, user))
     }
 
     /// Runs a list of jobs in one workspace (the paper's "mapping groups of

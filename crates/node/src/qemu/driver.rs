@@ -244,6 +244,7 @@ impl Driver for Arc<QemuDriver> {
                 req.cwd,
                 req.stdin,
                 req.timeout.map(|t| t.saturating_mul(1000)),
+                req.user,
             )
             .await;
         Ok(())
@@ -290,7 +291,7 @@ impl Driver for Arc<QemuDriver> {
                     "sync; if [ -x /run/vws/bin/poweroff ]; then /run/vws/bin/poweroff -f; else poweroff -f; fi".into(),
                 ];
                 agent
-                    .exec("shutdown", log, argv, vec![], None, None, None)
+                    .exec("shutdown", log, argv, vec![], None, None, None, None)
                     .await;
             }
             let _ = vm.qmp.execute(qapi::qmp::system_powerdown {}).await;
