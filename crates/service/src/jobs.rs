@@ -145,7 +145,8 @@ impl Service {
         if s.cwd.is_none() {
             s.cwd = oci.working_dir;
         }
-        let user = oci.user.filter(|_| !crate::lifecycle::is_account(&r));
+        let account = r.description.category == vws_model::Category::DynamicAccount;
+        let user = oci.user.filter(|_| !account);
         Ok((s, user))
     }
 

@@ -25,6 +25,7 @@ pub mod node_client;
 pub mod nodes;
 pub mod oci_pull;
 pub mod oci_push;
+pub mod operations;
 pub mod path_params;
 pub mod policy;
 pub mod pool;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use vws_model::records::{LayerProgress, Operation, OperationState};
+use vws_model::records::{LayerProgress, Operation};
 use vws_model::Identity;
 use vws_store::Visibility;
 
@@ -73,10 +73,6 @@ enum Source {
 
 /// How often a pull's progress is written while layers stream.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// An operation whose replica has not moved it for this long is reported
-/// as failed (its replica died with it).
-pub const STALE_AFTER: time::Duration = time::Duration::minutes(2);
 
 fn pool_name(req: &PullRequest) -> Result<(String, String), ServiceError> {
     if let Some(n) = &req.name {
@@ -186,25 +182,11 @@ impl Service {
         tag: String,
         visibility: Visibility,
     ) -> Result<Operation, ServiceError> {
-        let now = self.clock.now();
-        let op = Operation {
-            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
-            owner: who.dn.clone(),
-            kind: "pull".into(),
-            target: target.into(),
-            state: OperationState::Running,
-            phase: match source {
-                Source::Registry(_) => "resolving",
-                Source::Uploaded(_) => "layers",
-            }
-            .into(),
-            layers: Vec::new(),
-            image: None,
-            error: None,
-            created_at: now,
-            modified_at: now,
+        let phase = match source {
+            Source::Registry(_) => "resolving",
+            Source::Uploaded(_) => "layers",
         };
-        self.store.put_operation(&op).await?;
+        let op = self.start_operation(who, "pull", target, phase).await?;
         let service = self.clone();
         let who = who.clone();
         let mut running = op.clone();
@@ -212,22 +194,7 @@ impl Service {
             let done = service
                 .run_pull(&who, &mut running, &source, &name, &tag, visibility)
                 .await;
-            match done {
-                Ok(image) => {
-                    running.state = OperationState::Done;
-                    running.phase = "done".into();
-                    running.image = Some(image);
-                }
-                Err(e) => {
-                    tracing::warn!(op = %running.id, error = %e, "pull failed");
-                    running.state = OperationState::Failed;
-                    running.error = Some(e.to_string());
-                }
-            }
-            running.modified_at = service.clock.now();
-            if let Err(e) = service.store.put_operation(&running).await {
-                tracing::warn!(op = %running.id, error = %e, "could not record the pull's end");
-            }
+            service.end_operation(&mut running, done).await;
         });
         Ok(op)
     }
@@ -422,29 +389,5 @@ impl Service {
         .await
         .map_err(anyhow::Error::from)??;
         Ok((image, shell))
-    }
-
-    /// An operation the caller may see; one its replica stopped moving is
-    /// reported as failed.
-    pub(crate) async fn operation(
-        &self,
-        who: &Identity,
-        id: &str,
-    ) -> Result<Operation, ServiceError> {
-        match self.store.operation(id).await? {
-            Some(mut op) if op.owner == who.dn || who.is_admin() => {
-                if op.state == OperationState::Running
-                    && self.clock.now() - op.modified_at > STALE_AFTER
-                {
-                    op.state = OperationState::Failed;
-                    op.error = Some(format!(
-                        "its service replica stopped at {} without finishing it; pull again",
-                        op.modified_at
-                    ));
-                }
-                Ok(op)
-            }
-            _ => Err(ServiceError::NotFound(format!("operation {id} not found"))),
-        }
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use vws_model::records::{Operation, OperationState};
+use vws_model::records::Operation;
 use vws_model::Identity;
 
 use crate::core::Service;
@@ -103,40 +103,14 @@ impl Service {
             },
         )
         .map_err(|e| ServiceError::InvalidTerms(e.message))?;
-        let now = self.clock.now();
-        let op = Operation {
-            id: format!("op-{}", hex::encode(rand::random::<[u8; 8]>())),
-            owner: who.dn.clone(),
-            kind: "push".into(),
-            target: req.target.clone(),
-            state: OperationState::Running,
-            phase: "layers".into(),
-            layers: Vec::new(),
-            image: None,
-            error: None,
-            created_at: now,
-            modified_at: now,
-        };
-        self.store.put_operation(&op).await?;
+        let op = self
+            .start_operation(who, "push", &req.target, "layers")
+            .await?;
         let service = self.clone();
         let mut running = op.clone();
         tokio::spawn(async move {
-            match service.run_push(&mut running, &image, &registry).await {
-                Ok(digest) => {
-                    running.state = OperationState::Done;
-                    running.phase = "done".into();
-                    running.image = Some(format!("{}@{digest}", running.target));
-                }
-                Err(e) => {
-                    tracing::warn!(op = %running.id, error = %e, "push failed");
-                    running.state = OperationState::Failed;
-                    running.error = Some(e.to_string());
-                }
-            }
-            running.modified_at = service.clock.now();
-            if let Err(e) = service.store.put_operation(&running).await {
-                tracing::warn!(op = %running.id, error = %e, "could not record the push's end");
-            }
+            let done = service.run_push(&mut running, &image, &registry).await;
+            service.end_operation(&mut running, done).await;
         });
         Ok(op)
     }
@@ -283,6 +257,6 @@ impl Service {
         for l in op.layers.iter_mut() {
             l.done = l.size;
         }
-        Ok(digest)
+        Ok(format!("{}@{digest}", op.target))
     }
 }

@@ -20,6 +20,16 @@ pub struct PullArgs {
     /// Register it as NAME:TAG [default: the repository's last part and its tag]
     #[arg(long, value_name = "NAME:TAG")]
     name: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Only you (and administrators) may see and use it [default: every client may]
+    #[arg(long)]
+    private: bool,
+}
+
+/// How a pull or a push reaches its registry.
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
     /// The registries file with credentials [default: VWS_HOME/registries.toml]
     #[arg(long, env = "VWS_REGISTRIES", value_name = "FILE")]
     registries: Option<PathBuf>,
@@ -30,9 +40,6 @@ pub struct PullArgs {
     /// A CA to trust for the registry's TLS, beside the system's roots
     #[arg(long = "registry-ca", value_name = "FILE")]
     registry_ca: Option<PathBuf>,
-    /// Only you (and administrators) may see and use it [default: every client may]
-    #[arg(long)]
-    private: bool,
 }
 
 /// The registry part of a reference (`docker.io` when it names none).
@@ -254,10 +261,9 @@ pub async fn pull(g: &Globals, client: &vws_client::Client, a: PullArgs) -> anyh
     let mut req = serde_json::json!({
         "reference": a.reference,
         "name": a.name,
-        "plain_http": a.plain_http,
         "visibility": if a.private { "private" } else { "public" },
     });
-    connection(g, &mut req, &a.reference, &a.registries, &a.registry_ca)?;
+    connection(g, &mut req, &a.reference, &a.registry)?;
     let op = client.pull_image(req).await?;
     follow(g, client, op).await
 }
@@ -269,15 +275,8 @@ pub struct PushArgs {
     image: String,
     /// Where to: REGISTRY/REPOSITORY:TAG
     target: String,
-    /// The registries file with credentials [default: VWS_HOME/registries.toml]
-    #[arg(long, env = "VWS_REGISTRIES", value_name = "FILE")]
-    registries: Option<PathBuf>,
-    /// Speak plain HTTP to a registry that is not on loopback
-    #[arg(long)]
-    plain_http: bool,
-    /// A CA to trust for the registry's TLS, beside the system's roots
-    #[arg(long = "registry-ca", value_name = "FILE")]
-    registry_ca: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 /// The credentials and CA of a pull's or push's request.
@@ -285,16 +284,17 @@ fn connection(
     g: &Globals,
     req: &mut serde_json::Value,
     reference: &str,
-    registries: &Option<PathBuf>,
-    ca: &Option<PathBuf>,
+    r: &RegistryArgs,
 ) -> anyhow::Result<()> {
-    let file = registries
+    req["plain_http"] = r.plain_http.into();
+    let file = r
+        .registries
         .clone()
         .unwrap_or_else(|| g.home.join("registries.toml"));
     if let Some(c) = credentials(&file, &registry_of(reference))? {
         req["credentials"] = c;
     }
-    if let Some(ca) = ca {
+    if let Some(ca) = &r.registry_ca {
         req["ca_pem"] = std::fs::read_to_string(ca)
             .with_context(|| format!("reading {}", ca.display()))?
             .into();
@@ -304,8 +304,8 @@ fn connection(
 
 /// Pushes and follows the operation to its end.
 pub async fn push(g: &Globals, client: &vws_client::Client, a: PushArgs) -> anyhow::Result<()> {
-    let mut req = serde_json::json!({ "target": a.target, "plain_http": a.plain_http });
-    connection(g, &mut req, &a.target, &a.registries, &a.registry_ca)?;
+    let mut req = serde_json::json!({ "target": a.target });
+    connection(g, &mut req, &a.target, &a.registry)?;
     let op = client.push_image(&a.image, req).await?;
     follow(g, client, op).await
 }
