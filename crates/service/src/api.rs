@@ -623,21 +623,22 @@ async fn health(State(s): State<AppState>) -> Response {
     let version = env!("CARGO_PKG_VERSION");
     let reached = tokio::time::timeout(Duration::from_secs(2), s.service.store().ping()).await;
     match reached {
-        Ok(Ok(())) => {
-            Json(serde_json::json!({ "status": "ok", "version": version, "database": "ok" }))
-                .into_response()
-        }
-        Ok(Err(e)) => unhealthy(version, &e.to_string()),
-        Err(_) => unhealthy(version, "no answer within 2 s"),
+        Ok(Ok(())) => Json(
+            serde_json::json!({ "status": "ok", "version": version, "database": "ok",
+                "replica": s.service.instance() }),
+        )
+        .into_response(),
+        Ok(Err(e)) => unhealthy(&s, &e.to_string()),
+        Err(_) => unhealthy(&s, "no answer within 2 s"),
     }
 }
 
-fn unhealthy(version: &str, why: &str) -> Response {
+fn unhealthy(s: &AppState, why: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(
-            serde_json::json!({ "status": "unavailable", "version": version,
-            "database": format!("unreachable: {why}") }),
+            serde_json::json!({ "status": "unavailable", "version": env!("CARGO_PKG_VERSION"),
+            "database": format!("unreachable: {why}"), "replica": s.service.instance() }),
         ),
     )
         .into_response()

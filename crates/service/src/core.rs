@@ -142,7 +142,11 @@ impl Service {
             metrics: Default::default(),
             region: (DEFAULT_REGION.into(), DEFAULT_ZONE.into()),
         };
-        service.collect_garbage().await?;
+        if service.alone().await? {
+            service.collect_garbage().await?;
+        } else {
+            tracing::info!("other replicas are alive: what no record refers to is left to them");
+        }
         Ok(service)
     }
 

@@ -30,6 +30,7 @@ pub mod path_params;
 pub mod policy;
 pub mod pool;
 mod recovery;
+pub mod replicas;
 pub mod repository;
 mod request_metrics;
 pub mod routes;

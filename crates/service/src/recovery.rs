@@ -25,7 +25,11 @@ impl Service {
         node: &str,
         report: &NodeReport,
     ) -> Result<(), ServiceError> {
-        for o in self.store.orphaned_intents(node, &self.instance).await? {
+        for o in self
+            .store
+            .orphaned_intents(node, &self.instance, self.clock.now())
+            .await?
+        {
             if let Some(action) = report.busy.get(&o.id) {
                 // Still at it (its requests run to their end): settled
                 // once the node is done.

@@ -21,6 +21,7 @@ pub struct Running {
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     reaper: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
+    lease: tokio::task::JoinHandle<()>,
     /// The SQLite file's lock, held while this service runs.
     _database_lock: Option<std::fs::File>,
 }
@@ -80,8 +81,8 @@ pub struct Launch {
 
 impl Launch {
     /// Opens the database (making the CA and the service's certificates on
-    /// first run) and starts the API, the reaper and the agreements'
-    /// scheduler.
+    /// first run) and starts the API, the reaper, the agreements'
+    /// scheduler and the replica's lease.
     pub async fn start(self) -> anyhow::Result<Running> {
         let listener = self.listener;
         let bound = listener.local_addr()?;
@@ -123,6 +124,10 @@ impl Launch {
                 let _ = reaper_stop.wait_for(|s| *s).await;
             },
         ));
+        let mut lease_stop = stop_rx.clone();
+        let lease = tokio::spawn(crate::replicas::keep_lease(service.clone(), async move {
+            let _ = lease_stop.wait_for(|s| *s).await;
+        }));
         let mut scheduler_stop = stop_rx.clone();
         let scheduler = tokio::spawn(crate::scheduler::run_scheduler(
             service.clone(),
@@ -153,6 +158,7 @@ impl Launch {
             served,
             reaper,
             scheduler,
+            lease,
             _database_lock: database_lock,
         })
     }
@@ -164,12 +170,13 @@ pub const SCHEDULE_EVERY: std::time::Duration = std::time::Duration::from_secs(1
 
 impl Running {
     /// Stops accepting, drains requests, stops the reaper and the
-    /// scheduler, closes the database.
+    /// scheduler, gives up the replica's lease, closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let served = self.served.await?;
         let _ = self.reaper.await;
         let _ = self.scheduler.await;
+        let _ = self.lease.await;
         self.service.store().close().await;
         served.context("serving the API")
     }

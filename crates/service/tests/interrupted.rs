@@ -186,6 +186,45 @@ async fn an_action_in_flight_in_this_process_is_left_to_it() {
     call.abort();
 }
 
+/// Another replica's action in flight is its own while that replica's
+/// lease runs: a heartbeat reaching a second replica meanwhile leaves it,
+/// even where the node's report would settle it; once the lease has run
+/// out (the replica was killed) the next heartbeat settles it.
+#[tokio::test]
+async fn postgres_an_action_of_a_live_replica_is_left_to_it_until_its_lease_ends() {
+    let fake = Arc::new(FakeNode::default());
+    let h = harness_nodes(Backend::Postgres, fake.clone()).await;
+    let id = deployed(&h, &fake, State::Shutdown).await;
+    h.service.renew_lease().await.unwrap();
+    killed_during(&h, &fake, &id, Verb::Start).await;
+    let other = h.reopened(fake.clone()).await;
+    other.renew_lease().await.unwrap();
+    let live: Vec<String> = other
+        .replicas()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.instance)
+        .collect();
+    assert!(live.contains(&h.service.instance().to_string()), "{live:?}");
+    assert_eq!(live.len(), 2, "{live:?}");
+    let running = node_report(&[(&id, "running")]);
+    other.node_heartbeat("a", running.clone()).await.unwrap();
+    assert_eq!(record(&other, &id).await.state, State::Shutdown);
+    assert!(other.store().pending(&id).await.unwrap().is_some());
+    // The first replica stops renewing: past its lease the intent is
+    // the survivor's to settle.
+    h.clock
+        .advance(vws_service::replicas::LEASE + time::Duration::milliseconds(1));
+    other.renew_lease().await.unwrap();
+    other.node_heartbeat("a", running).await.unwrap();
+    let r = record(&other, &id).await;
+    assert_eq!(r.state, State::Running);
+    assert_eq!(other.store().pending(&id).await.unwrap(), None);
+    let ws = verb(&other, &id, Verb::Stop).await.unwrap();
+    assert_eq!(ws.record.state, State::Shutdown);
+}
+
 #[tokio::test]
 async fn a_stop_still_under_way_ends_as_a_stop_when_the_node_says_the_guest_went() {
     let fake = Arc::new(FakeNode::default());

@@ -18,6 +18,7 @@ mod jobs;
 mod leader;
 mod nodes;
 mod operations;
+mod replicas;
 mod ui_sessions;
 mod workspaces;
 
@@ -32,6 +33,7 @@ pub use images::{HotMachine, ImageFile, ImageKind, ImageRecord, Publisher, Visib
 pub use jobs::JobRecord;
 pub use leader::Leadership;
 pub use nodes::NodeRecord;
+pub use replicas::ReplicaRecord;
 pub use sqlx::Error as SqlxError;
 pub use ui_sessions::UiSecret;
 pub use workspaces::{

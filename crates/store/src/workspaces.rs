@@ -561,21 +561,25 @@ impl Store {
     }
 
     /// Actions in flight on `node`'s workspaces (and on those it was
-    /// checking out) written by another service process than `by` (one
-    /// that was killed before it could record them), with the node each
-    /// moves its workspace to, if any.
+    /// checking out) written by another service process than `by` whose
+    /// lease has run out at `now` (one that was killed before it could
+    /// record them), with the node each moves its workspace to, if any.
     pub async fn orphaned_intents(
         &self,
         node: &str,
         by: &str,
+        now: time::OffsetDateTime,
     ) -> Result<Vec<OrphanedIntent>, StoreError> {
+        // Another replica's intent stays its own while its lease runs.
         let rows = sqlx::query(
             "SELECT id, pending, pending_to FROM workspaces \
              WHERE (node = $1 OR (node IS NULL AND lock_holder = $1)) AND pending IS NOT NULL \
-             AND (pending_by IS NULL OR pending_by <> $2) ORDER BY id",
+             AND (pending_by IS NULL OR (pending_by <> $2 AND pending_by NOT IN \
+                 (SELECT instance FROM replicas WHERE alive_until > $3))) ORDER BY id",
         )
         .bind(node)
         .bind(by)
+        .bind(crate::db::millis(now))
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::new();

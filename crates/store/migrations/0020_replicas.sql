@@ -1,0 +1,9 @@
+-- The service replicas that are alive: each renews its lease every second
+-- or so. An action in flight (workspaces.pending_by) whose replica's lease
+-- has run out was left by a replica that died, and is settled by another.
+CREATE TABLE replicas (
+    instance    TEXT PRIMARY KEY,
+    url         TEXT NOT NULL,
+    started_at  BIGINT NOT NULL,
+    alive_until BIGINT NOT NULL
+);
