@@ -142,7 +142,11 @@ impl Service {
             metrics: Default::default(),
             region: (DEFAULT_REGION.into(), DEFAULT_ZONE.into()),
         };
-        if service.alone().await? {
+        // A replica from the moment it opens the repository: what it does
+        // is its own while its lease runs (`replicas::keep_lease` renews it).
+        let alone = service.alone().await?;
+        service.renew_lease().await?;
+        if alone {
             service.collect_garbage().await?;
         } else {
             tracing::info!("other replicas are alive: what no record refers to is left to them");

@@ -5,7 +5,8 @@
 //! are the caller's own (scoped by DN), kept a day, and bound to the
 //! request they first came with (method, path, query and body): the same
 //! key on another request is 422; a retry while the first is still being
-//! handled is 409. An answer the server failed (5xx) is not kept, so a
+//! handled is 409 `idempotency_in_progress`, until the first's replica is
+//! found dead (its lease ran out) and the retry takes the key over. An answer the server failed (5xx) is not kept, so a
 //! retry runs again. The record is in the database, so every replica sees
 //! it.
 
@@ -23,6 +24,10 @@ pub const HEADER: &str = "idempotency-key";
 
 /// The header a replayed answer carries.
 pub const REPLAYED: &str = "idempotent-replayed";
+
+/// The error code of a retry while the first request with its key is
+/// still being handled (clients retry it after a pause).
+pub const IN_PROGRESS: &str = "idempotency_in_progress";
 
 /// How long a key is kept.
 pub const KEPT_FOR: time::Duration = time::Duration::hours(24);
@@ -84,7 +89,7 @@ pub(crate) async fn run(
     let store = service.store();
     let now = service.clock().now();
     match store
-        .claim_idempotency(&who.dn, &key, &fingerprint, now)
+        .claim_idempotency(&who.dn, &key, &fingerprint, service.instance(), now)
         .await
     {
         Err(e) => crate::error::ServiceError::from(e).into_response(),
@@ -95,7 +100,7 @@ pub(crate) async fn run(
         ),
         Ok(Claim::InProgress) => refuse(
             StatusCode::CONFLICT,
-            "conflict",
+            IN_PROGRESS,
             "the first request with this Idempotency-Key is still being handled; retry later",
         ),
         Ok(Claim::Replay {

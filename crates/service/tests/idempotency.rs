@@ -98,37 +98,45 @@ async fn keys_on(backend: Backend) {
     // Keys are each caller's own.
     let store = h.service.store();
     let now = time::OffsetDateTime::now_utc();
-    assert_eq!(
+    let claim = |replica: &'static str, at: time::OffsetDateTime| async move {
         store
-            .claim_idempotency(&bob().dn, "k-1", "another", now)
+            .claim_idempotency(&bob().dn, "k-1", "another", replica, at)
             .await
-            .unwrap(),
-        Claim::New
-    );
-    assert_eq!(
+            .unwrap()
+    };
+    let lease = vws_service::replicas::LEASE;
+    store
+        .renew_replica("r-1", "https://r1", now, now + lease)
+        .await
+        .unwrap();
+    assert_eq!(claim("r-1", now).await, Claim::New);
+    // A retry to another replica while the first's replica lives waits.
+    assert_eq!(claim("r-2", now).await, Claim::InProgress);
+    // That replica's lease runs out (it died): the next retry takes the
+    // claim over at once, and only that one.
+    let after_lease = now + lease + time::Duration::seconds(1);
+    store
+        .renew_replica(
+            "r-2",
+            "https://r2",
+            after_lease,
+            after_lease + time::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim("r-2", after_lease).await, Claim::New);
+    assert_eq!(claim("r-3", after_lease).await, Claim::InProgress);
+    // A claim left unanswered by a replica that still lives is taken over
+    // once it is old enough.
+    let later = after_lease + vws_store::ABANDONED_AFTER + time::Duration::seconds(1);
+    for r in ["r-2", "r-3"] {
         store
-            .claim_idempotency(&bob().dn, "k-1", "another", now)
+            .renew_replica(r, "https://r", later, later + lease)
             .await
-            .unwrap(),
-        Claim::InProgress
-    );
-    // A claim left unanswered (its replica died) is taken over by a
-    // retry once it is old enough, and only by one.
-    let later = now + vws_store::ABANDONED_AFTER + time::Duration::seconds(1);
-    assert_eq!(
-        store
-            .claim_idempotency(&bob().dn, "k-1", "another", later)
-            .await
-            .unwrap(),
-        Claim::New
-    );
-    assert_eq!(
-        store
-            .claim_idempotency(&bob().dn, "k-1", "another", later)
-            .await
-            .unwrap(),
-        Claim::InProgress
-    );
+            .unwrap();
+    }
+    assert_eq!(claim("r-3", later).await, Claim::New);
+    assert_eq!(claim("r-3", later).await, Claim::InProgress);
     assert_eq!(
         store
             .prune_idempotency(later + time::Duration::seconds(1))

@@ -7,3 +7,7 @@ CREATE TABLE replicas (
     started_at  BIGINT NOT NULL,
     alive_until BIGINT NOT NULL
 );
+
+-- The replica handling an idempotency key's first request: a retry takes
+-- the claim over as soon as that replica's lease has run out.
+ALTER TABLE idempotency ADD COLUMN replica TEXT;

@@ -27,60 +27,68 @@ pub enum Claim {
     Mismatch,
 }
 
-/// How long a claim may go unanswered before a retry takes it over (its
-/// request's process is taken to have died with it).
+/// How long a claim may go unanswered before a retry takes it over even
+/// though its replica still renews its lease (the request is taken to have
+/// hung); a claim whose replica's lease ran out is taken over at once.
 pub const ABANDONED_AFTER: time::Duration = time::Duration::minutes(10);
 
 impl Store {
     /// Claims `key` of `owner` for the request whose digest is
-    /// `fingerprint`.
+    /// `fingerprint`, to be handled by `replica`.
     pub async fn claim_idempotency(
         &self,
         owner: &str,
         key: &str,
         fingerprint: &str,
+        replica: &str,
         now: OffsetDateTime,
     ) -> Result<Claim, StoreError> {
         let inserted = sqlx::query(
-            "INSERT INTO idempotency (owner, key, fingerprint, created_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO idempotency (owner, key, fingerprint, created_at, replica) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (owner, key) DO NOTHING",
         )
         .bind(owner)
         .bind(key)
         .bind(fingerprint)
         .bind(millis(now))
+        .bind(replica)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
             return Ok(Claim::New);
         }
         let row = sqlx::query(
-            "SELECT fingerprint, status, content_type, body, created_at FROM idempotency WHERE owner = $1 AND key = $2",
+            "SELECT fingerprint, status, content_type, body, created_at, \
+             (SELECT COUNT(*) FROM replicas r WHERE r.instance = i.replica AND r.alive_until > $3) AS alive \
+             FROM idempotency i WHERE owner = $1 AND key = $2",
         )
         .bind(owner)
         .bind(key)
+        .bind(millis(now))
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             // Forgotten between the two statements: claim it again.
-            return Box::pin(self.claim_idempotency(owner, key, fingerprint, now)).await;
+            return Box::pin(self.claim_idempotency(owner, key, fingerprint, replica, now)).await;
         };
         if row.try_get::<String, _>("fingerprint")? != fingerprint {
             return Ok(Claim::Mismatch);
         }
         let claimed_at: i64 = row.try_get("created_at")?;
+        let replica_alive = row.try_get::<i64, _>("alive")? > 0;
         Ok(match row.try_get::<Option<i64>, _>("status")? {
-            // A claim never answered for so long: its process died with
-            // it. The retry takes it over (once: the time must still match).
-            None if claimed_at < millis(now - ABANDONED_AFTER) => {
+            // A claim whose replica died (or that hung for so long): the
+            // retry takes it over (once: the time must still match).
+            None if !replica_alive || claimed_at < millis(now - ABANDONED_AFTER) => {
                 let taken = sqlx::query(
-                    "UPDATE idempotency SET created_at = $1 \
+                    "UPDATE idempotency SET created_at = $1, replica = $5 \
                      WHERE owner = $2 AND key = $3 AND status IS NULL AND created_at = $4",
                 )
                 .bind(millis(now))
                 .bind(owner)
                 .bind(key)
                 .bind(claimed_at)
+                .bind(replica)
                 .execute(&self.pool)
                 .await?;
                 if taken.rows_affected() == 1 {
