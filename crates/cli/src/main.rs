@@ -22,7 +22,8 @@ pub struct Cli {
     /// State folder [default: ~/.local/share/vws]
     #[arg(long, global = true, env = "VWS_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
-    /// Service to talk to [default: the one `vws up` recorded in VWS_HOME]
+    /// Service to talk to: its URL, or several replicas' URLs separated by
+    /// commas, tried in turn [default: the one `vws up` recorded in VWS_HOME]
     #[arg(long, global = true, env = "VWS_SERVER", value_name = "URL")]
     server: Option<String>,
     /// Print machine-readable JSON instead of tables

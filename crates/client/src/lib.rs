@@ -1,6 +1,10 @@
-//! A typed client of the vws REST API (`/v1`).
+//! A typed client of the vws REST API (`/v1`), failing over between
+//! replicas and retrying what a replica's death cut off.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -62,6 +66,26 @@ struct ErrorInfo {
     details: Vec<Detail>,
 }
 
+/// The service's refusal in its one error shape (or what came instead).
+async fn api_error(resp: reqwest::Response) -> ClientError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => ClientError::Api {
+            status,
+            code: b.error.code,
+            message: b.error.message,
+            details: b.error.details,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http".into(),
+            message: format!("{status}: {text}"),
+            details: vec![],
+        },
+    }
+}
+
 /// Filters for [`Client::list`].
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ListQuery {
@@ -82,32 +106,91 @@ pub struct ListQuery {
     pub after: Option<String>,
 }
 
-/// A connection to one vws service.
+/// How a client carries a request through a replica's death: what it
+/// retries, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    /// The first pause between two tries (doubled each time).
+    pub first_pause: Duration,
+    /// The longest pause.
+    pub max_pause: Duration,
+    /// How long after the first try the last may start. It outlasts a
+    /// replica's lease (5 s) with room for a load balancer's health checks,
+    /// so a request whose replica died is taken over by another.
+    pub within: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            first_pause: Duration::from_millis(200),
+            max_pause: Duration::from_secs(2),
+            within: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retry {
+    /// One try only.
+    pub const NEVER: Retry = Retry {
+        first_pause: Duration::ZERO,
+        max_pause: Duration::ZERO,
+        within: Duration::ZERO,
+    };
+}
+
+/// A connection to a vws service: one URL, or several replicas' URLs it
+/// fails over between. Every POST and DELETE carries an `Idempotency-Key`
+/// (docs/api.md), so a request whose connection broke, or that a load
+/// balancer could not place (its own 502, 503 or 504, not the service's
+/// error shape), or whose first try is still
+/// being handled (409 `idempotency_in_progress`), is sent again, to the
+/// next URL where there are several, without acting twice.
 #[derive(Clone, Debug)]
 pub struct Client {
-    base: String,
+    bases: Arc<[String]>,
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
+    retry: Retry,
+}
+
+/// The header that makes a retry safe.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Base URLs from `URL[,URL…]`, each without its trailing `/` and with a
+/// default port written as URLs print it (so each prefixes the URLs of its
+/// requests exactly).
+fn bases_of(list: &str) -> Arc<[String]> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            reqwest::Url::parse(b)
+                .map(|u| u.as_str().trim_end_matches('/').to_string())
+                .unwrap_or_else(|_| b.trim_end_matches('/').to_string())
+        })
+        .collect()
 }
 
 impl Client {
-    /// A client of the service at `base` (e.g. `http://127.0.0.1:7480`).
+    /// A client of the service at `base` (e.g. `https://127.0.0.1:7480`;
+    /// several replicas' URLs separated by commas).
     pub fn new(base: &str) -> Client {
         let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("an HTTP client with default TLS settings builds");
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        }
+        Client::with_http(base, http)
     }
 
     /// A client using a ready HTTP client (e.g. one presenting a TLS
     /// client certificate: [`vws_pki::Credentials::http_client`]).
     pub fn with_http(base: &str, http: reqwest::Client) -> Client {
         Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases_of(base),
+            current: Arc::new(AtomicUsize::new(0)),
             http,
+            retry: Retry::default(),
         }
     }
 
@@ -118,18 +201,42 @@ impl Client {
     ) -> anyhow::Result<Client> {
         let http = credentials
             .http_client()?
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Client::with_http(base, http))
     }
 
-    /// The service's base URL.
+    /// The same client retrying as `retry` says.
+    pub fn with_retry(mut self, retry: Retry) -> Client {
+        self.retry = retry;
+        self
+    }
+
+    /// The service's base URL (the one in use, where there are several).
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(i).map(String::as_str).unwrap_or("")
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.base())
+    }
+
+    /// Moves to the next base URL after `from` failed (unless another
+    /// request moved on already), and points `request` at it.
+    fn fail_over(&self, from: &str, request: &mut reqwest::Request) {
+        if self.bases.len() < 2 {
+            return;
+        }
+        if self.base() == from {
+            self.current.fetch_add(1, Ordering::Relaxed);
+        }
+        let to = self.base().to_string();
+        if let Some(rest) = request.url().as_str().strip_prefix(from) {
+            if let Ok(u) = reqwest::Url::parse(&format!("{to}{rest}")) {
+                *request.url_mut() = u;
+            }
+        }
     }
 
     async fn send(
@@ -137,29 +244,76 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
+        let transport = |source| ClientError::Transport {
             url: url.into(),
             source,
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
+        };
+        let mut request = req.build().map_err(transport)?;
+        if matches!(*request.method(), Method::POST | Method::DELETE)
+            && !request.headers().contains_key(IDEMPOTENCY_KEY)
+        {
+            let key = uuid::Uuid::new_v4().to_string();
+            let value = reqwest::header::HeaderValue::from_str(&key).expect("a UUID is a header");
+            request.headers_mut().insert(IDEMPOTENCY_KEY, value);
         }
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => ClientError::Api {
-                status,
-                code: b.error.code,
-                message: b.error.message,
-                details: b.error.details,
-            },
-            Err(_) => ClientError::Api {
-                status,
-                code: "http".into(),
-                message: format!("{status}: {text}"),
-                details: vec![],
-            },
-        })
+        let started = Instant::now();
+        let mut pause = self.retry.first_pause;
+        let mut refused = 0;
+        loop {
+            // A streamed body cannot be sent twice: such a request is tried once.
+            let again = request.try_clone();
+            let base = self.base().to_string();
+            let why = match self.http.execute(request).await {
+                Err(e) if e.is_timeout() => return Err(transport(e)),
+                // Nothing listens there: the next URL, until each was tried
+                // (a service that is not running is said at once).
+                Err(e) if e.is_connect() => {
+                    refused += 1;
+                    if again.is_none() || refused >= self.bases.len() {
+                        return Err(transport(e));
+                    }
+                    e.to_string()
+                }
+                // Cut off mid-request (its replica died, or the proxy's).
+                Err(e) => match again {
+                    Some(_) if started.elapsed() < self.retry.within => {
+                        refused = 0;
+                        e.to_string()
+                    }
+                    _ => return Err(transport(e)),
+                },
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let err = api_error(resp).await;
+                    let ClientError::Api { status, code, .. } = &err else {
+                        return Err(err);
+                    };
+                    // A proxy's own answer (not the service's error shape):
+                    // no replica took the request.
+                    let unplaced = matches!(status.as_u16(), 502..=504) && code == "http";
+                    let passing = unplaced
+                        || (*status == StatusCode::CONFLICT && code == "idempotency_in_progress");
+                    if !passing || again.is_none() || started.elapsed() >= self.retry.within {
+                        return Err(err);
+                    }
+                    refused = 0;
+                    err.to_string()
+                }
+            };
+            let mut next = again.expect("only a request that can be sent again gets here");
+            self.fail_over(&base, &mut next);
+            tracing::warn!(
+                "{base}: {why}; trying again{}",
+                if self.base() != base {
+                    format!(" on {}", self.base())
+                } else {
+                    String::new()
+                }
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.retry.max_pause);
+            request = next;
+        }
     }
 
     async fn json<T: DeserializeOwned>(

@@ -18,6 +18,7 @@ pub mod revocation;
 pub mod sandbox;
 pub mod seed;
 pub mod server;
+pub mod service_urls;
 pub mod staging;
 pub mod usage;
 

@@ -66,7 +66,7 @@ pub struct Manager {
     /// The service this node reports to, where check-ins and snapshots go
     /// (the URL a deploy named is used when none is set). A service that
     /// restarted at another address is reached where it is now.
-    pub service: Option<String>,
+    pub service: Option<crate::service_urls::ServiceUrls>,
     migrations: Mutex<HashMap<String, Arc<MigrationMeter>>>,
     /// The action under way on each workspace, for the report.
     busy: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>>,
@@ -200,7 +200,7 @@ impl Manager {
     /// Where a deployed workspace's files go back to.
     fn repository_for(&self, dir: &std::path::Path) -> Result<String, NodeError> {
         if let Some(s) = &self.service {
-            return Ok(s.clone());
+            return Ok(s.current());
         }
         std::fs::read_to_string(dir.join("repository"))
             .map(|s| s.trim().to_string())
@@ -1078,7 +1078,7 @@ pub fn net_dir(home: &std::path::Path) -> PathBuf {
 /// VM events, until `shutdown`.
 pub async fn report_to_service(
     manager: Arc<Manager>,
-    service: String,
+    service: crate::service_urls::ServiceUrls,
     url: String,
     every: Duration,
     mut events: tokio::sync::mpsc::UnboundedReceiver<VmEvent>,
@@ -1104,35 +1104,40 @@ pub async fn report_to_service(
                     },
                     _ => continue,
                 };
-                let url = format!("{service}/v1/nodes/{}/jobs/{job}", manager.name);
+                let url = format!("{}/v1/nodes/{}/jobs/{job}", service.current(), manager.name);
                 if let Err(e) = post(url).json(&report).send().await.and_then(|r| r.error_for_status()) {
                     tracing::warn!(%job, error = %e, "could not report a finished job");
                 }
             }
             Some(ev) = events.recv() => {
                 let body = NodeEvent { id: ev.id, reason: ev.reason };
-                let r = post(format!("{service}/v1/nodes/{}/events", manager.name)).json(&body).send().await;
+                let r = post(format!("{}/v1/nodes/{}/events", service.current(), manager.name)).json(&body).send().await;
                 if let Err(e) = r.and_then(|r| r.error_for_status()) {
                     tracing::warn!(error = %e, "could not report a workspace event");
                 }
             }
             _ = tick.tick() => {
                 let report = manager.report().await;
+                let to = service.current();
                 let result = if registered {
-                    post(format!("{service}/v1/nodes/{}/heartbeat", manager.name)).json(&report).send().await
+                    post(format!("{to}/v1/nodes/{}/heartbeat", manager.name)).json(&report).send().await
                 } else {
                     let reg = Registration { name: manager.name.clone(), url: url.clone(), report };
-                    post(format!("{service}/v1/nodes")).json(&reg).send().await
+                    post(format!("{to}/v1/nodes")).json(&reg).send().await
                 };
                 match result.and_then(|r| r.error_for_status()) {
                     Ok(_) => {
                         if !registered {
-                            tracing::info!(node = %manager.name, %service, "registered with the service");
+                            tracing::info!(node = %manager.name, service = %to, "registered with the service");
                         }
                         registered = true;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "service unreachable; will register again");
+                        tracing::warn!(service = %to, error = %e, "service unreachable; will register again");
+                        // No answer, or a replica without its database: the next replica.
+                        if e.status().is_none_or(|s| s == reqwest::StatusCode::SERVICE_UNAVAILABLE) {
+                            service.failed(&to);
+                        }
                         registered = false;
                     }
                 }

@@ -73,7 +73,7 @@ impl Revocation {
     pub async fn keep_fresh(
         self,
         http: reqwest::Client,
-        service: String,
+        service: crate::service_urls::ServiceUrls,
         every: Duration,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
@@ -83,7 +83,7 @@ impl Revocation {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
-                    if let Err(e) = self.refresh(&http, &service).await {
+                    if let Err(e) = self.refresh(&http, &service.current()).await {
                         tracing::debug!(error = %e, "revocation list not refreshed");
                     }
                 }

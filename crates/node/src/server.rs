@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::account::AccountDriver;
 use crate::driver::Drivers;
 use crate::qemu::QemuDriver;
+use crate::service_urls::ServiceUrls;
 use crate::Manager;
 
 /// The account pool unless configured: far above any distribution's
@@ -41,7 +42,8 @@ pub struct NodeLaunch {
     pub name: String,
     /// State folder.
     pub home: PathBuf,
-    /// The service's URL.
+    /// The service's URL, or several replicas' URLs separated by commas
+    /// (the node reports to one and moves on when it stops answering).
     pub service: String,
     /// Where the node's API listens (incoming migrations listen on its
     /// address too).
@@ -111,7 +113,10 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     }
     // Revocation: the last list saved, then the service's, before serving.
     let revocation = crate::revocation::Revocation::load(&credentials.ca_pem, &home, &tls_dir);
-    if let Err(e) = revocation.refresh(&http, &service).await {
+    if let Err(e) = revocation
+        .refresh(&http, &ServiceUrls::parse(&service).current())
+        .await
+    {
         tracing::info!(error = %e, "revocation list not fetched yet; will retry");
     }
     // One driver per category: VMs always, dynamic accounts where the host
@@ -137,6 +142,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     manager.stop_grace = stop_grace;
     manager.ram_limit = ram;
     manager.publish = publish.map(|a| a.to_string());
+    let service = ServiceUrls::parse(&service);
     manager.service = Some(service.clone());
     // Incoming migrations listen where the node's API does (loopback stays
     // loopback; a wildcard listen means "any of this host's addresses").

@@ -30,7 +30,9 @@ enum NodeCommand {
 /// Running a node.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The service to register with [default: the one `vws up` recorded]
+    /// The service to register with: its URL, or several replicas' URLs
+    /// separated by commas (the node moves to the next when one stops
+    /// answering) [default: the one `vws up` recorded]
     #[arg(long, value_name = "URL")]
     service: Option<String>,
     /// Node name [default: this host's name]
