@@ -11,8 +11,13 @@ use crate::command::{Command, Reply};
 use crate::core::Service;
 use crate::error::ServiceError;
 
-/// How often a follower looks for new events (any replica's).
+/// How often a follower looks for new events on SQLite (one process).
 pub const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How often a follower looks for new events on PostgreSQL, where each
+/// commit of events wakes it (LISTEN/NOTIFY) and this poll only catches
+/// what a lost wake-up missed.
+pub const EVENTS_FALLBACK_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The events `who` may see after `after` (none: from now on) as a
 /// stream, each read through the `Events` command (so its ACL is checked
@@ -30,16 +35,21 @@ pub async fn follow(
         _ => unreachable!("Events answers events"),
     };
     let start = after.unwrap_or(last);
-    let state = (service, who, VecDeque::from(events), last, false);
+    let wakeups = service.store().event_wakeups();
+    let state = (service, who, VecDeque::from(events), last, false, wakeups);
     let stream = futures::stream::unfold(
         state,
-        move |(s, who, mut queue, mut last, mut ended)| async move {
+        move |(s, who, mut queue, mut last, mut ended, mut wake)| async move {
             loop {
                 if let Some(ev) = queue.pop_front() {
-                    return Some((ev, (s, who, queue, last, ended)));
+                    return Some((ev, (s, who, queue, last, ended, wake)));
                 }
                 if ended {
                     return None;
+                }
+                // Seen before the read: a commit during it wakes the wait.
+                if let Some(w) = &mut wake {
+                    w.borrow_and_update();
                 }
                 match s.execute(&who, Command::Events { after: Some(last) }).await {
                     Ok(Reply::Events { events, last: l }) => {
@@ -48,7 +58,18 @@ pub async fn follow(
                                 ended = true;
                                 continue;
                             }
-                            tokio::time::sleep(EVENTS_POLL).await;
+                            match &mut wake {
+                                Some(w) => {
+                                    let woken =
+                                        tokio::time::timeout(EVENTS_FALLBACK_POLL, w.changed())
+                                            .await;
+                                    // The listener is gone: poll.
+                                    if let Ok(Err(_)) = woken {
+                                        tokio::time::sleep(EVENTS_POLL).await;
+                                    }
+                                }
+                                None => tokio::time::sleep(EVENTS_POLL).await,
+                            }
                         }
                         queue.extend(events);
                         last = l;

@@ -125,3 +125,57 @@ async fn sqlite_image_removal_and_create_race() {
 async fn postgres_image_removal_and_create_race() {
     removal_and_create_race(Backend::Postgres).await;
 }
+
+/// An event one replica commits wakes a follower on another at once
+/// (LISTEN/NOTIFY), and the follower reads it from the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_events_of_one_replica_wake_followers_on_another() {
+    use futures::StreamExt;
+    let h = harness(Backend::Postgres, POLICY).await;
+    h.kernel_image("base", "1").await;
+    let other = h.replica(POLICY).await;
+    assert!(h.service.store().event_wakeups().is_some());
+    let mut wake = other.store().event_wakeups().unwrap();
+    // The listener is listening once it gives its first wake-up.
+    tokio::time::timeout(std::time::Duration::from_secs(10), wake.changed())
+        .await
+        .expect("the listener starts")
+        .unwrap();
+    wake.borrow_and_update();
+    let (_, stream) = vws_service::events::follow(other.clone(), admin(), None, true)
+        .await
+        .unwrap();
+    let mut stream = Box::pin(stream);
+    let made = h
+        .service
+        .execute(
+            &alice(),
+            Command::Create {
+                description: description("base:1", ""),
+                form: vws_model::Form::Toml,
+                name: None,
+            },
+        )
+        .await
+        .unwrap()
+        .into_workspace()
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), wake.changed())
+        .await
+        .expect("the commit was announced to the other replica")
+        .unwrap();
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+        .await
+        .expect("the follower woke")
+        .unwrap();
+    assert_eq!(ev.subject, made.record.id);
+}
+
+#[test]
+fn sqlite_has_no_listener() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = harness(Backend::Sqlite, POLICY).await;
+        assert!(h.service.store().event_wakeups().is_none());
+    });
+}

@@ -98,6 +98,10 @@ pub fn from_millis(ms: i64) -> OffsetDateTime {
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// The database URL (PostgreSQL's LISTEN needs a connection of its own).
+    pub(crate) url: String,
+    /// Wake-ups for event followers, started on first use.
+    pub(crate) wakeups: std::sync::Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>>,
 }
 
 impl Store {
@@ -138,7 +142,12 @@ impl Store {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url,
+            wakeups: Default::default(),
+        })
     }
 
     /// Which database this is.

@@ -12,6 +12,9 @@ use crate::db::{from_millis, millis, Backend, Store, StoreError};
 /// so that sequence numbers are given in commit order.
 const EVENT_LOCK: i64 = 0x7677_7365_7665_6e74;
 
+/// The PostgreSQL channel an event's commit is announced on.
+const EVENTS_CHANNEL: &str = "vws_events";
+
 /// The owner of events only administrators see (nodes': the node list is
 /// theirs). No DN is this.
 pub const ADMINISTRATORS: &str = "@administrators";
@@ -29,6 +32,12 @@ pub(crate) async fn emit(
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(EVENT_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        // Delivered at commit, once per transaction, to every replica's
+        // listener: followers wake instead of polling.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(EVENTS_CHANNEL)
             .execute(&mut **tx)
             .await?;
     }
@@ -49,6 +58,27 @@ pub(crate) async fn emit(
 }
 
 impl Store {
+    /// A counter that moves when events may have been committed, by any
+    /// replica (PostgreSQL's LISTEN on the events' channel, reconnecting
+    /// as needed); none on SQLite, whose one process polls. The events
+    /// table stays the truth: a follower that misses a wake-up reads the
+    /// events at its next poll.
+    pub fn event_wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        if self.backend() != Backend::Postgres {
+            return None;
+        }
+        let url = self.url.clone();
+        Some(
+            self.wakeups
+                .get_or_init(|| {
+                    let (tx, rx) = tokio::sync::watch::channel(0u64);
+                    tokio::spawn(listen_for_events(url, tx));
+                    rx
+                })
+                .clone(),
+        )
+    }
+
     /// Events after `after`, oldest first, at most `limit`: all of them
     /// (`viewer` none, an administrator) or those `viewer` may see.
     pub async fn events_after(
@@ -115,5 +145,39 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Moves `wake` at each notification on the events' channel until every
+/// receiver is gone; reconnects after a lost connection (a wake-up is given
+/// then too, for what may have been missed meanwhile).
+async fn listen_for_events(url: String, wake: tokio::sync::watch::Sender<u64>) {
+    let mut n = 0u64;
+    while !wake.is_closed() {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for events; followers poll meanwhile");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(EVENTS_CHANNEL).await {
+            tracing::warn!(error = %e, "cannot listen for events; followers poll meanwhile");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            n += 1;
+            if wake.send(n).is_err() {
+                return;
+            }
+            // `recv` reconnects by itself and says so with an error only
+            // when it cannot.
+            if let Err(e) = listener.recv().await {
+                tracing::warn!(error = %e, "lost the events' channel; listening again");
+                break;
+            }
+        }
     }
 }
