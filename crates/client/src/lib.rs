@@ -144,7 +144,8 @@ impl Retry {
 /// (docs/api.md), so a request whose connection broke, or that a load
 /// balancer could not place (its own 502, 503 or 504, not the service's
 /// error shape), or whose first try is still
-/// being handled (409 `idempotency_in_progress`), is sent again, to the
+/// being handled (409 `idempotency_in_progress`), or whose workspace another
+/// replica's action holds (409 `settling`), is sent again, to the
 /// next URL where there are several, without acting twice.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -291,8 +292,11 @@ impl Client {
                     // A proxy's own answer (not the service's error shape):
                     // no replica took the request.
                     let unplaced = matches!(status.as_u16(), 502..=504) && code == "http";
+                    // The first try, or another replica's action on the
+                    // same workspace, still running or being settled.
                     let passing = unplaced
-                        || (*status == StatusCode::CONFLICT && code == "idempotency_in_progress");
+                        || (*status == StatusCode::CONFLICT
+                            && matches!(code.as_str(), "idempotency_in_progress" | "settling"));
                     if !passing || again.is_none() || started.elapsed() >= self.retry.within {
                         return Err(err);
                     }

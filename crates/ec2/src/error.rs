@@ -66,6 +66,10 @@ impl Ec2Error {
                 Self::client("IncorrectInstanceState", message)
             }
             ServiceError::Policy(_) => Self::client("InstanceLimitExceeded", message),
+            // AWS's SDKs retry this one by themselves.
+            ServiceError::Settling(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", message)
+            }
             ServiceError::Forbidden(_) => {
                 Self::new(StatusCode::FORBIDDEN, "UnauthorizedOperation", message)
             }

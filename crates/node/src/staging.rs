@@ -100,6 +100,22 @@ fn http_err(url: &str, e: impl std::fmt::Display) -> StageError {
     }
 }
 
+/// The lock of one destination: fetches to it (two deploys of one image at
+/// once) take turns, and the second finds the file there.
+fn dest_lock(dest: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks =
+        std::collections::BTreeMap<std::path::PathBuf, std::sync::Weak<tokio::sync::Mutex<()>>>;
+    static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(Locks::new());
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.retain(|_, l| l.strong_count() > 0);
+    if let Some(l) = locks.get(dest).and_then(std::sync::Weak::upgrade) {
+        return l;
+    }
+    let l = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(dest.to_path_buf(), Arc::downgrade(&l));
+    l
+}
+
 /// Fetches `url` (whose manifest is at `url/chunks`) to `dest`, resuming from
 /// `partial_dir` and verifying every chunk and the whole. Returns the bytes
 /// that crossed the network; 0 when `dest` was already there.
@@ -111,6 +127,8 @@ pub async fn fetch(
     partial_dir: &Path,
     progress: Arc<Progress>,
 ) -> Result<u64, StageError> {
+    let lock = dest_lock(dest);
+    let _turn = lock.lock().await;
     if dest.exists() {
         return Ok(0);
     }
@@ -132,7 +150,14 @@ pub async fn fetch(
         }
     }
     std::fs::create_dir_all(partial_dir)?;
-    let name = m.digest.trim_start_matches("sha256:");
+    // Named by content and destination: files of equal content (the fresh
+    // disks of workspaces made from one image) fetched at once to different
+    // places never share a partial file.
+    let name = format!(
+        "{}-{}",
+        m.digest.trim_start_matches("sha256:"),
+        &hex::encode(Sha256::digest(dest.as_os_str().as_encoded_bytes()))[..16]
+    );
     let part = partial_dir.join(format!("{name}.part"));
     let log = partial_dir.join(format!("{name}.done"));
     let mut done: Vec<bool> = vec![false; m.chunks.len()];

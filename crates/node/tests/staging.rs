@@ -145,7 +145,14 @@ async fn fetch_resume_and_refuse() {
 
     // The interrupted transfer resumes: the chunks that arrived verified
     // before the failure (logged as done) are not sent again.
-    let log = partial.join(format!("{}.done", digest.trim_start_matches("sha256:")));
+    let log = std::fs::read_dir(&partial)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(digest.trim_start_matches("sha256:")) && name.ends_with(".done")
+        })
+        .expect("a resume log named by the file's digest");
     let kept: Vec<u64> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()

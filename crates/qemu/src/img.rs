@@ -345,9 +345,12 @@ impl Templates {
             tokio::fs::create_dir_all(&self.dir)
                 .await
                 .map_err(ImgError::Template)?;
-            // Made aside and renamed: a concurrent maker or a crash never
+            // Made aside and renamed: a concurrent maker (in this process
+            // or another replica's, on a shared home) or a crash never
             // leaves a half-written template under the real name.
-            let tmp = self.dir.join(format!("{name}.{}.tmp", std::process::id()));
+            let tmp = self
+                .dir
+                .join(format!("{name}.{:016x}.tmp", rand::random::<u64>()));
             let made = make(tmp.clone()).await;
             if let Err(e) = made {
                 let _ = tokio::fs::remove_file(&tmp).await;

@@ -29,6 +29,11 @@ pub enum ServiceError {
     /// Something else is in the way (a name taken, an image in use, a concurrent change).
     #[error("{0}")]
     Conflict(String),
+    /// Another replica's action on the workspace is in flight, or being
+    /// settled after that replica stopped: the same request succeeds
+    /// within seconds (clients retry it).
+    #[error("{0}")]
+    Settling(String),
     /// Policy refused the request; the reason is for the client.
     #[error("refused by policy: {0}")]
     Policy(String),
@@ -149,6 +154,10 @@ impl From<&FieldError> for Detail {
     }
 }
 
+/// The error code of a request on a workspace another replica is acting on
+/// (or whose action is being settled after that replica stopped).
+pub const SETTLING: &str = "settling";
+
 impl ServiceError {
     /// Whether a node could not be reached or did not answer: what it was
     /// asked may or may not have happened.
@@ -165,6 +174,7 @@ impl ServiceError {
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Illegal(_) => (StatusCode::CONFLICT, "illegal_transition"),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ServiceError::Settling(_) => (StatusCode::CONFLICT, SETTLING),
             ServiceError::Policy(_) => (StatusCode::FORBIDDEN, "policy_refused"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServiceError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),

@@ -6,9 +6,10 @@
 //! request they first came with (method, path, query and body): the same
 //! key on another request is 422; a retry while the first is still being
 //! handled is 409 `idempotency_in_progress`, until the first's replica is
-//! found dead (its lease ran out) and the retry takes the key over. An answer the server failed (5xx) is not kept, so a
-//! retry runs again. The record is in the database, so every replica sees
-//! it.
+//! found dead (its lease ran out) and the retry takes the key over. An
+//! answer the server failed (5xx), or a 409 `settling` (another replica's
+//! action holds the workspace for a moment), is not kept, so a retry runs
+//! again. The record is in the database, so every replica sees it.
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -136,7 +137,15 @@ pub(crate) async fn run(
                 }
             };
             let text = std::str::from_utf8(&kept).ok();
-            match text.filter(|_| !status.is_server_error()) {
+            // Kept unless it says to try again: a server error, or the
+            // workspace held by another replica's action for a moment.
+            let again = |text: &str| {
+                status.is_server_error()
+                    || (status == StatusCode::CONFLICT
+                        && serde_json::from_str::<serde_json::Value>(text)
+                            .is_ok_and(|v| v["error"]["code"] == crate::error::SETTLING))
+            };
+            match text.filter(|t| !again(t)) {
                 Some(text) => {
                     let ct = rparts
                         .headers

@@ -90,14 +90,20 @@ impl Service {
         self.live_node(name).await
     }
 
-    /// Refuses to act on a workspace whose place is in doubt: a migration
-    /// a killed service process left is settled (rolled back or finished)
-    /// when both its nodes report, within seconds.
+    /// Refuses to act on a workspace another replica is acting on, or
+    /// whose action a killed replica left (settled, finished or rolled
+    /// back, by what its node reports once that replica's lease has run
+    /// out: within seconds), and on one whose migration is in doubt.
     pub(crate) async fn settled(&self, r: &WorkspaceRecord) -> Result<(), ServiceError> {
         match self.store.pending(&r.id).await? {
-            Some((vws_model::records::HistoryAction::Migrate, by)) if by != self.instance => {
-                Err(ServiceError::Conflict(format!(
-                    "workspace {} was being migrated when the service stopped; that migration is being settled with its nodes, retry in a moment",
+            Some((action, by)) if by != self.instance => {
+                let (what, whose) = match action {
+                    vws_model::records::HistoryAction::Migrate => ("migration", "its nodes"),
+                    _ if by.is_empty() => return Ok(()),
+                    _ => (action.as_str(), "its node"),
+                };
+                Err(ServiceError::Settling(format!(
+                    "workspace {}: a {what} by another service replica is in flight or being settled with {whose}; retry in a moment",
                     r.id
                 )))
             }

@@ -80,6 +80,11 @@ pub struct IssueArgs {
     /// With --host: a service certificate instead of a node's
     #[arg(long, requires = "host")]
     service: bool,
+    /// With --host: another name or IP address the certificate is valid
+    /// for (repeatable), e.g. a node's address, or a load balancer's name
+    /// in front of several service replicas
+    #[arg(long, requires = "host", value_name = "NAME|IP")]
+    san: Vec<String>,
     /// Days of validity (0: expires at once)
     #[arg(long, default_value_t = 365)]
     days: u32,
@@ -166,6 +171,11 @@ fn issue(g: &Globals, a: IssueArgs) -> anyhow::Result<()> {
         );
     }
     req.days = a.days;
+    for san in &a.san {
+        if !req.hosts.contains(san) {
+            req.hosts.push(san.clone());
+        }
+    }
     for attr in &a.attrs {
         let (k, v) = attr
             .split_once('=')
