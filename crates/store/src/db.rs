@@ -177,3 +177,55 @@ pub(crate) fn pick_free<T>(free: impl Iterator<Item = T>, attempt: usize) -> Opt
     };
     Some(free.swap_remove(i))
 }
+
+impl Store {
+    /// Makes an empty database `name` on the PostgreSQL server `server`
+    /// (an administrator's URL) and returns its URL: the benchmarks' fresh
+    /// repositories.
+    pub async fn create_postgres_database(server: &str, name: &str) -> Result<String, StoreError> {
+        use sqlx::Connection;
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::BadUrl(format!("database name {name:?}")));
+        }
+        let mut conn = sqlx::PgConnection::connect(server).await?;
+        conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await?;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        let _ = conn.close().await;
+        let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+        Ok(format!("{base}/{name}"))
+    }
+
+    /// Adds `n` copies of workspace `template`'s record, owned in turn by
+    /// `owners` made-up owners (`/O=vws/OU=bench/CN=ownerK`): records for
+    /// the scale benchmark to list and place among, without their history.
+    /// PostgreSQL only.
+    pub async fn seed_workspace_copies(
+        &self,
+        template: &str,
+        n: u64,
+        owners: u64,
+    ) -> Result<u64, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Err(StoreError::BadUrl(
+                "seeding records needs PostgreSQL".into(),
+            ));
+        }
+        let done = sqlx::query(
+            "INSERT INTO workspaces SELECT (jsonb_populate_record(w, jsonb_build_object( \
+                'id', 'ws-seed-' || g, 'name', 'seed-' || g, \
+                'owner', '/O=vws/OU=bench/CN=owner' || (g % $3)))).* \
+             FROM workspaces w, generate_series(1, $2) g WHERE w.id = $1",
+        )
+        .bind(template)
+        .bind(n as i64)
+        .bind(owners.max(1) as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -23,6 +23,8 @@ pub enum Suite {
     Density,
     /// OCI images: vws image pull of ~200 MB from a loopback registry against skopeo copy; create → first output from the pulled image as an account and a VM, against a built one
     Oci,
+    /// the control plane at scale: simulated nodes heartbeating against 1 and 3 replicas on PostgreSQL with many records; heartbeats/s, deploy (placement), create and list latency, create throughput, lost-node detection (needs --database postgres://…)
+    Scale,
 }
 
 /// `vws bench`.
@@ -36,7 +38,9 @@ pub struct BenchArgs {
     /// Requests timed per operation at each size
     #[arg(long, default_value_t = 200)]
     pub(crate) samples: usize,
-    /// Database for the service under test [default: SQLite in a temporary folder]
+    /// Database for the service under test [default: SQLite in a temporary
+    /// folder]; for the scale suite, a PostgreSQL server it makes its
+    /// databases on
     #[arg(long, value_name = "URL")]
     pub(crate) database: Option<String>,
     /// Repetitions (start and stage suites)
@@ -54,6 +58,18 @@ pub struct BenchArgs {
     /// Workspace counts the density suite measures at
     #[arg(long, value_delimiter = ',', default_value = "1,10,25,50")]
     pub(crate) counts: Vec<usize>,
+    /// Simulated node counts (scale suite)
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub(crate) nodes: Vec<usize>,
+    /// Workspace record counts (scale suite)
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub(crate) records: Vec<u64>,
+    /// Service replica counts (scale suite)
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub(crate) replicas: Vec<usize>,
+    /// Seconds each scale configuration is measured for
+    #[arg(long, default_value_t = 20)]
+    pub(crate) window: u64,
     /// Where the paper suite writes its plot (SVG)
     #[arg(long, value_name = "FILE")]
     pub(crate) plot: Option<std::path::PathBuf>,

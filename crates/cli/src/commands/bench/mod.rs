@@ -9,6 +9,7 @@ mod emboss;
 mod oci;
 mod paper;
 mod rig;
+mod scale;
 mod vm;
 
 pub use args::BenchArgs;
@@ -28,5 +29,6 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Emboss => emboss::emboss_suite(g, &a).await,
         Suite::Density => density::density_suite(g, &a).await,
         Suite::Oci => oci::oci_suite(g, &a).await,
+        Suite::Scale => scale::scale_suite(g, &a).await,
     }
 }
