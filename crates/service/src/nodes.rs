@@ -98,10 +98,8 @@ impl Service {
         tracing::info!(node = %reg.name, url = %reg.url, accel = %reg.report.accel, "node registered");
         self.reconcile(&reg.name, &reg.report).await?;
         self.remove_strays(&reg).await;
-        for r in self.all_workspaces().await? {
-            if r.node.as_deref() != Some(reg.name.as_str())
-                || !matches!(r.state, State::Running | State::Paused)
-            {
+        for r in self.store.workspaces_on_node(&reg.name).await? {
+            if !matches!(r.state, State::Running | State::Paused) {
                 continue;
             }
             let there = reg.report.workspaces.get(&r.id).map(String::as_str);

@@ -11,3 +11,8 @@ CREATE TABLE replicas (
 -- The replica handling an idempotency key's first request: a retry takes
 -- the claim over as soon as that replica's lease has run out.
 ALTER TABLE idempotency ADD COLUMN replica TEXT;
+
+-- What each heartbeat and registration asks, without reading every record:
+-- a node's workspaces, and the few with an action in flight.
+CREATE INDEX workspaces_node ON workspaces (node);
+CREATE INDEX workspaces_pending ON workspaces (pending) WHERE pending IS NOT NULL;

@@ -104,6 +104,18 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let report = serde_json::to_string(report).expect("reports serialize");
+        // The common case in one statement: a node that is up stays up.
+        let quick = sqlx::query(
+            "UPDATE nodes SET report = $1, last_seen = $2 WHERE name = $3 AND lost = 0",
+        )
+        .bind(&report)
+        .bind(millis(now))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        if quick.rows_affected() == 1 {
+            return Ok(true);
+        }
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE nodes SET report = $1, last_seen = $2 WHERE name = $3")
             .bind(report)

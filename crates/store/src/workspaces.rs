@@ -276,6 +276,17 @@ impl Store {
         Ok(Some(r))
     }
 
+    /// The records placed on `node`.
+    pub async fn workspaces_on_node(&self, node: &str) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM workspaces WHERE node = $1 ORDER BY created_at, id"
+        ))
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// Lists records in creation order, one page at a time.
     pub async fn list_workspaces(&self, f: &Filter) -> Result<Page<WorkspaceRecord>, StoreError> {
         let limit = f.limit.unwrap_or(100).clamp(1, 1000) as i64;

@@ -113,6 +113,8 @@ struct Measured {
     nodes: usize,
     records: u64,
     heartbeats_per_s: f64,
+    /// Heartbeats refused or timed out (10 s), over the whole run.
+    heartbeats_failed: u64,
     offered_per_s: f64,
     heartbeat: Value,
     deploy: Value,
@@ -214,12 +216,22 @@ async fn one(
     for r in running {
         r.stop().await?;
     }
-    let (heartbeats_per_s, heartbeat, deploy, create, list, creates_per_s, lost_after_s) = outcome?;
+    let (
+        heartbeats_per_s,
+        heartbeats_failed,
+        heartbeat,
+        deploy,
+        create,
+        list,
+        creates_per_s,
+        lost_after_s,
+    ) = outcome?;
     Ok(Measured {
         replicas,
         nodes,
         records,
         heartbeats_per_s,
+        heartbeats_failed,
         offered_per_s: nodes as f64 / HEARTBEAT.as_secs_f64(),
         heartbeat,
         deploy,
@@ -230,7 +242,7 @@ async fn one(
     })
 }
 
-type Outcome = (f64, Value, Value, Value, Value, f64, f64);
+type Outcome = (f64, u64, Value, Value, Value, Value, f64, f64);
 
 #[allow(clippy::too_many_arguments)]
 async fn measure(
@@ -402,11 +414,7 @@ async fn measure(
     let elapsed = started.elapsed().as_secs_f64();
     let heartbeats_per_s = (beats.ok.load(Ordering::Relaxed) - ok_before) as f64 / elapsed;
     let heartbeat = stats(std::mem::take(&mut *beats.ms.lock().expect("not poisoned")));
-    anyhow::ensure!(
-        beats.failed.load(Ordering::Relaxed) == 0,
-        "{} heartbeats failed",
-        beats.failed.load(Ordering::Relaxed)
-    );
+    let heartbeats_failed = beats.failed.load(Ordering::Relaxed);
 
     // Create throughput: 8 clients spread over the replicas.
     let creates_per_s = throughput(clients, Duration::from_secs(5)).await?;
@@ -438,6 +446,7 @@ async fn measure(
     let _ = api.await;
     Ok((
         heartbeats_per_s,
+        heartbeats_failed,
         heartbeat,
         stats(deploy),
         stats(create),
@@ -476,6 +485,7 @@ fn report(g: &Globals, rows: &[Measured], a: &BenchArgs) -> anyhow::Result<()> {
             json!({
                 "replicas": m.replicas, "nodes": m.nodes, "records": m.records,
                 "heartbeats_per_s": m.heartbeats_per_s, "heartbeats_offered_per_s": m.offered_per_s,
+                "heartbeats_failed": m.heartbeats_failed,
                 "heartbeat_ms": m.heartbeat, "deploy_ms": m.deploy, "create_ms": m.create,
                 "list100_ms": m.list, "creates_per_s_8_clients": m.creates_per_s,
                 "lost_node_detected_s": m.lost_after_s,
@@ -497,6 +507,7 @@ fn report(g: &Globals, rows: &[Measured], a: &BenchArgs) -> anyhow::Result<()> {
         "NODES",
         "RECORDS",
         "HEARTBEATS/s (offered)",
+        "FAILED",
         "HEARTBEAT ms p50/p99",
         "DEPLOY ms p50/p99",
         "CREATE ms p50/p99",
@@ -510,6 +521,7 @@ fn report(g: &Globals, rows: &[Measured], a: &BenchArgs) -> anyhow::Result<()> {
             m.nodes.to_string(),
             m.records.to_string(),
             format!("{:.0} ({:.0})", m.heartbeats_per_s, m.offered_per_s),
+            m.heartbeats_failed.to_string(),
             format!(
                 "{:.1} / {:.1}",
                 p(&m.heartbeat, "median"),
