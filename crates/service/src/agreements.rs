@@ -806,9 +806,22 @@ impl Service {
     /// it yet (not running or paused there): ordinary placement, and the
     /// resumption of suspended work, leave it alone.
     pub(crate) async fn reserved_pending(&self, node: &str) -> Result<u64, ServiceError> {
+        Ok(self
+            .reserved_pending_by_node()
+            .await?
+            .get(node)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// [`Service::reserved_pending`] of every node at once (one read of the
+    /// agreements, whatever the number of nodes): what placement asks.
+    pub(crate) async fn reserved_pending_by_node(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, ServiceError> {
         let now = self.clock.now();
         let ahead = time::Duration::seconds(self.policy.agreements.make_room_ahead as i64);
-        let mut pending = 0;
+        let mut pending = std::collections::BTreeMap::new();
         for a in self
             .store
             .agreements_holding(now, now + ahead + time::Duration::milliseconds(1))
@@ -817,16 +830,16 @@ impl Service {
             if a.state == AgreementState::Offered {
                 continue;
             }
-            for s in a.slots.iter().filter(|s| s.node == node) {
+            for s in &a.slots {
                 let held = match &s.workspace {
                     Some(w) => self.store.workspace(w).await?.is_some_and(|r| {
-                        r.node.as_deref() == Some(node)
+                        r.node.as_deref() == Some(s.node.as_str())
                             && matches!(r.state, State::Running | State::Paused)
                     }),
                     None => false,
                 };
                 if !held {
-                    pending += s.ram;
+                    *pending.entry(s.node.clone()).or_insert(0) += s.ram;
                 }
             }
         }

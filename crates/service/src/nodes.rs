@@ -263,6 +263,7 @@ impl Service {
         }
         // Capacity reserved by agreements in their time, not yet taken by
         // their workspaces, is not given to anyone else.
+        let reserved = self.reserved_pending_by_node().await?;
         let mut fitting: Vec<(NodeRecord, Binding)> = Vec::new();
         for n in candidates {
             if account && n.report.accounts.is_none() {
@@ -271,7 +272,7 @@ impl Service {
             let mut report = n.report.clone();
             report.ram_free = report
                 .ram_free
-                .saturating_sub(self.reserved_pending(&n.name).await?);
+                .saturating_sub(reserved.get(&n.name).copied().unwrap_or(0));
             if let Some(b) = bind(&r.description, &report) {
                 fitting.push((n, b));
             }
