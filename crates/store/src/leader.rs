@@ -28,22 +28,21 @@ impl Store {
         if self.backend() == Backend::Sqlite {
             return Ok(Some(Leadership { held: None }));
         }
-        // A connection of its own, out of the pool: the lock lives as long
-        // as this session does.
-        let mut conn = self.pool.acquire().await?.detach();
+        // Tried on a pooled connection; taken out of the pool only when it
+        // got the lock, which lives as long as that session does. (A
+        // connection opened for every try, by every replica that does not
+        // lead, every round, cost PostgreSQL a backend each time.)
+        let mut conn = self.pool.acquire().await?;
         // Advisory locks are the cluster's: the key names the database too.
         let got: bool = sqlx::query_scalar(
             "SELECT pg_try_advisory_lock(hashtext(current_database()), hashtext('vws:' || $1))",
         )
         .bind(name)
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await?;
-        if got {
-            Ok(Some(Leadership { held: Some(conn) }))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
+        Ok(got.then(|| Leadership {
+            held: Some(conn.detach()),
+        }))
     }
 }
 
