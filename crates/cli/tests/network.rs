@@ -33,24 +33,7 @@ fn in_ns(ns: &str, home: &Path, args: &[&str]) -> Command {
 /// host's cgroup hierarchies: the node's command mounts them again (the
 /// same options name the same hierarchies) to confine dynamic accounts.
 fn with_cgroups(ns: &str, home: &Path, args: &[&str]) -> Command {
-    let mut script = String::new();
-    for l in std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-    {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        match f.as_slice() {
-            [_, "/sys/fs/cgroup", "tmpfs", ..] => {
-                script += "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup && "
-            }
-            [_, at, kind @ ("cgroup" | "cgroup2"), opts, ..]
-                if at.starts_with("/sys/fs/cgroup") =>
-            {
-                script += &format!("mkdir -p {at} && mount -t {kind} -o {opts} {kind} {at} && ")
-            }
-            _ => {}
-        }
-    }
+    let script = common::remount_cgroups();
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, "sh", "-c"])
         .arg(format!("{script}exec \"$0\" \"$@\""))

@@ -242,26 +242,7 @@ fn start_node(home: &Path, n: usize, lb: &str, made: &mut Vec<Made>) -> Kill {
         "--accounts",
         &accounts,
     ];
-    // `ip netns exec` mounts a /sys of its own, which hides the host's
-    // cgroups: mount them again for dynamic accounts.
-    let mut script = String::new();
-    for l in std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-    {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        match f.as_slice() {
-            [_, "/sys/fs/cgroup", "tmpfs", ..] => {
-                script += "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup && "
-            }
-            [_, at, kind @ ("cgroup" | "cgroup2"), opts, ..]
-                if at.starts_with("/sys/fs/cgroup") =>
-            {
-                script += &format!("mkdir -p {at} && mount -t {kind} -o {opts} {kind} {at} && ")
-            }
-            _ => {}
-        }
-    }
+    let script = common::remount_cgroups();
     let log = std::fs::File::create(home.join(format!("{name}.log"))).unwrap();
     Kill(
         Command::new("ip")
@@ -284,24 +265,20 @@ fn database() -> String {
         "VWS_TEST_POSTGRES must name a PostgreSQL server (scripts/test starts one): this test runs replicas on it",
     );
     let name = format!("vws_replicas_{}", std::process::id());
-    let out = Command::new("psql")
-        .args([&server, "-qc", &format!("DROP DATABASE IF EXISTS {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("psql")
-        .args([&server, "-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let out = Command::new("psql")
+            .args([&server, "-qc", &sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
     format!("{base}/{name}")
 }

@@ -202,7 +202,7 @@ impl Service {
     async fn progress(&self, op: &mut Operation, phase: &str) -> Result<(), ServiceError> {
         op.phase = phase.into();
         op.modified_at = self.clock.now();
-        Ok(self.store.put_operation(op).await?)
+        Ok(self.store.put_operation(op, &self.instance).await?)
     }
 
     async fn run_pull(

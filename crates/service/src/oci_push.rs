@@ -205,7 +205,7 @@ impl Service {
             })
             .collect();
         op.modified_at = self.clock.now();
-        self.store.put_operation(op).await?;
+        self.store.put_operation(op, &self.instance).await?;
         let o = origin.unwrap_or_default();
         let mut config = serde_json::json!({
             "architecture": "amd64",

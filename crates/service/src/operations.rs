@@ -8,7 +8,8 @@ use crate::core::Service;
 use crate::error::ServiceError;
 
 /// An operation whose replica has not moved it for this long is reported
-/// as failed (its replica died with it).
+/// as failed even though that replica still renews its lease (it hung); one
+/// whose replica's lease has run out is failed at once.
 pub const STALE_AFTER: time::Duration = time::Duration::minutes(2);
 
 impl Service {
@@ -34,7 +35,7 @@ impl Service {
             created_at: now,
             modified_at: now,
         };
-        self.store.put_operation(&op).await?;
+        self.store.put_operation(&op, &self.instance).await?;
         Ok(op)
     }
 
@@ -57,7 +58,7 @@ impl Service {
             }
         }
         op.modified_at = self.clock.now();
-        if let Err(e) = self.store.put_operation(op).await {
+        if let Err(e) = self.store.put_operation(op, &self.instance).await {
             tracing::warn!(op = %op.id, error = %e, "could not record the operation's end");
         }
     }
@@ -69,10 +70,11 @@ impl Service {
         who: &Identity,
         id: &str,
     ) -> Result<Operation, ServiceError> {
-        match self.store.operation(id).await? {
-            Some(mut op) if op.owner == who.dn || who.is_admin() => {
+        let now = self.clock.now();
+        match self.store.operation(id, now).await? {
+            Some((mut op, alive)) if op.owner == who.dn || who.is_admin() => {
                 if op.state == OperationState::Running
-                    && self.clock.now() - op.modified_at > STALE_AFTER
+                    && (!alive || now - op.modified_at > STALE_AFTER)
                 {
                     op.state = OperationState::Failed;
                     op.error = Some(format!(

@@ -148,17 +148,13 @@ async fn postgres_events_of_one_replica_wake_followers_on_another() {
     let mut stream = Box::pin(stream);
     let made = h
         .service
-        .execute(
+        .create(
             &alice(),
-            Command::Create {
-                description: description("base:1", ""),
-                form: vws_model::Form::Toml,
-                name: None,
-            },
+            description("base:1", ""),
+            vws_model::Form::Toml,
+            None,
         )
         .await
-        .unwrap()
-        .into_workspace()
         .unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(5), wake.changed())
         .await
@@ -178,4 +174,57 @@ fn sqlite_has_no_listener() {
         let h = harness(Backend::Sqlite, POLICY).await;
         assert!(h.service.store().event_wakeups().is_none());
     });
+}
+
+/// A pull a replica was running when it died is reported failed as soon as
+/// that replica's lease has run out, by any replica (no longer only once
+/// it has not moved for two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_operation_of_a_dead_replica_is_reported_failed() {
+    use vws_model::records::{Operation, OperationState};
+    use vws_service::command::Reply;
+    use vws_service::Clock;
+    let h = harness(Backend::Postgres, POLICY).await;
+    let other = h.replica(POLICY).await;
+    let now = h.clock.now();
+    let op = Operation {
+        id: "op-0123456789abcdef".into(),
+        owner: admin().dn,
+        kind: "pull".into(),
+        target: "127.0.0.1:5000/x:1".into(),
+        state: OperationState::Running,
+        phase: "layers".into(),
+        layers: vec![],
+        image: None,
+        error: None,
+        created_at: now,
+        modified_at: now,
+    };
+    other
+        .store()
+        .put_operation(&op, other.instance())
+        .await
+        .unwrap();
+    let seen = |s: std::sync::Arc<vws_service::Service>| async move {
+        match s
+            .execute(
+                &admin(),
+                Command::Operation {
+                    id: "op-0123456789abcdef".into(),
+                },
+            )
+            .await
+            .unwrap()
+        {
+            Reply::Operation(op) => *op,
+            _ => unreachable!("an operation"),
+        }
+    };
+    assert_eq!(seen(h.service.clone()).await.state, OperationState::Running);
+    h.clock
+        .advance(vws_service::replicas::LEASE + time::Duration::milliseconds(1));
+    h.service.renew_lease().await.unwrap();
+    let op = seen(h.service.clone()).await;
+    assert_eq!(op.state, OperationState::Failed);
+    assert!(op.error.unwrap().contains("stopped"));
 }

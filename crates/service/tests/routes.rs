@@ -343,19 +343,22 @@ async fn every_route_answers_each_kind_of_caller_as_its_rule_says() {
             let operation = format!("op-{:016x}", n);
             h.service
                 .store()
-                .put_operation(&vws_model::records::Operation {
-                    id: operation.clone(),
-                    owner: OWNER.into(),
-                    kind: "pull".into(),
-                    target: "127.0.0.1:9/nothere:1".into(),
-                    state: vws_model::records::OperationState::Done,
-                    phase: "done".into(),
-                    layers: vec![],
-                    image: None,
-                    error: None,
-                    created_at: time::OffsetDateTime::now_utc(),
-                    modified_at: time::OffsetDateTime::now_utc(),
-                })
+                .put_operation(
+                    &vws_model::records::Operation {
+                        id: operation.clone(),
+                        owner: OWNER.into(),
+                        kind: "pull".into(),
+                        target: "127.0.0.1:9/nothere:1".into(),
+                        state: vws_model::records::OperationState::Done,
+                        phase: "done".into(),
+                        layers: vec![],
+                        image: None,
+                        error: None,
+                        created_at: time::OffsetDateTime::now_utc(),
+                        modified_at: time::OffsetDateTime::now_utc(),
+                    },
+                    h.service.instance(),
+                )
                 .await
                 .unwrap();
             let path = route

@@ -16,3 +16,7 @@ ALTER TABLE idempotency ADD COLUMN replica TEXT;
 -- a node's workspaces, and the few with an action in flight.
 CREATE INDEX workspaces_node ON workspaces (node);
 CREATE INDEX workspaces_pending ON workspaces (pending) WHERE pending IS NOT NULL;
+
+-- The replica running a long operation (an image pull or push): once its
+-- lease has run out, the operation is reported failed at once.
+ALTER TABLE operations ADD COLUMN replica TEXT;

@@ -631,3 +631,29 @@ pub fn script_passed(out: &Output, what: &str, done: &str) -> String {
     assert!(said.contains(done), "{what} did not finish: {said}");
     said
 }
+
+/// A shell prefix that mounts the host's cgroup hierarchies again: `ip
+/// netns exec` mounts a /sys of the namespace's own, which hides them, and
+/// a node needs them to confine dynamic accounts (the same options name
+/// the same hierarchies). Ends with `&& `.
+pub fn remount_cgroups() -> String {
+    let mut script = String::new();
+    for l in std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+    {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            [_, "/sys/fs/cgroup", "tmpfs", ..] => {
+                script += "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup && "
+            }
+            [_, at, kind @ ("cgroup" | "cgroup2"), opts, ..]
+                if at.starts_with("/sys/fs/cgroup") =>
+            {
+                script += &format!("mkdir -p {at} && mount -t {kind} -o {opts} {kind} {at} && ")
+            }
+            _ => {}
+        }
+    }
+    script
+}
