@@ -140,13 +140,13 @@ impl Retry {
 }
 
 /// A connection to a vws service: one URL, or several replicas' URLs it
-/// fails over between. Every POST and DELETE carries an `Idempotency-Key`
-/// (docs/api.md), so a request whose connection broke, or that a load
-/// balancer could not place (its own 502, 503 or 504, not the service's
-/// error shape), or whose first try is still
-/// being handled (409 `idempotency_in_progress`), or whose workspace another
-/// replica's action holds (409 `settling`), is sent again, to the
-/// next URL where there are several, without acting twice.
+/// fails over between. Every POST and DELETE of up to 1 MiB carries an
+/// `Idempotency-Key` (docs/api.md), so such a request is sent again, to the
+/// next URL where there are several, without acting twice, when its
+/// connection broke, when a load balancer could not place it (its own 502,
+/// 503 or 504, not the service's error shape), when its first try is still
+/// being handled (409 `idempotency_in_progress`), or when another replica's
+/// action holds its workspace (409 `settling`).
 #[derive(Clone, Debug)]
 pub struct Client {
     bases: Arc<[String]>,
@@ -250,13 +250,23 @@ impl Client {
             source,
         };
         let mut request = req.build().map_err(transport)?;
+        // The service keeps at most 1 MiB of a keyed request (docs/api.md):
+        // a larger one goes without a key.
+        let small = request
+            .body()
+            .is_none_or(|b| b.as_bytes().is_some_and(|b| b.len() <= 1 << 20));
         if matches!(*request.method(), Method::POST | Method::DELETE)
+            && small
             && !request.headers().contains_key(IDEMPOTENCY_KEY)
         {
             let key = uuid::Uuid::new_v4().to_string();
             let value = reqwest::header::HeaderValue::from_str(&key).expect("a UUID is a header");
             request.headers_mut().insert(IDEMPOTENCY_KEY, value);
         }
+        // What may be sent twice: a read, a put of the same bytes, or a
+        // request its key makes safe. (A refused connection never sent it.)
+        let idempotent = matches!(*request.method(), Method::GET | Method::HEAD | Method::PUT)
+            || request.headers().contains_key(IDEMPOTENCY_KEY);
         let started = Instant::now();
         let mut pause = self.retry.first_pause;
         let mut refused = 0;
@@ -277,7 +287,7 @@ impl Client {
                 }
                 // Cut off mid-request (its replica died, or the proxy's).
                 Err(e) => match again {
-                    Some(_) if started.elapsed() < self.retry.within => {
+                    Some(_) if idempotent && started.elapsed() < self.retry.within => {
                         refused = 0;
                         e.to_string()
                     }
@@ -291,7 +301,8 @@ impl Client {
                     };
                     // A proxy's own answer (not the service's error shape):
                     // no replica took the request.
-                    let unplaced = matches!(status.as_u16(), 502..=504) && code == "http";
+                    let unplaced =
+                        idempotent && matches!(status.as_u16(), 502..=504) && code == "http";
                     // The first try, or another replica's action on the
                     // same workspace, still running or being settled.
                     let passing = unplaced
