@@ -71,19 +71,25 @@ async fn fill(
     Ok((target - have) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Show requests per second with 8 concurrent clients for `window`.
-async fn show_throughput(client: &Client, ids: &[String], window: Duration) -> anyhow::Result<f64> {
-    let ids = Arc::new(ids.to_vec());
+/// Requests per second of `call` from 8 concurrent tasks for `window`;
+/// task `k` gets `clients[k % len]` and counts its calls from 0.
+pub(crate) async fn per_second<F, Fut>(
+    clients: &[Client],
+    window: Duration,
+    call: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(Client, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), vws_client::ClientError>> + Send,
+{
     let start = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..8 {
-        let (client, ids) = (client.clone(), ids.clone());
+        let (client, call) = (clients[k % clients.len()].clone(), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while start.elapsed() < window {
-                client
-                    .show(&ids[(n as usize * 7919 + k) % ids.len()])
-                    .await?;
+                call(client.clone(), k, n).await?;
                 n += 1;
             }
             Ok::<_, vws_client::ClientError>(n)
@@ -94,6 +100,20 @@ async fn show_throughput(client: &Client, ids: &[String], window: Duration) -> a
         total += t.await??;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Show requests per second with 8 concurrent clients for `window`.
+async fn show_throughput(client: &Client, ids: &[String], window: Duration) -> anyhow::Result<f64> {
+    let ids = Arc::new(ids.to_vec());
+    per_second(std::slice::from_ref(client), window, move |c, k, n| {
+        let ids = ids.clone();
+        async move {
+            c.show(&ids[(n as usize * 7919 + k) % ids.len()])
+                .await
+                .map(drop)
+        }
+    })
+    .await
 }
 
 pub(super) async fn api_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {

@@ -457,24 +457,12 @@ async fn measure(
 }
 
 async fn throughput(clients: &[Client], window: Duration) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let c = clients[i % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while start.elapsed() < window {
-                c.create(DESCRIPTION.into(), Form::Toml, None).await?;
-                n += 1;
-            }
-            Ok::<_, vws_client::ClientError>(n)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    super::api::per_second(clients, window, |c, _, _| async move {
+        c.create(DESCRIPTION.into(), Form::Toml, None)
+            .await
+            .map(drop)
+    })
+    .await
 }
 
 fn report(g: &Globals, rows: &[Measured], a: &BenchArgs) -> anyhow::Result<()> {
