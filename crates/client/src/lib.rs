@@ -109,15 +109,15 @@ pub struct ListQuery {
 /// How a client carries a request through a replica's death: what it
 /// retries, and for how long.
 #[derive(Clone, Copy, Debug)]
-pub struct Retry {
+struct Retry {
     /// The first pause between two tries (doubled each time).
-    pub first_pause: Duration,
+    first_pause: Duration,
     /// The longest pause.
-    pub max_pause: Duration,
+    max_pause: Duration,
     /// How long after the first try the last may start. It outlasts a
     /// replica's lease (5 s) with room for a load balancer's health checks,
     /// so a request whose replica died is taken over by another.
-    pub within: Duration,
+    within: Duration,
 }
 
 impl Default for Retry {
@@ -128,15 +128,6 @@ impl Default for Retry {
             within: Duration::from_secs(30),
         }
     }
-}
-
-impl Retry {
-    /// One try only.
-    pub const NEVER: Retry = Retry {
-        first_pause: Duration::ZERO,
-        max_pause: Duration::ZERO,
-        within: Duration::ZERO,
-    };
 }
 
 /// A connection to a vws service: one URL, or several replicas' URLs it
@@ -205,12 +196,6 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Client::with_http(base, http))
-    }
-
-    /// The same client retrying as `retry` says.
-    pub fn with_retry(mut self, retry: Retry) -> Client {
-        self.retry = retry;
-        self
     }
 
     /// The service's base URL (the one in use, where there are several).

@@ -92,6 +92,25 @@ fn pool_name(req: &PullRequest) -> Result<(String, String), ServiceError> {
     Ok((name, r.tag().unwrap_or("latest").to_string()))
 }
 
+/// The registry a pull or a push speaks to; a reference or connection it
+/// cannot use is 422 saying why.
+pub(crate) fn open_registry(
+    reference: &str,
+    credentials: &Option<vws_oci::Credentials>,
+    plain_http: bool,
+    ca_pem: &Option<String>,
+) -> Result<vws_oci::Registry, ServiceError> {
+    vws_oci::Registry::new(
+        reference,
+        &credentials.clone().unwrap_or_default(),
+        &vws_oci::Connection {
+            plain_http,
+            ca_pem: ca_pem.clone(),
+        },
+    )
+    .map_err(|e| ServiceError::InvalidTerms(e.message))
+}
+
 impl Service {
     /// Starts a pull; answers its operation at once (202).
     pub(crate) async fn pull_image(
@@ -103,15 +122,12 @@ impl Service {
         vws_model::ImageRef::tagged(&name, &tag)
             .map_err(|e| ServiceError::InvalidTerms(format!("name {name}:{tag}: {e}")))?;
         self.check_publisher(who, &name).await?;
-        let registry = vws_oci::Registry::new(
+        let registry = open_registry(
             &req.reference,
-            &req.credentials.clone().unwrap_or_default(),
-            &vws_oci::Connection {
-                plain_http: req.plain_http,
-                ca_pem: req.ca_pem.clone(),
-            },
-        )
-        .map_err(|e| ServiceError::InvalidTerms(e.message))?;
+            &req.credentials,
+            req.plain_http,
+            &req.ca_pem,
+        )?;
         self.spawn_pull(
             who,
             &req.reference,

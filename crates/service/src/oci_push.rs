@@ -94,15 +94,12 @@ impl Service {
                 "image {reference} is not a root filesystem image; only those go out as OCI images"
             )));
         }
-        let registry = vws_oci::Registry::new(
+        let registry = crate::oci_pull::open_registry(
             &req.target,
-            &req.credentials.clone().unwrap_or_default(),
-            &vws_oci::Connection {
-                plain_http: req.plain_http,
-                ca_pem: req.ca_pem.clone(),
-            },
-        )
-        .map_err(|e| ServiceError::InvalidTerms(e.message))?;
+            &req.credentials,
+            req.plain_http,
+            &req.ca_pem,
+        )?;
         let op = self
             .start_operation(who, "push", &req.target, "layers")
             .await?;
