@@ -94,7 +94,7 @@ pub fn from_millis(ms: i64) -> OffsetDateTime {
 }
 
 /// The repository database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
@@ -102,6 +102,15 @@ pub struct Store {
     pub(crate) url: String,
     /// Wake-ups for event followers, started on first use.
     pub(crate) wakeups: std::sync::Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<u64>>>,
+}
+
+// Not derived: the URL may carry a password.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
