@@ -416,11 +416,45 @@ impl Drivers {
 pub fn tmpfs_dir(root: &Path) -> PathBuf {
     use sha2::Digest;
     let tag = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
-    if Path::new("/dev/shm").is_dir() {
-        PathBuf::from(format!("/dev/shm/vws-{}", hex::encode(&tag[..6])))
+    if Path::new(SHM).is_dir() {
+        PathBuf::from(format!("{SHM}/vws-{}", hex::encode(&tag[..6])))
     } else {
         root.join(".ram")
     }
+}
+
+/// Where [`tmpfs_dir`] puts its folders when the host has one.
+const SHM: &str = "/dev/shm";
+
+/// The file in a [`tmpfs_dir`] naming the folder it belongs to.
+const OWNER_FILE: &str = "home";
+
+/// Makes `root`'s [`tmpfs_dir`], names `root` in it, and removes the
+/// folders of node homes that are gone: a node killed with its VMs, its
+/// home deleted after, would otherwise hold their RAM in tmpfs until the
+/// host reboots. Returns how many it removed.
+pub fn claim_tmpfs_dir(root: &Path) -> std::io::Result<usize> {
+    let dir = tmpfs_dir(root);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(OWNER_FILE), root.to_string_lossy().as_bytes())?;
+    let Ok(entries) = std::fs::read_dir(SHM) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("vws-") || path == dir {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        if !Path::new(&owner).exists() && std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(folder = %path.display(), home = owner, "removed the RAM files of a node home that is gone");
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// What an account workspace is made of on this host (a dynamic account's
@@ -497,6 +531,30 @@ impl NetError {
         move |e| NetError::Step {
             what,
             source: Box::new(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_homes_ram_folder_is_removed_and_a_live_ones_kept() {
+        let (gone, live) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        claim_tmpfs_dir(gone.path()).unwrap();
+        let left = tmpfs_dir(gone.path());
+        std::fs::write(left.join("ws-x.ram"), b"guest pages").unwrap();
+        let gone_path = gone.path().to_path_buf();
+        drop(gone);
+        assert!(!gone_path.exists());
+        let other = tempfile::tempdir().unwrap();
+        claim_tmpfs_dir(other.path()).unwrap();
+        claim_tmpfs_dir(live.path()).unwrap();
+        assert!(!left.exists(), "{} was kept", left.display());
+        assert!(tmpfs_dir(other.path()).join(OWNER_FILE).exists());
+        for d in [other.path(), live.path()] {
+            std::fs::remove_dir_all(tmpfs_dir(d)).unwrap();
         }
     }
 }

@@ -123,6 +123,8 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     // allows (root, cgroups).
     let mut drivers = Drivers::default();
     let vms = crate::manager::vms_dir(&home);
+    std::fs::create_dir_all(&vms)?;
+    crate::driver::claim_tmpfs_dir(&vms)?;
     let qemu = QemuDriver::for_node(vms.clone(), tx.clone(), jobs_tx.clone()).with_tls(tls_dir);
     drivers.register(Arc::new(Arc::new(qemu)));
     let program = std::env::current_exe().context("finding the vws executable")?;
