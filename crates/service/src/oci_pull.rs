@@ -285,63 +285,48 @@ impl Service {
             }
         }
         self.progress(op, "layers").await?;
-        for (i, l) in resolved.layers.iter().enumerate() {
-            if op.layers[i].cached {
-                continue;
-            }
-            let Source::Registry(registry) = source else {
-                return Err(ServiceError::InvalidTerms(format!(
-                    "layer {} has not been uploaded (PUT /v1/blobs/{})",
-                    l.digest, l.digest
-                )));
-            };
-            let stream = registry
-                .layer(l)
-                .await
-                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-            let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let counted = {
-                let moved = moved.clone();
-                futures::StreamExt::map(stream.stream, move |chunk| {
-                    let chunk = chunk.map_err(std::io::Error::other)?;
-                    moved.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    Ok::<_, std::io::Error>(chunk)
-                })
-            };
-            let reader = tokio_util::io::StreamReader::new(counted);
-            let put = self.put_blob(&l.digest, reader);
-            tokio::pin!(put);
-            let mut tick = tokio::time::interval(PROGRESS_EVERY);
-            let stored = loop {
-                tokio::select! {
-                    r = &mut put => break r,
-                    _ = tick.tick() => {
-                        op.layers[i].done = moved.load(std::sync::atomic::Ordering::Relaxed);
-                        self.progress(op, "layers").await?;
-                    }
-                }
-            };
-            stored.map_err(|e| match e {
-                ServiceError::Integrity(m) => {
-                    ServiceError::Integrity(format!("layer {}: {m}", l.digest))
-                }
-                ServiceError::Internal(e) => ServiceError::Unavailable(format!(
-                    "layer {} broke off: {e:#}; the next pull goes on from the layers finished",
-                    l.digest
-                )),
-                e => e,
-            })?;
-            op.layers[i].done = l.size;
-        }
-        self.progress(op, "applying").await?;
         let work = self.home.join("oci-work").join(&op.id);
-        let built = self.build_root(&resolved, &work).await;
+        let limits = vws_oci::layers::Limits {
+            layer_bytes: self.policy.images.max_layer.0,
+            image_bytes: self.policy.images.max_image.0,
+        };
+        // Layers are applied as they stream in, on a thread of their own,
+        // so that the apply hides behind the transfer.
+        let (inputs, applier) = spawn_applier(work.join("root"), work.join("rootfs.img"), limits);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::time::Instant::now();
+        let moved = self
+            .move_layers(op, source, &resolved, &inputs, &stopped)
+            .await;
+        if moved.is_ok() {
+            let _ = inputs.send(LayerInput::End);
+        }
+        drop(inputs);
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "pull: layers moved"
+        );
+        let applied = applier.await.map_err(anyhow::Error::from)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "pull: root filesystem made"
+        );
+        let built = match (moved, applied) {
+            // A layer the applier refused stops its stream: its error is the cause.
+            (Err(_), Err(a)) if stopped.load(std::sync::atomic::Ordering::Relaxed) => Err(a),
+            (Err(m), _) => Err(m),
+            (Ok(()), a) => a,
+        };
         let result = match built {
-            Ok((file, shell)) => {
+            Ok(shell) => {
                 origin.shell = shell;
                 self.progress(op, "importing").await?;
                 // Made beside the pool: moved in, not copied.
-                let (digest, _) = self.blobs.adopt(&file).await?;
+                let (digest, _) = self.blobs.adopt(&work.join("rootfs.img")).await?;
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "pull: image in the pool"
+                );
                 let digest = digest.to_string();
                 let req = ImportRequest {
                     name: name.into(),
@@ -362,48 +347,201 @@ impl Service {
         result
     }
 
-    /// Applies the layers (from the pool) into a fresh folder and makes
-    /// the ext4 image of it; its path.
-    async fn build_root(
+    /// Hands each layer to the applier in order: one the pool has from its
+    /// file, one it lacks as it streams into the pool (checked against its
+    /// digest there). `stopped` is set when the applier stopped reading.
+    async fn move_layers(
         &self,
-        r: &vws_oci::Resolved,
-        work: &std::path::Path,
-    ) -> Result<(std::path::PathBuf, bool), ServiceError> {
-        let root = work.join("root");
-        let image = work.join("rootfs.img");
-        let layers: Vec<(String, String, std::path::PathBuf)> = r
-            .layers
-            .iter()
-            .map(|l| {
-                let d: vws_store::Digest = l.digest.parse()?;
-                Ok((l.digest.clone(), l.media_type.clone(), self.blobs.path(&d)))
-            })
-            .collect::<Result<_, vws_store::BlobError>>()?;
-        let limits = vws_oci::layers::Limits {
-            layer_bytes: self.policy.images.max_layer.0,
-            image_bytes: self.policy.images.max_image.0,
-        };
-        let (root2, image2) = (root.clone(), image.clone());
-        let shell = tokio::task::spawn_blocking(move || -> Result<bool, ServiceError> {
-            let _ = std::fs::remove_dir_all(root2.parent().unwrap_or(&root2));
-            std::fs::create_dir_all(&root2).map_err(anyhow::Error::from)?;
-            let mut applier = vws_oci::layers::Applier::new(&root2, limits);
-            for (digest, media_type, path) in layers {
-                let f = std::fs::File::open(&path).map_err(anyhow::Error::from)?;
-                applier
-                    .apply(&digest, &media_type, std::io::BufReader::new(f))
-                    .map_err(|e| match e {
-                        vws_oci::layers::LayerError::Io { .. } => ServiceError::Internal(e.into()),
-                        e => ServiceError::InvalidTerms(e.to_string()),
-                    })?;
+        op: &mut Operation,
+        source: &Source,
+        resolved: &vws_oci::Resolved,
+        inputs: &std::sync::mpsc::Sender<LayerInput>,
+        stopped: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), ServiceError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (i, l) in resolved.layers.iter().enumerate() {
+            let applied = |input| {
+                inputs.send(input).map_err(|_| {
+                    stopped.store(true, Relaxed);
+                    ServiceError::Internal(anyhow::anyhow!("the layers' apply stopped"))
+                })
+            };
+            if op.layers[i].cached {
+                applied(LayerInput::Pool {
+                    digest: l.digest.clone(),
+                    media_type: l.media_type.clone(),
+                    path: self.blob_path(&l.digest).await?,
+                })?;
+                continue;
             }
-            // A file or a symlink: whatever it names is inside the image.
-            let shell = std::fs::symlink_metadata(root2.join("bin/sh")).is_ok();
-            vws_oci::ext4::make(&root2, &image2).map_err(ServiceError::Internal)?;
-            Ok(shell)
-        })
-        .await
-        .map_err(anyhow::Error::from)??;
-        Ok((image, shell))
+            let Source::Registry(registry) = source else {
+                return Err(ServiceError::InvalidTerms(format!(
+                    "layer {} has not been uploaded (PUT /v1/blobs/{})",
+                    l.digest, l.digest
+                )));
+            };
+            let stream = registry
+                .layer(l)
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(APPLY_QUEUE);
+            applied(LayerInput::Streaming {
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+                chunks: rx,
+            })?;
+            let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let teed = {
+                let (moved, stopped) = (moved.clone(), stopped.clone());
+                futures::StreamExt::then(stream.stream, move |chunk| {
+                    let (tx, moved, stopped) = (tx.clone(), moved.clone(), stopped.clone());
+                    async move {
+                        let chunk = chunk.map_err(std::io::Error::other)?;
+                        moved.fetch_add(chunk.len() as u64, Relaxed);
+                        if tx.send(chunk.clone()).await.is_err() {
+                            stopped.store(true, Relaxed);
+                            return Err(std::io::Error::other("the layer's apply stopped"));
+                        }
+                        Ok::<_, std::io::Error>(chunk)
+                    }
+                })
+            };
+            let reader = tokio_util::io::StreamReader::new(Box::pin(teed));
+            let put = self.put_blob(&l.digest, reader);
+            tokio::pin!(put);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let stored = loop {
+                tokio::select! {
+                    r = &mut put => break r,
+                    _ = tick.tick() => {
+                        op.layers[i].done = moved.load(Relaxed);
+                        self.progress(op, "layers").await?;
+                    }
+                }
+            };
+            stored.map_err(|e| match e {
+                ServiceError::Integrity(m) => {
+                    ServiceError::Integrity(format!("layer {}: {m}", l.digest))
+                }
+                ServiceError::Internal(e) => ServiceError::Unavailable(format!(
+                    "layer {} broke off: {e:#}; the next pull goes on from the layers finished",
+                    l.digest
+                )),
+                e => e,
+            })?;
+            op.layers[i].done = l.size;
+        }
+        self.progress(op, "applying").await
     }
+}
+
+/// How many chunks of a streaming layer wait for the applier.
+const APPLY_QUEUE: usize = 64;
+
+/// One layer for the applier, in order; `End` after the last.
+enum LayerInput {
+    /// A layer the pool has.
+    Pool {
+        digest: String,
+        media_type: String,
+        path: std::path::PathBuf,
+    },
+    /// A layer as it streams into the pool.
+    Streaming {
+        digest: String,
+        media_type: String,
+        chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    },
+    /// All layers were sent and checked: make the image.
+    End,
+}
+
+/// A streaming layer's bytes, read on the applier's thread.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Starts the thread that applies layers, in the order sent, into a fresh
+/// folder `root` and, once `End` arrives, makes the ext4 image `image` of
+/// it; it answers whether the root has a shell. Without `End` (a layer
+/// failed to arrive) it makes nothing.
+fn spawn_applier(
+    root: std::path::PathBuf,
+    image: std::path::PathBuf,
+    limits: vws_oci::layers::Limits,
+) -> (
+    std::sync::mpsc::Sender<LayerInput>,
+    tokio::task::JoinHandle<Result<bool, ServiceError>>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = tokio::task::spawn_blocking(move || -> Result<bool, ServiceError> {
+        let _ = std::fs::remove_dir_all(root.parent().unwrap_or(&root));
+        std::fs::create_dir_all(&root).map_err(anyhow::Error::from)?;
+        let mut applier = vws_oci::layers::Applier::new(&root, limits);
+        let apply = |applier: &mut vws_oci::layers::Applier,
+                     digest: &str,
+                     media_type: &str,
+                     r: &mut dyn std::io::Read| {
+            applier
+                .apply(digest, media_type, r)
+                .map(|_| ())
+                .map_err(|e| match e {
+                    vws_oci::layers::LayerError::Io { .. } => ServiceError::Internal(e.into()),
+                    e => ServiceError::InvalidTerms(e.to_string()),
+                })
+        };
+        loop {
+            match rx.recv() {
+                Ok(LayerInput::Pool {
+                    digest,
+                    media_type,
+                    path,
+                }) => {
+                    let f = std::fs::File::open(&path).map_err(anyhow::Error::from)?;
+                    let mut r = std::io::BufReader::new(f);
+                    apply(&mut applier, &digest, &media_type, &mut r)?;
+                }
+                Ok(LayerInput::Streaming {
+                    digest,
+                    media_type,
+                    chunks,
+                }) => {
+                    let mut r = ChunkReader {
+                        chunks,
+                        chunk: bytes::Bytes::new(),
+                    };
+                    apply(&mut applier, &digest, &media_type, &mut r)?;
+                    // What follows the archive's end (padding, gzip's
+                    // trailer) still streams into the pool.
+                    std::io::copy(&mut r, &mut std::io::sink()).map_err(anyhow::Error::from)?;
+                }
+                Ok(LayerInput::End) => break,
+                Err(_) => {
+                    return Err(ServiceError::Internal(anyhow::anyhow!(
+                        "the pull stopped before its last layer"
+                    )))
+                }
+            }
+        }
+        // A file or a symlink: whatever it names is inside the image.
+        let shell = std::fs::symlink_metadata(root.join("bin/sh")).is_ok();
+        vws_oci::ext4::make(&root, &image).map_err(ServiceError::Internal)?;
+        Ok(shell)
+    });
+    (tx, handle)
 }

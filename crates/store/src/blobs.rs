@@ -55,6 +55,10 @@ pub fn manifest(path: &Path) -> std::io::Result<vws_model::node::Manifest> {
     chunk_manifest(path, None)
 }
 
+/// How many bytes of an upload are written before the disk is asked to
+/// write them out.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
 /// A manifest; when the whole digest is already known it is not recomputed.
 fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model::node::Manifest> {
     use std::io::Read;
@@ -76,13 +80,16 @@ fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model
         if filled == 0 {
             break;
         }
-        if known.is_none() {
-            whole.update(&buf[..filled]);
-        }
-        chunks.push(format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(&buf[..filled]))
-        ));
+        let data = &buf[..filled];
+        // The whole digest and the chunk's on two cores at once.
+        let part = std::thread::scope(|s| {
+            let part = s.spawn(|| Sha256::digest(data));
+            if known.is_none() {
+                whole.update(data);
+            }
+            part.join().expect("hashing does not panic")
+        });
+        chunks.push(format!("sha256:{}", hex::encode(part)));
         size += filled as u64;
         if filled < buf.len() {
             break;
@@ -175,6 +182,11 @@ impl BlobStore {
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             let mut total = 0u64;
+            // The disk writes what has come while more arrives, so that the
+            // sync at the end has little left to wait for.
+            let writer = file.try_clone().await?.into_std().await;
+            let mut writeback: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+            let mut unsynced = 0u64;
             loop {
                 let n = input.read(&mut buf).await?;
                 if n == 0 {
@@ -186,6 +198,17 @@ impl BlobStore {
                 }
                 hasher.update(&buf[..n]);
                 file.write_all(&buf[..n]).await?;
+                unsynced += n as u64;
+                if unsynced >= WRITEBACK_EVERY && writeback.as_ref().is_none_or(|w| w.is_finished())
+                {
+                    file.flush().await?;
+                    let w = writer.try_clone()?;
+                    writeback = Some(tokio::task::spawn_blocking(move || w.sync_data()));
+                    unsynced = 0;
+                }
+            }
+            if let Some(w) = writeback {
+                w.await.map_err(std::io::Error::other)??;
             }
             file.sync_all().await?;
             let actual = Digest(format!("sha256:{}", hex::encode(hasher.finalize())));
@@ -213,9 +236,13 @@ impl BlobStore {
     pub async fn adopt(&self, src: &Path) -> Result<(Digest, u64), BlobError> {
         let path = src.to_path_buf();
         let m = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let m = chunk_manifest(&path, None)?;
-            std::fs::File::open(&path)?.sync_all()?;
-            Ok(m)
+            // The disk writes the file while it is hashed.
+            std::thread::scope(|s| {
+                let synced = s.spawn(|| std::fs::File::open(&path)?.sync_all());
+                let m = chunk_manifest(&path, None)?;
+                synced.join().expect("a sync does not panic")?;
+                Ok(m)
+            })
         })
         .await
         .map_err(std::io::Error::other)??;
