@@ -976,6 +976,25 @@ impl Manager {
         Ok(driver.read_file(&spec, path).await?)
     }
 
+    /// What a workspace in `state` uses, if it runs.
+    async fn usage(&self, id: &str, state: &str) -> Option<vws_model::node::Usage> {
+        if state == "shutdown" {
+            return None;
+        }
+        let (_, driver) = self.deployed_with_driver(id).ok()?;
+        let pids = driver.pids(id).await;
+        if pids.is_empty() {
+            return None;
+        }
+        let mut u = crate::usage::of_processes(&pids);
+        let io = driver.io(id).await;
+        u.block_read_bytes = io.block_read;
+        u.block_write_bytes = io.block_write;
+        u.net_rx_bytes = io.net_rx;
+        u.net_tx_bytes = io.net_tx;
+        Some(u)
+    }
+
     /// Capacity, cache, workspaces and health.
     pub async fn report(&self) -> NodeReport {
         crate::net::supervise(&net_dir(&self.home));
@@ -989,39 +1008,34 @@ impl Manager {
                 .unwrap_or(0)
                 * 1024
         };
-        let mut workspaces = BTreeMap::new();
-        if let Ok(entries) = std::fs::read_dir(vms_dir(&self.home)) {
-            for e in entries.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                if e.path().join("spec.json").exists() {
-                    let state = match self.status(&id).await {
-                        VmState::Shutdown if e.path().join("memory.state").exists() => "paused",
-                        VmState::Shutdown => "shutdown",
-                        VmState::Running => "running",
-                        VmState::Paused => "paused",
-                    };
-                    workspaces.insert(id, state.to_string());
-                }
-            }
-        }
-        let mut usage = BTreeMap::new();
-        for (id, state) in &workspaces {
-            if state == "shutdown" {
-                continue;
-            }
-            let Ok((_, driver)) = self.deployed_with_driver(id) else {
-                continue;
+        let deployed: Vec<(String, PathBuf)> = std::fs::read_dir(vms_dir(&self.home))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("spec.json").exists())
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Every workspace's state and counters are asked for at once: a
+        // report takes as long as the slowest VM's answers, not their sum
+        // (with a hundred VMs in turn it outgrew the heartbeat).
+        let seen = futures::future::join_all(deployed.iter().map(|(id, dir)| async move {
+            let state = match self.status(id).await {
+                VmState::Shutdown if dir.join("memory.state").exists() => "paused",
+                VmState::Shutdown => "shutdown",
+                VmState::Running => "running",
+                VmState::Paused => "paused",
             };
-            let pids = driver.pids(id).await;
-            if !pids.is_empty() {
-                let mut u = crate::usage::of_processes(&pids);
-                let io = driver.io(id).await;
-                u.block_read_bytes = io.block_read;
-                u.block_write_bytes = io.block_write;
-                u.net_rx_bytes = io.net_rx;
-                u.net_tx_bytes = io.net_tx;
+            (id.clone(), state, self.usage(id, state).await)
+        }))
+        .await;
+        let mut workspaces = BTreeMap::new();
+        let mut usage = BTreeMap::new();
+        for (id, state, u) in seen {
+            if let Some(u) = u {
                 usage.insert(id.clone(), u);
             }
+            workspaces.insert(id, state.to_string());
         }
         let images = std::fs::read_dir(self.home.join("cache/sha256"))
             .map(|d| {

@@ -41,6 +41,9 @@ pub(super) fn marked_jobs(jobs: &Path, id: &str) -> Vec<(String, PathBuf, u64)> 
 /// How long a heartbeat waits for a guest's interface counters.
 const NET_ANSWER_WITHIN: Duration = Duration::from_millis(300);
 
+/// How often a guest's interface counters are read for the heartbeat.
+const NET_READ_EVERY: Duration = Duration::from_secs(10);
+
 /// How long a job waits for a running guest's agent to answer its
 /// connection (it reconnects after a restart of the node).
 const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
@@ -191,10 +194,23 @@ impl Driver for Arc<QemuDriver> {
     /// QEMU's block statistics, and the guest's own interface counters
     /// (read through its agent: a user NIC has no host-side device). The
     /// heartbeat must not wait on a guest: one that is paused, or does not
-    /// answer within [`NET_ANSWER_WITHIN`], keeps its last figures.
+    /// answer within [`NET_ANSWER_WITHIN`], keeps its last figures. Nor
+    /// wake idle ones at every beat: a guest without interfaces is not
+    /// asked, and one with them at most every [`NET_READ_EVERY`].
     async fn io(&self, id: &str) -> Io {
         let block = self.block_bytes(id).await;
-        let agent = match self.agent(id).await {
+        let last = self
+            .net_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied();
+        let due = last.is_none_or(|(at, _, _)| at.elapsed() >= NET_READ_EVERY);
+        let agent = match self.vm(id).await {
+            Ok(vm) if vm.nics && due => vm.agent(),
+            _ => None,
+        };
+        let agent = match agent {
             Some(a) if a.hello().is_some() && self.status(id).await == VmState::Running => Some(a),
             _ => None,
         };
@@ -209,10 +225,10 @@ impl Driver for Arc<QemuDriver> {
         let (rx, tx) = match read {
             Some(table) => {
                 let now = crate::usage::net_bytes(&String::from_utf8_lossy(&table));
-                seen.insert(id.to_string(), now);
+                seen.insert(id.to_string(), (std::time::Instant::now(), now.0, now.1));
                 now
             }
-            None => seen.get(id).copied().unwrap_or_default(),
+            None => last.map(|(_, rx, tx)| (rx, tx)).unwrap_or_default(),
         };
         let mut io = Io::new(block, "");
         io.net_rx = rx;

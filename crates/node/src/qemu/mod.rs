@@ -40,6 +40,8 @@ struct Vm {
     expected: Arc<AtomicBool>,
     /// Becomes true when the process is gone.
     gone: watch::Receiver<bool>,
+    /// Whether the guest has network interfaces to count.
+    nics: bool,
 }
 
 impl Vm {
@@ -62,7 +64,8 @@ pub struct QemuDriver {
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     /// Each VM's interface counters as its guest last told them (a
     /// paused or busy guest is not waited for: its last figures stand).
-    pub(crate) net_seen: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+    /// Each guest's interface counters as last read, and when.
+    pub(crate) net_seen: std::sync::Mutex<HashMap<String, (std::time::Instant, u64, u64)>>,
     events: mpsc::UnboundedSender<VmEvent>,
     jobs_done: JobDone,
     /// Keeps user NICs off the host's loopback (none: not confined).
@@ -570,6 +573,7 @@ impl QemuDriver {
             pid,
             expected: expected.clone(),
             gone: rx,
+            nics: !nics.is_empty(),
         });
         self.vms.lock().await.insert(id.clone(), vm);
         let me = self.clone();
