@@ -187,24 +187,40 @@ pub async fn fetch(
         .truncate(false)
         .open(&part)?;
     file.set_len(m.size)?;
+    let file = Arc::new(file);
     let mut log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)?;
     let mut moved = 0;
-    // Hashed as chunks arrive in order; a resumed transfer re-reads instead.
-    let mut whole = (have == 0).then(Sha256::new);
+    // Hashed as chunks arrive, in order, on a thread of its own; a resumed
+    // transfer re-reads instead.
+    let (whole_tx, whole) = if have == 0 {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(IN_FLIGHT * 2);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            while let Some(b) = rx.blocking_recv() {
+                h.update(&b);
+            }
+            format!("sha256:{}", hex::encode(h.finalize()))
+        });
+        (Some(tx), Some(hasher))
+    } else {
+        (None, None)
+    };
     // Chunks written since the last sync: logged as done only once synced.
     let mut unsynced: Vec<usize> = Vec::new();
     let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
-    // Several chunks in flight: the network, the hashing and the writing of
-    // different chunks overlap. The whole-file hash still goes in order, from
-    // a small reorder buffer.
+    // Several chunks in flight, each fetched, checked and written by a task
+    // of its own: the network, the hashing and the writing of different
+    // chunks overlap, on every core.
     let fetch_one = |i: usize| {
         let (http, url, want) = (http.clone(), url.to_string(), m.chunks[i].clone());
         let (start, len) = (i as u64 * m.chunk_size, chunk_len(&m, i));
-        let progress = progress.clone();
-        async move {
+        let (progress, file) = (progress.clone(), file.clone());
+        // Aborted when dropped: a failed fetch leaves no chunk task behind.
+        let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            use std::os::unix::fs::FileExt;
             let mut moved = 0u64;
             for attempt in 1..=3 {
                 let resp = http
@@ -222,16 +238,23 @@ pub async fn fetch(
                 if bytes.len() as u64 == len
                     && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == want
                 {
+                    file.write_all_at(&bytes, start)?;
+                    progress
+                        .done
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     return Ok((i, bytes, moved));
                 }
                 tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
             }
             Err(StageError::CorruptChunk { url, index: i })
-        }
+        }));
+        async move { task.await.map_err(std::io::Error::other)? }
     };
+    // A sync runs while the next chunks arrive; its chunks are logged as
+    // done when it has finished.
+    let mut syncing: Option<(tokio::task::JoinHandle<std::io::Result<()>>, Vec<usize>)> = None;
     let fetched: Result<(), StageError> = async {
         use futures::StreamExt;
-        use std::os::unix::fs::FileExt;
         let mut results = futures::stream::iter(todo.clone())
             .map(fetch_one)
             .buffer_unordered(IN_FLIGHT);
@@ -240,21 +263,24 @@ pub async fn fetch(
         while let Some(result) = results.next().await {
             let (i, bytes, chunk_moved) = result?;
             moved += chunk_moved;
-            file.write_all_at(&bytes, i as u64 * m.chunk_size)?;
-            progress
-                .done
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             unsynced.push(i);
             if unsynced.len() >= SYNC_EVERY {
-                file.sync_data()?;
-                for j in unsynced.drain(..) {
-                    writeln!(log_file, "{j}")?;
+                if let Some((sync, batch)) = syncing.take() {
+                    sync.await.map_err(std::io::Error::other)??;
+                    for j in batch {
+                        writeln!(log_file, "{j}")?;
+                    }
                 }
+                let f = file.clone();
+                syncing = Some((
+                    tokio::task::spawn_blocking(move || f.sync_data()),
+                    std::mem::take(&mut unsynced),
+                ));
             }
-            if let Some(h) = whole.as_mut() {
+            if let Some(tx) = &whole_tx {
                 reorder.insert(i, bytes);
                 while let Some(b) = todo.get(next).and_then(|k| reorder.remove(k)) {
-                    h.update(&b);
+                    tx.send(b).await.map_err(std::io::Error::other)?;
                     next += 1;
                 }
             }
@@ -262,16 +288,20 @@ pub async fn fetch(
         Ok(())
     }
     .await;
+    drop(whole_tx);
     // Whatever arrived verified is kept for the next attempt, even on failure.
+    if let Some((sync, batch)) = syncing.take() {
+        sync.await.map_err(std::io::Error::other)??;
+        unsynced.extend(batch);
+    }
     file.sync_data()?;
     for j in unsynced.drain(..) {
         writeln!(log_file, "{j}")?;
     }
     fetched?;
-    file.sync_data()?;
     drop(file);
     let whole = match whole {
-        Some(h) => format!("sha256:{}", hex::encode(h.finalize())),
+        Some(h) => h.await.map_err(std::io::Error::other)?,
         None => {
             let check = part.clone();
             tokio::task::spawn_blocking(move || file_digest(&check))
