@@ -270,15 +270,7 @@ impl Service {
         if let Some(image) = known {
             origin.shell = image.manifest.oci.as_ref().is_some_and(|o| o.shell);
             if let Some(disk) = image.file(vws_model::node::BlobRole::Disk) {
-                let req = ImportRequest {
-                    name: name.into(),
-                    tag: tag.into(),
-                    disk: Some(disk.digest.clone()),
-                    kernel: None,
-                    initrd: None,
-                    cmdline: None,
-                    visibility,
-                };
+                let req = ImportRequest::disk(name, tag, disk.digest.clone(), visibility);
                 self.import_image_with(who, req, Some((origin, labels)))
                     .await?;
                 return Ok(format!("{name}:{tag}"));
@@ -327,16 +319,7 @@ impl Service {
                     ms = started.elapsed().as_millis() as u64,
                     "pull: image in the pool"
                 );
-                let digest = digest.to_string();
-                let req = ImportRequest {
-                    name: name.into(),
-                    tag: tag.into(),
-                    disk: Some(digest),
-                    kernel: None,
-                    initrd: None,
-                    cmdline: None,
-                    visibility,
-                };
+                let req = ImportRequest::disk(name, tag, digest.to_string(), visibility);
                 self.import_image_with(who, req, Some((origin, labels)))
                     .await
                     .map(|_| format!("{name}:{tag}"))

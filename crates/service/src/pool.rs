@@ -41,6 +41,21 @@ pub struct ImportRequest {
     pub visibility: Visibility,
 }
 
+impl ImportRequest {
+    /// An image that is one disk (a root filesystem or a bootable disk).
+    pub fn disk(name: &str, tag: &str, digest: String, visibility: Visibility) -> Self {
+        ImportRequest {
+            name: name.into(),
+            tag: tag.into(),
+            disk: Some(digest),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            visibility,
+        }
+    }
+}
+
 fn latest() -> String {
     "latest".into()
 }
