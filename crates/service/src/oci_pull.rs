@@ -371,6 +371,7 @@ impl Service {
             applied(LayerInput::Streaming {
                 digest: l.digest.clone(),
                 media_type: l.media_type.clone(),
+                size: l.size,
                 chunks: rx,
             })?;
             let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -390,7 +391,16 @@ impl Service {
                 })
             };
             let reader = tokio_util::io::StreamReader::new(Box::pin(teed));
-            let put = self.put_blob(&l.digest, reader);
+            // Always read to its end, even if another pull stored the layer
+            // meanwhile: the applier is reading the same stream.
+            let digest: vws_store::Digest = l.digest.parse()?;
+            let put = async {
+                Ok::<_, ServiceError>(
+                    self.blobs
+                        .put(Some(&digest), reader, crate::pool::MAX_BLOB)
+                        .await?,
+                )
+            };
             tokio::pin!(put);
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             let stored = loop {
@@ -433,6 +443,8 @@ enum LayerInput {
     Streaming {
         digest: String,
         media_type: String,
+        /// Its size by the manifest.
+        size: u64,
         chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     },
     /// All layers were sent and checked: make the image.
@@ -443,6 +455,8 @@ enum LayerInput {
 struct ChunkReader {
     chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     chunk: bytes::Bytes,
+    /// Bytes read so far.
+    read: u64,
 }
 
 impl std::io::Read for ChunkReader {
@@ -455,6 +469,7 @@ impl std::io::Read for ChunkReader {
         }
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        self.read += n as u64;
         Ok(n)
     }
 }
@@ -502,16 +517,26 @@ fn spawn_applier(
                 Ok(LayerInput::Streaming {
                     digest,
                     media_type,
+                    size,
                     chunks,
                 }) => {
                     let mut r = ChunkReader {
                         chunks,
                         chunk: bytes::Bytes::new(),
+                        read: 0,
                     };
                     apply(&mut applier, &digest, &media_type, &mut r)?;
                     // What follows the archive's end (padding, gzip's
                     // trailer) still streams into the pool.
                     std::io::copy(&mut r, &mut std::io::sink()).map_err(anyhow::Error::from)?;
+                    // A stream that ended early is the download's failure;
+                    // it must never pass for a whole layer.
+                    if r.read != size {
+                        return Err(ServiceError::Internal(anyhow::anyhow!(
+                            "layer {digest}: {} of its {size} bytes reached the apply",
+                            r.read
+                        )));
+                    }
                 }
                 Ok(LayerInput::End) => break,
                 Err(_) => {
