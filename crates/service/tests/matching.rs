@@ -47,15 +47,7 @@ async fn rootfs(h: &Harness, reference: &str, packages: &[(&str, &str)]) {
     h.service
         .import_image(
             &admin(),
-            vws_service::pool::ImportRequest {
-                name: name.into(),
-                tag: tag.into(),
-                disk: Some(digest),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                visibility: Default::default(),
-            },
+            vws_service::pool::ImportRequest::disk(name, tag, digest, Default::default()),
         )
         .await
         .unwrap();

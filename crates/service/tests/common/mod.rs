@@ -195,15 +195,7 @@ impl Harness {
             vws_store::Digest::of(&data).to_string()
         };
         self.service.put_blob(&digest, bytes).await.unwrap();
-        let req = ImportRequest {
-            name: name.into(),
-            tag: tag.into(),
-            disk: Some(digest),
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            visibility: Default::default(),
-        };
+        let req = ImportRequest::disk(name, tag, digest, Default::default());
         self.service.import_image(&admin(), req).await.unwrap()
     }
 
