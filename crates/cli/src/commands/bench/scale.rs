@@ -107,15 +107,20 @@ fn node_api(fleet: Fleet) -> Router {
         .with_state(fleet)
 }
 
-/// What one configuration measured.
+/// One configuration and what it measured.
 struct Measured {
     replicas: usize,
     nodes: usize,
     records: u64,
+    offered_per_s: f64,
+    f: Figures,
+}
+
+/// What one run against a configuration measured.
+struct Figures {
     heartbeats_per_s: f64,
     /// Heartbeats refused or timed out (10 s), over the whole run.
     heartbeats_failed: u64,
-    offered_per_s: f64,
     heartbeat: Value,
     deploy: Value,
     create: Value,
@@ -216,35 +221,15 @@ async fn one(
     for r in running {
         r.stop().await?;
     }
-    let (
-        heartbeats_per_s,
-        heartbeats_failed,
-        heartbeat,
-        deploy,
-        create,
-        list,
-        creates_per_s,
-        lost_after_s,
-    ) = outcome?;
     Ok(Measured {
         replicas,
         nodes,
         records,
-        heartbeats_per_s,
-        heartbeats_failed,
         offered_per_s: nodes as f64 / HEARTBEAT.as_secs_f64(),
-        heartbeat,
-        deploy,
-        create,
-        list,
-        creates_per_s,
-        lost_after_s,
+        f: outcome?,
     })
 }
 
-type Outcome = (f64, u64, Value, Value, Value, Value, f64, f64);
-
-#[allow(clippy::too_many_arguments)]
 async fn measure(
     home: &std::path::Path,
     running: &[Running],
@@ -252,7 +237,7 @@ async fn measure(
     records: u64,
     creds: &[(String, vws_pki::Credentials)],
     a: &BenchArgs,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Figures> {
     // The image (a kernel: its workspaces need no disk) and the records.
     let admin = &clients[0];
     let blob = home.join("kernel");
@@ -444,16 +429,16 @@ async fn measure(
         let _ = t.await;
     }
     let _ = api.await;
-    Ok((
+    Ok(Figures {
         heartbeats_per_s,
         heartbeats_failed,
         heartbeat,
-        stats(deploy),
-        stats(create),
-        stats(list),
+        deploy: stats(deploy),
+        create: stats(create),
+        list: stats(list),
         creates_per_s,
         lost_after_s,
-    ))
+    })
 }
 
 async fn throughput(clients: &[Client], window: Duration) -> anyhow::Result<f64> {
@@ -472,11 +457,11 @@ fn report(g: &Globals, rows: &[Measured], a: &BenchArgs) -> anyhow::Result<()> {
         .map(|m| {
             json!({
                 "replicas": m.replicas, "nodes": m.nodes, "records": m.records,
-                "heartbeats_per_s": m.heartbeats_per_s, "heartbeats_offered_per_s": m.offered_per_s,
-                "heartbeats_failed": m.heartbeats_failed,
-                "heartbeat_ms": m.heartbeat, "deploy_ms": m.deploy, "create_ms": m.create,
-                "list100_ms": m.list, "creates_per_s_8_clients": m.creates_per_s,
-                "lost_node_detected_s": m.lost_after_s,
+                "heartbeats_per_s": m.f.heartbeats_per_s, "heartbeats_offered_per_s": m.offered_per_s,
+                "heartbeats_failed": m.f.heartbeats_failed,
+                "heartbeat_ms": m.f.heartbeat, "deploy_ms": m.f.deploy, "create_ms": m.f.create,
+                "list100_ms": m.f.list, "creates_per_s_8_clients": m.f.creates_per_s,
+                "lost_node_detected_s": m.f.lost_after_s,
             })
         })
         .collect();
@@ -508,18 +493,26 @@ fn report(g: &Globals, rows: &[Measured], a: &BenchArgs) -> anyhow::Result<()> {
             m.replicas.to_string(),
             m.nodes.to_string(),
             m.records.to_string(),
-            format!("{:.0} ({:.0})", m.heartbeats_per_s, m.offered_per_s),
-            m.heartbeats_failed.to_string(),
+            format!("{:.0} ({:.0})", m.f.heartbeats_per_s, m.offered_per_s),
+            m.f.heartbeats_failed.to_string(),
             format!(
                 "{:.1} / {:.1}",
-                p(&m.heartbeat, "median"),
-                p(&m.heartbeat, "p99")
+                p(&m.f.heartbeat, "median"),
+                p(&m.f.heartbeat, "p99")
             ),
-            format!("{:.1} / {:.1}", p(&m.deploy, "median"), p(&m.deploy, "p99")),
-            format!("{:.1} / {:.1}", p(&m.create, "median"), p(&m.create, "p99")),
-            format!("{:.1} / {:.1}", p(&m.list, "median"), p(&m.list, "p99")),
-            format!("{:.0}", m.creates_per_s),
-            format!("{:.1}", m.lost_after_s),
+            format!(
+                "{:.1} / {:.1}",
+                p(&m.f.deploy, "median"),
+                p(&m.f.deploy, "p99")
+            ),
+            format!(
+                "{:.1} / {:.1}",
+                p(&m.f.create, "median"),
+                p(&m.f.create, "p99")
+            ),
+            format!("{:.1} / {:.1}", p(&m.f.list, "median"), p(&m.f.list, "p99")),
+            format!("{:.0}", m.f.creates_per_s),
+            format!("{:.1}", m.f.lost_after_s),
         ]);
     }
     println!("{t}");
