@@ -81,14 +81,16 @@ fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model
             break;
         }
         let data = &buf[..filled];
-        // The whole digest and the chunk's on two cores at once.
-        let part = std::thread::scope(|s| {
-            let part = s.spawn(|| Sha256::digest(data));
-            if known.is_none() {
+        let part = if known.is_some() {
+            Sha256::digest(data)
+        } else {
+            // The whole digest and the chunk's on two cores at once.
+            std::thread::scope(|s| {
+                let part = s.spawn(|| Sha256::digest(data));
                 whole.update(data);
-            }
-            part.join().expect("hashing does not panic")
-        });
+                part.join().expect("hashing does not panic")
+            })
+        };
         chunks.push(format!("sha256:{}", hex::encode(part)));
         size += filled as u64;
         if filled < buf.len() {
