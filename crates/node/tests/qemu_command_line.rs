@@ -126,7 +126,7 @@ fn a_disk_booted_q35_with_an_encrypted_disk_a_cdrom_and_a_bridged_nic_over_tls()
 }
 
 #[test]
-fn a_hot_start_maps_the_images_ram_privately() {
+fn a_hot_start_maps_the_images_ram_privately_without_the_kernel() {
     let mut s = spec("ws-hot", kernel());
     s.restore = Some("/node/cache/sha256/state".into());
     s.restore_ram = Some("/node/cache/sha256/ram".into());

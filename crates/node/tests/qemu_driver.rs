@@ -1,6 +1,7 @@
 //! The QEMU driver on a real guest under TCG: boot to readiness, pause really
 //! freezes the guest, unpause resumes it, stop ends the process, and a VM
-//! killed from outside is reported with a reason. One booted guest is shared
+//! killed from outside is reported with a reason, and a workspace restored
+//! from a hot image is booted cold when its guest resets. One booted guest is shared
 //! by the assertions that do not disturb each other.
 
 use std::path::PathBuf;
@@ -52,6 +53,18 @@ fn spec(id: &str, startup: &str) -> VmSpec {
     }
 }
 
+fn job(id: &str) -> vws_model::node::JobRequest {
+    vws_model::node::JobRequest {
+        job: id.into(),
+        argv: vec!["true".into()],
+        env: vec![],
+        cwd: None,
+        stdin: None,
+        timeout: None,
+        user: None,
+    }
+}
+
 fn ticks(console: &std::path::Path) -> usize {
     std::fs::read_to_string(console)
         .unwrap_or_default()
@@ -95,6 +108,9 @@ async fn lifecycle_of_a_real_guest() {
         assert!(std::fs::metadata(&to).unwrap().len() > 0, "snapshot {n}");
         assert_eq!(driver.status("ws-drv").await, VmState::Paused);
     }
+    // The first save's RAM, kept as a hot image's would be.
+    let hot_ram = dir.path().join("hot.ram");
+    std::fs::copy(driver.ram_file("ws-drv"), &hot_ram).unwrap();
     // (The second save resumes the guest for the moment between QEMU's
     // `cont` and `stop`: a tick may land there, no more.)
     assert!(ticks(&console) <= frozen + 1, "the guest stayed paused");
@@ -138,6 +154,50 @@ async fn lifecycle_of_a_real_guest() {
         ticks(&console) > before,
         "the guest runs on after the rollback"
     );
+
+    // A workspace restored from that hot image runs without the kernel
+    // (QEMU would keep a copy of it); when its guest resets itself, it is
+    // booted cold from its own spec, as its name in the console shows,
+    // and nobody hears of a death.
+    let hot = VmSpec {
+        restore: Some(dir.path().join("memory-0.state")),
+        restore_ram: Some(hot_ram),
+        ..spec("ws-hot", "true")
+    };
+    driver.start(&hot, None).await.unwrap();
+    let restored = driver.pid("ws-hot").await.unwrap();
+    let args = std::fs::read_to_string(format!("/proc/{restored}/cmdline")).unwrap();
+    assert!(
+        args.contains("-no-reboot") && !args.contains("-kernel"),
+        "{args}"
+    );
+    let hot_console = driver.console("ws-hot");
+    assert!(!std::fs::read_to_string(&hot_console)
+        .unwrap()
+        .contains("vws: ready"));
+    let mut reboot = job("job-reboot");
+    reboot.argv = vec!["reboot".into(), "-f".into()];
+    driver
+        .run_job(&hot, reboot, dir.path().join("job-reboot.log"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let console = std::fs::read_to_string(&hot_console).unwrap_or_default();
+        let pid = driver.pid("ws-hot").await;
+        if console.contains("vws: ready ws-hot") && pid.is_some_and(|p| p != restored) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reset guest was not booted again (QEMU pid {pid:?}, restored as {restored}, events {:?}): {console}",
+            events.try_recv()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(driver.status("ws-hot").await, VmState::Running);
+    assert!(events.try_recv().is_err(), "a reset is not a death");
+    driver.stop("ws-hot", Duration::from_secs(1)).await.unwrap();
 
     driver.stop("ws-drv", Duration::from_secs(1)).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Shutdown);

@@ -50,7 +50,7 @@ const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
 
 impl QemuDriver {
     /// Boots QEMU and waits until the guest's agent answers.
-    async fn boot(self: &Arc<Self>, spec: &VmSpec) -> Result<(), DriverError> {
+    pub(super) async fn boot(self: &Arc<Self>, spec: &VmSpec) -> Result<(), DriverError> {
         self.spawn(spec, &[], true).await?;
         let vm = self.vm(&spec.id).await?;
         if let Err(e) = self.wait_ready(&spec.id, &vm).await {
@@ -290,7 +290,7 @@ impl Driver for Arc<QemuDriver> {
         Some(self)
     }
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
-        let vm = self.vm(id).await?;
+        let vm = self.vm_or_rebooting(id).await?;
         vm.expected.store(true, Ordering::SeqCst);
         // A paused guest cannot react to anything: wake it first.
         let _ = vm.qmp.execute(qapi::qmp::cont {}).await;
