@@ -1,9 +1,11 @@
 //! Staging (paper §3.2, GridFTP's role) over HTTP: a file is fetched in
 //! chunks, each checked against the chunk digests the repository publishes,
 //! written in place, and recorded as done, so an interrupted transfer resumes
-//! where it stopped and a corrupted chunk is refused. The whole file is
-//! checked against its digest before it is renamed into place: nothing half
-//! written can ever be used.
+//! where it stopped and a corrupted chunk is refused. The repository makes a
+//! blob's chunk digests in the pass that checks the blob against its digest,
+//! so a file whose every chunk matched is the file of that digest: each byte
+//! is hashed once here. It is renamed into place only when every chunk is
+//! in: nothing half written can ever be used.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -149,6 +151,14 @@ pub async fn fetch(
             });
         }
     }
+    // The chunks must cover the file exactly: a byte no chunk covers would
+    // go unchecked.
+    if m.chunk_size == 0 || m.chunks.len() as u64 != m.size.div_ceil(m.chunk_size) {
+        return Err(StageError::CorruptFile {
+            url: url.into(),
+            digest: m.digest,
+        });
+    }
     std::fs::create_dir_all(partial_dir)?;
     // Named by content and destination: files of equal content (the fresh
     // disks of workspaces made from one image) fetched at once to different
@@ -193,21 +203,6 @@ pub async fn fetch(
         .append(true)
         .open(&log)?;
     let mut moved = 0;
-    // Hashed as chunks arrive, in order, on a thread of its own; a resumed
-    // transfer re-reads instead.
-    let (whole_tx, whole) = if have == 0 {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(IN_FLIGHT * 2);
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut h = Sha256::new();
-            while let Some(b) = rx.blocking_recv() {
-                h.update(&b);
-            }
-            format!("sha256:{}", hex::encode(h.finalize()))
-        });
-        (Some(tx), Some(hasher))
-    } else {
-        (None, None)
-    };
     // Chunks written since the last sync: logged as done only once synced.
     let mut unsynced: Vec<usize> = Vec::new();
     let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
@@ -242,7 +237,7 @@ pub async fn fetch(
                     progress
                         .done
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    return Ok((i, bytes, moved));
+                    return Ok((i, moved));
                 }
                 tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
             }
@@ -255,13 +250,11 @@ pub async fn fetch(
     let mut syncing: Option<(tokio::task::JoinHandle<std::io::Result<()>>, Vec<usize>)> = None;
     let fetched: Result<(), StageError> = async {
         use futures::StreamExt;
-        let mut results = futures::stream::iter(todo.clone())
+        let mut results = futures::stream::iter(todo)
             .map(fetch_one)
             .buffer_unordered(IN_FLIGHT);
-        let mut reorder = std::collections::BTreeMap::new();
-        let mut next = 0;
         while let Some(result) = results.next().await {
-            let (i, bytes, chunk_moved) = result?;
+            let (i, chunk_moved) = result?;
             moved += chunk_moved;
             unsynced.push(i);
             if unsynced.len() >= SYNC_EVERY {
@@ -277,18 +270,10 @@ pub async fn fetch(
                     std::mem::take(&mut unsynced),
                 ));
             }
-            if let Some(tx) = &whole_tx {
-                reorder.insert(i, bytes);
-                while let Some(b) = todo.get(next).and_then(|k| reorder.remove(k)) {
-                    tx.send(b).await.map_err(std::io::Error::other)?;
-                    next += 1;
-                }
-            }
         }
         Ok(())
     }
     .await;
-    drop(whole_tx);
     // Whatever arrived verified is kept for the next attempt, even on failure.
     if let Some((sync, batch)) = syncing.take() {
         sync.await.map_err(std::io::Error::other)??;
@@ -300,23 +285,6 @@ pub async fn fetch(
     }
     fetched?;
     drop(file);
-    let whole = match whole {
-        Some(h) => h.await.map_err(std::io::Error::other)?,
-        None => {
-            let check = part.clone();
-            tokio::task::spawn_blocking(move || file_digest(&check))
-                .await
-                .map_err(std::io::Error::other)??
-        }
-    };
-    if whole != m.digest {
-        let _ = std::fs::remove_file(&part);
-        let _ = std::fs::remove_file(&log);
-        return Err(StageError::CorruptFile {
-            url: url.into(),
-            digest: m.digest,
-        });
-    }
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -1,6 +1,7 @@
 //! Staging over real HTTP: a whole fetch, a resumed one that moves only the
 //! missing chunks, a corrupted chunk refused with nothing usable left behind,
-//! a digest that does not match, and a cache hit that moves nothing.
+//! a digest that does not match, a manifest that leaves bytes unchecked, and
+//! a cache hit that moves nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,8 @@ struct Served {
     sent: Arc<AtomicU64>,
     /// When set, this byte offset is flipped in every response that covers it.
     corrupt_at: Option<u64>,
+    /// When set, the manifest leaves out the last chunk.
+    short_manifest: bool,
 }
 
 async fn file(State(s): State<Served>, req: Request) -> Response {
@@ -52,7 +55,11 @@ async fn file(State(s): State<Served>, req: Request) -> Response {
 }
 
 async fn chunks(State(s): State<Served>) -> Response {
-    Json(vws_store::manifest(&s.file).unwrap()).into_response()
+    let mut m = vws_store::manifest(&s.file).unwrap();
+    if s.short_manifest {
+        m.chunks.pop();
+    }
+    Json(m).into_response()
 }
 
 async fn serve(s: Served) -> String {
@@ -86,6 +93,7 @@ async fn fetch_resume_and_refuse() {
         file: src.clone(),
         sent: sent.clone(),
         corrupt_at: None,
+        short_manifest: false,
     })
     .await;
     let dest = dir.path().join("cache/a");
@@ -123,6 +131,7 @@ async fn fetch_resume_and_refuse() {
     let bad_url = serve(Served {
         file: src.clone(),
         sent: Arc::new(AtomicU64::new(0)),
+        short_manifest: false,
         corrupt_at: Some(5 * 1024 * 1024),
     })
     .await;
@@ -169,6 +178,7 @@ async fn fetch_resume_and_refuse() {
         file: src.clone(),
         sent: sent.clone(),
         corrupt_at: None,
+        short_manifest: false,
     })
     .await;
     let progress = Arc::new(Progress::default());
@@ -205,6 +215,29 @@ async fn fetch_resume_and_refuse() {
     .unwrap_err();
     assert!(matches!(err, StageError::CorruptFile { .. }), "{err}");
     assert!(!dest_c.exists());
+
+    // Only chunks are hashed here, so a manifest whose chunks do not cover
+    // the whole file (its last bytes would go unchecked) is refused.
+    let url = serve(Served {
+        file: src.clone(),
+        sent: Arc::new(AtomicU64::new(0)),
+        corrupt_at: None,
+        short_manifest: true,
+    })
+    .await;
+    let dest_d = dir.path().join("cache/d");
+    let err = fetch(
+        &http,
+        &url,
+        Some(&digest),
+        &dest_d,
+        &partial,
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StageError::CorruptFile { .. }), "{err}");
+    assert!(!dest_d.exists());
 }
 
 /// A node without room refuses cleanly: no partial file, nothing in place.
@@ -226,6 +259,7 @@ async fn no_space_fails_cleanly() {
         file: src.clone(),
         sent: Arc::new(AtomicU64::new(0)),
         corrupt_at: None,
+        short_manifest: false,
     })
     .await;
     let dest = small.join("cache/x");

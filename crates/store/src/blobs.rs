@@ -50,17 +50,9 @@ impl fmt::Display for Digest {
     }
 }
 
-/// Computes a file's staging manifest: its digest and each chunk's.
+/// Computes a file's staging manifest: its digest and each chunk's, in one
+/// pass (the two on two cores at once).
 pub fn manifest(path: &Path) -> std::io::Result<vws_model::node::Manifest> {
-    chunk_manifest(path, None)
-}
-
-/// How many bytes of an upload are written before the disk is asked to
-/// write them out.
-const WRITEBACK_EVERY: u64 = 32 << 20;
-
-/// A manifest; when the whole digest is already known it is not recomputed.
-fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model::node::Manifest> {
     use std::io::Read;
     let chunk = vws_model::node::CHUNK as usize;
     let mut f = std::fs::File::open(path)?;
@@ -81,16 +73,11 @@ fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model
             break;
         }
         let data = &buf[..filled];
-        let part = if known.is_some() {
-            Sha256::digest(data)
-        } else {
-            // The whole digest and the chunk's on two cores at once.
-            std::thread::scope(|s| {
-                let part = s.spawn(|| Sha256::digest(data));
-                whole.update(data);
-                part.join().expect("hashing does not panic")
-            })
-        };
+        let part = std::thread::scope(|s| {
+            let part = s.spawn(|| Sha256::digest(data));
+            whole.update(data);
+            part.join().expect("hashing does not panic")
+        });
         chunks.push(format!("sha256:{}", hex::encode(part)));
         size += filled as u64;
         if filled < buf.len() {
@@ -98,14 +85,16 @@ fn chunk_manifest(path: &Path, known: Option<&str>) -> std::io::Result<vws_model
         }
     }
     Ok(vws_model::node::Manifest {
-        digest: known
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("sha256:{}", hex::encode(whole.finalize()))),
+        digest: format!("sha256:{}", hex::encode(whole.finalize())),
         size,
         chunk_size: chunk as u64,
         chunks,
     })
 }
+
+/// How many bytes of an upload are written before the disk is asked to
+/// write them out.
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// What can go wrong with blobs.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +230,7 @@ impl BlobStore {
             // The disk writes the file while it is hashed.
             std::thread::scope(|s| {
                 let synced = s.spawn(|| std::fs::File::open(&path)?.sync_all());
-                let m = chunk_manifest(&path, None)?;
+                let m = manifest(&path)?;
                 synced.join().expect("a sync does not panic")?;
                 Ok(m)
             })
@@ -273,8 +262,10 @@ impl BlobStore {
     }
 
     /// The staging manifest of a present blob, computed once and kept beside
-    /// it (blobs never change). The whole digest is the blob's name, so only
-    /// the chunks are hashed.
+    /// it (blobs never change). It is made in the pass that checks the blob
+    /// against its name, so that its chunk digests vouch for the whole: a
+    /// node that checks every chunk has checked the file (a blob that rotted
+    /// on this disk gets no manifest, and cannot be staged).
     pub async fn manifest(&self, d: &Digest) -> Result<vws_model::node::Manifest, BlobError> {
         let cached = self
             .root
@@ -286,10 +277,15 @@ impl BlobStore {
             }
         }
         let path = self.path(d);
-        let digest = d.clone();
-        let m = tokio::task::spawn_blocking(move || chunk_manifest(&path, Some(digest.as_str())))
+        let m = tokio::task::spawn_blocking(move || manifest(&path))
             .await
             .map_err(std::io::Error::other)??;
+        if m.digest != d.as_str() {
+            return Err(BlobError::Mismatch {
+                expected: d.clone(),
+                actual: Digest(m.digest),
+            });
+        }
         fs::create_dir_all(self.root.join("manifests")).await?;
         let tmp = self
             .root
@@ -357,5 +353,29 @@ mod tests {
         );
         assert_eq!(store.list().await.unwrap(), vec![d]);
         assert!("sha256:xyz".parse::<Digest>().is_err());
+    }
+
+    /// A manifest's chunk digests vouch for the blob's name (nodes check
+    /// only the chunks): a blob that rotted on disk before its manifest
+    /// was made gets none.
+    #[tokio::test]
+    async fn a_manifest_is_made_only_for_a_blob_that_matches_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).await.unwrap();
+        let (good, _) = store.put(None, &[7u8; 100][..], 1000).await.unwrap();
+        let (bad, _) = store.put(None, &[8u8; 100][..], 1000).await.unwrap();
+        let m = store.manifest(&good).await.unwrap();
+        assert_eq!(
+            (m.digest.as_str(), m.size, m.chunks.len()),
+            (good.as_str(), 100, 1)
+        );
+        std::fs::write(store.path(&bad), [9u8; 100]).unwrap();
+        let err = store.manifest(&bad).await.unwrap_err();
+        assert!(matches!(err, BlobError::Mismatch { .. }), "{err}");
+        assert!(!dir
+            .path()
+            .join("manifests")
+            .join(format!("{}.json", bad.hex()))
+            .exists());
     }
 }
