@@ -67,8 +67,9 @@ pub enum StageError {
         /// Which chunk.
         index: usize,
     },
-    /// The assembled file does not match its digest.
-    #[error("{url} does not match its digest {digest} after staging: refused")]
+    /// The file's manifest does not vouch for the digest asked for: it names
+    /// another, or its chunks do not cover the file.
+    #[error("{url}: its chunk manifest does not vouch for the digest {digest}: refused")]
     CorruptFile {
         /// Which file.
         url: String,
