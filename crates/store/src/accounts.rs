@@ -61,7 +61,7 @@ impl Store {
             .bind(free)
             .bind(workspace_id)
             .bind(millis(now))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await;
             match inserted.map_err(|e| StoreError::from_insert(e, || format!("uid {free}"))) {
                 Ok(_) => return Ok(Some(free as u32)),
@@ -100,7 +100,7 @@ impl Store {
     pub async fn release_account(&self, workspace_id: &str) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM account_leases WHERE workspace_id = $1")
             .bind(workspace_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected())
     }
@@ -113,7 +113,7 @@ impl Store {
             "DELETE FROM account_leases WHERE workspace_id NOT IN \
              (SELECT id FROM workspaces WHERE lock_holder IS NOT NULL OR node IS NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected())
     }

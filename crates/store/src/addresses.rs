@@ -54,7 +54,7 @@ impl Store {
             .bind(nic)
             .bind(mac)
             .bind(millis(now))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await;
             match inserted.map_err(|e| StoreError::from_insert(e, || free.clone())) {
                 Ok(_) => return Ok(Some(free.clone())),
@@ -72,7 +72,7 @@ impl Store {
     pub async fn release_addresses(&self, workspace_id: &str) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM addresses WHERE workspace_id = $1")
             .bind(workspace_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected())
     }
@@ -112,7 +112,7 @@ impl Store {
         let r = sqlx::query(
             "DELETE FROM addresses WHERE workspace_id NOT IN (SELECT id FROM workspaces)",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected())
     }

@@ -47,7 +47,7 @@ impl Store {
         to: OffsetDateTime,
         plan: impl FnOnce(&[Agreement]) -> Result<Agreement, E>,
     ) -> Result<Result<Agreement, E>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO owner_locks (owner) VALUES ($1) ON CONFLICT (owner) DO NOTHING")
             .bind(LEDGER)
             .execute(&mut *tx)
@@ -147,7 +147,7 @@ impl Store {
     /// Writes changed agreements in one transaction, each only if nobody
     /// changed it since it was read (its version); bumps their versions.
     pub async fn update_agreements(&self, all: &mut [&mut Agreement]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for a in all.iter_mut() {
             let read = a.version;
             a.version += 1;
@@ -188,7 +188,7 @@ impl Store {
         .bind(&s.node)
         .bind(&s.was)
         .bind(millis(s.at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -217,7 +217,7 @@ impl Store {
     pub async fn remove_suspension(&self, workspace: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM suspensions WHERE workspace_id = $1")
             .bind(workspace)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -96,7 +96,13 @@ pub fn from_millis(ms: i64) -> OffsetDateTime {
 /// The repository database.
 #[derive(Clone)]
 pub struct Store {
+    /// Connections for reads.
     pub(crate) pool: AnyPool,
+    /// Connections for writes: on SQLite one connection, so writers queue
+    /// for it in the process (in order, awake at once) rather than in
+    /// SQLite's busy handler, which sleeps 1 ms and more between tries;
+    /// on PostgreSQL the same pool as reads.
+    pub(crate) writer: AnyPool,
     backend: Backend,
     /// The database URL (PostgreSQL's LISTEN needs a connection of its own).
     pub(crate) url: String,
@@ -130,29 +136,39 @@ impl Store {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 16,
-            })
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; the busy timeout
-                        // turns writer contention into waiting, not errors.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    }
-                    Ok(())
+        let connect = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL lets readers run beside the writer; the busy
+                            // timeout turns contention with another process
+                            // (an administrator's `sqlite3`) into waiting.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+                .connect_with(options.clone())
+        };
+        let (pool, writer) = match backend {
+            Backend::Sqlite => {
+                let writer = connect(1).await?;
+                (connect(4).await?, writer)
+            }
+            Backend::Postgres => {
+                let pool = connect(16).await?;
+                (pool.clone(), pool)
+            }
+        };
+        MIGRATOR.run(&writer).await?;
         Ok(Store {
             pool,
+            writer,
             backend,
             url,
             wakeups: Default::default(),
@@ -167,6 +183,7 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
@@ -233,7 +250,15 @@ impl Store {
         .bind(template)
         .bind(n as i64)
         .bind(owners.max(1) as i64)
-        .execute(&self.pool)
+        .execute(&self.writer)
+        .await?;
+        // The owners' counts, as creates would have kept them.
+        sqlx::query(
+            "INSERT INTO owner_locks (owner, workspaces, ram_bytes) \
+             SELECT owner, COUNT(*), SUM(ram_bytes) FROM workspaces GROUP BY owner \
+             ON CONFLICT (owner) DO UPDATE SET workspaces = EXCLUDED.workspaces, ram_bytes = EXCLUDED.ram_bytes",
+        )
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }

@@ -125,7 +125,7 @@ impl Store {
         .bind(&key.dn)
         .bind(&key.identity)
         .bind(millis(key.created_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| StoreError::from_insert(e, || format!("access key {}", key.id)))?;
         Ok(())
@@ -180,14 +180,14 @@ impl Store {
         .bind(millis(now))
         .bind(id)
         .bind(dn)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Records the instances of one launch.
     pub async fn put_ec2_instances(&self, launched: &[Ec2Instance]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for i in launched {
             sqlx::query(&format!(
                 "INSERT INTO ec2_instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL)"
@@ -260,7 +260,7 @@ impl Store {
         )
         .bind(millis(at))
         .bind(workspace)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -276,7 +276,7 @@ impl Store {
         )
         .bind(millis(at))
         .bind(workspace)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -284,7 +284,7 @@ impl Store {
     /// Forgets instances terminated before `before`, and their tags;
     /// returns how many.
     pub async fn prune_ec2_instances(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "DELETE FROM ec2_tags WHERE resource IN (SELECT 'i-' || substr(workspace, 4) FROM ec2_instances \
              WHERE terminated_at IS NOT NULL AND terminated_at < $1)",
@@ -315,7 +315,7 @@ impl Store {
         .bind(&k.fingerprint)
         .bind(&k.public_key)
         .bind(millis(k.created_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| StoreError::from_insert(e, || format!("key pair {}", k.name)))?;
         Ok(())
@@ -339,14 +339,14 @@ impl Store {
             sqlx::query("DELETE FROM ec2_key_pairs WHERE owner = $1 AND (name = $2 OR id = $2)")
                 .bind(owner)
                 .bind(name_or_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Sets tags (a key's value replaced) on resources of an owner.
     pub async fn put_tags(&self, owner: &str, tags: &[Tag]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for t in tags {
             sqlx::query("DELETE FROM ec2_tags WHERE resource = $1 AND key = $2")
                 .bind(&t.resource)
@@ -382,7 +382,7 @@ impl Store {
         .bind(resource)
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

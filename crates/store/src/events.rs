@@ -142,7 +142,7 @@ impl Store {
         let done =
             sqlx::query("DELETE FROM events WHERE at < $1 AND seq < (SELECT MAX(seq) FROM events)")
                 .bind(millis(before))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected())
     }

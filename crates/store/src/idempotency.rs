@@ -52,7 +52,7 @@ impl Store {
         .bind(fingerprint)
         .bind(millis(now))
         .bind(replica)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if inserted.rows_affected() == 1 {
             return Ok(Claim::New);
@@ -89,7 +89,7 @@ impl Store {
                 .bind(key)
                 .bind(claimed_at)
                 .bind(replica)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 if taken.rows_affected() == 1 {
                     Claim::New
@@ -125,7 +125,7 @@ impl Store {
         .bind(body)
         .bind(owner)
         .bind(key)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -136,7 +136,7 @@ impl Store {
         sqlx::query("DELETE FROM idempotency WHERE owner = $1 AND key = $2")
             .bind(owner)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -145,7 +145,7 @@ impl Store {
     pub async fn prune_idempotency(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM idempotency WHERE created_at < $1")
             .bind(millis(before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }

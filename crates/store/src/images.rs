@@ -73,7 +73,7 @@ impl Store {
             .bind(signer)
             .bind(signature)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl Store {
         // Writes first: a SQLite transaction that reads before it writes
         // fails at once (SQLITE_BUSY_SNAPSHOT, no busy wait) when another
         // writer, a node's heartbeat say, commits in between.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (id) DO NOTHING"
@@ -239,14 +239,14 @@ impl Store {
         let done = sqlx::query("DELETE FROM image_tags WHERE name = $1 AND tag = $2")
             .bind(name)
             .bind(tag)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Removes an image record and its tags.
     pub async fn delete_image(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // The image's row first, as a create that uses it does: either the
         // create waits and finds it gone, or this sees the create's workspace.
         sqlx::query("UPDATE images SET id = id WHERE id = $1")

@@ -68,7 +68,7 @@ async fn job_event(
 impl Store {
     /// Records a new job.
     pub async fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(&format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
             .bind(&j.id)
             .bind(&j.workspace_id)
@@ -93,7 +93,7 @@ impl Store {
 
     /// Writes a job's changed fields.
     pub async fn update_job(&self, j: &JobRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = $1, exit_code = $2, signal = $3, timed_out = $4, message = $5, cancelled = $6, \
              output_bytes = $7, ended_at = $8 WHERE id = $9",
@@ -123,7 +123,7 @@ impl Store {
         sqlx::query("UPDATE jobs SET node = $1 WHERE workspace_id = $2 AND state = 'running'")
             .bind(node)
             .bind(workspace)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

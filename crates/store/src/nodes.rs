@@ -55,7 +55,7 @@ impl Store {
         silent_since: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE nodes SET lost = 1 WHERE name = $1 AND lost = 0 AND last_seen < $2",
         )
@@ -79,7 +79,7 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let report = serde_json::to_string(report).expect("reports serialize");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO nodes (name, url, report, registered_at, last_seen, lost) VALUES ($1, $2, $3, $4, $4, 0) \
              ON CONFLICT (name) DO UPDATE SET url = excluded.url, report = excluded.report, \
@@ -111,12 +111,12 @@ impl Store {
         .bind(&report)
         .bind(millis(now))
         .bind(name)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if quick.rows_affected() == 1 {
             return Ok(true);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("UPDATE nodes SET report = $1, last_seen = $2 WHERE name = $3")
             .bind(report)
             .bind(millis(now))

@@ -20,7 +20,7 @@ impl Store {
         .bind(millis(op.created_at))
         .bind(millis(op.modified_at))
         .bind(by)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -55,7 +55,7 @@ impl Store {
     pub async fn prune_operations(&self, before: time::OffsetDateTime) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM operations WHERE modified_at < $1")
             .bind(millis(before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }

@@ -38,7 +38,7 @@ impl Store {
         .bind(url)
         .bind(millis(now))
         .bind(millis(until))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -52,7 +52,10 @@ impl Store {
         } else {
             "DELETE FROM replicas WHERE instance = $1"
         };
-        sqlx::query(sql).bind(instance).execute(&self.pool).await?;
+        sqlx::query(sql)
+            .bind(instance)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -64,7 +67,7 @@ impl Store {
     ) -> Result<Vec<ReplicaRecord>, StoreError> {
         sqlx::query("DELETE FROM replicas WHERE alive_until < $1")
             .bind(millis(now - time::Duration::hours(1)))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let rows = sqlx::query(
             "SELECT instance, url, started_at, alive_until FROM replicas \

@@ -42,7 +42,7 @@ impl Store {
         .bind(identity)
         .bind(csrf)
         .bind(millis(expires_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -58,7 +58,7 @@ impl Store {
         )
         .bind(id_hash)
         .bind(millis(now))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?)
     }
 
@@ -81,7 +81,7 @@ impl Store {
     pub async fn drop_ui_secret(&self, id_hash: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM ui_sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -90,7 +90,7 @@ impl Store {
     pub async fn prune_ui_secrets(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM ui_sessions WHERE expires_at <= $1")
             .bind(millis(now))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }

@@ -136,10 +136,11 @@ impl Store {
     }
 
     /// [`Store::insert_workspace`] under the owner's quota, decided in the
-    /// same transaction as the insert: the owner's row of `owner_locks` is
-    /// locked first (an UPDATE: a row lock on PostgreSQL, the database's
-    /// write lock on SQLite), so concurrent creates of one owner, from any
-    /// number of service processes, are counted one after another. With a
+    /// same transaction as the insert: the owner's row of `owner_locks`,
+    /// which keeps its count of workspaces and RAM, is counted up first (a
+    /// row lock on PostgreSQL, the database's write lock on SQLite), so
+    /// concurrent creates of one owner, from any number of service
+    /// processes, are counted one after another. With a
     /// quota (the factory's creates), the images it uses are locked too and
     /// must exist, so a concurrent removal of the last one waits, then sees
     /// this workspace. `OverQuota` says which limit.
@@ -149,15 +150,41 @@ impl Store {
         change: Change<'_>,
         quota: Option<Quota>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO owner_locks (owner) VALUES ($1) ON CONFLICT (owner) DO NOTHING")
-            .bind(&r.owner)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE owner_locks SET creates = creates + 1 WHERE owner = $1")
-            .bind(&r.owner)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.writer.begin().await?;
+        // One statement locks the owner's row and counts this workspace in:
+        // the counts it returns include it.
+        let row = sqlx::query(
+            "INSERT INTO owner_locks (owner, creates, workspaces, ram_bytes) VALUES ($1, 1, 1, $2) \
+             ON CONFLICT (owner) DO UPDATE SET creates = owner_locks.creates + 1, \
+             workspaces = owner_locks.workspaces + 1, ram_bytes = owner_locks.ram_bytes + $2 \
+             RETURNING workspaces, ram_bytes",
+        )
+        .bind(&r.owner)
+        .bind(r.ram_quota() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (count, ram) = (
+            row.try_get::<i64, _>("workspaces")? as u64,
+            row.try_get::<i64, _>("ram_bytes")? as u64,
+        );
+        if let Some(q) = quota {
+            if count > q.max_workspaces {
+                return Err(StoreError::OverQuota(format!(
+                    "{} already has {} workspaces; the limit is {}",
+                    r.owner,
+                    count - 1,
+                    q.max_workspaces
+                )));
+            }
+            if ram > q.max_ram {
+                return Err(StoreError::OverQuota(format!(
+                    "{} would use {} of RAM with this workspace; the limit is {}",
+                    r.owner,
+                    vws_model::ByteSize(ram).human(),
+                    vws_model::ByteSize(q.max_ram).human()
+                )));
+            }
+        }
         let mut used: Vec<&String> = std::iter::once(&r.image_id)
             .chain(&r.device_images)
             .collect();
@@ -172,32 +199,6 @@ impl Store {
             if locked.rows_affected() == 0 {
                 return Err(StoreError::Gone(format!(
                     "image {image} was removed meanwhile"
-                )));
-            }
-        }
-        if let Some(q) = quota {
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(ram_bytes), 0) AS BIGINT) AS ram FROM workspaces WHERE owner = $1",
-            )
-            .bind(&r.owner)
-            .fetch_one(&mut *tx)
-            .await?;
-            let (count, ram) = (
-                row.try_get::<i64, _>("n")? as u64,
-                row.try_get::<i64, _>("ram")? as u64,
-            );
-            if count + 1 > q.max_workspaces {
-                return Err(StoreError::OverQuota(format!(
-                    "{} already has {count} workspaces; the limit is {}",
-                    r.owner, q.max_workspaces
-                )));
-            }
-            if ram + r.ram_quota() > q.max_ram {
-                return Err(StoreError::OverQuota(format!(
-                    "{} would use {} of RAM with this workspace; the limit is {}",
-                    r.owner,
-                    vws_model::ByteSize(ram + r.ram_quota()).human(),
-                    vws_model::ByteSize(q.max_ram).human()
                 )));
             }
         }
@@ -343,16 +344,17 @@ impl Store {
 
     /// How many workspaces an owner has and how much RAM they may use.
     pub async fn owner_usage(&self, owner: &str) -> Result<(u64, u64), StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(ram_bytes), 0) AS BIGINT) AS ram FROM workspaces WHERE owner = $1",
-        )
-        .bind(owner)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((
-            row.try_get::<i64, _>("n")? as u64,
-            row.try_get::<i64, _>("ram")? as u64,
-        ))
+        let row = sqlx::query("SELECT workspaces, ram_bytes FROM owner_locks WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => (
+                row.try_get::<i64, _>("workspaces")? as u64,
+                row.try_get::<i64, _>("ram_bytes")? as u64,
+            ),
+            None => (0, 0),
+        })
     }
 
     /// Writes `next` over the stored record if nobody changed it since
@@ -389,7 +391,7 @@ impl Store {
             Some(_) => return Err(StoreError::Conflict(next.id.clone())),
             None => None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE workspaces SET name = $1, binding = $2, state = $3, placement = $4, node = $5, lock_holder = $6, \
              lock_since = $7, disk_path = $8, reason = $9, terminates_at = $10, modified_at = $11, version = version + 1, \
@@ -451,15 +453,24 @@ impl Store {
         at: OffsetDateTime,
         change: Change<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM workspaces WHERE id = $1 AND version = $2")
-            .bind(&r.id)
-            .bind(r.version)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() != 1 {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM workspaces WHERE id = $1 AND version = $2 RETURNING owner, ram_bytes",
+        )
+        .bind(&r.id)
+        .bind(r.version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(done) = done else {
             return Err(StoreError::Conflict(r.id.clone()));
-        }
+        };
+        sqlx::query(
+            "UPDATE owner_locks SET workspaces = workspaces - 1, ram_bytes = ram_bytes - $2 WHERE owner = $1",
+        )
+        .bind(done.try_get::<String, _>("owner")?)
+        .bind(done.try_get::<i64, _>("ram_bytes")?)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM workspace_images WHERE workspace_id = $1")
             .bind(&r.id)
             .execute(&mut *tx)
@@ -508,7 +519,7 @@ impl Store {
                GROUP BY t.workspace_id HAVING MAX(t.at) < $1)",
         )
         .bind(millis(before))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -524,7 +535,7 @@ impl Store {
         .bind(intent.by)
         .bind(intent.to)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -535,7 +546,7 @@ impl Store {
             "UPDATE workspaces SET pending = NULL, pending_by = NULL, pending_to = NULL WHERE id = $1",
         )
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -547,7 +558,7 @@ impl Store {
             "UPDATE workspaces SET pending_by = NULL WHERE id = $1 AND pending IS NOT NULL",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
