@@ -39,6 +39,23 @@ pub fn strings(name: &str, values: &[&str]) -> Node {
     el(name, values.iter().map(|v| text("item", v)).collect())
 }
 
+/// Text with the characters XML 1.0 cannot carry, escaped or not (control
+/// characters other than tab and line ends, U+FFFE, U+FFFF), replaced by
+/// U+FFFD: a message may quote a guest's console, colour codes and all,
+/// and one ESC would make the whole document unreadable to a client.
+fn xml_chars(text: &str) -> std::borrow::Cow<'_, str> {
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    };
+    if text.chars().all(allowed) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if allowed(c) { c } else { '\u{FFFD}' })
+        .collect::<String>()
+        .into()
+}
+
 fn render(n: &Node, out: &mut String) {
     match n {
         Node::El(name, children) => {
@@ -56,7 +73,7 @@ fn render(n: &Node, out: &mut String) {
             out.push('<');
             out.push_str(name);
             out.push('>');
-            out.push_str(&quick_xml::escape::escape(value.as_str()));
+            out.push_str(&quick_xml::escape::escape(xml_chars(value).as_ref()));
             out.push_str("</");
             out.push_str(name);
             out.push('>');
@@ -116,5 +133,19 @@ mod tests {
         );
         assert!(error("AuthFailure", "x > y", "r-2")
             .ends_with("<Response><Errors><Error><Code>AuthFailure</Code><Message>x &gt; y</Message></Error></Errors><RequestID>r-2</RequestID></Response>"));
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_replaced() {
+        let doc = error(
+            "InternalError",
+            "[\u{1b}[0;32m  OK  \u{1b}[0m]\tdone\r\n",
+            "r-3",
+        );
+        assert!(
+            doc.contains("<Message>[\u{FFFD}[0;32m  OK  \u{FFFD}[0m]\tdone\r\n</Message>"),
+            "{doc}"
+        );
+        assert!(!doc.contains('\u{1b}'), "{doc}");
     }
 }

@@ -60,6 +60,9 @@ pub struct NodeLaunch {
     pub accounts: vws_model::node::AccountRange,
     /// The RAM this node offers to workspaces (none: all of the host's).
     pub ram: Option<u64>,
+    /// How long a VM's boot may take to report ready (none: the
+    /// accelerator's default, [`crate::qemu::default_boot_timeout`]).
+    pub boot_timeout: Option<Duration>,
 }
 
 /// Starts a node on `listener`: re-adopts running workspaces, serves its
@@ -76,6 +79,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         publish,
         accounts,
         ram,
+        boot_timeout,
     } = l;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -125,7 +129,10 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     let vms = crate::manager::vms_dir(&home);
     std::fs::create_dir_all(&vms)?;
     crate::driver::claim_tmpfs_dir(&vms)?;
-    let qemu = QemuDriver::for_node(vms.clone(), tx.clone(), jobs_tx.clone()).with_tls(tls_dir);
+    let mut qemu = QemuDriver::for_node(vms.clone(), tx.clone(), jobs_tx.clone()).with_tls(tls_dir);
+    if let Some(t) = boot_timeout {
+        qemu = qemu.with_boot_timeout(t);
+    }
     drivers.register(Arc::new(Arc::new(qemu)));
     let program = std::env::current_exe().context("finding the vws executable")?;
     let net = crate::manager::net_dir(&home);

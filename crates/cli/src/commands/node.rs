@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// the host's]: what placement and agreements count as its capacity
     #[arg(long, env = "VWS_NODE_RAM", value_name = "SIZE")]
     ram: Option<vws_model::ByteSize>,
+    /// Seconds a VM's boot may take to report ready before the start
+    /// fails [default: 90 with KVM, 300 under software emulation]
+    #[arg(long, env = "VWS_BOOT_TIMEOUT", value_name = "SECONDS")]
+    boot_timeout: Option<u64>,
 }
 
 fn host_name() -> String {
@@ -116,6 +120,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         publish: r.publish,
         accounts: r.accounts,
         ram: r.ram.map(|r| r.0),
+        boot_timeout: r.boot_timeout.map(Duration::from_secs),
     })
     .await?;
     eprintln!(

@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// all of the host's] (`vws up` only)
     #[arg(long = "node-ram", env = "VWS_NODE_RAM", value_name = "SIZE")]
     node_ram: Option<vws_model::ByteSize>,
+    /// Seconds a VM's boot on the local node may take to report ready
+    /// [default: 90 with KVM, 300 under software emulation] (`vws up` only)
+    #[arg(long, env = "VWS_BOOT_TIMEOUT", value_name = "SECONDS")]
+    boot_timeout: Option<u64>,
 }
 
 /// Where metrics are served unless configured.
@@ -188,6 +192,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             publish: None,
             accounts: a.accounts,
             ram: a.node_ram.map(|r| r.0),
+            boot_timeout: a.boot_timeout.map(Duration::from_secs),
         })
         .await?;
         // Registered (at this new address, after a restart) before vws

@@ -143,13 +143,31 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 
 pub use vws_model::node::mac_address;
 
-/// The last `n` lines of a file, for error reports.
+/// The last `n` lines of a file, for error reports: terminal escapes
+/// (a guest's colours and progress redraws) taken out, and each line as
+/// it last stood after carriage returns.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let lines: Vec<String> = bytes
+        .split(|b| *b == b'\n')
+        .map(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            let last = l.rsplit(|b| *b == b'\r').next().unwrap_or_default();
+            String::from_utf8_lossy(&strip_ansi_escapes::strip(last)).into_owned()
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// How long a boot may take to report ready unless configured: a whole
+/// distribution's boot (systemd, cloud-init) under software emulation on
+/// a loaded host takes minutes, the same boot with KVM seconds.
+pub fn default_boot_timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(90),
+        Accel::Tcg => Duration::from_secs(300),
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -177,7 +195,7 @@ impl QemuDriver {
             tls_dir: None,
             accel,
             tsc_khz: crate::accel::tsc_khz(),
-            boot_timeout: Duration::from_secs(90),
+            boot_timeout: default_boot_timeout(accel),
             vms: Mutex::new(HashMap::new()),
             rebooting: Default::default(),
             net_seen: Default::default(),
@@ -1501,5 +1519,30 @@ impl QemuDriver {
             agent.ready(Duration::from_secs(30)).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_console_tail_is_plain_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(
+            &log,
+            "[\x1b[0;32m  OK  \x1b[0m] Reached target network-pre.\r\n\
+             \x1b[0;31m*\x1b[0m Job networking.service/start running (48s)\r\
+             \x1bM\r\x1b[K[ \x1b[0;31m*\x1b[0m ] Job networking.service/start running (49s)\r\n\
+             \r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::tail(&log, 10),
+            "[  OK  ] Reached target network-pre.\n[ * ] Job networking.service/start running (49s)"
+        );
+        assert_eq!(
+            super::tail(&log, 1),
+            "[ * ] Job networking.service/start running (49s)"
+        );
     }
 }

@@ -78,6 +78,7 @@ impl Rig {
                 .parse()
                 .expect("the default range parses"),
             ram: None,
+            boot_timeout: None,
         })
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;
