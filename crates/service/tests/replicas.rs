@@ -52,6 +52,88 @@ async fn quota_exact_across_replicas(backend: Backend) {
     );
 }
 
+/// The owner's kept counts (what admission reads) against its records,
+/// after creates and destroys of workspaces of several sizes ran at once
+/// on two replicas: a count that drifted would admit too many or too few.
+async fn kept_counts_match_the_records(backend: Backend) {
+    let h = harness(backend, POLICY).await;
+    h.kernel_image("base", "1").await;
+    let replicas = [h.service.clone(), h.replica(POLICY).await];
+    let size = |i: usize| {
+        format!(
+            "ram = {{ min = \"64MiB\", max = \"{}MiB\" }}",
+            128 << (i % 3)
+        )
+    };
+    let create = |i: usize| {
+        let s = replicas[i % 2].clone();
+        let hardware = size(i);
+        tokio::spawn(async move {
+            s.execute(
+                &alice(),
+                Command::Create {
+                    description: description("base:1", &hardware),
+                    form: vws_model::Form::Toml,
+                    name: None,
+                },
+            )
+            .await
+        })
+    };
+    let mut ids = Vec::new();
+    for t in (0..16).map(create).collect::<Vec<_>>() {
+        ids.push(
+            t.await
+                .unwrap()
+                .unwrap()
+                .into_workspace()
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    // Half destroyed while as many again are created, some over the quota.
+    let destroys: Vec<_> = ids
+        .iter()
+        .step_by(2)
+        .enumerate()
+        .map(|(i, id)| {
+            let (s, id) = (replicas[i % 2].clone(), id.clone());
+            tokio::spawn(async move { s.execute(&alice(), Command::Destroy { id }).await })
+        })
+        .collect();
+    let creates: Vec<_> = (16..32).map(create).collect();
+    for t in destroys {
+        t.await.unwrap().unwrap();
+    }
+    for t in creates {
+        match t.await.unwrap() {
+            Ok(_) => {}
+            Err(ServiceError::Policy(m)) => assert!(m.contains("limit is 20"), "{m}"),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let records = h
+        .service
+        .store()
+        .list_workspaces(&vws_store::Filter {
+            owner: Some(alice().dn),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let (count, ram) = h.service.store().owner_usage(&alice().dn).await.unwrap();
+    assert!(
+        records.len() > 8 && records.len() <= 20,
+        "{}",
+        records.len()
+    );
+    assert_eq!(count, records.len() as u64);
+    assert_eq!(ram, records.iter().map(|r| r.ram_quota()).sum::<u64>());
+}
+
 async fn removal_and_create_race(backend: Backend) {
     let h = harness(backend, POLICY).await;
     let other = h.replica(POLICY).await;
@@ -227,4 +309,14 @@ async fn postgres_an_operation_of_a_dead_replica_is_reported_failed() {
     let op = seen(h.service.clone()).await;
     assert_eq!(op.state, OperationState::Failed);
     assert!(op.error.unwrap().contains("stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kept_counts_match_the_records() {
+    kept_counts_match_the_records(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_kept_counts_match_the_records() {
+    kept_counts_match_the_records(Backend::Postgres).await;
 }
