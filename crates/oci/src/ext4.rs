@@ -25,6 +25,11 @@ pub fn size_for(used: u64) -> u64 {
 
 /// Makes `file` an ext4 filesystem of `size` bytes holding `root`.
 ///
+/// The usage type is `default` whatever the size: left to itself, mke2fs
+/// takes a filesystem under 512 MiB for `small` and gives it 1 KiB blocks,
+/// four times the blocks to allocate (a 200 MiB tree went in in 0.80 s
+/// instead of 0.36 s) and to read for the guest.
+///
 /// `mkfs.ext4 -d` recomputes metadata checksums in software at every
 /// block it allocates (half its time for a 200 MiB file), so the tree goes
 /// in without them and `tune2fs` turns them on once at the end; `e2fsck
@@ -40,6 +45,8 @@ pub fn make_sized(root: &Path, file: &Path, size: u64) -> anyhow::Result<()> {
         "0",
         "-L",
         "vws-root",
+        "-T",
+        "default",
         "-O",
         "^metadata_csum",
         "-d",
