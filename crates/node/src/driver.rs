@@ -429,14 +429,47 @@ const SHM: &str = "/dev/shm";
 /// The file in a [`tmpfs_dir`] naming the folder it belongs to.
 const OWNER_FILE: &str = "home";
 
-/// Makes `root`'s [`tmpfs_dir`], names `root` in it, and removes the
-/// folders of node homes that are gone: a node killed with its VMs, its
-/// home deleted after, would otherwise hold their RAM in tmpfs until the
-/// host reboots. Returns how many it removed.
-pub fn claim_tmpfs_dir(root: &Path) -> std::io::Result<usize> {
+/// Makes `root`'s [`tmpfs_dir`] and names `root` in it, so that a sweep
+/// by another node can tell when the home is gone. Returns the folder.
+pub fn own_tmpfs_dir(root: &Path) -> std::io::Result<PathBuf> {
     let dir = tmpfs_dir(root);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(OWNER_FILE), root.to_string_lossy().as_bytes())?;
+    let owner = dir.join(OWNER_FILE);
+    if !owner.exists() {
+        std::fs::write(owner, root.to_string_lossy().as_bytes())?;
+    }
+    Ok(dir)
+}
+
+/// Removes `root`'s [`tmpfs_dir`] if it holds nothing but its owner file:
+/// the last of a driver's VMs is gone and nothing of theirs is left.
+pub fn release_tmpfs_dir(root: &Path) {
+    let dir = tmpfs_dir(root);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let only_owner = entries
+        .flatten()
+        .all(|e| e.file_name() == std::ffi::OsStr::new(OWNER_FILE));
+    if only_owner {
+        let _ = std::fs::remove_file(dir.join(OWNER_FILE));
+        // Fails, leaving the folder, if a file arrived meanwhile.
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// How long an empty folder without an owner file is left alone before a
+/// sweep removes it: long enough for the one making it to name itself.
+const UNOWNED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Makes `root`'s [`tmpfs_dir`] (see [`own_tmpfs_dir`]) and removes the
+/// folders of node homes that are gone: a node killed with its VMs, its
+/// home deleted after, would otherwise hold their RAM in tmpfs until the
+/// host reboots. Empty folders that name no home (left by builds before
+/// [`own_tmpfs_dir`]) go too once [`UNOWNED_GRACE`] old. Returns how many
+/// it removed.
+pub fn claim_tmpfs_dir(root: &Path) -> std::io::Result<usize> {
+    let dir = own_tmpfs_dir(root)?;
     let Ok(entries) = std::fs::read_dir(SHM) else {
         return Ok(0);
     };
@@ -446,12 +479,26 @@ pub fn claim_tmpfs_dir(root: &Path) -> std::io::Result<usize> {
         if !e.file_name().to_string_lossy().starts_with("vws-") || path == dir {
             continue;
         }
-        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
-            continue;
-        };
-        if !Path::new(&owner).exists() && std::fs::remove_dir_all(&path).is_ok() {
-            tracing::info!(folder = %path.display(), home = owner, "removed the RAM files of a node home that is gone");
-            removed += 1;
+        match std::fs::read_to_string(path.join(OWNER_FILE)) {
+            Ok(owner) => {
+                if !Path::new(&owner).exists() && std::fs::remove_dir_all(&path).is_ok() {
+                    tracing::info!(folder = %path.display(), home = owner, "removed the RAM files of a node home that is gone");
+                    removed += 1;
+                }
+            }
+            Err(_) => {
+                let idle = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= UNOWNED_GRACE);
+                // `remove_dir` removes only an empty folder.
+                if idle && std::fs::remove_dir(&path).is_ok() {
+                    tracing::info!(folder = %path.display(), "removed an empty RAM folder that names no node home");
+                    removed += 1;
+                }
+            }
         }
     }
     Ok(removed)
@@ -556,5 +603,45 @@ mod tests {
         for d in [other.path(), live.path()] {
             std::fs::remove_dir_all(tmpfs_dir(d)).unwrap();
         }
+    }
+
+    #[test]
+    fn an_old_empty_unowned_ram_folder_is_removed_and_a_fresh_or_full_one_kept() {
+        let unowned =
+            |name: &str| PathBuf::from(format!("{SHM}/vws-test-{name}-{}", std::process::id()));
+        let (old_empty, fresh_empty, old_full) =
+            (unowned("old"), unowned("fresh"), unowned("full"));
+        for d in [&old_empty, &fresh_empty, &old_full] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(old_full.join("ws-x.ram"), b"guest pages").unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * UNOWNED_GRACE;
+        for d in [&old_empty, &old_full] {
+            std::fs::File::open(d)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        let home = tempfile::tempdir().unwrap();
+        claim_tmpfs_dir(home.path()).unwrap();
+        assert!(!old_empty.exists(), "{} was kept", old_empty.display());
+        assert!(fresh_empty.exists() && old_full.exists());
+        for d in [&fresh_empty, &old_full, &tmpfs_dir(home.path())] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_drivers_ram_folder_names_its_home_and_goes_when_emptied() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = own_tmpfs_dir(home.path()).unwrap();
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap();
+        assert_eq!(owner, home.path().to_string_lossy());
+        std::fs::write(dir.join("ws-x.ram"), b"guest pages").unwrap();
+        release_tmpfs_dir(home.path());
+        assert!(dir.join("ws-x.ram").exists() && dir.join(OWNER_FILE).exists());
+        std::fs::remove_file(dir.join("ws-x.ram")).unwrap();
+        release_tmpfs_dir(home.path());
+        assert!(!dir.exists(), "{} was kept", dir.display());
     }
 }

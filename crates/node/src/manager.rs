@@ -297,9 +297,7 @@ impl Manager {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
                 let path = self.key_file(&req.id);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
+                crate::driver::own_tmpfs_dir(&vms_dir(&self.home))?;
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)

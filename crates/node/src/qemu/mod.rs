@@ -115,14 +115,21 @@ pub struct QemuDriver {
     /// VMs whose guest reset itself, between their QEMU's end and the start
     /// of the one that boots them again.
     rebooting: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Each VM's interface counters as its guest last told them (a
-    /// paused or busy guest is not waited for: its last figures stand).
-    /// Each guest's interface counters as last read, and when.
+    /// Each guest's interface counters as last read, and when (a paused or
+    /// busy guest is not waited for: its last figures stand).
     pub(crate) net_seen: std::sync::Mutex<HashMap<String, (std::time::Instant, u64, u64)>>,
     events: mpsc::UnboundedSender<VmEvent>,
     jobs_done: JobDone,
     /// Keeps user NICs off the host's loopback (none: not confined).
     loopback: Option<Arc<crate::loopback::LoopbackGuard>>,
+}
+
+impl Drop for QemuDriver {
+    /// Takes the RAM folder away once nothing of a VM is left in it; VMs
+    /// left running (for a restarted node to adopt) keep it.
+    fn drop(&mut self) {
+        crate::driver::release_tmpfs_dir(&self.root);
+    }
 }
 
 fn qemu_err(e: impl std::fmt::Display) -> DriverError {
@@ -891,7 +898,7 @@ impl QemuDriver {
         }
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir)?;
-        std::fs::create_dir_all(&self.ram_dir)?;
+        crate::driver::own_tmpfs_dir(&self.root)?;
         let _ = std::fs::remove_file(self.ram_file(&spec.id));
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
         let _ = std::fs::remove_file(dir.join("agent.sock"));
