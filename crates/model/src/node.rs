@@ -224,6 +224,21 @@ pub struct NodeReport {
     /// interrupted actions alone until the node is done with them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub busy: BTreeMap<String, String>,
+    /// The node's warm pool of VMMs waiting for hot starts; absent when it
+    /// has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPool>,
+}
+
+/// A node's warm pool: QEMU processes started ahead of hot starts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WarmPool {
+    /// How many it keeps when hot starts have been asked for.
+    pub size: u32,
+    /// How many wait now.
+    pub waiting: u32,
+    /// The memory they hold beyond what they share (their PSS), in bytes.
+    pub memory_bytes: u64,
 }
 
 /// What a running workspace uses, as its node measures it: its QEMU

@@ -274,6 +274,13 @@ pub trait Driver: Send + Sync + 'static {
     fn leases(&self) -> Option<vws_model::node::AccountRange> {
         None
     }
+    /// Its warm pool of processes waiting for workspaces, if it keeps one.
+    fn warm_pool(&self) -> Option<vws_model::node::WarmPool> {
+        None
+    }
+    /// Gives up what it holds for workspaces not yet asked for (a warm
+    /// pool), when the node stops; running workspaces stay.
+    fn close(&self) {}
     /// Saving and restoring memory, where the driver can.
     fn memory(&self) -> Option<&dyn SavesMemory> {
         None

@@ -993,6 +993,14 @@ impl Manager {
         Some(u)
     }
 
+    /// Lets each driver give up what it holds ahead of demand (the warm
+    /// pool), when the node stops.
+    pub fn close(&self) {
+        for d in self.drivers.all() {
+            d.close();
+        }
+    }
+
     /// Capacity, cache, workspaces and health.
     pub async fn report(&self) -> NodeReport {
         crate::net::supervise(&net_dir(&self.home));
@@ -1066,6 +1074,7 @@ impl Manager {
             workspaces,
             health: "ok".into(),
             accounts: self.drivers.all().find_map(|d| d.leases()),
+            warm_pool: self.drivers.all().find_map(|d| d.warm_pool()),
             busy: self
                 .busy
                 .lock()

@@ -17,12 +17,17 @@ use crate::Manager;
 /// accounts and the usual subordinate-id ranges.
 pub const DEFAULT_ACCOUNTS: &str = "1000000000-1000000999";
 
+/// The warm pool's size unless configured: two waiting QEMUs (about 20 MiB
+/// each), started only once a hot start has been asked for.
+pub const DEFAULT_WARM_POOL: usize = 2;
+
 /// A node running in this process.
 pub struct RunningNode {
     /// Its API's URL.
     pub url: String,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    manager: Arc<Manager>,
 }
 
 impl RunningNode {
@@ -33,6 +38,7 @@ impl RunningNode {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.manager.close();
     }
 }
 
@@ -63,6 +69,9 @@ pub struct NodeLaunch {
     /// How long a VM's boot may take to report ready (none: the
     /// accelerator's default, [`crate::qemu::default_boot_timeout`]).
     pub boot_timeout: Option<Duration>,
+    /// How many QEMU processes to keep started ahead of hot starts (0:
+    /// none; [`DEFAULT_WARM_POOL`] in the CLI).
+    pub warm_pool: usize,
 }
 
 /// Starts a node on `listener`: re-adopts running workspaces, serves its
@@ -80,6 +89,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         accounts,
         ram,
         boot_timeout,
+        warm_pool,
     } = l;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -133,6 +143,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     if let Some(t) = boot_timeout {
         qemu = qemu.with_boot_timeout(t);
     }
+    qemu = qemu.with_warm_pool(warm_pool);
     drivers.register(Arc::new(Arc::new(qemu)));
     let program = std::env::current_exe().context("finding the vws executable")?;
     let net = crate::manager::net_dir(&home);
@@ -188,7 +199,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     ));
     let mut s2 = stop_rx;
     let reporter = tokio::spawn(crate::manager::report_to_service(
-        manager,
+        manager.clone(),
         service,
         url.clone(),
         heartbeat,
@@ -202,5 +213,6 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         url,
         stop,
         tasks: vec![api, reporter, crl],
+        manager,
     })
 }

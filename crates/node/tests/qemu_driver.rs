@@ -1,7 +1,8 @@
 //! The QEMU driver on a real guest under TCG: boot to readiness, pause really
 //! freezes the guest, unpause resumes it, stop ends the process, and a VM
 //! killed from outside is reported with a reason, and a workspace restored
-//! from a hot image is booted cold when its guest resets. One booted guest is shared
+//! from a hot image is booted cold when its guest resets, and the next one
+//! takes a QEMU the warm pool started for it. One booted guest is shared
 //! by the assertions that do not disturb each other.
 
 use std::path::PathBuf;
@@ -80,7 +81,8 @@ async fn lifecycle_of_a_real_guest() {
     let (jobs_tx, _jobs) = tokio::sync::mpsc::unbounded_channel();
     let driver = Arc::new(
         QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx, jobs_tx)
-            .with_boot_timeout(Duration::from_secs(60)),
+            .with_boot_timeout(Duration::from_secs(60))
+            .with_warm_pool(1),
     );
     let s = spec(
         "ws-drv",
@@ -199,6 +201,44 @@ async fn lifecycle_of_a_real_guest() {
     assert!(events.try_recv().is_err(), "a reset is not a death");
     driver.stop("ws-hot", Duration::from_secs(1)).await.unwrap();
 
+    // The first restore of that shape filled the warm pool: a QEMU waits
+    // for the next, which takes it (its pid is the workspace's), works
+    // through its agent, and the pool fills again behind it.
+    let pooled = wait_for_pool(&driver, dir.path(), None).await;
+    let warm = VmSpec {
+        restore: Some(dir.path().join("memory-0.state")),
+        restore_ram: Some(dir.path().join("hot.ram")),
+        ..spec("ws-warm", "true")
+    };
+    driver.start(&warm, None).await.unwrap();
+    assert_eq!(driver.pid("ws-warm").await, Some(pooled));
+    assert_eq!(driver.status("ws-warm").await, VmState::Running);
+    driver
+        .write_file(&warm, "/tmp/warm", b"taken from the pool")
+        .await
+        .unwrap();
+    assert_eq!(
+        driver.read_file(&warm, "/tmp/warm").await.unwrap(),
+        b"taken from the pool"
+    );
+    assert!(driver.console("ws-warm").exists());
+    let refilled = wait_for_pool(&driver, dir.path(), Some(pooled)).await;
+    driver
+        .stop("ws-warm", Duration::from_secs(1))
+        .await
+        .unwrap();
+    // Closing the driver (the node stopping) ends the waiting QEMU.
+    driver.close();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(refilled) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pooled QEMU {refilled} outlived close"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(driver.warm_pool().unwrap().waiting, 0);
+
     driver.stop("ws-drv", Duration::from_secs(1)).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Shutdown);
     assert!(
@@ -227,4 +267,43 @@ async fn lifecycle_of_a_real_guest() {
         "the reason carries the console's last lines: {}",
         event.reason
     );
+}
+
+/// Waits until the driver's warm pool holds a QEMU (other than `not`) and
+/// reports its memory; returns that QEMU's pid, found by its folder.
+async fn wait_for_pool(driver: &Arc<QemuDriver>, root: &std::path::Path, not: Option<u32>) -> u32 {
+    let slots = root.join(".pool");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = driver.warm_pool().expect("the pool is on");
+        let pid = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                Some(*pid) != not
+                    && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        String::from_utf8_lossy(&c).contains(&*slots.to_string_lossy())
+                    })
+            });
+        if let (1, Some(pid)) = (report.waiting, pid) {
+            assert_eq!(report.size, 1);
+            assert!(report.memory_bytes > 1 << 20, "{report:?}");
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm pool did not fill: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }

@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// fails [default: 90 with KVM, 300 under software emulation]
     #[arg(long, env = "VWS_BOOT_TIMEOUT", value_name = "SECONDS")]
     boot_timeout: Option<u64>,
+    /// QEMU processes kept started ahead of hot starts, of the shapes
+    /// lately restored (0 turns the pool off)
+    #[arg(long, env = "VWS_WARM_POOL", value_name = "N", default_value_t = vws_node::server::DEFAULT_WARM_POOL)]
+    warm_pool: usize,
 }
 
 fn host_name() -> String {
@@ -121,6 +125,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         accounts: r.accounts,
         ram: r.ram.map(|r| r.0),
         boot_timeout: r.boot_timeout.map(Duration::from_secs),
+        warm_pool: r.warm_pool,
     })
     .await?;
     eprintln!(

@@ -64,6 +64,10 @@ pub struct UpArgs {
     /// [default: 90 with KVM, 300 under software emulation] (`vws up` only)
     #[arg(long, env = "VWS_BOOT_TIMEOUT", value_name = "SECONDS")]
     boot_timeout: Option<u64>,
+    /// QEMU processes the local node keeps started ahead of hot starts (0
+    /// turns the pool off) (`vws up` only)
+    #[arg(long, env = "VWS_WARM_POOL", value_name = "N", default_value_t = vws_node::server::DEFAULT_WARM_POOL)]
+    warm_pool: usize,
 }
 
 /// Where metrics are served unless configured.
@@ -193,6 +197,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             accounts: a.accounts,
             ram: a.node_ram.map(|r| r.0),
             boot_timeout: a.boot_timeout.map(Duration::from_secs),
+            warm_pool: a.warm_pool,
         })
         .await?;
         // Registered (at this new address, after a restart) before vws

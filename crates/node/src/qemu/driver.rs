@@ -282,6 +282,14 @@ impl Driver for Arc<QemuDriver> {
         Ok(agent.read_file(path).await?)
     }
 
+    fn warm_pool(&self) -> Option<vws_model::node::WarmPool> {
+        (self.pool.size > 0).then(|| self.pool.report())
+    }
+
+    fn close(&self) {
+        self.pool.close();
+    }
+
     fn memory(&self) -> Option<&dyn SavesMemory> {
         Some(self)
     }

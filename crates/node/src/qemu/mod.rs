@@ -7,6 +7,7 @@
 //! The driver seam's side of it is in `driver`.
 
 mod driver;
+mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -122,6 +123,8 @@ pub struct QemuDriver {
     jobs_done: JobDone,
     /// Keeps user NICs off the host's loopback (none: not confined).
     loopback: Option<Arc<crate::loopback::LoopbackGuard>>,
+    /// QEMU processes waiting for hot starts.
+    pool: pool::WarmPool,
 }
 
 impl Drop for QemuDriver {
@@ -197,6 +200,7 @@ impl QemuDriver {
         // memory like any other.
         let ram_dir = crate::driver::tmpfs_dir(&root);
         QemuDriver {
+            pool: pool::WarmPool::new(&root, 0),
             root,
             ram_dir,
             tls_dir: None,
@@ -267,6 +271,66 @@ impl QemuDriver {
     pub fn with_tsc_khz(mut self, khz: Option<u64>) -> Self {
         self.tsc_khz = khz;
         self
+    }
+
+    /// Keeps up to `size` QEMU processes started ahead of hot starts, of
+    /// the shapes lately restored (0: none).
+    pub fn with_warm_pool(mut self, size: usize) -> Self {
+        self.pool = pool::WarmPool::new(&self.root, size);
+        self
+    }
+
+    /// The warm pool's shape of a restore, if it can be pooled (see
+    /// [`pool`]): its command line with the workspace's id taken out.
+    fn pool_shape(&self, spec: &VmSpec) -> Option<pool::Shape> {
+        let poolable = self.pool.size > 0
+            && spec.restore.is_some()
+            && spec.restore_ram.is_some()
+            && matches!(spec.boot, Boot::Kernel { .. })
+            && spec.disk.is_none()
+            && spec.disk_key.is_none()
+            && spec.cdroms.is_empty()
+            && spec.forwards.is_empty()
+            && spec.account.is_none()
+            && spec.nics.iter().all(|n| n.bridged.is_none());
+        poolable.then(|| {
+            self.command_line(&VmSpec {
+                id: pool::DIR.into(),
+                hostname: String::new(),
+                startup: None,
+                ..spec.clone()
+            })
+        })
+    }
+
+    /// Starts the pool's missing processes, one at a time, in the
+    /// background of whatever the node does next.
+    fn refill_pool(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = me.pool.refilling.lock().await;
+            while let Some((shape, spec, dir)) = me.pool.next_missing() {
+                let id = format!(
+                    "{}/{}",
+                    pool::DIR,
+                    dir.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let slot = VmSpec { id, ..spec };
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::warn!(error = %e, "warm pool: no folder for a slot");
+                    return;
+                }
+                let defer = ["-S".to_string(), "-incoming".into(), "defer".into()];
+                match me.launch(&slot, &defer, true).await {
+                    Ok(launched) => me.pool.put(shape, dir, launched),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "warm pool: a QEMU did not start; the pool stays short");
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// How long a boot may take to report ready.
@@ -591,6 +655,10 @@ impl QemuDriver {
         };
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
+            // Not a workspace: the warm pool's (swept when it is made).
+            if id.starts_with('.') {
+                continue;
+            }
             let dir = entry.path();
             let Some(pid) = std::fs::read_to_string(dir.join("qemu.pid"))
                 .ok()
@@ -852,6 +920,14 @@ struct Watched {
     reboot: Option<VmSpec>,
 }
 
+/// A QEMU process just started, before it is watched as a VM.
+struct Launched {
+    child: tokio::process::Child,
+    pid: u32,
+    conn: QmpConnection,
+    agent: Option<Arc<Agent>>,
+}
+
 /// The file in a VM's folder holding what a reset of its guest boots, for a
 /// node that adopts the VM after a restart.
 const REBOOT_FILE: &str = "reboot.json";
@@ -890,6 +966,18 @@ impl QemuDriver {
         extra: &[String],
         with_agent: bool,
     ) -> Result<(), DriverError> {
+        self.spawn_with(spec, extra, with_agent, None).await
+    }
+
+    /// [`spawn`](Self::spawn), with the process taken from the warm pool
+    /// when `warm` holds one (started with `extra` for this spec's shape).
+    async fn spawn_with(
+        self: &Arc<Self>,
+        spec: &VmSpec,
+        extra: &[String],
+        with_agent: bool,
+        warm: Option<pool::Slot>,
+    ) -> Result<(), DriverError> {
         if self.vms.lock().await.contains_key(&spec.id) {
             return Err(DriverError::WrongState {
                 id: spec.id.clone(),
@@ -925,13 +1013,52 @@ impl QemuDriver {
         if matches!(spec.boot, Boot::Disk) && !dir.join(crate::seed::FILE).exists() {
             crate::seed::write(&dir, &spec.id, &spec.hostname, None)?;
         }
-        let log = std::fs::File::create(dir.join("qemu.log"))?;
         crate::net::plug(&spec.nics, &self.net_dir())
             .and_then(|()| crate::net::publish(spec))
             .map_err(|e| {
                 crate::net::unplug(&spec.nics, &self.net_dir());
                 DriverError::Network(e)
             })?;
+        let launched = match warm {
+            Some(slot) => slot.hand_over(&dir).map_err(DriverError::from),
+            None => self.launch(spec, extra, with_agent).await,
+        };
+        let Launched {
+            child,
+            pid,
+            conn,
+            agent,
+        } = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                crate::net::unplug(&spec.nics, &self.net_dir());
+                return Err(e);
+            }
+        };
+        self.watch(Watched {
+            id: spec.id.clone(),
+            conn,
+            agent,
+            pid,
+            child: Some(child),
+            nics: spec.nics.clone(),
+            reboot,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Runs QEMU for `spec` in its folder and connects to its QMP socket
+    /// and (`with_agent`) its guest agent's; the process is killed if
+    /// either fails.
+    async fn launch(
+        &self,
+        spec: &VmSpec,
+        extra: &[String],
+        with_agent: bool,
+    ) -> Result<Launched, DriverError> {
+        let dir = self.dir(&spec.id);
+        let log = std::fs::File::create(dir.join("qemu.log"))?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
         cmd.args(self.command_line(spec))
             .args(extra)
@@ -949,13 +1076,9 @@ impl QemuDriver {
                 cmd.pre_exec(move || guard.join_self());
             }
         }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                crate::net::unplug(&spec.nics, &self.net_dir());
-                return Err(qemu_err(format!("cannot run qemu-system-x86_64: {e}")));
-            }
-        };
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| qemu_err(format!("cannot run qemu-system-x86_64: {e}")))?;
         let pid = child.id().unwrap_or(0);
         let t0 = Instant::now();
         let connected = QemuDriver::connect(
@@ -968,7 +1091,6 @@ impl QemuDriver {
             Err(e) => {
                 let log = tail(&dir.join("qemu.log"), 5);
                 let _ = child.kill().await;
-                crate::net::unplug(&spec.nics, &self.net_dir());
                 return Err(qemu_err(format!("{e}; qemu said: {log}")));
             }
         };
@@ -985,24 +1107,18 @@ impl QemuDriver {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = child.kill().await;
-                    crate::net::unplug(&spec.nics, &self.net_dir());
                     return Err(qemu_err(format!("guest agent socket: {e}")));
                 }
             }
         } else {
             None
         };
-        self.watch(Watched {
-            id: spec.id.clone(),
+        Ok(Launched {
+            child,
+            pid,
             conn,
             agent,
-            pid,
-            child: Some(child),
-            nics: spec.nics.clone(),
-            reboot,
         })
-        .await;
-        Ok(())
     }
 
     /// Saves a paused VM's memory and device state to `to` with QEMU's own
@@ -1109,12 +1225,22 @@ impl QemuDriver {
         let incoming = format!("exec:cat '{}'", from.display());
         let t0 = Instant::now();
         if spec.restore_ram.is_some() {
-            self.spawn(
-                spec,
-                &["-S".into(), "-incoming".into(), "defer".into()],
-                true,
-            )
-            .await?;
+            let warm = self
+                .pool_shape(spec)
+                .and_then(|shape| self.pool.take(&shape, spec));
+            tracing::debug!(id = %spec.id, warm = warm.is_some(), "restoring");
+            let spawned = self
+                .spawn_with(
+                    spec,
+                    &["-S".into(), "-incoming".into(), "defer".into()],
+                    true,
+                    warm,
+                )
+                .await;
+            if self.pool.size > 0 {
+                self.refill_pool();
+            }
+            spawned?;
             let vm = self.vm(&spec.id).await?;
             set_ignore_shared(&vm.qmp, true).await?;
             vm.qmp

@@ -57,9 +57,21 @@ pub(crate) struct Rig {
     pub(crate) client: Client,
 }
 
+/// Rigs made by this process, so that each has a folder of its own.
+static RIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl Rig {
     pub(crate) async fn up() -> anyhow::Result<Rig> {
-        let home = std::env::temp_dir().join(format!("vws-bench-vm-{}", std::process::id()));
+        Rig::with_warm_pool(vws_node::server::DEFAULT_WARM_POOL).await
+    }
+
+    /// A rig whose node keeps a warm pool of `size` (0: none).
+    pub(crate) async fn with_warm_pool(size: usize) -> anyhow::Result<Rig> {
+        let home = std::env::temp_dir().join(format!(
+            "vws-bench-vm-{}-{}",
+            std::process::id(),
+            RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home)?;
         let database = format!("sqlite:{}", home.join("vws.db").display());
@@ -79,6 +91,7 @@ impl Rig {
                 .expect("the default range parses"),
             ram: None,
             boot_timeout: None,
+            warm_pool: size,
         })
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;

@@ -112,10 +112,20 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             hot.insert(key.into(), json!({ "hot_start_s": summary(ready), "hot_start_to_job_output_s": summary(job) }));
         }
         let account = super::account::start(&rig, a.runs).await?;
+        // The same hot starts on a node without a warm pool, for comparison.
+        let unpooled = Rig::with_warm_pool(0).await?;
+        let (ready, job) = async {
+            import_guest(&unpooled.client, &guest).await?;
+            hot_runs(&unpooled.client, 256, false, a.runs).await
+        }
+        .await?;
+        unpooled.down().await?;
+        hot.insert("256MiB_no_pool".into(), json!({ "hot_start_s": summary(ready), "hot_start_to_job_output_s": summary(job) }));
         let (c, b) = (summary(cold), summary(bare));
         let ratio = median(&c) / median(&b);
         let hot_small = median(&hot["256MiB"]["hot_start_to_job_output_s"]);
         let hot_big = median(&hot["2048MiB"]["hot_start_to_job_output_s"]);
+        let hot_unpooled = median(&hot["256MiB_no_pool"]["hot_start_to_job_output_s"]);
         let report = json!({
             "suite": "start",
             "runs": a.runs,
@@ -123,6 +133,7 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             "ratios": {
                 "cold_over_raw_qemu": ratio,
                 "cold_over_hot_256MiB": median(&c) / hot_small,
+                "cold_over_hot_256MiB_no_pool": median(&c) / hot_unpooled,
                 "hot_2GiB_over_hot_256MiB": hot_big / hot_small,
                 "account_start_over_fork_exec": account["ratios"]["account_start_over_fork_exec"],
             },
@@ -142,6 +153,8 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
                 ("hot start → first job output, 2 GiB", &m["hot"]["2048MiB"]["hot_start_to_job_output_s"]),
                 ("hot start → ready, 256 MiB, user NIC", &m["hot"]["256MiB_user_nic"]["hot_start_s"]),
                 ("hot start → first job output, 256 MiB, user NIC", &m["hot"]["256MiB_user_nic"]["hot_start_to_job_output_s"]),
+                ("hot start → ready, 256 MiB, no warm pool", &m["hot"]["256MiB_no_pool"]["hot_start_s"]),
+                ("hot start → first job output, 256 MiB, no warm pool", &m["hot"]["256MiB_no_pool"]["hot_start_to_job_output_s"]),
                 ("dynamic account start → running", &m["account"]["account_start_s"]),
                 ("dynamic account with a user NIC start → running", &m["account"]["account_user_nic_start_s"]),
                 ("host fork/exec of true → exit", &m["account"]["host_fork_exec_s"]),
@@ -151,8 +164,9 @@ pub async fn start_suite(g: &Globals, a: &BenchArgs) -> anyhow::Result<()> {
             println!("{t}");
             let r = &report["ratios"];
             println!(
-                "cold / bare QEMU = {ratio:.3}; cold / hot (to job output, 256 MiB) = {:.1}x; hot 2 GiB / 256 MiB = {:.2}; account start / fork-exec = {:.1}x  ({} runs, {})",
+                "cold / bare QEMU = {ratio:.3}; cold / hot (to job output, 256 MiB) = {:.1}x ({:.1}x without the warm pool); hot 2 GiB / 256 MiB = {:.2}; account start / fork-exec = {:.1}x  ({} runs, {})",
                 r["cold_over_hot_256MiB"].as_f64().unwrap_or(0.0),
+                r["cold_over_hot_256MiB_no_pool"].as_f64().unwrap_or(0.0),
                 r["hot_2GiB_over_hot_256MiB"].as_f64().unwrap_or(0.0),
                 r["account_start_over_fork_exec"].as_f64().unwrap_or(0.0),
                 a.runs,
