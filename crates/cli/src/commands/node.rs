@@ -157,6 +157,7 @@ async fn list(g: &Globals) -> anyhow::Result<()> {
         "DISK FREE",
         "IMAGES",
         "WORKSPACES",
+        "WARM POOL",
         "LAST SEEN",
     ]);
     for n in nodes {
@@ -177,9 +178,23 @@ async fn list(g: &Globals) -> anyhow::Result<()> {
                 .as_object()
                 .map_or(0, |o| o.len())
                 .to_string(),
+            warm_pool(&r["warm_pool"]),
             seen.map(output::relative).unwrap_or_default(),
         ]);
     }
     println!("{t}");
     Ok(())
+}
+
+/// A node's warm pool as `waiting/size (memory)`, `off` without one.
+fn warm_pool(p: &serde_json::Value) -> String {
+    match p.as_object() {
+        None => "off".into(),
+        Some(_) => format!(
+            "{}/{} ({})",
+            p["waiting"],
+            p["size"],
+            vws_model::ByteSize(p["memory_bytes"].as_u64().unwrap_or(0)).human()
+        ),
+    }
 }
