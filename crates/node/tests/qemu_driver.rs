@@ -202,8 +202,9 @@ async fn lifecycle_of_a_real_guest() {
     driver.stop("ws-hot", Duration::from_secs(1)).await.unwrap();
 
     // The first restore of that shape filled the warm pool: a QEMU waits
-    // for the next, which takes it (its pid is the workspace's), works
-    // through its agent, and the pool fills again behind it.
+    // (its device state loaded, its guest warmed up and paused) for the
+    // next, which takes it (its pid is the workspace's), works through its
+    // agent, and the pool fills again behind it.
     let pooled = wait_for_pool(&driver, dir.path(), None).await;
     let warm = VmSpec {
         restore: Some(dir.path().join("memory-0.state")),
@@ -221,6 +222,12 @@ async fn lifecycle_of_a_real_guest() {
         driver.read_file(&warm, "/tmp/warm").await.unwrap(),
         b"taken from the pool"
     );
+    // It took its own identity, not the slot's it warmed up with.
+    let hostname = driver
+        .read_file(&warm, "/proc/sys/kernel/hostname")
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname).trim(), "ws-warm");
     assert!(driver.console("ws-warm").exists());
     let refilled = wait_for_pool(&driver, dir.path(), Some(pooled)).await;
     driver

@@ -71,38 +71,48 @@ impl QemuDriver {
     /// give it its own hostname, MAC, entropy and agent session.
     async fn refresh_identity(&self, spec: &VmSpec) -> Result<(), DriverError> {
         let agent = self.running_agent(&spec.id).await?;
-        let before = agent.hello().map(|h| h.session);
-        // eth0's MAC for a user NIC; bridged NICs get theirs with their
-        // addresses.
-        let mac = spec
-            .nics
-            .first()
-            .filter(|n| n.bridged.is_none())
-            .map(|_| super::mac_address(&spec.id, 0));
-        let net = spec
-            .nics
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                n.bridged.as_ref().map(|b| vws_guest::NetConfig {
-                    dev: format!("eth{i}"),
-                    mac: b.mac.clone(),
-                    address: (!b.dhcp).then(|| b.address.clone()),
-                    gateway: b.gateway.clone(),
-                    dhcp: b.dhcp,
-                })
+        give_identity(&agent, spec).await
+    }
+}
+
+/// Gives a restored guest `spec`'s identity (hostname, eth0's MAC for a
+/// user NIC, bridged NICs' addresses, fresh entropy) and waits for the new
+/// agent session that says it took it.
+pub(super) async fn give_identity(
+    agent: &crate::agent::Agent,
+    spec: &VmSpec,
+) -> Result<(), DriverError> {
+    let before = agent.hello().map(|h| h.session);
+    // eth0's MAC for a user NIC; bridged NICs get theirs with their
+    // addresses.
+    let mac = spec
+        .nics
+        .first()
+        .filter(|n| n.bridged.is_none())
+        .map(|_| super::mac_address(&spec.id, 0));
+    let net = spec
+        .nics
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            n.bridged.as_ref().map(|b| vws_guest::NetConfig {
+                dev: format!("eth{i}"),
+                mac: b.mac.clone(),
+                address: (!b.dhcp).then(|| b.address.clone()),
+                gateway: b.gateway.clone(),
+                dhcp: b.dhcp,
             })
-            .collect();
-        let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-        agent.identity(&spec.hostname, mac, &seed, net);
-        // A new agent session is the sign that all of it happened.
-        match agent
-            .new_session(before.as_deref(), Duration::from_secs(15))
-            .await
-        {
-            Some(_) => Ok(()),
-            None => Err(qemu_err("the restored guest did not take its new identity")),
-        }
+        })
+        .collect();
+    let seed: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+    agent.identity(&spec.hostname, mac, &seed, net);
+    // A new agent session is the sign that all of it happened.
+    match agent
+        .new_session(before.as_deref(), Duration::from_secs(15))
+        .await
+    {
+        Some(_) => Ok(()),
+        None => Err(qemu_err("the restored guest did not take its new identity")),
     }
 }
 

@@ -294,12 +294,19 @@ impl QemuDriver {
             && spec.account.is_none()
             && spec.nics.iter().all(|n| n.bridged.is_none());
         poolable.then(|| {
-            self.command_line(&VmSpec {
+            let mut shape = self.command_line(&VmSpec {
                 id: pool::DIR.into(),
                 hostname: String::new(),
                 startup: None,
                 ..spec.clone()
-            })
+            });
+            // A slot has loaded the device state already.
+            shape.extend(
+                spec.restore
+                    .iter()
+                    .map(|r| r.to_string_lossy().into_owned()),
+            );
+            shape
         })
     }
 
@@ -315,16 +322,34 @@ impl QemuDriver {
                     pool::DIR,
                     dir.file_name().unwrap_or_default().to_string_lossy()
                 );
-                let slot = VmSpec { id, ..spec };
+                let slot = VmSpec {
+                    id,
+                    hostname: "pool".into(),
+                    ..spec
+                };
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     tracing::warn!(error = %e, "warm pool: no folder for a slot");
                     return;
                 }
                 let defer = ["-S".to_string(), "-incoming".into(), "defer".into()];
-                match me.launch(&slot, &defer, true).await {
-                    Ok(launched) => me.pool.put(shape, dir, launched),
+                let t0 = Instant::now();
+                let launched = match me.launch(&slot, &defer, true).await {
+                    Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "warm pool: a QEMU did not start; the pool stays short");
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return;
+                    }
+                };
+                match pool::warm_up(&launched, &slot).await {
+                    Ok(()) => {
+                        tracing::debug!(slot = %slot.id, took = ?t0.elapsed(), "warm pool: a QEMU waits");
+                        me.pool.put(shape, dir, launched)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "warm pool: a QEMU did not warm up; the pool stays short");
+                        let mut child = launched.child;
+                        let _ = child.kill().await;
                         let _ = std::fs::remove_dir_all(&dir);
                         return;
                     }
@@ -1228,7 +1253,8 @@ impl QemuDriver {
             let warm = self
                 .pool_shape(spec)
                 .and_then(|shape| self.pool.take(&shape, spec));
-            tracing::debug!(id = %spec.id, warm = warm.is_some(), "restoring");
+            let warmed = warm.is_some();
+            tracing::debug!(id = %spec.id, warmed, "restoring");
             let spawned = self
                 .spawn_with(
                     spec,
@@ -1241,12 +1267,15 @@ impl QemuDriver {
                 self.refill_pool();
             }
             spawned?;
-            let vm = self.vm(&spec.id).await?;
-            set_ignore_shared(&vm.qmp, true).await?;
-            vm.qmp
-                .execute(MigrateIncoming(serde_json::json!({ "uri": incoming })))
-                .await
-                .map_err(qemu_err)?;
+            // A pooled QEMU has its device state loaded, paused.
+            if !warmed {
+                let vm = self.vm(&spec.id).await?;
+                set_ignore_shared(&vm.qmp, true).await?;
+                vm.qmp
+                    .execute(MigrateIncoming(serde_json::json!({ "uri": incoming })))
+                    .await
+                    .map_err(qemu_err)?;
+            }
         } else {
             self.spawn(spec, &["-S".into(), "-incoming".into(), incoming], true)
                 .await?;

@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Launched;
-use crate::driver::VmSpec;
+use super::{qemu_err, Launched};
+use crate::driver::{DriverError, VmSpec};
 
 /// The folder under a driver's root holding the pool's slots.
 pub(super) const DIR: &str = ".pool";
@@ -62,6 +62,48 @@ impl Slot {
         let _ = self.launched.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Readies a slot's QEMU as far as a restore can go before it knows its
+/// workspace: the hot image's device state loaded, the guest run until its
+/// agent answered and it took the slot's identity (which translates, under
+/// TCG, the code a restore's identity step runs again), then paused. The
+/// workspace taking it is given its own identity after `cont`, as any
+/// restored guest is.
+pub(super) async fn warm_up(l: &Launched, slot: &VmSpec) -> Result<(), DriverError> {
+    use std::time::{Duration, Instant};
+    let qmp = &l.conn.qmp;
+    let state = slot
+        .restore
+        .as_ref()
+        .ok_or_else(|| qemu_err("a pooled restore has device state"))?;
+    super::set_ignore_shared(qmp, true).await?;
+    qmp.execute(super::MigrateIncoming(serde_json::json!({
+        "uri": format!("exec:cat '{}'", state.display())
+    })))
+    .await
+    .map_err(qemu_err)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while qmp.execute(super::QueryStatus {}).await.map_err(qemu_err)?["status"].as_str()
+        == Some("inmigrate")
+    {
+        if Instant::now() > deadline {
+            return Err(qemu_err("loading the device state took longer than 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
+    let agent = l
+        .agent
+        .as_ref()
+        .ok_or_else(|| qemu_err("a pooled QEMU has its agent connected"))?;
+    agent
+        .ready(Duration::from_secs(30))
+        .await
+        .ok_or_else(|| qemu_err("the pooled guest's agent did not answer"))?;
+    super::driver::give_identity(agent, slot).await?;
+    qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
+    Ok(())
 }
 
 /// The pool of one driver.
