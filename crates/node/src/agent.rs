@@ -103,6 +103,8 @@ pub struct Agent {
     hello: watch::Receiver<Option<Hello>>,
     jobs: Arc<Mutex<HashMap<String, JobLog>>>,
     files: Arc<Mutex<HashMap<String, oneshot::Sender<FromAgent>>>>,
+    /// Commands run outside any job (`run_untracked`), by id: told their end.
+    untracked: Arc<Mutex<HashMap<String, oneshot::Sender<JobEvent>>>>,
     /// Set when the VM migrated away: its jobs go on elsewhere, so the end
     /// of this connection does not fail them.
     handed_off: Arc<std::sync::atomic::AtomicBool>,
@@ -182,6 +184,7 @@ impl Agent {
             hello,
             jobs: Arc::new(Mutex::new(known)),
             files: Arc::default(),
+            untracked: Arc::default(),
             handed_off: Arc::default(),
             closed,
         });
@@ -196,6 +199,7 @@ impl Agent {
             }
         });
         let (jobs, files) = (agent.jobs.clone(), agent.files.clone());
+        let untracked = agent.untracked.clone();
         let handed_off = agent.handed_off.clone();
         tokio::spawn(async move {
             loop {
@@ -294,6 +298,12 @@ impl Agent {
                     ),
                     FromAgent::Failed { job, message } => (job, JobEvent::Failed { message }),
                 };
+                if ev.is_final() {
+                    if let Some(tx) = untracked.lock().await.remove(&job) {
+                        let _ = tx.send(ev);
+                        continue;
+                    }
+                }
                 let mut guard = jobs.lock().await;
                 let Some(log) = guard.get_mut(&job) else {
                     continue;
@@ -374,6 +384,30 @@ impl Agent {
             timeout_ms,
             user,
         });
+    }
+
+    /// Runs `argv` in the guest outside any job (no log, nothing reported
+    /// to the node's job channel) and waits up to `within` for its end,
+    /// which it returns: how a pooled guest is warmed up.
+    pub async fn run_untracked(&self, argv: Vec<String>, within: Duration) -> Option<JobEvent> {
+        let id = format!("untracked-{:016x}", rand::random::<u64>());
+        let (tx, rx) = oneshot::channel();
+        self.untracked.lock().await.insert(id.clone(), tx);
+        let _ = self.out.send(ToAgent::Exec {
+            job: id.clone(),
+            argv,
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            timeout_ms: Some(within.as_millis() as u64),
+            user: None,
+        });
+        let ended = tokio::time::timeout(within, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.untracked.lock().await.remove(&id);
+        ended
     }
 
     /// Marks the VM as migrated away: the end of this connection leaves its

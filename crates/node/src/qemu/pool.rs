@@ -66,8 +66,9 @@ impl Slot {
 
 /// Readies a slot's QEMU as far as a restore can go before it knows its
 /// workspace: the hot image's device state loaded, the guest run until its
-/// agent answered and it took the slot's identity (which translates, under
-/// TCG, the code a restore's identity step runs again), then paused. The
+/// agent answered, it took the slot's identity and ran one command (which
+/// translates, under TCG, the code a restore's identity step and a first
+/// job run again), then paused. The
 /// workspace taking it is given its own identity after `cont`, as any
 /// restored guest is.
 pub(super) async fn warm_up(l: &Launched, slot: &VmSpec) -> Result<(), DriverError> {
@@ -102,6 +103,19 @@ pub(super) async fn warm_up(l: &Launched, slot: &VmSpec) -> Result<(), DriverErr
         .await
         .ok_or_else(|| qemu_err("the pooled guest's agent did not answer"))?;
     super::driver::give_identity(agent, slot).await?;
+    // One process started and ended, so that a workspace's first job finds
+    // the guest's fork, exec and exit paths (and the agent's) translated.
+    match agent
+        .run_untracked(vec!["true".into()], Duration::from_secs(30))
+        .await
+    {
+        Some(crate::agent::JobEvent::Exited { code: Some(0), .. }) => {}
+        other => {
+            return Err(qemu_err(format!(
+                "the pooled guest's warm-up command: {other:?}"
+            )))
+        }
+    }
     qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
     Ok(())
 }
