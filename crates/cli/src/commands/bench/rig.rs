@@ -210,6 +210,11 @@ pub(crate) async fn hot_runs_of(
     );
     let (mut ready, mut job) = (Vec::new(), Vec::new());
     for run in 0..runs {
+        // Each run starts once the node's warm pool (if it has one) has
+        // refilled behind the last: a hot start as a node that is not
+        // asked for one every few hundred milliseconds serves it. The
+        // first run of a shape finds none of its own in the pool.
+        let full = pool_full(client, Duration::from_secs(10)).await?;
         let w = client
             .create(hot_desc.clone(), Form::Toml, None)
             .await?
@@ -223,14 +228,40 @@ pub(crate) async fn hot_runs_of(
         job.push(ready[run] + out);
         client.destroy(&w).await?;
         eprintln!(
-            "bench start: hot {mib} MiB{} run {}/{runs}: ready {:.3} s, job output {:.3} s",
+            "bench start: hot {mib} MiB{} run {}/{runs}: ready {:.3} s, job output {:.3} s{}",
             if nic { " user NIC" } else { "" },
             run + 1,
             ready[run],
-            job[run]
+            job[run],
+            if full {
+                ""
+            } else {
+                " (the warm pool was not full)"
+            }
         );
     }
     Ok((ready, job))
+}
+
+/// Waits up to `within` until every node's warm pool holds as many QEMUs
+/// as it keeps, by reports made after the call; true if they do (or no
+/// node has a pool).
+async fn pool_full(client: &Client, within: Duration) -> anyhow::Result<bool> {
+    let (since, deadline) = (time::OffsetDateTime::now_utc(), Instant::now() + within);
+    loop {
+        let nodes = client.nodes().await?;
+        let full = nodes.iter().all(|n| {
+            let p = &n["report"]["warm_pool"];
+            let fresh = n["last_seen"].as_str().and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            }) > Some(since);
+            p.is_null() || (fresh && p["waiting"] == p["size"])
+        });
+        if full || Instant::now() > deadline {
+            return Ok(full);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Time until a job's first stdout byte arrives through the API.
