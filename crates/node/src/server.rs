@@ -17,8 +17,9 @@ use crate::Manager;
 /// accounts and the usual subordinate-id ranges.
 pub const DEFAULT_ACCOUNTS: &str = "1000000000-1000000999";
 
-/// The warm pool's size unless configured: two waiting QEMUs (about 20 MiB
-/// each), started only once a hot start has been asked for.
+/// The warm pool's size unless configured: two waiting QEMUs (30–55 MiB of
+/// private memory each under TCG), started only once a hot start has been
+/// asked for.
 pub const DEFAULT_WARM_POOL: usize = 2;
 
 /// A node running in this process.
