@@ -81,8 +81,7 @@ async fn lifecycle_of_a_real_guest() {
     let (jobs_tx, _jobs) = tokio::sync::mpsc::unbounded_channel();
     let driver = Arc::new(
         QemuDriver::new(dir.path().to_path_buf(), accel::detect().0, tx, jobs_tx)
-            .with_boot_timeout(Duration::from_secs(60))
-            .with_warm_pool(1),
+            .with_boot_timeout(Duration::from_secs(60)),
     );
     let s = spec(
         "ws-drv",
@@ -201,41 +200,58 @@ async fn lifecycle_of_a_real_guest() {
     assert!(events.try_recv().is_err(), "a reset is not a death");
     driver.stop("ws-hot", Duration::from_secs(1)).await.unwrap();
 
-    // The first restore of that shape filled the warm pool: a QEMU waits
-    // (its device state loaded, its guest warmed up and paused) for the
-    // next, which takes it (its pid is the workspace's), works through its
-    // agent, and the pool fills again behind it.
-    let pooled = wait_for_pool(&driver, dir.path(), None).await;
+    // A driver with a warm pool: the first restore of that shape fills it,
+    // a QEMU waits (its device state loaded, its guest warmed up and
+    // paused) for the next, which takes it (its pid is the workspace's),
+    // works through its agent, and the pool fills again behind it.
+    let (ptx, _pev) = tokio::sync::mpsc::unbounded_channel();
+    let (pjobs, _pj) = tokio::sync::mpsc::unbounded_channel();
+    let pool_dir = tempfile::tempdir().unwrap();
+    let warm_driver = Arc::new(
+        QemuDriver::new(pool_dir.path().to_path_buf(), accel::detect().0, ptx, pjobs)
+            .with_warm_pool(1),
+    );
+    let first = VmSpec {
+        restore: Some(dir.path().join("memory-0.state")),
+        restore_ram: Some(dir.path().join("hot.ram")),
+        ..spec("ws-first", "true")
+    };
+    warm_driver.start(&first, None).await.unwrap();
+    let pooled = wait_for_pool(&warm_driver, pool_dir.path(), None).await;
     let warm = VmSpec {
         restore: Some(dir.path().join("memory-0.state")),
         restore_ram: Some(dir.path().join("hot.ram")),
         ..spec("ws-warm", "true")
     };
-    driver.start(&warm, None).await.unwrap();
-    assert_eq!(driver.pid("ws-warm").await, Some(pooled));
-    assert_eq!(driver.status("ws-warm").await, VmState::Running);
-    driver
+    warm_driver.start(&warm, None).await.unwrap();
+    assert_eq!(warm_driver.pid("ws-warm").await, Some(pooled));
+    assert_eq!(warm_driver.status("ws-warm").await, VmState::Running);
+    warm_driver
         .write_file(&warm, "/tmp/warm", b"taken from the pool")
         .await
         .unwrap();
     assert_eq!(
-        driver.read_file(&warm, "/tmp/warm").await.unwrap(),
+        warm_driver.read_file(&warm, "/tmp/warm").await.unwrap(),
         b"taken from the pool"
     );
     // It took its own identity, not the slot's it warmed up with.
-    let hostname = driver
+    let hostname = warm_driver
         .read_file(&warm, "/proc/sys/kernel/hostname")
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&hostname).trim(), "ws-warm");
-    assert!(driver.console("ws-warm").exists());
-    let refilled = wait_for_pool(&driver, dir.path(), Some(pooled)).await;
-    driver
+    assert!(warm_driver.console("ws-warm").exists());
+    let refilled = wait_for_pool(&warm_driver, pool_dir.path(), Some(pooled)).await;
+    warm_driver
         .stop("ws-warm", Duration::from_secs(1))
         .await
         .unwrap();
+    warm_driver
+        .stop("ws-first", Duration::from_secs(1))
+        .await
+        .unwrap();
     // Closing the driver (the node stopping) ends the waiting QEMU.
-    driver.close();
+    warm_driver.close();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while alive(refilled) {
         assert!(
@@ -244,7 +260,7 @@ async fn lifecycle_of_a_real_guest() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(driver.warm_pool().unwrap().waiting, 0);
+    assert_eq!(warm_driver.warm_pool().unwrap().waiting, 0);
 
     driver.stop("ws-drv", Duration::from_secs(1)).await.unwrap();
     assert_eq!(driver.status("ws-drv").await, VmState::Shutdown);

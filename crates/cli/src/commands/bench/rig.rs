@@ -62,7 +62,7 @@ static RIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::ne
 
 impl Rig {
     pub(crate) async fn up() -> anyhow::Result<Rig> {
-        Rig::with_warm_pool(vws_node::server::DEFAULT_WARM_POOL).await
+        Rig::with_warm_pool(vws_node::server::BENCH_WARM_POOL).await
     }
 
     /// A rig whose node keeps a warm pool of `size` (0: none).
