@@ -280,84 +280,6 @@ impl QemuDriver {
         self
     }
 
-    /// The warm pool's shape of a restore, if it can be pooled (see
-    /// [`pool`]): its command line with the workspace's id taken out.
-    fn pool_shape(&self, spec: &VmSpec) -> Option<pool::Shape> {
-        let poolable = self.pool.size > 0
-            && spec.restore.is_some()
-            && spec.restore_ram.is_some()
-            && matches!(spec.boot, Boot::Kernel { .. })
-            && spec.disk.is_none()
-            && spec.disk_key.is_none()
-            && spec.cdroms.is_empty()
-            && spec.forwards.is_empty()
-            && spec.account.is_none()
-            && spec.nics.iter().all(|n| n.bridged.is_none());
-        poolable.then(|| {
-            let mut shape = self.command_line(&VmSpec {
-                id: pool::DIR.into(),
-                hostname: String::new(),
-                startup: None,
-                ..spec.clone()
-            });
-            // A slot has loaded the device state already.
-            shape.extend(
-                spec.restore
-                    .iter()
-                    .map(|r| r.to_string_lossy().into_owned()),
-            );
-            shape
-        })
-    }
-
-    /// Starts the pool's missing processes, one at a time, in the
-    /// background of whatever the node does next.
-    fn refill_pool(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let _one_at_a_time = me.pool.refilling.lock().await;
-            while let Some((shape, spec, dir)) = me.pool.next_missing() {
-                let id = format!(
-                    "{}/{}",
-                    pool::DIR,
-                    dir.file_name().unwrap_or_default().to_string_lossy()
-                );
-                let slot = VmSpec {
-                    id,
-                    hostname: "pool".into(),
-                    ..spec
-                };
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    tracing::warn!(error = %e, "warm pool: no folder for a slot");
-                    return;
-                }
-                let defer = ["-S".to_string(), "-incoming".into(), "defer".into()];
-                let t0 = Instant::now();
-                let launched = match me.launch(&slot, &defer, true).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "warm pool: a QEMU did not start; the pool stays short");
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return;
-                    }
-                };
-                match pool::warm_up(&launched, &slot).await {
-                    Ok(()) => {
-                        tracing::debug!(slot = %slot.id, took = ?t0.elapsed(), "warm pool: a QEMU waits");
-                        me.pool.put(shape, dir, launched)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "warm pool: a QEMU did not warm up; the pool stays short");
-                        let mut child = launched.child;
-                        let _ = child.kill().await;
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
     /// How long a boot may take to report ready.
     pub fn with_boot_timeout(mut self, t: Duration) -> Self {
         self.boot_timeout = t;
@@ -1247,7 +1169,6 @@ impl QemuDriver {
     /// Brings a VM back from saved memory state, paused, then running. With
     /// a hot image's RAM file, only device state is read: the RAM is mapped.
     pub async fn restore(self: &Arc<Self>, spec: &VmSpec, from: &Path) -> Result<(), DriverError> {
-        let incoming = format!("exec:cat '{}'", from.display());
         let t0 = Instant::now();
         if spec.restore_ram.is_some() {
             let warm = self
@@ -1269,30 +1190,15 @@ impl QemuDriver {
             spawned?;
             // A pooled QEMU has its device state loaded, paused.
             if !warmed {
-                let vm = self.vm(&spec.id).await?;
-                set_ignore_shared(&vm.qmp, true).await?;
-                vm.qmp
-                    .execute(MigrateIncoming(serde_json::json!({ "uri": incoming })))
-                    .await
-                    .map_err(qemu_err)?;
+                load_device_state(&self.vm(&spec.id).await?.qmp, from).await?;
             }
         } else {
+            let incoming = format!("exec:cat '{}'", from.display());
             self.spawn(spec, &["-S".into(), "-incoming".into(), incoming], true)
                 .await?;
         }
         let vm = self.vm(&spec.id).await?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            // Raw JSON: run-state names differ between the crate's schema and 7.2.
-            let status = vm.qmp.execute(QueryStatus {}).await.map_err(qemu_err)?;
-            if status["status"].as_str() != Some("inmigrate") {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(qemu_err("restoring memory took longer than 300 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_restored(&vm.qmp, Duration::from_secs(300)).await?;
         let loaded = t0.elapsed();
         vm.qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
         if let Some(agent) = vm.agent() {
@@ -1354,6 +1260,38 @@ async fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), DriverError> {
     .await
     .map(drop)
     .map_err(qemu_err)
+}
+
+/// Sends a QEMU waiting with `-incoming defer` over a hot image's RAM the
+/// device state in `from` (the RAM itself is mapped, not sent).
+async fn load_device_state(qmp: &Qmp, from: &Path) -> Result<(), DriverError> {
+    set_ignore_shared(qmp, true).await?;
+    qmp.execute(MigrateIncoming(serde_json::json!({
+        "uri": format!("exec:cat '{}'", from.display())
+    })))
+    .await
+    .map(drop)
+    .map_err(qemu_err)
+}
+
+/// Waits up to `within` for an incoming migration to end (the VM then
+/// paused).
+async fn wait_restored(qmp: &Qmp, within: Duration) -> Result<(), DriverError> {
+    let deadline = Instant::now() + within;
+    loop {
+        // Raw JSON: run-state names differ between the crate's schema and 7.2.
+        let status = qmp.execute(QueryStatus {}).await.map_err(qemu_err)?;
+        if status["status"].as_str() != Some("inmigrate") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(qemu_err(format!(
+                "restoring memory took longer than {} s",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A free TCP port on `host` (bound, read, released: QEMU binds it next).

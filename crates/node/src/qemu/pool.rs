@@ -18,8 +18,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{qemu_err, Launched};
-use crate::driver::{DriverError, VmSpec};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{qemu_err, Launched, QemuDriver};
+use crate::driver::{Boot, DriverError, VmSpec};
 
 /// The folder under a driver's root holding the pool's slots.
 pub(super) const DIR: &str = ".pool";
@@ -72,27 +75,13 @@ impl Slot {
 /// workspace taking it is given its own identity after `cont`, as any
 /// restored guest is.
 pub(super) async fn warm_up(l: &Launched, slot: &VmSpec) -> Result<(), DriverError> {
-    use std::time::{Duration, Instant};
     let qmp = &l.conn.qmp;
     let state = slot
         .restore
         .as_ref()
         .ok_or_else(|| qemu_err("a pooled restore has device state"))?;
-    super::set_ignore_shared(qmp, true).await?;
-    qmp.execute(super::MigrateIncoming(serde_json::json!({
-        "uri": format!("exec:cat '{}'", state.display())
-    })))
-    .await
-    .map_err(qemu_err)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while qmp.execute(super::QueryStatus {}).await.map_err(qemu_err)?["status"].as_str()
-        == Some("inmigrate")
-    {
-        if Instant::now() > deadline {
-            return Err(qemu_err("loading the device state took longer than 60 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    super::load_device_state(qmp, state).await?;
+    super::wait_restored(qmp, Duration::from_secs(60)).await?;
     qmp.execute(qapi::qmp::cont {}).await.map_err(qemu_err)?;
     let agent = l
         .agent
@@ -118,6 +107,86 @@ pub(super) async fn warm_up(l: &Launched, slot: &VmSpec) -> Result<(), DriverErr
     }
     qmp.execute(qapi::qmp::stop {}).await.map_err(qemu_err)?;
     Ok(())
+}
+
+impl QemuDriver {
+    /// The warm pool's shape of a restore, if it can be pooled (see
+    /// the module's doc): its command line with the workspace's id taken out.
+    pub(super) fn pool_shape(&self, spec: &VmSpec) -> Option<Shape> {
+        let poolable = self.pool.size > 0
+            && spec.restore.is_some()
+            && spec.restore_ram.is_some()
+            && matches!(spec.boot, Boot::Kernel { .. })
+            && spec.disk.is_none()
+            && spec.disk_key.is_none()
+            && spec.cdroms.is_empty()
+            && spec.forwards.is_empty()
+            && spec.account.is_none()
+            && spec.nics.iter().all(|n| n.bridged.is_none());
+        poolable.then(|| {
+            let mut shape = self.command_line(&VmSpec {
+                id: DIR.into(),
+                hostname: String::new(),
+                startup: None,
+                ..spec.clone()
+            });
+            // A slot has loaded the device state already.
+            shape.extend(
+                spec.restore
+                    .iter()
+                    .map(|r| r.to_string_lossy().into_owned()),
+            );
+            shape
+        })
+    }
+
+    /// Starts the pool's missing processes, one at a time, in the
+    /// background of whatever the node does next.
+    pub(super) fn refill_pool(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = me.pool.refilling.lock().await;
+            while let Some((shape, spec, dir)) = me.pool.next_missing() {
+                let id = format!(
+                    "{}/{}",
+                    DIR,
+                    dir.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let slot = VmSpec {
+                    id,
+                    hostname: "pool".into(),
+                    ..spec
+                };
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::warn!(error = %e, "warm pool: no folder for a slot");
+                    return;
+                }
+                let defer = ["-S".to_string(), "-incoming".into(), "defer".into()];
+                let t0 = Instant::now();
+                let launched = match me.launch(&slot, &defer, true).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "warm pool: a QEMU did not start; the pool stays short");
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return;
+                    }
+                };
+                match warm_up(&launched, &slot).await {
+                    Ok(()) => {
+                        tracing::debug!(slot = %slot.id, took = ?t0.elapsed(), "warm pool: a QEMU waits");
+                        me.pool.put(shape, dir, launched)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "warm pool: a QEMU did not warm up; the pool stays short");
+                        let mut child = launched.child;
+                        let _ = child.kill().await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// The pool of one driver.
