@@ -17,10 +17,11 @@ use crate::Manager;
 /// accounts and the usual subordinate-id ranges.
 pub const DEFAULT_ACCOUNTS: &str = "1000000000-1000000999";
 
-/// The warm pool's size unless configured: off. A guest restored beside a
-/// warming slot was seen not to come back from its own reset in the full
-/// suite (docs/benchmarks.md, the warm pool), so the pool is opt-in until
-/// that is understood; `--warm-pool 2` is what the bench measures.
+/// The warm pool's size unless configured: off. A restored guest was seen
+/// not to come back from its own reset, first beside a warming slot, then
+/// once without one (docs/benchmarks.md, the warm pool), so the pool is
+/// opt-in until that is understood; `--warm-pool 2` is what the bench
+/// measures.
 pub const DEFAULT_WARM_POOL: usize = 0;
 
 /// The warm pool's size the benches run with.
