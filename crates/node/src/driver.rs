@@ -101,10 +101,27 @@ pub struct VmSpec {
     /// the deployment).
     #[serde(default)]
     pub disk_key: Option<PathBuf>,
+    /// The disk's base image, read on demand over the node's NBD server
+    /// while it is staged (`crate::on_demand`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_base: Option<OnDemandBase>,
     /// Set for a `dynamic account` workspace: run by the account driver,
     /// not as a VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<AccountSpec>,
+}
+
+/// A disk's base image that the node serves over NBD until it is in the
+/// node's cache.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OnDemandBase {
+    /// The NBD server's Unix socket.
+    pub socket: PathBuf,
+    /// The image's format (`raw`, `qcow2`).
+    pub format: String,
+    /// Where the image is once staged whole: a VM started after that reads
+    /// it there, as the disk's own backing file names it.
+    pub cached: PathBuf,
 }
 
 impl VmSpec {

@@ -13,6 +13,7 @@ pub mod loopback;
 pub mod loopdev;
 pub mod manager;
 pub mod net;
+pub mod on_demand;
 pub mod qemu;
 pub mod revocation;
 pub mod sandbox;

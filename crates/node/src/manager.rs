@@ -15,6 +15,7 @@ use crate::agent::JobEvent;
 use crate::driver::{
     Boot, Driver, DriverError, Drivers, MigrationMeter, NicSpec, VmEvent, VmSpec, VmState,
 };
+use crate::on_demand::OnDemand;
 use crate::staging::{self, Progress, StageError};
 
 /// What a node action can fail with.
@@ -74,6 +75,13 @@ pub struct Manager {
     /// report's total is this, and its free RAM this less what the
     /// workspaces here that hold memory were given.
     pub ram_limit: Option<u64>,
+    /// Whether a VM whose base disk image is not on this node yet starts at
+    /// once, reading the image on demand while it is staged
+    /// (`crate::on_demand`), instead of after staging it whole.
+    pub on_demand_images: bool,
+    /// The images read on demand since this node started, by digest (a VM
+    /// started from one reads it through its server for the VM's life).
+    on_demand: Mutex<HashMap<String, Arc<OnDemand>>>,
 }
 
 /// A snapshot's memory and flattened disk while they are sent.
@@ -121,6 +129,8 @@ impl Manager {
             migrations: Mutex::new(HashMap::new()),
             busy: Arc::default(),
             ram_limit: None,
+            on_demand_images: false,
+            on_demand: Mutex::new(HashMap::new()),
         })
     }
 
@@ -159,6 +169,11 @@ impl Manager {
             let found = driver.adopt(&self.home.join("jobs")).await;
             adopted.extend(found.workspaces);
             self.jobs.lock().await.extend(found.jobs);
+        }
+        for id in &adopted {
+            if let Err(e) = self.serve_base_again(id).await {
+                tracing::error!(%id, error = %e, "the base image this workspace reads on demand is not served");
+            }
         }
         let keep: Vec<String> = adopted
             .iter()
@@ -272,7 +287,11 @@ impl Manager {
     ) -> Result<u64, NodeError> {
         let partial = self.home.join("cache/partial");
         let mut moved = 0;
+        let on_demand = self.reads_on_demand(req, blank_disk);
         for b in &req.blobs {
+            if on_demand.is_some_and(|d| d.digest == b.digest) {
+                continue;
+            }
             let url = format!("{}/v1/blobs/{}", req.repository, b.digest);
             moved += staging::fetch(
                 &self.http,
@@ -349,6 +368,13 @@ impl Manager {
                 }
                 Some(path)
             }
+            None => None,
+        };
+        let disk_base = match on_demand {
+            Some(b) => Some(
+                self.read_on_demand(&req.repository, b, &req.backing_format, progress.clone())
+                    .await?,
+            ),
             None => None,
         };
         if let Some(m) = &req.memory {
@@ -432,6 +458,7 @@ impl Manager {
                 .find(|b| b.role == vws_model::node::BlobRole::Ram)
                 .map(|b| self.blob_path(&b.digest)),
             disk_key: key_file,
+            disk_base,
             account: None,
         };
         let mut spec = spec;
@@ -452,6 +479,120 @@ impl Manager {
         std::fs::rename(tmp, dir.join("spec.json"))?;
         tracing::info!(id = %req.id, moved, "workspace staged");
         Ok(moved)
+    }
+
+    /// The base disk image of a deploy to read on demand: a VM's, with its
+    /// own disk over it, not cached here, when this node reads images on
+    /// demand (a migration target's blank disk stages its base whole).
+    fn reads_on_demand<'r>(
+        &self,
+        req: &'r DeployRequest,
+        blank_disk: Option<u64>,
+    ) -> Option<&'r vws_model::node::BlobRef> {
+        let base = req
+            .blobs
+            .iter()
+            .find(|b| b.role == vws_model::node::BlobRole::Disk)?;
+        (self.on_demand_images
+            && blank_disk.is_none()
+            && req.disk.is_some()
+            && req.backing_format.is_some()
+            && req.category() == vws_model::Category::Vm
+            && !self.blob_path(&base.digest).exists())
+        .then_some(base)
+    }
+
+    /// Serves `base` from the repository on demand (one server per image
+    /// on this node, shared by the VMs started from it) and stages it whole
+    /// in the background.
+    async fn read_on_demand(
+        &self,
+        repository: &str,
+        base: &vws_model::node::BlobRef,
+        format: &Option<String>,
+        progress: Arc<Progress>,
+    ) -> Result<crate::driver::OnDemandBase, NodeError> {
+        let hex = base.digest.trim_start_matches("sha256:");
+        let socket = self
+            .home
+            .join("on-demand")
+            .join(format!("{}.nbd", &hex[..16.min(hex.len())]));
+        let cached = self.blob_path(&base.digest);
+        let mut images = self.on_demand.lock().await;
+        if !images.contains_key(&base.digest) {
+            let url = format!("{repository}/v1/blobs/{}", base.digest);
+            let image = OnDemand::open(
+                &self.http,
+                &url,
+                &base.digest,
+                &cached,
+                &self.home.join("cache/partial"),
+                progress,
+            )
+            .await?;
+            image.serve(&socket)?;
+            let filling = image.clone();
+            tokio::spawn(async move {
+                if let Err(e) = filling.fill().await {
+                    tracing::error!(error = %e, "staging an image read on demand failed: \
+                        the blocks its VMs have not read yet are fetched when they read them");
+                }
+            });
+            images.insert(base.digest.clone(), image);
+        }
+        Ok(crate::driver::OnDemandBase {
+            socket,
+            format: format.clone().unwrap_or_else(|| "raw".into()),
+            cached,
+        })
+    }
+
+    /// Serves again, after a restart of this node, the base image an
+    /// adopted VM reads over NBD (its QEMU reconnects within 30 s), and
+    /// resumes staging it.
+    async fn serve_base_again(&self, id: &str) -> Result<(), NodeError> {
+        let Some(base) = self.spec(id)?.disk_base else {
+            return Ok(());
+        };
+        let digest = format!(
+            "sha256:{}",
+            base.cached
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
+        let repository = self.repository_for(&self.vm_dir(id))?;
+        let blob = vws_model::node::BlobRef {
+            digest,
+            role: vws_model::node::BlobRole::Disk,
+            size: 0,
+        };
+        self.read_on_demand(&repository, &blob, &Some(base.format), Arc::default())
+            .await
+            .map(drop)
+    }
+
+    /// Waits until a workspace's base image read on demand is staged
+    /// whole: what reads the disk's chain outside QEMU (a snapshot's
+    /// flattening) needs it.
+    async fn base_settled(&self, spec: &VmSpec) -> Result<(), NodeError> {
+        let Some(base) = spec.disk_base.as_ref().filter(|b| !b.cached.exists()) else {
+            return Ok(());
+        };
+        let image = self
+            .on_demand
+            .lock()
+            .await
+            .values()
+            .find(|i| i.dest() == base.cached)
+            .cloned();
+        match image {
+            Some(image) => Ok(image.settled().await?),
+            None => Err(NodeError::Other(anyhow::anyhow!(
+                "the base image of {} is neither staged nor being staged",
+                spec.id
+            ))),
+        }
     }
 
     /// Boots a deployed workspace and waits for it to report ready; returns
@@ -505,6 +646,7 @@ impl Manager {
                 out.ram = Some(self.send_blob(&repository, &ram).await?);
             }
             if dir.join("disk.qcow2").exists() {
+                self.base_settled(&spec).await?;
                 vws_qemu::img::flatten(&dir.join("disk.qcow2"), &disk, "qcow2")
                     .await
                     .map_err(|e| NodeError::Other(e.into()))?;

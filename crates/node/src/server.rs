@@ -78,6 +78,9 @@ pub struct NodeLaunch {
     /// How many QEMU processes to keep started ahead of hot starts (0:
     /// none; [`DEFAULT_WARM_POOL`] in the CLI).
     pub warm_pool: usize,
+    /// Whether a VM whose base image is not here yet starts at once,
+    /// reading the image on demand while it is staged.
+    pub on_demand_images: bool,
 }
 
 /// Starts a node on `listener`: re-adopts running workspaces, serves its
@@ -96,6 +99,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
         ram,
         boot_timeout,
         warm_pool,
+        on_demand_images,
     } = l;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -167,6 +171,7 @@ pub async fn launch(l: NodeLaunch) -> anyhow::Result<RunningNode> {
     let mut manager = Manager::new(name, home, http.clone(), drivers)?;
     manager.stop_grace = stop_grace;
     manager.ram_limit = ram;
+    manager.on_demand_images = on_demand_images;
     manager.publish = publish.map(|a| a.to_string());
     let service = ServiceUrls::parse(&service);
     manager.service = Some(service.clone());

@@ -135,61 +135,10 @@ pub async fn fetch(
     if dest.exists() {
         return Ok(0);
     }
-    let m: Manifest = http
-        .get(format!("{url}/chunks"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| http_err(url, e))?
-        .json()
-        .await
-        .map_err(|e| http_err(url, e))?;
-    if let Some(want) = expected {
-        if m.digest != want {
-            return Err(StageError::CorruptFile {
-                url: url.into(),
-                digest: want.into(),
-            });
-        }
-    }
-    // The chunks must cover the file exactly: a byte no chunk covers would
-    // go unchecked.
-    if m.chunk_size == 0 || m.chunks.len() as u64 != m.size.div_ceil(m.chunk_size) {
-        return Err(StageError::CorruptFile {
-            url: url.into(),
-            digest: m.digest,
-        });
-    }
-    std::fs::create_dir_all(partial_dir)?;
-    // Named by content and destination: files of equal content (the fresh
-    // disks of workspaces made from one image) fetched at once to different
-    // places never share a partial file.
-    let name = format!(
-        "{}-{}",
-        m.digest.trim_start_matches("sha256:"),
-        &hex::encode(Sha256::digest(dest.as_os_str().as_encoded_bytes()))[..16]
-    );
-    let part = partial_dir.join(format!("{name}.part"));
-    let log = partial_dir.join(format!("{name}.done"));
-    let mut done: Vec<bool> = vec![false; m.chunks.len()];
-    if let Ok(text) = std::fs::read_to_string(&log) {
-        for i in text.lines().filter_map(|l| l.parse::<usize>().ok()) {
-            if i < done.len() {
-                done[i] = true;
-            }
-        }
-    }
-    let have: u64 = (0..m.chunks.len())
-        .filter(|&i| done[i])
-        .map(|i| chunk_len(&m, i))
-        .sum();
-    let free = free_space(partial_dir);
-    if m.size - have > free {
-        return Err(StageError::NoSpace {
-            needed: m.size - have,
-            free,
-        });
-    }
+    let m = Arc::new(manifest(http, url, expected).await?);
+    let (part, log) = partial_paths(partial_dir, &m, dest)?;
+    let done = logged(&log, &m);
+    let have = room_for(&m, &done, partial_dir)?;
     progress.total.fetch_add(m.size, Ordering::Relaxed);
     progress.done.fetch_add(have, Ordering::Relaxed);
     let file = std::fs::OpenOptions::new()
@@ -211,38 +160,17 @@ pub async fn fetch(
     // of its own: the network, the hashing and the writing of different
     // chunks overlap, on every core.
     let fetch_one = |i: usize| {
-        let (http, url, want) = (http.clone(), url.to_string(), m.chunks[i].clone());
-        let (start, len) = (i as u64 * m.chunk_size, chunk_len(&m, i));
+        let (http, url, m) = (http.clone(), url.to_string(), m.clone());
         let (progress, file) = (progress.clone(), file.clone());
         // Aborted when dropped: a failed fetch leaves no chunk task behind.
         let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             use std::os::unix::fs::FileExt;
-            let mut moved = 0u64;
-            for attempt in 1..=3 {
-                let resp = http
-                    .get(&url)
-                    .header("range", format!("bytes={}-{}", start, start + len - 1))
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| http_err(&url, e))?;
-                let bytes = resp.bytes().await.map_err(|e| http_err(&url, e))?;
-                moved += bytes.len() as u64;
-                progress
-                    .moved
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if bytes.len() as u64 == len
-                    && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == want
-                {
-                    file.write_all_at(&bytes, start)?;
-                    progress
-                        .done
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    return Ok((i, moved));
-                }
-                tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
-            }
-            Err(StageError::CorruptChunk { url, index: i })
+            let (bytes, moved) = fetch_chunk(&http, &url, &m, i, &progress).await?;
+            file.write_all_at(&bytes, i as u64 * m.chunk_size)?;
+            progress
+                .done
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok::<_, StageError>((i, moved))
         }));
         async move { task.await.map_err(std::io::Error::other)? }
     };
@@ -286,15 +214,146 @@ pub async fn fetch(
     }
     fetched?;
     drop(file);
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::rename(&part, dest)?;
-    let _ = std::fs::remove_file(&log);
+    finish(&part, &log, dest)?;
     Ok(moved)
 }
 
-fn chunk_len(m: &Manifest, i: usize) -> u64 {
+/// A file's chunk manifest from the repository (at `url/chunks`), checked
+/// to vouch for `expected` and to cover the file exactly.
+pub(crate) async fn manifest(
+    http: &reqwest::Client,
+    url: &str,
+    expected: Option<&str>,
+) -> Result<Manifest, StageError> {
+    let m: Manifest = http
+        .get(format!("{url}/chunks"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| http_err(url, e))?
+        .json()
+        .await
+        .map_err(|e| http_err(url, e))?;
+    if let Some(want) = expected {
+        if m.digest != want {
+            return Err(StageError::CorruptFile {
+                url: url.into(),
+                digest: want.into(),
+            });
+        }
+    }
+    // The chunks must cover the file exactly: a byte no chunk covers would
+    // go unchecked.
+    if m.chunk_size == 0 || m.chunks.len() as u64 != m.size.div_ceil(m.chunk_size) {
+        return Err(StageError::CorruptFile {
+            url: url.into(),
+            digest: m.digest,
+        });
+    }
+    Ok(m)
+}
+
+/// The partial file and the log of chunks done of a fetch of `m` to `dest`.
+pub(crate) fn partial_paths(
+    partial_dir: &Path,
+    m: &Manifest,
+    dest: &Path,
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    std::fs::create_dir_all(partial_dir)?;
+    // Named by content and destination: files of equal content (the fresh
+    // disks of workspaces made from one image) fetched at once to different
+    // places never share a partial file.
+    let name = format!(
+        "{}-{}",
+        m.digest.trim_start_matches("sha256:"),
+        &hex::encode(Sha256::digest(dest.as_os_str().as_encoded_bytes()))[..16]
+    );
+    Ok((
+        partial_dir.join(format!("{name}.part")),
+        partial_dir.join(format!("{name}.done")),
+    ))
+}
+
+/// Which chunks an earlier attempt logged as done (synced).
+pub(crate) fn logged(log: &Path, m: &Manifest) -> Vec<bool> {
+    let mut done = vec![false; m.chunks.len()];
+    if let Ok(text) = std::fs::read_to_string(log) {
+        for i in text.lines().filter_map(|l| l.parse::<usize>().ok()) {
+            if i < done.len() {
+                done[i] = true;
+            }
+        }
+    }
+    done
+}
+
+/// Checks that the chunks not `done` fit beside `partial_dir`; returns the
+/// bytes already there.
+pub(crate) fn room_for(m: &Manifest, done: &[bool], partial_dir: &Path) -> Result<u64, StageError> {
+    let have: u64 = (0..m.chunks.len())
+        .filter(|&i| done[i])
+        .map(|i| chunk_len(m, i))
+        .sum();
+    let free = free_space(partial_dir);
+    if m.size - have > free {
+        return Err(StageError::NoSpace {
+            needed: m.size - have,
+            free,
+        });
+    }
+    Ok(have)
+}
+
+/// Fetches chunk `i` of `url` (a range request), checked against its
+/// digest, up to three times. Returns it and the bytes that crossed the
+/// network.
+pub(crate) async fn fetch_chunk(
+    http: &reqwest::Client,
+    url: &str,
+    m: &Manifest,
+    i: usize,
+    progress: &Progress,
+) -> Result<(bytes::Bytes, u64), StageError> {
+    let (start, len) = (i as u64 * m.chunk_size, chunk_len(m, i));
+    let mut moved = 0u64;
+    for attempt in 1..=3 {
+        let resp = http
+            .get(url)
+            .header("range", format!("bytes={}-{}", start, start + len - 1))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| http_err(url, e))?;
+        let bytes = resp.bytes().await.map_err(|e| http_err(url, e))?;
+        moved += bytes.len() as u64;
+        progress
+            .moved
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if bytes.len() as u64 == len
+            && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == m.chunks[i]
+        {
+            return Ok((bytes, moved));
+        }
+        tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
+    }
+    Err(StageError::CorruptChunk {
+        url: url.into(),
+        index: i,
+    })
+}
+
+/// Puts a partial file whose every chunk is in (and synced) at `dest`.
+pub(crate) fn finish(part: &Path, log: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(part, dest)?;
+    let _ = std::fs::remove_file(log);
+    Ok(())
+}
+
+/// The length of chunk `i` (the last may be short).
+pub(crate) fn chunk_len(m: &Manifest, i: usize) -> u64 {
     let start = i as u64 * m.chunk_size;
     m.chunk_size.min(m.size - start)
 }

@@ -37,6 +37,7 @@ fn spec(id: &str, boot: Boot) -> VmSpec {
         restore: None,
         restore_ram: None,
         disk_key: None,
+        disk_base: None,
         account: None,
     }
 }

@@ -80,6 +80,11 @@ pub struct RunArgs {
     /// lately restored (0 turns the pool off)
     #[arg(long, env = "VWS_WARM_POOL", value_name = "N", default_value_t = vws_node::server::DEFAULT_WARM_POOL)]
     warm_pool: usize,
+    /// Start a VM whose base image is not on the node yet at once, reading
+    /// the image from the repository on demand (each block checked) while
+    /// it is staged whole in the background
+    #[arg(long, env = "VWS_ON_DEMAND_IMAGES")]
+    on_demand_images: bool,
 }
 
 fn host_name() -> String {
@@ -126,6 +131,7 @@ pub async fn run(g: &Globals, a: NodeArgs) -> anyhow::Result<()> {
         ram: r.ram.map(|r| r.0),
         boot_timeout: r.boot_timeout.map(Duration::from_secs),
         warm_pool: r.warm_pool,
+        on_demand_images: r.on_demand_images,
     })
     .await?;
     eprintln!(

@@ -68,6 +68,11 @@ pub struct UpArgs {
     /// turns the pool off) (`vws up` only)
     #[arg(long, env = "VWS_WARM_POOL", value_name = "N", default_value_t = vws_node::server::DEFAULT_WARM_POOL)]
     warm_pool: usize,
+    /// Start a VM whose base image is not on the node yet at once, reading
+    /// the image from the repository on demand (each block checked) while
+    /// it is staged whole in the background (`vws up` only)
+    #[arg(long, env = "VWS_ON_DEMAND_IMAGES")]
+    on_demand_images: bool,
 }
 
 /// Where metrics are served unless configured.
@@ -198,6 +203,7 @@ pub async fn run(g: &Globals, a: UpArgs, with_node: bool) -> anyhow::Result<()> 
             ram: a.node_ram.map(|r| r.0),
             boot_timeout: a.boot_timeout.map(Duration::from_secs),
             warm_pool: a.warm_pool,
+            on_demand_images: a.on_demand_images,
         })
         .await?;
         // Registered (at this new address, after a restart) before vws

@@ -430,11 +430,24 @@ impl QemuDriver {
                 ]);
                 secret = ",encrypt.key-secret=disk0-key".into();
             }
+            // A base image still being staged is read through the node's
+            // NBD server, which fetches what the guest reads first; once
+            // cached, the path in the disk's header is the one read.
+            let base = match &spec.disk_base {
+                Some(b) if !b.cached.exists() => format!(
+                    ",backing.driver={},backing.file.driver=nbd,backing.file.server.type=unix,\
+                     backing.file.server.path={},backing.file.export={},backing.file.reconnect-delay=30",
+                    b.format,
+                    b.socket.display(),
+                    crate::on_demand::EXPORT,
+                ),
+                _ => String::new(),
+            };
             push(&[
                 "-drive",
                 &format!(
                     // The node name lets a migration target export the disk over NBD.
-                    "id=disk0,node-name=disk0-top,file={},format=qcow2,if=none,cache=writeback{secret}",
+                    "id=disk0,node-name=disk0-top,file={},format=qcow2,if=none,cache=writeback{secret}{base}",
                     disk.display()
                 ),
             ]);

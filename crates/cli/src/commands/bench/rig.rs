@@ -67,6 +67,15 @@ impl Rig {
 
     /// A rig whose node keeps a warm pool of `size` (0: none).
     pub(crate) async fn with_warm_pool(size: usize) -> anyhow::Result<Rig> {
+        Rig::with_node(size, false).await
+    }
+
+    /// A rig whose node reads VMs' base images on demand.
+    pub(crate) async fn on_demand() -> anyhow::Result<Rig> {
+        Rig::with_node(vws_node::server::BENCH_WARM_POOL, true).await
+    }
+
+    async fn with_node(size: usize, on_demand_images: bool) -> anyhow::Result<Rig> {
         let home = std::env::temp_dir().join(format!(
             "vws-bench-vm-{}-{}",
             std::process::id(),
@@ -92,6 +101,7 @@ impl Rig {
             ram: None,
             boot_timeout: None,
             warm_pool: size,
+            on_demand_images,
         })
         .await?;
         let client = Client::with_credentials(&running.url, &running.admin)?;
