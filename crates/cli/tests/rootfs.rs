@@ -270,3 +270,82 @@ fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
     assert_ne!(seen[0], seen[1]);
     ok(home, &["destroy", &a]);
 }
+
+/// The QEMU command line of a workspace's VM on the local node.
+fn qemu_args(home: &Path, id: &str) -> String {
+    let pid = std::fs::read_to_string(home.join("node/vms").join(id).join("qemu.pid")).unwrap();
+    std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim()))
+        .unwrap()
+        .replace('\0', " ")
+}
+
+/// A node reading images on demand (`--on-demand-images`): a VM of an
+/// image the node lacks starts with the image read over the node's NBD
+/// server, runs Debian's programs from it, and writes to its own disk;
+/// the image then arrives whole in the node's cache, with its digest; the
+/// next start reads it there, and the workspace's writes are still there.
+#[test]
+fn a_vm_starts_before_its_image_is_on_the_node() {
+    let guest = minimal_guest();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let _reap = Reap(home.to_path_buf());
+    let _up = common::vws_up(home, &["--on-demand-images"]);
+    import_minimal(home, &guest);
+    let image = debian_image(home);
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "debian:12",
+            "--disk",
+            image.to_str().unwrap(),
+        ],
+    );
+    let digest: Value =
+        serde_json::from_str(&ok(home, &["image", "show", "debian:12", "--json"])).unwrap();
+    let digest = digest["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let a = create(home, VM, "lazy");
+    ok(home, &["deploy", &a]);
+    ok(home, &["start", &a]);
+    let args = qemu_args(home, &a);
+    assert!(
+        args.contains("file.driver=nbd") && args.contains("backing=disk0-base"),
+        "started over the node's NBD server: {args}"
+    );
+    let text = stdout(&run(
+        home,
+        &a,
+        "cat /etc/debian_version; echo 6*7 | bc; echo mine > /root/mine; sync",
+    ));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("12."), "{text}");
+    assert_eq!(lines[1], "42", "{text}");
+    // The image arrives whole in the cache, checked.
+    let cached = home.join("node/cache/sha256").join(&digest);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !cached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image read on demand was not staged whole"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let sum = Command::new("sha256sum").arg(&cached).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&sum.stdout).starts_with(&digest),
+        "the cached image is the image: {sum:?}"
+    );
+    // Started again, it reads the cached image, and its writes are kept.
+    ok(home, &["stop", &a]);
+    ok(home, &["start", &a]);
+    let args = qemu_args(home, &a);
+    assert!(!args.contains("nbd"), "{args}");
+    assert_eq!(stdout(&run(home, &a, "cat /root/mine")).trim(), "mine");
+    ok(home, &["destroy", &a]);
+}

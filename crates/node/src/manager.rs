@@ -81,7 +81,14 @@ pub struct Manager {
     pub on_demand_images: bool,
     /// The images read on demand since this node started, by digest (a VM
     /// started from one reads it through its server for the VM's life).
-    on_demand: Mutex<HashMap<String, Arc<OnDemand>>>,
+    on_demand: Mutex<HashMap<String, Served>>,
+}
+
+/// An image read on demand: its server, and its staging (aborted when
+/// dropped).
+struct Served {
+    image: Arc<OnDemand>,
+    _fill: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 /// A snapshot's memory and flattened disk while they are sent.
@@ -532,13 +539,19 @@ impl Manager {
             .await?;
             image.serve(&socket)?;
             let filling = image.clone();
-            tokio::spawn(async move {
+            let fill = tokio::spawn(async move {
                 if let Err(e) = filling.fill().await {
                     tracing::error!(error = %e, "staging an image read on demand failed: \
                         the blocks its VMs have not read yet are fetched when they read them");
                 }
             });
-            images.insert(base.digest.clone(), image);
+            images.insert(
+                base.digest.clone(),
+                Served {
+                    image,
+                    _fill: tokio_util::task::AbortOnDropHandle::new(fill),
+                },
+            );
         }
         Ok(crate::driver::OnDemandBase {
             socket,
@@ -584,8 +597,8 @@ impl Manager {
             .lock()
             .await
             .values()
-            .find(|i| i.dest() == base.cached)
-            .cloned();
+            .find(|s| s.image.dest() == base.cached)
+            .map(|s| s.image.clone());
         match image {
             Some(image) => Ok(image.settled().await?),
             None => Err(NodeError::Other(anyhow::anyhow!(
@@ -1140,6 +1153,13 @@ impl Manager {
     pub fn close(&self) {
         for d in self.drivers.all() {
             d.close();
+        }
+        // The images read on demand stop being served and staged (a node
+        // started on this home serves them again to the VMs it adopts).
+        if let Ok(mut images) = self.on_demand.try_lock() {
+            for (_, served) in images.drain() {
+                served.image.close();
+            }
         }
     }
 

@@ -59,6 +59,10 @@ pub struct OnDemand {
     progress: Arc<Progress>,
     /// True once every chunk is in and the file is at `dest`.
     complete: tokio::sync::watch::Sender<bool>,
+    /// Set by `close`: the server takes no more connections.
+    closed: std::sync::atomic::AtomicBool,
+    /// Where `serve` listens.
+    socket: Mutex<Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for OnDemand {
@@ -136,6 +140,8 @@ impl OnDemand {
             runtime: tokio::runtime::Handle::current(),
             progress,
             complete: tokio::sync::watch::Sender::new(cached),
+            closed: Default::default(),
+            socket: Mutex::new(None),
         }))
     }
 
@@ -322,11 +328,15 @@ impl OnDemand {
             std::fs::create_dir_all(dir)?;
         }
         let listener = std::os::unix::net::UnixListener::bind(socket)?;
+        *self.socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket.into());
         let me = self.clone();
         std::thread::Builder::new()
             .name("vws-nbd".into())
             .spawn(move || {
                 for conn in listener.incoming() {
+                    if me.closed.load(Ordering::SeqCst) {
+                        break;
+                    }
                     let Ok(mut conn) = conn else { continue };
                     let me = me.clone();
                     let _ = std::thread::Builder::new()
@@ -349,6 +359,19 @@ impl OnDemand {
                 }
             })?;
         Ok(())
+    }
+}
+
+impl OnDemand {
+    /// Stops serving: the socket goes, and the server's thread with it
+    /// (connections open go on until their client closes them).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(socket) = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Wakes the accepting thread, which then sees `closed`.
+            let _ = std::os::unix::net::UnixStream::connect(&socket);
+            let _ = std::fs::remove_file(&socket);
+        }
     }
 }
 

@@ -152,3 +152,25 @@ fn a_hot_start_maps_the_images_ram_privately_without_the_kernel() {
     ];
     check("hot-restore", driver(false).command_line(&s));
 }
+
+#[test]
+fn a_base_image_not_yet_cached_is_read_over_the_nodes_nbd_server() {
+    let mut s = spec("ws-lazy", kernel());
+    s.disk = Some("/node/vms/ws-lazy/disk.qcow2".into());
+    s.disk_base = Some(vws_node::driver::OnDemandBase {
+        socket: "/node/on-demand/0123456789abcdef.nbd".into(),
+        format: "raw".into(),
+        cached: "/nonexistent/node/cache/sha256/0123".into(),
+    });
+    check("on-demand-base", driver(false).command_line(&s));
+    // Once cached, the disk's own header names the base: nothing else.
+    let cached = tempfile::NamedTempFile::new().unwrap();
+    s.disk_base.as_mut().unwrap().cached = cached.path().into();
+    let args = driver(false).command_line(&s);
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.contains("nbd") || a.contains("disk0-base")),
+        "{args:?}"
+    );
+}

@@ -431,18 +431,24 @@ impl QemuDriver {
                 secret = ",encrypt.key-secret=disk0-key".into();
             }
             // A base image still being staged is read through the node's
-            // NBD server, which fetches what the guest reads first; once
-            // cached, the path in the disk's header is the one read.
-            let base = match &spec.disk_base {
-                Some(b) if !b.cached.exists() => format!(
-                    ",backing.driver={},backing.file.driver=nbd,backing.file.server.type=unix,\
-                     backing.file.server.path={},backing.file.export={},backing.file.reconnect-delay=30",
-                    b.format,
-                    b.socket.display(),
-                    crate::on_demand::EXPORT,
-                ),
-                _ => String::new(),
-            };
+            // NBD server, which fetches what the guest reads first (a node
+            // of its own: QEMU refuses NBD options beside the file name the
+            // disk's header holds); once cached, that name is the one read.
+            let mut base = String::new();
+            if let Some(b) = spec.disk_base.as_ref().filter(|b| !b.cached.exists()) {
+                push(&[
+                    "-blockdev",
+                    &format!(
+                        "driver={},node-name=disk0-base,read-only=on,file.driver=nbd,\
+                         file.server.type=unix,file.server.path={},file.export={},\
+                         file.reconnect-delay=30",
+                        b.format,
+                        b.socket.display(),
+                        crate::on_demand::EXPORT
+                    ),
+                ]);
+                base = ",backing=disk0-base".into();
+            }
             push(&[
                 "-drive",
                 &format!(

@@ -21,6 +21,8 @@ pub enum Suite {
     Emboss,
     /// how many idle workspaces a node holds: N VMs from one hot image, then N dynamic accounts; memory each beyond what they share, the node's memory, start times
     Density,
+    /// a VM of an image its node lacks (the EMBOSS bench's Debian image), to first job output: staged whole first, against read on demand while it is staged
+    OnDemand,
     /// OCI images: vws image pull of ~200 MB from a loopback registry against skopeo copy; create → first output from the pulled image as an account and a VM, against a built one
     Oci,
     /// the control plane at scale: simulated nodes heartbeating against 1 and 3 replicas on PostgreSQL with many records; heartbeats/s, deploy (placement), create and list latency, create throughput, lost-node detection (needs --database postgres://…)

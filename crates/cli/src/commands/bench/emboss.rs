@@ -59,7 +59,7 @@ fn comparable(report: &str) -> String {
 }
 
 /// Runs `script` in a workspace; its stdout.
-async fn output_of(client: &Client, id: &str, script: &str) -> anyhow::Result<String> {
+pub(crate) async fn output_of(client: &Client, id: &str, script: &str) -> anyhow::Result<String> {
     let job = client
         .submit_job(id, json!({ "argv": ["sh", "-c", script] }))
         .await?;
@@ -105,7 +105,7 @@ fn host_alignment(program: &str) -> anyhow::Result<String> {
 
 /// The EMBOSS image: built now (timed), or the one a previous run kept in
 /// VWS_HOME/build with the time its build took.
-async fn emboss_image(g: &Globals) -> anyhow::Result<(std::path::PathBuf, f64, bool)> {
+pub(crate) async fn emboss_image(g: &Globals) -> anyhow::Result<(std::path::PathBuf, f64, bool)> {
     let dir = g.home.join("build");
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("emboss-1.img");
@@ -129,7 +129,7 @@ async fn emboss_image(g: &Globals) -> anyhow::Result<(std::path::PathBuf, f64, b
     Ok((file, secs, false))
 }
 
-fn vm(image: &str, mib: u64) -> String {
+pub(crate) fn vm(image: &str, mib: u64) -> String {
     format!("category = \"vm\"\n[hardware]\nram = \"{mib}MiB\"\n[software]\nimage = \"{image}\"\n")
 }
 

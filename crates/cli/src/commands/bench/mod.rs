@@ -7,6 +7,7 @@ mod args;
 mod density;
 mod emboss;
 mod oci;
+mod on_demand;
 mod paper;
 mod rig;
 mod scale;
@@ -28,6 +29,7 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<()> {
         Suite::Paper => paper::paper_suite(g, &a).await,
         Suite::Emboss => emboss::emboss_suite(g, &a).await,
         Suite::Density => density::density_suite(g, &a).await,
+        Suite::OnDemand => on_demand::on_demand_suite(g, &a).await,
         Suite::Oci => oci::oci_suite(g, &a).await,
         Suite::Scale => scale::scale_suite(g, &a).await,
     }
