@@ -63,6 +63,10 @@ pub struct OnDemand {
     closed: std::sync::atomic::AtomicBool,
     /// Where `serve` listens.
     socket: Mutex<Option<PathBuf>>,
+    /// Chunks the guest's reads are fetching now: the background staging
+    /// starts no chunk while any is (the two cores go to what the guest
+    /// waits for).
+    demanded: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for OnDemand {
@@ -142,6 +146,7 @@ impl OnDemand {
             complete: tokio::sync::watch::Sender::new(cached),
             closed: Default::default(),
             socket: Mutex::new(None),
+            demanded: Default::default(),
         }))
     }
 
@@ -220,6 +225,7 @@ impl OnDemand {
                     // Fetched on the node's runtime, this thread waiting.
                     let (tx, rx) = std::sync::mpsc::channel();
                     let me = self.clone();
+                    self.demanded.fetch_add(1, Ordering::SeqCst);
                     self.runtime.spawn(async move {
                         let _ = tx.send(me.fetch(i).await);
                     });
@@ -228,6 +234,7 @@ impl OnDemand {
                             "the node is stopping",
                         )))
                     });
+                    self.demanded.fetch_sub(1, Ordering::SeqCst);
                     return match fetched {
                         Ok(_) => Ok(()),
                         Err(e) => {
@@ -263,13 +270,24 @@ impl OnDemand {
             if todo.is_empty() {
                 break;
             }
-            let mut results = futures::stream::iter(todo)
+            // The guest's reads first: no chunk of the staging starts while
+            // one of theirs is being fetched.
+            let mut results = std::pin::pin!(futures::stream::iter(todo)
+                .then(|i| {
+                    let me = self.clone();
+                    async move {
+                        while me.demanded.load(Ordering::SeqCst) > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
+                        i
+                    }
+                })
                 .filter(|&i| std::future::ready(self.claim(i)))
                 .map(|i| {
                     let me = self.clone();
                     async move { me.fetch(i).await }
                 })
-                .buffer_unordered(FILL_IN_FLIGHT);
+                .buffer_unordered(FILL_IN_FLIGHT));
             let mut since_sync = 0;
             while let Some(r) = results.next().await {
                 moved += r?;
