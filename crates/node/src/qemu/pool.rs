@@ -374,9 +374,12 @@ mod tests {
             root.path().join(DIR).join("0"),
             root.path().join(DIR).join("1"),
         );
+        // A shell that stays itself (`sleep` then something else: a lone
+        // last command would be exec'd in its place), its argument in its
+        // command line as QEMU's socket path is in QEMU's.
         let spawn = |arg: &Path| {
             std::process::Command::new("sh")
-                .args(["-c", "sleep 60", "sh"])
+                .args(["-c", "sleep 60; true", "sh"])
                 .arg(arg)
                 .spawn()
                 .unwrap()
