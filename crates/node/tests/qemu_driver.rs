@@ -196,11 +196,19 @@ async fn lifecycle_of_a_real_guest() {
         if std::time::Instant::now() >= deadline {
             let status =
                 tokio::time::timeout(Duration::from_secs(2), driver.status("ws-hot")).await;
+            let threads = threads(restored);
+            // Whether a stop and a cont (QEMU's clocks stopped and started
+            // again) revive the stalled guest.
+            let _ = driver.pause("ws-hot").await;
+            let _ = driver.unpause("ws-hot").await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let revived =
+                std::fs::read_to_string(&hot_console).is_ok_and(|c| c.len() > console.len());
             panic!(
                 "the reset guest was not booted again (QEMU pid {pid:?}, restored as {restored}, \
-                 status {status:?}, events {:?}; threads: {}; qemu.log: {}): {console}",
+                 status {status:?}, console grew after a stop and a cont: {revived}, \
+                 events {:?}; threads: {threads}; qemu.log: {}): {console}",
                 events.try_recv(),
-                threads(restored),
                 std::fs::read_to_string(hot_console.with_file_name("qemu.log")).unwrap_or_default(),
             );
         }
