@@ -620,17 +620,7 @@ fn debian_root_and_check_in() {
     let home = home.path();
     let _reap = Reap(home.to_path_buf());
     let _node = up_with(home, "1000001000-1000001999");
-    let image = common::debian_image(home);
-    ok(
-        home,
-        &[
-            "image",
-            "import",
-            "debian:12",
-            "--disk",
-            image.to_str().unwrap(),
-        ],
-    );
+    common::import_debian(home);
     let desc = home.join("account.xml");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/account.xml");
     std::fs::copy(example, &desc).unwrap();

@@ -19,9 +19,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod common;
-use common::{
-    debian_image, debian_image_with, import_minimal, minimal_guest, ok, refused, vws, Reap,
-};
+use common::{debian_image_with, import_minimal, minimal_guest, ok, refused, vws, Reap};
 
 fn run(home: &Path, id: &str, script: &str) -> Output {
     vws(home, &["run", id, "--", "sh", "-c", script])
@@ -50,17 +48,7 @@ fn a_root_filesystem_image_runs_as_a_vm_and_as_an_account() {
     let _up = common::vws_up(home, &[]);
     // Step: a root filesystem needs the boot image; without it, and for a
     // disk that is neither bootable nor a filesystem, create says why.
-    let image = debian_image(home);
-    ok(
-        home,
-        &[
-            "image",
-            "import",
-            "debian:12",
-            "--disk",
-            image.to_str().unwrap(),
-        ],
-    );
+    common::import_debian(home);
     let desc = home.join("vm.toml");
     std::fs::write(&desc, VM).unwrap();
     let e = refused(home, &["create", desc.to_str().unwrap()]);
@@ -292,17 +280,7 @@ fn a_vm_starts_before_its_image_is_on_the_node() {
     let _reap = Reap(home.to_path_buf());
     let _up = common::vws_up(home, &["--on-demand-images"]);
     import_minimal(home, &guest);
-    let image = debian_image(home);
-    ok(
-        home,
-        &[
-            "image",
-            "import",
-            "debian:12",
-            "--disk",
-            image.to_str().unwrap(),
-        ],
-    );
+    common::import_debian(home);
     let digest: Value =
         serde_json::from_str(&ok(home, &["image", "show", "debian:12", "--json"])).unwrap();
     let digest = digest["id"]

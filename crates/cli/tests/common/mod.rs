@@ -232,6 +232,21 @@ pub fn minimal_guest() -> PathBuf {
     out
 }
 
+/// Builds (once) the Debian test image and imports it as `debian:12`.
+pub fn import_debian(home: &Path) {
+    let image = debian_image(home);
+    ok(
+        home,
+        &[
+            "image",
+            "import",
+            "debian:12",
+            "--disk",
+            image.to_str().unwrap(),
+        ],
+    );
+}
+
 /// Imports the minimal guest (from [`minimal_guest`]) as `minimal:1`.
 pub fn import_minimal(home: &Path, guest: &Path) {
     ok(
