@@ -257,8 +257,23 @@ fn random_serial() -> SerialNumber {
     ring::rand::SystemRandom::new()
         .fill(&mut b)
         .expect("the system's random source");
-    b[0] &= 0x7f;
+    // Positive, and 16 bytes long once DER drops leading zero bytes.
+    b[0] = (b[0] & 0x7f).max(1);
     SerialNumber::from_slice(&b)
+}
+
+/// A serial in the one form every list compares: lower-case hex without
+/// leading zero bytes, as DER encodes it (a serial typed with them, or
+/// read from an old list, still matches the certificate's).
+fn canonical_serial(hex: &str) -> String {
+    let s = hex.trim().to_ascii_lowercase();
+    let digits = s.trim_start_matches('0');
+    match digits.len() {
+        0 if s.is_empty() => String::new(),
+        0 => "00".into(),
+        n if n % 2 == 1 => format!("0{digits}"),
+        _ => digits.into(),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -375,7 +390,7 @@ impl Ca {
             ],
         };
         let serial = random_serial();
-        let serial_hex = hex(serial.as_ref());
+        let serial_hex = canonical_serial(&hex(serial.as_ref()));
         params.serial_number = Some(serial);
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
@@ -395,7 +410,7 @@ impl Ca {
             let der = first_cert_der(what)?;
             peer_of(&der)?.serial
         } else {
-            what.trim().to_ascii_lowercase()
+            canonical_serial(what)
         };
         if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(PkiError::Bad(format!("{what:?} is not a serial number")));
@@ -467,7 +482,7 @@ pub fn peer_of(der: &[u8]) -> Result<Peer, PkiError> {
             attributes: ext.attributes,
         },
         kind: ext.kind,
-        serial: hex(cert.raw_serial()),
+        serial: canonical_serial(&hex(cert.raw_serial())),
     })
 }
 
@@ -500,10 +515,7 @@ impl Revoked {
     /// Replaces an in-memory list (serials in hex).
     pub fn replace(&self, serials: HashSet<String>) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.1 = serials
-            .into_iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
+        cache.1 = serials.iter().map(|s| canonical_serial(s)).collect();
     }
 
     /// Every revoked serial (hex, lower case).
@@ -521,7 +533,7 @@ impl Revoked {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             cache.1 = text
                 .lines()
-                .map(|l| l.trim().to_ascii_lowercase())
+                .map(canonical_serial)
                 .filter(|l| !l.is_empty())
                 .collect();
             cache.0 = modified;
@@ -532,7 +544,7 @@ impl Revoked {
     pub fn contains(&self, serial: &str) -> bool {
         self.refresh();
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.1.contains(&serial.to_ascii_lowercase())
+        cache.1.contains(&canonical_serial(serial))
     }
 }
 
@@ -594,7 +606,7 @@ pub fn crl_serials(ca_pem: &str, crl_pem: &str) -> Result<HashSet<String>, PkiEr
     }
     Ok(crl
         .iter_revoked_certificates()
-        .map(|r| hex(r.raw_serial()))
+        .map(|r| canonical_serial(&hex(r.raw_serial())))
         .collect())
 }
 
@@ -825,6 +837,21 @@ mod tests {
         ca.revoke(&b.serial.to_uppercase()).unwrap();
         assert!(revoked.contains(&b.serial));
         assert!(ca.revoke("not-hex").is_err());
+    }
+
+    #[test]
+    fn serials_with_leading_zero_bytes_match_their_certificates() {
+        assert_eq!(canonical_serial("006BA0f8"), "6ba0f8");
+        assert_eq!(canonical_serial("0006ba0f"), "06ba0f");
+        assert_eq!(canonical_serial(" 0000 "), "00");
+        assert_eq!(canonical_serial(""), "");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path(), "test CA").unwrap();
+        let a = ca.issue(&req("/CN=a", Kind::Client)).unwrap();
+        // A list written with the zero-padded form still denies the peer.
+        ca.revoke(&format!("0000{}", a.serial)).unwrap();
+        let der = first_cert_der(&a.cert_pem).unwrap();
+        assert!(ca.revoked().contains(&peer_of(&der).unwrap().serial));
     }
 
     #[test]
