@@ -180,6 +180,18 @@ async fn lifecycle_of_a_real_guest() {
     assert!(!std::fs::read_to_string(&hot_console)
         .unwrap()
         .contains("vws: ready"));
+    // The restored guest runs on: its counter goes on in the new console.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ticks(&hot_console) < 3 {
+        if std::time::Instant::now() >= deadline {
+            let report = stall_report(&driver, "ws-hot", restored, &hot_console).await;
+            panic!(
+                "the restored guest's counter stopped ({report}): {}",
+                std::fs::read_to_string(&hot_console).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut reboot = job("job-reboot");
     reboot.argv = vec!["reboot".into(), "-f".into()];
     driver
@@ -196,20 +208,11 @@ async fn lifecycle_of_a_real_guest() {
         if std::time::Instant::now() >= deadline {
             let status =
                 tokio::time::timeout(Duration::from_secs(2), driver.status("ws-hot")).await;
-            let threads = threads(restored);
-            // Whether a stop and a cont (QEMU's clocks stopped and started
-            // again) revive the stalled guest.
-            let _ = driver.pause("ws-hot").await;
-            let _ = driver.unpause("ws-hot").await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let revived =
-                std::fs::read_to_string(&hot_console).is_ok_and(|c| c.len() > console.len());
+            let report = stall_report(&driver, "ws-hot", restored, &hot_console).await;
             panic!(
                 "the reset guest was not booted again (QEMU pid {pid:?}, restored as {restored}, \
-                 status {status:?}, console grew after a stop and a cont: {revived}, \
-                 events {:?}; threads: {threads}; qemu.log: {}): {console}",
+                 status {status:?}, events {:?}; {report}): {console}",
                 events.try_recv(),
-                std::fs::read_to_string(hot_console.with_file_name("qemu.log")).unwrap_or_default(),
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -338,6 +341,42 @@ async fn wait_for_pool(driver: &Arc<QemuDriver>, root: &std::path::Path, not: Op
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What a stalled restored guest looks like from outside, for a failure
+/// message: its QEMU's threads and monitor views, and whether an NMI or a
+/// stop and a cont (QEMU's clocks stopped and started again) wake it.
+async fn stall_report(
+    driver: &Arc<QemuDriver>,
+    id: &str,
+    pid: u32,
+    console: &std::path::Path,
+) -> String {
+    let threads = threads(pid);
+    let mut monitor = String::new();
+    for cmd in ["info cpus", "info lapic", "info registers", "info irq"] {
+        let out = driver.monitor(id, cmd).await;
+        monitor.push_str(&format!(
+            "\n== {cmd}\n{}",
+            out.unwrap_or_else(|e| e.to_string())
+        ));
+    }
+    let grew = |before: usize| std::fs::read_to_string(console).is_ok_and(|c| c.len() > before);
+    let len = || std::fs::read_to_string(console).map_or(0, |c| c.len());
+    let before = len();
+    let _ = driver.monitor(id, "nmi").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let nmi_woke = grew(before);
+    let before = len();
+    let _ = driver.pause(id).await;
+    let _ = driver.unpause(id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let revived = grew(before);
+    format!(
+        "console grew after an NMI: {nmi_woke}, after a stop and a cont: {revived}; \
+         threads: {threads}; monitor: {monitor}; qemu.log: {}",
+        std::fs::read_to_string(console.with_file_name("qemu.log")).unwrap_or_default()
+    )
 }
 
 /// Whether a process exists and is not a zombie.
