@@ -124,9 +124,28 @@ impl OnDemand {
             f.set_len(m.size)?;
             f
         };
+        // Chunks of zeros are made here at once (holes), never fetched.
+        let zeros = if cached {
+            vec![false; m.chunks.len()]
+        } else {
+            staging::zero_chunks(&m)
+        };
+        for i in (0..done.len()).filter(|&i| !done[i] && zeros[i]) {
+            staging::write_zeros(&file, &m, i)?;
+            progress
+                .done
+                .fetch_add(staging::chunk_len(&m, i), Ordering::Relaxed);
+        }
         let state = done
             .iter()
-            .map(|&d| if d { Chunk::Present } else { Chunk::Missing })
+            .zip(&zeros)
+            .map(|(&d, &z)| {
+                if d || z {
+                    Chunk::Present
+                } else {
+                    Chunk::Missing
+                }
+            })
             .collect();
         Ok(Arc::new(Self {
             http: http.clone(),

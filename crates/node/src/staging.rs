@@ -5,7 +5,8 @@
 //! blob's chunk digests in the pass that checks the blob against its digest,
 //! so a file whose every chunk matched is the file of that digest: each byte
 //! is hashed once here. It is renamed into place only when every chunk is
-//! in: nothing half written can ever be used.
+//! in: nothing half written can ever be used. A chunk whose digest is that
+//! of zeros is made here (a hole), not moved.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -155,7 +156,12 @@ pub async fn fetch(
     let mut moved = 0;
     // Chunks written since the last sync: logged as done only once synced.
     let mut unsynced: Vec<usize> = Vec::new();
-    let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
+    let zeros = zero_chunks(&m);
+    for i in (0..done.len()).filter(|&i| !done[i] && zeros[i]) {
+        write_zeros(&file, &m, i)?;
+        progress.done.fetch_add(chunk_len(&m, i), Ordering::Relaxed);
+    }
+    let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i] && !zeros[i]).collect();
     // Several chunks in flight, each fetched, checked and written by a task
     // of its own: the network, the hashing and the writing of different
     // chunks overlap, on every core.
@@ -349,6 +355,52 @@ pub(crate) fn finish(part: &Path, log: &Path, dest: &Path) -> std::io::Result<()
     }
     std::fs::rename(part, dest)?;
     let _ = std::fs::remove_file(log);
+    Ok(())
+}
+
+/// Which chunks of `m` hold only zero bytes, known by their digests: the
+/// unwritten RAM of a hot image and the free blocks of a disk image. They
+/// are made here, never moved.
+pub(crate) fn zero_chunks(m: &Manifest) -> Vec<bool> {
+    static FULL: std::sync::OnceLock<(u64, String)> = std::sync::OnceLock::new();
+    let zero_digest = |len: u64| {
+        format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(vec![0u8; len as usize]))
+        )
+    };
+    let full = FULL.get_or_init(|| (m.chunk_size, zero_digest(m.chunk_size)));
+    let full = if full.0 == m.chunk_size {
+        full.1.clone()
+    } else {
+        zero_digest(m.chunk_size)
+    };
+    let last = m.chunks.len().saturating_sub(1);
+    let short = chunk_len(m, last);
+    let last_digest = (short != m.chunk_size).then(|| zero_digest(short));
+    (0..m.chunks.len())
+        .map(|i| match (&last_digest, i == last) {
+            (Some(d), true) => m.chunks[i] == *d,
+            _ => m.chunks[i] == full,
+        })
+        .collect()
+}
+
+/// Makes chunk `i` of `file` zeros: a hole where the filesystem can punch
+/// one (no block written), else written out.
+pub(crate) fn write_zeros(file: &std::fs::File, m: &Manifest, i: usize) -> std::io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    let (start, len) = (i as u64 * m.chunk_size, chunk_len(m, i));
+    let punched = rustix::fs::fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        start,
+        len,
+    );
+    if punched.is_err() {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&vec![0u8; len as usize], start)?;
+    }
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //! then completes the file in the cache, moving the rest once; a chunk that
 //! does not match its digest, or a repository gone mid-way, is an I/O error
 //! to the reader, never other bytes, and the image is not put in the cache;
-//! once the repository is back, staging completes.
+//! once the repository is back, staging completes. A chunk of zeros is
+//! never moved.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +63,15 @@ async fn chunks(State(r): State<Repository>) -> Response {
 /// at the returned URL.
 async fn repository(dir: &std::path::Path, corrupt_at: Option<u64>) -> (String, Repository) {
     let data: Vec<u8> = (0..CHUNK * 7 / 2).map(|i| (i / CHUNK + 1) as u8).collect();
+    serve_image(dir, data, corrupt_at).await
+}
+
+/// `data` as an image served at the returned URL.
+async fn serve_image(
+    dir: &std::path::Path,
+    data: Vec<u8>,
+    corrupt_at: Option<u64>,
+) -> (String, Repository) {
     let file = dir.join("image.raw");
     std::fs::write(&file, &data).unwrap();
     let r = Repository {
@@ -213,6 +223,28 @@ async fn a_corrupt_chunk_or_a_repository_gone_is_an_io_error_never_other_bytes()
     let (ok, said) = qemu_reads(&socket, CHUNK, 4096, 2).await;
     assert!(ok, "{said}");
     image.fill().await.unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("cache/image")).unwrap(),
+        *r.data
+    );
+}
+
+/// A chunk of zeros is there from the start: reading it moves nothing, and
+/// the staging moves only the other chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_zeros_is_never_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; CHUNK * 3];
+    data[..CHUNK].fill(7);
+    data[2 * CHUNK..].fill(9);
+    let (url, r) = serve_image(dir.path(), data, None).await;
+    let image = open(&url, &r, dir.path()).await;
+    let socket = dir.path().join("image.nbd");
+    image.serve(&socket).unwrap();
+    let (ok, said) = qemu_reads(&socket, CHUNK + 512, 65536, 0).await;
+    assert!(ok, "{said}");
+    assert_eq!(r.sent.load(Ordering::SeqCst), 0);
+    assert_eq!(image.fill().await.unwrap(), 2 * CHUNK as u64);
     assert_eq!(
         std::fs::read(dir.path().join("cache/image")).unwrap(),
         *r.data

@@ -1,7 +1,7 @@
 //! Staging over real HTTP: a whole fetch, a resumed one that moves only the
 //! missing chunks, a corrupted chunk refused with nothing usable left behind,
 //! a digest that does not match, a manifest that leaves bytes unchecked, and
-//! a cache hit that moves nothing.
+//! a cache hit that moves nothing, and chunks of zeros that never move.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -238,6 +238,49 @@ async fn fetch_resume_and_refuse() {
     .unwrap_err();
     assert!(matches!(err, StageError::CorruptFile { .. }), "{err}");
     assert!(!dest_d.exists());
+}
+
+/// Chunks of zeros (a hot image's unwritten RAM, a disk's free blocks)
+/// are made on the node, never moved: only the others cross the network,
+/// the file is byte for byte the repository's, and the zeros are holes.
+#[tokio::test]
+async fn zero_chunks_are_not_moved() {
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    // Chunk 0 data, 1 and 2 zeros, 3 data but for one byte, 4 zeros (short).
+    let mut content = vec![0u8; 16 * MIB + 4321];
+    content[..4 * MIB].copy_from_slice(&data(4 * MIB));
+    content[12 * MIB + 17] = 1;
+    std::fs::write(&src, &content).unwrap();
+    let digest = vws_store::manifest(&src).unwrap().digest;
+    let sent = Arc::new(AtomicU64::new(0));
+    let url = serve(Served {
+        file: src.clone(),
+        sent: sent.clone(),
+        corrupt_at: None,
+        short_manifest: false,
+    })
+    .await;
+    let dest = dir.path().join("cache/z");
+    let progress = Arc::new(Progress::default());
+    let moved = fetch(
+        &reqwest::Client::new(),
+        &url,
+        Some(&digest),
+        &dest,
+        &dir.path().join("partial"),
+        progress.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 8 * MIB as u64, "chunks 0 and 3 only");
+    assert_eq!(sent.load(Ordering::SeqCst), 8 * MIB as u64);
+    assert_eq!(progress.done.load(Ordering::SeqCst), content.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), content);
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&dest).unwrap().blocks() * 512;
+    assert!(allocated <= 9 * MIB as u64, "{allocated} bytes allocated");
 }
 
 /// A node without room refuses cleanly: no partial file, nothing in place.
