@@ -337,6 +337,14 @@ impl QemuDriver {
             "-no-user-config",
             "-nographic",
         ]);
+        // The default CPU model with ARAT (the local APIC timer keeps
+        // running in deep C-states): without it Linux will not run that
+        // timer one-shot (microvm has no HPET to stand in), so an idle
+        // guest takes its 250 Hz tick forever. With it the guest idles
+        // tickless: an idle guest cost 2.1-2.6% of a core under TCG
+        // before, 0.6-0.7% after (its vCPU woken 5-8 times a second
+        // instead of 254).
+        push(&["-cpu", "qemu64,+arat"]);
         push(&[
             "-m",
             &format!("{}M", spec.ram >> 20),

@@ -34,6 +34,8 @@ fn bare_qemu_boot(guest: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
         .args([
             "-machine",
             &format!("microvm,accel={accel}"),
+            "-cpu",
+            "qemu64,+arat",
             "-nodefaults",
             "-no-user-config",
             "-nographic",
