@@ -73,6 +73,17 @@ async fn serve(s: Served) -> String {
     url
 }
 
+/// `file` served as it is, counting the bytes sent in `sent`.
+async fn serve_plain(file: &std::path::Path, sent: &Arc<AtomicU64>) -> String {
+    serve(Served {
+        file: file.to_path_buf(),
+        sent: sent.clone(),
+        corrupt_at: None,
+        short_manifest: false,
+    })
+    .await
+}
+
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -89,13 +100,7 @@ async fn fetch_resume_and_refuse() {
 
     // A whole fetch: verified, in place.
     let sent = Arc::new(AtomicU64::new(0));
-    let url = serve(Served {
-        file: src.clone(),
-        sent: sent.clone(),
-        corrupt_at: None,
-        short_manifest: false,
-    })
-    .await;
+    let url = serve_plain(&src, &sent).await;
     let dest = dir.path().join("cache/a");
     let moved = fetch(
         &http,
@@ -174,13 +179,7 @@ async fn fetch_resume_and_refuse() {
     let chunk = |i: u64| (4u64 << 20).min(content.len() as u64 - i * (4 << 20));
     let kept_bytes: u64 = kept.iter().map(|&i| chunk(i)).sum();
     let sent = Arc::new(AtomicU64::new(0));
-    let url = serve(Served {
-        file: src.clone(),
-        sent: sent.clone(),
-        corrupt_at: None,
-        short_manifest: false,
-    })
-    .await;
+    let url = serve_plain(&src, &sent).await;
     let progress = Arc::new(Progress::default());
     let moved = fetch(
         &http,
@@ -255,13 +254,7 @@ async fn zero_chunks_are_not_moved() {
     std::fs::write(&src, &content).unwrap();
     let digest = vws_store::manifest(&src).unwrap().digest;
     let sent = Arc::new(AtomicU64::new(0));
-    let url = serve(Served {
-        file: src.clone(),
-        sent: sent.clone(),
-        corrupt_at: None,
-        short_manifest: false,
-    })
-    .await;
+    let url = serve_plain(&src, &sent).await;
     let dest = dir.path().join("cache/z");
     let progress = Arc::new(Progress::default());
     let moved = fetch(
@@ -298,13 +291,7 @@ async fn no_space_fails_cleanly() {
         .status()
         .unwrap();
     assert!(mounted.success(), "mounting a small tmpfs needs root");
-    let url = serve(Served {
-        file: src.clone(),
-        sent: Arc::new(AtomicU64::new(0)),
-        corrupt_at: None,
-        short_manifest: false,
-    })
-    .await;
+    let url = serve_plain(&src, &Arc::default()).await;
     let dest = small.join("cache/x");
     let err = fetch(
         &reqwest::Client::new(),
