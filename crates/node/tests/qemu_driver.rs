@@ -110,6 +110,16 @@ async fn lifecycle_of_a_real_guest() {
         assert!(std::fs::metadata(&to).unwrap().len() > 0, "snapshot {n}");
         assert_eq!(driver.status("ws-drv").await, VmState::Paused);
     }
+    // A guest booted here has no legacy PIT, so its hot image holds none
+    // and is restored into a machine without one.
+    let state = std::fs::read(dir.path().join("memory-1.state")).unwrap();
+    assert!(!vws_node::qemu::holds_pit(&state));
+    let args = std::fs::read_to_string(format!(
+        "/proc/{}/cmdline",
+        driver.pid("ws-drv").await.unwrap()
+    ))
+    .unwrap();
+    assert!(args.contains("pit=off"), "{args}");
     // The RAM as the second save left it, kept as a hot image's would be:
     // a hot image is that RAM with the device state saved with it
     // (`memory-1.state`). The first save's device state does not match it:
@@ -173,7 +183,7 @@ async fn lifecycle_of_a_real_guest() {
     let restored = driver.pid("ws-hot").await.unwrap();
     let args = std::fs::read_to_string(format!("/proc/{restored}/cmdline")).unwrap();
     assert!(
-        args.contains("-no-reboot") && !args.contains("-kernel"),
+        args.contains("-no-reboot") && !args.contains("-kernel") && args.contains("pit=off"),
         "{args}"
     );
     let hot_console = driver.console("ws-hot");
@@ -421,4 +431,44 @@ fn alive(pid: u32) -> bool {
             .next()
             .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
     })
+}
+
+/// A machine with the legacy PIT saves it in its state, as `holds_pit`
+/// looks for it (what keeps a hot image saved with one restorable).
+#[test]
+fn a_saved_state_names_the_pit_when_the_machine_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = |machine: &str, to: &std::path::Path| {
+        use std::io::Write;
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args(["-machine", machine, "-nodefaults", "-display", "none", "-S"])
+            .args(["-qmp", "stdio"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("run qemu-system-x86_64");
+        let mut stdin = qemu.stdin.take().unwrap();
+        let uri = format!("exec:cat > {}", to.display());
+        writeln!(stdin, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
+        writeln!(
+            stdin,
+            r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        writeln!(stdin, r#"{{"execute":"quit"}}"#).unwrap();
+        assert!(qemu.wait().unwrap().success());
+        std::fs::read(to).unwrap()
+    };
+    let with = save("microvm,accel=tcg", &dir.path().join("with.state"));
+    let without = save(
+        "microvm,accel=tcg,pit=off",
+        &dir.path().join("without.state"),
+    );
+    assert!(vws_node::qemu::holds_pit(&with), "{} bytes", with.len());
+    assert!(
+        !vws_node::qemu::holds_pit(&without),
+        "{} bytes",
+        without.len()
+    );
 }

@@ -312,13 +312,27 @@ impl QemuDriver {
 
     /// The QEMU command line for a spec (without the program name).
     pub fn command_line(&self, spec: &VmSpec) -> Vec<String> {
+        self.command_line_for(spec, false)
+    }
+
+    /// The command line of a QEMU that takes an incoming migration
+    /// (`incoming`) or starts as `spec` says.
+    fn command_line_for(&self, spec: &VmSpec, incoming: bool) -> Vec<String> {
         let dir = self.dir(&spec.id);
         let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         let (machine, blk, net) = match spec.boot {
             Boot::Kernel { .. } => (
-                format!("microvm,accel={},memory-backend=ram0", self.accel.as_str()),
+                format!(
+                    "microvm,accel={},memory-backend=ram0{}",
+                    self.accel.as_str(),
+                    if legacy_pit(spec, incoming) {
+                        ""
+                    } else {
+                        ",pit=off"
+                    }
+                ),
                 "virtio-blk-device",
                 "virtio-net-device",
             ),
@@ -1044,7 +1058,8 @@ impl QemuDriver {
         let dir = self.dir(&spec.id);
         let log = std::fs::File::create(dir.join("qemu.log"))?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
-        cmd.args(self.command_line(spec))
+        let incoming = extra.iter().any(|a| a == "-incoming");
+        cmd.args(self.command_line_for(spec, incoming))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -1264,6 +1279,29 @@ impl QemuDriver {
             }),
         }
     }
+}
+
+/// Whether a microvm gets the legacy PIT (i8254). A guest booted here does
+/// not: the firmware leaves it counting, and it woke an idle QEMU 36 times
+/// a second for nothing (the guest's TSC rate is given, its APIC timer
+/// calibrated against the TSC). A machine that takes saved state has one
+/// if that state may hold one, since QEMU cannot load a device the machine
+/// lacks (a device the state lacks is harmless): a hot image's device
+/// state (a small file) is read for the PIT's section; a full saved state
+/// or a live migration's stream cannot be read ahead, so those machines
+/// keep it.
+fn legacy_pit(spec: &VmSpec, incoming: bool) -> bool {
+    match (&spec.restore, &spec.restore_ram) {
+        (Some(state), Some(_)) => std::fs::read(state).map_or(true, |s| holds_pit(&s)),
+        (Some(_), None) => true,
+        (None, _) => incoming,
+    }
+}
+
+/// Whether a QEMU migration stream names the PIT's section: its idstr is
+/// written with a length byte before it.
+pub fn holds_pit(stream: &[u8]) -> bool {
+    stream.windows(6).any(|w| w == b"\x05i8254")
 }
 
 /// Declares a QMP command sent with free-form JSON arguments and answered as
