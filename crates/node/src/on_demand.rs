@@ -125,17 +125,7 @@ impl OnDemand {
             f
         };
         // Chunks of zeros are made here at once (holes), never fetched.
-        let zeros = if cached {
-            vec![false; m.chunks.len()]
-        } else {
-            staging::zero_chunks(&m)
-        };
-        for i in (0..done.len()).filter(|&i| !done[i] && zeros[i]) {
-            staging::write_zeros(&file, &m, i)?;
-            progress
-                .done
-                .fetch_add(staging::chunk_len(&m, i), Ordering::Relaxed);
-        }
+        let zeros = staging::make_zero_chunks(&file, &m, &done, &progress)?;
         let state = done
             .iter()
             .zip(&zeros)

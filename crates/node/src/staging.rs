@@ -156,11 +156,7 @@ pub async fn fetch(
     let mut moved = 0;
     // Chunks written since the last sync: logged as done only once synced.
     let mut unsynced: Vec<usize> = Vec::new();
-    let zeros = zero_chunks(&m);
-    for i in (0..done.len()).filter(|&i| !done[i] && zeros[i]) {
-        write_zeros(&file, &m, i)?;
-        progress.done.fetch_add(chunk_len(&m, i), Ordering::Relaxed);
-    }
+    let zeros = make_zero_chunks(&file, &m, &done, &progress)?;
     let todo: Vec<usize> = (0..done.len()).filter(|&i| !done[i] && !zeros[i]).collect();
     // Several chunks in flight, each fetched, checked and written by a task
     // of its own: the network, the hashing and the writing of different
@@ -335,9 +331,7 @@ pub(crate) async fn fetch_chunk(
         progress
             .moved
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if bytes.len() as u64 == len
-            && format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) == m.chunks[i]
-        {
+        if bytes.len() as u64 == len && digest_of(&bytes) == m.chunks[i] {
             return Ok((bytes, moved));
         }
         tracing::warn!(%url, chunk = i, attempt, "chunk does not match its digest");
@@ -358,39 +352,47 @@ pub(crate) fn finish(part: &Path, log: &Path, dest: &Path) -> std::io::Result<()
     Ok(())
 }
 
-/// Which chunks of `m` hold only zero bytes, known by their digests: the
-/// unwritten RAM of a hot image and the free blocks of a disk image. They
-/// are made here, never moved.
-pub(crate) fn zero_chunks(m: &Manifest) -> Vec<bool> {
-    static FULL: std::sync::OnceLock<(u64, String)> = std::sync::OnceLock::new();
-    let zero_digest = |len: u64| {
-        format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(vec![0u8; len as usize]))
-        )
-    };
-    let full = FULL.get_or_init(|| (m.chunk_size, zero_digest(m.chunk_size)));
-    let full = if full.0 == m.chunk_size {
-        full.1.clone()
-    } else {
-        zero_digest(m.chunk_size)
-    };
-    let last = m.chunks.len().saturating_sub(1);
-    let short = chunk_len(m, last);
-    let last_digest = (short != m.chunk_size).then(|| zero_digest(short));
-    (0..m.chunks.len())
-        .map(|i| match (&last_digest, i == last) {
-            (Some(d), true) => m.chunks[i] == *d,
-            _ => m.chunks[i] == full,
-        })
-        .collect()
+/// The digest of some bytes, as manifests write it.
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Makes chunk `i` of `file` zeros: a hole where the filesystem can punch
-/// one (no block written), else written out.
-pub(crate) fn write_zeros(file: &std::fs::File, m: &Manifest, i: usize) -> std::io::Result<()> {
+/// Makes the chunks of `m` not `done` that hold only zero bytes (known by
+/// their digests: a hot image's unwritten RAM, a disk's free blocks) in
+/// `file`, counting them in `progress`, and returns which chunks they are:
+/// they are never fetched.
+pub(crate) fn make_zero_chunks(
+    file: &std::fs::File,
+    m: &Manifest,
+    done: &[bool],
+    progress: &Progress,
+) -> std::io::Result<Vec<bool>> {
+    static FULL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let full = match m.chunk_size == vws_model::node::CHUNK {
+        true => FULL
+            .get_or_init(|| digest_of(&vec![0; m.chunk_size as usize]))
+            .clone(),
+        false => digest_of(&vec![0; m.chunk_size as usize]),
+    };
+    let mut zeros = vec![false; m.chunks.len()];
+    for i in (0..m.chunks.len()).filter(|&i| !done[i]) {
+        let len = chunk_len(m, i);
+        zeros[i] = match len == m.chunk_size {
+            true => m.chunks[i] == full,
+            false => m.chunks[i] == digest_of(&vec![0; len as usize]),
+        };
+        if zeros[i] {
+            write_zeros(file, i as u64 * m.chunk_size, len)?;
+            progress.done.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+    Ok(zeros)
+}
+
+/// Makes `len` bytes of `file` at `start` zeros: a hole where the
+/// filesystem can punch one (no block written), else written out.
+fn write_zeros(file: &std::fs::File, start: u64, len: u64) -> std::io::Result<()> {
     use rustix::fs::FallocateFlags;
-    let (start, len) = (i as u64 * m.chunk_size, chunk_len(m, i));
     let punched = rustix::fs::fallocate(
         file,
         FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,

@@ -439,15 +439,16 @@ fn alive(pid: u32) -> bool {
 fn a_saved_state_names_the_pit_when_the_machine_has_one() {
     let dir = tempfile::tempdir().unwrap();
     let save = |machine: &str, to: &std::path::Path| {
-        use std::io::Write;
+        use std::io::{BufRead, Write};
         let mut qemu = Command::new("qemu-system-x86_64")
             .args(["-machine", machine, "-nodefaults", "-display", "none", "-S"])
             .args(["-qmp", "stdio"])
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("run qemu-system-x86_64");
         let mut stdin = qemu.stdin.take().unwrap();
+        let mut answers = std::io::BufReader::new(qemu.stdout.take().unwrap()).lines();
         let uri = format!("exec:cat > {}", to.display());
         writeln!(stdin, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
         writeln!(
@@ -455,7 +456,16 @@ fn a_saved_state_names_the_pit_when_the_machine_has_one() {
             r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#
         )
         .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        // Until QEMU says the state is written (its device sections last).
+        loop {
+            writeln!(stdin, r#"{{"execute":"query-migrate"}}"#).unwrap();
+            let answer = answers.next().expect("QMP answers").unwrap();
+            assert!(!answer.contains(r#""failed""#), "{answer}");
+            if answer.contains(r#""completed""#) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         writeln!(stdin, r#"{{"execute":"quit"}}"#).unwrap();
         assert!(qemu.wait().unwrap().success());
         std::fs::read(to).unwrap()

@@ -33,7 +33,7 @@ fn bare_qemu_boot(guest: &Path, work: &Path, run: usize) -> anyhow::Result<f64> 
     let mut child = std::process::Command::new("qemu-system-x86_64")
         .args([
             "-machine",
-            &format!("microvm,accel={accel}"),
+            &format!("microvm,accel={accel},pit=off"),
             "-cpu",
             "qemu64,+arat",
             "-nodefaults",
